@@ -1,0 +1,68 @@
+"""`VLSFTConfig`: TRL's `SFTConfig` plus the few fields vlsft adds, with defaults for vision-language SFT."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from trl import SFTConfig
+
+
+@dataclass
+class VLSFTConfig(SFTConfig):
+    r"""
+    Configuration for [`VLSFTTrainer`]. Every `trl.SFTConfig` / `transformers.TrainingArguments` field keeps working;
+    the defaults below differ from TRL's where vision-language SFT needs it.
+
+    Parameters:
+        assistant_only_loss (`bool`, defaults to `True`):
+            Supervise only the assistant turns (their text, tool calls and end-of-turn token). Prompts, images, system
+            and tool outputs are never supervised.
+        image_root (`str`, *optional*):
+            Directory that relative image paths in the dataset are resolved against.
+        invalid_rows (`str`, defaults to `"raise"`):
+            What to do with a row that fails validation before training: `"raise"` stops with an error naming every
+            bad row, `"skip"` drops the bad rows and logs how many and why.
+        validate_rows (`bool`, defaults to `True`):
+            Check every train and eval row (images decode, placeholders match images, an assistant turn exists,
+            truncation keeps the images and at least one supervised token) before the first step.
+        loss_chunk_size (`int`, defaults to `1024`):
+            Supervised positions projected through the LM head at a time. Each chunk's float32 logits are recomputed
+            in the backward pass instead of being stored, so memory stays at one chunk of logits.
+        bf16 (`bool`, *optional*):
+            Mixed bf16 precision. Defaults to `True` where a bf16-capable GPU is present, `False` elsewhere (TRL
+            defaults to `True` everywhere, which fails on CPU).
+    """
+
+    assistant_only_loss: bool = field(
+        default=True,
+        metadata={"help": "Supervise only the assistant turns; prompts, images and tool outputs are never supervised."},
+    )
+    image_root: str | None = field(
+        default=None, metadata={"help": "Directory that relative image paths in the dataset are resolved against."}
+    )
+    invalid_rows: str = field(
+        default="raise",
+        metadata={"help": "'raise' (default): stop on a bad row, naming it. 'skip': drop bad rows and log them."},
+    )
+    validate_rows: bool = field(
+        default=True, metadata={"help": "Validate every train and eval row before the first training step."}
+    )
+    loss_chunk_size: int = field(
+        default=1024, metadata={"help": "Supervised positions projected through the LM head at a time."}
+    )
+
+    def __post_init__(self):
+        if self.invalid_rows not in ("raise", "skip"):
+            raise ValueError(f"`invalid_rows` must be 'raise' or 'skip', got {self.invalid_rows!r}.")
+        if self.loss_chunk_size < 1:
+            raise ValueError(f"`loss_chunk_size` must be >= 1, got {self.loss_chunk_size}.")
+        # vlsft's collator renders, tokenizes and masks every row on the fly, so TRL's up-front tokenization is
+        # skipped and the raw columns must reach the collator.
+        self.dataset_kwargs = {**(self.dataset_kwargs or {}), "skip_prepare_dataset": True}
+        self.remove_unused_columns = False
+        # TRL turns bf16 on whenever fp16 is off, which fails on a machine without a bf16 GPU. Default to bf16
+        # only where it can run; an explicit True/False is kept.
+        if self.bf16 is None and not self.fp16:
+            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        super().__post_init__()
