@@ -1,0 +1,85 @@
+"""The supervised-token loss: LM head only at supervised positions, in checkpointed float32 chunks.
+
+`attach_supervised_head(model)` gives one model instance (never the class) a forward that, when called with
+`supervised_labels=...`, runs the backbone, gathers the hidden states whose next token is supervised, and projects
+only those through the LM head. It returns sums, not means, so the trainer can divide by the number of supervised
+tokens of the whole optimizer step. The forward is installed on the instance, as TRL installs its own fused head,
+so that DDP, DeepSpeed and PEFT wrappers see a single ordinary forward call.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from transformers.utils import ModelOutput
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class SupervisedLossOutput(ModelOutput):
+    """Sums over the supervised tokens of one micro-batch."""
+
+    nll_sum: torch.Tensor | None = None  # float32, connected to the graph (a differentiable 0 when no token)
+    num_tokens: torch.Tensor | None = None
+    num_correct: torch.Tensor | None = None  # argmax == target, for `mean_token_accuracy`
+
+
+def _chunk_nll(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = head(hidden).float()
+    log_probs = torch.log_softmax(logits, dim=-1)
+    nll = -log_probs.gather(-1, targets.unsqueeze(-1)).sum()
+    correct = (logits.detach().argmax(-1) == targets).sum()
+    return nll, correct
+
+
+def supervised_nll(
+    hidden_states: torch.Tensor, labels: torch.Tensor, head: nn.Module, chunk_size: int = 1024
+) -> SupervisedLossOutput:
+    """Summed next-token NLL over the positions whose (shifted) label is not -100.
+
+    `head` is called as a module, so LoRA layers, PEFT `modules_to_save` copies and DeepSpeed ZeRO-3 parameter
+    gathering all apply. Each chunk is checkpointed: its `[chunk, vocab]` float32 logits exist only while that chunk
+    is computed, in the forward and again in the backward.
+    """
+    targets = labels[:, 1:].to(hidden_states.device)
+    mask = targets != IGNORE_INDEX
+    hidden = hidden_states[:, :-1][mask]
+    targets = targets[mask]
+    nll_sum = hidden_states.new_zeros((), dtype=torch.float32)
+    num_correct = torch.zeros((), dtype=torch.long, device=hidden_states.device)
+    # At least one (possibly empty) chunk, so that a micro-batch without supervised tokens still gives a loss that is
+    # connected to the head: an exact zero with zero gradients, and a backward every DDP rank can take part in.
+    for start in range(0, max(len(targets), 1), chunk_size):
+        chunk = slice(start, start + chunk_size)
+        if torch.is_grad_enabled():
+            nll, correct = checkpoint(_chunk_nll, head, hidden[chunk], targets[chunk], use_reentrant=False)
+        else:
+            nll, correct = _chunk_nll(head, hidden[chunk], targets[chunk])
+        nll_sum = nll_sum + nll
+        num_correct = num_correct + correct
+    return SupervisedLossOutput(nll_sum=nll_sum, num_tokens=mask.sum(), num_correct=num_correct)
+
+
+def attach_supervised_head(model: nn.Module, chunk_size: int = 1024) -> None:
+    """Let `model(..., supervised_labels=labels)` return a `SupervisedLossOutput`; other calls are unchanged."""
+    previous_forward = model.forward
+
+    @functools.wraps(type(model).forward)  # keep the signature: `generate` validates its kwargs against it
+    def forward(self, *args, supervised_labels=None, **kwargs):
+        if supervised_labels is None:
+            return previous_forward(*args, **kwargs)
+        kwargs.pop("labels", None)
+        kwargs["use_cache"] = False
+        # The backbone and the head are looked up on every call: PEFT, DeepSpeed and FSDP replace them after this.
+        backbone_output = self.base_model(*args, **kwargs)
+        return supervised_nll(
+            backbone_output.last_hidden_state, supervised_labels, self.get_output_embeddings(), chunk_size
+        )
+
+    model.forward = types.MethodType(forward, model)

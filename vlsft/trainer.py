@@ -1,0 +1,169 @@
+"""`VLSFTTrainer`: TRL's `SFTTrainer` with exact assistant-only masks and an exact, memory-lean loss for VLMs.
+
+What it changes, each in one overridden method:
+- the collator (`VisionChatCollator`): masks exactly the assistant turns, on every conversation shape;
+- `compute_loss`: summed NLL over supervised tokens divided by the supervised tokens of the whole optimizer step
+  (all gradient-accumulation micro-batches, all data-parallel ranks), with the LM head run only where supervised;
+- `_get_num_items_in_batch`: counts those tokens even for models that declare `accepts_loss_kwargs = False`
+  (Qwen3-VL does, so `Trainer` would otherwise average every micro-batch on its own).
+"""
+
+from __future__ import annotations
+
+import torch
+from accelerate.utils import is_peft_model
+from transformers import AutoProcessor, ProcessorMixin, TrainingArguments
+from trl import SFTConfig, SFTTrainer
+from trl.trainer.utils import get_config_model_id
+
+from vlsft.collator import VisionChatCollator
+from vlsft.config import VLSFTConfig
+from vlsft.loss import attach_supervised_head
+from vlsft.templates import resolve_training_template
+
+
+def as_vlsft_config(args: TrainingArguments | None, model) -> VLSFTConfig:
+    """`args` as a `VLSFTConfig`: an `SFTConfig` or `TrainingArguments` keeps every field it sets."""
+    if isinstance(args, VLSFTConfig):
+        return args
+    if args is None:
+        name = model if isinstance(model, str) else get_config_model_id(model.config)
+        return VLSFTConfig(output_dir=f"{name.split('/')[-1]}-vlsft")
+    values = args.to_dict()
+    values["hub_token"] = args.hub_token  # to_dict hides it
+    known = VLSFTConfig.__dataclass_fields__
+    return VLSFTConfig(**{key: value for key, value in values.items() if key in known})
+
+
+class VLSFTTrainer(SFTTrainer):
+    """Drop-in `trl.SFTTrainer` for vision-language models (same constructor).
+
+    Subclass it to change one thing: override `compute_loss` for another loss (call `self.supervised_sums(model,
+    inputs)` for the summed NLL and the token count) or `build_collator` for another collator.
+    """
+
+    _tag_names = ["trl", "sft", "vlsft"]
+    # `compute_loss` already divides by the supervised tokens of the whole optimizer step.
+    loss_is_scaled_for_ga = True
+
+    def __init__(
+        self,
+        model,
+        args: VLSFTConfig | SFTConfig | TrainingArguments | None = None,
+        data_collator=None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class: ProcessorMixin | None = None,
+        compute_loss_func=None,
+        compute_metrics=None,
+        callbacks=None,
+        optimizers=(None, None),
+        optimizer_cls_and_kwargs=None,
+        preprocess_logits_for_metrics=None,
+        quantization_config=None,
+        peft_config=None,
+        formatting_func=None,
+    ):
+        args = as_vlsft_config(args, model)
+        if compute_loss_func is not None or compute_metrics is not None or preprocess_logits_for_metrics is not None:
+            raise ValueError(
+                "VLSFTTrainer never builds the full logits, so `compute_loss_func`, `compute_metrics` and "
+                "`preprocess_logits_for_metrics` are not supported. Subclass VLSFTTrainer and override "
+                "`compute_loss` for another loss; evaluate generations with `model.generate` for metrics."
+            )
+        if processing_class is None:
+            name = model if isinstance(model, str) else get_config_model_id(model.config)
+            processing_class = AutoProcessor.from_pretrained(name, trust_remote_code=args.trust_remote_code)
+        if not isinstance(processing_class, ProcessorMixin):
+            raise TypeError(
+                "VLSFTTrainer trains vision-language models and needs their processor (tokenizer + image "
+                f"processor) as `processing_class`, got {type(processing_class).__name__}."
+            )
+        if args.chat_template_path is not None and args.chat_template_path.endswith((".jinja", ".j2")):
+            with open(args.chat_template_path, encoding="utf-8") as file:
+                processing_class.chat_template = file.read()
+        if args.assistant_only_loss:
+            self.training_chat_template = resolve_training_template(processing_class.chat_template)
+        else:
+            self.training_chat_template = processing_class.chat_template
+        if data_collator is None:
+            data_collator = self.build_collator(processing_class, args)
+
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
+            formatting_func=formatting_func,
+        )
+        base_model = self.model.get_base_model() if is_peft_model(self.model) else self.model
+        attach_supervised_head(base_model, chunk_size=args.loss_chunk_size)
+        # [num_correct, num_supervised] since the last log, per mode; summed over ranks.
+        self._token_stats = {"train": torch.zeros(2, dtype=torch.long), "eval": torch.zeros(2, dtype=torch.long)}
+        self._total_supervised_tokens = 0
+
+    def build_collator(self, processor: ProcessorMixin, args: VLSFTConfig) -> VisionChatCollator:
+        return VisionChatCollator(
+            processor=processor,
+            chat_template=self.training_chat_template,
+            max_length=args.max_length,
+            pad_to_multiple_of=args.pad_to_multiple_of,
+            image_root=args.image_root,
+            assistant_only_loss=args.assistant_only_loss,
+        )
+
+    # -- the loss ----------------------------------------------------------------------------------------------
+
+    def supervised_sums(self, model, inputs):
+        """Run the model and return the `SupervisedLossOutput` (summed NLL, token count, correct count)."""
+        model_inputs = {key: value for key, value in inputs.items() if key != "labels"}
+        return model(**model_inputs, supervised_labels=inputs["labels"])
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        outputs = self.supervised_sums(model, inputs)
+        if num_items_in_batch is None:  # evaluation, or a caller outside the training loop
+            loss = outputs.nll_sum / outputs.num_tokens.clamp(min=1)
+        else:
+            loss = outputs.nll_sum / torch.as_tensor(num_items_in_batch, device=outputs.nll_sum.device).clamp(min=1)
+            # DDP and DeepSpeed average gradients over ranks; the divisor already counts every rank's tokens.
+            if self.args.average_tokens_across_devices:
+                loss = loss * self.accelerator.num_processes
+
+        stats = torch.stack([outputs.num_correct.detach(), outputs.num_tokens.detach()])
+        self._token_stats[mode] += self.accelerator.gather_for_metrics(stats.unsqueeze(0)).sum(0).cpu()
+        return (loss, outputs) if return_outputs else loss
+
+    def _get_num_items_in_batch(self, batch_samples, device):
+        """Supervised tokens (labels shifted by one) over every micro-batch of the step and, with
+        `average_tokens_across_devices`, over every rank. Counted whatever the model's `accepts_loss_kwargs`."""
+        count = sum((batch["labels"][..., 1:] != -100).sum() for batch in batch_samples)
+        count = torch.as_tensor(count, device=device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            count = self.accelerator.gather(count).sum()
+        return count
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        # The same loss as training, and no logits: they are never built.
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        correct, total = self._token_stats[mode].tolist()
+        if total > 0:
+            self._metrics[mode]["mean_token_accuracy"] = [correct / total]
+        if mode == "train":
+            self._total_supervised_tokens += total
+            self._metrics[mode]["num_supervised_tokens"] = [self._total_supervised_tokens]
+        self._token_stats[mode].zero_()
+        super().log(logs, start_time)
