@@ -1,0 +1,35 @@
+# Everything a fresh machine needs: `make demo` and `make test` install first, then run.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Extras installed by `make install`; `make install EXTRAS=test` skips DeepSpeed (a ~5-10 min build).
+EXTRAS ?= test,deepspeed
+PYTEST_ARGS ?=
+
+.PHONY: install test test-slow demo bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	# torch first, from the pinned versions (served from a local copy on the project machines)
+	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
+
+test-slow: install
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]  # 5: no slow test collected
+
+demo: install
+	$(VENV)/bin/accelerate launch --num_processes 1 --cpu vlsft/train.py --config recipes/demo.yaml --output_dir outputs/demo
+
+bench: install
+	$(PY) benchmarks/bench.py
+
+clean:
+	rm -rf outputs .pytest_cache
