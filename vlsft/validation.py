@@ -1,0 +1,446 @@
+"""Row validation before the first training step: every bad row is found up front, and named by its index.
+
+A row is checked with the training collator itself (its template, tokenizer, image loading, `max_length` and mask),
+so validation and training agree on what a row is:
+- its messages have known roles and well-formed content, and at least one assistant turn;
+- every image loads and fully decodes, and there are as many images as image placeholders (in user, assistant and
+  tool messages alike), all of which the chat template renders;
+- with `max_length`, truncation cuts no image token and leaves at least one supervised token.
+
+Image token counts come from each image's size through the image processor's own resize rule
+(`get_number_of_image_patches`), so no pixel tensor is built and no model runs. A `datasets.Dataset` is checked with
+`Dataset.map` (parallel with `dataset_num_proc`, cached by fingerprint for datasets stored on disk); an
+`IterableDataset` cannot be checked up front and is left to fail in training.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset, IterableDataset
+from datasets.fingerprint import Hasher
+
+from vlsft.collator import RenderedRow, VisionChatCollator
+from vlsft.data import ImageLoadError, count_image_placeholders, is_image_item, load_image, row_images
+from vlsft.templates import detect_family
+
+logger = logging.getLogger(__name__)
+
+KNOWN_ROLES = ("system", "user", "assistant", "tool")
+CONTENT_TYPES = ("text", "image")
+# Roles whose image placeholders the known chat templates render (Qwen3-VL drops images in system/assistant turns).
+IMAGE_ROLES = ("user", "tool")
+# Rows listed in an error before the rest are only counted.
+MAX_LISTED_ROWS = 20
+# The source files whose logic decides a row's verdict: a change to any of them invalidates cached results.
+_VERDICT_SOURCES = ("validation.py", "collator.py", "data.py")
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    """One invalid row: `dataset` is None for the train dataset, else the eval dataset's name."""
+
+    dataset: str | None
+    index: int
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"row {self.index}" if self.dataset is None else f"eval dataset '{self.dataset}' row {self.index}"
+        return f"{where}: {self.reason}"
+
+
+class InvalidRowsError(ValueError):
+    """Rows that cannot be trained on, each as `row N: reason` (N counts from 0 in its dataset).
+
+    `problems` holds every `RowProblem`, including those the message leaves out.
+    """
+
+    def __init__(self, problems: list[RowProblem], checked: dict[str, int] | None = None):
+        self.problems = list(problems)
+        listed = "\n".join(f"  {problem}" for problem in self.problems[:MAX_LISTED_ROWS])
+        rest = len(self.problems) - MAX_LISTED_ROWS
+        if rest > 0:
+            listed += f"\n  ... and {rest} more invalid row(s)"
+        scope = ""
+        if checked:
+            scope = " (checked " + ", ".join(f"{count} {name} rows" for name, count in checked.items()) + ")"
+        super().__init__(
+            f"{len(self.problems)} row(s) cannot be trained on{scope}:\n{listed}\n"
+            "Fix or remove these rows, or drop them at load time with `VLSFTConfig(invalid_rows='skip')` "
+            "(`invalid_rows: skip` in a recipe's training section). `validate_rows=False` turns this check off."
+        )
+
+
+@dataclass
+class RowVerdict:
+    """What validation found for one row. `num_tokens` is the row's length with image tokens expanded, before
+    truncation; `num_supervised_tokens` counts the tokens the loss sees after truncation."""
+
+    reason: str  # "" for a valid row
+    num_tokens: int = 0
+    num_supervised_tokens: int = 0
+    num_image_tokens: tuple[int, ...] = ()
+
+
+@dataclass
+class ValidationResult:
+    num_rows: int
+    problems: list[RowProblem]
+
+    @property
+    def bad_indices(self) -> list[int]:
+        return [problem.index for problem in self.problems]
+
+
+# -- checking one batch of rows ------------------------------------------------------------------------------------
+
+
+def message_problems(messages: Any) -> list[str]:
+    """Problems with the shape of a conversation: roles, content items, tool calls. Empty if it can be rendered."""
+    if not isinstance(messages, list) or not messages:
+        return [f"'messages' must be a non-empty list of messages, got {_describe(messages)}"]
+    problems = []
+    for position, message in enumerate(messages):
+        if not isinstance(message, dict):
+            problems.append(f"message {position} must be a dict with 'role' and 'content', got {_describe(message)}")
+            continue
+        role = message.get("role")
+        if role not in KNOWN_ROLES:
+            problems.append(f"message {position} has unknown role {role!r} (expected one of {', '.join(KNOWN_ROLES)})")
+        content = message.get("content")
+        if isinstance(content, list):
+            for item_position, item in enumerate(content):
+                problems.extend(_content_item_problems(position, item_position, item))
+        elif content is not None and not isinstance(content, str):
+            problems.append(f"message {position} content must be a string or a list of items, got {_describe(content)}")
+        tool_calls = message.get("tool_calls")
+        if tool_calls is not None:
+            problems.extend(_tool_call_problems(position, role, tool_calls))
+    return problems
+
+
+def _content_item_problems(position: int, item_position: int, item: Any) -> list[str]:
+    where = f"message {position} content item {item_position}"
+    if not isinstance(item, dict):
+        return [f"{where} must be a dict like {{'type': 'text', 'text': ...}}, got {_describe(item)}"]
+    kind = item.get("type")
+    if kind not in CONTENT_TYPES:
+        return [f"{where} has type {kind!r}; vlsft trains on 'text' and 'image' items"]
+    if kind == "text" and not isinstance(item.get("text"), str):
+        return [f"{where} is a text item without a string 'text'"]
+    return []
+
+
+def _tool_call_problems(position: int, role: Any, tool_calls: Any) -> list[str]:
+    if role != "assistant":
+        return [f"message {position} is a {role!r} message with tool_calls; only assistant messages make tool calls"]
+    if not isinstance(tool_calls, list):
+        return [f"message {position} tool_calls must be a list, got {_describe(tool_calls)}"]
+    problems = []
+    for call_position, call in enumerate(tool_calls):
+        function = call.get("function", call) if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+            problems.append(f"message {position} tool call {call_position} has no function name")
+    return problems
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60] + '...' if len(text) > 60 else text}"
+
+
+def _image_problem(number: int, error: ImageLoadError) -> str:
+    cause = error.__cause__
+    if isinstance(cause, FileNotFoundError):
+        return f"image {number} not found: {cause.filename}"
+    if cause is not None:
+        return f"image {number} cannot be decoded ({type(cause).__name__}: {cause})"
+    return f"image {number}: {error}"
+
+
+class RowChecker:
+    """Checks rows the way `collator` trains on them. Picklable, so `Dataset.map` can run it in worker processes."""
+
+    def __init__(self, collator: VisionChatCollator):
+        self.collator = collator
+        self.image_processor = collator.processor.image_processor
+        # Qwen3-VL's template only has system messages first; a later one would be dropped without a word.
+        self.system_only_first = detect_family(collator.chat_template) is not None
+
+    def check(self, rows: list[dict[str, Any]]) -> list[RowVerdict]:
+        verdicts: list[RowVerdict | None] = [None] * len(rows)
+        renderable = []
+        for position, row in enumerate(rows):
+            problems = message_problems(row.get("messages"))
+            if self.system_only_first and not problems:
+                problems = [
+                    f"message {i} is a system message; the chat template only renders a system message first"
+                    for i, message in enumerate(row["messages"])
+                    if i > 0 and message.get("role") == "system"
+                ]
+            if problems:
+                verdicts[position] = RowVerdict("; ".join(problems))
+            else:
+                renderable.append(position)
+        tokenized = self._tokenize(rows, renderable)
+        for position in renderable:
+            result = tokenized[position]
+            verdicts[position] = (
+                RowVerdict(result) if isinstance(result, str) else self._check_rendered(rows[position], result)
+            )
+        return verdicts
+
+    def _tokenize(self, rows: list[dict[str, Any]], positions: list[int]) -> dict[int, RenderedRow | str]:
+        """Each row rendered and tokenized by the collator, or the reason its chat template failed on it. All rows
+        are tokenized in one batched call; only a batch with a failing row is redone row by row to find it."""
+        try:
+            return dict(zip(positions, self.collator.tokenize_rows([rows[p] for p in positions])))
+        except Exception:
+            results: dict[int, RenderedRow | str] = {}
+            for position in positions:
+                try:
+                    results[position] = self.collator.tokenize_rows([rows[position]])[0]
+                except Exception as error:
+                    results[position] = f"the chat template cannot render it ({type(error).__name__}: {error})"
+            return results
+
+    def _check_rendered(self, row: dict[str, Any], rendered: RenderedRow) -> RowVerdict:
+        messages = row["messages"]
+        problems = []
+        if not any(message.get("role") == "assistant" for message in messages):
+            problems.append("no assistant turn")
+
+        images = rendered.images
+        placeholders = count_image_placeholders(messages)
+        if placeholders != len(images):
+            problems.append(f"{placeholders} image placeholder(s) but {len(images)} image(s)")
+        else:
+            rendered_placeholders = rendered.input_ids.count(self.collator.image_token_id)
+            if rendered_placeholders != placeholders:
+                problems.append(self._unrendered_images_problem(messages, rendered_placeholders, placeholders))
+
+        image_tokens = []
+        for number, value in enumerate(images):
+            try:
+                image = load_image(value, self.collator.image_root)  # a full decode: corrupt data fails here
+                image_tokens.append(self.image_token_count(image.height, image.width))
+            except ImageLoadError as error:
+                problems.append(_image_problem(number, error))
+            except Exception as error:  # the image processor refuses the size (e.g. an extreme aspect ratio)
+                problems.append(f"image {number} cannot be processed ({type(error).__name__}: {error})")
+        if problems:
+            return RowVerdict("; ".join(problems))
+        return self._check_length(rendered, image_tokens)
+
+    def _unrendered_images_problem(self, messages: list[dict], rendered: int, placeholders: int) -> str:
+        dropped = [
+            f"message {i} ({message.get('role')})"
+            for i, message in enumerate(messages)
+            if message.get("role") not in IMAGE_ROLES
+            and isinstance(message.get("content"), list)
+            and any(isinstance(item, dict) and is_image_item(item) for item in message["content"])
+        ]
+        where = f"; images in {', '.join(dropped)} are dropped" if dropped else ""
+        return (
+            f"the chat template renders {rendered} of {placeholders} image placeholder(s){where}; "
+            "put images in user or tool messages"
+        )
+
+    def image_token_count(self, height: int, width: int) -> int:
+        """Tokens one image expands to, from its size alone through the image processor's resize rule; for an image
+        processor without that rule, by processing the image size's blank stand-in."""
+        if hasattr(self.image_processor, "get_number_of_image_patches"):
+            return self.image_processor.get_number_of_image_patches(height, width, {}) // self.collator.merge_length
+        from PIL import Image
+
+        grid = self.image_processor(images=[Image.new("RGB", (width, height))], return_tensors="pt")["image_grid_thw"]
+        return int(grid.prod(-1).sum()) // self.collator.merge_length
+
+    def _check_length(self, rendered: RenderedRow, image_tokens: list[int]) -> RowVerdict:
+        collator = self.collator
+        max_length = collator.max_length
+        vision_ids = collator._vision_token_ids
+        # Walk the unexpanded ids with the position each token lands on once image pads are expanded.
+        position, image_end, supervised_positions, image_number = 0, 0, [], 0
+        for token, supervised in zip(rendered.input_ids, rendered.supervised):
+            if token == collator.image_token_id:
+                position += image_tokens[image_number]
+                image_number += 1
+                image_end = position
+                continue
+            # Labels are shifted: position 0 is never a target.
+            if supervised and token not in vision_ids and position > 0:
+                supervised_positions.append(position)
+            position += 1
+        length = position
+        kept = length if max_length is None else min(length, max_length)
+        num_supervised = sum(1 for p in supervised_positions if p < kept)
+        verdict = RowVerdict("", length, num_supervised, tuple(image_tokens))
+        if max_length is not None and image_end > max_length:
+            verdict.reason = (
+                f"max_length={max_length} cuts image tokens (row is {length} tokens, image tokens end at {image_end})"
+            )
+        elif num_supervised == 0 and max_length is not None and supervised_positions:
+            verdict.reason = (
+                f"max_length={max_length} leaves no supervised token (row is {length} tokens, the first "
+                f"supervised token is at {supervised_positions[0]})"
+            )
+        elif num_supervised == 0:
+            verdict.reason = "no supervised token (the assistant turns render empty)"
+        return verdict
+
+    # -- as a `Dataset.map` function -----------------------------------------------------------------------------
+
+    def map_batch(self, batch) -> dict[str, list]:
+        """`Dataset.map` entry point: `batch` is an Arrow table, so images stay undecoded until `load_image`."""
+        verdicts = self.check(batch.to_pylist())
+        return {
+            "reason": [verdict.reason for verdict in verdicts],
+            "num_tokens": [verdict.num_tokens for verdict in verdicts],
+            "num_supervised_tokens": [verdict.num_supervised_tokens for verdict in verdicts],
+        }
+
+
+# -- checking datasets ---------------------------------------------------------------------------------------------
+
+
+def validation_fingerprint(dataset: Dataset, collator: VisionChatCollator) -> str:
+    """A fingerprint of everything a row's verdict depends on: the dataset's content, the collator's settings, the
+    tokenizer, the image processor and this check's code. Built from plain values so that it is the same in every
+    process (hashing the collator object itself would pickle the whole processor)."""
+    tokenizer = collator.processor.tokenizer
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    tokenizer_state = backend.to_str() if backend is not None else Hasher.hash(tokenizer)
+    image_processor = collator.processor.image_processor
+    sources = [(Path(__file__).parent / name).read_bytes() for name in _VERDICT_SOURCES]
+    return Hasher.hash(
+        [
+            "vlsft-validate-rows",
+            dataset._fingerprint,
+            collator.chat_template,
+            collator.max_length,
+            collator.image_root,
+            collator.assistant_only_loss,
+            type(collator).__qualname__,
+            tokenizer_state,
+            image_processor.to_json_string() if hasattr(image_processor, "to_json_string") else repr(image_processor),
+            sources,
+        ]
+    )
+
+
+def validate_rows(
+    dataset: Dataset | list[dict[str, Any]],
+    collator: VisionChatCollator,
+    *,
+    name: str | None = None,
+    num_proc: int | None = None,
+    batch_size: int = 256,
+) -> ValidationResult:
+    """Check every row of `dataset` as `collator` would train on it. `name` is None for a train dataset, else the
+    eval dataset's name (it only labels the problems). Returns every problem; raises nothing."""
+    checker = RowChecker(collator)
+    if isinstance(dataset, Dataset):
+        label = "train" if name is None else f"eval '{name}'"
+        verdicts = dataset.with_format("arrow").map(
+            checker.map_batch,
+            batched=True,
+            batch_size=batch_size,
+            num_proc=num_proc if num_proc and num_proc > 1 and len(dataset) > batch_size else None,
+            remove_columns=dataset.column_names,
+            new_fingerprint=validation_fingerprint(dataset, collator),
+            desc=f"vlsft: validating {label} rows",
+        )
+        reasons = verdicts.with_format("arrow")[:].column("reason").to_pylist()
+    else:
+        reasons = []
+        for start in range(0, len(dataset), batch_size):
+            reasons.extend(verdict.reason for verdict in checker.check(list(dataset[start : start + batch_size])))
+    problems = [RowProblem(name, index, reason) for index, reason in enumerate(reasons) if reason]
+    return ValidationResult(num_rows=len(reasons), problems=problems)
+
+
+def validate_datasets(train_dataset, eval_dataset, collator: VisionChatCollator, args):
+    """The trainer's check before training: validate the train dataset and every eval dataset, then raise
+    `InvalidRowsError` naming the bad rows (`args.invalid_rows == "raise"`) or drop them and log how many and why
+    (`"skip"`). Returns `(train_dataset, eval_dataset)`, filtered in skip mode."""
+    if not getattr(args, "validate_rows", True):
+        return train_dataset, eval_dataset
+    named = {None: train_dataset} if train_dataset is not None else {}
+    if isinstance(eval_dataset, dict):
+        named.update(eval_dataset)
+    elif eval_dataset is not None:
+        named["eval"] = eval_dataset
+
+    results: dict[str | None, ValidationResult] = {}
+    with args.main_process_first(desc="vlsft row validation"):
+        for name, dataset in named.items():
+            label = "train dataset" if name is None else f"eval dataset '{name}'"
+            if isinstance(dataset, IterableDataset):
+                logger.warning(
+                    f"The {label} is an IterableDataset, whose rows cannot be checked before training: a bad row "
+                    "will fail in the middle of training. Load it as a `datasets.Dataset` to have it validated."
+                )
+                continue
+            if not isinstance(dataset, Dataset):
+                logger.warning(f"The {label} is a {type(dataset).__name__}, not a `datasets.Dataset`; not validated.")
+                continue
+            results[name] = validate_rows(dataset, collator, name=name, num_proc=args.dataset_num_proc)
+
+    problems = [problem for result in results.values() for problem in result.problems]
+    if not problems:
+        return train_dataset, eval_dataset
+    checked = {("train" if name is None else f"eval '{name}'"): result.num_rows for name, result in results.items()}
+    if args.invalid_rows != "skip":
+        raise InvalidRowsError(problems, checked)
+
+    filtered = {}
+    for name, result in results.items():
+        if not result.problems:
+            continue
+        label = "train" if name is None else f"eval '{name}'"
+        if len(result.problems) == result.num_rows:
+            raise InvalidRowsError(result.problems, {label: result.num_rows})
+        bad = set(result.bad_indices)
+        filtered[name] = named[name].select(i for i in range(result.num_rows) if i not in bad)
+        logger.warning(_skip_summary(label, result))
+    train_dataset = filtered.get(None, train_dataset)
+    if isinstance(eval_dataset, dict):
+        eval_dataset = {name: filtered.get(name, dataset) for name, dataset in eval_dataset.items()}
+    elif eval_dataset is not None:
+        eval_dataset = filtered.get("eval", eval_dataset)
+    return train_dataset, eval_dataset
+
+
+def _skip_summary(label: str, result: ValidationResult) -> str:
+    kinds = Counter(_reason_kind(problem.reason) for problem in result.problems)
+    listed = "\n".join(f"  {problem}" for problem in result.problems[:MAX_LISTED_ROWS])
+    rest = len(result.problems) - MAX_LISTED_ROWS
+    if rest > 0:
+        listed += f"\n  ... and {rest} more"
+    by_kind = ", ".join(f"{count} {kind}" for kind, count in kinds.most_common())
+    return (
+        f"invalid_rows='skip': dropped {len(result.problems)} of {result.num_rows} {label} rows ({by_kind}), "
+        f"training on the other {result.num_rows - len(result.problems)}:\n{listed}"
+    )
+
+
+def _reason_kind(reason: str) -> str:
+    """A short category of a reason, for the skip summary."""
+    for marker, kind in (
+        (" not found: ", "missing image"),
+        ("cannot be decoded", "corrupt image"),
+        ("cannot be processed", "unusable image"),
+        ("image placeholder(s) but", "image/placeholder mismatch"),
+        ("renders", "unrendered image"),
+        ("no assistant turn", "no assistant turn"),
+        ("cuts image tokens", "image tokens truncated"),
+        ("supervised token", "no supervised token"),
+    ):
+        if marker in reason:
+            return kind
+    return "malformed messages"
