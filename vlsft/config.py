@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import os
+
 import torch
 from trl import SFTConfig
 
@@ -29,6 +31,10 @@ class VLSFTConfig(SFTConfig):
         loss_chunk_size (`int`, defaults to `1024`):
             Supervised positions projected through the LM head at a time. Each chunk's float32 logits are recomputed
             in the backward pass instead of being stored, so memory stays at one chunk of logits.
+        component_learning_rates (`dict[str, float]`, *optional*):
+            Learning rates per model component, as optimizer parameter groups: keys `"vision_tower"`, `"merger"`
+            (projector and DeepStack mergers), `"language_model"` (see `vlsft.model_parts`). A component left out
+            uses `learning_rate`. Recipes set it from `model.vision_tower_lr` / `merger_lr` / `language_model_lr`.
         bf16 (`bool`, *optional*):
             Mixed bf16 precision. Defaults to `True` where a bf16-capable GPU is present, `False` elsewhere (TRL
             defaults to `True` everywhere, which fails on CPU).
@@ -51,6 +57,10 @@ class VLSFTConfig(SFTConfig):
     loss_chunk_size: int = field(
         default=1024, metadata={"help": "Supervised positions projected through the LM head at a time."}
     )
+    component_learning_rates: dict[str, float] | None = field(
+        default=None,
+        metadata={"help": "Learning rate per component: vision_tower, merger, language_model (others: learning_rate)."},
+    )
 
     def __post_init__(self):
         if self.invalid_rows not in ("raise", "skip"):
@@ -65,4 +75,9 @@ class VLSFTConfig(SFTConfig):
         # only where it can run; an explicit True/False is kept.
         if self.bf16 is None and not self.fp16:
             self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        # `accelerate launch --multi_gpu --num_processes N` on a machine without GPUs starts N processes, but
+        # accelerate runs them as one-process jobs unless asked for CPU; data parallelism over gloo needs use_cpu.
+        # (`accelerate launch --cpu` starts a single process, whatever --num_processes says.)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+            self.use_cpu = True
         super().__post_init__()

@@ -67,7 +67,12 @@ def supervised_nll(
 
 
 def attach_supervised_head(model: nn.Module, chunk_size: int = 1024) -> None:
-    """Let `model(..., supervised_labels=labels)` return a `SupervisedLossOutput`; other calls are unchanged."""
+    """Let `model(..., supervised_labels=labels)` return a `SupervisedLossOutput`; other calls are unchanged.
+    Attaching twice (a second trainer on the same model) only updates the chunk size."""
+    if getattr(model, "_vlsft_loss_chunk_size", None) is not None:
+        model._vlsft_loss_chunk_size = chunk_size
+        return
+    model._vlsft_loss_chunk_size = chunk_size
     previous_forward = model.forward
 
     @functools.wraps(type(model).forward)  # keep the signature: `generate` validates its kwargs against it
@@ -79,7 +84,7 @@ def attach_supervised_head(model: nn.Module, chunk_size: int = 1024) -> None:
         # The backbone and the head are looked up on every call: PEFT, DeepSpeed and FSDP replace them after this.
         backbone_output = self.base_model(*args, **kwargs)
         return supervised_nll(
-            backbone_output.last_hidden_state, supervised_labels, self.get_output_embeddings(), chunk_size
+            backbone_output.last_hidden_state, supervised_labels, self.get_output_embeddings(), self._vlsft_loss_chunk_size
         )
 
     model.forward = types.MethodType(forward, model)

@@ -1,0 +1,115 @@
+"""The training template renders exactly what the stock Qwen3-VL template renders, keeps prefixes, and puts the
+end-of-turn token inside every generation block; unknown templates fail with the fix in the message."""
+
+from __future__ import annotations
+
+import pytest
+from transformers.utils.chat_template_utils import render_jinja_template
+
+from tests.conftest import IMAGE, TOOLS, assistant, tool, user, zoom_call
+from vlsft.data import normalize_messages
+from vlsft.templates import (
+    detect_family,
+    has_generation_markers,
+    resolve_training_template,
+    stock_qwen3_vl_template,
+    training_template,
+)
+
+STOCK = stock_qwen3_vl_template()
+TRAINING = training_template("qwen3_vl")
+
+
+def render(template, messages, tools=None, add_generation_prompt=False, with_spans=False):
+    text, spans = render_jinja_template(
+        [normalize_messages(messages)],
+        tools=tools,
+        chat_template=template,
+        add_generation_prompt=add_generation_prompt,
+        return_assistant_tokens_mask=with_spans,
+    )
+    return (text[0], spans[0]) if with_spans else text[0]
+
+
+CONVERSATIONS = {
+    "plain": ([user("Hi"), assistant("Hello!")], None),
+    "image": ([user(IMAGE, "What is it?"), assistant("A cat.")], None),
+    "system_string": ([{"role": "system", "content": "Be brief."}, user("Hi"), assistant("Hey")], None),
+    "system_list": ([{"role": "system", "content": [{"type": "text", "text": "Be brief."}]}, user("Hi"), assistant("Hey")], None),
+    "tools_no_system": ([user("Zoom"), assistant("", [zoom_call()]), tool("ok"), assistant("Done.")], TOOLS),
+    "tools_with_system": (
+        [{"role": "system", "content": "You can zoom."}, user(IMAGE, "Zoom"), assistant("Sure.", [zoom_call(), zoom_call("right")])],
+        TOOLS,
+    ),
+    "multi_turn": ([user(IMAGE, "A?"), assistant("B."), user(IMAGE, "C?"), assistant("D.")], None),
+    "consecutive_tools_with_images": (
+        [user("Go"), assistant("", [zoom_call(), zoom_call("right")]), tool(IMAGE, "left"), tool(IMAGE, "right"), assistant("Both red.")],
+        TOOLS,
+    ),
+    "empty_answer": ([user("Say nothing"), assistant("")], None),
+    "string_tool_arguments": (
+        [user("Go"), {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "zoom", "arguments": '{"region": "top"}'}}]}],
+        TOOLS,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONVERSATIONS))
+@pytest.mark.parametrize("add_generation_prompt", [False, True])
+def test_training_template_renders_like_the_stock_template(name, add_generation_prompt):
+    messages, tools = CONVERSATIONS[name]
+    assert render(TRAINING, messages, tools, add_generation_prompt) == render(STOCK, messages, tools, add_generation_prompt)
+
+
+@pytest.mark.parametrize("name", sorted(CONVERSATIONS))
+def test_prefix_preservation(name):
+    """Rendering the conversation up to each assistant turn, with the generation prompt, is a prefix of the full
+    rendering: what the model sees at inference is what it was trained on."""
+    messages, tools = CONVERSATIONS[name]
+    full = render(TRAINING, messages, tools)
+    for i, message in enumerate(messages):
+        if message["role"] == "assistant":
+            prompt = render(TRAINING, messages[:i], tools, add_generation_prompt=True)
+            assert full.startswith(prompt)
+
+
+@pytest.mark.parametrize("name", sorted(CONVERSATIONS))
+def test_each_generation_block_is_the_assistant_body_with_its_end_of_turn(name):
+    messages, tools = CONVERSATIONS[name]
+    text, spans = render(TRAINING, messages, tools, with_spans=True)
+    assert len(spans) == sum(m["role"] == "assistant" for m in messages)
+    for start, end in spans:
+        assert text[start:end].endswith("<|im_end|>\n")
+        assert text[:start].endswith("<|im_start|>assistant\n")  # the cue stays in the prompt
+        assert "<|im_start|>" not in text[start:end]
+
+
+def test_template_resolution():
+    assert detect_family(STOCK) == "qwen3_vl"
+    assert detect_family(STOCK + "\n") == "qwen3_vl"  # Hub copies differ in trailing whitespace
+    assert resolve_training_template(STOCK) == TRAINING
+    assert resolve_training_template(TRAINING) == TRAINING
+    custom = "{% for m in messages %}{% generation %}{{ m.content }}{% endgeneration %}{% endfor %}"
+    assert has_generation_markers(custom) and resolve_training_template(custom) == custom
+    with pytest.raises(ValueError, match="chat_template_path"):
+        resolve_training_template("{% for m in messages %}{{ m.content }}{% endfor %}")
+
+
+def test_trainer_rejects_an_unknown_template_with_the_fix(tiny, tmp_path):
+    from datasets import Dataset
+
+    from vlsft import VLSFTConfig, VLSFTTrainer
+    from vlsft.tiny_model import build_processor
+
+    model, _ = tiny
+    processor = build_processor(chat_template="{% for m in messages %}{{ m.content }}{% endfor %}")
+    dataset = Dataset.from_list([{"messages": [user("Hi"), assistant("Yo")], "images": []}])
+    args = VLSFTConfig(output_dir=str(tmp_path), report_to="none")
+    with pytest.raises(ValueError, match="chat_template_path"):
+        VLSFTTrainer(model, args=args, train_dataset=dataset, processing_class=processor)
+    # ... and the fix works: a marked template passed by path is used as is.
+    marked = tmp_path / "marked.jinja"
+    marked.write_text(TRAINING)
+    args = VLSFTConfig(output_dir=str(tmp_path), report_to="none", chat_template_path=str(marked))
+    trainer = VLSFTTrainer(model, args=args, train_dataset=dataset, processing_class=processor)
+    assert trainer.training_chat_template == TRAINING
