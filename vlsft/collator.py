@@ -80,9 +80,9 @@ class VisionChatCollator:
         messages = normalize_messages(row["messages"])
         tools = row.get("tools") or None
         rendered, spans = render_jinja_template(
-            [messages], tools=tools, chat_template=self.chat_template, return_assistant_tokens_mask=True
+            [messages], tools=tools, chat_template=self.chat_template, return_assistant_tokens_mask=self.assistant_only_loss
         )
-        return rendered[0], [tuple(span) for span in spans[0]]
+        return rendered[0], [tuple(span) for span in spans[0]] if self.assistant_only_loss else []
 
     def pieces(self, row: dict[str, Any]) -> list[tuple[str, bool]]:
         """The rendered row cut into (text, supervised) pieces at the generation-block boundaries."""

@@ -1,0 +1,89 @@
+"""VLSFTTrainer is a drop-in SFTTrainer: same constructor (model as instance or path, TRL/transformers configs,
+PEFT config), easy to subclass, and it trains a few steps with finite losses."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+from transformers import TrainingArguments
+from trl import SFTConfig, SFTTrainer
+
+from tests.conftest import IMAGE, assistant, image, user
+from vlsft import VLSFTConfig, VLSFTTrainer
+from vlsft.tiny_model import save_tiny_qwen3_vl
+
+
+def dataset():
+    return Dataset.from_list(
+        [{"messages": [user(IMAGE, f"What is shown in picture {i}?"), assistant(f"A shape number {i}.")], "images": [image()]} for i in range(4)]
+    )
+
+
+def quick(tmp_path, **extra):
+    return dict(output_dir=str(tmp_path), report_to="none", max_steps=3, per_device_train_batch_size=2,
+                gradient_checkpointing=False, save_strategy="no", logging_steps=1, **extra)
+
+
+def test_public_api():
+    assert issubclass(VLSFTConfig, SFTConfig)
+    assert issubclass(VLSFTTrainer, SFTTrainer)
+    assert VLSFTConfig(output_dir="x").assistant_only_loss is True
+
+
+def test_model_given_as_a_path_trains_three_finite_steps(tmp_path):
+    path = save_tiny_qwen3_vl(tmp_path / "tiny")
+    trainer = VLSFTTrainer(str(path), args=VLSFTConfig(**quick(tmp_path / "out")), train_dataset=dataset())
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+
+
+@pytest.mark.parametrize("config_class", [SFTConfig, TrainingArguments])
+def test_trl_and_transformers_configs_are_accepted(tiny, tmp_path, config_class):
+    model, processor = tiny
+    # TRL's SFTConfig keeps its own value of every field; TrainingArguments has no assistant_only_loss: vlsft's default.
+    extra = {"bf16": False, "assistant_only_loss": True} if config_class is SFTConfig else {}
+    args = config_class(**quick(tmp_path, learning_rate=3e-4), **extra)
+    trainer = VLSFTTrainer(copy.deepcopy(model), args=args, train_dataset=dataset(), processing_class=processor)
+    assert isinstance(trainer.args, VLSFTConfig)
+    assert trainer.args.learning_rate == 3e-4 and trainer.args.assistant_only_loss
+
+
+def test_lora_peft_config_trains_only_the_adapter(tiny, tmp_path):
+    model, processor = tiny
+    peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    trainer = VLSFTTrainer(
+        copy.deepcopy(model), args=VLSFTConfig(**quick(tmp_path)), train_dataset=dataset(), processing_class=processor,
+        peft_config=peft_config,
+    )
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("lora_" in n for n in changed)
+
+
+def test_subclass_changes_the_loss(tiny, tmp_path):
+    """The README's example: a subclass that reweights the loss through `supervised_sums`."""
+
+    class HalfLossTrainer(VLSFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            sums = self.supervised_sums(model, inputs)
+            return 0.5 * sums.nll_sum / sums.num_tokens.clamp(min=1)
+
+    model, processor = tiny
+    args = VLSFTConfig(**quick(tmp_path))
+    plain = VLSFTTrainer(copy.deepcopy(model), args=args, train_dataset=dataset(), processing_class=processor)
+    half = HalfLossTrainer(copy.deepcopy(model), args=args, train_dataset=dataset(), processing_class=processor)
+    batch = plain.data_collator([dataset()[i] for i in range(2)])
+    assert half.compute_loss(half.model, dict(batch)).item() == pytest.approx(0.5 * plain.compute_loss(plain.model, dict(batch)).item(), rel=1e-6)
+
+
+def test_logit_metrics_are_refused_with_the_reason(tiny, tmp_path):
+    model, processor = tiny
+    with pytest.raises(ValueError, match="never builds the full logits"):
+        VLSFTTrainer(model, args=VLSFTConfig(**quick(tmp_path)), train_dataset=dataset(), processing_class=processor,
+                     compute_metrics=lambda prediction: {})
