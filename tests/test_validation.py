@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import json
 import logging
 
 import pytest
@@ -298,8 +299,11 @@ def test_parallel_validation_matches_and_results_are_cached(processor, tmp_path,
     rows = [good_row(image_files["good"], n) for n in range(600)]
     for n in (3, 299, 598):
         rows[n] = good_row(image_files["missing"], n)
+    # String content in some rows and item lists in others: `datasets` stores such a column as JSON text, which
+    # validation must decode like training does.
+    rows[10]["messages"][1]["content"] = "A red square."
     path = tmp_path / "rows.jsonl"
-    Dataset.from_list(rows).to_json(path)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     dataset = load_dataset("json", data_files=str(path), split="train", cache_dir=str(tmp_path / "cache"))
     collator = collator_for(processor, MAX_LENGTH)
 

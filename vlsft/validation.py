@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from datasets import Dataset, IterableDataset
+from datasets import Dataset, Features, Image, IterableDataset, LargeList, List
 from datasets.fingerprint import Hasher
 
 from vlsft.collator import RenderedRow, VisionChatCollator
@@ -165,8 +165,11 @@ def _image_problem(number: int, error: ImageLoadError) -> str:
 class RowChecker:
     """Checks rows the way `collator` trains on them. Picklable, so `Dataset.map` can run it in worker processes."""
 
-    def __init__(self, collator: VisionChatCollator):
+    def __init__(self, collator: VisionChatCollator, features: Features | None = None):
         self.collator = collator
+        # How `map_batch` turns Arrow rows into Python rows: every feature decoded (JSON columns, for instance)
+        # except images, which `load_image` decodes itself so that a corrupt one is reported and not raised.
+        self.features = _without_image_decoding(features) if features is not None else None
         self.image_processor = collator.processor.image_processor
         # Qwen3-VL's template only has system messages first; a later one would be dropped without a word.
         self.system_only_first = detect_family(collator.chat_template) is not None
@@ -297,12 +300,30 @@ class RowChecker:
 
     def map_batch(self, batch) -> dict[str, list]:
         """`Dataset.map` entry point: `batch` is an Arrow table, so images stay undecoded until `load_image`."""
-        verdicts = self.check(batch.to_pylist())
+        rows = batch.to_pylist()
+        if self.features is not None:
+            rows = [self.features.decode_example(row) for row in rows]
+        verdicts = self.check(rows)
         return {
             "reason": [verdict.reason for verdict in verdicts],
             "num_tokens": [verdict.num_tokens for verdict in verdicts],
             "num_supervised_tokens": [verdict.num_supervised_tokens for verdict in verdicts],
         }
+
+
+def _without_image_decoding(feature):
+    """A copy of a (nested) `datasets` feature in which every `Image` stays undecoded ({"bytes", "path"} dicts)."""
+    if isinstance(feature, Image):
+        return Image(mode=feature.mode, decode=False)
+    if isinstance(feature, Features):
+        return Features({key: _without_image_decoding(value) for key, value in feature.items()})
+    if isinstance(feature, dict):
+        return {key: _without_image_decoding(value) for key, value in feature.items()}
+    if isinstance(feature, List):
+        return List(_without_image_decoding(feature.feature), length=feature.length)
+    if isinstance(feature, LargeList):
+        return LargeList(_without_image_decoding(feature.feature))
+    return feature
 
 
 # -- checking datasets ---------------------------------------------------------------------------------------------
@@ -343,8 +364,8 @@ def validate_rows(
 ) -> ValidationResult:
     """Check every row of `dataset` as `collator` would train on it. `name` is None for a train dataset, else the
     eval dataset's name (it only labels the problems). Returns every problem; raises nothing."""
-    checker = RowChecker(collator)
     if isinstance(dataset, Dataset):
+        checker = RowChecker(collator, dataset.features)
         label = "train" if name is None else f"eval '{name}'"
         verdicts = dataset.with_format("arrow").map(
             checker.map_batch,
@@ -357,6 +378,7 @@ def validate_rows(
         )
         reasons = verdicts.with_format("arrow")[:].column("reason").to_pylist()
     else:
+        checker = RowChecker(collator)
         reasons = []
         for start in range(0, len(dataset), batch_size):
             reasons.extend(verdict.reason for verdict in checker.check(list(dataset[start : start + batch_size])))
