@@ -143,10 +143,11 @@ def test_no_supervised_token_gives_an_exact_zero_and_zero_gradients(tiny, tmp_pa
             assert param.grad is None or torch.count_nonzero(param.grad) == 0, name
 
 
-def test_evaluation_uses_the_same_loss(tiny, tmp_path):
+def test_evaluation_uses_the_same_token_weighted_loss(tiny, tmp_path):
+    """Over eval batches of different sizes (3 + 1 rows), eval_loss is the token-weighted mean over all rows."""
     model, processor = tiny
     rows = rows_of_different_lengths()
-    trainer = make_trainer(model, processor, tmp_path, per_device_eval_batch_size=4)
+    trainer = make_trainer(model, processor, tmp_path, per_device_eval_batch_size=3)
     metrics = trainer.evaluate(Dataset.from_list(rows))
     expected = reference_loss(trainer.model, trainer.data_collator(rows))
     assert metrics["eval_loss"] == pytest.approx(expected.item(), rel=1e-5)

@@ -10,6 +10,8 @@ What it changes, each in one overridden method:
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from accelerate.utils import is_peft_model
 from transformers import AutoProcessor, ProcessorMixin, TrainingArguments
@@ -20,6 +22,7 @@ from vlsft.collator import VisionChatCollator
 from vlsft.config import VLSFTConfig
 from vlsft.loss import attach_supervised_head
 from vlsft.templates import resolve_training_template
+from vlsft.validation import validate_datasets
 
 
 def as_vlsft_config(args: TrainingArguments | None, model) -> VLSFTConfig:
@@ -29,10 +32,10 @@ def as_vlsft_config(args: TrainingArguments | None, model) -> VLSFTConfig:
     if args is None:
         name = model if isinstance(model, str) else get_config_model_id(model.config)
         return VLSFTConfig(output_dir=f"{name.split('/')[-1]}-vlsft")
-    values = args.to_dict()
-    values["hub_token"] = args.hub_token  # to_dict hides it
+    # Field values as set, not `to_dict()`, which masks every `*_token` field (hub_token, eos_token, pad_token).
     known = VLSFTConfig.__dataclass_fields__
-    return VLSFTConfig(**{key: value for key, value in values.items() if key in known})
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init and f.name in known}
+    return VLSFTConfig(**values)
 
 
 class VLSFTTrainer(SFTTrainer):
@@ -88,6 +91,13 @@ class VLSFTTrainer(SFTTrainer):
             self.training_chat_template = processing_class.chat_template
         if data_collator is None:
             data_collator = self.build_collator(processing_class, args)
+        if args.validate_rows:
+            # Every row is checked now, so a bad one stops the run (or is skipped, with `invalid_rows="skip"`) by its
+            # index before the model loads, not in the middle of training. A custom collator is checked against ours.
+            checker = data_collator
+            if not isinstance(checker, VisionChatCollator):
+                checker = self.build_collator(processing_class, args)
+            train_dataset, eval_dataset = validate_datasets(train_dataset, eval_dataset, checker, args)
 
         super().__init__(
             model=model,
@@ -105,8 +115,8 @@ class VLSFTTrainer(SFTTrainer):
         )
         base_model = self.model.get_base_model() if is_peft_model(self.model) else self.model
         attach_supervised_head(base_model, chunk_size=args.loss_chunk_size)
-        # [num_correct, num_supervised] since the last log, per mode; summed over ranks.
-        self._token_stats = {"train": torch.zeros(2, dtype=torch.long), "eval": torch.zeros(2, dtype=torch.long)}
+        # [num_correct, num_supervised, summed NLL] since the last log, per mode; summed over ranks.
+        self._token_stats = {"train": torch.zeros(3, dtype=torch.float64), "eval": torch.zeros(3, dtype=torch.float64)}
         self._total_supervised_tokens = 0
 
     def build_collator(self, processor: ProcessorMixin, args: VLSFTConfig) -> VisionChatCollator:
@@ -118,6 +128,33 @@ class VLSFTTrainer(SFTTrainer):
             image_root=args.image_root,
             assistant_only_loss=args.assistant_only_loss,
         )
+
+    def create_optimizer(self, model=None):
+        """`Trainer.create_optimizer`, with one parameter group per (component, weight decay or not) and the
+        component's learning rate when `args.component_learning_rates` is set (`vlsft.model_parts`)."""
+        if self.optimizer is None and self.args.component_learning_rates:
+            from transformers.trainer_optimizer import is_optimizer_factory
+
+            from vlsft.model_parts import parameter_groups
+
+            opt_model = self.model if model is None else model
+            optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs or self.get_optimizer_cls_and_kwargs(
+                self.args, opt_model
+            )
+            if is_optimizer_factory(optimizer_cls) or {"params", "model", "optimizer_dict"} & set(optimizer_kwargs):
+                raise ValueError(
+                    f"`component_learning_rates` needs an optimizer that takes parameter groups; `optim={self.args.optim}` "
+                    "builds its own. Use e.g. `optim: adamw_torch`, or drop the per-component learning rates."
+                )
+            groups = parameter_groups(
+                opt_model,
+                self.args.component_learning_rates,
+                default_lr=self.args.learning_rate,
+                weight_decay=self.args.weight_decay,
+                decay_parameter_names=self.get_decay_parameter_names(opt_model),
+            )
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return super().create_optimizer(model)
 
     # -- the loss ----------------------------------------------------------------------------------------------
 
@@ -137,8 +174,8 @@ class VLSFTTrainer(SFTTrainer):
             if self.args.average_tokens_across_devices:
                 loss = loss * self.accelerator.num_processes
 
-        stats = torch.stack([outputs.num_correct.detach(), outputs.num_tokens.detach()])
-        self._token_stats[mode] += self.accelerator.gather_for_metrics(stats.unsqueeze(0)).sum(0).cpu()
+        stats = torch.stack([outputs.num_correct.detach(), outputs.num_tokens.detach(), outputs.nll_sum.detach()])
+        self._token_stats[mode] += self.accelerator.gather_for_metrics(stats.double().unsqueeze(0)).sum(0).cpu()
         return (loss, outputs) if return_outputs else loss
 
     def _get_num_items_in_batch(self, batch_samples, device):
@@ -159,11 +196,16 @@ class VLSFTTrainer(SFTTrainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
-        correct, total = self._token_stats[mode].tolist()
+        correct, total, nll_sum = self._token_stats[mode].tolist()
         if total > 0:
             self._metrics[mode]["mean_token_accuracy"] = [correct / total]
+        if mode == "eval" and total > 0:
+            # `Trainer` averages per-batch losses; the eval loss is the token-weighted mean over the whole eval set,
+            # the same quantity the training loss is for a step.
+            for key in [k for k in logs if k.startswith("eval") and k.endswith("_loss")]:
+                logs[key] = nll_sum / total
         if mode == "train":
-            self._total_supervised_tokens += total
+            self._total_supervised_tokens += int(total)
             self._metrics[mode]["num_supervised_tokens"] = [self._total_supervised_tokens]
         self._token_stats[mode].zero_()
         super().log(logs, start_time)
