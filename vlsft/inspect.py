@@ -1,0 +1,380 @@
+"""`vlsft inspect`: see exactly what a row trains on: its tokens with the supervised ones highlighted, its images.
+
+    vlsft inspect --config recipes/qwen3vl.yaml [--rows 0:5] [--split eval] [--html rows.html] [--key value ...]
+
+    import vlsft
+    vlsft.inspect(config="recipes/qwen3vl.yaml", rows="0:5", html="rows.html")
+    vlsft.inspect(dataset, processor, args=VLSFTConfig(...), rows=[3, 7])
+
+Rows go through the training collator itself (same template, tokenizer, image expansion, `max_length` and mask as
+`VLSFTTrainer`), so what is shown is what trains. On a terminal the supervised tokens are coloured; elsewhere they
+are wrapped in `[[` and `]]`. The HTML page shows the images inline where their tokens are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html as html_lib
+import io
+import os
+import sys
+import types
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from vlsft.collator import VisionChatCollator
+from vlsft.data import ImageLoadError, load_image
+
+SUPERVISED_OPEN, SUPERVISED_CLOSE = "[[", "]]"
+# The highlight of supervised tokens in the HTML view (a test looks for it in a browser screenshot).
+SUPERVISED_COLOUR = "#ffd84d"
+_ANSI_SUPERVISED, _ANSI_IMAGE, _ANSI_DIM, _ANSI_RESET = "\x1b[30;43m", "\x1b[1;36m", "\x1b[2m", "\x1b[0m"
+# Thumbnails in the HTML page are at most this many pixels on their longest side.
+THUMBNAIL_SIZE = 384
+
+
+@dataclass
+class Segment:
+    """A run of consecutive tokens that are all supervised or all not; `image` is the image number for a run of
+    image tokens (never supervised)."""
+
+    text: str
+    supervised: bool
+    image: int | None = None
+    num_tokens: int = 0
+
+
+@dataclass
+class RowView:
+    """One row as the trainer sees it. `num_tokens` is after truncation, `full_length` before it."""
+
+    index: int
+    segments: list[Segment] = field(default_factory=list)
+    num_tokens: int = 0
+    num_supervised_tokens: int = 0
+    image_tokens: list[int] = field(default_factory=list)
+    image_sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height) as loaded
+    images: list[Any] = field(default_factory=list)  # the decoded PIL images, for the HTML view
+    full_length: int = 0
+    problem: str | None = None  # why the row cannot be trained on, if it cannot
+
+    def text(self, color: bool = False) -> str:
+        return render_text(self, color=color)
+
+
+# -- building the views ----------------------------------------------------------------------------------------------
+
+
+def training_collator(processor, args) -> VisionChatCollator:
+    """The collator `VLSFTTrainer(args=args, processing_class=processor)` trains with (see its `build_collator`)."""
+    from vlsft.templates import resolve_training_template
+
+    template = processor.chat_template
+    if args.chat_template_path is not None and args.chat_template_path.endswith((".jinja", ".j2")):
+        with open(args.chat_template_path, encoding="utf-8") as file:
+            template = file.read()
+    if args.assistant_only_loss:
+        template = resolve_training_template(template)
+    return VisionChatCollator(
+        processor=processor,
+        chat_template=template,
+        max_length=args.max_length,
+        pad_to_multiple_of=args.pad_to_multiple_of,
+        image_root=args.image_root,
+        assistant_only_loss=args.assistant_only_loss,
+    )
+
+
+def view_row(row: dict[str, Any], index: int, collator: VisionChatCollator) -> RowView:
+    """Collate one row with `collator` and cut its tokens into display segments."""
+    from vlsft.validation import RowChecker
+
+    view = RowView(index=index)
+    (verdict,) = RowChecker(collator).check([row])
+    view.full_length = verdict.num_tokens
+    try:
+        batch = collator([row])
+    except Exception:
+        if not verdict.reason:
+            raise
+        view.problem = verdict.reason
+        return view
+    if verdict.reason:
+        view.problem = verdict.reason  # collatable, but nothing in it trains (or validation refuses it)
+
+    for value in (row.get("images") or ([row["image"]] if row.get("image") is not None else [])):
+        try:
+            image = load_image(value, collator.image_root)
+        except ImageLoadError:
+            continue
+        view.images.append(image)
+        view.image_sizes.append(image.size)
+
+    tokenizer = collator.processor.tokenizer
+    ids = batch["input_ids"][0].tolist()
+    supervised = (batch["labels"][0] != -100).tolist()
+    view.num_tokens = len(ids)
+    # Labels are shifted: a label at position 0 would predict nothing, and the trainer does not count it.
+    view.num_supervised_tokens = sum(supervised[1:])
+
+    runs: list[tuple[bool, bool, list[int]]] = []  # (supervised, is image, ids)
+    for token, is_supervised in zip(ids, supervised):
+        is_image = token == collator.image_token_id
+        if runs and runs[-1][0] == is_supervised and runs[-1][1] == is_image:
+            runs[-1][2].append(token)
+        else:
+            runs.append((is_supervised, is_image, [token]))
+    image_number = 0
+    for is_supervised, is_image, run in runs:
+        if is_image:
+            view.image_tokens.append(len(run))
+            pad = tokenizer.convert_ids_to_tokens(run[0])
+            view.segments.append(Segment(f"{len(run)} x {pad}", False, image=image_number, num_tokens=len(run)))
+            image_number += 1
+        else:
+            text = tokenizer.decode(run, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            view.segments.append(Segment(text, is_supervised, num_tokens=len(run)))
+    return view
+
+
+def select_rows(spec: str | int | slice | list[int] | range | None, size: int) -> list[int]:
+    """Row indices from `"0:5"`, `"3"`, `"1,4,9"`, `"10:"`, an int, a slice or a list (Python slice rules)."""
+    if spec is None:
+        spec = "0:5"
+    if isinstance(spec, int):
+        spec = [spec]
+    elif isinstance(spec, str):
+        text = spec.strip()
+        if ":" in text:
+            parts = [int(part) if part.strip() else None for part in text.split(":")]
+            if len(parts) > 3:
+                raise ValueError(f"--rows {spec!r}: use START:STOP, e.g. 0:5")
+            spec = slice(*parts)
+        else:
+            try:
+                spec = [int(part) for part in text.split(",") if part.strip()]
+            except ValueError:
+                raise ValueError(f"--rows {spec!r}: use START:STOP (0:5), one index (3) or a list (1,4,9)") from None
+    if isinstance(spec, slice):
+        return list(range(size)[spec])
+    indices = list(spec)
+    for index in indices:
+        if not -size <= index < size:
+            raise ValueError(f"row {index} does not exist: the dataset has {size} rows")
+    return [index % size for index in indices]
+
+
+# -- text and HTML ---------------------------------------------------------------------------------------------------
+
+
+def _summary(view: RowView) -> str:
+    images = ", ".join(
+        f"image {number} {width}x{height} -> {tokens} tokens"
+        for number, ((width, height), tokens) in enumerate(zip(view.image_sizes, view.image_tokens))
+    )
+    parts = [f"{view.num_tokens} tokens", f"{view.num_supervised_tokens} supervised"]
+    if view.full_length > view.num_tokens:
+        parts[0] += f" (truncated from {view.full_length})"
+    parts.append(f"{sum(view.image_tokens)} image tokens" + (f" ({images})" if images else ""))
+    return ", ".join(parts)
+
+
+def render_text(view: RowView, color: bool = False) -> str:
+    """A row as text: supervised tokens coloured (`color=True`) or wrapped in `[[ ]]`."""
+    head = f"=== row {view.index}: "
+    if view.problem and not view.segments:
+        return head + f"cannot be trained on: {view.problem}\n"
+    lines = [head + _summary(view)]
+    if view.problem:
+        lines.append(f"!!! {view.problem}")
+    out = []
+    for segment in view.segments:
+        if segment.image is not None:
+            label = f"[image {segment.image}: {segment.text}]"
+            out.append(f"{_ANSI_IMAGE}{label}{_ANSI_RESET}" if color else label)
+        elif segment.supervised and color:
+            # Colour each line on its own, so the background does not run to the edge of the terminal.
+            out.append("\n".join(f"{_ANSI_SUPERVISED}{line}{_ANSI_RESET}" if line else "" for line in segment.text.split("\n")))
+        elif segment.supervised:
+            out.append(f"{SUPERVISED_OPEN}{segment.text}{SUPERVISED_CLOSE}")
+        else:
+            out.append(segment.text)
+    lines.append("".join(out).rstrip("\n"))
+    return "\n".join(lines) + "\n"
+
+
+_PAGE = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: sans-serif; margin: 24px; color: #1d1d1f; background: #ffffff; }}
+section {{ border: 1px solid #d0d0d7; border-radius: 6px; padding: 12px 16px; margin-bottom: 20px; }}
+h2 {{ font-size: 16px; margin: 0 0 4px 0; }}
+.stats {{ color: #555; font-size: 13px; margin-bottom: 10px; }}
+.problem {{ color: #b00020; font-weight: bold; margin-bottom: 8px; }}
+.tokens {{ font-family: monospace; font-size: 14px; white-space: pre-wrap; line-height: 1.6; }}
+.sup {{ background: {colour}; border-radius: 2px; }}
+figure {{ display: inline-block; vertical-align: middle; margin: 4px 6px; text-align: center; }}
+figure img {{ display: block; min-width: 96px; max-width: {thumb}px; max-height: {thumb}px; image-rendering: pixelated;
+  border: 1px solid #888; }}
+figcaption {{ font-size: 11px; color: #555; }}
+.legend {{ font-size: 13px; margin-bottom: 16px; }}
+</style></head><body>
+<h1>{title}</h1>
+<div class="legend"><span class="sup">highlighted</span> tokens are supervised (the loss is computed on them);
+images sit where their tokens are.</div>
+{rows}
+</body></html>
+"""
+
+
+def _data_uri(image) -> str:
+    image = image.copy()
+    image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def render_html(views: list[RowView], title: str = "vlsft inspect") -> str:
+    """A self-contained HTML page of the rows: supervised tokens highlighted, images inline."""
+    sections = []
+    for view in views:
+        body = []
+        if view.problem:
+            body.append(f'<div class="problem">{html_lib.escape(view.problem)}</div>')
+        tokens = []
+        for segment in view.segments:
+            text = html_lib.escape(segment.text)
+            if segment.image is not None:
+                caption = f"image {segment.image} · {segment.text}"
+                if segment.image < len(view.images):
+                    width, height = view.image_sizes[segment.image]
+                    caption = f"image {segment.image} · {width}×{height} · {segment.num_tokens} tokens"
+                    tokens.append(
+                        f'<figure><img src="{_data_uri(view.images[segment.image])}" alt="image {segment.image}">'
+                        f"<figcaption>{html_lib.escape(caption)}</figcaption></figure>"
+                    )
+                else:
+                    tokens.append(f"<figure><figcaption>{html_lib.escape(caption)}</figcaption></figure>")
+            elif segment.supervised:
+                tokens.append(f'<span class="sup">{text}</span>')
+            else:
+                tokens.append(text)
+        if tokens:
+            body.append(f'<div class="tokens">{"".join(tokens)}</div>')
+        stats = html_lib.escape(_summary(view)) if view.segments else ""
+        sections.append(
+            f'<section id="row-{view.index}"><h2>row {view.index}</h2><div class="stats">{stats}</div>{"".join(body)}</section>'
+        )
+    return _PAGE.format(title=html_lib.escape(title), colour=SUPERVISED_COLOUR, thumb=THUMBNAIL_SIZE, rows="\n".join(sections))
+
+
+# -- the API and the command -----------------------------------------------------------------------------------------
+
+
+def inspect(
+    dataset=None,
+    processor=None,
+    *,
+    config: str | os.PathLike | None = None,
+    overrides: list[str] = (),
+    split: str = "train",
+    args=None,
+    collator: VisionChatCollator | None = None,
+    rows: str | int | slice | list[int] | None = "0:5",
+    html: str | os.PathLike | None = None,
+    color: bool | None = None,
+    file: TextIO | None = None,
+) -> list[RowView]:
+    """Show rows as the trainer trains on them, and return them as `RowView`s.
+
+    Either `config` (a recipe: its processor, its `split` dataset and its `training` section, with `overrides` as on
+    the command line), or `dataset` (a `datasets.Dataset` or a list of rows) with `processor` and `args` (a
+    `VLSFTConfig`; default settings without it), or an explicit `collator`.
+
+    Args:
+        rows: which rows: `"0:5"`, `"3"`, `"1,4,9"`, an int, a slice or a list.
+        html: also write a self-contained HTML page with the images inline to this path.
+        color: colour the terminal output; by default, when `file` is a terminal and `NO_COLOR` is unset.
+        file: where the text goes (default stdout; pass `io.StringIO()` for none).
+    """
+    if config is not None:
+        from vlsft.train import build_datasets, build_processor, build_training_config
+        from vlsft.recipe import load_recipe
+
+        recipe = load_recipe(config, list(overrides))
+        processor = build_processor(recipe)
+        args = build_training_config(recipe, check_only=True)
+        train, evaluation = build_datasets(recipe)
+        if split not in ("train", "eval"):
+            raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+        if split == "eval" and evaluation is None:
+            raise ValueError(f"{config}: the recipe has no eval data (`data.eval` or `data.eval_fraction`).")
+        dataset = train if split == "train" else evaluation
+    if dataset is None:
+        raise ValueError("pass a recipe (`config=`) or a `dataset` with its `processor`.")
+    if collator is None:
+        if processor is None:
+            raise ValueError("pass the model's `processor` (or a `collator`) with the dataset.")
+        if args is None:
+            from vlsft.config import VLSFTConfig
+
+            args = VLSFTConfig(output_dir=os.devnull, report_to="none", use_cpu=True)
+        collator = training_collator(processor, args)
+
+    views = [view_row(dict(dataset[index]), index, collator) for index in select_rows(rows, len(dataset))]
+    file = sys.stdout if file is None else file
+    if color is None:
+        color = hasattr(file, "isatty") and file.isatty() and "NO_COLOR" not in os.environ
+    if not color:
+        file.write(f"(supervised tokens are shown {SUPERVISED_OPEN}like this{SUPERVISED_CLOSE})\n")
+    for view in views:
+        file.write(render_text(view, color=color))
+    if html is not None:
+        title = f"vlsft inspect: {os.path.basename(os.fspath(config)) if config else 'dataset'} ({split})"
+        with open(html, "w", encoding="utf-8") as out:
+            out.write(render_html(views, title=title))
+        file.write(f"wrote {html} ({len(views)} rows)\n")
+    return views
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="vlsft inspect",
+        description="Show rows of a recipe's dataset as the trainer trains on them: tokens with the supervised ones "
+        "highlighted, token counts, image tokens per image. Extra `--key value` pairs override the recipe.",
+    )
+    parser.add_argument("--config", required=True, help="the recipe YAML file")
+    parser.add_argument("--rows", default="0:5", help="rows to show: 0:5 (default), 7, or 1,4,9")
+    parser.add_argument("--split", default="train", choices=("train", "eval"), help="which dataset (default train)")
+    parser.add_argument("--html", help="also write an HTML page with the images inline to this file")
+    parser.add_argument("--color", default="auto", choices=("auto", "always", "never"), help="colour on a terminal")
+    options, overrides = parser.parse_known_args(argv)
+    from vlsft.recipe import RecipeError
+
+    color = {"auto": None, "always": True, "never": False}[options.color]
+    try:
+        inspect(config=options.config, overrides=overrides, split=options.split, rows=options.rows, html=options.html, color=color)
+    except RecipeError as error:
+        print(f"vlsft: invalid recipe: {error}", file=sys.stderr)
+        return 2
+    except ValueError as error:
+        print(f"vlsft inspect: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+class _CallableModule(types.ModuleType):
+    """`vlsft.inspect` is both this module (`vlsft.inspect.main` is the command) and the function: calling the module
+    calls `inspect()`. A package attribute cannot be a function and a submodule at once, so the module is callable."""
+
+    def __call__(self, *args, **kwargs):
+        return inspect(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+
+if __name__ == "__main__":
+    sys.exit(main())
