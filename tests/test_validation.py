@@ -337,3 +337,11 @@ def test_validation_runs_in_the_trainer_for_eval_datasets_too(tiny, tmp_path, im
     )
     assert len(trainer.eval_dataset["val"]) == 7
     assert torch.isfinite(torch.tensor(trainer.evaluate()["eval_val_loss"]))
+
+
+def test_row_numbers_follow_the_datasets_order_after_select_and_shuffle(processor, image_files):
+    """Row N is the N-th row the trainer would read, also for a dataset with an indices mapping."""
+    rows = [good_row(image_files["missing"] if n == 2 else image_files["good"], n) for n in range(10)]
+    shuffled = Dataset.from_list(rows).shuffle(seed=1).select(range(1, 10))
+    (bad,) = validate_rows(shuffled, collator_for(processor)).bad_indices
+    assert shuffled[bad]["id"] == 2
