@@ -166,6 +166,7 @@ def test_malformed_messages_are_named(processor, image_files):
         {"messages": [user("Hi"), {"role": "assistant", "content": 42}], "images": []},
         {"messages": [user("Hi"), assistant("Hey"), {"role": "system", "content": "late"}, assistant("x")], "images": []},
         {"messages": [user("Hi"), {"role": "assistant", "content": [{"type": "image"}, {"type": "text", "text": "x"}]}], "images": [good]},
+        {"messages": [user(IMAGE, "What is <|image_pad|>?"), assistant("A token.")], "images": [good]},
     ]
     reasons = [verdict.reason for verdict in RowChecker(collator_for(processor)).check(rows)]
     assert reasons == [
@@ -178,6 +179,8 @@ def test_malformed_messages_are_named(processor, image_files):
         "message 2 is a system message; the chat template only renders a system message first",
         "the chat template renders 0 of 1 image placeholder(s); images in message 1 (assistant) are dropped; "
         "put images in user or tool messages",
+        "the text spells out the image token <|image_pad|> 1 time(s) beyond the 1 image placeholder(s); "
+        "use {'type': 'image'} items for images",
     ]
 
 

@@ -223,8 +223,14 @@ class RowChecker:
             problems.append(f"{placeholders} image placeholder(s) but {len(images)} image(s)")
         else:
             rendered_placeholders = rendered.input_ids.count(self.collator.image_token_id)
-            if rendered_placeholders != placeholders:
+            if rendered_placeholders < placeholders:
                 problems.append(self._unrendered_images_problem(messages, rendered_placeholders, placeholders))
+            elif rendered_placeholders > placeholders:
+                token = self.collator.processor.tokenizer.convert_ids_to_tokens(self.collator.image_token_id)
+                problems.append(
+                    f"the text spells out the image token {token} {rendered_placeholders - placeholders} time(s) "
+                    f"beyond the {placeholders} image placeholder(s); use {{'type': 'image'}} items for images"
+                )
 
         image_tokens = []
         for number, value in enumerate(images):
@@ -459,6 +465,7 @@ def _reason_kind(reason: str) -> str:
         ("cannot be processed", "unusable image"),
         ("image placeholder(s) but", "image/placeholder mismatch"),
         ("renders", "unrendered image"),
+        ("spells out the image token", "literal image token"),
         ("no assistant turn", "no assistant turn"),
         ("cuts image tokens", "image tokens truncated"),
         ("supervised token", "no supervised token"),
