@@ -1,0 +1,89 @@
+"""The benchmark's code paths on a very small workload, one repetition each: it must produce every table row and
+column and compare like with like. Timings and memory figures are never asserted."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("vlsft_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _table(report: str, first_header: str) -> list[list[str]]:
+    """The cells of the Markdown table whose header starts with `first_header` (header row, then data rows)."""
+    lines = report.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        if not line.startswith("|---"):
+            rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_bench_writes_every_table(bench, tmp_path):
+    output = tmp_path / "results.md"
+    argv = [
+        "--reps", "1", "--sweep-reps", "1", "--collate-reps", "1", "--warmup", "0", "--step-warmup", "1",
+        "--hidden-size", "32", "--vocab-size", "1024", "--image-size", "32", "--prompt-words", "12",
+        "--answer-words", "4", "--sweep-images", "1,3", "--sweep-turns", "1", "--output", str(output),
+    ]  # fmt: skip
+    assert bench.main(argv) == 0
+    report = output.read_text()
+
+    # Both sides trained on the very same token ids.
+    assert "identical input_ids on both sides: yes" in report
+
+    main = _table(report, "measure (median)")
+    assert main[0] == [
+        "measure (median)", "vlsft", "TRL assistant-only", "TRL plain",
+        "vlsft / TRL assistant-only", "vlsft / TRL plain", "goal",
+    ]  # fmt: skip
+    assert [row[0] for row in main[1:]] == [
+        "collate (ms)", "train step (ms)", "peak step memory (MiB)", "train tokens/s"
+    ]
+    collate, step, memory, speed = main[1:]
+    # Every measured cell holds a number, every ratio a multiple, every goal a verdict.
+    assert all(re.fullmatch(r"-?\d+(\.\d+)?", cell) for cell in collate[1:4] + step[1:3] + memory[1:3] + speed[1:3])
+    assert all(re.fullmatch(r"\d+\.\d\dx", cell) for cell in collate[4:6] + [step[4], memory[4], speed[4]])
+    for row, side in ((collate, "TRL plain"), (step, "TRL assistant-only"), (memory, "TRL assistant-only")):
+        assert re.fullmatch(rf"<= [\d.]+x {side}: (met|NOT met)", row[6])
+
+    images = _table(report, "images/row")
+    assert [row[0] for row in images[1:]] == ["1", "3"]
+    lengths = _table(report, "turns/row")
+    assert [row[0] for row in lengths[1:]] == ["1"]
+    for row in images[1:] + lengths[1:]:
+        assert len(row) == len(images[0]) == 9
+    # More images per row means more tokens.
+    assert int(images[2][1]) > int(images[1][1])
+    assert "- CPU:" in report and "torch " in report
+
+
+def test_rows_are_what_trl_supports(bench):
+    """Images only in the first user turn (TRL's collator raises on images in tool responses), one per placeholder."""
+    from workload import make_rows
+
+    rows = make_rows(num_rows=3, images_per_row=4, turns=3, prompt_words=5, answer_words=3, image_size=32)
+    for row in rows:
+        placeholders = [
+            (index, item)
+            for index, message in enumerate(row["messages"])
+            for item in message["content"]
+            if item["type"] == "image"
+        ]
+        assert len(placeholders) == len(row["images"]) == 4
+        assert {index for index, _ in placeholders} == {1}
+        assert [m["role"] for m in row["messages"]] == ["system"] + ["user", "assistant"] * 3
