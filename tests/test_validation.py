@@ -265,6 +265,7 @@ def test_token_counts_match_the_collator(processor, shapes, size):
     for max_length in (None, 200, 60):
         collator = collator_for(processor, max_length)
         verdicts = RowChecker(collator).check(rows)
+        assert RowChecker(collator, fast=False).check(rows) == verdicts  # image sizes alone vs the image processor
         for row, verdict in zip(rows, verdicts):
             full = collator_for(processor)([row])
             if max_length is None:
@@ -287,6 +288,7 @@ def test_a_row_validation_passes_is_a_row_the_collator_takes(processor, image_fi
     for max_length in range(4, 140, 3):
         collator = collator_for(processor, max_length)
         (verdict,) = RowChecker(collator).check([row])
+        assert RowChecker(collator, fast=False).check([row]) == [verdict]
         try:
             supervised = int((collator([row])["labels"][0, 1:] != -100).sum())
         except RowError:
@@ -348,3 +350,14 @@ def test_row_numbers_follow_the_datasets_order_after_select_and_shuffle(processo
     shuffled = Dataset.from_list(rows).shuffle(seed=1).select(range(1, 10))
     (bad,) = validate_rows(shuffled, collator_for(processor)).bad_indices
     assert shuffled[bad]["id"] == 2
+
+
+def test_both_ways_of_checking_agree_on_the_bad_rows(processor, image_files):
+    """Collators that cannot count image tokens from image sizes are checked by collating the row: same verdicts."""
+    rows = [bad for _, bad, _ in bad_rows(image_files)] + [good_row(image_files["good"])]
+    collator = collator_for(processor, MAX_LENGTH)
+    fast, collated = RowChecker(collator).check(rows), RowChecker(collator, fast=False).check(rows)
+    assert RowChecker(collator).fast and not RowChecker(collator, fast=False).fast
+    assert [v.reason for v in collated] == [v.reason for v in fast]
+    assert [v.reason.split(" (")[0] for v in fast[:6]] == [expected.split(" (")[0] for _, _, expected in bad_rows(image_files)]
+    assert fast[6] == collated[6] and fast[6].reason == ""

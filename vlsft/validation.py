@@ -7,14 +7,16 @@ so validation and training agree on what a row is:
   tool messages alike), all of which the chat template renders;
 - with `max_length`, truncation cuts no image token and leaves at least one supervised token.
 
-Image token counts come from each image's size through the image processor's own resize rule
-(`get_number_of_image_patches`), so no pixel tensor is built and no model runs. A `datasets.Dataset` is checked with
+For the Qwen-VL families, image token counts come from each image's size through the image processor's own resize
+rule (`get_number_of_image_patches`), so no pixel tensor is built; other collators are run on the row itself. No
+model runs either way. A `datasets.Dataset` is checked with
 `Dataset.map` (parallel with `dataset_num_proc`, cached by fingerprint for datasets stored on disk); an
 `IterableDataset` cannot be checked up front and is left to fail in training.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -24,9 +26,9 @@ from typing import Any
 from datasets import Dataset, Features, Image, IterableDataset, LargeList, List
 from datasets.fingerprint import Hasher
 
-from vlsft.collator import RenderedRow, VisionChatCollator
+from vlsft.collator import RenderedRow, RowError, VisionChatCollator
 from vlsft.data import ImageLoadError, count_image_placeholders, is_image_item, load_image, row_images
-from vlsft.templates import detect_family
+from vlsft.templates import FAMILIES, detect_family
 
 logger = logging.getLogger(__name__)
 
@@ -163,16 +165,26 @@ def _image_problem(number: int, error: ImageLoadError) -> str:
 
 
 class RowChecker:
-    """Checks rows the way `collator` trains on them. Picklable, so `Dataset.map` can run it in worker processes."""
+    """Checks rows the way `collator` trains on them. Picklable, so `Dataset.map` can run it in worker processes.
 
-    def __init__(self, collator: VisionChatCollator, features: Features | None = None):
+    Two ways to get a row's tokens, with the same verdicts:
+    - fast (the default where it applies): the collator's own rendering and tokenization (`tokenize_rows`), with each
+      image's token count computed from its size by the image processor's resize rule; no pixel tensor is built.
+    - by collating: the collator itself on the row, untruncated. Used for collators whose image placeholders do not
+      expand on token ids, or when `fast=False`.
+    """
+
+    def __init__(self, collator: VisionChatCollator, features: Features | None = None, fast: bool | None = None):
         self.collator = collator
         # How `map_batch` turns Arrow rows into Python rows: every feature decoded (JSON columns, for instance)
         # except images, which `load_image` decodes itself so that a corrupt one is reported and not raised.
         self.features = _without_image_decoding(features) if features is not None else None
         self.image_processor = collator.processor.image_processor
+        family_name = detect_family(collator.chat_template)
         # Qwen3-VL's template only has system messages first; a later one would be dropped without a word.
-        self.system_only_first = detect_family(collator.chat_template) is not None
+        self.system_only_first = family_name is not None
+        self.fast = _expands_images_on_ids(collator, family_name) if fast is None else fast
+        self._untruncated: VisionChatCollator | None = None
 
     def check(self, rows: list[dict[str, Any]]) -> list[RowVerdict]:
         verdicts: list[RowVerdict | None] = [None] * len(rows)
@@ -189,6 +201,10 @@ class RowChecker:
                 verdicts[position] = RowVerdict("; ".join(problems))
             else:
                 renderable.append(position)
+        if not self.fast:
+            for position in renderable:
+                verdicts[position] = self._check_by_collating(rows[position])
+            return verdicts
         tokenized = self._tokenize(rows, renderable)
         for position in renderable:
             result = tokenized[position]
@@ -197,95 +213,34 @@ class RowChecker:
             )
         return verdicts
 
-    def _tokenize(self, rows: list[dict[str, Any]], positions: list[int]) -> dict[int, RenderedRow | str]:
-        """Each row rendered and tokenized by the collator, or the reason its chat template failed on it. All rows
-        are tokenized in one batched call; only a batch with a failing row is redone row by row to find it."""
-        try:
-            return dict(zip(positions, self.collator.tokenize_rows([rows[p] for p in positions])))
-        except Exception:
-            results: dict[int, RenderedRow | str] = {}
-            for position in positions:
-                try:
-                    results[position] = self.collator.tokenize_rows([rows[position]])[0]
-                except Exception as error:
-                    results[position] = f"the chat template cannot render it ({type(error).__name__}: {error})"
-            return results
+    # -- what every row needs, whichever way it is tokenized -----------------------------------------------------
 
-    def _check_rendered(self, row: dict[str, Any], rendered: RenderedRow) -> RowVerdict:
+    def _content_problems(self, row: dict[str, Any]) -> tuple[list[str], list[Any]]:
+        """(problems, decoded images or None where one fails): an assistant turn, one image per placeholder, every
+        image decodable."""
         messages = row["messages"]
         problems = []
         if not any(message.get("role") == "assistant" for message in messages):
             problems.append("no assistant turn")
-
-        images = rendered.images
+        values = row_images(row)
         placeholders = count_image_placeholders(messages)
-        if placeholders != len(images):
-            problems.append(f"{placeholders} image placeholder(s) but {len(images)} image(s)")
-        else:
-            rendered_placeholders = rendered.input_ids.count(self.collator.image_token_id)
-            if rendered_placeholders < placeholders:
-                problems.append(self._unrendered_images_problem(messages, rendered_placeholders, placeholders))
-            elif rendered_placeholders > placeholders:
-                token = self.collator.processor.tokenizer.convert_ids_to_tokens(self.collator.image_token_id)
-                problems.append(
-                    f"the text spells out the image token {token} {rendered_placeholders - placeholders} time(s) "
-                    f"beyond the {placeholders} image placeholder(s); use {{'type': 'image'}} items for images"
-                )
-
-        image_tokens = []
-        for number, value in enumerate(images):
+        if placeholders != len(values):
+            problems.append(f"{placeholders} image placeholder(s) but {len(values)} image(s)")
+        images = []
+        for number, value in enumerate(values):
             try:
-                image = load_image(value, self.collator.image_root)  # a full decode: corrupt data fails here
-                image_tokens.append(self.image_token_count(image.height, image.width))
+                images.append(load_image(value, self.collator.image_root))  # a full decode: corrupt data fails here
             except ImageLoadError as error:
+                images.append(None)
                 problems.append(_image_problem(number, error))
-            except Exception as error:  # the image processor refuses the size (e.g. an extreme aspect ratio)
-                problems.append(f"image {number} cannot be processed ({type(error).__name__}: {error})")
-        if problems:
-            return RowVerdict("; ".join(problems))
-        return self._check_length(rendered, image_tokens)
+        return problems, images
 
-    def _unrendered_images_problem(self, messages: list[dict], rendered: int, placeholders: int) -> str:
-        dropped = [
-            f"message {i} ({message.get('role')})"
-            for i, message in enumerate(messages)
-            if message.get("role") not in IMAGE_ROLES
-            and isinstance(message.get("content"), list)
-            and any(isinstance(item, dict) and is_image_item(item) for item in message["content"])
-        ]
-        where = f"; images in {', '.join(dropped)} are dropped" if dropped else ""
-        return (
-            f"the chat template renders {rendered} of {placeholders} image placeholder(s){where}; "
-            "put images in user or tool messages"
-        )
-
-    def image_token_count(self, height: int, width: int) -> int:
-        """Tokens one image expands to, from its size alone through the image processor's resize rule; for an image
-        processor without that rule, by processing the image size's blank stand-in."""
-        if hasattr(self.image_processor, "get_number_of_image_patches"):
-            return self.image_processor.get_number_of_image_patches(height, width, {}) // self.collator.merge_length
-        from PIL import Image
-
-        grid = self.image_processor(images=[Image.new("RGB", (width, height))], return_tensors="pt")["image_grid_thw"]
-        return int(grid.prod(-1).sum()) // self.collator.merge_length
-
-    def _check_length(self, rendered: RenderedRow, image_tokens: list[int]) -> RowVerdict:
-        collator = self.collator
-        max_length = collator.max_length
-        vision_ids = collator._vision_token_ids
-        # Walk the unexpanded ids with the position each token lands on once image pads are expanded.
-        position, image_end, supervised_positions, image_number = 0, 0, [], 0
-        for token, supervised in zip(rendered.input_ids, rendered.supervised):
-            if token == collator.image_token_id:
-                position += image_tokens[image_number]
-                image_number += 1
-                image_end = position
-                continue
-            # Labels are shifted: position 0 is never a target.
-            if supervised and token not in vision_ids and position > 0:
-                supervised_positions.append(position)
-            position += 1
-        length = position
+    def _length_verdict(
+        self, length: int, image_end: int, supervised_positions: list[int], image_tokens: list[int]
+    ) -> RowVerdict:
+        """The verdict on a row of `length` tokens (images expanded, before truncation) whose image tokens end at
+        `image_end` and whose supervised targets sit at `supervised_positions` (all >= 1: labels are shifted)."""
+        max_length = self.collator.max_length
         kept = length if max_length is None else min(length, max_length)
         num_supervised = sum(1 for p in supervised_positions if p < kept)
         verdict = RowVerdict("", length, num_supervised, tuple(image_tokens))
@@ -302,6 +257,104 @@ class RowChecker:
             verdict.reason = "no supervised token (the assistant turns render empty)"
         return verdict
 
+    # -- fast: the collator's tokenization, image token counts from image sizes ----------------------------------
+
+    def _tokenize(self, rows: list[dict[str, Any]], positions: list[int]) -> dict[int, RenderedRow | str]:
+        """Each row rendered and tokenized by the collator, or the reason its chat template failed on it. All rows
+        are tokenized in one batched call; only a batch with a failing row is redone row by row to find it."""
+        try:
+            return dict(zip(positions, self.collator.tokenize_rows([rows[p] for p in positions])))
+        except Exception:
+            results: dict[int, RenderedRow | str] = {}
+            for position in positions:
+                try:
+                    results[position] = self.collator.tokenize_rows([rows[position]])[0]
+                except Exception as error:
+                    results[position] = f"the chat template cannot render it ({type(error).__name__}: {error})"
+            return results
+
+    def _check_rendered(self, row: dict[str, Any], rendered: RenderedRow) -> RowVerdict:
+        problems, images = self._content_problems(row)
+        placeholders = count_image_placeholders(row["messages"])
+        rendered_placeholders = rendered.input_ids.count(self.collator.image_token_id)
+        if placeholders == len(row_images(row)) and rendered_placeholders != placeholders:
+            problems.append(self._placeholder_rendering_problem(row["messages"], rendered_placeholders, placeholders))
+        image_tokens = []
+        for number, image in enumerate(images):
+            if image is None:
+                continue
+            try:
+                image_tokens.append(self.image_token_count(image.height, image.width))
+            except Exception as error:  # the image processor refuses the size (e.g. an extreme aspect ratio)
+                problems.append(f"image {number} cannot be processed ({type(error).__name__}: {error})")
+        if problems:
+            return RowVerdict("; ".join(problems))
+
+        vision_ids = self.collator._vision_token_ids
+        # Walk the unexpanded ids with the position each token lands on once image pads are expanded.
+        position, image_end, supervised_positions, image_number = 0, 0, [], 0
+        for token, supervised in zip(rendered.input_ids, rendered.supervised):
+            if token == self.collator.image_token_id:
+                position += image_tokens[image_number]
+                image_number += 1
+                image_end = position
+                continue
+            if supervised and token not in vision_ids and position > 0:
+                supervised_positions.append(position)
+            position += 1
+        return self._length_verdict(position, image_end, supervised_positions, image_tokens)
+
+    def _placeholder_rendering_problem(self, messages: list[dict], rendered: int, placeholders: int) -> str:
+        if rendered > placeholders:
+            token = self.collator.processor.tokenizer.convert_ids_to_tokens(self.collator.image_token_id)
+            return (
+                f"the text spells out the image token {token} {rendered - placeholders} time(s) beyond the "
+                f"{placeholders} image placeholder(s); use {{'type': 'image'}} items for images"
+            )
+        dropped = [
+            f"message {i} ({message.get('role')})"
+            for i, message in enumerate(messages)
+            if message.get("role") not in IMAGE_ROLES
+            and isinstance(message.get("content"), list)
+            and any(isinstance(item, dict) and is_image_item(item) for item in message["content"])
+        ]
+        where = f"; images in {', '.join(dropped)} are dropped" if dropped else ""
+        return (
+            f"the chat template renders {rendered} of {placeholders} image placeholder(s){where}; "
+            "put images in user or tool messages"
+        )
+
+    def image_token_count(self, height: int, width: int) -> int:
+        """Tokens one image expands to, from its size alone, through the image processor's own resize rule."""
+        return self.image_processor.get_number_of_image_patches(height, width, {}) // self.collator.merge_length
+
+    # -- by collating: the collator itself, untruncated ----------------------------------------------------------
+
+    def _check_by_collating(self, row: dict[str, Any]) -> RowVerdict:
+        problems, _ = self._content_problems(row)
+        if problems:
+            return RowVerdict("; ".join(problems))
+        if self._untruncated is None:
+            self._untruncated = dataclasses.replace(self.collator, max_length=None)
+        try:
+            batch = self._untruncated([row])
+        except RowError as error:
+            return RowVerdict(error.reason)
+        except Exception as error:
+            return RowVerdict(f"cannot be collated ({type(error).__name__}: {error})")
+        length = int(batch["attention_mask"][0].sum())
+        ids = batch["input_ids"][0, :length]
+        image_positions = (ids == self.collator.image_token_id).nonzero().flatten().tolist()
+        image_end = image_positions[-1] + 1 if image_positions else 0
+        supervised_positions = [p for p in (batch["labels"][0, :length] != -100).nonzero().flatten().tolist() if p > 0]
+        image_tokens = []  # the length of each run of consecutive image tokens
+        for previous, position in zip([None] + image_positions, image_positions):
+            if previous is not None and position == previous + 1:
+                image_tokens[-1] += 1
+            else:
+                image_tokens.append(1)
+        return self._length_verdict(length, image_end, supervised_positions, image_tokens)
+
     # -- as a `Dataset.map` function -----------------------------------------------------------------------------
 
     def map_batch(self, batch) -> dict[str, list]:
@@ -315,6 +368,19 @@ class RowChecker:
             "num_tokens": [verdict.num_tokens for verdict in verdicts],
             "num_supervised_tokens": [verdict.num_supervised_tokens for verdict in verdicts],
         }
+
+
+def _expands_images_on_ids(collator: VisionChatCollator, family_name: str | None) -> bool:
+    """Whether the collator expands one image token per image into a count that the image size alone decides (the
+    Qwen-VL families), so that validation can count image tokens without building pixel tensors."""
+    family = FAMILIES.get(family_name) if family_name else None
+    return (
+        family is not None
+        and getattr(family, "expand_on_ids", True)
+        and hasattr(collator, "merge_length")
+        and hasattr(collator, "tokenize_rows")
+        and hasattr(collator.processor.image_processor, "get_number_of_image_patches")
+    )
 
 
 def _without_image_decoding(feature):
