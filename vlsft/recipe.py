@@ -582,7 +582,8 @@ def type_name(hint: Any) -> str:
         return "one of " + ", ".join(repr(member.value) for member in hint)
     if origin in (list, tuple) or hint in (list, tuple):
         args = typing.get_args(hint)
-        return f"a list of {type_name(args[0])}" if args else "a list"
+        plural = {str: "strings", int: "integers", float: "numbers", bool: "booleans"}
+        return f"a list of {plural.get(args[0], type_name(args[0]))}" if args else "a list"
     if origin is dict or hint is dict:
         return "a mapping"
     if hint is float:
@@ -597,14 +598,14 @@ def type_name(hint: Any) -> str:
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """`value` if it fits `hint`, made exact where YAML guessed another scalar type (`revision: 2024` is meant as a
-    string, `alpha: 16` for a float field is 16.0); else a `RecipeError` naming the key and the expected type."""
+    """`value` if it fits `hint`, made exact where YAML guessed another scalar type (`revision: 2024` or
+    `--output_dir 123` is meant as a string, `alpha: 16` for a float field is 16.0); else a `RecipeError` naming the key and the expected type."""
     args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     if type_matches(value, hint):
         if isinstance(value, int) and not isinstance(value, bool) and float in args and int not in args:
             return float(value)
         return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and str in args:
+    if isinstance(value, int) and not isinstance(value, bool) and str in args:
         return str(value)
     raise RecipeError(f"`{where}` must be {type_name(hint)}, got {_describe(value)}.")
 

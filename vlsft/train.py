@@ -261,10 +261,15 @@ def _load_with_datasets(source: DatasetSource, where: str, cache_dir: str | None
         return dataset, os.path.dirname(os.path.abspath(files[0]))
     if os.path.isdir(path):
         return datasets.load_dataset(path, **common), os.path.abspath(path)
-    if source.path.startswith((".", "/", "~")) or _extension(source.path) in LOCAL_BUILDERS:
+    if _looks_local(source.path):
         raise RecipeError(f"`{where}.path`: {source.path!r} does not exist.")
     dataset = datasets.load_dataset(source.path, name=source.name, revision=source.revision, **common)
     return dataset, None
+
+
+def _looks_local(path: str) -> bool:
+    """A path meant as a local file (that may be missing), not a Hub name."""
+    return path.startswith((".", "/", "~")) or _extension(path) in LOCAL_BUILDERS
 
 
 def _extension(path: str) -> str:
@@ -562,7 +567,7 @@ def describe_plan(recipe: Recipe, overrides: list[str] = ()) -> str:
     precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
     lines.append(
         f"training   {steps}, lr {args.learning_rate:g} ({args.lr_scheduler_type.value if hasattr(args.lr_scheduler_type, 'value') else args.lr_scheduler_type}), "
-        f"{precision}, gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, output {args.output_dir}"
+        f"{precision}, activation checkpointing {'on' if args.gradient_checkpointing else 'off'}, output {args.output_dir}"
     )
     layout = recipe.layout
     where = f"{layout.gpus_per_node} GPU(s) per node x {layout.nodes} node(s)" if layout.strategy != "cpu" else "CPU"
@@ -588,20 +593,29 @@ def _describe_parameters(recipe: Recipe, args) -> list[str]:
     from vlsft.model_parts import COMPONENTS
 
     rates = dict(args.component_learning_rates or {})
-    frozen = {"vision_tower": recipe.freeze_vision_tower, "merger": recipe.freeze_merger, "language_model": False}
+    lora = recipe.lora
+    # Whether each component trains, from the recipe alone (used when the model cannot be counted).
+    trains = {
+        "vision_tower": not recipe.freeze_vision_tower if lora is None else (None if lora.target_modules else lora.vision),
+        "merger": not recipe.freeze_merger,
+        "language_model": True,
+    }
     counts, note = _meta_parameter_counts(recipe)
     lines = ["parameters (trainable / total, learning rate)" + (f" [{note}]" if note else "")]
     for component in COMPONENTS:
         if counts is not None:
             trainable, total = counts[component]
             amount = f"{_human(trainable)} / {_human(total)}"
+            trains[component] = trainable > 0
         else:
             amount = "?"
-            trainable = 0 if (frozen[component] and recipe.lora is None) else None
-        if trainable == 0 or (counts is None and recipe.lora is None and frozen[component]):
-            rate = "frozen"
+        how = "" if lora is None or component == "merger" and trains[component] else " (LoRA adapters)"
+        if trains[component] is None:
+            rate = f"lr {rates.get(component, args.learning_rate):g} where target_modules match"
+        elif trains[component]:
+            rate = f"lr {rates.get(component, args.learning_rate):g}{how}"
         else:
-            rate = f"lr {rates.get(component, args.learning_rate):g}"
+            rate = "frozen"
         lines.append(f"  {component:<15} {amount:>20}  {rate}")
     return lines
 
@@ -632,7 +646,7 @@ def _meta_parameter_counts(recipe: Recipe):
             with torch.device("meta"):
                 model = AutoModelForImageTextToText.from_config(config, trust_remote_code=recipe.model.trust_remote_code)
     except Exception as error:  # offline without a cached config, a custom architecture, ...
-        return None, f"counts need the model config: {type(error).__name__}"
+        return None, f"no counts: the model config is not available offline ({type(error).__name__})"
     if recipe.lora is None:
         from vlsft.model_parts import freeze_components
 
@@ -708,6 +722,8 @@ def _source_text(source: DatasetSource, rows: int | None) -> str:
         kind = f"embedded demo, split {source.split}"
     elif os.path.exists(os.path.expanduser(source.path)) or glob.has_magic(source.path):
         kind = "local"
+    elif _looks_local(source.path):
+        kind = "local, NOT FOUND here"
     else:
         kind = f"Hub, split {source.split}" + (f", config {source.name}" if source.name else "")
     count = f"{rows:,} rows" if rows is not None else "rows counted at load"
@@ -781,10 +797,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print(describe_plan(recipe, overrides))
             return 0
-    except RecipeError as error:
+        run(recipe)
+    except RecipeError as error:  # also raised while loading data: a column or file the recipe names is missing
         print(f"vlsft: invalid recipe: {error}", file=sys.stderr)
         return 2
-    run(recipe)
     return 0
 
 
