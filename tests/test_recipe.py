@@ -418,3 +418,62 @@ def test_sources_with_different_message_schemas_concatenate(tmp_path):
     assert len(train) == 10 and "tools" in train.column_names
     assert answers(train)[:4] == ["red", "green", "blue", "red"]
     assert train[0]["tools"] is None
+    for row in train:  # every message still a dict with content items as dicts, whichever storage it came from
+        assert all(isinstance(item, dict) for message in row["messages"] for item in message["content"] or [])
+    from vlsft.collator import VisionChatCollator
+    from vlsft.templates import training_template
+    from vlsft.tiny_model import build_processor
+
+    batch = VisionChatCollator(build_processor(), training_template("qwen3_vl"))([train[i] for i in range(len(train))])
+    assert batch["input_ids"].shape[0] == 10 and (batch["labels"] != -100).any()
+
+
+def test_text_only_rows_and_the_training_image_root(tmp_path):
+    """A source without images gets an empty `images` column; with `training.image_root` set, relative paths stay
+    relative for the collator to resolve."""
+    text_only = tmp_path / "text.jsonl"
+    text_only.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}) + "\n"
+    )
+    images = write_colour_dataset(tmp_path / "with_images", rows=2)
+    raw = minimal(
+        data={"train": [{"path": str(text_only)}, {"path": str(images)}]},
+        training={"image_root": str(images.parent)},
+    )
+    train, _ = build_datasets(recipe_from_dict(raw))
+    assert train[0]["images"] == []
+    assert train[1]["images"][0]["path"] == "images/train_0.png"
+    from vlsft.collator import VisionChatCollator
+    from vlsft.templates import training_template
+    from vlsft.tiny_model import build_processor
+
+    collator = VisionChatCollator(build_processor(), training_template("qwen3_vl"), image_root=str(images.parent))
+    batch = collator([train[0], train[1]])
+    assert batch["image_grid_thw"].shape[0] == 1
+
+
+def test_multi_node_launch_command():
+    from vlsft.recipe import launch_command
+
+    recipe = recipe_from_dict(minimal(layout={"strategy": "zero3", "gpus_per_node": 8, "nodes": 2}))
+    command = launch_command(recipe, "recipes/x.yaml")
+    assert "--num_processes 16 --num_machines 2 --machine_rank $NODE_RANK --main_process_ip $MAIN_HOST" in command
+    assert command.endswith("vlsft/train.py --config recipes/x.yaml") or "train.py --config recipes/x.yaml" in command
+
+
+def test_eval_answer_accuracy_wires_the_callback(tmp_path):
+    from vlsft.answer_eval import AnswerAccuracyCallback
+    from vlsft.train import build_trainer
+
+    raw = tiny_recipe(tmp_path, tmp_path / "out")
+    raw["data"] = {
+        "train": [{"path": "demo-shapes", "rows": 8}],
+        "eval": [{"path": "demo-shapes", "split": "eval", "rows": 6}],
+        "eval_answer_accuracy": 3,
+    }
+    trainer = build_trainer(recipe_from_dict(raw))
+    callbacks = [c for c in trainer.callback_handler.callbacks if isinstance(c, AnswerAccuracyCallback)]
+    assert len(callbacks) == 1 and len(callbacks[0].rows) == 3
+    assert len(trainer.eval_dataset) == 6
+    metrics = trainer.evaluate()
+    assert "eval_loss" in metrics and 0.0 <= metrics["eval_answer_accuracy"] <= 1.0

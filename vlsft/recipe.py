@@ -13,7 +13,7 @@ data:
     - path: data/train.jsonl                 # Hub name, JSONL / JSON / Parquet file or glob, image folder
       columns: {messages: conversations}     # rename source columns to `messages` / `images` / `image` / `tools`
       weight: 2
-    - path: HuggingFaceM4/ChartQA
+    - path: HuggingFaceH4/llava-instruct-mix-vsft
       split: train
       rows: 5000
       weight: 1
@@ -307,8 +307,8 @@ def apply_override(raw: dict[str, Any], key: str, value: Any) -> None:
             continue
         if node.get(part) is None:
             node[part] = {}
-        elif parts[: depth + 1] == ["data", "train"] and isinstance(node[part], dict):
-            node[part] = [node[part]]  # `train:` given as a single source
+        elif parts[: depth + 1] in (["data", "train"], ["data", "eval"]) and isinstance(node[part], dict):
+            node[part] = [node[part]]  # a single source given without a list
         node = node[part]
     last = parts[-1]
     if isinstance(node, list):

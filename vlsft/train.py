@@ -401,8 +401,31 @@ def _unify(parts: list) -> list:
         part = part.remove_columns(drop) if drop else part
         if "tools" in merged and "tools" not in part.column_names:
             part = part.add_column("tools", [None] * len(part), feature=merged["tools"])
-        unified.append(part.cast(Features({column: merged[column] for column in part.column_names})))
+        target = Features({column: merged[column] for column in part.column_names})
+        reencode = [column for column in part.column_names if _needs_reencoding(part.features[column], target[column])]
+        if reencode:
+            # Arrow cannot turn structs into JSON values that are themselves JSON: go through Python values.
+            part = part.map(
+                lambda *values: dict(zip(reencode, values)), input_columns=reencode, batched=True, features=target,
+                desc="aligning dataset schemas",
+            )
+        elif part.features != target:
+            part = part.cast(target)
+        unified.append(part)
     return unified
+
+
+def _needs_reencoding(source, target) -> bool:
+    """Whether `source` values become `Json` somewhere in `target` (an Arrow cast would store them wrongly)."""
+    from datasets import Json, LargeList, List
+
+    if isinstance(target, Json):
+        return not isinstance(source, Json)
+    if isinstance(target, dict) and isinstance(source, dict):
+        return any(_needs_reencoding(source[key], target[key]) for key in source if key in target)
+    if isinstance(target, (List, LargeList)) and isinstance(source, (List, LargeList)):
+        return _needs_reencoding(source.feature, target.feature)
+    return False
 
 
 def _merge_feature(a, b):
@@ -521,11 +544,20 @@ def merge_adapter(recipe: Recipe, adapter_dir: str, output_dir: str) -> str:
 
 
 def _warn_on_layout_mismatch(recipe: Recipe, trainer) -> None:
-    processes = trainer.accelerator.num_processes
-    if processes != recipe.layout.num_processes and trainer.accelerator.is_main_process:
+    """A note (not an error: tests and debugging runs are often smaller) when the run differs from the recipe's
+    layout in process count or sharding."""
+    accelerator, layout = trainer.accelerator, recipe.layout
+    differences = []
+    if accelerator.num_processes != layout.num_processes:
+        differences.append(f"{accelerator.num_processes} process(es) instead of {layout.num_processes}")
+    sharding = "deepspeed" if layout.deepspeed_config else "fsdp" if layout.strategy == "fsdp2" else None
+    running = "deepspeed" if trainer.is_deepspeed_enabled else "fsdp" if trainer.is_fsdp_enabled else None
+    if sharding != running:
+        differences.append(f"{running or 'no sharding'} instead of {sharding or 'no sharding'}")
+    if differences and accelerator.is_main_process:
         print(
-            f"[vlsft] note: layout `{recipe.layout.strategy}` plans {recipe.layout.num_processes} process(es), this run "
-            f"has {processes}; the global batch size follows the run. Planned launch: {launch_command(recipe)}",
+            f"[vlsft] note: this run differs from layout `{layout.strategy}`: {', '.join(differences)}. "
+            f"The layout's launch: {launch_command(recipe)}",
             file=sys.stderr,
         )
 
