@@ -262,6 +262,7 @@ def test_overrides_reach_training_fields_and_dotted_paths(tmp_path):
         (["--data.train.3.rows", "5"], "not an index"),
         (["--max_steps", "many"], "`training.max_steps` must be an integer"),
         (["stray"], "Unexpected argument"),
+        (["--model.name_or_path.bits", "16"], "is a value, not a section"),
     ],
 )
 def test_bad_overrides_are_named(tmp_path, override, fragment):

@@ -302,6 +302,8 @@ def apply_override(raw: dict[str, Any], key: str, value: Any) -> None:
         parts = ["training", *parts]
     node: Any = raw
     for depth, part in enumerate(parts[:-1]):
+        if not isinstance(node, (dict, list)):
+            raise RecipeError(f"Override --{key}: `{'.'.join(parts[:depth])}` is a value, not a section.")
         if isinstance(node, list):
             node = node[_list_index(node, part, parts[: depth + 1])]
             continue
@@ -311,6 +313,8 @@ def apply_override(raw: dict[str, Any], key: str, value: Any) -> None:
             node[part] = [node[part]]  # a single source given without a list
         node = node[part]
     last = parts[-1]
+    if not isinstance(node, (dict, list)):
+        raise RecipeError(f"Override --{key}: `{'.'.join(parts[:-1])}` is a value, not a section.")
     if isinstance(node, list):
         node[_list_index(node, last, parts)] = value
     else:

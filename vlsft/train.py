@@ -190,18 +190,18 @@ def build_datasets(recipe: Recipe):
     train_parts, eval_parts = [], []
     for index, source in enumerate(data.train):
         dataset = load_source(source, f"data.train.{index}", data.cache_dir, image_root, data.seed)
-        dataset = _limit(dataset, source, seed=(data.seed, index))
+        dataset = _limit(dataset, source, seed=(data.seed, index, 0))
         if data.eval_fraction is not None:
-            dataset, held_out = _hold_out(dataset, data.eval_fraction, seed=(data.seed, index), where=f"data.train.{index}")
+            dataset, held_out = _hold_out(dataset, data.eval_fraction, (data.seed, index, 1), where=f"data.train.{index}")
             eval_parts.append(held_out)
         train_parts.append(dataset)
     for index, source in enumerate(data.eval or []):
         dataset = load_source(source, f"data.eval.{index}", data.cache_dir, image_root, data.seed)
-        eval_parts.append(_limit(dataset, source, seed=(data.seed, 1000 + index)))
+        eval_parts.append(_limit(dataset, source, seed=(data.seed, 1000 + index, 0)))
 
     if any(source.weight is not None for source in data.train):
         counts = mixture_counts([len(d) for d in train_parts], [s.weight for s in data.train], data.mixture_rows)
-        train_parts = [_resample(d, count, seed=(data.seed, i)) for i, (d, count) in enumerate(zip(train_parts, counts))]
+        train_parts = [_resample(d, n, seed=(data.seed, i, 2)) for i, (d, n) in enumerate(zip(train_parts, counts))]
         train_parts = [d for d in train_parts if len(d)]
     train = datasets.concatenate_datasets(_unify(train_parts))
     evaluation = datasets.concatenate_datasets(_unify(eval_parts)) if eval_parts else None
@@ -294,6 +294,8 @@ def _to_conversational(dataset, where: str, image_root: str | None):
     feature = features[image_column]
     single = not isinstance(feature, List)
     item = feature if single else feature.feature
+    if image_column == "image" and not single:  # a list of images under the singular name
+        dataset, image_column = dataset.rename_column("image", "images"), "images"
     if isinstance(item, Image):
         # Undecoded: rows hold `{"bytes", "path"}` and the collator decodes, so a bad image is a row error.
         dataset = dataset.cast_column(image_column, Image(decode=False) if single else List(Image(decode=False)))
@@ -333,13 +335,13 @@ def _join(root: str | None, path: str) -> str:
     return os.path.join(root, path) if root and not os.path.isabs(path) else path
 
 
-def _rng(seed: tuple[int, int]):
+def _rng(seed: tuple[int, ...]):
     import numpy as np
 
     return np.random.default_rng(list(seed))
 
 
-def _limit(dataset, source: DatasetSource, seed: tuple[int, int]):
+def _limit(dataset, source: DatasetSource, seed: tuple[int, ...]):
     """Keep `rows` rows or a `fraction` of them: a seeded random sample, in the dataset's order."""
     if source.path == DEMO_DATASET:
         return dataset  # generated with exactly `rows` rows
@@ -354,7 +356,7 @@ def _limit(dataset, source: DatasetSource, seed: tuple[int, int]):
     return dataset.select(sorted(_rng(seed).permutation(size)[:keep].tolist()))
 
 
-def _hold_out(dataset, fraction: float, seed: tuple[int, int], where: str):
+def _hold_out(dataset, fraction: float, seed: tuple[int, ...], where: str):
     size = len(dataset)
     held = max(1, round(size * fraction))
     if held >= size:
@@ -363,7 +365,7 @@ def _hold_out(dataset, fraction: float, seed: tuple[int, int], where: str):
     return dataset.select(sorted(order[held:])), dataset.select(sorted(order[:held]))
 
 
-def _resample(dataset, count: int, seed: tuple[int, int]):
+def _resample(dataset, count: int, seed: tuple[int, ...]):
     """`count` rows of `dataset` for a weighted mixture: seeded random order, whole passes repeated when upsampling."""
     size = len(dataset)
     if size == 0:
