@@ -11,6 +11,7 @@ import shutil
 import subprocess
 
 import pytest
+import torch
 from datasets import Dataset
 from PIL import Image
 
@@ -206,3 +207,20 @@ def test_html_page_in_a_real_browser(processor, tmp_path):
     assert count_colour(legend_only, BLUE, tolerance=0) == 0
     # The image is drawn inline (at least 96 px wide, as the page asks): a solid blue square.
     assert count_colour(shot, BLUE, tolerance=0) >= 96 * 96
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "gemma3", "idefics3", "llava_next"])
+def test_every_family_is_shown_as_it_trains(family, tmp_path):
+    tiny_families = pytest.importorskip("vlsft.tiny_families", reason="the model families are not merged yet")
+    _, processor = tiny_families.build_tiny(family)
+    row = {"messages": [user(IMAGE, "What colour?"), assistant("Blue.")], "images": [image(BLUE, (64, 48))]}
+    (view,) = vlsft.inspect([row], processor, args=args_for(tmp_path), rows="0", html=tmp_path / "row.html", file=quiet())
+    batch = training_collator(processor, args_for(tmp_path))([row])
+    assert view.num_tokens == int(batch["attention_mask"].sum())
+    assert view.num_supervised_tokens == int((batch["labels"][0, 1:] != -100).sum())
+    assert "".join(s.text for s in view.segments if s.supervised).strip().startswith("Blue.")
+    image_ids = torch.tensor(getattr(processor, "image_token_ids", None) or [processor.image_token_id])
+    assert view.num_image_tokens == int(torch.isin(batch["input_ids"], image_ids).sum()) > 0
+    assert sum(s.num_tokens for s in view.segments if s.is_image) == view.num_image_tokens
+    assert view.image_tokens in ([view.num_image_tokens], [])  # one run for the image, or tiles
+    assert (tmp_path / "row.html").read_text().count("<img ") == 1

@@ -361,3 +361,49 @@ def test_both_ways_of_checking_agree_on_the_bad_rows(processor, image_files):
     assert [v.reason for v in collated] == [v.reason for v in fast]
     assert [v.reason.split(" (")[0] for v in fast[:6]] == [expected.split(" (")[0] for _, _, expected in bad_rows(image_files)]
     assert fast[6] == collated[6] and fast[6].reason == ""
+
+
+FAMILIES_TO_CHECK = ["qwen3_vl", "qwen3_vl_moe", "qwen2_5_vl", "gemma3", "idefics3", "smolvlm", "llava_next"]
+
+
+@pytest.mark.parametrize("family", FAMILIES_TO_CHECK)
+def test_validation_agrees_with_the_collator_on_every_family(family, image_files):
+    """For every supported family, a row validation passes is one the collator trains on (same length and supervised
+    count), and each bad row is one the collator refuses or would train on nothing of."""
+    tiny_families = pytest.importorskip("vlsft.tiny_families", reason="the model families are not merged yet")
+    _, processor = tiny_families.build_tiny(family)
+    template = resolve_training_template(processor.chat_template)
+    good = image_files["good"]
+    long_text = " ".join(["Describe every object you see."] * 30)
+    rows = {
+        "good": good_row(good),
+        "two images": {**good_row(good), "images": [good, good]},
+        "no assistant": {**good_row(good), "messages": [user(IMAGE, "Hello?")]},
+        "missing": good_row(image_files["missing"]),
+        "corrupt": good_row(image_files["corrupt"]),
+        "long prompt": {**good_row(good), "messages": [user(IMAGE, long_text), assistant("Red.")]},
+        "image last": {**good_row(good), "messages": [user(long_text, IMAGE), assistant("Red.")]},
+    }
+    untruncated = VisionChatCollator(processor, template)
+    short, long = (int(untruncated([rows[name]])["attention_mask"].sum()) for name in ("good", "long prompt"))
+    collator = VisionChatCollator(processor, template, max_length=(short + long) // 2)
+    verdicts = dict(zip(rows, RowChecker(collator).check(list(rows.values()))))
+    if RowChecker(collator).fast:
+        assert list(verdicts.values()) == RowChecker(collator, fast=False).check(list(rows.values()))
+
+    assert verdicts["good"].reason == ""
+    batch = collator([rows["good"]])
+    assert verdicts["good"].num_tokens == int(batch["attention_mask"].sum())
+    assert verdicts["good"].num_supervised_tokens == int((batch["labels"][0, 1:] != -100).sum()) > 0
+    assert verdicts["two images"].reason == "1 image placeholder(s) but 2 image(s)"
+    assert verdicts["no assistant"].reason == "no assistant turn"
+    assert verdicts["missing"].reason.startswith("image 0 not found")
+    assert verdicts["corrupt"].reason.startswith("image 0 cannot be decoded")
+    assert "leaves no supervised token" in verdicts["long prompt"].reason
+    for name in ("long prompt", "image last"):  # where the template puts the image decides which of the two it is
+        assert verdicts[name].reason
+        try:
+            assert int((collator([rows[name]])["labels"][0, 1:] != -100).sum()) == 0, name
+            assert "leaves no supervised token" in verdicts[name].reason
+        except RowError:
+            assert "cuts image tokens" in verdicts[name].reason

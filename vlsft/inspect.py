@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from vlsft.collator import VisionChatCollator
-from vlsft.data import ImageLoadError, load_image
+from vlsft.data import ImageLoadError, load_image, row_images
 
 SUPERVISED_OPEN, SUPERVISED_CLOSE = "[[", "]]"
 # The highlight of supervised tokens in the HTML view (a test looks for it in a browser screenshot).
@@ -36,13 +36,15 @@ THUMBNAIL_SIZE = 384
 
 @dataclass
 class Segment:
-    """A run of consecutive tokens that are all supervised or all not; `image` is the image number for a run of
-    image tokens (never supervised)."""
+    """A run of consecutive tokens that are all supervised or all not, or a run of image tokens (never supervised):
+    `is_image`, with `image` its image's number where each image is one run (Qwen, Gemma 3, LLaVA-NeXT), else None
+    (Idefics3 and SmolVLM split an image into tiles, each its own run)."""
 
     text: str
     supervised: bool
     image: int | None = None
     num_tokens: int = 0
+    is_image: bool = False
 
 
 @dataclass
@@ -53,7 +55,8 @@ class RowView:
     segments: list[Segment] = field(default_factory=list)
     num_tokens: int = 0
     num_supervised_tokens: int = 0
-    image_tokens: list[int] = field(default_factory=list)
+    image_tokens: list[int] = field(default_factory=list)  # per image, where each image is one run of tokens
+    num_image_tokens: int = 0
     image_sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height) as loaded
     images: list[Any] = field(default_factory=list)  # the decoded PIL images, for the HTML view
     full_length: int = 0
@@ -103,7 +106,7 @@ def view_row(row: dict[str, Any], index: int, collator: VisionChatCollator) -> R
     if verdict.reason:
         view.problem = verdict.reason  # collatable, but nothing in it trains (or validation refuses it)
 
-    for value in (row.get("images") or ([row["image"]] if row.get("image") is not None else [])):
+    for value in row_images(row):
         try:
             image = load_image(value, collator.image_root)
         except ImageLoadError:
@@ -118,19 +121,25 @@ def view_row(row: dict[str, Any], index: int, collator: VisionChatCollator) -> R
     # Labels are shifted: a label at position 0 would predict nothing, and the trainer does not count it.
     view.num_supervised_tokens = sum(supervised[1:])
 
+    # The tokens the model replaces with image features (Gemma 3: its soft tokens, not the placeholder).
+    feature_ids = set(getattr(collator, "image_feature_token_ids", None) or [collator.image_token_id])
     runs: list[tuple[bool, bool, list[int]]] = []  # (supervised, is image, ids)
     for token, is_supervised in zip(ids, supervised):
-        is_image = token == collator.image_token_id
+        is_image = token in feature_ids
         if runs and runs[-1][0] == is_supervised and runs[-1][1] == is_image:
             runs[-1][2].append(token)
         else:
             runs.append((is_supervised, is_image, [token]))
+    image_runs = [len(run) for _, is_image, run in runs if is_image]
+    one_run_per_image = len(image_runs) == len(row_images(row))
+    view.num_image_tokens = sum(image_runs)
+    view.image_tokens = image_runs if one_run_per_image else []
     image_number = 0
     for is_supervised, is_image, run in runs:
         if is_image:
-            view.image_tokens.append(len(run))
-            pad = tokenizer.convert_ids_to_tokens(run[0])
-            view.segments.append(Segment(f"{len(run)} x {pad}", False, image=image_number, num_tokens=len(run)))
+            token = tokenizer.convert_ids_to_tokens(run[0])
+            number = image_number if one_run_per_image else None
+            view.segments.append(Segment(f"{len(run)} x {token}", False, number, len(run), is_image=True))
             image_number += 1
         else:
             text = tokenizer.decode(run, skip_special_tokens=False, clean_up_tokenization_spaces=False)
@@ -176,7 +185,7 @@ def _summary(view: RowView) -> str:
     parts = [f"{view.num_tokens} tokens", f"{view.num_supervised_tokens} supervised"]
     if view.full_length > view.num_tokens:
         parts[0] += f" (truncated from {view.full_length})"
-    parts.append(f"{sum(view.image_tokens)} image tokens" + (f" ({images})" if images else ""))
+    parts.append(f"{view.num_image_tokens} image tokens" + (f" ({images})" if images else ""))
     return ", ".join(parts)
 
 
@@ -190,8 +199,8 @@ def render_text(view: RowView, color: bool = False) -> str:
         lines.append(f"!!! {view.problem}")
     out = []
     for segment in view.segments:
-        if segment.image is not None:
-            label = f"[image {segment.image}: {segment.text}]"
+        if segment.is_image:
+            label = f"[image {segment.image}: {segment.text}]" if segment.image is not None else f"[{segment.text}]"
             out.append(f"{_ANSI_IMAGE}{label}{_ANSI_RESET}" if color else label)
         elif segment.supervised and color:
             # Colour each line on its own, so the background does not run to the edge of the terminal.
@@ -218,6 +227,7 @@ figure {{ display: inline-block; vertical-align: middle; margin: 4px 6px; text-a
 figure img {{ display: block; min-width: 96px; max-width: {thumb}px; max-height: {thumb}px; image-rendering: pixelated;
   border: 1px solid #888; }}
 figcaption {{ font-size: 11px; color: #555; }}
+.tile {{ color: #0b6e99; }}
 .legend {{ font-size: 13px; margin-bottom: 16px; }}
 </style></head><body>
 <h1>{title}</h1>
@@ -246,7 +256,9 @@ def render_html(views: list[RowView], title: str = "vlsft inspect") -> str:
         tokens = []
         for segment in view.segments:
             text = html_lib.escape(segment.text)
-            if segment.image is not None:
+            if segment.is_image and segment.image is None:
+                tokens.append(f'<span class="tile">[{text}]</span>')
+            elif segment.is_image:
                 caption = f"image {segment.image} · {segment.text}"
                 if segment.image < len(view.images):
                     width, height = view.image_sizes[segment.image]
@@ -261,6 +273,13 @@ def render_html(views: list[RowView], title: str = "vlsft inspect") -> str:
                 tokens.append(f'<span class="sup">{text}</span>')
             else:
                 tokens.append(text)
+        if view.images and not view.image_tokens:
+            # Tiled images (several runs of tokens each) cannot be put at one place in the text: shown above it.
+            body.append("".join(
+                f'<figure><img src="{_data_uri(image)}" alt="image {number}"><figcaption>image {number} · '
+                f"{image.width}×{image.height}</figcaption></figure>"
+                for number, image in enumerate(view.images)
+            ))
         if tokens:
             body.append(f'<div class="tokens">{"".join(tokens)}</div>')
         stats = html_lib.escape(_summary(view)) if view.segments else ""

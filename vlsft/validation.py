@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from datasets import Dataset, Features, Image, IterableDataset, LargeList, List
 from datasets.fingerprint import Hasher
 
@@ -181,9 +182,9 @@ class RowChecker:
         self.features = _without_image_decoding(features) if features is not None else None
         self.image_processor = collator.processor.image_processor
         family_name = detect_family(collator.chat_template)
-        # Qwen3-VL's template only has system messages first; a later one would be dropped without a word.
-        self.system_only_first = family_name is not None
-        self.fast = _expands_images_on_ids(collator, family_name) if fast is None else fast
+        # Qwen3-VL's template renders a system message only first and drops a later one without a word.
+        self.system_only_first = not _renders_later_system_message(collator)
+        self.fast = _counts_image_tokens_from_sizes(collator, family_name) if fast is None else fast
         self._untruncated: VisionChatCollator | None = None
 
     def check(self, rows: list[dict[str, Any]]) -> list[RowVerdict]:
@@ -344,7 +345,9 @@ class RowChecker:
             return RowVerdict(f"cannot be collated ({type(error).__name__}: {error})")
         length = int(batch["attention_mask"][0].sum())
         ids = batch["input_ids"][0, :length]
-        image_positions = (ids == self.collator.image_token_id).nonzero().flatten().tolist()
+        # The tokens the model replaces with image features (Gemma 3: its soft tokens, not the placeholder).
+        feature_ids = getattr(self.collator, "image_feature_token_ids", None) or [self.collator.image_token_id]
+        image_positions = torch.isin(ids, torch.tensor(feature_ids)).nonzero().flatten().tolist()
         image_end = image_positions[-1] + 1 if image_positions else 0
         supervised_positions = [p for p in (batch["labels"][0, :length] != -100).nonzero().flatten().tolist() if p > 0]
         image_tokens = []  # the length of each run of consecutive image tokens
@@ -370,16 +373,36 @@ class RowChecker:
         }
 
 
-def _expands_images_on_ids(collator: VisionChatCollator, family_name: str | None) -> bool:
-    """Whether the collator expands one image token per image into a count that the image size alone decides (the
-    Qwen-VL families), so that validation can count image tokens without building pixel tensors."""
-    family = FAMILIES.get(family_name) if family_name else None
+def _renders_later_system_message(collator: VisionChatCollator) -> bool:
+    """Whether the chat template renders a system message that is not the first message (asked of the template
+    itself, with a probe conversation)."""
+    probe = "vlsft-probe-later-system-message"
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "a"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "b"}]},
+        {"role": "system", "content": [{"type": "text", "text": probe}]},
+        {"role": "user", "content": [{"type": "text", "text": "c"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "d"}]},
+    ]
+    try:
+        return probe in collator.render({"messages": messages})[0]
+    except Exception:  # the template refuses it: rows with one fail to render and are reported as such
+        return True
+
+
+def _counts_image_tokens_from_sizes(collator: VisionChatCollator, family_name: str | None) -> bool:
+    """Whether each image's placeholder expands on token ids into (grid patches / merge size) copies, the grid coming
+    from the image size alone: the Qwen-VL image processors, which return `image_grid_thw` and expose the resize rule
+    as `get_number_of_image_patches`. Then validation needs no pixel tensor; other collators are run on the row."""
+    family = getattr(collator, "family", None) or (FAMILIES.get(family_name) if family_name else None)
+    image_processor = collator.processor.image_processor
     return (
         family is not None
         and getattr(family, "expand_on_ids", True)
-        and hasattr(collator, "merge_length")
+        and "image_grid_thw" in getattr(image_processor, "model_input_names", ())
+        and hasattr(image_processor, "get_number_of_image_patches")
         and hasattr(collator, "tokenize_rows")
-        and hasattr(collator.processor.image_processor, "get_number_of_image_patches")
+        and hasattr(collator, "merge_length")
     )
 
 
