@@ -9,6 +9,7 @@ import io
 import json
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -114,6 +115,9 @@ def test_vlsft_inspect_is_callable_and_holds_the_command():
 
     assert vlsft.inspect is module
     assert callable(vlsft.inspect) and callable(vlsft.inspect.main)
+    # In a fresh interpreter, `import vlsft` alone is enough (the package exports it lazily).
+    code = "import vlsft; assert callable(vlsft.inspect) and vlsft.inspect.main and 'inspect' in vlsft.__all__"
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=300)
 
 
 # -- the command, from a recipe ------------------------------------------------------------------------------------
