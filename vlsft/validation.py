@@ -40,7 +40,7 @@ IMAGE_ROLES = ("user", "tool")
 # Rows listed in an error before the rest are only counted.
 MAX_LISTED_ROWS = 20
 # The source files whose logic decides a row's verdict: a change to any of them invalidates cached results.
-_VERDICT_SOURCES = ("validation.py", "collator.py", "data.py")
+_VERDICT_SOURCES = ("validation.py", "collator.py", "data.py", "templates.py")
 
 
 @dataclass(frozen=True)
