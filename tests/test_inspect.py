@@ -20,7 +20,8 @@ import vlsft
 from tests.conftest import IMAGE, assistant, image, user
 from vlsft import VLSFTConfig, VLSFTTrainer
 from vlsft.cli import main as cli_main
-from vlsft.inspect import SUPERVISED_COLOUR, render_html, select_rows, training_collator
+from vlsft.collator import training_collator
+from vlsft.inspection import SUPERVISED_COLOUR, render_html, select_rows
 
 BLUE = (0, 0, 255)
 
@@ -110,13 +111,12 @@ def test_row_selection():
         select_rows("a-b", 5)
 
 
-def test_vlsft_inspect_is_callable_and_holds_the_command():
-    import vlsft.inspect as module
+def test_vlsft_inspect_is_the_function_and_the_command_lives_in_vlsft_inspection():
+    from vlsft.inspection import inspect, main
 
-    assert vlsft.inspect is module
-    assert callable(vlsft.inspect) and callable(vlsft.inspect.main)
+    assert vlsft.inspect is inspect and callable(main)
     # In a fresh interpreter, `import vlsft` alone is enough (the package exports it lazily).
-    code = "import vlsft; assert callable(vlsft.inspect) and vlsft.inspect.main and 'inspect' in vlsft.__all__"
+    code = "import vlsft, vlsft.inspection; assert vlsft.inspect is vlsft.inspection.inspect and 'inspect' in vlsft.__all__"
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=300)
 
 

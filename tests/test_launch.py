@@ -74,9 +74,9 @@ def test_console_script_dispatches_train_and_inspect(tmp_path, monkeypatch, caps
     from vlsft import cli
 
     received = []
-    fake = types.ModuleType("vlsft.inspect")
+    fake = types.ModuleType("vlsft.inspection")
     fake.main = lambda argv: received.append(argv) or 0
-    monkeypatch.setitem(sys.modules, "vlsft.inspect", fake)
+    monkeypatch.setitem(sys.modules, "vlsft.inspection", fake)
     assert cli.main(["inspect", "--config", "x.yaml", "--rows", "2"]) == 0
     assert received == [["--config", "x.yaml", "--rows", "2"]]
     assert cli.main(["trian"]) == 2 and "unknown command" in capsys.readouterr().err

@@ -3,7 +3,7 @@
 from vlsft.config import VLSFTConfig
 
 __version__ = "0.1.0"
-__all__ = ["VLSFTConfig", "VLSFTTrainer", "__version__"]
+__all__ = ["VLSFTConfig", "VLSFTTrainer", "__version__", "inspect"]
 
 
 def __getattr__(name):
@@ -13,4 +13,8 @@ def __getattr__(name):
         from vlsft.trainer import VLSFTTrainer
 
         return VLSFTTrainer
+    if name == "inspect":
+        from vlsft.inspection import inspect  # the command itself is `vlsft.inspection.main`
+
+        return inspect
     raise AttributeError(name)

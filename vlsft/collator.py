@@ -21,7 +21,7 @@ from transformers import ProcessorMixin
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from vlsft.data import load_image, normalize_messages, row_images
-from vlsft.templates import FAMILIES, detect_family
+from vlsft.templates import FAMILIES, detect_family, resolve_training_template
 
 IGNORE_INDEX = -100
 
@@ -173,3 +173,21 @@ class VisionChatCollator:
         batch["mm_token_type_ids"] = (input_ids == self.image_token_id).long() * attention_mask
         batch["labels"] = labels
         return batch
+
+def training_collator(processor: ProcessorMixin, args) -> VisionChatCollator:
+    """The collator `VLSFTTrainer` trains with for `processor` and `args` (a `VLSFTConfig`): the training template
+    (resolved from the processor's, or read from `args.chat_template_path`), `max_length`, `image_root`..."""
+    template = processor.chat_template
+    if args.chat_template_path is not None and args.chat_template_path.endswith((".jinja", ".j2")):
+        with open(args.chat_template_path, encoding="utf-8") as file:
+            template = file.read()
+    if args.assistant_only_loss:
+        template = resolve_training_template(template)
+    return VisionChatCollator(
+        processor=processor,
+        chat_template=template,
+        max_length=args.max_length,
+        pad_to_multiple_of=args.pad_to_multiple_of,
+        image_root=args.image_root,
+        assistant_only_loss=args.assistant_only_loss,
+    )

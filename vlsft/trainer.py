@@ -18,10 +18,9 @@ from transformers import AutoProcessor, ProcessorMixin, TrainingArguments
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.utils import get_config_model_id
 
-from vlsft.collator import VisionChatCollator
+from vlsft.collator import VisionChatCollator, training_collator
 from vlsft.config import VLSFTConfig
 from vlsft.loss import attach_supervised_head
-from vlsft.templates import resolve_training_template
 from vlsft.validation import validate_datasets
 
 
@@ -82,21 +81,16 @@ class VLSFTTrainer(SFTTrainer):
                 "VLSFTTrainer trains vision-language models and needs their processor (tokenizer + image "
                 f"processor) as `processing_class`, got {type(processing_class).__name__}."
             )
-        if args.chat_template_path is not None and args.chat_template_path.endswith((".jinja", ".j2")):
-            with open(args.chat_template_path, encoding="utf-8") as file:
-                processing_class.chat_template = file.read()
-        if args.assistant_only_loss:
-            self.training_chat_template = resolve_training_template(processing_class.chat_template)
-        else:
-            self.training_chat_template = processing_class.chat_template
+        # Built even with a custom collator: it resolves the training template (an unknown template without
+        # generation markers fails here, with the fix) and is what rows are validated with.
+        default_collator = self.build_collator(processing_class, args)
+        self.training_chat_template = default_collator.chat_template
         if data_collator is None:
-            data_collator = self.build_collator(processing_class, args)
+            data_collator = default_collator
         if args.validate_rows:
             # Every row is checked now, so a bad one stops the run (or is skipped, with `invalid_rows="skip"`) by its
             # index before the model loads, not in the middle of training. A custom collator is checked against ours.
-            checker = data_collator
-            if not isinstance(checker, VisionChatCollator):
-                checker = self.build_collator(processing_class, args)
+            checker = data_collator if isinstance(data_collator, VisionChatCollator) else default_collator
             train_dataset, eval_dataset = validate_datasets(train_dataset, eval_dataset, checker, args)
 
         super().__init__(
@@ -120,14 +114,8 @@ class VLSFTTrainer(SFTTrainer):
         self._total_supervised_tokens = 0
 
     def build_collator(self, processor: ProcessorMixin, args: VLSFTConfig) -> VisionChatCollator:
-        return VisionChatCollator(
-            processor=processor,
-            chat_template=self.training_chat_template,
-            max_length=args.max_length,
-            pad_to_multiple_of=args.pad_to_multiple_of,
-            image_root=args.image_root,
-            assistant_only_loss=args.assistant_only_loss,
-        )
+        """The collator used when none is passed; override to change it."""
+        return training_collator(processor, args)
 
     def create_optimizer(self, model=None):
         """`Trainer.create_optimizer`, with one parameter group per (component, weight decay or not) and the

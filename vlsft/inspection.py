@@ -19,11 +19,10 @@ import html as html_lib
 import io
 import os
 import sys
-import types
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from vlsft.collator import VisionChatCollator
+from vlsft.collator import VisionChatCollator, training_collator
 from vlsft.data import ImageLoadError, load_image, row_images
 
 SUPERVISED_OPEN, SUPERVISED_CLOSE = "[[", "]]"
@@ -67,26 +66,6 @@ class RowView:
 
 
 # -- building the views ----------------------------------------------------------------------------------------------
-
-
-def training_collator(processor, args) -> VisionChatCollator:
-    """The collator `VLSFTTrainer(args=args, processing_class=processor)` trains with (see its `build_collator`)."""
-    from vlsft.templates import resolve_training_template
-
-    template = processor.chat_template
-    if args.chat_template_path is not None and args.chat_template_path.endswith((".jinja", ".j2")):
-        with open(args.chat_template_path, encoding="utf-8") as file:
-            template = file.read()
-    if args.assistant_only_loss:
-        template = resolve_training_template(template)
-    return VisionChatCollator(
-        processor=processor,
-        chat_template=template,
-        max_length=args.max_length,
-        pad_to_multiple_of=args.pad_to_multiple_of,
-        image_root=args.image_root,
-        assistant_only_loss=args.assistant_only_loss,
-    )
 
 
 def view_row(row: dict[str, Any], index: int, collator: VisionChatCollator) -> RowView:
@@ -382,17 +361,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vlsft inspect: {error}", file=sys.stderr)
         return 2
     return 0
-
-
-class _CallableModule(types.ModuleType):
-    """`vlsft.inspect` is both this module (`vlsft.inspect.main` is the command) and the function: calling the module
-    calls `inspect()`. A package attribute cannot be a function and a submodule at once, so the module is callable."""
-
-    def __call__(self, *args, **kwargs):
-        return inspect(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
 
 
 if __name__ == "__main__":
