@@ -120,6 +120,9 @@ def test_resumed_run_ends_with_the_uninterrupted_weights(tiny, tmp_path, method)
         assert "model.safetensors" in files
 
     assert_same_weights(weights(resumed), expected)
+    # The supervised-token count goes on from the checkpoint, as if never stopped.
+    count = [e["num_supervised_tokens"] for e in resumed.state.log_history if "loss" in e]
+    assert count == [e["num_supervised_tokens"] for e in uninterrupted.state.log_history if "loss" in e]
     # The run did train after the checkpoint: the final weights are not the checkpoint's.
     at_checkpoint = make_trainer(model, processor, tmp_path / "probe", peft_config)
     at_checkpoint._load_from_checkpoint(checkpoint)

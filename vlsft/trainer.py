@@ -193,6 +193,10 @@ class VLSFTTrainer(SFTTrainer):
             for key in [k for k in logs if k.startswith("eval") and k.endswith("_loss")]:
                 logs[key] = nll_sum / total
         if mode == "train":
+            if self._total_supervised_tokens == 0:  # after a resume, the count goes on from the checkpoint's log
+                self._total_supervised_tokens = next(
+                    (int(e["num_supervised_tokens"]) for e in reversed(self.state.log_history) if "num_supervised_tokens" in e), 0
+                )
             self._total_supervised_tokens += int(total)
             self._metrics[mode]["num_supervised_tokens"] = [self._total_supervised_tokens]
         self._token_stats[mode].zero_()
