@@ -4,10 +4,16 @@ How the mask stays exact and cheap:
 1. The generation-marked template is rendered once per row; jinja reports the character span of every
    `{% generation %}` block.
 2. The rendered text is cut at those spans and every piece of the batch is tokenized in one batched call. Cutting
-   there is also what inference does: the prompt ends with `<|im_start|>assistant\\n` and the model's tokens start
-   fresh after it, so a supervised piece decodes to exactly the text its turn rendered.
-3. Image placeholders are expanded on token ids (one `<|image_pad|>` becomes the number of tokens its image grid
-   needs), not on strings, so the tokenizer never sees thousands of pad tokens.
+   there is also what inference does: the prompt ends with the assistant cue (`<|im_start|>assistant\\n`,
+   `Assistant:`, `[/INST]`) and the model's tokens start fresh after it, so a supervised piece decodes to exactly the
+   text its turn rendered.
+3. Image placeholders are expanded the way the family's processor expands them, with the processor's own
+   `replace_image_token` text for each image:
+   - where that text is n copies of the placeholder token (Qwen's `<|image_pad|>`, LLaVA-NeXT's `<image>`), on token
+     ids: the tokenizer never sees thousands of pad tokens;
+   - otherwise (Gemma 3's `\\n\\n<start_of_image>...<end_of_image>\\n\\n`, Idefics3's tiles and row/column tags), as
+     text in the pieces before they are tokenized, so newlines merge with their neighbours exactly as the processor
+     tokenizes them.
 No offset mapping and no second tokenization are needed.
 """
 
@@ -17,11 +23,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from jinja2 import TemplateError
 from transformers import ProcessorMixin
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from vlsft.data import load_image, normalize_messages, row_images
-from vlsft.templates import FAMILIES, detect_family, resolve_training_template
+from vlsft.templates import (
+    FAMILIES,
+    UnsupportedConversationError,
+    check_expressible,
+    detect_family,
+    family_of_processor,
+    resolve_training_template,
+)
 
 IGNORE_INDEX = -100
 
@@ -37,7 +51,7 @@ class RowError(ValueError):
 
 @dataclass
 class RenderedRow:
-    """One conversation rendered and tokenized, before its images are expanded."""
+    """One conversation rendered and tokenized, before its images are expanded (one placeholder token per image)."""
 
     input_ids: list[int]
     supervised: list[bool]
@@ -46,11 +60,12 @@ class RenderedRow:
 
 @dataclass
 class VisionChatCollator:
-    """Collates conversational vision rows into `input_ids`, `attention_mask`, `labels` (-100 where not supervised),
-    `pixel_values`, `image_grid_thw` and whatever else the processor's image side returns.
+    """Collates conversational vision rows into `input_ids`, `attention_mask`, `labels` (-100 where not supervised)
+    and whatever the model's processor returns for them (`pixel_values`, `image_grid_thw`, `image_sizes`,
+    `pixel_attention_mask`, the image-token map...).
 
     Args:
-        processor: the model's processor (tokenizer + image processor).
+        processor: the model's processor (tokenizer + image processor), of a family in `vlsft.templates.FAMILIES`.
         chat_template: a template with `{% generation %}` markers (see `vlsft.templates`).
         max_length: truncate longer rows (from the end); a row whose truncation would cut image tokens raises.
         image_root: directory for relative image paths.
@@ -67,11 +82,44 @@ class VisionChatCollator:
 
     def __post_init__(self):
         tokenizer = self.processor.tokenizer
-        family = FAMILIES[detect_family(self.chat_template) or "qwen3_vl"]
-        self.image_token_id = tokenizer.convert_tokens_to_ids(family.image_token)
-        self._vision_token_ids = {tokenizer.convert_tokens_to_ids(t) for t in family.vision_tokens}
+        # The template says which family's features to check (a custom template is its author's call); the template
+        # or else the processor says how to expand images.
+        self.template_family = detect_family(self.chat_template)
+        name = self.template_family or family_of_processor(self.processor)
+        if name is None:
+            known = ", ".join(f"{f.processor_class} ({f.name})" for f in FAMILIES.values())
+            raise ValueError(
+                f"vlsft does not know the processor {type(self.processor).__name__}: it collates the families in "
+                f"`vlsft.templates.FAMILIES`, whose processors are {known}. A new family is a training template, "
+                "an entry in that table and a test."
+            )
+        self.family = FAMILIES[name]
+        self.image_token = self.family.image_token
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)  # the placeholder, one per image
+        self._vision_token_ids = {tokenizer.convert_tokens_to_ids(t) for t in self.family.vision_tokens}
+        # The tokens the model replaces with image features (Gemma 3: the soft tokens, not the placeholder).
+        self.image_feature_token_ids = [i for i in self.processor.image_token_ids if i is not None]
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.merge_length = self.processor.image_processor.merge_size**2
+        self.merge_length = getattr(self.processor.image_processor, "merge_size", 1) ** 2
+        # Templates read special tokens (Gemma 3 starts with `{{ bos_token }}`), as in `processor.apply_chat_template`;
+        # only those a template names are passed, as every variable passed costs time on every render.
+        self._template_kwargs = {k: v for k, v in tokenizer.special_tokens_map.items() if k in self.chat_template}
+        self._bos_added, self._eos_added = self._tokens_added_on_encode()
+        # The processor's own image defaults (LLaVA-NeXT pads tiles, Idefics3 returns the tile grid, ...).
+        merged = self.processor._merge_kwargs(tokenizer_init_kwargs=tokenizer.init_kwargs)
+        self._images_kwargs = {**merged["images_kwargs"], "return_tensors": "pt"}
+        self._model_input_names = set(self.processor.model_input_names)
+
+    def _tokens_added_on_encode(self) -> tuple[list[int], list[int]]:
+        """The ids the tokenizer adds around a text when asked for special tokens (LLaVA-NeXT's `<s>`). The processor
+        adds them when the rendered text does not already start with the BOS token; so does this collator."""
+        tokenizer = self.processor.tokenizer
+        bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+        full = tokenizer("a", add_special_tokens=True)["input_ids"]
+        for start in range(len(full) - len(bare) + 1):
+            if full[start : start + len(bare)] == bare:
+                return full[:start], full[start + len(bare) :]
+        return [], []
 
     # -- rendering ---------------------------------------------------------------------------------------------
 
@@ -79,8 +127,14 @@ class VisionChatCollator:
         """The rendered text of a row and the character spans of its assistant generation blocks."""
         messages = normalize_messages(row["messages"])
         tools = row.get("tools") or None
+        if self.template_family is not None:
+            check_expressible(self.template_family, messages, tools)
         rendered, spans = render_jinja_template(
-            [messages], tools=tools, chat_template=self.chat_template, return_assistant_tokens_mask=self.assistant_only_loss
+            [messages],
+            tools=tools,
+            chat_template=self.chat_template,
+            return_assistant_tokens_mask=self.assistant_only_loss,
+            **self._template_kwargs,
         )
         return rendered[0], [tuple(span) for span in spans[0]] if self.assistant_only_loss else []
 
@@ -99,63 +153,130 @@ class VisionChatCollator:
         return pieces
 
     def tokenize_rows(self, rows: list[dict[str, Any]]) -> list[RenderedRow]:
-        """Render and tokenize rows, with all pieces of all rows in one batched tokenizer call."""
-        row_pieces = [self.pieces(row) for row in rows]
+        """Render and tokenize rows, with all pieces of all rows in one batched tokenizer call. Images stay one
+        placeholder token each."""
+        return self._tokenize_pieces([self.pieces(row) for row in rows], [row_images(row) for row in rows])
+
+    def _tokenize_pieces(self, row_pieces: list[list[tuple[str, bool]]], images: list[list[Any]]) -> list[RenderedRow]:
         flat = [text for pieces in row_pieces for text, _ in pieces]
         encoded = self.processor.tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
+        bos_token = self.processor.tokenizer.bos_token
         out, position = [], 0
-        for row, pieces in zip(rows, row_pieces):
+        for pieces, row_images_ in zip(row_pieces, images):
             ids, supervised = [], []
             for _, is_supervised in pieces:
                 piece_ids = encoded[position]
                 position += 1
                 ids.extend(piece_ids)
                 supervised.extend([is_supervised or not self.assistant_only_loss] * len(piece_ids))
-            out.append(RenderedRow(ids, supervised, row_images(row)))
+            if self._bos_added or self._eos_added:
+                text_has_bos = bool(pieces) and bos_token is not None and pieces[0][0].startswith(bos_token)
+                if not text_has_bos:
+                    lm = not self.assistant_only_loss  # plain language modelling supervises every token
+                    ids = self._bos_added + ids + self._eos_added
+                    supervised = [lm] * len(self._bos_added) + supervised + [lm] * len(self._eos_added)
+            out.append(RenderedRow(ids, supervised, row_images_))
         return out
+
+    # -- images ------------------------------------------------------------------------------------------------
+
+    def _process_images(self, images: list[list[Any]]) -> dict[str, torch.Tensor]:
+        """The image processor's output for the batch's images, grouped by row as the processor groups them, with
+        the processor's own defaults."""
+        if not any(images):
+            return {}
+        return self.processor.image_processor(images, **self._images_kwargs)
+
+    def _image_texts(self, vision: dict[str, torch.Tensor], count: int) -> list[str]:
+        """The text the processor puts in place of each image's placeholder (`ProcessorMixin.replace_image_token`)."""
+        return [self.processor.replace_image_token(vision, image_idx=i) for i in range(count)]
+
+    def _image_token_counts(self, vision: dict[str, torch.Tensor], count: int) -> list[int]:
+        """For families that expand on ids: how many copies of the placeholder each image's text is."""
+        if "image_grid_thw" in vision:
+            # Qwen: one token per merged patch, as its `replace_image_token` computes, for the whole batch at once.
+            return (vision["image_grid_thw"].prod(-1) // self.merge_length).tolist()
+        texts = self._image_texts(vision, count)
+        counts = [text.count(self.image_token) for text in texts]
+        if any(n * len(self.image_token) != len(text) for n, text in zip(counts, texts)):
+            raise ValueError(
+                f"{self.family.name}: the processor's image text is not only copies of {self.image_token}; set "
+                "`expand_on_ids=False` for this family in `vlsft.templates.FAMILIES`."
+            )
+        return counts
+
+    def _expand_in_text(self, row_pieces, replacements: list[str]) -> list[list[tuple[str, bool]]]:
+        """Each placeholder replaced by its image's text, in order, in whichever piece it lies."""
+        queue = iter(replacements)
+        expanded = []
+        for pieces in row_pieces:
+            row = []
+            for text, supervised in pieces:
+                parts = text.split(self.image_token)
+                text = parts[0] + "".join(next(queue) + part for part in parts[1:])
+                row.append((text, supervised))
+            expanded.append(row)
+        return expanded
+
+    def _expand_on_ids(self, row: RenderedRow, counts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.tensor(row.input_ids, dtype=torch.long)
+        supervised = torch.tensor(row.supervised, dtype=torch.bool)
+        is_image = ids == self.image_token_id
+        if counts:
+            repeats = torch.ones_like(ids)
+            repeats[is_image] = torch.tensor(counts)
+            ids, supervised = ids.repeat_interleave(repeats), supervised.repeat_interleave(repeats)
+        return ids, supervised
 
     # -- collation ---------------------------------------------------------------------------------------------
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        tokenized = self.tokenize_rows(rows)
-        images = []
-        for index, row in enumerate(tokenized):
-            placeholders = row.input_ids.count(self.image_token_id)
-            if placeholders != len(row.images):
-                raise RowError(index, f"{placeholders} image placeholder(s) but {len(row.images)} image(s)")
+        row_pieces, images = [], []
+        for index, row in enumerate(rows):
             try:
-                images.extend(load_image(image, self.image_root) for image in row.images)
+                pieces = self.pieces(row)
+            except (UnsupportedConversationError, TemplateError) as error:  # the template cannot render this row
+                raise RowError(index, str(error)) from error
+            values = row_images(row)
+            placeholders = sum(text.count(self.image_token) for text, _ in pieces)
+            if placeholders != len(values):
+                raise RowError(index, f"{placeholders} image placeholder(s) but {len(values)} image(s)")
+            try:
+                images.append([load_image(value, self.image_root) for value in values])
             except ValueError as error:
                 raise RowError(index, str(error)) from error
+            row_pieces.append(pieces)
 
-        batch: dict[str, torch.Tensor] = {}
-        tokens_per_image: list[int] = []
-        if images:
-            vision = self.processor.image_processor(images=images, return_tensors="pt")
-            batch.update(vision)
-            tokens_per_image = (vision["image_grid_thw"].prod(-1) // self.merge_length).tolist()
-
+        vision = self._process_images(images)
+        num_images = sum(len(row) for row in images)
         sequences, masks = [], []
-        image_cursor = 0
-        for index, row in enumerate(tokenized):
-            ids = torch.tensor(row.input_ids, dtype=torch.long)
-            supervised = torch.tensor(row.supervised, dtype=torch.bool)
-            is_image = ids == self.image_token_id
-            n_images = int(is_image.sum())
-            if n_images:
-                repeats = torch.ones_like(ids)
-                repeats[is_image] = torch.tensor(tokens_per_image[image_cursor : image_cursor + n_images])
-                image_cursor += n_images
-                ids = ids.repeat_interleave(repeats)
-                supervised = supervised.repeat_interleave(repeats)
+        if self.family.expand_on_ids:
+            counts = self._image_token_counts(vision, num_images)
+            cursor = 0
+            for row in self._tokenize_pieces(row_pieces, images):
+                n_images = len(row.images)
+                ids, supervised = self._expand_on_ids(row, counts[cursor : cursor + n_images])
+                cursor += n_images
+                sequences.append(ids)
+                masks.append(supervised)
+        else:
+            expanded = self._expand_in_text(row_pieces, self._image_texts(vision, num_images))
+            for row in self._tokenize_pieces(expanded, images):
+                sequences.append(torch.tensor(row.input_ids, dtype=torch.long))
+                masks.append(torch.tensor(row.supervised, dtype=torch.bool))
+        # What the model takes (not, e.g., Idefics3's tile grid, which only `replace_image_token` reads).
+        batch = {key: value for key, value in vision.items() if key in self._model_input_names}
+
+        vision_ids = torch.tensor(sorted(self._vision_token_ids))
+        feature_ids = torch.tensor(self.image_feature_token_ids)
+        for index, (ids, supervised) in enumerate(zip(sequences, masks)):
             if self.max_length is not None and len(ids) > self.max_length:
-                if n_images and bool((ids[self.max_length :] == self.image_token_id).any()):
+                if bool(torch.isin(ids[self.max_length :], feature_ids).any()):
                     raise RowError(index, f"max_length={self.max_length} cuts image tokens (row has {len(ids)} tokens)")
                 ids, supervised = ids[: self.max_length], supervised[: self.max_length]
             # Vision tokens are inputs, never targets, whatever the template marked.
-            supervised &= ~torch.isin(ids, torch.tensor(sorted(self._vision_token_ids)))
-            sequences.append(ids)
-            masks.append(supervised)
+            sequences[index] = ids
+            masks[index] = supervised & ~torch.isin(ids, vision_ids)
 
         length = max(len(ids) for ids in sequences)
         if self.pad_to_multiple_of:
@@ -169,10 +290,12 @@ class VisionChatCollator:
             labels[i, : len(ids)] = torch.where(supervised, ids, IGNORE_INDEX)
         batch["input_ids"] = input_ids
         batch["attention_mask"] = attention_mask
-        # Qwen3-VL computes its 3D rope positions from this map of image (1) and video (2) tokens.
-        batch["mm_token_type_ids"] = (input_ids == self.image_token_id).long() * attention_mask
+        if self.family.image_map_key is not None:
+            # 1 on the image feature tokens: Qwen's 3D rope positions, Gemma 3's bidirectional attention per image.
+            batch[self.family.image_map_key] = torch.isin(input_ids, feature_ids).long() * attention_mask
         batch["labels"] = labels
         return batch
+
 
 def training_collator(processor: ProcessorMixin, args) -> VisionChatCollator:
     """The collator `VLSFTTrainer` trains with for `processor` and `args` (a `VLSFTConfig`): the training template

@@ -15,26 +15,134 @@ from importlib import resources
 _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
+# Conversation features a stock template may be unable to express, as vlsft names them in errors.
+FEATURES = {
+    "tools": "tool definitions (`tools`)",
+    "tool_calls": "assistant tool calls (`tool_calls`)",
+    "tool_messages": "'tool' messages (tool responses)",
+}
+
+
 @dataclass(frozen=True)
 class TemplateFamily:
-    """What vlsft needs to know about one VLM family's chat format."""
+    """What vlsft needs to know about one VLM family's chat format and processor."""
 
     name: str
+    display_name: str
     stock_template: str  # name of the stock template as TRL ships it (trl/chat_templates/<name>.jinja)
     training_template: str  # our generation-marked file in vlsft/templates/
+    processor_class: str  # the family's processor class, which finds the family when the template is a custom one
+    model_types: tuple[str, ...]  # `config.model_type` of the family's models
     vision_tokens: tuple[str, ...]  # never supervised
-    image_token: str  # the placeholder the processor expands, one per image
+    image_token: str  # the placeholder the template writes, one per image, that the processor expands
     end_of_turn: str  # must be supervised, so the model learns to stop
+    # The placeholder expands to n copies of itself: expand it on token ids (fast, exact: the copies are special tokens
+    # that never merge with their neighbours). Otherwise its replacement text is tokenized in context.
+    expand_on_ids: bool = False
+    # Name of the per-token image map (1 on image tokens) the model takes, if any: Qwen's rope positions, Gemma 3's
+    # bidirectional attention over each image.
+    image_map_key: str | None = None
+    unsupported: tuple[str, ...] = ()  # keys of FEATURES the stock template cannot express
 
+
+_QWEN_VISION = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+_NO_TOOLS = ("tools", "tool_calls", "tool_messages")
+# Idefics3 / SmolVLM image text: the fake token around each tile, the global-image tag and the tile positions.
+_IDEFICS_VISION = ("<fake_token_around_image>", "<image>", "<global-img>") + tuple(
+    f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)
+)
 
 FAMILIES = {
     "qwen3_vl": TemplateFamily(
         name="qwen3_vl",
+        display_name="Qwen3-VL",
         stock_template="qwen3_vl",
         training_template="qwen3_vl_training.jinja",
-        vision_tokens=("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"),
+        processor_class="Qwen3VLProcessor",
+        model_types=("qwen3_vl",),
+        vision_tokens=_QWEN_VISION,
         image_token="<|image_pad|>",
         end_of_turn="<|im_end|>",
+        expand_on_ids=True,
+        image_map_key="mm_token_type_ids",
+    ),
+    # The MoE checkpoints ship the Qwen3-VL processor and template: same collation, other model parts.
+    "qwen3_vl_moe": TemplateFamily(
+        name="qwen3_vl_moe",
+        display_name="Qwen3-VL-MoE",
+        stock_template="qwen3_vl",
+        training_template="qwen3_vl_training.jinja",
+        processor_class="Qwen3VLProcessor",
+        model_types=("qwen3_vl_moe",),
+        vision_tokens=_QWEN_VISION,
+        image_token="<|image_pad|>",
+        end_of_turn="<|im_end|>",
+        expand_on_ids=True,
+        image_map_key="mm_token_type_ids",
+    ),
+    "qwen2_5_vl": TemplateFamily(
+        name="qwen2_5_vl",
+        display_name="Qwen2.5-VL",
+        stock_template="qwen2_5_vl",
+        training_template="qwen2_5_vl_training.jinja",
+        processor_class="Qwen2_5_VLProcessor",
+        model_types=("qwen2_5_vl",),
+        vision_tokens=_QWEN_VISION,
+        image_token="<|image_pad|>",
+        end_of_turn="<|im_end|>",
+        expand_on_ids=True,
+        image_map_key="mm_token_type_ids",
+        unsupported=_NO_TOOLS,
+    ),
+    "gemma3": TemplateFamily(
+        name="gemma3",
+        display_name="Gemma 3",
+        stock_template="gemma3",
+        training_template="gemma3_training.jinja",
+        processor_class="Gemma3Processor",
+        model_types=("gemma3",),
+        vision_tokens=("<start_of_image>", "<image_soft_token>", "<end_of_image>"),
+        image_token="<start_of_image>",
+        end_of_turn="<end_of_turn>",
+        image_map_key="token_type_ids",
+        unsupported=_NO_TOOLS,
+    ),
+    "idefics3": TemplateFamily(
+        name="idefics3",
+        display_name="Idefics3",
+        stock_template="idefics3",
+        training_template="idefics3_training.jinja",
+        processor_class="Idefics3Processor",
+        model_types=("idefics3",),
+        vision_tokens=_IDEFICS_VISION,
+        image_token="<image>",
+        end_of_turn="<end_of_utterance>",
+        unsupported=_NO_TOOLS,
+    ),
+    "smolvlm": TemplateFamily(
+        name="smolvlm",
+        display_name="SmolVLM",
+        stock_template="smolvlm",
+        training_template="smolvlm_training.jinja",
+        processor_class="SmolVLMProcessor",
+        model_types=("smolvlm",),
+        vision_tokens=_IDEFICS_VISION,
+        image_token="<image>",
+        end_of_turn="<end_of_utterance>",
+        unsupported=_NO_TOOLS,
+    ),
+    "llava_next": TemplateFamily(
+        name="llava_next",
+        display_name="LLaVA-NeXT",
+        stock_template="llava_next",
+        training_template="llava_next_training.jinja",
+        processor_class="LlavaNextProcessor",
+        model_types=("llava_next",),
+        vision_tokens=("<image>",),
+        image_token="<image>",
+        end_of_turn="</s>",
+        expand_on_ids=True,
+        unsupported=_NO_TOOLS,
     ),
 }
 
@@ -53,6 +161,56 @@ def stock_qwen3_vl_template() -> str:
 def training_template(family: str) -> str:
     """vlsft's generation-marked training template of a family (package data)."""
     return resources.files("vlsft").joinpath("templates", FAMILIES[family].training_template).read_text()
+
+
+def family_of_processor(processor) -> str | None:
+    """The family whose processor class `processor` is (for a custom template on a known model), or None."""
+    name = type(processor).__name__
+    return next((family.name for family in FAMILIES.values() if family.processor_class == name), None)
+
+
+def family_of_model(model) -> str | None:
+    """The family of a model (or PEFT / wrapped model) from its `config.model_type`, or None."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    return next((family.name for family in FAMILIES.values() if model_type in family.model_types), None)
+
+
+class UnsupportedConversationError(ValueError):
+    """A conversation uses a feature (tools, tool calls, tool messages) that the family's stock template cannot
+    express; rendering it anyway would silently drop that part."""
+
+
+def conversation_features(messages: list[dict], tools: list | None) -> dict[str, list[int]]:
+    """The FEATURES a conversation uses, each with the positions of the messages that use it."""
+    used: dict[str, list[int]] = {}
+    if tools:
+        used["tools"] = []
+    for position, message in enumerate(messages):
+        if message.get("tool_calls"):
+            used.setdefault("tool_calls", []).append(position)
+        if message.get("role") == "tool":
+            used.setdefault("tool_messages", []).append(position)
+    return used
+
+
+def check_expressible(family: str, messages: list[dict], tools: list | None = None) -> None:
+    """Raise `UnsupportedConversationError` if the conversation uses a feature `family`'s template cannot express,
+    naming the family, the feature and the messages."""
+    spec = FAMILIES[family]
+    missing = [(feature, positions) for feature, positions in conversation_features(messages, tools).items() if feature in spec.unsupported]
+    if not missing:
+        return
+    described = "; ".join(
+        FEATURES[feature] + (f" (message {', '.join(map(str, positions))})" if positions else "")
+        for feature, positions in missing
+    )
+    capable = ", ".join(name for name, other in FAMILIES.items() if not set(other.unsupported) & {f for f, _ in missing})
+    raise UnsupportedConversationError(
+        f"{spec.name} ({spec.display_name}): the stock chat template cannot express {described}; rendered, they "
+        f"would be silently dropped or malformed. Train this on a family whose template can ({capable}), remove "
+        "that part of the conversation, or pass your own generation-marked template with `chat_template_path`."
+    )
 
 
 def has_generation_markers(template: str | None) -> bool:
