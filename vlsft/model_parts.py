@@ -1,9 +1,12 @@
-"""The three trainable parts of a Qwen-VL style model, and what a recipe does with them.
+"""The three trainable parts of a vision-language model, and what a recipe does with them.
 
-- `vision_tower`: the ViT (`visual.patch_embed`, `visual.pos_embed`, `visual.blocks`).
-- `merger`: the projector into the language model (`visual.merger`) and Qwen3-VL's DeepStack mergers
-  (`visual.deepstack_merger_list`), which feed intermediate vision features into early decoder layers.
-- `language_model`: everything else (`language_model`, `lm_head`).
+- `vision_tower`: the ViT (Qwen's `visual.patch_embed`, `visual.pos_embed`, `visual.blocks`; Gemma 3's and
+  LLaVA-NeXT's `vision_tower`; Idefics3's and SmolVLM's `vision_model`).
+- `merger`: the projector into the language model (Qwen's `visual.merger` and Qwen3-VL's DeepStack mergers
+  `visual.deepstack_merger_list`, which feed intermediate vision features into early decoder layers; Gemma 3's and
+  LLaVA-NeXT's `multi_modal_projector` and LLaVA-NeXT's learned `image_newline`; Idefics3's and SmolVLM's
+  `connector`). `FAMILY_PARTS` lists them per family.
+- `language_model`: everything else (`language_model` / `text_model`, `lm_head`).
 
 Parts are recognised by parameter *names*, matched anywhere in the name, so the same rules hold for a bare model, a
 PEFT model (`base_model.model.model.visual...`, `...merger.modules_to_save.default...`) and wrapped models (FSDP
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -22,15 +26,56 @@ MERGER = "merger"
 LANGUAGE_MODEL = "language_model"
 COMPONENTS = (VISION_TOWER, MERGER, LANGUAGE_MODEL)
 
-_MERGER = re.compile(r"(?:^|\.)visual\.(?:merger|deepstack_merger_list)(?:\.|$)")
-_VISUAL = re.compile(r"(?:^|\.)visual(?:\.|$)")
+
+@dataclass(frozen=True)
+class FamilyParts:
+    """Where one model family keeps its parts, as dotted module names below the model's `model.`."""
+
+    vision_tower: str
+    mergers: tuple[str, ...]  # modules (or parameters) between the vision tower and the language model
+    decoder_layers: str  # the language model's decoder layers
+    vision_lora_targets: str  # regex, below `vision_tower`, of the ViT's attention and MLP Linear layers
+
+
+_QWEN3_VL_VISION = r"blocks\.\d+\.(?:attn\.(?:qkv|proj)|mlp\.(?:linear_fc1|linear_fc2))"
+_QWEN2_5_VL_VISION = r"blocks\.\d+\.(?:attn\.(?:qkv|proj)|mlp\.(?:gate_proj|up_proj|down_proj))"
+# SigLIP (Gemma 3, Idefics3, SmolVLM) and CLIP (LLaVA-NeXT) encoders name their layers alike.
+_SIGLIP_CLIP_VISION = r"encoder\.layers\.\d+\.(?:self_attn\.(?:q_proj|k_proj|v_proj|out_proj)|mlp\.(?:fc1|fc2))"
+
+FAMILY_PARTS = {
+    "qwen3_vl": FamilyParts("visual", ("visual.merger", "visual.deepstack_merger_list"), "language_model.layers", _QWEN3_VL_VISION),
+    "qwen3_vl_moe": FamilyParts("visual", ("visual.merger", "visual.deepstack_merger_list"), "language_model.layers", _QWEN3_VL_VISION),
+    "qwen2_5_vl": FamilyParts("visual", ("visual.merger",), "language_model.layers", _QWEN2_5_VL_VISION),
+    "gemma3": FamilyParts("vision_tower", ("multi_modal_projector",), "language_model.layers", _SIGLIP_CLIP_VISION),
+    "idefics3": FamilyParts("vision_model", ("connector",), "text_model.layers", _SIGLIP_CLIP_VISION),
+    "smolvlm": FamilyParts("vision_model", ("connector",), "text_model.layers", _SIGLIP_CLIP_VISION),
+    "llava_next": FamilyParts("vision_tower", ("multi_modal_projector", "image_newline"), "language_model.layers", _SIGLIP_CLIP_VISION),
+}
+
+
+def _alternatives(names) -> str:
+    return "|".join(sorted({re.escape(name) for name in names}))
+
+
+# The names of different families never collide (no Qwen module is called `connector`, no Gemma one `visual`), so one
+# rule recognises the parts of every family.
+_MERGER_NAMES = _alternatives(merger for family in FAMILY_PARTS.values() for merger in family.mergers)
+_MERGER = re.compile(rf"(?:^|\.)(?:{_MERGER_NAMES})(?:\.|$)")
+_MERGER_MODULE = re.compile(rf"(?:^|\.)(?:{_MERGER_NAMES})$")
+_VISUAL = re.compile(rf"(?:^|\.)(?:{_alternatives(f.vision_tower for f in FAMILY_PARTS.values())})(?:\.|$)")
 
 # LoRA targets, as one regex that PEFT matches against full module names (`re.fullmatch`). The language model's
 # attention and MLP projections; with `vision=True` also the vision blocks' attention and MLP. Never the merger (it is
-# trained fully, via `modules_to_save`, when asked) and never `visual.patch_embed`: a LoRA on that Conv3d would change
-# the patch features under every image while adding almost no capacity.
-_LANGUAGE_TARGETS = r".*language_model\.layers\.\d+\.(?:self_attn\.(?:q_proj|k_proj|v_proj|o_proj)|mlp\.(?:gate_proj|up_proj|down_proj))"
-_VISION_TARGETS = r".*visual\.blocks\.\d+\.(?:attn\.(?:qkv|proj)|mlp\.(?:linear_fc1|linear_fc2))"
+# trained fully, via `modules_to_save`, when asked) and never the patch embedding: a LoRA on that convolution would
+# change the patch features under every image while adding almost no capacity. MoE experts (Qwen3-VL-MoE) are fused
+# parameters, not Linear layers, so only their attention is adapted (the router `mlp.gate` is never a target).
+_LANGUAGE_TARGETS = (
+    rf".*(?:{_alternatives(f.decoder_layers for f in FAMILY_PARTS.values())})\.\d+\."
+    r"(?:self_attn\.(?:q_proj|k_proj|v_proj|o_proj)|mlp\.(?:gate_proj|up_proj|down_proj))"
+)
+_VISION_TARGETS = "|".join(
+    sorted({rf".*{re.escape(f.vision_tower)}\.{f.vision_lora_targets}" for f in FAMILY_PARTS.values()})
+)
 
 
 def component_of(name: str) -> str:
@@ -74,13 +119,18 @@ def lora_target_modules(vision: bool = False) -> str:
 
 
 def merger_module_names(model: nn.Module) -> list[str]:
-    """Names of the merger modules (`...visual.merger` and each `...visual.deepstack_merger_list.<i>`), for PEFT's
-    `modules_to_save`. The DeepStack mergers are listed one by one because PEFT wraps a matched module in a
-    `ModulesToSaveWrapper`, and the model indexes `deepstack_merger_list[i]`: wrapping the list itself would break it."""
+    """Names of the merger modules (`...visual.merger` and each `...visual.deepstack_merger_list.<i>`, or
+    `multi_modal_projector`, or `connector`), for PEFT's `modules_to_save`. A module list is listed item by item because
+    PEFT wraps a matched module in a `ModulesToSaveWrapper`, and the model indexes `deepstack_merger_list[i]`: wrapping
+    the list itself would break it. A merger that is a bare parameter (LLaVA-NeXT's `image_newline`) is no module, so
+    it stays frozen under LoRA."""
     names = []
-    for name, _ in model.named_modules():
-        if re.search(r"(?:^|\.)visual\.merger$", name) or re.search(r"(?:^|\.)visual\.deepstack_merger_list\.\d+$", name):
-            names.append(name)
+    for name, module in model.named_modules():
+        if _MERGER_MODULE.search(name):
+            if isinstance(module, nn.ModuleList):
+                names.extend(f"{name}.{index}" for index in range(len(module)))
+            else:
+                names.append(name)
     return names
 
 
