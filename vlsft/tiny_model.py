@@ -73,16 +73,30 @@ def train_tokenizer(vocab_size: int = 800, extra_text: list[str] | None = None) 
     return fast
 
 
+def resolve_extra_text(extra_text: list[str] | str | None) -> list[str] | None:
+    """Extra tokenizer-training text: a list of strings, or the name of an embedded dataset whose text to learn
+    (`"demo-shapes"`, see `vlsft.demo_data.tokenizer_corpus`)."""
+    if isinstance(extra_text, str):
+        if extra_text != "demo-shapes":
+            raise ValueError(f"`extra_text` names no embedded dataset: {extra_text!r}; use 'demo-shapes' or a list of strings.")
+        from vlsft.demo_data import tokenizer_corpus
+
+        return tokenizer_corpus()
+    return extra_text
+
+
 def build_processor(
     tokenizer: PreTrainedTokenizerFast | None = None,
     chat_template: str | None = None,
     max_pixels: int = 64 * 64,
+    extra_text: list[str] | str | None = None,
 ) -> Qwen3VLProcessor:
     """The real `Qwen3VLProcessor` around a tiny tokenizer, with the stock Qwen3-VL chat template by default.
 
     `max_pixels` bounds the resized image area, so a 64x64 picture becomes 4x4 patches of 16 px and 4 image tokens.
+    `extra_text` (see `resolve_extra_text`) is added to the tokenizer's training text when no tokenizer is given.
     """
-    tokenizer = tokenizer or train_tokenizer()
+    tokenizer = tokenizer or train_tokenizer(extra_text=resolve_extra_text(extra_text))
     size = {"shortest_edge": 32 * 32, "longest_edge": max_pixels}
     image_processor = Qwen2VLImageProcessor(patch_size=16, merge_size=2, temporal_patch_size=2, size=size)
     video_processor = Qwen3VLVideoProcessor(patch_size=16, merge_size=2, temporal_patch_size=2, size=size)
@@ -94,15 +108,22 @@ def build_processor(
     )
 
 
-def tiny_qwen3_vl_config(tokenizer: PreTrainedTokenizerFast, hidden_size: int = 64, vocab_size: int | None = None):
-    """A Qwen3-VL config of the real architecture with a 2-layer language model and a 2-block vision tower."""
+def tiny_qwen3_vl_config(
+    tokenizer: PreTrainedTokenizerFast,
+    hidden_size: int = 64,
+    vocab_size: int | None = None,
+    num_hidden_layers: int = 2,
+    vision_depth: int = 2,
+):
+    """A Qwen3-VL config of the real architecture with a 2-layer language model and a 2-block vision tower (by
+    default; `num_hidden_layers` and `vision_depth` change the depths)."""
     ids = tokenizer.convert_tokens_to_ids
     head_dim = 16
     text_config = dict(
         vocab_size=vocab_size or len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=hidden_size * 2,
-        num_hidden_layers=2,
+        num_hidden_layers=num_hidden_layers,
         num_attention_heads=hidden_size // head_dim,
         num_key_value_heads=2,
         head_dim=head_dim,
@@ -113,7 +134,7 @@ def tiny_qwen3_vl_config(tokenizer: PreTrainedTokenizerFast, hidden_size: int = 
         bos_token_id=None,
     )
     vision_config = dict(
-        depth=2,
+        depth=vision_depth,
         hidden_size=32,
         intermediate_size=64,
         num_heads=2,
@@ -136,17 +157,36 @@ def tiny_qwen3_vl_config(tokenizer: PreTrainedTokenizerFast, hidden_size: int = 
 
 
 def build_tiny_qwen3_vl(
-    seed: int = 0, hidden_size: int = 64, vocab_size: int | None = None, processor: Qwen3VLProcessor | None = None
+    seed: int = 0,
+    hidden_size: int = 64,
+    vocab_size: int | None = None,
+    processor: Qwen3VLProcessor | None = None,
+    num_hidden_layers: int = 2,
+    vision_depth: int = 2,
+    extra_text: list[str] | str | None = None,
 ) -> tuple[Qwen3VLForConditionalGeneration, Qwen3VLProcessor]:
     """A random tiny Qwen3-VL and its processor. `vocab_size` can widen the vocabulary (e.g. to 151,936 for
-    benchmarks, so that the LM head costs what it costs on the real model)."""
-    processor = processor or build_processor()
-    config = tiny_qwen3_vl_config(processor.tokenizer, hidden_size=hidden_size, vocab_size=vocab_size)
+    benchmarks, so that the LM head costs what it costs on the real model). `extra_text` is more tokenizer-training
+    text (see `resolve_extra_text`); `tiny_processor(**same_kwargs)` rebuilds the same processor alone."""
+    processor = processor or build_processor(extra_text=extra_text)
+    config = tiny_qwen3_vl_config(
+        processor.tokenizer,
+        hidden_size=hidden_size,
+        vocab_size=vocab_size,
+        num_hidden_layers=num_hidden_layers,
+        vision_depth=vision_depth,
+    )
     torch.manual_seed(seed)
     model = Qwen3VLForConditionalGeneration(config)
     model.generation_config.eos_token_id = config.text_config.eos_token_id
     model.generation_config.pad_token_id = config.text_config.pad_token_id
     return model, processor
+
+
+def tiny_processor(extra_text: list[str] | str | None = None, **model_kwargs) -> Qwen3VLProcessor:
+    """The processor that `build_tiny_qwen3_vl(**kwargs)` builds, without building the model (the tokenizer is
+    trained deterministically, so the two match)."""
+    return build_processor(extra_text=extra_text)
 
 
 def save_tiny_qwen3_vl(path: str | os.PathLike, seed: int = 0, **kwargs) -> Path:

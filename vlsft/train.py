@@ -61,9 +61,9 @@ def build_processor(recipe: Recipe):
     """The model's processor, with the recipe's image-size bounds."""
     model = recipe.model
     if model.name_or_path == TINY_MODEL:
-        from vlsft.tiny_model import build_processor as build_tiny_processor
+        from vlsft.tiny_model import tiny_processor
 
-        processor = build_tiny_processor()
+        processor = tiny_processor(**(model.tiny or {}))  # the tokenizer `build_model` builds for the same kwargs
     else:
         from transformers import AutoProcessor
 

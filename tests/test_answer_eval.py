@@ -1,0 +1,123 @@
+"""Held-out answer accuracy: the prompt is the conversation before the final answer with the generation prompt, the
+score is exact match after normalisation, batches are left-padded correctly, and the callback logs into the
+trainer state."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import TrainerControl, TrainerState, TrainingArguments
+
+from vlsft import demo_data
+from vlsft.answer_eval import AnswerAccuracyCallback, answer_accuracy, normalize_answer, split_final_answer
+from vlsft.loss import attach_supervised_head
+from vlsft.tiny_model import build_tiny_qwen3_vl
+
+
+class ScriptedModel(torch.nn.Module):
+    """Stands in for a VLM whose answers we choose: it gives `answers` in order, records each prompt (decoded), and
+    checks what a real model relies on: left padding, one image per placeholder, the generation prompt at the end."""
+
+    def __init__(self, processor, answers: list[str]):
+        super().__init__()
+        self.processor = processor
+        self.answers = list(answers)
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.prompts: list[str] = []
+
+    def generate(self, input_ids, attention_mask, pixel_values=None, image_grid_thw=None, max_new_tokens=32, **kwargs):
+        tokenizer = self.processor.tokenizer
+        assert not self.training and kwargs["do_sample"] is False
+        assert bool(attention_mask[:, -1].all()), "prompts must be left-padded"
+        vision_start = tokenizer.convert_tokens_to_ids("<|vision_start|>")
+        assert int((input_ids == vision_start).sum()) == (0 if image_grid_thw is None else len(image_grid_thw))
+        outputs = []
+        for ids, mask in zip(input_ids, attention_mask):
+            prompt = tokenizer.decode(ids[mask.bool()]).replace("<|image_pad|>", "")
+            assert prompt.endswith("<|im_start|>assistant\n")
+            self.prompts.append(prompt)
+            answer = self.answers.pop(0) + "<|im_end|>"
+            new = tokenizer(answer, add_special_tokens=False, return_tensors="pt")["input_ids"][0][:max_new_tokens]
+            outputs.append(torch.cat([ids, new]))
+        width = max(len(o) for o in outputs)
+        return torch.stack([torch.nn.functional.pad(o, (0, width - len(o)), value=tokenizer.pad_token_id) for o in outputs])
+
+
+@pytest.fixture(scope="module")
+def tiny_demo():
+    model, processor = build_tiny_qwen3_vl(seed=0, extra_text="demo-shapes")
+    attach_supervised_head(model)
+    return model, processor
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return [dict(row) for row in demo_data.load_demo_split("eval", rows=24, seed=0)]
+
+
+def prompt_text(processor, row):
+    messages, _, _ = split_final_answer(row)
+    text = processor.apply_chat_template(messages, tools=row.get("tools"), add_generation_prompt=True)
+    return text.replace("<|image_pad|>", "")
+
+
+def test_normalize_answer():
+    assert normalize_answer("  Top   Left. ") == "top left"
+    assert normalize_answer('"Red!"') == "red"
+    assert normalize_answer("red circle") != normalize_answer("red")
+
+
+def test_final_answer_split_of_a_tool_row(rows):
+    row = next(r for r in rows if r["kind"] == "tool")
+    prompt, images, reference = split_final_answer(row)
+    assert [m["role"] for m in prompt] == ["user", "assistant", "tool"]
+    assert len(images) == 2 and reference == row["messages"][-1]["content"][0]["text"]
+    only_a_call = {"messages": row["messages"][:2], "images": row["images"][:1]}
+    assert split_final_answer(only_a_call) is None
+
+
+def test_scores_exact_matches_after_normalisation(tiny_demo, rows):
+    processor = tiny_demo[1]
+    answers, expected = [], 0
+    for i, row in enumerate(rows):
+        reference = row["messages"][-1]["content"][0]["text"]
+        # Right (with case and punctuation noise), or wrong, in turn.
+        answers.append(f" {reference.upper()}." if i % 3 else "purple triangle")
+        expected += bool(i % 3)
+    model = ScriptedModel(processor, answers)
+    result = answer_accuracy(model, processor, rows, batch_size=5)
+    assert model.prompts == [prompt_text(processor, row) for row in rows]
+    assert result["total"] == len(rows) and [p["reference"] for p in result["predictions"]] == [
+        row["messages"][-1]["content"][0]["text"] for row in rows
+    ]
+    assert result["correct"] == expected and result["accuracy"] == pytest.approx(expected / len(rows))
+    assert set(result["by_kind"]) == {row["kind"] for row in rows}
+    assert model.training  # generated in eval mode (checked by the model), then restored
+
+
+def test_real_model_generates_the_same_answers_batched_and_alone(tiny_demo, rows):
+    model, processor = tiny_demo
+    model.train()
+    alone = answer_accuracy(model, processor, rows[:12], max_new_tokens=6, batch_size=1)
+    batched = answer_accuracy(model, processor, rows[:12], max_new_tokens=6, batch_size=12)
+    assert [p["prediction"] for p in alone["predictions"]] == [p["prediction"] for p in batched["predictions"]]
+    assert model.training and processor.tokenizer.padding_side == "right"
+
+
+def test_callback_logs_into_the_trainer_state(tiny_demo, rows):
+    processor = tiny_demo[1]
+    answers = [row["messages"][-1]["content"][0]["text"] for row in rows[:6]] + ["wrong"] * 2
+    model = ScriptedModel(processor, answers * 2)
+    args, control = TrainingArguments(output_dir="unused", report_to="none"), TrainerControl()
+    state = TrainerState()
+    state.global_step = 10
+    callback = AnswerAccuracyCallback(rows[:8], processor, every_evaluation=True)
+    metrics = {"eval_loss": 1.0}
+    callback.on_evaluate(args, state, control, model=model, metrics=metrics)
+    assert metrics["eval_answer_accuracy"] == pytest.approx(6 / 8)
+    assert state.log_history[-1]["eval_answer_accuracy"] == pytest.approx(6 / 8) and state.log_history[-1]["step"] == 10
+    callback.on_train_end(args, state, control, model=model)  # same step: not measured twice
+    assert len(state.log_history) == 1
+    state.global_step = 12
+    callback.on_train_end(args, state, control, model=model)
+    assert len(state.log_history) == 2 and state.log_history[-1]["step"] == 12

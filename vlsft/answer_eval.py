@@ -1,0 +1,178 @@
+"""Held-out answer accuracy: does the model generate the final answer of a conversation it has not trained on?
+
+The eval loss says how well the model predicts the reference tokens; this says whether greedy decoding actually
+produces the answer. For each row, the conversation before its last assistant turn is rendered with the processor's
+own (stock) chat template and `add_generation_prompt=True` (exactly what inference does), the model generates
+greedily, and the result is compared with the reference after normalisation (case, surrounding whitespace and
+punctuation). Rows whose last assistant turn has no text (it only calls a tool) are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from vlsft.data import count_image_placeholders, load_image, normalize_messages, row_images
+
+_PUNCTUATION = string.punctuation + " \t\n"
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, single spaces, no punctuation or whitespace at either end."""
+    return re.sub(r"\s+", " ", text.strip().lower()).strip(_PUNCTUATION)
+
+
+def _message_text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    return "".join(item.get("text") or "" for item in content or [] if item.get("type", "text") == "text")
+
+
+def split_final_answer(row: dict[str, Any]) -> tuple[list[dict[str, Any]], list[Any], str] | None:
+    """(prompt messages, their images, reference answer) of a row, or None if its last assistant turn has no text."""
+    messages = normalize_messages(row["messages"])
+    last = max((i for i, message in enumerate(messages) if message["role"] == "assistant"), default=None)
+    if last is None:
+        return None
+    reference = _message_text(messages[last])
+    if not reference.strip():
+        return None
+    prompt = messages[:last]
+    images = row_images(row)[: count_image_placeholders(prompt)]
+    return prompt, images, reference
+
+
+@torch.no_grad()
+def answer_accuracy(
+    model, processor, rows, max_new_tokens: int = 32, batch_size: int = 16, image_root: str | None = None
+) -> dict[str, Any]:
+    """Greedy-generate the final assistant answer of each row and score exact matches after normalisation.
+
+    Returns `accuracy`, `correct`, `total`, `skipped` (rows without a text answer), `by_kind` (accuracy per value of
+    the rows' optional `kind` column) and `predictions` (one dict per scored row: kind, reference, prediction).
+    """
+    examples = []
+    skipped = 0
+    for row in rows:
+        split = split_final_answer(row)
+        if split is None:
+            skipped += 1
+            continue
+        prompt, images, reference = split
+        text = processor.apply_chat_template(prompt, tools=row.get("tools") or None, add_generation_prompt=True)
+        examples.append((text, [load_image(image, image_root) for image in images], reference, row.get("kind")))
+
+    tokenizer = processor.tokenizer
+    was_training = model.training
+    padding_side = tokenizer.padding_side
+    # Generation continues every prompt from its last token, so prompts of a batch are padded on the left.
+    tokenizer.padding_side = "left"
+    model.eval()
+    parameter = next(model.parameters())
+    predictions = []
+    try:
+        for start in range(0, len(examples), batch_size):
+            batch = examples[start : start + batch_size]
+            images = [image for _, row_images_, _, _ in batch for image in row_images_]
+            inputs = processor(
+                text=[text for text, _, _, _ in batch], images=images or None, padding=True, return_tensors="pt"
+            ).to(parameter.device)
+            if "pixel_values" in inputs and parameter.is_floating_point():
+                inputs["pixel_values"] = inputs["pixel_values"].to(parameter.dtype)
+            output = model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            generated = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            for (_, _, reference, kind), prediction in zip(batch, generated):
+                predictions.append(
+                    {
+                        "kind": kind,
+                        "reference": reference,
+                        "prediction": prediction,
+                        "correct": normalize_answer(prediction) == normalize_answer(reference),
+                    }
+                )
+    finally:
+        tokenizer.padding_side = padding_side
+        model.train(was_training)
+
+    correct = sum(p["correct"] for p in predictions)
+    by_kind: dict[str, list[int]] = {}
+    for p in predictions:
+        if p["kind"] is not None:
+            by_kind.setdefault(p["kind"], []).append(p["correct"])
+    return {
+        "accuracy": correct / len(predictions) if predictions else 0.0,
+        "correct": correct,
+        "total": len(predictions),
+        "skipped": skipped,
+        "by_kind": {kind: sum(hits) / len(hits) for kind, hits in sorted(by_kind.items())},
+        "predictions": predictions,
+    }
+
+
+class AnswerAccuracyCallback(TrainerCallback):
+    """Logs held-out answer accuracy (`eval_answer_accuracy`, plus `eval_answer_accuracy_<kind>` per row kind) at the
+    end of training and, with `every_evaluation=True`, after each evaluation.
+
+    The values are appended to `state.log_history` (so they land in `trainer_state.json`), added to the metrics that
+    `Trainer.evaluate` returns, and printed. Every rank generates the same answers, which keeps ranks in step under
+    sharded models (DeepSpeed ZeRO-3) without any collective of its own.
+    """
+
+    def __init__(
+        self,
+        rows,
+        processor,
+        max_new_tokens: int = 32,
+        every_evaluation: bool = False,
+        batch_size: int = 16,
+        image_root: str | None = None,
+    ):
+        # Decoded once: a `datasets.Dataset` would decode every image again at each evaluation.
+        self.rows = [dict(row) for row in rows]
+        self.processor = processor
+        self.max_new_tokens = max_new_tokens
+        self.every_evaluation = every_evaluation
+        self.batch_size = batch_size
+        self.image_root = image_root
+        self._last_step = None
+        self.last_result: dict[str, Any] | None = None
+
+    def measure(self, model, state) -> dict[str, float]:
+        result = answer_accuracy(
+            model, self.processor, self.rows, self.max_new_tokens, batch_size=self.batch_size, image_root=self.image_root
+        )
+        self.last_result = result
+        self._last_step = state.global_step
+        logs = {"eval_answer_accuracy": result["accuracy"]}
+        logs.update({f"eval_answer_accuracy_{kind}": value for kind, value in result["by_kind"].items()})
+        entry = dict(logs)
+        if state.epoch is not None:
+            entry["epoch"] = state.epoch
+        state.log_history.append({**entry, "step": state.global_step})
+        if state.is_world_process_zero:
+            from tqdm.auto import tqdm
+
+            # tqdm.write keeps an open progress bar intact.
+            tqdm.write(str({key: round(value, 4) for key, value in entry.items()}))
+        return logs
+
+    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
+        if self.every_evaluation and model is not None:
+            logs = self.measure(model, state)
+            if metrics is not None:
+                metrics.update(logs)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if model is not None and self._last_step != state.global_step:
+            self.measure(model, state)
