@@ -153,12 +153,12 @@ def workload_line(args, result: Measurement, rows: list[dict]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cpu (default) or cuda (one GPU)")
     parser.add_argument("--model", choices=["tiny", "qwen3-vl-2b"], help="default: tiny on CPU, qwen3-vl-2b on GPU")
     parser.add_argument("--hidden-size", type=int, default=64, help="hidden size of the tiny model")
     parser.add_argument("--vocab-size", type=int, default=151_936, help="LM vocabulary (Qwen3-VL's by default)")
-    parser.add_argument("--reps", type=int, default=5, help="timed train steps per side for the main table")
-    parser.add_argument("--sweep-reps", type=int, default=2, help="timed train steps per side per sweep point")
+    parser.add_argument("--reps", type=int, help="timed train steps per side, main table (default: 5 CPU, 20 GPU)")
+    parser.add_argument("--sweep-reps", type=int, help="timed train steps per side per sweep point (2 CPU, 10 GPU)")
     parser.add_argument(
         "--collate-reps", type=int, default=30, help="timed collations per side (main table and each sweep point)"
     )
@@ -178,6 +178,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prompt-words", type=int, default=300, help="words per user turn")
     parser.add_argument("--answer-words", type=int, default=14, help="words per assistant turn")
     parser.add_argument("--image-size", type=int, help="image side in pixels (default: 128 on CPU, 448 on GPU)")
+    parser.add_argument("--loss-chunk-size", type=int, help="vlsft's VLSFTConfig.loss_chunk_size (default: its own)")
     parser.add_argument(
         "--sweep", default="images,length", help="comma-separated sweeps to run: images, length; 'none' for none"
     )
@@ -188,6 +189,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     on_gpu = args.device.startswith("cuda")
     args.model = args.model or ("qwen3-vl-2b" if on_gpu else "tiny")
     args.image_size = args.image_size or (448 if on_gpu else 128)
+    args.reps = args.reps or (20 if on_gpu else 5)
+    args.sweep_reps = args.sweep_reps or (10 if on_gpu else 2)
     args.sweeps = [] if args.sweep == "none" else [name.strip() for name in args.sweep.split(",") if name.strip()]
     unknown = set(args.sweeps) - {"images", "length"}
     if unknown:
@@ -218,7 +221,8 @@ def run(args) -> str:
     processor, vlsft_model, trl_model = build_models(
         args.model, args.vocab_size, args.hidden_size, args.image_size, dtype, device=args.device
     )
-    sides = build_sides(processor, vlsft_model, trl_model, rows, args.device, bf16=on_gpu)
+    vlsft_options = {} if args.loss_chunk_size is None else {"loss_chunk_size": args.loss_chunk_size}
+    sides = build_sides(processor, vlsft_model, trl_model, rows, args.device, bf16=on_gpu, vlsft_options=vlsft_options)
     try:
         result = measure(sides, rows, args.collate_reps, args.reps, warmup=args.warmup, step_warmup=args.step_warmup)
         report = [
@@ -286,7 +290,7 @@ def _ints(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     report = run(args)
-    output = args.output or str(Path(__file__).resolve().parent / f"results_{args.device.split(':')[0]}.md")
+    output = args.output or str(Path(__file__).resolve().parent / f"results_{args.device}.md")
     if output != "-":
         Path(output).write_text(report)
         print(f"\nwritten to {output}")

@@ -99,7 +99,11 @@ class Sides:
         self.output_dir.cleanup()
 
 
-def build_sides(processor, vlsft_model, trl_model, rows: list[dict], device: str, bf16: bool) -> Sides:
+def build_sides(
+    processor, vlsft_model, trl_model, rows: list[dict], device: str, bf16: bool, vlsft_options: dict | None = None
+) -> Sides:
+    """The two trainers on their own model copies; `vlsft_options` are extra `VLSFTConfig` fields (e.g.
+    `loss_chunk_size`) for investigating vlsft's own knobs."""
     output_dir = tempfile.TemporaryDirectory(prefix="vlsft-bench-")
     common = dict(
         report_to="none",
@@ -116,7 +120,7 @@ def build_sides(processor, vlsft_model, trl_model, rows: list[dict], device: str
     dataset = Dataset.from_list(rows)
     vlsft = VLSFTTrainer(
         model=vlsft_model,
-        args=VLSFTConfig(output_dir=f"{output_dir.name}/vlsft", **common),
+        args=VLSFTConfig(output_dir=f"{output_dir.name}/vlsft", **common, **(vlsft_options or {})),
         train_dataset=dataset,
         processing_class=processor,
     )

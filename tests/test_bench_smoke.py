@@ -87,3 +87,18 @@ def test_rows_are_what_trl_supports(bench):
         assert len(placeholders) == len(row["images"]) == 4
         assert {index for index, _ in placeholders} == {1}
         assert [m["role"] for m in row["messages"]] == ["system"] + ["user", "assistant"] * 3
+
+
+def test_gpu_model_is_qwen3_vl_2b_shaped(bench):
+    """The `--device cuda` model has Qwen3-VL-2B's size (about 2.1B parameters with tied embeddings), built on the
+    meta device so that nothing is allocated."""
+    import torch
+    from transformers import Qwen3VLForConditionalGeneration
+    from workload import qwen3_vl_2b_config
+
+    from vlsft.tiny_model import build_processor
+
+    with torch.device("meta"):
+        model = Qwen3VLForConditionalGeneration(qwen3_vl_2b_config(build_processor()))
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert 2.0e9 < sum(p.numel() for p in model.parameters()) < 2.3e9
