@@ -145,7 +145,7 @@ def vision_token_ids(family: str) -> torch.Tensor:
     return torch.tensor(tiny(family)[1].tokenizer.convert_tokens_to_ids(list(FAMILIES[family].vision_tokens)))
 
 
-# -- templates --------------------------------------------------------------------------------------------------------
+# -- templates -----------------------------------------------------------------------------------------------------
 
 
 def render(template, messages, add_generation_prompt=False, with_spans=False, bos_token="<bos>"):
@@ -163,7 +163,8 @@ def template_conversations(family):
     """The supported shapes as TRL hands them to a stock template (content as lists of typed items)."""
     for name in processor_shapes(family):
         row, _ = shape(family, name)
-        yield name, prepare_multimodal_messages(normalize_messages(row["messages"]), images=row["images"]), row.get("tools")
+        messages = prepare_multimodal_messages(normalize_messages(row["messages"]), images=row["images"])
+        yield name, messages, row.get("tools")
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
@@ -171,10 +172,9 @@ def test_training_template_renders_like_the_stock_template_and_keeps_prefixes(fa
     stock, ours = stock_template(family), training_template(family)
     for name, messages, tools in template_conversations(family):
         for add_generation_prompt in (False, True):
-            kwargs = dict(tools=tools) if tools else {}
-            assert render_jinja_template([messages], chat_template=ours, add_generation_prompt=add_generation_prompt, bos_token="<bos>", **kwargs) == render_jinja_template(
-                [messages], chat_template=stock, add_generation_prompt=add_generation_prompt, bos_token="<bos>", **kwargs
-            ), name
+            kwargs = dict(tools=tools, add_generation_prompt=add_generation_prompt, bos_token="<bos>")
+            ours_text = render_jinja_template([messages], chat_template=ours, **kwargs)
+            assert ours_text == render_jinja_template([messages], chat_template=stock, **kwargs), name
         if tools:
             continue
         # What the model sees at inference (the conversation up to a turn, plus the cue) is a prefix of training.
@@ -204,7 +204,7 @@ def test_the_family_is_recognised_from_its_stock_template_processor_and_model(fa
     assert family in FAMILY_PARTS
 
 
-# -- masks ------------------------------------------------------------------------------------------------------------
+# -- masks ---------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
@@ -227,7 +227,8 @@ def test_no_vision_or_padding_token_is_supervised_and_labels_do_not_depend_on_th
     assert is_vision.any() and (batch["attention_mask"] == 0).any()  # the checks below are not vacuous
     assert not (supervised & is_vision).any()
     assert not (supervised & (batch["attention_mask"] == 0)).any()
-    per_token = [key for key in batch if key in ("input_ids", "labels", "attention_mask", "token_type_ids", "mm_token_type_ids")]
+    image_maps = [key for key in ("token_type_ids", "mm_token_type_ids") if key in batch]
+    per_token = ["input_ids", "labels", "attention_mask", *image_maps]
     for i, row in enumerate(rows):
         alone = collate([row])
         length = alone["input_ids"].shape[1]
@@ -297,7 +298,7 @@ def test_shapes_the_stock_template_cannot_express_fail_naming_the_family_and_fea
         VLSFTTrainer(copy.deepcopy(model), args=args, train_dataset=Dataset.from_list(rows), processing_class=processor)
 
 
-# -- loss -------------------------------------------------------------------------------------------------------------
+# -- loss ----------------------------------------------------------------------------------------------------------
 
 ANSWERS = [
     "Red.",
@@ -309,7 +310,10 @@ ANSWERS = [
 
 def rows_of_different_lengths():
     return [
-        {"messages": [user(IMAGE, f"Question {i}?"), assistant(answer)], "images": [image((40 * i, 0, 200), (64, 48 + 16 * i))]}
+        {
+            "messages": [user(IMAGE, f"Question {i}?"), assistant(answer)],
+            "images": [image((40 * i, 0, 200), (64, 48 + 16 * i))],
+        }
         for i, answer in enumerate(ANSWERS)
     ]
 
@@ -347,7 +351,8 @@ def test_loss_and_gradients_equal_the_full_logits_reference(family, tmp_path):
     for name, param in reference_model.named_parameters():
         if param.grad is not None:
             scale = float(param.grad.abs().max())  # float32 sums in another order: relative to the gradient's size
-            torch.testing.assert_close(grads[name], param.grad, rtol=1e-4, atol=1e-6 + 1e-6 * scale, msg=lambda m: f"{name}: {m}")
+            tolerance = dict(rtol=1e-4, atol=1e-6 + 1e-6 * scale)
+            torch.testing.assert_close(grads[name], param.grad, **tolerance, msg=lambda m: f"{name}: {m}")
             vision_grads += component_of(name) == "vision_tower" and bool(param.grad.abs().sum() > 0)
     assert vision_grads > 0  # the images really went through the vision tower
 
@@ -371,7 +376,7 @@ def test_one_batch_of_4_equals_4_accumulated_micro_batches_of_1(family, tmp_path
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
 
-# -- model parts --------------------------------------------------------------------------------------------------------
+# -- model parts ---------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
@@ -404,7 +409,7 @@ def test_parts_and_default_lora_targets(family):
         assert component_of(name) == "merger" and isinstance(model.get_submodule(name), torch.nn.Module)
 
 
-# -- recipes ----------------------------------------------------------------------------------------------------------
+# -- recipes -------------------------------------------------------------------------------------------------------
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = {
@@ -426,7 +431,8 @@ def write_jsonl_dataset(family: str, directory: Path) -> Path:
         for index, picture in enumerate(row["images"]):
             paths.append(f"{number}_{index}.png")
             picture.save(directory / paths[-1])
-        lines.append(json.dumps({"messages": normalize_messages(row["messages"]), "images": paths, "tools": row.get("tools")}))
+        record = {"messages": normalize_messages(row["messages"]), "images": paths, "tools": row.get("tools")}
+        lines.append(json.dumps(record))
     path = directory / "train.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return path

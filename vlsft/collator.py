@@ -96,7 +96,9 @@ class VisionChatCollator:
         self.family = FAMILIES[name]
         self.image_token = self.family.image_token
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)  # the placeholder, one per image
-        self._vision_token_ids = {tokenizer.convert_tokens_to_ids(t) for t in self.family.vision_tokens}
+        # (A checkpoint may lack some of the family's vision tokens, e.g. fewer tile tags: those map to nothing.)
+        vision_ids = tokenizer.convert_tokens_to_ids(list(self.family.vision_tokens))
+        self._vision_token_ids = {i for i in vision_ids if i not in (None, tokenizer.unk_token_id)}
         # The tokens the model replaces with image features (Gemma 3: the soft tokens, not the placeholder).
         self.image_feature_token_ids = [i for i in self.processor.image_token_ids if i is not None]
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

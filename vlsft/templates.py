@@ -198,14 +198,16 @@ def check_expressible(family: str, messages: list[dict], tools: list | None = No
     """Raise `UnsupportedConversationError` if the conversation uses a feature `family`'s template cannot express,
     naming the family, the feature and the messages."""
     spec = FAMILIES[family]
-    missing = [(feature, positions) for feature, positions in conversation_features(messages, tools).items() if feature in spec.unsupported]
+    used = conversation_features(messages, tools)
+    missing = [(feature, positions) for feature, positions in used.items() if feature in spec.unsupported]
     if not missing:
         return
     described = "; ".join(
         FEATURES[feature] + (f" (message {', '.join(map(str, positions))})" if positions else "")
         for feature, positions in missing
     )
-    capable = ", ".join(name for name, other in FAMILIES.items() if not set(other.unsupported) & {f for f, _ in missing})
+    missing_features = {feature for feature, _ in missing}
+    capable = ", ".join(name for name, other in FAMILIES.items() if not missing_features & set(other.unsupported))
     raise UnsupportedConversationError(
         f"{spec.name} ({spec.display_name}): the stock chat template cannot express {described}; rendered, they "
         f"would be silently dropped or malformed. Train this on a family whose template can ({capable}), remove "

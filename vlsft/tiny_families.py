@@ -237,7 +237,9 @@ def build_tiny_qwen3_vl_moe(seed: int = 0, hidden_size: int = _HIDDEN):
             num_experts=4,
             num_experts_per_tok=2,
             decoder_sparse_step=1,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2], "mrope_interleaved": True},
+            rope_parameters={
+                "rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2], "mrope_interleaved": True
+            },
             pad_token_id=ids("<|endoftext|>"),
             eos_token_id=ids("<|im_end|>"),
             bos_token_id=None,
@@ -322,7 +324,8 @@ def _idefics3_like_config(config_class, tokenizer, hidden_size: int):
             bos_token_id=tokenizer.bos_token_id,
         ),
         vision_config=dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+            patch_size=8,
         ),
         scale_factor=2,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
