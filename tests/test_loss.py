@@ -163,3 +163,18 @@ def test_training_logs_accuracy_and_supervised_tokens_and_losses_stay_finite(tin
     assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in logs)
     assert all("mean_token_accuracy" in entry and "num_supervised_tokens" in entry for entry in logs)
     assert logs[-1]["num_supervised_tokens"] > logs[0]["num_supervised_tokens"]
+
+
+def test_a_deep_copy_of_a_trained_model_runs_its_own_weights(tiny, tmp_path):
+    """The head is attached per instance; a copy of the attached model must compute with the copy's weights."""
+    model, processor = tiny
+    trainer = make_trainer(model, processor, tmp_path)
+    batch = trainer.data_collator(rows_of_different_lengths()[:1])
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    copied = copy.deepcopy(trainer.model)
+    with torch.no_grad():
+        copied.lm_head.weight.mul_(2.0)
+        original_logits = trainer.model(**inputs).logits
+        copied_logits = copied(**inputs).logits
+        torch.testing.assert_close(copied_logits, 2.0 * original_logits)
+        assert copied(**inputs, supervised_labels=batch["labels"]).nll_sum != trainer.model(**inputs, supervised_labels=batch["labels"]).nll_sum

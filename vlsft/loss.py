@@ -73,12 +73,13 @@ def attach_supervised_head(model: nn.Module, chunk_size: int = 1024) -> None:
         model._vlsft_loss_chunk_size = chunk_size
         return
     model._vlsft_loss_chunk_size = chunk_size
-    previous_forward = model.forward
 
     @functools.wraps(type(model).forward)  # keep the signature: `generate` validates its kwargs against it
     def forward(self, *args, supervised_labels=None, **kwargs):
         if supervised_labels is None:
-            return previous_forward(*args, **kwargs)
+            # The class's forward, called on `self`: nothing bound to this instance is captured, so a deep copy of
+            # the model (whose bound `forward` deepcopy rebinds) runs the copy, not the original.
+            return type(self).forward(self, *args, **kwargs)
         kwargs.pop("labels", None)
         kwargs["use_cache"] = False
         # The backbone and the head are looked up on every call: PEFT, DeepSpeed and FSDP replace them after this.
