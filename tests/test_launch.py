@@ -80,3 +80,29 @@ def test_console_script_dispatches_train_and_inspect(tmp_path, monkeypatch, caps
     assert cli.main(["inspect", "--config", "x.yaml", "--rows", "2"]) == 0
     assert received == [["--config", "x.yaml", "--rows", "2"]]
     assert cli.main(["trian"]) == 2 and "unknown command" in capsys.readouterr().err
+
+
+def test_bad_rows_end_the_command_with_their_list_and_no_traceback(tmp_path, capsys):
+    import json
+
+    from PIL import Image as PILImage
+
+    from vlsft.train import main
+
+    PILImage.new("RGB", (64, 64), (255, 0, 0)).save(tmp_path / "ok.png")
+    rows = [
+        {"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]},
+                      {"role": "assistant", "content": [{"type": "text", "text": "Red."}]}], "images": [name]}
+        for name in ("ok.png", "ok.png", "ok.png", "missing.png")
+    ]
+    (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
+    (tmp_path / "recipe.yaml").write_text(
+        "model: {name_or_path: tiny-qwen3-vl}\n"
+        f"data: {{train: [{{path: {tmp_path / 'rows.jsonl'}, image_root: {tmp_path}}}]}}\n"
+        "training: {max_steps: 1, report_to: none}\n"
+        "layout: {strategy: cpu}\n"
+    )
+    code = main(["--config", str(tmp_path / "recipe.yaml"), "--output_dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "row 3: image 0 not found" in err and "--invalid_rows skip" in err and "Traceback" not in err

@@ -831,10 +831,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print(describe_plan(recipe, overrides))
             return 0
-        run(recipe)
+        return run_reporting_bad_rows(recipe)
     except RecipeError as error:  # also raised while loading data: a column or file the recipe names is missing
         print(f"vlsft: invalid recipe: {error}", file=sys.stderr)
         return 2
+
+
+def run_reporting_bad_rows(recipe: Recipe) -> int:
+    from vlsft.validation import InvalidRowsError  # imports torch and datasets: only once a run really starts
+
+    try:
+        run(recipe)
+    except InvalidRowsError as error:  # every bad row is named in the message; a traceback adds nothing
+        print(f"vlsft: {error}\nFix these rows, or drop them with `--invalid_rows skip`.", file=sys.stderr)
+        return 1
     return 0
 
 
