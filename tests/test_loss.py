@@ -178,3 +178,23 @@ def test_a_deep_copy_of_a_trained_model_runs_its_own_weights(tiny, tmp_path):
         copied_logits = copied(**inputs).logits
         torch.testing.assert_close(copied_logits, 2.0 * original_logits)
         assert copied(**inputs, supervised_labels=batch["labels"]).nll_sum != trainer.model(**inputs, supervised_labels=batch["labels"]).nll_sum
+
+
+def test_moe_load_balancing_loss_is_added_with_its_coefficient(tmp_path):
+    """Qwen3-VL-MoE with `router_aux_loss_coef`: loss = supervised NLL mean + coef x the model's own aux loss."""
+    from vlsft.tiny_families import build_tiny
+
+    model, processor = build_tiny("qwen3_vl_moe")
+    rows = rows_of_different_lengths()
+    trainer = make_trainer(model, processor, tmp_path, router_aux_loss_coef=0.25)
+    assert trainer.aux_loss_enabled
+    batch = trainer.data_collator(rows)
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    reference = trainer.model(**inputs, output_router_logits=True)
+    nll = torch.nn.functional.cross_entropy(
+        reference.logits[:, :-1].float().reshape(-1, reference.logits.shape[-1]), batch["labels"][:, 1:].reshape(-1),
+        ignore_index=IGNORE_INDEX,
+    )
+    assert reference.aux_loss > 0
+    torch.testing.assert_close(loss, nll + 0.25 * reference.aux_loss, rtol=1e-5, atol=1e-6)

@@ -10,6 +10,7 @@ so that DDP, DeepSpeed and PEFT wrappers see a single ordinary forward call.
 from __future__ import annotations
 
 import functools
+import sys
 import types
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ class SupervisedLossOutput(ModelOutput):
     nll_sum: torch.Tensor | None = None  # float32, connected to the graph (a differentiable 0 when no token)
     num_tokens: torch.Tensor | None = None
     num_correct: torch.Tensor | None = None  # argmax == target, for `mean_token_accuracy`
+    aux_loss: torch.Tensor | None = None  # MoE load-balancing loss of the micro-batch, when the router logits are on
 
 
 def _chunk_nll(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,10 +84,23 @@ def attach_supervised_head(model: nn.Module, chunk_size: int = 1024) -> None:
             return type(self).forward(self, *args, **kwargs)
         kwargs.pop("labels", None)
         kwargs["use_cache"] = False
+        text_config = self.config.get_text_config()
+        if getattr(text_config, "output_router_logits", False):  # MoE with its load-balancing loss on
+            kwargs.setdefault("output_router_logits", True)
         # The backbone and the head are looked up on every call: PEFT, DeepSpeed and FSDP replace them after this.
         backbone_output = self.base_model(*args, **kwargs)
-        return supervised_nll(
+        output = supervised_nll(
             backbone_output.last_hidden_state, supervised_labels, self.get_output_embeddings(), self._vlsft_loss_chunk_size
         )
+        if getattr(backbone_output, "router_logits", None):
+            # The model's own load-balancing loss, as its forward computes it (from the module that defines it).
+            load_balancing_loss = sys.modules[type(self).__module__].load_balancing_loss_func
+            output.aux_loss = load_balancing_loss(
+                backbone_output.router_logits,
+                text_config.num_experts,
+                text_config.num_experts_per_tok,
+                kwargs.get("attention_mask"),
+            )
+        return output
 
     model.forward = types.MethodType(forward, model)

@@ -161,6 +161,11 @@ class VLSFTTrainer(SFTTrainer):
             # DDP and DeepSpeed average gradients over ranks; the divisor already counts every rank's tokens.
             if self.args.average_tokens_across_devices:
                 loss = loss * self.accelerator.num_processes
+        if self.aux_loss_enabled and outputs.aux_loss is not None:
+            # The load-balancing loss is a per-micro-batch mean (DDP averages it over ranks); over an accumulated
+            # step it is averaged over the micro-batches, as TRL does.
+            steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
+            loss = loss + self.router_aux_loss_coef * outputs.aux_loss.to(loss.device) / steps
 
         stats = torch.stack([outputs.num_correct.detach(), outputs.num_tokens.detach(), outputs.nll_sum.detach()])
         self._token_stats[mode] += self.accelerator.gather_for_metrics(stats.double().unsqueeze(0)).sum(0).cpu()
