@@ -12,11 +12,16 @@ Row kinds (the `kind` column):
   and the assistant then answers. These rows carry a `tools` list (the tool's JSON schema).
 
 Every row ends with an assistant turn whose text is the reference answer, which is what `vlsft.answer_eval` scores.
+The `length` column is a coarse size of the row (see `row_length`), which the Trainer's
+`train_sampling_strategy="group_by_length"` uses to batch rows of similar length: a tool row renders the whole tool
+prompt and is ten times longer than a question about a picture, and padding most batches to it would waste most of
+the compute.
 The `eval` split is drawn from the same distribution with a different seed.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -27,16 +32,16 @@ from PIL import Image, ImageDraw
 IMAGE_SIZE = 64
 CELL_SIZE = IMAGE_SIZE // 2
 BACKGROUND = (255, 255, 255)
+# Four well-separated colours: with more, a tiny random model needs many more steps to tell them apart.
 COLOURS = {
     "red": (220, 30, 30),
     "green": (30, 170, 50),
     "blue": (30, 70, 220),
     "yellow": (240, 210, 20),
-    "purple": (140, 40, 170),
-    "orange": (250, 130, 20),
 }
 SHAPES = ("circle", "square", "triangle")
-SHAPE_SIZE = (18, 28)  # side of a shape's bounding box in pixels, within a 32-pixel cell
+# Side of a shape's bounding box in pixels, within a 32-pixel cell: large shapes give clear image tokens.
+SHAPE_SIZE = (24, 30)
 # Cells of the 2x2 grid, in reading order, by the name used in questions, answers and tool arguments.
 CELLS = ("top left", "top right", "bottom left", "bottom right")
 
@@ -44,10 +49,10 @@ ZOOM_TOOL = {
     "type": "function",
     "function": {
         "name": "zoom",
-        "description": "Zoom into one quarter of the image and return it enlarged.",
+        "description": "Zoom into one quarter of the image.",
         "parameters": {
             "type": "object",
-            "properties": {"region": {"type": "string", "enum": list(CELLS), "description": "The quarter to zoom into."}},
+            "properties": {"region": {"type": "string", "enum": list(CELLS)}},
             "required": ["region"],
         },
     },
@@ -57,8 +62,9 @@ ZOOM_TOOL = {
 # conversation shapes whose masking vlsft must get right.
 KIND_WEIGHTS = {"colour": 3, "shape": 2, "count": 2, "position": 2, "multi_turn": 2, "tool": 2}
 SPLIT_SALT = {"train": "train", "eval": "eval", "validation": "eval", "test": "test"}
-CACHE_VERSION = 1
+CACHE_VERSION = 3
 DEFAULT_ROWS = 512
+LENGTH_BUCKET = 256
 
 
 # -- pictures --------------------------------------------------------------------------------------------------------
@@ -162,7 +168,15 @@ def make_row(rng: random.Random, kind: str) -> dict[str, Any]:
         ]
     else:
         raise ValueError(f"unknown row kind {kind!r}; known: {', '.join(KIND_WEIGHTS)}")
-    return {"messages": messages, "images": images, "tools": tools, "kind": kind}
+    return {"messages": messages, "images": images, "tools": tools, "kind": kind, "length": row_length(messages, tools)}
+
+
+def row_length(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> int:
+    """Characters of the messages and tool schemas, rounded up to a multiple of `LENGTH_BUCKET`. The rounding puts
+    every single question in one bucket, so that grouping by length still batches the kinds of question together
+    at random and only sets the long multi-turn and tool rows apart."""
+    size = len(json.dumps(messages)) + len(json.dumps(tools))
+    return -(-size // LENGTH_BUCKET) * LENGTH_BUCKET
 
 
 def generate_rows(rows: int, seed: int = 0, split: str = "train") -> list[dict[str, Any]]:
@@ -178,7 +192,7 @@ def generate_rows(rows: int, seed: int = 0, split: str = "train") -> list[dict[s
 
 
 def load_demo_split(split: str = "train", rows: int | None = None, seed: int = 0, cache_dir: str | None = None):
-    """The demo dataset as a `datasets.Dataset` (columns `messages`, `images`, `tools`, `kind`).
+    """The demo dataset as a `datasets.Dataset` (columns `messages`, `images`, `tools`, `kind`, `length`).
 
     Args:
         split: `"train"` or `"eval"` (`"validation"` is the same as `"eval"`; `"test"` is a third draw).
