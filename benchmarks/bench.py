@@ -117,6 +117,18 @@ def main_table(result: Measurement) -> list[str]:
     ]
 
 
+def spread_line(result: Measurement) -> str:
+    """How much the repetitions of each measure varied (max / min): a noise gauge for the medians above."""
+
+    def spread(samples: dict) -> str:
+        return ", ".join(f"{side} {max(values) / min(values):.2f}" for side, values in samples.items() if min(values) > 0)
+
+    return (
+        f"Spread of the repetitions (max / min): collate {spread(result.collate_s)}; "
+        f"step {spread(result.step_s)}; memory {spread(result.step_bytes)}."
+    )
+
+
 def sweep_table(label: str, points: list[tuple[int, Measurement]]) -> list[str]:
     lines = [
         f"| {label} | tokens | supervised | collate ms vlsft / TRL a-o / TRL plain | vlsft / TRL plain "
@@ -154,6 +166,9 @@ def workload_line(args, result: Measurement, rows: list[dict]) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cpu (default) or cuda (one GPU)")
+    parser.add_argument(
+        "--threads", type=int, help="torch CPU threads (default: torch's own); 1 is steadier on a shared machine"
+    )
     parser.add_argument("--model", choices=["tiny", "qwen3-vl-2b"], help="default: tiny on CPU, qwen3-vl-2b on GPU")
     parser.add_argument("--hidden-size", type=int, default=64, help="hidden size of the tiny model")
     parser.add_argument("--vocab-size", type=int, default=151_936, help="LM vocabulary (Qwen3-VL's by default)")
@@ -213,6 +228,8 @@ def rows_for(args, images_per_row: int | None = None, turns: int | None = None) 
 
 def run(args) -> str:
     """Run every measurement and return the report (Markdown)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
     on_gpu = args.device.startswith("cuda")
     dtype = torch.bfloat16 if on_gpu else torch.float32
     load_before = load_average()
@@ -237,6 +254,8 @@ def run(args) -> str:
             workload_line(args, result, rows),
             "",
             *main_table(result),
+            "",
+            spread_line(result),
         ]
         print("\n".join(report), flush=True)
         sweeps = {
