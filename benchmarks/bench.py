@@ -187,6 +187,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0,
         help="untimed train steps per side at each sweep point (the trainers are already warm from the main table)",
     )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the rows and of the model weights")
     parser.add_argument("--rows", type=int, default=2, help="rows per batch")
     parser.add_argument("--images-per-row", type=int, default=2)
     parser.add_argument("--turns", type=int, default=2, help="user/assistant exchanges per row")
@@ -223,6 +224,7 @@ def rows_for(args, images_per_row: int | None = None, turns: int | None = None) 
         prompt_words=args.prompt_words,
         answer_words=args.answer_words,
         image_size=args.image_size,
+        seed=args.seed,
     )
 
 
@@ -236,7 +238,7 @@ def run(args) -> str:
     started = datetime.datetime.now().astimezone()
     rows = rows_for(args)
     processor, vlsft_model, trl_model = build_models(
-        args.model, args.vocab_size, args.hidden_size, args.image_size, dtype, device=args.device
+        args.model, args.vocab_size, args.hidden_size, args.image_size, dtype, device=args.device, seed=args.seed
     )
     vlsft_options = {} if args.loss_chunk_size is None else {"loss_chunk_size": args.loss_chunk_size}
     sides = build_sides(processor, vlsft_model, trl_model, rows, args.device, bf16=on_gpu, vlsft_options=vlsft_options)
