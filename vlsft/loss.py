@@ -41,7 +41,7 @@ def _chunk_nll(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> 
 
 
 def supervised_nll(
-    hidden_states: torch.Tensor, labels: torch.Tensor, head: nn.Module, chunk_size: int = 1024
+    hidden_states: torch.Tensor, labels: torch.Tensor, head: nn.Module, chunk_size: int = 256
 ) -> SupervisedLossOutput:
     """Summed next-token NLL over the positions whose (shifted) label is not -100.
 
@@ -68,7 +68,7 @@ def supervised_nll(
     return SupervisedLossOutput(nll_sum=nll_sum, num_tokens=mask.sum(), num_correct=num_correct)
 
 
-def attach_supervised_head(model: nn.Module, chunk_size: int = 1024) -> None:
+def attach_supervised_head(model: nn.Module, chunk_size: int = 256) -> None:
     """Let `model(..., supervised_labels=labels)` return a `SupervisedLossOutput`; other calls are unchanged.
     Attaching twice (a second trainer on the same model) only updates the chunk size."""
     if getattr(model, "_vlsft_loss_chunk_size", None) is not None:
