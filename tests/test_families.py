@@ -341,10 +341,16 @@ def test_loss_and_gradients_equal_the_full_logits_reference(family, tmp_path):
     grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
 
     reference_model = copy.deepcopy(tiny(family)[0])
-    logits = reference_model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    if trainer.aux_loss_enabled:  # MoE: the model's load-balancing loss, with the config's coefficient (as in TRL)
+        inputs["output_router_logits"] = True
+    output = reference_model(**inputs)
+    logits = output.logits.float()
     expected = torch.nn.functional.cross_entropy(
         logits[:, :-1].reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1), ignore_index=IGNORE_INDEX
     )
+    if trainer.aux_loss_enabled:
+        expected = expected + trainer.router_aux_loss_coef * output.aux_loss
     expected.backward()
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     vision_grads = 0
