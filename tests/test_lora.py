@@ -8,6 +8,7 @@ import torch
 from peft import PeftModel, get_peft_model
 
 from tests.test_recipe import REPO, tiny_recipe, write_colour_dataset, write_recipe
+from vlsft import plan
 from vlsft import train as train_module
 from vlsft.model_parts import component_of
 from vlsft.recipe import load_recipe, recipe_from_dict
@@ -62,7 +63,7 @@ def _image():
 @pytest.mark.parametrize("options", [{}, {"vision": True, "model": {"freeze_merger": False}}], ids=["default", "vision+merger"])
 def test_dry_run_counts_match_peft(options):
     recipe = lora_recipe(**options)
-    counts, _ = train_module._meta_parameter_counts(recipe)
+    counts, _ = plan._meta_parameter_counts(recipe)
     model = peft_model(lora_recipe(**options))
     real = dict.fromkeys(counts, 0)
     for name, p in model.named_parameters():

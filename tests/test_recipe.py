@@ -12,6 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from vlsft import plan
 from vlsft import train as train_module
 from vlsft.recipe import RecipeError, load_recipe, mixture_counts, recipe_from_dict
 from vlsft.train import build_datasets, main
@@ -137,9 +138,9 @@ def test_dry_run_counts_parameters_and_rows_without_loading(tmp_path, colour_dat
     out = capsys.readouterr().out
     counts = parameter_counts(build_tiny_qwen3_vl()[0])
     lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
-    assert f"0 / {train_module._human(counts['vision_tower'][1])}" in lines["vision_tower"]
+    assert f"0 / {plan._human(counts['vision_tower'][1])}" in lines["vision_tower"]
     assert "frozen" in lines["vision_tower"]
-    total = train_module._human(counts["language_model"][1])
+    total = plan._human(counts["language_model"][1])
     assert f"{total} / {total}" in lines["language_model"]
     assert "12 rows) -> 9 rows" in out  # 12 rows, a quarter held out for evaluation
 

@@ -1,0 +1,263 @@
+"""`--dry-run`: the resolved plan of a recipe (model, datasets, batch size, parameter groups, layout, launch
+command), printed without loading weights or datasets."""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import json
+import os
+import re
+
+from vlsft.recipe import DEMO_DATASET, TINY_MODEL, DatasetSource, Recipe, launch_command, mixture_counts
+from vlsft.sources import _extension, _looks_local
+from vlsft.train import build_training_config, lora_targets
+
+# -- dry run -----------------------------------------------------------------------------------------------------
+
+
+def describe_plan(recipe: Recipe, overrides: list[str] = ()) -> str:
+    """The resolved plan of a recipe as text, without loading weights or datasets."""
+    args = build_training_config(recipe, check_only=True)
+    lines = [f"recipe     {recipe.path}: valid", ""]
+    model = recipe.model
+    detail = [f"dtype {model.dtype}"]
+    if model.attn_implementation:
+        detail.append(f"attention {model.attn_implementation}")
+    if model.max_pixels:
+        detail.append(f"max_pixels {model.max_pixels}")
+    lines.append(f"model      {model.name_or_path} ({', '.join(detail)})")
+    lora = recipe.lora
+    if lora is None:
+        lines.append("method     full fine-tune")
+    else:
+        kind = f"QLoRA (4-bit {lora.bnb_4bit_quant_type} base)" if lora.load_in_4bit else "LoRA"
+        where = "custom target_modules" if lora.target_modules else (
+            "language model + vision blocks" if lora.vision else "language model"
+        )
+        lines.append(f"method     {kind} r={lora.r} alpha={lora.alpha} dropout={lora.dropout} on {where}")
+        if lora.load_in_4bit and importlib.util.find_spec("bitsandbytes") is None:
+            lines.append("           (bitsandbytes is not installed here: training needs it and a CUDA GPU)")
+    lines += _describe_parameters(recipe, args)
+    lines += _describe_data(recipe)
+    world = recipe.layout.num_processes
+    per_device, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
+    lines.append(
+        f"batch      {per_device} per device x {accumulation} accumulation x {world} process(es) = "
+        f"{per_device * accumulation * world} rows per optimizer step"
+    )
+    steps = f"max_steps {args.max_steps}" if args.max_steps and args.max_steps > 0 else f"{args.num_train_epochs:g} epoch(s)"
+    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+    lines.append(
+        f"training   {steps}, lr {args.learning_rate:g} ({args.lr_scheduler_type.value if hasattr(args.lr_scheduler_type, 'value') else args.lr_scheduler_type}), "
+        f"{precision}, activation checkpointing {'on' if args.gradient_checkpointing else 'off'}, output {args.output_dir}"
+    )
+    layout = recipe.layout
+    where = f"{layout.gpus_per_node} GPU(s) per node x {layout.nodes} node(s)" if layout.strategy != "cpu" else "CPU"
+    config = os.path.relpath(layout.accelerate_config)
+    extra = f", DeepSpeed {os.path.relpath(layout.deepspeed_config)}" if layout.deepspeed_config else ""
+    lines.append(f"layout     {layout.strategy}: {where} ({config}{extra})")
+    command = launch_command(recipe)
+    if overrides:
+        command += " " + " ".join(_quote(arg) for arg in overrides)
+    lines.append(f"launch     {command}")
+    return "\n".join(lines)
+
+
+def _quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)
+
+
+def _describe_parameters(recipe: Recipe, args) -> list[str]:
+    """Trainable parameters and learning rate per component, counted on a meta-device model when the model's config
+    is available without a download."""
+    from vlsft.model_parts import COMPONENTS
+
+    rates = dict(args.component_learning_rates or {})
+    lora = recipe.lora
+    # Whether each component trains, from the recipe alone (used when the model cannot be counted).
+    trains = {
+        "vision_tower": not recipe.freeze_vision_tower if lora is None else (None if lora.target_modules else lora.vision),
+        "merger": not recipe.freeze_merger,
+        "language_model": True,
+    }
+    counts, note = _meta_parameter_counts(recipe)
+    lines = ["parameters (trainable / total, learning rate)" + (f" [{note}]" if note else "")]
+    for component in COMPONENTS:
+        if counts is not None:
+            trainable, total = counts[component]
+            amount = f"{_human(trainable)} / {_human(total)}"
+            trains[component] = trainable > 0
+        else:
+            amount = "?"
+        how = "" if lora is None or component == "merger" and trains[component] else " (LoRA adapters)"
+        if trains[component] is None:
+            rate = f"lr {rates.get(component, args.learning_rate):g} where target_modules match"
+        elif trains[component]:
+            rate = f"lr {rates.get(component, args.learning_rate):g}{how}"
+        else:
+            rate = "frozen"
+        lines.append(f"  {component:<15} {amount:>20}  {rate}")
+    return lines
+
+
+def _meta_parameter_counts(recipe: Recipe):
+    """({component: (trainable, total)}, note) from a model built on the meta device (no weights, no memory), or
+    (None, reason) when the config cannot be read without a download."""
+    import torch
+
+    from vlsft.model_parts import component_of, merger_module_names, parameter_counts
+
+    try:
+        if recipe.model.name_or_path == TINY_MODEL:
+            from vlsft.tiny_model import build_tiny_qwen3_vl
+
+            with torch.device("meta"):
+                model, _ = build_tiny_qwen3_vl(**(recipe.model.tiny or {}))
+        else:
+            from transformers import AutoConfig, AutoModelForImageTextToText
+
+            name = recipe.model.name_or_path
+            config = AutoConfig.from_pretrained(
+                name,
+                revision=recipe.model.revision,
+                trust_remote_code=recipe.model.trust_remote_code,
+                local_files_only=not os.path.isdir(name),
+            )
+            with torch.device("meta"):
+                model = AutoModelForImageTextToText.from_config(config, trust_remote_code=recipe.model.trust_remote_code)
+    except Exception as error:  # offline without a cached config, a custom architecture, ...
+        return None, f"no counts: the model config is not available offline ({type(error).__name__})"
+    if recipe.lora is None:
+        from vlsft.model_parts import freeze_components
+
+        freeze_components(model, vision_tower=recipe.freeze_vision_tower, merger=recipe.freeze_merger)
+        return parameter_counts(model), "counted on the meta device"
+    totals = {component: total for component, (_, total) in parameter_counts(model).items()}
+    trainable = dict.fromkeys(totals, 0)
+    targets = lora_targets(recipe)
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and _lora_matches(targets, name):
+            trainable[component_of(name)] += recipe.lora.r * (module.in_features + module.out_features)
+    saved = list(recipe.lora.modules_to_save or []) + ([] if recipe.freeze_merger else merger_module_names(model))
+    for name, module in model.named_modules():
+        if any(name == s or name.endswith("." + s) for s in saved):
+            trainable[component_of(name)] += sum(p.numel() for p in module.parameters())
+    return {c: (trainable[c], totals[c]) for c in totals}, "LoRA adapters, counted on the meta device"
+
+
+def _lora_matches(targets: str | list[str], name: str) -> bool:
+    if isinstance(targets, str):
+        return re.fullmatch(targets, name) is not None
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def _describe_data(recipe: Recipe) -> list[str]:
+    data = recipe.data
+    lines = ["data"]
+    sizes = []
+    for index, source in enumerate(data.train):
+        rows = _source_rows(source)
+        kept = _limited(rows, source)
+        if kept is not None and data.eval_fraction is not None:
+            kept -= max(1, round(kept * data.eval_fraction))
+        sizes.append(kept)
+        text = f"  train.{index}  {_source_text(source, rows)}"
+        if kept is not None and kept != rows:
+            text += f" -> {kept:,} rows"
+        if source.weight is not None:
+            text += f", weight {source.weight:g}"
+        lines.append(text)
+    if any(s.weight is not None for s in data.train):
+        if all(size is not None for size in sizes):
+            counts = mixture_counts(sizes, [s.weight for s in data.train], data.mixture_rows)
+            lines.append(f"  mixture  {sum(counts):,} rows: " + ", ".join(f"train.{i} {c:,}" for i, c in enumerate(counts)))
+        else:
+            lines.append("  mixture  weighted; row counts known once the Hub datasets load")
+    elif all(size is not None for size in sizes):
+        lines.append(f"  train    {sum(sizes):,} rows")
+    if data.eval_fraction is not None:
+        lines.append(f"  eval     {data.eval_fraction:g} of each train source, held out before mixing")
+    for index, source in enumerate(data.eval or []):
+        rows = _source_rows(source)
+        lines.append(f"  eval.{index}   {_source_text(source, rows)}")
+    if data.eval is None and data.eval_fraction is None:
+        lines.append("  eval     none")
+    if data.eval_answer_accuracy:
+        lines.append(f"  answer accuracy on {data.eval_answer_accuracy} eval rows at each evaluation")
+    return lines
+
+
+def _limited(rows: int | None, source: DatasetSource) -> int | None:
+    if rows is None:
+        return None
+    if source.rows is not None:
+        return min(source.rows, rows)
+    if source.fraction is not None:
+        return max(1, round(rows * source.fraction))
+    return rows
+
+
+def _source_text(source: DatasetSource, rows: int | None) -> str:
+    if source.path == DEMO_DATASET:
+        kind = f"embedded demo, split {source.split}"
+    elif os.path.exists(os.path.expanduser(source.path)) or glob.has_magic(source.path):
+        kind = "local"
+    elif _looks_local(source.path):
+        kind = "local, NOT FOUND here"
+    else:
+        kind = f"Hub, split {source.split}" + (f", config {source.name}" if source.name else "")
+    count = f"{rows:,} rows" if rows is not None else "rows counted at load"
+    return f"{source.path} ({kind}, {count})"
+
+
+def _source_rows(source: DatasetSource) -> int | None:
+    """Rows of a source, counted cheaply: JSONL lines, Parquet metadata, an image folder's metadata.jsonl. None for
+    Hub datasets and anything that would need a full read."""
+    if source.path == DEMO_DATASET:
+        return source.rows
+    path = os.path.expanduser(source.path)
+    if glob.has_magic(path):
+        files = sorted(glob.glob(path))
+    elif os.path.isdir(path):
+        files = [os.path.join(path, "metadata.jsonl")] if os.path.isfile(os.path.join(path, "metadata.jsonl")) else sorted(
+            f for f in glob.glob(os.path.join(path, "**", "*"), recursive=True) if _extension(f) in (".jsonl", ".parquet")
+        )
+    elif os.path.isfile(path):
+        files = [path]
+    else:
+        return None
+    if not files or "[" in source.split:
+        return None
+    total = 0
+    for file in files:
+        count = _file_rows(file)
+        if count is None:
+            return None
+        total += count
+    return total
+
+
+def _file_rows(path: str) -> int | None:
+    extension = _extension(path)
+    if extension == ".jsonl":
+        with open(path, "rb") as file:
+            return sum(1 for line in file if line.strip())
+    if extension == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    if extension == ".json":
+        with open(path, encoding="utf-8") as file:
+            content = json.load(file)
+        return len(content) if isinstance(content, list) else None
+    return None
+
+
+def _human(count: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count >= size:
+            return f"{count / size:.2f}{unit}"
+    return str(count)
