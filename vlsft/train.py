@@ -300,7 +300,11 @@ def run_reporting_bad_rows(recipe: Recipe) -> int:
     from vlsft.validation import InvalidRowsError  # imports torch and datasets: only once a run really starts
 
     try:
-        run(recipe)
+        trainer = run(recipe)
+        # Every rank leaves together, with its process group shut down: a gloo rank that exits while the group's
+        # threads still run can abort ("terminate called without an active exception") after a finished run.
+        trainer.accelerator.wait_for_everyone()
+        trainer.accelerator.end_training()
     except InvalidRowsError as error:  # every bad row is named in the message; a traceback adds nothing
         print(f"vlsft: {error}\nFix these rows, or drop them with `--invalid_rows skip`.", file=sys.stderr)
         return 1

@@ -41,3 +41,6 @@ trainer.train()
 if trainer.accelerator.is_main_process:
     torch.save({n: p.detach().cpu() for n, p in trainer.accelerator.unwrap_model(trainer.model).named_parameters()}, cli.out)
     print("world_size", trainer.accelerator.num_processes, "loss", trainer.state.log_history[0]["loss"])
+# Leave together with the process group shut down (a gloo rank exiting with live threads can abort).
+trainer.accelerator.wait_for_everyone()
+trainer.accelerator.end_training()
