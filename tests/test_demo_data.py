@@ -7,6 +7,7 @@ import io
 
 import pytest
 
+from tests.test_masks import supervised_runs
 from vlsft import demo_data
 from vlsft.collator import IGNORE_INDEX, VisionChatCollator
 from vlsft.data import count_image_placeholders, load_image
@@ -100,19 +101,6 @@ def test_load_demo_split_is_a_dataset_and_caches(tmp_path):
     assert fingerprint(fresh) == fingerprint(first)
     with pytest.raises(ValueError, match="unknown demo split"):
         demo_data.load_demo_split("dev", rows=4)
-
-
-def supervised_runs(tokenizer, input_ids, labels):
-    runs, current = [], []
-    for token, label in zip(input_ids.tolist(), labels.tolist()):
-        if label != IGNORE_INDEX:
-            current.append(token)
-        elif current:
-            runs.append(current)
-            current = []
-    if current:
-        runs.append(current)
-    return [tokenizer.decode(run) for run in runs]
 
 
 def expected_runs(row):
