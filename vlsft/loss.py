@@ -69,11 +69,9 @@ def supervised_nll(
 
 
 def attach_supervised_head(model: nn.Module, chunk_size: int = 256) -> None:
-    """Let `model(..., supervised_labels=labels)` return a `SupervisedLossOutput`; other calls are unchanged.
-    Attaching twice (a second trainer on the same model) only updates the chunk size."""
-    if getattr(model, "_vlsft_loss_chunk_size", None) is not None:
-        model._vlsft_loss_chunk_size = chunk_size
-        return
+    """Let `model(..., supervised_labels=labels)` return a `SupervisedLossOutput`; other calls run the class's
+    forward. Installed again by every trainer on the model, on top of whatever a trainer installed in between (TRL's
+    fused head, whose closure holds the instance it was installed on and would run that instance in a deep copy)."""
     model._vlsft_loss_chunk_size = chunk_size
 
     @functools.wraps(type(model).forward)  # keep the signature: `generate` validates its kwargs against it
