@@ -48,7 +48,7 @@ from transformers import (
 )
 
 from vlsft.templates import stock_template
-from vlsft.tiny_model import _CORPUS, build_processor, build_tiny_qwen3_vl, train_tokenizer
+from vlsft.tiny_model import _CORPUS, build_processor, build_tiny_qwen3_vl, train_byte_level_bpe, train_tokenizer
 
 # Chat-template literals of the other families and capitalised words, so that test conversations take few tokens.
 _FAMILY_CORPUS = [
@@ -78,20 +78,7 @@ def _language_model_sizes(hidden_size: int) -> dict:
 
 
 def _train_byte_level(special_tokens: list[str], vocab_size: int = 800) -> Tokenizer:
-    """A byte-level BPE (the kind Qwen, Llama 3 and SmolLM use): any text encodes, no unknown token."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    from tokenizers import decoders
-
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=special_tokens,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator((_CORPUS + _FAMILY_CORPUS) * 20, trainer=trainer)
-    return tokenizer
+    return train_byte_level_bpe((_CORPUS + _FAMILY_CORPUS) * 20, special_tokens, vocab_size)
 
 
 def _train_sentencepiece_style(special_tokens: list[str], vocab_size: int = 800) -> tuple[dict, list]:
