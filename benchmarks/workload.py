@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
-from vlsft.tiny_model import build_processor, build_tiny_qwen3_vl
+from vlsft.tiny_model import build_processor, build_tiny_qwen3_vl, qwen_vision_token_ids
 
 # Words the tiny tokenizer was trained on, so a word is about one token and row lengths are predictable.
 _WORDS = (
@@ -100,10 +100,7 @@ def qwen3_vl_2b_config(processor, vocab_size: int = QWEN3_VL_VOCAB) -> Qwen3VLCo
     return Qwen3VLConfig(
         text_config=text_config,
         vision_config=vision_config,
-        image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
+        **qwen_vision_token_ids(processor.tokenizer),
         tie_word_embeddings=True,
     )
 

@@ -48,7 +48,15 @@ from transformers import (
 )
 
 from vlsft.templates import stock_template
-from vlsft.tiny_model import _CORPUS, build_processor, build_tiny_qwen3_vl, train_byte_level_bpe, train_tokenizer
+from vlsft.tiny_model import (
+    _CORPUS,
+    build_processor,
+    build_tiny_qwen3_vl,
+    qwen_vision_token_ids,
+    tiny_qwen3_vision_config,
+    train_byte_level_bpe,
+    train_tokenizer,
+)
 
 # Chat-template literals of the other families and capitalised words, so that test conversations take few tokens.
 _FAMILY_CORPUS = [
@@ -200,10 +208,7 @@ def build_tiny_qwen2_5_vl(seed: int = 0, hidden_size: int = _HIDDEN):
             fullatt_block_indexes=[1],
             out_hidden_size=hidden_size,
         ),
-        image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
+        **qwen_vision_token_ids(tokenizer),
         tie_word_embeddings=False,
     )
     return _instantiate(Qwen2_5_VLForConditionalGeneration, config, processor, seed)
@@ -231,22 +236,8 @@ def build_tiny_qwen3_vl_moe(seed: int = 0, hidden_size: int = _HIDDEN):
             eos_token_id=ids("<|im_end|>"),
             bos_token_id=None,
         ),
-        vision_config=dict(
-            depth=2,
-            hidden_size=32,
-            intermediate_size=64,
-            num_heads=2,
-            patch_size=16,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            out_hidden_size=hidden_size,
-            num_position_embeddings=64,
-            deepstack_visual_indexes=[0],
-        ),
-        image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
+        vision_config=tiny_qwen3_vision_config(hidden_size),
+        **qwen_vision_token_ids(tokenizer),
         tie_word_embeddings=False,
     )
     return _instantiate(Qwen3VLMoeForConditionalGeneration, config, processor, seed)

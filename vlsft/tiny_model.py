@@ -115,6 +115,33 @@ def build_processor(
     )
 
 
+def qwen_vision_token_ids(tokenizer) -> dict[str, int]:
+    """The config fields of Qwen-VL's image, video and vision-boundary token ids, looked up in `tokenizer`."""
+    ids = tokenizer.convert_tokens_to_ids
+    return dict(
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+    )
+
+
+def tiny_qwen3_vision_config(out_hidden_size: int, depth: int = 2) -> dict:
+    """A tiny Qwen3-VL vision tower (16 px patches, 2x2 merge, one DeepStack level) feeding `out_hidden_size`."""
+    return dict(
+        depth=depth,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        patch_size=16,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        out_hidden_size=out_hidden_size,
+        num_position_embeddings=64,
+        deepstack_visual_indexes=[0],
+    )
+
+
 def tiny_qwen3_vl_config(
     tokenizer: PreTrainedTokenizerFast,
     hidden_size: int = 64,
@@ -140,25 +167,10 @@ def tiny_qwen3_vl_config(
         eos_token_id=ids("<|im_end|>"),
         bos_token_id=None,
     )
-    vision_config = dict(
-        depth=vision_depth,
-        hidden_size=32,
-        intermediate_size=64,
-        num_heads=2,
-        patch_size=16,
-        spatial_merge_size=2,
-        temporal_patch_size=2,
-        out_hidden_size=hidden_size,
-        num_position_embeddings=64,
-        deepstack_visual_indexes=[0],
-    )
     return Qwen3VLConfig(
         text_config=text_config,
-        vision_config=vision_config,
-        image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
+        vision_config=tiny_qwen3_vision_config(hidden_size, depth=vision_depth),
+        **qwen_vision_token_ids(tokenizer),
         tie_word_embeddings=False,
     )
 
