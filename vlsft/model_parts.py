@@ -52,6 +52,12 @@ FAMILY_PARTS = {
     "llava_next": FamilyParts("vision_tower", ("multi_modal_projector", "image_newline"), "language_model.layers", _SIGLIP_CLIP_VISION),
 }
 
+# Gemma 4 (every template revision): the vision encoder wraps each Linear in a `Gemma4ClippableLinear` (`.linear`);
+# `embed_vision` projects the pooled vision features into the language model.
+_GEMMA4_VISION = r"encoder\.layers\.\d+\.(?:self_attn\.(?:q_proj|k_proj|v_proj|o_proj)|mlp\.(?:gate_proj|up_proj|down_proj))\.linear"
+for _revision in ("gemma4", "gemma4_v3", "gemma4_v4", "gemma4_v5"):
+    FAMILY_PARTS[_revision] = FamilyParts("vision_tower", ("embed_vision",), "language_model.layers", _GEMMA4_VISION)
+
 
 def _alternatives(names) -> str:
     return "|".join(sorted({re.escape(name) for name in names}))

@@ -43,6 +43,11 @@ class TemplateFamily:
     # bidirectional attention over each image.
     image_map_key: str | None = None
     unsupported: tuple[str, ...] = ()  # keys of FEATURES the stock template cannot express
+    # Content item types (besides images) the template renders but vlsft does not collate yet: a row with one fails
+    # by name instead of training on a placeholder with no features behind it.
+    unsupported_media: tuple[str, ...] = ()
+    # The opening and closing text of a reasoning block as the model generates it (None: no reasoning channel).
+    reasoning_markers: tuple[str, str] | None = None
 
 
 _QWEN_VISION = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
@@ -147,6 +152,32 @@ FAMILIES = {
 }
 
 
+# Gemma 4: one entry per stock template revision TRL ships (recognised by exact text), all collated alike. Images are
+# `<|image|>` placeholders that the processor expands to `<|image>` + n soft tokens + `<image|>` (as text: the
+# replacement is not only copies of the placeholder). Audio and video are not collated yet.
+_GEMMA4_REVISIONS = {
+    "gemma4_v5": "Gemma 4 (current template)",
+    "gemma4_v4": "Gemma 4 (template 905e84b)",
+    "gemma4": "Gemma 4 (template 6b7e72c)",
+    "gemma4_v3": "Gemma 4 (template b446025)",
+}
+for _name, _display in _GEMMA4_REVISIONS.items():
+    FAMILIES[_name] = TemplateFamily(
+        name=_name,
+        display_name=_display,
+        stock_template=_name,
+        training_template=f"{_name}_training.jinja",
+        processor_class="Gemma4Processor",
+        model_types=("gemma4",),
+        vision_tokens=("<|image>", "<|image|>", "<image|>", "<|video|>", "<|audio>", "<|audio|>", "<audio|>"),
+        image_token="<|image|>",
+        end_of_turn="<turn|>",
+        image_map_key="mm_token_type_ids",
+        unsupported_media=("audio", "input_audio", "video"),
+        reasoning_markers=("<|channel>thought\n", "<channel|>"),
+    )
+
+
 @lru_cache
 def stock_template(family: str) -> str:
     """The stock chat template of a family, as TRL ships it (read, not copied, so it stays TRL's)."""
@@ -212,6 +243,32 @@ def check_expressible(family: str, messages: list[dict], tools: list | None = No
         f"{spec.name} ({spec.display_name}): the stock chat template cannot express {described}; rendered, they "
         f"would be silently dropped or malformed. Train this on a family whose template can ({capable}), remove "
         "that part of the conversation, or pass your own generation-marked template with `chat_template_path`."
+    )
+
+
+def check_media(family: str, row: dict, messages: list[dict]) -> None:
+    """Raise `UnsupportedConversationError` if the row carries media of a type `family` renders but vlsft does not
+    collate yet (Gemma 4's audio and video), naming the type and the messages."""
+    kinds = FAMILIES[family].unsupported_media
+    if not kinds:
+        return
+    found: dict[str, list[int]] = {}
+    for position, message in enumerate(messages):
+        content = message.get("content")
+        for item in content if isinstance(content, list) else ():
+            if isinstance(item, dict) and item.get("type") in kinds:
+                found.setdefault(item["type"], []).append(position)
+    columns = [key for key in ("audio", "audios", "video", "videos") if row.get(key)]
+    if not found and not columns:
+        return
+    described = "; ".join(
+        [f"{kind} (message {', '.join(map(str, positions))})" for kind, positions in found.items()]
+        + [f"a `{column}` column" for column in columns]
+    )
+    raise UnsupportedConversationError(
+        f"{family} ({FAMILIES[family].display_name}): the row has {described}. vlsft trains {FAMILIES[family].display_name} "
+        "on text and images only: audio is out of scope and video is not collated for this family yet. Drop the "
+        "audio/video parts of the row, or skip such rows with `invalid_rows='skip'`."
     )
 
 
