@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -490,7 +491,11 @@ FAMILY_BUILDERS: dict[str, Callable] = {
     "qwen3_vl_moe": build_tiny_qwen3_vl_moe,
     "qwen2_5_vl": build_tiny_qwen2_5_vl,
     "gemma3": build_tiny_gemma3,
-    "gemma4": build_tiny_gemma4,
+    # One builder per Gemma 4 template revision: the same model, the processor carrying that revision's template.
+    **{
+        revision: partial(build_tiny_gemma4, template=revision)
+        for revision in ("gemma4_v5", "gemma4_v4", "gemma4", "gemma4_v3")
+    },
     "idefics3": build_tiny_idefics3,
     "smolvlm": build_tiny_smolvlm,
     "llava_next": build_tiny_llava_next,
