@@ -33,6 +33,7 @@ from vlsft.templates import (
     UnsupportedConversationError,
     check_expressible,
     check_media,
+    split_inline_reasoning,
     detect_family,
     family_of_processor,
     resolve_training_template,
@@ -139,6 +140,9 @@ class VisionChatCollator:
         if self.template_family is not None:
             check_expressible(self.template_family, messages, tools)
             check_media(self.template_family, row, messages)
+            spec = FAMILIES[self.template_family]
+            if spec.reasoning_opening is not None:
+                messages = split_inline_reasoning(messages, spec.reasoning_opening, spec.reasoning_markers[1])
         rendered, spans = render_jinja_template(
             [messages],
             tools=tools,

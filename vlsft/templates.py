@@ -46,8 +46,13 @@ class TemplateFamily:
     # Content item types (besides images) the template renders but vlsft does not collate yet: a row with one fails
     # by name instead of training on a placeholder with no features behind it.
     unsupported_media: tuple[str, ...] = ()
-    # The opening and closing text of a reasoning block as the model generates it (None: no reasoning channel).
+    # (open, close) of a reasoning block inside an assistant turn, each one token of the family's tokenizer (Qwen3's
+    # `<think>`, `</think>`): `reasoning_weight` scales the tokens from open to close, both included. None where the
+    # family has no reasoning format.
     reasoning_markers: tuple[str, str] | None = None
+    # The text that opens a reasoning block as the template writes it, when it is more than the open marker (Gemma 4:
+    # `<|channel>thought\n`): how reasoning written inline in an assistant message is recognised.
+    reasoning_opening: str | None = None
 
 
 _QWEN_VISION = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
@@ -174,7 +179,8 @@ for _name, _display in _GEMMA4_REVISIONS.items():
         end_of_turn="<turn|>",
         image_map_key="mm_token_type_ids",
         unsupported_media=("audio", "input_audio", "video"),
-        reasoning_markers=("<|channel>thought\n", "<channel|>"),
+        reasoning_markers=("<|channel>", "<channel|>"),
+        reasoning_opening="<|channel>thought\n",
     )
 
 
@@ -270,6 +276,37 @@ def check_media(family: str, row: dict, messages: list[dict]) -> None:
         "on text and images only: audio is out of scope and video is not collated for this family yet. Drop the "
         "audio/video parts of the row, or skip such rows with `invalid_rows='skip'`."
     )
+
+
+def split_inline_reasoning(messages: list[dict], opening: str, closing: str) -> list[dict]:
+    """Assistant messages whose text opens with the family's reasoning block (Gemma 4: `<|channel>thought\\n ...
+    <channel|>`), as the model generated it, with that block moved to `reasoning_content`: the stock template renders
+    reasoning only from that field (Gemma 4's strips an inline block from the content). A message that already has
+    `reasoning_content` or `reasoning` is left as it is. The newline before the closing marker is the template's, so
+    it is not kept twice."""
+    out = []
+    for message in messages:
+        content = message.get("content")
+        text = content if isinstance(content, str) else None
+        if isinstance(content, list) and content and content[0].get("type") == "text":
+            text = content[0].get("text")
+        if (
+            message.get("role") != "assistant"
+            or message.get("reasoning_content") or message.get("reasoning")
+            or not isinstance(text, str)
+            or not text.lstrip().startswith(opening)
+            or closing not in text
+        ):
+            out.append(message)
+            continue
+        reasoning, answer = text.lstrip()[len(opening) :].split(closing, 1)
+        reasoning = reasoning.removesuffix("\n")
+        if isinstance(content, str):
+            content = answer
+        else:
+            content = [{**content[0], "text": answer}, *content[1:]]
+        out.append({**message, "content": content, "reasoning_content": reasoning})
+    return out
 
 
 def has_generation_markers(template: str | None) -> bool:
