@@ -35,7 +35,7 @@ from vlsft.templates import (
 )
 from vlsft.validation import InvalidRowsError
 
-REVISIONS = ["gemma4_v5", "gemma4_v4", "gemma4", "gemma4_v3"]
+REVISIONS = ["gemma4_v5", "gemma4_v4", "gemma4", "gemma4_v3", "gemma4_v2"]
 CURRENT = "gemma4_v5"
 CALL = '<|tool_call>call:zoom{{region:<|"|>{}<|"|>}}<tool_call|><|tool_response>'
 # Reasoning that spells out Gemma 4's own turn and channel markers: masks come from the template, not from tokens.
@@ -145,7 +145,7 @@ def test_each_revision_is_recognised_and_its_training_template_renders_the_stock
                 assert rendered(family, row, ours, **kwargs) == rendered(family, row, **kwargs), (name, kwargs)
 
 
-@pytest.mark.parametrize("family", ["gemma4_v5", "gemma4"])
+@pytest.mark.parametrize("family", ["gemma4_v5", "gemma4", "gemma4_v2"])
 def test_supervision_starts_where_the_inference_prompt_ends(family):
     """For every supervised turn, the stock template's prompt for it (the conversation before it plus the generation
     prompt, with the same switches) is a prefix of the training text, and a generation block starts right there:
@@ -250,6 +250,17 @@ def test_an_earlier_revision_supervises_what_it_renders():
         thought("Zoom first.") + CALL.format("left"),
         "It is a red dot.<turn|>\n",
     ]
+
+
+def test_the_release_revision_supervises_tool_calls_as_their_own_turn():
+    """The release template renders no reasoning and closes a tool-call turn with `<turn|>`; the tool's response is
+    a `<|turn>tool` turn of its own (prompt)."""
+    call = '<|tool_call>call:zoom{region:<|"|>left<|"|>}<tool_call|>'
+    assert supervised("gemma4_v2", rows()["reasoning_tool_call"]) == [
+        call + "<turn|>\n",
+        "It is a red dot.<turn|>\n",
+    ]
+    assert supervised("gemma4_v2", rows()["reasoning_answer"], reasoning_history="keep") == ["Red.<turn|>\n"]
 
 
 def test_reasoning_that_imitates_the_template_is_supervised_verbatim():

@@ -58,7 +58,7 @@ FAMILY_PARTS = {
 # Gemma 4 (every template revision): the vision encoder wraps each Linear in a `Gemma4ClippableLinear` (`.linear`);
 # `embed_vision` projects the pooled vision features into the language model.
 _GEMMA4_VISION = r"encoder\.layers\.\d+\.(?:self_attn\.(?:q_proj|k_proj|v_proj|o_proj)|mlp\.(?:gate_proj|up_proj|down_proj))\.linear"
-for _revision in ("gemma4", "gemma4_v3", "gemma4_v4", "gemma4_v5"):
+for _revision in ("gemma4_v2", "gemma4", "gemma4_v3", "gemma4_v4", "gemma4_v5"):
     FAMILY_PARTS[_revision] = FamilyParts(
         "vision_tower", ("embed_vision",), "language_model.layers", _GEMMA4_VISION, caps_logits=True
     )

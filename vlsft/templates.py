@@ -165,6 +165,7 @@ _GEMMA4_REVISIONS = {
     "gemma4_v4": "Gemma 4 (template 905e84b)",
     "gemma4": "Gemma 4 (template 6b7e72c)",
     "gemma4_v3": "Gemma 4 (template b446025)",
+    "gemma4_v2": "Gemma 4 (release template 4742fe8)",
 }
 for _name, _display in _GEMMA4_REVISIONS.items():
     FAMILIES[_name] = TemplateFamily(

@@ -494,7 +494,7 @@ FAMILY_BUILDERS: dict[str, Callable] = {
     # One builder per Gemma 4 template revision: the same model, the processor carrying that revision's template.
     **{
         revision: partial(build_tiny_gemma4, template=revision)
-        for revision in ("gemma4_v5", "gemma4_v4", "gemma4", "gemma4_v3")
+        for revision in ("gemma4_v5", "gemma4_v4", "gemma4", "gemma4_v3", "gemma4_v2")
     },
     "idefics3": build_tiny_idefics3,
     "smolvlm": build_tiny_smolvlm,
