@@ -331,11 +331,46 @@ def test_audio_and_video_rows_fail_naming_the_row(tmp_path):
     good = rows()["answer_only"]
     audio = copy.deepcopy(good)
     audio["messages"][0]["content"].append({"type": "audio"})
+    video = copy.deepcopy(good)
+    video["messages"][0]["content"].insert(0, {"type": "video"})
     video_column = {**copy.deepcopy(good), "videos": ["clip.mp4"]}
-    for bad, what in [(audio, r"audio \(message 0\)"), (video_column, r"a `videos` column")]:
+    for bad, what in [
+        (audio, r"audio \(message 0\)"), (video, r"video \(message 0\)"), (video_column, r"a `videos` column")
+    ]:
         with pytest.raises(RowError, match=rf"batch row 1: gemma4_v5 .*{what}.*audio is out of scope"):
             collate(CURRENT, [good, bad])
     model, processor = tiny(CURRENT)
     args = VLSFTConfig(output_dir=str(tmp_path), report_to="none")
     with pytest.raises(InvalidRowsError, match=r"row 1: .*'audio'"):
         VLSFTTrainer(copy.deepcopy(model), args=args, train_dataset=Dataset.from_list([good, audio]), processing_class=processor)
+
+
+# -- training on reasoning rows --------------------------------------------------------------------------------------
+
+
+def test_reasoning_rows_train_exactly_one_batch_of_4_as_4_micro_batches_of_1(tmp_path):
+    """Reasoning rows (history, tool call, look-alike, answer only), with thinking on from the config and history
+    reasoning kept: the trainer's collator gets the switches, and accumulation over micro-batches gives the same step."""
+    model = tiny(CURRENT)[0]
+    dataset = Dataset.from_list([rows()[name] for name in ("history", "reasoning_tool_call", "lookalike", "answer_only")])
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    weights, losses = [], []
+    for batch_size, accumulation in ((4, 1), (1, 4)):
+        args = VLSFTConfig(
+            output_dir=str(tmp_path / f"{batch_size}x{accumulation}"), report_to="none", max_steps=1,
+            learning_rate=1.0, optim="sgd", lr_scheduler_type="constant", max_grad_norm=0.0, save_strategy="no",
+            logging_steps=1, seed=0, data_seed=0, per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation, chat_template_kwargs=THINKING, reasoning_history="keep",
+        )
+        trainer = VLSFTTrainer(copy.deepcopy(model), args=args, train_dataset=dataset, processing_class=tiny(CURRENT)[1])
+        assert trainer.data_collator.reasoning_history == "keep"
+        assert trainer.data_collator.chat_template_kwargs == THINKING
+        assert tiny(CURRENT)[1].chat_template == stock_template(CURRENT)  # the processor keeps its stock template
+        trainer.train()
+        weights.append({n: p.detach().clone() for n, p in trainer.model.named_parameters()})
+        losses.append(trainer.state.log_history[0]["loss"])
+    update = max((weights[0][n] - start[n]).abs().max() for n in start)
+    difference = max((weights[0][n] - weights[1][n]).abs().max() for n in start)
+    assert update > 1e-3
+    assert difference <= 1e-4 * update
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
