@@ -33,10 +33,10 @@ from vlsft.templates import (
     UnsupportedConversationError,
     check_expressible,
     check_media,
-    split_inline_reasoning,
     detect_family,
     family_of_processor,
     resolve_training_template,
+    split_inline_reasoning,
 )
 
 IGNORE_INDEX = -100

@@ -19,6 +19,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers.utils import ModelOutput
 
+from vlsft.model_parts import final_logit_softcap
+
 IGNORE_INDEX = -100
 
 
@@ -81,8 +83,6 @@ def attach_supervised_head(model: nn.Module, chunk_size: int = 256) -> None:
     forward. Installed again by every trainer on the model, on top of whatever a trainer installed in between (TRL's
     fused head, whose closure holds the instance it was installed on and would run that instance in a deep copy)."""
     model._vlsft_loss_chunk_size = chunk_size
-    from vlsft.model_parts import final_logit_softcap
-
     model._vlsft_logit_softcap = final_logit_softcap(model)
 
     @functools.wraps(type(model).forward)  # keep the signature: `generate` validates its kwargs against it

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from vlsft.templates import family_of_model
+
 VISION_TOWER = "vision_tower"
 MERGER = "merger"
 LANGUAGE_MODEL = "language_model"
@@ -66,8 +68,6 @@ for _revision in ("gemma4_v2", "gemma4", "gemma4_v3", "gemma4_v4", "gemma4_v5"):
 
 def final_logit_softcap(model: nn.Module) -> float | None:
     """The cap the model's own forward applies to its logits (`tanh(logits / cap) * cap`), or None."""
-    from vlsft.templates import family_of_model
-
     family = family_of_model(model)
     if family is None or not FAMILY_PARTS[family].caps_logits:
         return None

@@ -22,8 +22,8 @@ from trl.trainer.utils import get_config_model_id
 from vlsft.collator import VisionChatCollator, training_collator
 from vlsft.config import VLSFTConfig
 from vlsft.loss import attach_supervised_head
-from vlsft.validation import validate_datasets
 from vlsft.templates import has_generation_markers
+from vlsft.validation import validate_datasets
 
 
 def as_vlsft_config(args: TrainingArguments | None, model) -> VLSFTConfig:
