@@ -32,9 +32,11 @@ from vlsft.templates import (
     FAMILIES,
     UnsupportedConversationError,
     check_expressible,
+    check_media,
     detect_family,
     family_of_processor,
     resolve_training_template,
+    split_inline_reasoning,
 )
 
 IGNORE_INDEX = -100
@@ -70,6 +72,10 @@ class VisionChatCollator:
         max_length: truncate longer rows (from the end); a row whose truncation would cut image tokens raises.
         image_root: directory for relative image paths.
         assistant_only_loss: if False, every non-padding token is supervised (plain language modelling).
+        chat_template_kwargs: template variables for every row (`enable_thinking`, ...); a row's own
+            `chat_template_kwargs` overrides them.
+        reasoning_history: 'drop' (stock behaviour) or 'keep' (every turn's reasoning supervised); read by the
+            training templates of reasoning families.
     """
 
     processor: ProcessorMixin
@@ -78,6 +84,8 @@ class VisionChatCollator:
     pad_to_multiple_of: int | None = None
     image_root: str | None = None
     assistant_only_loss: bool = True
+    chat_template_kwargs: dict[str, Any] | None = None
+    reasoning_history: str = "drop"
     _vision_token_ids: set[int] = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -131,14 +139,29 @@ class VisionChatCollator:
         tools = row.get("tools") or None
         if self.template_family is not None:
             check_expressible(self.template_family, messages, tools)
+            check_media(self.template_family, row, messages)
+            spec = FAMILIES[self.template_family]
+            if spec.reasoning_opening is not None:
+                messages = split_inline_reasoning(messages, spec.reasoning_opening, spec.reasoning_markers[1])
         rendered, spans = render_jinja_template(
             [messages],
             tools=tools,
             chat_template=self.chat_template,
             return_assistant_tokens_mask=self.assistant_only_loss,
             **self._template_kwargs,
+            **self.template_variables(row),
         )
         return rendered[0], [tuple(span) for span in spans[0]] if self.assistant_only_loss else []
+
+    def template_variables(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The chat template switches for a row: the collator's `chat_template_kwargs`, overridden by the row's own
+        `chat_template_kwargs` column (None values there, as Arrow fills in missing keys, leave the default), and
+        `reasoning_history` where it is not the default."""
+        variables = dict(self.chat_template_kwargs or {})
+        variables.update({k: v for k, v in (row.get("chat_template_kwargs") or {}).items() if v is not None})
+        if self.reasoning_history != "drop":
+            variables["reasoning_history"] = self.reasoning_history
+        return variables
 
     def pieces(self, row: dict[str, Any]) -> list[tuple[str, bool]]:
         """The rendered row cut into (text, supervised) pieces at the generation-block boundaries."""
@@ -315,4 +338,6 @@ def training_collator(processor: ProcessorMixin, args) -> VisionChatCollator:
         pad_to_multiple_of=args.pad_to_multiple_of,
         image_root=args.image_root,
         assistant_only_loss=args.assistant_only_loss,
+        chat_template_kwargs=getattr(args, "chat_template_kwargs", None),
+        reasoning_history=getattr(args, "reasoning_history", "drop"),
     )

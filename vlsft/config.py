@@ -36,6 +36,15 @@ class VLSFTConfig(SFTConfig):
             Learning rates per model component, as optimizer parameter groups: keys `"vision_tower"`, `"merger"`
             (projector and DeepStack mergers), `"language_model"` (see `vlsft.model_parts`). A component left out
             uses `learning_rate`. Recipes set it from `model.vision_tower_lr` / `merger_lr` / `language_model_lr`.
+        chat_template_kwargs (`dict`, *optional*):
+            Variables passed to the chat template on every row, e.g. `{"enable_thinking": True}` (Gemma 4, Qwen3.5),
+            `preserve_thinking`, `reasoning_effort`. A row's own `chat_template_kwargs` column overrides them for that
+            row (a None value there leaves the default).
+        reasoning_history (`str`, defaults to `"drop"`):
+            How assistant turns before the last user turn carry their reasoning. `"drop"`: the stock template's
+            behaviour (the default; training text is byte-identical to what the model sees at inference), and a
+            history turn whose reasoning the template drops is not supervised. `"keep"`: every turn's reasoning is
+            rendered and supervised (TRL's training-template behaviour).
         bf16 (`bool`, *optional*):
             Mixed bf16 precision. Defaults to `True` where a bf16-capable GPU is present, `False` elsewhere (TRL
             defaults to `True` everywhere, which fails on CPU).
@@ -63,7 +72,18 @@ class VLSFTConfig(SFTConfig):
         metadata={"help": "Learning rate per component: vision_tower, merger, language_model (others: learning_rate)."},
     )
 
+    chat_template_kwargs: dict | None = field(
+        default=None,
+        metadata={"help": "Chat template variables (enable_thinking, ...); a row's `chat_template_kwargs` overrides."},
+    )
+    reasoning_history: str = field(
+        default="drop",
+        metadata={"help": "'drop' (default): stock template behaviour. 'keep': every turn's reasoning is supervised."},
+    )
+
     def __post_init__(self):
+        if self.reasoning_history not in ("drop", "keep"):
+            raise ValueError(f"`reasoning_history` must be 'drop' or 'keep', got {self.reasoning_history!r}.")
         if self.invalid_rows not in ("raise", "skip"):
             raise ValueError(f"`invalid_rows` must be 'raise' or 'skip', got {self.invalid_rows!r}.")
         if self.loss_chunk_size < 1:

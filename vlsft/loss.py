@@ -19,6 +19,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers.utils import ModelOutput
 
+from vlsft.model_parts import final_logit_softcap
+
 IGNORE_INDEX = -100
 
 
@@ -32,8 +34,12 @@ class SupervisedLossOutput(ModelOutput):
     aux_loss: torch.Tensor | None = None  # MoE load-balancing loss of the micro-batch, when the router logits are on
 
 
-def _chunk_nll(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _chunk_nll(
+    head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     logits = head(hidden).float()
+    if softcap is not None:  # as the model's own forward caps its logits (Gemma 4)
+        logits = torch.tanh(logits / softcap) * softcap
     log_probs = torch.log_softmax(logits, dim=-1)
     nll = -log_probs.gather(-1, targets.unsqueeze(-1)).sum()
     correct = (logits.detach().argmax(-1) == targets).sum()
@@ -41,7 +47,11 @@ def _chunk_nll(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> 
 
 
 def supervised_nll(
-    hidden_states: torch.Tensor, labels: torch.Tensor, head: nn.Module, chunk_size: int = 256
+    hidden_states: torch.Tensor,
+    labels: torch.Tensor,
+    head: nn.Module,
+    chunk_size: int = 256,
+    softcap: float | None = None,
 ) -> SupervisedLossOutput:
     """Summed next-token NLL over the positions whose (shifted) label is not -100.
 
@@ -60,9 +70,9 @@ def supervised_nll(
     for start in range(0, max(len(targets), 1), chunk_size):
         chunk = slice(start, start + chunk_size)
         if torch.is_grad_enabled():
-            nll, correct = checkpoint(_chunk_nll, head, hidden[chunk], targets[chunk], use_reentrant=False)
+            nll, correct = checkpoint(_chunk_nll, head, hidden[chunk], targets[chunk], softcap, use_reentrant=False)
         else:
-            nll, correct = _chunk_nll(head, hidden[chunk], targets[chunk])
+            nll, correct = _chunk_nll(head, hidden[chunk], targets[chunk], softcap)
         nll_sum = nll_sum + nll
         num_correct = num_correct + correct
     return SupervisedLossOutput(nll_sum=nll_sum, num_tokens=mask.sum(), num_correct=num_correct)
@@ -73,6 +83,7 @@ def attach_supervised_head(model: nn.Module, chunk_size: int = 256) -> None:
     forward. Installed again by every trainer on the model, on top of whatever a trainer installed in between (TRL's
     fused head, whose closure holds the instance it was installed on and would run that instance in a deep copy)."""
     model._vlsft_loss_chunk_size = chunk_size
+    model._vlsft_logit_softcap = final_logit_softcap(model)
 
     @functools.wraps(type(model).forward)  # keep the signature: `generate` validates its kwargs against it
     def forward(self, *args, supervised_labels=None, **kwargs):
@@ -88,7 +99,11 @@ def attach_supervised_head(model: nn.Module, chunk_size: int = 256) -> None:
         # The backbone and the head are looked up on every call: PEFT, DeepSpeed and FSDP replace them after this.
         backbone_output = self.base_model(*args, **kwargs)
         output = supervised_nll(
-            backbone_output.last_hidden_state, supervised_labels, self.get_output_embeddings(), self._vlsft_loss_chunk_size
+            backbone_output.last_hidden_state,
+            supervised_labels,
+            self.get_output_embeddings(),
+            self._vlsft_loss_chunk_size,
+            self._vlsft_logit_softcap,
         )
         if getattr(backbone_output, "router_logits", None):
             # The model's own load-balancing loss, as its forward computes it (from the module that defines it).

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from vlsft.templates import family_of_model
+
 VISION_TOWER = "vision_tower"
 MERGER = "merger"
 LANGUAGE_MODEL = "language_model"
@@ -35,6 +37,9 @@ class FamilyParts:
     mergers: tuple[str, ...]  # modules (or parameters) between the vision tower and the language model
     decoder_layers: str  # the language model's decoder layers
     vision_lora_targets: str  # regex, below `vision_tower`, of the ViT's attention and MLP Linear layers
+    # The model's forward caps its logits with the text config's `final_logit_softcapping` (Gemma 4's does; Gemma 3's
+    # conditional-generation head does not): the supervised loss must cap them the same way.
+    caps_logits: bool = False
 
 
 _QWEN3_VL_VISION = r"blocks\.\d+\.(?:attn\.(?:qkv|proj)|mlp\.(?:linear_fc1|linear_fc2))"
@@ -51,6 +56,22 @@ FAMILY_PARTS = {
     "smolvlm": FamilyParts("vision_model", ("connector",), "text_model.layers", _SIGLIP_CLIP_VISION),
     "llava_next": FamilyParts("vision_tower", ("multi_modal_projector", "image_newline"), "language_model.layers", _SIGLIP_CLIP_VISION),
 }
+
+# Gemma 4 (every template revision): the vision encoder wraps each Linear in a `Gemma4ClippableLinear` (`.linear`);
+# `embed_vision` projects the pooled vision features into the language model.
+_GEMMA4_VISION = r"encoder\.layers\.\d+\.(?:self_attn\.(?:q_proj|k_proj|v_proj|o_proj)|mlp\.(?:gate_proj|up_proj|down_proj))\.linear"
+for _revision in ("gemma4_v2", "gemma4", "gemma4_v3", "gemma4_v4", "gemma4_v5"):
+    FAMILY_PARTS[_revision] = FamilyParts(
+        "vision_tower", ("embed_vision",), "language_model.layers", _GEMMA4_VISION, caps_logits=True
+    )
+
+
+def final_logit_softcap(model: nn.Module) -> float | None:
+    """The cap the model's own forward applies to its logits (`tanh(logits / cap) * cap`), or None."""
+    family = family_of_model(model)
+    if family is None or not FAMILY_PARTS[family].caps_logits:
+        return None
+    return getattr(model.config.get_text_config(), "final_logit_softcapping", None)
 
 
 def _alternatives(names) -> str:
@@ -111,11 +132,16 @@ def freeze_components(model: nn.Module, vision_tower: bool = False, merger: bool
             parameter.requires_grad_(False)
 
 
-def lora_target_modules(vision: bool = False) -> str:
-    """The default LoRA `target_modules` regex: language model projections, plus the vision blocks if `vision`."""
-    if vision:
-        return f"(?:{_LANGUAGE_TARGETS})|(?:{_VISION_TARGETS})"
-    return _LANGUAGE_TARGETS
+def lora_target_modules(vision: bool = False, model: nn.Module | None = None) -> str | list[str]:
+    """The default LoRA `target_modules` regex: language model projections, plus the vision blocks if `vision`.
+
+    Given the `model`, the names of the Linear layers the regex matches instead: a name alone cannot tell a Linear
+    from a wrapper named like one (Gemma 4's vision encoder wraps each Linear in a `Gemma4ClippableLinear`, named
+    exactly like SigLIP's Linear layers, and PEFT cannot adapt the wrapper)."""
+    regex = f"(?:{_LANGUAGE_TARGETS})|(?:{_VISION_TARGETS})" if vision else _LANGUAGE_TARGETS
+    if model is None:
+        return regex
+    return [name for name, module in model.named_modules() if isinstance(module, nn.Linear) and re.fullmatch(regex, name)]
 
 
 def merger_module_names(model: nn.Module) -> list[str]:

@@ -43,6 +43,16 @@ class TemplateFamily:
     # bidirectional attention over each image.
     image_map_key: str | None = None
     unsupported: tuple[str, ...] = ()  # keys of FEATURES the stock template cannot express
+    # Content item types (besides images) the template renders but vlsft does not collate yet: a row with one fails
+    # by name instead of training on a placeholder with no features behind it.
+    unsupported_media: tuple[str, ...] = ()
+    # (open, close) of a reasoning block inside an assistant turn, each one token of the family's tokenizer (Qwen3's
+    # `<think>`, `</think>`): `reasoning_weight` scales the tokens from open to close, both included. None where the
+    # family has no reasoning format.
+    reasoning_markers: tuple[str, str] | None = None
+    # The text that opens a reasoning block as the template writes it, when it is more than the open marker (Gemma 4:
+    # `<|channel>thought\n`): how reasoning written inline in an assistant message is recognised.
+    reasoning_opening: str | None = None
 
 
 _QWEN_VISION = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
@@ -147,6 +157,34 @@ FAMILIES = {
 }
 
 
+# Gemma 4: one entry per stock template revision TRL ships (recognised by exact text), all collated alike. Images are
+# `<|image|>` placeholders that the processor expands to `<|image>` + n soft tokens + `<image|>` (as text: the
+# replacement is not only copies of the placeholder). Audio and video are not collated yet.
+_GEMMA4_REVISIONS = {
+    "gemma4_v5": "Gemma 4 (current template)",
+    "gemma4_v4": "Gemma 4 (template 905e84b)",
+    "gemma4": "Gemma 4 (template 6b7e72c)",
+    "gemma4_v3": "Gemma 4 (template b446025)",
+    "gemma4_v2": "Gemma 4 (release template 4742fe8)",
+}
+for _name, _display in _GEMMA4_REVISIONS.items():
+    FAMILIES[_name] = TemplateFamily(
+        name=_name,
+        display_name=_display,
+        stock_template=_name,
+        training_template=f"{_name}_training.jinja",
+        processor_class="Gemma4Processor",
+        model_types=("gemma4",),
+        vision_tokens=("<|image>", "<|image|>", "<image|>", "<|video|>", "<|audio>", "<|audio|>", "<audio|>"),
+        image_token="<|image|>",
+        end_of_turn="<turn|>",
+        image_map_key="mm_token_type_ids",
+        unsupported_media=("audio", "input_audio", "video"),
+        reasoning_markers=("<|channel>", "<channel|>"),
+        reasoning_opening="<|channel>thought\n",
+    )
+
+
 @lru_cache
 def stock_template(family: str) -> str:
     """The stock chat template of a family, as TRL ships it (read, not copied, so it stays TRL's)."""
@@ -213,6 +251,63 @@ def check_expressible(family: str, messages: list[dict], tools: list | None = No
         f"would be silently dropped or malformed. Train this on a family whose template can ({capable}), remove "
         "that part of the conversation, or pass your own generation-marked template with `chat_template_path`."
     )
+
+
+def check_media(family: str, row: dict, messages: list[dict]) -> None:
+    """Raise `UnsupportedConversationError` if the row carries media of a type `family` renders but vlsft does not
+    collate yet (Gemma 4's audio and video), naming the type and the messages."""
+    kinds = FAMILIES[family].unsupported_media
+    if not kinds:
+        return
+    found: dict[str, list[int]] = {}
+    for position, message in enumerate(messages):
+        content = message.get("content")
+        for item in content if isinstance(content, list) else ():
+            if isinstance(item, dict) and item.get("type") in kinds:
+                found.setdefault(item["type"], []).append(position)
+    columns = [key for key in ("audio", "audios", "video", "videos") if row.get(key)]
+    if not found and not columns:
+        return
+    described = "; ".join(
+        [f"{kind} (message {', '.join(map(str, positions))})" for kind, positions in found.items()]
+        + [f"a `{column}` column" for column in columns]
+    )
+    raise UnsupportedConversationError(
+        f"{family} ({FAMILIES[family].display_name}): the row has {described}. vlsft trains {FAMILIES[family].display_name} "
+        "on text and images only: audio is out of scope and video is not collated for this family yet. Drop the "
+        "audio/video parts of the row, or skip such rows with `invalid_rows='skip'`."
+    )
+
+
+def split_inline_reasoning(messages: list[dict], opening: str, closing: str) -> list[dict]:
+    """Assistant messages whose text opens with the family's reasoning block (Gemma 4: `<|channel>thought\\n ...
+    <channel|>`), as the model generated it, with that block moved to `reasoning_content`: the stock template renders
+    reasoning only from that field (Gemma 4's strips an inline block from the content). A message that already has
+    `reasoning_content` or `reasoning` is left as it is. The newline before the closing marker is the template's, so
+    it is not kept twice."""
+    out = []
+    for message in messages:
+        content = message.get("content")
+        text = content if isinstance(content, str) else None
+        if isinstance(content, list) and content and content[0].get("type") == "text":
+            text = content[0].get("text")
+        if (
+            message.get("role") != "assistant"
+            or message.get("reasoning_content") or message.get("reasoning")
+            or not isinstance(text, str)
+            or not text.lstrip().startswith(opening)
+            or closing not in text
+        ):
+            out.append(message)
+            continue
+        reasoning, answer = text.lstrip()[len(opening) :].split(closing, 1)
+        reasoning = reasoning.removesuffix("\n")
+        if isinstance(content, str):
+            content = answer
+        else:
+            content = [{**content[0], "text": answer}, *content[1:]]
+        out.append({**message, "content": content, "reasoning_content": reasoning})
+    return out
 
 
 def has_generation_markers(template: str | None) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -22,6 +23,12 @@ from transformers import (
     Gemma3ForConditionalGeneration,
     Gemma3ImageProcessor,
     Gemma3Processor,
+    Gemma4AudioFeatureExtractor,
+    Gemma4Config,
+    Gemma4ForConditionalGeneration,
+    Gemma4ImageProcessor,
+    Gemma4Processor,
+    Gemma4VideoProcessor,
     GemmaTokenizer,
     Idefics3Config,
     Idefics3ForConditionalGeneration,
@@ -122,6 +129,31 @@ def train_gemma3_tokenizer() -> GemmaTokenizer:
     tokenizer.add_special_tokens(
         {"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]}, replace_extra_special_tokens=False
     )
+    return tokenizer
+
+
+# Gemma 4's named media tokens (the tokenizer attributes its processor reads) and its other special tokens: turns,
+# the reasoning channel, the thinking switch, tool declarations, calls and responses, and the string delimiter of
+# tool arguments.
+GEMMA4_MEDIA_TOKENS = {
+    "image_token": "<|image|>",
+    "boi_token": "<|image>",
+    "eoi_token": "<image|>",
+    "audio_token": "<|audio|>",
+    "boa_token": "<|audio>",
+    "eoa_token": "<audio|>",
+}
+GEMMA4_SPECIAL_TOKENS = [
+    "<|turn>", "<turn|>", "<|channel>", "<channel|>", "<|think|>", "<|tool>", "<tool|>", "<|tool_call>",
+    "<tool_call|>", "<|tool_response>", "<tool_response|>", '<|"|>', "<|video|>",
+]
+
+
+def train_gemma4_tokenizer() -> GemmaTokenizer:
+    """A `GemmaTokenizer` (the class Gemma 4 checkpoints load) with Gemma 4's special tokens and media attributes."""
+    vocab, merges = _train_sentencepiece_style(["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"])
+    tokenizer = GemmaTokenizer(vocab=vocab, merges=merges, add_bos_token=True, extra_special_tokens=GEMMA4_MEDIA_TOKENS)
+    tokenizer.add_special_tokens({"additional_special_tokens": GEMMA4_SPECIAL_TOKENS}, replace_extra_special_tokens=False)
     return tokenizer
 
 
@@ -290,6 +322,62 @@ def build_tiny_gemma3(seed: int = 0, hidden_size: int = _HIDDEN):
     return model, processor
 
 
+def build_tiny_gemma4(seed: int = 0, hidden_size: int = _HIDDEN, template: str = "gemma4_v5"):
+    """Gemma 4: `Gemma4ForConditionalGeneration` + `Gemma4Processor` with the stock template of revision `template`.
+    Images are cut into 4 px patches, pooled 2x2 into at most 70 soft tokens (the smallest budget the image processor
+    accepts): a 64x48 picture is 63 soft tokens. The language model has Gemma 4's per-layer input embeddings, a
+    sliding and a full attention layer (with its own head size), bidirectional attention over each image and
+    `final_logit_softcapping`; no audio tower."""
+    tokenizer = train_gemma4_tokenizer()
+    vision_sizes = dict(patch_size=4, max_soft_tokens=70, pooling_kernel_size=2)
+    processor = Gemma4Processor(
+        feature_extractor=Gemma4AudioFeatureExtractor(),
+        image_processor=Gemma4ImageProcessor(**vision_sizes),
+        tokenizer=tokenizer,
+        video_processor=Gemma4VideoProcessor(**vision_sizes),
+        chat_template=stock_template(template),
+        image_seq_length=70,
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    config = Gemma4Config(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            **_language_model_sizes(hidden_size),
+            global_head_dim=2 * _HEAD_DIM,
+            sliding_window=16,
+            layer_types=["sliding_attention", "full_attention"],
+            hidden_size_per_layer_input=8,
+            vocab_size_per_layer_input=len(tokenizer),
+            use_bidirectional_attention="vision",
+            final_logit_softcapping=30.0,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=ids("<turn|>"),
+            bos_token_id=tokenizer.bos_token_id,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            head_dim=16,
+            patch_size=4,
+            pooling_kernel_size=2,
+            position_embedding_size=64,
+        ),
+        audio_config=None,
+        boi_token_id=ids("<|image>"),
+        eoi_token_id=ids("<image|>"),
+        image_token_id=ids("<|image|>"),
+        video_token_id=ids("<|video|>"),
+        boa_token_id=ids("<|audio>"),
+        eoa_token_index=ids("<audio|>"),
+        audio_token_id=ids("<|audio|>"),
+        tie_word_embeddings=True,
+    )
+    return _instantiate(Gemma4ForConditionalGeneration, config, processor, seed)
+
+
 def _idefics3_like_config(config_class, tokenizer, hidden_size: int):
     """Shared by Idefics3 and SmolVLM: 32 px tiles of 8 px patches (16 patches), pixel-shuffled by 2 to 4 tokens."""
     return config_class(
@@ -403,6 +491,11 @@ FAMILY_BUILDERS: dict[str, Callable] = {
     "qwen3_vl_moe": build_tiny_qwen3_vl_moe,
     "qwen2_5_vl": build_tiny_qwen2_5_vl,
     "gemma3": build_tiny_gemma3,
+    # One builder per Gemma 4 template revision: the same model, the processor carrying that revision's template.
+    **{
+        revision: partial(build_tiny_gemma4, template=revision)
+        for revision in ("gemma4_v5", "gemma4_v4", "gemma4", "gemma4_v3", "gemma4_v2")
+    },
     "idefics3": build_tiny_idefics3,
     "smolvlm": build_tiny_smolvlm,
     "llava_next": build_tiny_llava_next,

@@ -124,10 +124,10 @@ def _bnb_config(recipe: Recipe):
     )
 
 
-def lora_targets(recipe: Recipe) -> str | list[str]:
+def lora_targets(recipe: Recipe, model=None) -> str | list[str]:
     from vlsft.model_parts import lora_target_modules
 
-    return recipe.lora.target_modules or lora_target_modules(vision=recipe.lora.vision)
+    return recipe.lora.target_modules or lora_target_modules(vision=recipe.lora.vision, model=model)
 
 
 def build_peft_config(recipe: Recipe, model):
@@ -147,7 +147,7 @@ def build_peft_config(recipe: Recipe, model):
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=lora_targets(recipe),
+        target_modules=lora_targets(recipe, model),
         modules_to_save=modules_to_save or None,
         bias=lora.bias,
         use_rslora=lora.use_rslora,

@@ -10,6 +10,7 @@ What it changes, each in one overridden method:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import torch
@@ -21,6 +22,7 @@ from trl.trainer.utils import get_config_model_id
 from vlsft.collator import VisionChatCollator, training_collator
 from vlsft.config import VLSFTConfig
 from vlsft.loss import attach_supervised_head
+from vlsft.templates import has_generation_markers
 from vlsft.validation import validate_datasets
 
 
@@ -93,20 +95,21 @@ class VLSFTTrainer(SFTTrainer):
             checker = data_collator if isinstance(data_collator, VisionChatCollator) else default_collator
             train_dataset, eval_dataset = validate_datasets(train_dataset, eval_dataset, checker, args)
 
-        super().__init__(
-            model=model,
-            args=args,
-            data_collator=data_collator,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
-            quantization_config=quantization_config,
-            peft_config=peft_config,
-            formatting_func=formatting_func,
-        )
+        with _templates_shown_to_trl(processing_class, self.training_chat_template, args):
+            super().__init__(
+                model=model,
+                args=args,
+                data_collator=data_collator,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+                quantization_config=quantization_config,
+                peft_config=peft_config,
+                formatting_func=formatting_func,
+            )
         base_model = self.model.get_base_model() if is_peft_model(self.model) else self.model
         attach_supervised_head(base_model, chunk_size=args.loss_chunk_size)
         # [num_correct, num_supervised, summed NLL] since the last log, per mode; summed over ranks.
@@ -206,3 +209,17 @@ class VLSFTTrainer(SFTTrainer):
             self._metrics[mode]["num_supervised_tokens"] = [self._total_supervised_tokens]
         self._token_stats[mode].zero_()
         super().log(logs, start_time)
+
+
+@contextlib.contextmanager
+def _templates_shown_to_trl(processor: ProcessorMixin, training_template: str, args):
+    """While `SFTTrainer.__init__` runs, the processor carries vlsft's training template. TRL 1.16 refuses a stock
+    template it has no training copy of (Gemma 4's) although vlsft trains with its own; it accepts a template with
+    generation markers. The processor's own template is restored afterwards, so checkpoints save the stock one."""
+    stock = processor.chat_template
+    if args.assistant_only_loss and not has_generation_markers(stock):
+        processor.chat_template = training_template
+    try:
+        yield
+    finally:
+        processor.chat_template = stock

@@ -1,0 +1,376 @@
+"""Gemma 4 beyond the common family bar (`tests/test_families.py` runs that bar on the current template, gemma4_v5):
+- every stock template revision vlsft supports is recognised by its exact text, and its training template renders
+  byte-identically to it, with thinking on and off, with tools, reasoning and generation prompts;
+- reasoning is supervised exactly as the model generates it after the generation prompt: reasoning + answer,
+  reasoning + tool call (and the text continuing after the tool's response), answer only with thinking on and off,
+  reasoning in history under `reasoning_history` drop and keep, reasoning that imitates the template, inline
+  reasoning, and never what the generation prompt already holds;
+- `enable_thinking` and friends pass through per recipe and per row (`chat_template_kwargs`);
+- audio and video rows fail by row, before training.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from datasets import Dataset
+import torch
+from transformers.utils.chat_template_utils import render_jinja_template
+from trl.data_utils import prepare_multimodal_messages
+
+from tests.conftest import IMAGE, TOOLS, assistant, image, tool, user, zoom_call
+from tests.test_families import supervised_texts, tiny
+from vlsft import VLSFTConfig, VLSFTTrainer
+from vlsft.collator import IGNORE_INDEX, RowError, VisionChatCollator, training_collator
+from vlsft.data import normalize_messages
+from vlsft.templates import (
+    FAMILIES,
+    detect_family,
+    family_of_model,
+    family_of_processor,
+    resolve_training_template,
+    stock_template,
+    training_template,
+)
+from vlsft.validation import InvalidRowsError
+
+REVISIONS = ["gemma4_v5", "gemma4_v4", "gemma4", "gemma4_v3", "gemma4_v2"]
+CURRENT = "gemma4_v5"
+CALL = '<|tool_call>call:zoom{{region:<|"|>{}<|"|>}}<tool_call|><|tool_response>'
+# Reasoning that spells out Gemma 4's own turn and channel markers: masks come from the template, not from tokens.
+LOOKALIKE = "Is it <turn|>\n<|turn>user\nfake<turn|>\n<|turn>model\n? <|channel>thought\nno<channel|> Red, I think."
+
+
+def thought(text: str) -> str:
+    return f"<|channel>thought\n{text}\n<channel|>"
+
+
+def reasoning(message: dict, text: str) -> dict:
+    return {**message, "reasoning_content": text}
+
+
+def rows():
+    """name -> row, the thinking shapes of issue 12 (each with an image, so vision tokens are present)."""
+    return {
+        "reasoning_answer": {
+            "messages": [user(IMAGE, "What colour?"), reasoning(assistant("Red."), "It looks red.")],
+            "images": [image()],
+        },
+        "reasoning_tool_call": {
+            "messages": [
+                user(IMAGE, "Zoom on the left, please."),
+                reasoning(assistant("", [zoom_call("left")]), "Zoom first."),
+                tool("done"),
+                reasoning(assistant("It is a red dot."), "The tool said done."),
+            ],
+            "images": [image()],
+            "tools": TOOLS,
+        },
+        "answer_only": {"messages": [user(IMAGE, "Colour?"), assistant("Red.")], "images": [image()]},
+        "history": {
+            "messages": [
+                user(IMAGE, "Shape?"),
+                reasoning(assistant("A square."), "Four equal sides."),
+                user("And the colour?"),
+                reasoning(assistant("Red."), "It looks red."),
+            ],
+            "images": [image()],
+        },
+        "history_tool_call": {
+            "messages": [
+                user(IMAGE, "Zoom right."),
+                reasoning(assistant("", [zoom_call("right")]), "Zoom first."),
+                tool("ok"),
+                assistant("Blue."),
+                user("Sure?"),
+                reasoning(assistant("Yes."), "It was blue."),
+            ],
+            "images": [image()],
+            "tools": TOOLS,
+        },
+        "lookalike": {
+            "messages": [user(IMAGE, "Colour?"), reasoning(assistant("Red."), LOOKALIKE)],
+            "images": [image()],
+        },
+        "inline_reasoning": {
+            "messages": [user(IMAGE, "Colour?"), assistant(thought("It looks red.") + "Red.")],
+            "images": [image()],
+        },
+        "empty_reasoning": {
+            "messages": [user(IMAGE, "Colour?"), reasoning(assistant("Red."), "")],
+            "images": [image()],
+        },
+    }
+
+
+def collate(family, batch, **collator_kwargs):
+    processor = tiny(family)[1]
+    return VisionChatCollator(processor, training_template(family), **collator_kwargs)(batch)
+
+
+def supervised(family, row, **collator_kwargs) -> list[str]:
+    batch = collate(family, [row], **collator_kwargs)
+    return supervised_texts(tiny(family)[1].tokenizer, batch["input_ids"][0], batch["labels"][0])
+
+
+def rendered(family, row, template=None, **variables) -> str:
+    return render_jinja_template(
+        [normalize_messages(row["messages"])],
+        tools=row.get("tools"),
+        chat_template=template or stock_template(family),
+        bos_token="<bos>",
+        **variables,
+    )[0][0]
+
+
+# -- templates -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", REVISIONS)
+def test_each_revision_is_recognised_and_its_training_template_renders_the_stock_text(family):
+    stock, ours = stock_template(family), training_template(family)
+    assert detect_family(stock) == family and detect_family(stock.strip() + "\n") == family
+    assert resolve_training_template(stock) == ours
+    model, processor = tiny(family)
+    assert processor.chat_template == stock
+    assert family_of_processor(processor) == CURRENT and family_of_model(model) == CURRENT  # all collate alike
+    switches = [{}, {"enable_thinking": True}, {"enable_thinking": False}]
+    if family == "gemma4_v5":
+        switches.append({"enable_thinking": True, "preserve_thinking": True})
+    for name, row in rows().items():
+        for variables in switches:
+            for add_generation_prompt in (False, True):
+                kwargs = dict(add_generation_prompt=add_generation_prompt, **variables)
+                assert rendered(family, row, ours, **kwargs) == rendered(family, row, **kwargs), (name, kwargs)
+
+
+@pytest.mark.parametrize("family", ["gemma4_v5", "gemma4", "gemma4_v2"])
+def test_supervision_starts_where_the_inference_prompt_ends(family):
+    """For every supervised turn, the stock template's prompt for it (the conversation before it plus the generation
+    prompt, with the same switches) is a prefix of the training text, and a generation block starts right there:
+    what the generation prompt holds (`<|turn>model\\n`; after a tool response with thinking on, v5's
+    `<|channel>thought\\n`) is never supervised."""
+    for name in ("reasoning_answer", "reasoning_tool_call", "history", "lookalike"):
+        row = rows()[name]
+        messages = normalize_messages(row["messages"])
+        for variables in ({"enable_thinking": True}, {"enable_thinking": False}):
+            full, spans = render_jinja_template(
+                [messages], tools=row.get("tools"), chat_template=training_template(family),
+                return_assistant_tokens_mask=True, bos_token="<bos>", **variables,
+            )
+            full, starts = full[0], [start for start, _ in spans[0]]
+            trained = 0
+            for i, message in enumerate(messages):
+                if message["role"] != "assistant":
+                    continue
+                prompt = rendered(family, {**row, "messages": messages[:i]}, add_generation_prompt=True, **variables)
+                as_last_turn = rendered(family, {**row, "messages": messages[: i + 1]}, **variables)
+                assert full.startswith(prompt), (family, name, variables, i)
+                # Trained exactly when the turn renders here as it does as the last turn: a history turn whose
+                # reasoning the template drops would teach the answer without the reasoning it came with.
+                is_trained = full.startswith(as_last_turn)
+                assert (len(prompt) in starts) == is_trained, (family, name, variables, i)
+                trained += is_trained
+            assert trained, (family, name)
+
+
+# -- what is supervised ----------------------------------------------------------------------------------------------
+
+THINKING = {"enable_thinking": True}
+
+
+def test_reasoning_and_answer_is_supervised_as_the_model_generates_it():
+    assert supervised(CURRENT, rows()["reasoning_answer"]) == [thought("It looks red.") + "Red.<turn|>\n"]
+    assert supervised(CURRENT, rows()["reasoning_answer"], chat_template_kwargs=THINKING) == [
+        thought("It looks red.") + "Red.<turn|>\n"
+    ]
+
+
+def test_reasoning_and_tool_call_then_the_answer_after_the_tool_response():
+    row = rows()["reasoning_tool_call"]
+    call = thought("Zoom first.") + CALL.format("left")
+    # Thinking off: after the tool's response the model generates the whole continuation.
+    assert supervised(CURRENT, row) == [call, thought("The tool said done.") + "It is a red dot.<turn|>\n"]
+    # Thinking on: the generation prompt after a tool response already holds `<|channel>thought\n`.
+    assert supervised(CURRENT, row, chat_template_kwargs=THINKING) == [
+        call,
+        "The tool said done.\n<channel|>It is a red dot.<turn|>\n",
+    ]
+
+
+@pytest.mark.parametrize("thinking", [True, False])
+def test_answer_only_with_thinking_on_and_off(thinking):
+    """No reasoning: the stock template writes no empty channel, so the answer and `<turn|>` are supervised; the
+    thinking switch only changes the (unsupervised) system turn."""
+    row = rows()["answer_only"]
+    batch = collate(CURRENT, [row], chat_template_kwargs={"enable_thinking": thinking})
+    tokenizer = tiny(CURRENT)[1].tokenizer
+    assert supervised_texts(tokenizer, batch["input_ids"][0], batch["labels"][0]) == ["Red.<turn|>\n"]
+    text = tokenizer.decode(batch["input_ids"][0])
+    assert ("<|turn>system\n<|think|>\n<turn|>" in text) == thinking
+    # An empty reasoning field is no reasoning: nothing is rendered for it, nothing extra supervised.
+    assert supervised(CURRENT, rows()["empty_reasoning"], chat_template_kwargs={"enable_thinking": thinking}) == [
+        "Red.<turn|>\n"
+    ]
+
+
+def test_reasoning_in_history_under_drop_and_keep():
+    row = rows()["history"]
+    # drop (default): the stock text; the first answer's reasoning is dropped there, so that turn is not trained.
+    assert supervised(CURRENT, row) == [thought("It looks red.") + "Red.<turn|>\n"]
+    assert collate(CURRENT, [row])["input_ids"].shape == collate(CURRENT, [rows()["history"]])["input_ids"].shape
+    # keep: every turn's reasoning rendered and supervised (TRL's training-template behaviour).
+    assert supervised(CURRENT, row, reasoning_history="keep") == [
+        thought("Four equal sides.") + "A square.<turn|>\n",
+        thought("It looks red.") + "Red.<turn|>\n",
+    ]
+    drop_text = rendered(CURRENT, row, training_template(CURRENT))
+    keep_text = rendered(CURRENT, row, training_template(CURRENT), reasoning_history="keep")
+    assert drop_text == rendered(CURRENT, row)
+    assert keep_text == drop_text.replace("A square.", thought("Four equal sides.") + "A square.")
+    # A tool-call turn in history: under drop its reasoning is dropped and it is not trained; the answer that
+    # continues it has no reasoning and is trained, as is the last turn.
+    assert supervised(CURRENT, rows()["history_tool_call"]) == ["Blue.<turn|>\n", thought("It was blue.") + "Yes.<turn|>\n"]
+    assert supervised(CURRENT, rows()["history_tool_call"], reasoning_history="keep") == [
+        thought("Zoom first.") + CALL.format("right"),
+        "Blue.<turn|>\n",
+        thought("It was blue.") + "Yes.<turn|>\n",
+    ]
+
+
+def test_an_earlier_revision_supervises_what_it_renders():
+    """The revisions before v5 render reasoning on tool-call turns only (and after the last user turn): an answer's
+    reasoning is not rendered even in the last turn, so under drop it is not supervised; keep supervises it."""
+    assert supervised("gemma4", rows()["reasoning_answer"]) == ["Red.<turn|>\n"]
+    assert supervised("gemma4", rows()["reasoning_answer"], reasoning_history="keep") == [
+        thought("It looks red.") + "Red.<turn|>\n"
+    ]
+    assert supervised("gemma4", rows()["reasoning_tool_call"], chat_template_kwargs=THINKING) == [
+        thought("Zoom first.") + CALL.format("left"),
+        "It is a red dot.<turn|>\n",
+    ]
+
+
+def test_the_release_revision_supervises_tool_calls_as_their_own_turn():
+    """The release template renders no reasoning and closes a tool-call turn with `<turn|>`; the tool's response is
+    a `<|turn>tool` turn of its own (prompt)."""
+    call = '<|tool_call>call:zoom{region:<|"|>left<|"|>}<tool_call|>'
+    assert supervised("gemma4_v2", rows()["reasoning_tool_call"]) == [
+        call + "<turn|>\n",
+        "It is a red dot.<turn|>\n",
+    ]
+    assert supervised("gemma4_v2", rows()["reasoning_answer"], reasoning_history="keep") == ["Red.<turn|>\n"]
+
+
+def test_reasoning_that_imitates_the_template_is_supervised_verbatim():
+    assert supervised(CURRENT, rows()["lookalike"]) == [thought(LOOKALIKE) + "Red.<turn|>\n"]
+
+
+def test_inline_reasoning_in_the_channel_form_is_trained_as_reasoning():
+    """The stock template strips a channel block written inside the content; vlsft moves it to `reasoning_content`
+    first, so the model learns the reasoning it generated."""
+    assert supervised(CURRENT, rows()["inline_reasoning"]) == supervised(CURRENT, rows()["reasoning_answer"])
+
+
+@pytest.mark.parametrize("name", ["reasoning_answer", "reasoning_tool_call", "history", "lookalike"])
+def test_no_vision_or_padding_token_is_supervised_and_inputs_equal_the_processor(name):
+    processor = tiny(CURRENT)[1]
+    row = rows()[name]
+    batch = collate(CURRENT, [row, rows()["answer_only"]], chat_template_kwargs=THINKING)
+    vision = processor.tokenizer.convert_tokens_to_ids(list(FAMILIES[CURRENT].vision_tokens))
+    is_vision = sum(batch["input_ids"] == i for i in vision).bool()
+    supervised_ = batch["labels"] != IGNORE_INDEX
+    assert is_vision.any() and not (supervised_ & is_vision).any()
+    assert not (supervised_ & (batch["attention_mask"] == 0)).any()
+    ours = collate(CURRENT, [row], chat_template_kwargs=THINKING)
+    theirs = processor.apply_chat_template(
+        [prepare_multimodal_messages(normalize_messages(row["messages"]), images=row["images"])],
+        tools=row.get("tools"),
+        enable_thinking=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+    )
+    assert set(ours) - {"labels"} == set(theirs)
+    for key in theirs:
+        assert torch.equal(ours[key], theirs[key]), key
+
+
+# -- switches --------------------------------------------------------------------------------------------------------
+
+
+def test_chat_template_kwargs_per_recipe_and_per_row(tmp_path):
+    row = rows()["answer_only"]
+    off = {**row, "chat_template_kwargs": {"enable_thinking": False}}
+    # Through a datasets table, as training reads rows: Arrow gives the row without the column a None there.
+    table = Dataset.from_list([off, row])
+    processor = tiny(CURRENT)[1]
+    args = VLSFTConfig(output_dir=str(tmp_path), report_to="none", chat_template_kwargs=THINKING)
+    collator = training_collator(processor, args)
+    texts = [processor.tokenizer.decode(ids) for ids in collator([table[0], table[1]])["input_ids"]]
+    assert table[1]["chat_template_kwargs"] is None
+    assert "<|think|>" not in texts[0] and "<|think|>" in texts[1]
+    assert collator.template_variables(table[1]) == THINKING
+
+
+def test_reasoning_history_is_checked_and_reaches_the_collator(tmp_path):
+    with pytest.raises(ValueError, match="reasoning_history"):
+        VLSFTConfig(output_dir=str(tmp_path), report_to="none", reasoning_history="all")
+    args = VLSFTConfig(output_dir=str(tmp_path), report_to="none", reasoning_history="keep")
+    collator = training_collator(tiny(CURRENT)[1], args)
+    batch = collator([rows()["history"]])
+    texts = supervised_texts(tiny(CURRENT)[1].tokenizer, batch["input_ids"][0], batch["labels"][0])
+    assert texts[0] == thought("Four equal sides.") + "A square.<turn|>\n"
+
+
+# -- media vlsft does not collate for Gemma 4 ------------------------------------------------------------------------
+
+
+def test_audio_and_video_rows_fail_naming_the_row(tmp_path):
+    good = rows()["answer_only"]
+    audio = copy.deepcopy(good)
+    audio["messages"][0]["content"].append({"type": "audio"})
+    video = copy.deepcopy(good)
+    video["messages"][0]["content"].insert(0, {"type": "video"})
+    video_column = {**copy.deepcopy(good), "videos": ["clip.mp4"]}
+    for bad, what in [
+        (audio, r"audio \(message 0\)"), (video, r"video \(message 0\)"), (video_column, r"a `videos` column")
+    ]:
+        with pytest.raises(RowError, match=rf"batch row 1: gemma4_v5 .*{what}.*audio is out of scope"):
+            collate(CURRENT, [good, bad])
+    model, processor = tiny(CURRENT)
+    args = VLSFTConfig(output_dir=str(tmp_path), report_to="none")
+    with pytest.raises(InvalidRowsError, match=r"row 1: .*'audio'"):
+        VLSFTTrainer(copy.deepcopy(model), args=args, train_dataset=Dataset.from_list([good, audio]), processing_class=processor)
+
+
+# -- training on reasoning rows --------------------------------------------------------------------------------------
+
+
+def test_reasoning_rows_train_exactly_one_batch_of_4_as_4_micro_batches_of_1(tmp_path):
+    """Reasoning rows (history, tool call, look-alike, answer only), with thinking on from the config and history
+    reasoning kept: the trainer's collator gets the switches, and accumulation over micro-batches gives the same step."""
+    model = tiny(CURRENT)[0]
+    dataset = Dataset.from_list([rows()[name] for name in ("history", "reasoning_tool_call", "lookalike", "answer_only")])
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    weights, losses = [], []
+    for batch_size, accumulation in ((4, 1), (1, 4)):
+        args = VLSFTConfig(
+            output_dir=str(tmp_path / f"{batch_size}x{accumulation}"), report_to="none", max_steps=1,
+            learning_rate=1.0, optim="sgd", lr_scheduler_type="constant", max_grad_norm=0.0, save_strategy="no",
+            logging_steps=1, seed=0, data_seed=0, per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation, chat_template_kwargs=THINKING, reasoning_history="keep",
+        )
+        trainer = VLSFTTrainer(copy.deepcopy(model), args=args, train_dataset=dataset, processing_class=tiny(CURRENT)[1])
+        assert trainer.data_collator.reasoning_history == "keep"
+        assert trainer.data_collator.chat_template_kwargs == THINKING
+        assert tiny(CURRENT)[1].chat_template == stock_template(CURRENT)  # the processor keeps its stock template
+        trainer.train()
+        weights.append({n: p.detach().clone() for n, p in trainer.model.named_parameters()})
+        losses.append(trainer.state.log_history[0]["loss"])
+    update = max((weights[0][n] - start[n]).abs().max() for n in start)
+    difference = max((weights[0][n] - weights[1][n]).abs().max() for n in start)
+    assert update > 1e-3
+    assert difference <= 1e-4 * update
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
