@@ -31,6 +31,7 @@ from vlsft.data import load_image, normalize_messages, row_images
 from vlsft.templates import (
     FAMILIES,
     UnsupportedConversationError,
+    check_content_supported,
     check_expressible,
     detect_family,
     family_of_processor,
@@ -38,6 +39,34 @@ from vlsft.templates import (
 )
 
 IGNORE_INDEX = -100
+
+
+# Arguments of `render_jinja_template` itself, which a template variable must not shadow.
+_RESERVED_TEMPLATE_KWARGS = frozenset(
+    {"conversations", "messages", "tools", "documents", "chat_template", "return_assistant_tokens_mask",
+     "continue_final_message", "add_generation_prompt"}
+)
+
+
+class TemplateKwargsError(ValueError):
+    """A `chat_template_kwargs` value that cannot be passed to the template."""
+
+
+def row_template_kwargs(defaults: dict[str, Any] | None, row: dict[str, Any]) -> dict[str, Any]:
+    """The chat template variables of one row: `defaults` (the recipe's), overridden by the row's own
+    `chat_template_kwargs` column. Arrow gives every row the union of all rows' keys, with None for the missing
+    ones: a None value means "not set" and is dropped, so the template's own default applies."""
+    own = row.get("chat_template_kwargs")
+    if own is not None and not isinstance(own, dict):
+        raise TemplateKwargsError(f"`chat_template_kwargs` must be a dict, got {type(own).__name__}")
+    kwargs = {**(defaults or {}), **(own or {})}
+    reserved = sorted(_RESERVED_TEMPLATE_KWARGS & set(kwargs))
+    if reserved:
+        raise TemplateKwargsError(
+            f"`chat_template_kwargs` may not set {', '.join(reserved)}: those are given by the row itself "
+            "(`messages`, `tools`) or by vlsft"
+        )
+    return {key: value for key, value in kwargs.items() if value is not None}
 
 
 class RowError(ValueError):
@@ -70,6 +99,8 @@ class VisionChatCollator:
         max_length: truncate longer rows (from the end); a row whose truncation would cut image tokens raises.
         image_root: directory for relative image paths.
         assistant_only_loss: if False, every non-padding token is supervised (plain language modelling).
+        template_kwargs: variables for the chat template on every row (`enable_thinking`, `reasoning_history`...);
+            a row's `chat_template_kwargs` column is applied over them.
     """
 
     processor: ProcessorMixin
@@ -78,6 +109,7 @@ class VisionChatCollator:
     pad_to_multiple_of: int | None = None
     image_root: str | None = None
     assistant_only_loss: bool = True
+    template_kwargs: dict[str, Any] | None = None
     _vision_token_ids: set[int] = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -131,12 +163,14 @@ class VisionChatCollator:
         tools = row.get("tools") or None
         if self.template_family is not None:
             check_expressible(self.template_family, messages, tools)
+            check_content_supported(self.template_family, row, messages)
         rendered, spans = render_jinja_template(
             [messages],
             tools=tools,
             chat_template=self.chat_template,
             return_assistant_tokens_mask=self.assistant_only_loss,
             **self._template_kwargs,
+            **row_template_kwargs(self.template_kwargs, row),
         )
         return rendered[0], [tuple(span) for span in spans[0]] if self.assistant_only_loss else []
 
@@ -237,7 +271,7 @@ class VisionChatCollator:
         for index, row in enumerate(rows):
             try:
                 pieces = self.pieces(row)
-            except (UnsupportedConversationError, TemplateError) as error:  # the template cannot render this row
+            except (UnsupportedConversationError, TemplateError, TemplateKwargsError) as error:  # cannot render it
                 raise RowError(index, str(error)) from error
             values = row_images(row)
             placeholders = sum(text.count(self.image_token) for text, _ in pieces)
@@ -308,6 +342,9 @@ def training_collator(processor: ProcessorMixin, args) -> VisionChatCollator:
             template = file.read()
     if args.assistant_only_loss:
         template = resolve_training_template(template)
+    template_kwargs = dict(args.chat_template_kwargs or {})
+    if "reasoning_history" in template:  # only thinking templates read it
+        template_kwargs.setdefault("reasoning_history", args.reasoning_history)
     return VisionChatCollator(
         processor=processor,
         chat_template=template,
@@ -315,4 +352,5 @@ def training_collator(processor: ProcessorMixin, args) -> VisionChatCollator:
         pad_to_multiple_of=args.pad_to_multiple_of,
         image_root=args.image_root,
         assistant_only_loss=args.assistant_only_loss,
+        template_kwargs=template_kwargs or None,
     )

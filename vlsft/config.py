@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import os
 
@@ -36,6 +37,18 @@ class VLSFTConfig(SFTConfig):
             Learning rates per model component, as optimizer parameter groups: keys `"vision_tower"`, `"merger"`
             (projector and DeepStack mergers), `"language_model"` (see `vlsft.model_parts`). A component left out
             uses `learning_rate`. Recipes set it from `model.vision_tower_lr` / `merger_lr` / `language_model_lr`.
+        chat_template_kwargs (`dict[str, Any]`, *optional*):
+            Variables passed to the chat template on every row, e.g. `{"enable_thinking": false}`,
+            `{"preserve_thinking": true}` or `{"reasoning_effort": "low"}` for the Qwen3.5/3.6/3.8 templates. A row's
+            own `chat_template_kwargs` column (a dict) is applied over these, per row.
+        reasoning_history (`str`, defaults to `"drop"`):
+            How a thinking template (Qwen3.5/3.6/3.8) treats the reasoning of assistant turns before the last user
+            message. `"drop"`: render exactly as the stock template (and so as inference) does, which drops that
+            reasoning; those turns are context, not supervised, and a row trains only the turns the stock template
+            renders with their reasoning (the ones after the last user message, or every turn with
+            `preserve_thinking`). To train earlier turns too, give each as its own row (the conversation cut after
+            it). `"keep"`: render every turn with its reasoning and supervise them all, as TRL's `*_training.jinja`
+            templates do; history then differs from what the model sees at inference. Other templates ignore it.
         bf16 (`bool`, *optional*):
             Mixed bf16 precision. Defaults to `True` where a bf16-capable GPU is present, `False` elsewhere (TRL
             defaults to `True` everywhere, which fails on CPU).
@@ -62,8 +75,19 @@ class VLSFTConfig(SFTConfig):
         default=None,
         metadata={"help": "Learning rate per component: vision_tower, merger, language_model (others: learning_rate)."},
     )
+    chat_template_kwargs: dict[str, Any] | None = field(
+        default=None,
+        metadata={"help": "Chat template variables for every row (enable_thinking, preserve_thinking, reasoning_effort...)."},
+    )
+    reasoning_history: str = field(
+        default="drop",
+        metadata={"help": "'drop' (default): history reasoning as the stock template renders it, only final turns "
+                  "trained. 'keep': every turn rendered with its reasoning and trained."},
+    )
 
     def __post_init__(self):
+        if self.reasoning_history not in ("drop", "keep"):
+            raise ValueError(f"`reasoning_history` must be 'drop' or 'keep', got {self.reasoning_history!r}.")
         if self.invalid_rows not in ("raise", "skip"):
             raise ValueError(f"`invalid_rows` must be 'raise' or 'skip', got {self.invalid_rows!r}.")
         if self.loss_chunk_size < 1:

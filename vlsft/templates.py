@@ -43,6 +43,10 @@ class TemplateFamily:
     # bidirectional attention over each image.
     image_map_key: str | None = None
     unsupported: tuple[str, ...] = ()  # keys of FEATURES the stock template cannot express
+    # The opening and closing markers of the reasoning block the template renders, if it renders one.
+    reasoning_markers: tuple[str, str] | None = None
+    # Content kinds (e.g. "video") the family's collation does not handle yet: a row with one fails, naming it.
+    unsupported_content: tuple[str, ...] = ()
 
 
 _QWEN_VISION = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
@@ -147,6 +151,39 @@ FAMILIES = {
 }
 
 
+def _qwen3_5_family(name: str, display_name: str) -> TemplateFamily:
+    """A Qwen3.5-generation template (Qwen3.5 think / nothink, Qwen3.6, Qwen3.8). Every one of them serves the dense
+    (`qwen3_5`) and the MoE (`qwen3_5_moe`) architecture with `Qwen3VLProcessor`; the templates differ in what they
+    render (thinking default, preserved reasoning history, reasoning effort), not in how images are collated."""
+    return TemplateFamily(
+        name=name,
+        display_name=display_name,
+        stock_template=name,
+        training_template=f"{name}_training.jinja",
+        processor_class="Qwen3VLProcessor",
+        model_types=("qwen3_5", "qwen3_5_moe"),
+        vision_tokens=_QWEN_VISION,
+        image_token="<|image_pad|>",
+        end_of_turn="<|im_end|>",
+        expand_on_ids=True,
+        image_map_key="mm_token_type_ids",
+        reasoning_markers=("<think>", "</think>"),
+        # The collator expands image placeholders only; video rows get a per-row error until video lands.
+        unsupported_content=("video",),
+    )
+
+
+QWEN3_5_FAMILIES = ("qwen3_5_think", "qwen3_5_nothink", "qwen3_6", "qwen3_8")
+FAMILIES.update(
+    {
+        "qwen3_5_think": _qwen3_5_family("qwen3_5_think", "Qwen3.5 (thinking)"),
+        "qwen3_5_nothink": _qwen3_5_family("qwen3_5_nothink", "Qwen3.5 (non-thinking)"),
+        "qwen3_6": _qwen3_5_family("qwen3_6", "Qwen3.6"),
+        "qwen3_8": _qwen3_5_family("qwen3_8", "Qwen3.8"),
+    }
+)
+
+
 @lru_cache
 def stock_template(family: str) -> str:
     """The stock chat template of a family, as TRL ships it (read, not copied, so it stays TRL's)."""
@@ -213,6 +250,26 @@ def check_expressible(family: str, messages: list[dict], tools: list | None = No
         f"would be silently dropped or malformed. Train this on a family whose template can ({capable}), remove "
         "that part of the conversation, or pass your own generation-marked template with `chat_template_path`."
     )
+
+
+def check_content_supported(family: str, row: dict, messages: list[dict]) -> None:
+    """Raise `UnsupportedConversationError` if the row holds a content kind (video) that `family`'s collation does
+    not handle yet, naming the family, the kind and the messages."""
+    spec = FAMILIES[family]
+    if "video" not in spec.unsupported_content:
+        return
+    positions = [
+        position
+        for position, message in enumerate(messages)
+        if isinstance(message.get("content"), list)
+        and any(isinstance(item, dict) and (item.get("type") == "video" or "video" in item) for item in message["content"])
+    ]
+    if positions or row.get("videos") or row.get("video"):
+        where = f" (message {', '.join(map(str, positions))})" if positions else " (`videos` column)"
+        raise UnsupportedConversationError(
+            f"{spec.name} ({spec.display_name}): video{where} is not supported for this family yet; vlsft collates "
+            "its images only. Remove the video, or give its frames as images."
+        )
 
 
 def has_generation_markers(template: str | None) -> bool:
