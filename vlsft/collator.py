@@ -55,11 +55,11 @@ class TemplateKwargsError(ValueError):
 def row_template_kwargs(defaults: dict[str, Any] | None, row: dict[str, Any]) -> dict[str, Any]:
     """The chat template variables of one row: `defaults` (the recipe's), overridden by the row's own
     `chat_template_kwargs` column. Arrow gives every row the union of all rows' keys, with None for the missing
-    ones: a None value means "not set" and is dropped, so the template's own default applies."""
+    ones: a None value means "not set", so the recipe's value (or else the template's default) applies."""
     own = row.get("chat_template_kwargs")
     if own is not None and not isinstance(own, dict):
         raise TemplateKwargsError(f"`chat_template_kwargs` must be a dict, got {type(own).__name__}")
-    kwargs = {**(defaults or {}), **(own or {})}
+    kwargs = {**(defaults or {}), **{key: value for key, value in (own or {}).items() if value is not None}}
     reserved = sorted(_RESERVED_TEMPLATE_KWARGS & set(kwargs))
     if reserved:
         raise TemplateKwargsError(

@@ -423,11 +423,12 @@ def qwen3_5_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Q
     """`Qwen3_5Tokenizer` (the class Qwen3.5 checkpoints load: Qwen3.5's pre-tokenizer regex with `\\p{M}`, NFC) over
     a byte-level `vocab` and `merges`, with Qwen3.5's special and added tokens appended after the vocabulary in their
     real order (a token already in `vocab` keeps its id)."""
-    tokenizer = Qwen3_5Tokenizer(
-        vocab=vocab, merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None
-    )
+    # `<|endoftext|>` first (the class adds its end/pad token on creation), then the rest in order; the end-of-turn
+    # token is the eos, as in the released tokenizer_config.json.
+    tokenizer = Qwen3_5Tokenizer(vocab=vocab, merges=merges, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
     tokenizer.add_special_tokens({"additional_special_tokens": QWEN3_5_CONTROL_TOKENS[1:]})
     tokenizer.add_tokens(QWEN3_5_ADDED_TOKENS)
+    tokenizer.eos_token = "<|im_end|>"
     return tokenizer
 
 
