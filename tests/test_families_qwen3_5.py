@@ -565,7 +565,8 @@ def test_the_recipe_trains_the_tiny_hybrid_model_end_to_end(family, tmp_path, mo
         for index, picture in enumerate(row["images"]):
             paths.append(f"{number}_{index}.png")
             picture.save(tmp_path / paths[-1])
-        kwargs = {"enable_thinking": True} if number % 2 else {}
+        # The recipe turns thinking off (its dataset has no reasoning); rows with reasoning turn it on for themselves.
+        kwargs = {"enable_thinking": True} if any(m.get("reasoning_content") for m in row["messages"]) else {}
         record = {"messages": normalize_messages(row["messages"]), "images": paths, "tools": row.get("tools"),
                   "chat_template_kwargs": kwargs}
         lines.append(json.dumps(record))
