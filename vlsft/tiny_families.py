@@ -411,7 +411,8 @@ QWEN3_5_ADDED_TOKENS = [
     "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
     "<|repo_name|>", "<|file_sep|>", "<tool_response>", "</tool_response>", "<think>", "</think>",
 ]
-# Thinking-template literals, so that tiny test conversations stay short.
+# Thinking-template literals, so that tiny test conversations stay short (and `\n\n` is one token, as in the real
+# vocabulary: the empty reasoning block then tokenizes as it does for the real models).
 _QWEN3_5_CORPUS = [
     "<think>\n\n</think>\n\n <function=zoom>\n<parameter=region>\nleft\n</parameter>\n</function>",
     "Let me think. The user asks about the picture. I should look at the left side first. Maybe zoom in.",
@@ -434,7 +435,8 @@ def qwen3_5_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Q
 
 def train_qwen3_5_tokenizer() -> Qwen3_5Tokenizer:
     """A tiny `Qwen3_5Tokenizer`: a small byte-level BPE trained in-process, with Qwen3.5's special tokens."""
-    trained = _train_byte_level(SPECIAL_TOKENS, vocab_size=900)
+    texts = (_CORPUS + _FAMILY_CORPUS + _QWEN3_5_CORPUS) * 20
+    trained = train_byte_level_bpe(texts, SPECIAL_TOKENS, vocab_size=900)
     model = json.loads(trained.to_str())["model"]
     merges = [tuple(merge) if isinstance(merge, list) else tuple(merge.split(" ")) for merge in model["merges"]]
     return qwen3_5_tokenizer(model["vocab"], merges)
