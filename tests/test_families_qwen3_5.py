@@ -326,6 +326,24 @@ def test_switches_apply_per_recipe_and_per_row():
     assert supervised_texts(tokenizer, batch["input_ids"][1], batch["labels"][1]) == ["\n</think>\n\nRed.<|im_end|>\n"]
 
 
+@pytest.mark.parametrize("history", ["drop", "keep"])
+def test_the_trainer_collates_with_the_configured_switches_and_history(history, tmp_path):
+    from vlsft.collator import training_collator
+
+    args = VLSFTConfig(output_dir=str(tmp_path), report_to="none", reasoning_history=history,
+                       chat_template_kwargs={"reasoning_effort": "low"})
+    collate = training_collator(tiny("qwen3_8")[1], args)
+    assert collate.template_kwargs == {"reasoning_effort": "low", "reasoning_history": history}
+    row = reasoning_shapes()["multi_turn_reasoning_in_history"]
+    # Qwen3.8 without preserve_thinking: history reasoning dropped, unless kept.
+    row["chat_template_kwargs"] = {"preserve_thinking": False}
+    batch = collate([row])
+    texts = supervised_texts(tiny("qwen3_8")[1].tokenizer, batch["input_ids"][0], batch["labels"][0])
+    assert texts == expected_supervision("qwen3_8", row["messages"], {"preserve_thinking": False}, keep=history == "keep")
+    assert len(texts) == (2 if history == "keep" else 1)
+    assert "Reasoning effort is set to low." in collate.render(row)[0]
+
+
 def test_rows_the_family_cannot_train_fail_naming_the_row_and_the_reason(tmp_path):
     good = {"messages": [user(IMAGE, "Colour?"), thinker("Red.", "Red.")], "images": [image()]}
     thinking_off = {**good, "chat_template_kwargs": {"enable_thinking": False}}

@@ -343,7 +343,7 @@ def training_collator(processor: ProcessorMixin, args) -> VisionChatCollator:
     if args.assistant_only_loss:
         template = resolve_training_template(template)
     template_kwargs = dict(args.chat_template_kwargs or {})
-    if "reasoning_history" in template:  # only thinking templates read it
+    if template and "reasoning_history" in template:  # only the thinking templates read it
         template_kwargs.setdefault("reasoning_history", args.reasoning_history)
     return VisionChatCollator(
         processor=processor,
