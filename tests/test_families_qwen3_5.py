@@ -406,6 +406,15 @@ def split_empty_reasoning(ids: torch.Tensor, tokenizer) -> torch.Tensor:
     return torch.tensor(out, dtype=ids.dtype)
 
 
+def test_full_loss_mode_supervises_every_token_but_vision_and_padding():
+    family = "qwen3_5_think"
+    rows = [reasoning_shapes()["multi_turn_reasoning_in_history"], all_shapes()["text_only"]]
+    batch = collator(family, assistant_only_loss=False)(rows)
+    vision_ids = torch.tensor(tiny(family)[1].tokenizer.convert_tokens_to_ids(list(FAMILIES[family].vision_tokens)))
+    is_vision = torch.isin(batch["input_ids"], vision_ids)
+    assert torch.equal(batch["labels"] != IGNORE_INDEX, (batch["attention_mask"] == 1) & ~is_vision)
+
+
 def assert_inputs_identical_to_the_processor(family, processor, collate):
     """Every tensor the stock processor produces for the same conversation (and switches) is what vlsft produces,
     but for one deliberate difference: the empty reasoning block with thinking on is tokenized as inference sees it
