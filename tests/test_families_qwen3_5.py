@@ -177,7 +177,9 @@ def expected_supervision(family, messages, kwargs, keep=False):
             continue  # history as the stock template renders it (no reasoning): context, not trained
         answer = answer_text(message)
         reasoning = (message.get("reasoning_content") or "").strip()
-        assert on or not reasoning, "the data of this case contradicts its switch"
+        if reasoning and not on:
+            assert position < last_query, "the data of this case contradicts its switch"
+            continue  # history reasoning under thinking off: never generated so, context only
         head = f"{reasoning}\n</think>\n\n" if on else ""
         expected.append(f"{head}{answer}{tool_call_text(message, answer)}<|im_end|>\n")
     return expected
@@ -191,10 +193,22 @@ KWARG_CASES = {
 }
 
 
+def without_final_reasoning(row):
+    """The row with the reasoning of its turns after the last user query removed (what thinking off can train);
+    earlier turns keep theirs (history reasoning, rendered by `keep` or preserved history)."""
+    messages = row["messages"]
+    last_query = max(i for i, m in enumerate(messages) if m["role"] == "user")
+    for message in messages[last_query + 1 :]:
+        message.pop("reasoning_content", None)
+    return row
+
+
 def cases(family):
     """(name, row with its `chat_template_kwargs`, kwargs) for every shape the family expresses under every switch."""
     for kwargs in KWARG_CASES[family]:
-        for name, row in all_shapes(with_reasoning=thinking_on(family, kwargs)).items():
+        for name, row in all_shapes().items():
+            if not thinking_on(family, kwargs):
+                row = without_final_reasoning(row)
             yield name, {**row, "chat_template_kwargs": dict(kwargs)}, kwargs
 
 
@@ -298,6 +312,15 @@ def test_thinking_shapes_supervise_reasoning_answer_and_end_of_turn_exactly():
     ]
     # Qwen3.8 preserves reasoning history by default: every turn is trained under drop too.
     assert texts_of("qwen3_8", history) == texts_of(family, history, template_kwargs={"reasoning_history": "keep"})
+    # Thinking off, with reasoning kept (keep, or Qwen3.8's preserved history) in a turn before the last user query:
+    # that turn was not generated with thinking off, so it is context; the final answer-only turn is trained.
+    for other, kwargs in (("qwen3_5_think", {"reasoning_history": "keep"}), ("qwen3_8", {})):
+        rendered_history = copy.deepcopy(history)
+        rendered_history["messages"][-1].pop("reasoning_content")
+        rendered_history["chat_template_kwargs"] = {"enable_thinking": False}
+        assert texts_of(other, rendered_history, template_kwargs=kwargs) == ["A square.<|im_end|>\n"], other
+        assert "<think>\nA greeting; say yes.\n</think>\n\nYes, send one." in collator(
+            other, template_kwargs=kwargs).render(rendered_history)[0]
     # Reasoning that spells out template markers is reasoning text, supervised as written.
     assert texts_of(family, shapes["reasoning_looks_like_the_template"]) == [f"{LOOK_ALIKE}\n</think>\n\nRed.<|im_end|>\n"]
     # Inline reasoning in the content is split out by the Qwen3.5/3.6 templates.
