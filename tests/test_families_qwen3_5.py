@@ -393,7 +393,7 @@ def test_rows_the_family_cannot_train_fail_naming_the_row_and_the_reason(tmp_pat
         VLSFTConfig(output_dir=str(tmp_path), reasoning_history="some")
 
 
-@pytest.mark.parametrize("family", ["qwen3_5_think", "qwen3_8"])
+@pytest.mark.parametrize("family", TEMPLATES)
 def test_no_vision_or_padding_token_is_supervised_and_labels_do_not_depend_on_the_batch(family):
     collate = collator(family)
     rows = [row for _, row, _ in cases(family)]
