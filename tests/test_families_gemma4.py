@@ -22,7 +22,7 @@ from trl.data_utils import prepare_multimodal_messages
 from tests.conftest import IMAGE, TOOLS, assistant, image, tool, user, zoom_call
 from tests.test_families import supervised_texts, tiny
 from vlsft import VLSFTConfig, VLSFTTrainer
-from vlsft.collator import IGNORE_INDEX, RowError, VisionChatCollator, training_collator
+from vlsft.collator import IGNORE_INDEX, RowError, VisionChatCollator, row_template_kwargs, training_collator
 from vlsft.data import normalize_messages
 from vlsft.templates import (
     FAMILIES,
@@ -104,9 +104,13 @@ def rows():
     }
 
 
-def collate(family, batch, **collator_kwargs):
+def collate(family, batch, chat_template_kwargs=None, reasoning_history=None):
+    """Collate as the trainer does for these switches (`VLSFTConfig.chat_template_kwargs` / `reasoning_history`)."""
+    template_kwargs = dict(chat_template_kwargs or {})
+    if reasoning_history is not None:
+        template_kwargs["reasoning_history"] = reasoning_history
     processor = tiny(family)[1]
-    return VisionChatCollator(processor, training_template(family), **collator_kwargs)(batch)
+    return VisionChatCollator(processor, training_template(family), template_kwargs=template_kwargs or None)(batch)
 
 
 def supervised(family, row, **collator_kwargs) -> list[str]:
@@ -311,7 +315,7 @@ def test_chat_template_kwargs_per_recipe_and_per_row(tmp_path):
     texts = [processor.tokenizer.decode(ids) for ids in collator([table[0], table[1]])["input_ids"]]
     assert table[1]["chat_template_kwargs"] is None
     assert "<|think|>" not in texts[0] and "<|think|>" in texts[1]
-    assert collator.template_variables(table[1]) == THINKING
+    assert row_template_kwargs(collator.template_kwargs, table[1]) == {**THINKING, "reasoning_history": "drop"}
 
 
 def test_reasoning_history_is_checked_and_reaches_the_collator(tmp_path):
@@ -334,10 +338,13 @@ def test_audio_and_video_rows_fail_naming_the_row(tmp_path):
     video = copy.deepcopy(good)
     video["messages"][0]["content"].insert(0, {"type": "video"})
     video_column = {**copy.deepcopy(good), "videos": ["clip.mp4"]}
-    for bad, what in [
-        (audio, r"audio \(message 0\)"), (video, r"video \(message 0\)"), (video_column, r"a `videos` column")
+    video_reason = "video is not collated for this family yet"
+    for bad, what, why in [
+        (audio, r"audio \(message 0\)", "audio is out of scope"),
+        (video, r"video \(message 0\)", video_reason),
+        (video_column, r"a `videos` column", video_reason),
     ]:
-        with pytest.raises(RowError, match=rf"batch row 1: gemma4_v5 .*{what}.*audio is out of scope"):
+        with pytest.raises(RowError, match=rf"batch row 1: gemma4_v5 .*{what}.*{why}"):
             collate(CURRENT, [good, bad])
     model, processor = tiny(CURRENT)
     args = VLSFTConfig(output_dir=str(tmp_path), report_to="none")
@@ -363,8 +370,8 @@ def test_reasoning_rows_train_exactly_one_batch_of_4_as_4_micro_batches_of_1(tmp
             gradient_accumulation_steps=accumulation, chat_template_kwargs=THINKING, reasoning_history="keep",
         )
         trainer = VLSFTTrainer(copy.deepcopy(model), args=args, train_dataset=dataset, processing_class=tiny(CURRENT)[1])
-        assert trainer.data_collator.reasoning_history == "keep"
-        assert trainer.data_collator.chat_template_kwargs == THINKING
+        assert trainer.data_collator.template_kwargs["reasoning_history"] == "keep"
+        assert trainer.data_collator.template_kwargs == {**THINKING, "reasoning_history": "keep"}
         assert tiny(CURRENT)[1].chat_template == stock_template(CURRENT)  # the processor keeps its stock template
         trainer.train()
         weights.append({n: p.detach().clone() for n, p in trainer.model.named_parameters()})

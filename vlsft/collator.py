@@ -42,6 +42,34 @@ from vlsft.templates import (
 IGNORE_INDEX = -100
 
 
+# Arguments of `render_jinja_template` itself, which a template variable must not shadow.
+_RESERVED_TEMPLATE_KWARGS = frozenset(
+    {"conversations", "messages", "tools", "documents", "chat_template", "return_assistant_tokens_mask",
+     "continue_final_message", "add_generation_prompt"}
+)
+
+
+class TemplateKwargsError(ValueError):
+    """A `chat_template_kwargs` value that cannot be passed to the template."""
+
+
+def row_template_kwargs(defaults: dict[str, Any] | None, row: dict[str, Any]) -> dict[str, Any]:
+    """The chat template variables of one row: `defaults` (the recipe's), overridden by the row's own
+    `chat_template_kwargs` column. Arrow gives every row the union of all rows' keys, with None for the missing
+    ones: a None value means "not set", so the recipe's value (or else the template's default) applies."""
+    own = row.get("chat_template_kwargs")
+    if own is not None and not isinstance(own, dict):
+        raise TemplateKwargsError(f"`chat_template_kwargs` must be a dict, got {type(own).__name__}")
+    kwargs = {**(defaults or {}), **{key: value for key, value in (own or {}).items() if value is not None}}
+    reserved = sorted(_RESERVED_TEMPLATE_KWARGS & set(kwargs))
+    if reserved:
+        raise TemplateKwargsError(
+            f"`chat_template_kwargs` may not set {', '.join(reserved)}: those are given by the row itself "
+            "(`messages`, `tools`) or by vlsft"
+        )
+    return {key: value for key, value in kwargs.items() if value is not None}
+
+
 class RowError(ValueError):
     """A row of a batch cannot be collated; `index` is its position in the batch."""
 
@@ -72,10 +100,8 @@ class VisionChatCollator:
         max_length: truncate longer rows (from the end); a row whose truncation would cut image tokens raises.
         image_root: directory for relative image paths.
         assistant_only_loss: if False, every non-padding token is supervised (plain language modelling).
-        chat_template_kwargs: template variables for every row (`enable_thinking`, ...); a row's own
-            `chat_template_kwargs` overrides them.
-        reasoning_history: 'drop' (stock behaviour) or 'keep' (every turn's reasoning supervised); read by the
-            training templates of reasoning families.
+        template_kwargs: variables for the chat template on every row (`enable_thinking`, `reasoning_history`...);
+            a row's `chat_template_kwargs` column is applied over them.
     """
 
     processor: ProcessorMixin
@@ -84,8 +110,7 @@ class VisionChatCollator:
     pad_to_multiple_of: int | None = None
     image_root: str | None = None
     assistant_only_loss: bool = True
-    chat_template_kwargs: dict[str, Any] | None = None
-    reasoning_history: str = "drop"
+    template_kwargs: dict[str, Any] | None = None
     _vision_token_ids: set[int] = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -149,19 +174,9 @@ class VisionChatCollator:
             chat_template=self.chat_template,
             return_assistant_tokens_mask=self.assistant_only_loss,
             **self._template_kwargs,
-            **self.template_variables(row),
+            **row_template_kwargs(self.template_kwargs, row),
         )
         return rendered[0], [tuple(span) for span in spans[0]] if self.assistant_only_loss else []
-
-    def template_variables(self, row: dict[str, Any]) -> dict[str, Any]:
-        """The chat template switches for a row: the collator's `chat_template_kwargs`, overridden by the row's own
-        `chat_template_kwargs` column (None values there, as Arrow fills in missing keys, leave the default), and
-        `reasoning_history` where it is not the default."""
-        variables = dict(self.chat_template_kwargs or {})
-        variables.update({k: v for k, v in (row.get("chat_template_kwargs") or {}).items() if v is not None})
-        if self.reasoning_history != "drop":
-            variables["reasoning_history"] = self.reasoning_history
-        return variables
 
     def pieces(self, row: dict[str, Any]) -> list[tuple[str, bool]]:
         """The rendered row cut into (text, supervised) pieces at the generation-block boundaries."""
@@ -260,7 +275,7 @@ class VisionChatCollator:
         for index, row in enumerate(rows):
             try:
                 pieces = self.pieces(row)
-            except (UnsupportedConversationError, TemplateError) as error:  # the template cannot render this row
+            except (UnsupportedConversationError, TemplateError, TemplateKwargsError) as error:  # cannot render it
                 raise RowError(index, str(error)) from error
             values = row_images(row)
             placeholders = sum(text.count(self.image_token) for text, _ in pieces)
@@ -331,6 +346,9 @@ def training_collator(processor: ProcessorMixin, args) -> VisionChatCollator:
             template = file.read()
     if args.assistant_only_loss:
         template = resolve_training_template(template)
+    template_kwargs = dict(args.chat_template_kwargs or {})
+    if template and "reasoning_history" in template:  # only the thinking templates read it
+        template_kwargs.setdefault("reasoning_history", args.reasoning_history)
     return VisionChatCollator(
         processor=processor,
         chat_template=template,
@@ -338,6 +356,5 @@ def training_collator(processor: ProcessorMixin, args) -> VisionChatCollator:
         pad_to_multiple_of=args.pad_to_multiple_of,
         image_root=args.image_root,
         assistant_only_loss=args.assistant_only_loss,
-        chat_template_kwargs=getattr(args, "chat_template_kwargs", None),
-        reasoning_history=getattr(args, "reasoning_history", "drop"),
+        template_kwargs=template_kwargs or None,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import os
 
@@ -36,15 +37,19 @@ class VLSFTConfig(SFTConfig):
             Learning rates per model component, as optimizer parameter groups: keys `"vision_tower"`, `"merger"`
             (projector and DeepStack mergers), `"language_model"` (see `vlsft.model_parts`). A component left out
             uses `learning_rate`. Recipes set it from `model.vision_tower_lr` / `merger_lr` / `language_model_lr`.
-        chat_template_kwargs (`dict`, *optional*):
-            Variables passed to the chat template on every row, e.g. `{"enable_thinking": True}` (Gemma 4, Qwen3.5),
-            `preserve_thinking`, `reasoning_effort`. A row's own `chat_template_kwargs` column overrides them for that
-            row (a None value there leaves the default).
+        chat_template_kwargs (`dict[str, Any]`, *optional*):
+            Variables passed to the chat template on every row, e.g. `{"enable_thinking": true}`,
+            `{"preserve_thinking": true}` or `{"reasoning_effort": "low"}` for the thinking templates (Qwen3.5/3.6/3.8,
+            Gemma 4). A row's own `chat_template_kwargs` column (a dict) is applied over these, per row; a None value
+            there leaves the default.
         reasoning_history (`str`, defaults to `"drop"`):
-            How assistant turns before the last user turn carry their reasoning. `"drop"`: the stock template's
-            behaviour (the default; training text is byte-identical to what the model sees at inference), and a
-            history turn whose reasoning the template drops is not supervised. `"keep"`: every turn's reasoning is
-            rendered and supervised (TRL's training-template behaviour).
+            How a thinking template treats the reasoning of assistant turns before the last user message. `"drop"`:
+            render exactly as the stock template (and so as inference) does, which drops that reasoning; those turns
+            are context, not supervised, and a row trains only the turns the stock template renders with their
+            reasoning (for Qwen3.5/3.6/3.8 the ones after the last user message, or every turn with
+            `preserve_thinking`). To train earlier turns too, give each as its own row (the conversation cut after
+            it). `"keep"`: render every turn with its reasoning and supervise them all, as TRL's `*_training.jinja`
+            templates do; history then differs from what the model sees at inference. Other templates ignore it.
         bf16 (`bool`, *optional*):
             Mixed bf16 precision. Defaults to `True` where a bf16-capable GPU is present, `False` elsewhere (TRL
             defaults to `True` everywhere, which fails on CPU).
@@ -71,14 +76,14 @@ class VLSFTConfig(SFTConfig):
         default=None,
         metadata={"help": "Learning rate per component: vision_tower, merger, language_model (others: learning_rate)."},
     )
-
-    chat_template_kwargs: dict | None = field(
+    chat_template_kwargs: dict[str, Any] | None = field(
         default=None,
-        metadata={"help": "Chat template variables (enable_thinking, ...); a row's `chat_template_kwargs` overrides."},
+        metadata={"help": "Chat template variables for every row (enable_thinking, preserve_thinking, reasoning_effort...)."},
     )
     reasoning_history: str = field(
         default="drop",
-        metadata={"help": "'drop' (default): stock template behaviour. 'keep': every turn's reasoning is supervised."},
+        metadata={"help": "'drop' (default): history reasoning as the stock template renders it, only final turns "
+                  "trained. 'keep': every turn rendered with its reasoning and trained."},
     )
 
     def __post_init__(self):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from vlsft.templates import family_of_model
+from vlsft.templates import QWEN3_5_FAMILIES, family_of_model
 
 VISION_TOWER = "vision_tower"
 MERGER = "merger"
@@ -56,6 +56,10 @@ FAMILY_PARTS = {
     "smolvlm": FamilyParts("vision_model", ("connector",), "text_model.layers", _SIGLIP_CLIP_VISION),
     "llava_next": FamilyParts("vision_tower", ("multi_modal_projector", "image_newline"), "language_model.layers", _SIGLIP_CLIP_VISION),
 }
+# Qwen3.5 / 3.6 / 3.8 (every template generation; dense and MoE alike): Qwen3-VL's vision tower without DeepStack
+# mergers. Keyed, like every entry, by the template family (`vlsft.templates.FAMILIES`).
+for _name in QWEN3_5_FAMILIES:
+    FAMILY_PARTS[_name] = FamilyParts("visual", ("visual.merger",), "language_model.layers", _QWEN3_VL_VISION)
 
 # Gemma 4 (every template revision): the vision encoder wraps each Linear in a `Gemma4ClippableLinear` (`.linear`);
 # `embed_vision` projects the pooled vision features into the language model.
@@ -92,7 +96,10 @@ _VISUAL = re.compile(rf"(?:^|\.)(?:{_alternatives(f.vision_tower for f in FAMILY
 # parameters, not Linear layers, so only their attention is adapted (the router `mlp.gate` is never a target).
 _LANGUAGE_TARGETS = (
     rf".*(?:{_alternatives(f.decoder_layers for f in FAMILY_PARTS.values())})\.\d+\."
-    r"(?:self_attn\.(?:q_proj|k_proj|v_proj|o_proj)|mlp\.(?:gate_proj|up_proj|down_proj))"
+    r"(?:self_attn\.(?:q_proj|k_proj|v_proj|o_proj)|mlp\.(?:gate_proj|up_proj|down_proj)"
+    # Qwen3.5's hybrid stack: the GatedDeltaNet (linear attention) layers' projections, and the MoE's shared expert.
+    r"|linear_attn\.(?:in_proj_qkv|in_proj_z|in_proj_b|in_proj_a|out_proj)"
+    r"|mlp\.shared_expert\.(?:gate_proj|up_proj|down_proj))"
 )
 _VISION_TARGETS = "|".join(
     sorted({rf".*{re.escape(f.vision_tower)}\.{f.vision_lora_targets}" for f in FAMILY_PARTS.values()})

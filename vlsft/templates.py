@@ -185,6 +185,39 @@ for _name, _display in _GEMMA4_REVISIONS.items():
     )
 
 
+def _qwen3_5_family(name: str, display_name: str) -> TemplateFamily:
+    """A Qwen3.5-generation template (Qwen3.5 think / nothink, Qwen3.6, Qwen3.8). Every one of them serves the dense
+    (`qwen3_5`) and the MoE (`qwen3_5_moe`) architecture with `Qwen3VLProcessor`; the templates differ in what they
+    render (thinking default, preserved reasoning history, reasoning effort), not in how images are collated."""
+    return TemplateFamily(
+        name=name,
+        display_name=display_name,
+        stock_template=name,
+        training_template=f"{name}_training.jinja",
+        processor_class="Qwen3VLProcessor",
+        model_types=("qwen3_5", "qwen3_5_moe"),
+        vision_tokens=_QWEN_VISION,
+        image_token="<|image_pad|>",
+        end_of_turn="<|im_end|>",
+        expand_on_ids=True,
+        image_map_key="mm_token_type_ids",
+        reasoning_markers=("<think>", "</think>"),
+        # The collator expands image placeholders only; video rows get a per-row error until video lands.
+        unsupported_media=("video",),
+    )
+
+
+QWEN3_5_FAMILIES = ("qwen3_5_think", "qwen3_5_nothink", "qwen3_6", "qwen3_8")
+FAMILIES.update(
+    {
+        "qwen3_5_think": _qwen3_5_family("qwen3_5_think", "Qwen3.5 (thinking)"),
+        "qwen3_5_nothink": _qwen3_5_family("qwen3_5_nothink", "Qwen3.5 (non-thinking)"),
+        "qwen3_6": _qwen3_5_family("qwen3_6", "Qwen3.6"),
+        "qwen3_8": _qwen3_5_family("qwen3_8", "Qwen3.8"),
+    }
+)
+
+
 @lru_cache
 def stock_template(family: str) -> str:
     """The stock chat template of a family, as TRL ships it (read, not copied, so it stays TRL's)."""
@@ -255,7 +288,7 @@ def check_expressible(family: str, messages: list[dict], tools: list | None = No
 
 def check_media(family: str, row: dict, messages: list[dict]) -> None:
     """Raise `UnsupportedConversationError` if the row carries media of a type `family` renders but vlsft does not
-    collate yet (Gemma 4's audio and video), naming the type and the messages."""
+    collate yet (Gemma 4's audio, video for the Qwen3.5 generation and Gemma 4), naming the type and the messages."""
     kinds = FAMILIES[family].unsupported_media
     if not kinds:
         return
@@ -272,10 +305,16 @@ def check_media(family: str, row: dict, messages: list[dict]) -> None:
         [f"{kind} (message {', '.join(map(str, positions))})" for kind, positions in found.items()]
         + [f"a `{column}` column" for column in columns]
     )
+    why = []
+    if any("audio" in kind for kind in [*found, *columns]):
+        why.append("audio is out of scope")
+    if any("video" in kind for kind in [*found, *columns]):
+        why.append("video is not collated for this family yet")
+    display = FAMILIES[family].display_name
     raise UnsupportedConversationError(
-        f"{family} ({FAMILIES[family].display_name}): the row has {described}. vlsft trains {FAMILIES[family].display_name} "
-        "on text and images only: audio is out of scope and video is not collated for this family yet. Drop the "
-        "audio/video parts of the row, or skip such rows with `invalid_rows='skip'`."
+        f"{family} ({display}): the row has {described}. vlsft trains {display} on text and images only: "
+        f"{' and '.join(why)}. Drop those parts of the row (a video can be given as its frames, as images), or skip "
+        "such rows with `invalid_rows='skip'`."
     )
 
 

@@ -45,6 +45,13 @@ from transformers import (
     Qwen2_5_VLProcessor,
     Qwen2VLImageProcessor,
     Qwen2VLVideoProcessor,
+    Qwen3_5Config,
+    Qwen3_5ForConditionalGeneration,
+    Qwen3_5MoeConfig,
+    Qwen3_5MoeForConditionalGeneration,
+    Qwen3_5Tokenizer,
+    Qwen3VLProcessor,
+    Qwen3VLVideoProcessor,
     Qwen3VLMoeConfig,
     Qwen3VLMoeForConditionalGeneration,
     SmolVLMConfig,
@@ -57,6 +64,7 @@ from transformers import (
 from vlsft.templates import stock_template
 from vlsft.tiny_model import (
     _CORPUS,
+    SPECIAL_TOKENS,
     build_processor,
     build_tiny_qwen3_vl,
     qwen_vision_token_ids,
@@ -477,6 +485,114 @@ def build_tiny_llava_next(seed: int = 0, hidden_size: int = _HIDDEN):
     return _instantiate(LlavaNextForConditionalGeneration, config, processor, seed)
 
 
+# -- Qwen3.5 / 3.6 / 3.8 ---------------------------------------------------------------------------------------------
+
+# Qwen3.5's special tokens, in the order of their ids (from 248,044 in the real vocabulary): control tokens are
+# special; the tool, reasoning and FIM tags are plain added tokens, as in the released tokenizer.json.
+QWEN3_5_CONTROL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
+    "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+    "<|image_pad|>", "<|video_pad|>",
+]
+QWEN3_5_ADDED_TOKENS = [
+    "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+    "<|repo_name|>", "<|file_sep|>", "<tool_response>", "</tool_response>", "<think>", "</think>",
+]
+# Thinking-template literals, so that tiny test conversations stay short (and `\n\n` is one token, as in the real
+# vocabulary: the empty reasoning block then tokenizes as it does for the real models).
+_QWEN3_5_CORPUS = [
+    "<think>\n\n</think>\n\n <function=zoom>\n<parameter=region>\nleft\n</parameter>\n</function>",
+    "Let me think. The user asks about the picture. I should look at the left side first. Maybe zoom in.",
+    "# Tools\n\nYou have access to the following functions:\n\n<tools> If you choose to call a function ONLY reply",
+]
+
+
+def qwen3_5_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Qwen3_5Tokenizer:
+    """`Qwen3_5Tokenizer` (the class Qwen3.5 checkpoints load: Qwen3.5's pre-tokenizer regex with `\\p{M}`, NFC) over
+    a byte-level `vocab` and `merges`, with Qwen3.5's special and added tokens appended after the vocabulary in their
+    real order (a token already in `vocab` keeps its id)."""
+    # `<|endoftext|>` first (the class adds its end/pad token on creation), then the rest in order; the end-of-turn
+    # token is the eos, as in the released tokenizer_config.json.
+    tokenizer = Qwen3_5Tokenizer(vocab=vocab, merges=merges, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    tokenizer.add_special_tokens({"additional_special_tokens": QWEN3_5_CONTROL_TOKENS[1:]})
+    tokenizer.add_tokens(QWEN3_5_ADDED_TOKENS)
+    tokenizer.eos_token = "<|im_end|>"
+    return tokenizer
+
+
+def train_qwen3_5_tokenizer() -> Qwen3_5Tokenizer:
+    """A tiny `Qwen3_5Tokenizer`: a small byte-level BPE trained in-process, with Qwen3.5's special tokens."""
+    texts = (_CORPUS + _FAMILY_CORPUS + _QWEN3_5_CORPUS) * 20
+    trained = train_byte_level_bpe(texts, SPECIAL_TOKENS, vocab_size=900)
+    model = json.loads(trained.to_str())["model"]
+    merges = [tuple(merge) if isinstance(merge, list) else tuple(merge.split(" ")) for merge in model["merges"]]
+    return qwen3_5_tokenizer(model["vocab"], merges)
+
+
+def qwen3_5_text_config(tokenizer, hidden_size: int = _HIDDEN, vocab_size: int | None = None, moe: bool = False) -> dict:
+    """A 2-layer Qwen3.5 text stack: one GatedDeltaNet (linear attention) layer, then one full-attention layer, as
+    the real models interleave them (3 linear : 1 full). Rope on half of each head, with the 3 M-RoPE sections."""
+    ids = tokenizer.convert_tokens_to_ids
+    config = dict(
+        vocab_size=vocab_size or len(tokenizer),
+        **_language_model_sizes(hidden_size),
+        layer_types=["linear_attention", "full_attention"],
+        linear_conv_kernel_dim=4,
+        linear_key_head_dim=_HEAD_DIM,
+        linear_value_head_dim=_HEAD_DIM,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        rope_parameters={
+            "rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "mrope_section": [2, 1, 1],
+            "mrope_interleaved": True,
+        },
+        pad_token_id=ids("<|endoftext|>"),
+        eos_token_id=ids("<|im_end|>"),
+        bos_token_id=None,
+    )
+    if moe:
+        config.update(
+            moe_intermediate_size=hidden_size, shared_expert_intermediate_size=hidden_size, num_experts=4,
+            num_experts_per_tok=2,
+        )
+    return config
+
+
+def qwen3_5_processor(tokenizer, template: str = "qwen3_5_think") -> Qwen3VLProcessor:
+    """The real `Qwen3VLProcessor` around `tokenizer`, with the stock `template`; a 64x64 image is 4 image tokens."""
+    size = {"shortest_edge": 32 * 32, "longest_edge": 64 * 64}
+    return Qwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessor(patch_size=16, merge_size=2, temporal_patch_size=2, size=size),
+        tokenizer=tokenizer,
+        video_processor=Qwen3VLVideoProcessor(patch_size=16, merge_size=2, temporal_patch_size=2, size=size),
+        chat_template=stock_template(template),
+    )
+
+
+def build_tiny_qwen3_5(
+    seed: int = 0, hidden_size: int = _HIDDEN, template: str = "qwen3_5_think", moe: bool = False,
+    tokenizer=None, vocab_size: int | None = None,
+):
+    """Qwen3.5: `Qwen3_5ForConditionalGeneration` (or, with `moe`, `Qwen3_5MoeForConditionalGeneration`: 4 experts,
+    2 per token, plus the shared expert) + `Qwen3VLProcessor` with the stock `template` (`qwen3_5_think`,
+    `qwen3_5_nothink`, `qwen3_6` or `qwen3_8`: one architecture, several template generations). The vision tower is
+    Qwen3-VL's without DeepStack. `tokenizer` replaces the tiny one (e.g. the real vocabulary)."""
+    processor = qwen3_5_processor(tokenizer or train_qwen3_5_tokenizer(), template)
+    tokenizer = processor.tokenizer
+    vision = tiny_qwen3_vision_config(hidden_size)
+    vision.pop("deepstack_visual_indexes")
+    config_class, model_class = (
+        (Qwen3_5MoeConfig, Qwen3_5MoeForConditionalGeneration) if moe else (Qwen3_5Config, Qwen3_5ForConditionalGeneration)
+    )
+    config = config_class(
+        text_config=qwen3_5_text_config(tokenizer, hidden_size, vocab_size, moe=moe),
+        vision_config=vision,
+        **qwen_vision_token_ids(tokenizer),
+        tie_word_embeddings=False,
+    )
+    return _instantiate(model_class, config, processor, seed)
+
+
 def _instantiate(model_class, config, processor, seed: int):
     torch.manual_seed(seed)
     model = model_class(config)
@@ -499,6 +615,9 @@ FAMILY_BUILDERS: dict[str, Callable] = {
     "idefics3": build_tiny_idefics3,
     "smolvlm": build_tiny_smolvlm,
     "llava_next": build_tiny_llava_next,
+    # One builder per Qwen3.5-generation template; the dense architecture unless `moe=True`.
+    **{name: partial(build_tiny_qwen3_5, template=name) for name in ("qwen3_5_think", "qwen3_5_nothink", "qwen3_6", "qwen3_8")},
+    "qwen3_5_moe": partial(build_tiny_qwen3_5, template="qwen3_5_think", moe=True),
 }
 
 

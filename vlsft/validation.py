@@ -441,6 +441,7 @@ def validation_fingerprint(dataset: Dataset, collator: VisionChatCollator) -> st
             collator.max_length,
             collator.image_root,
             collator.assistant_only_loss,
+            getattr(collator, "template_kwargs", None),
             type(collator).__qualname__,
             tokenizer_state,
             image_processor.to_json_string() if hasattr(image_processor, "to_json_string") else repr(image_processor),
