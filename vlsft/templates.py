@@ -43,9 +43,15 @@ class TemplateFamily:
     # bidirectional attention over each image.
     image_map_key: str | None = None
     unsupported: tuple[str, ...] = ()  # keys of FEATURES the stock template cannot express
+    # (open, close) of a reasoning block inside an assistant turn, each one token of the family's tokenizer (Qwen3's
+    # `<think>`, `</think>`): `reasoning_weight` scales the tokens from open to close, both included. None where the
+    # family has no reasoning format.
+    reasoning_markers: tuple[str, str] | None = None
 
 
 _QWEN_VISION = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+# Qwen3's reasoning block: the stock Qwen3-VL template renders it as written in the assistant content.
+_QWEN3_THINK = ("<think>", "</think>")
 _NO_TOOLS = ("tools", "tool_calls", "tool_messages")
 # Idefics3 / SmolVLM image text: the fake token around each tile, the global-image tag and the tile positions.
 _IDEFICS_VISION = ("<fake_token_around_image>", "<image>", "<global-img>") + tuple(
@@ -65,6 +71,7 @@ FAMILIES = {
         end_of_turn="<|im_end|>",
         expand_on_ids=True,
         image_map_key="mm_token_type_ids",
+        reasoning_markers=_QWEN3_THINK,
     ),
     # The MoE checkpoints ship the Qwen3-VL processor and template: same collation, other model parts.
     "qwen3_vl_moe": TemplateFamily(
@@ -79,6 +86,7 @@ FAMILIES = {
         end_of_turn="<|im_end|>",
         expand_on_ids=True,
         image_map_key="mm_token_type_ids",
+        reasoning_markers=_QWEN3_THINK,
     ),
     "qwen2_5_vl": TemplateFamily(
         name="qwen2_5_vl",
