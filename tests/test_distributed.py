@@ -14,7 +14,7 @@ SCRIPT = Path(__file__).parent / "scripts" / "one_step.py"
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 
 
-def run(tmp_path, name, processes, per_device_batch, accumulation=1):
+def run(tmp_path, name, processes, per_device_batch, accumulation=1, extra=()):
     out = tmp_path / f"{name}.pt"
     # `--multi_gpu` is accelerate's multi-process launcher; without GPUs VLSFTConfig runs it on CPU over gloo.
     # (`--cpu` would start a single process whatever --num_processes says.)
@@ -22,6 +22,7 @@ def run(tmp_path, name, processes, per_device_batch, accumulation=1):
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     command += ["--main_process_port", str(29500 + os.getpid() % 1000)] if processes > 1 else []
     command += [str(SCRIPT), "--out", str(out), "--per_device_batch", str(per_device_batch), "--accumulation", str(accumulation)]
+    command += list(extra)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -41,3 +42,17 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     for other in (data_parallel, data_parallel_accumulated):
         difference = max((single[n] - other[n]).abs().max() for n in start)
         assert difference <= 1e-4 * update, float(difference / update)
+
+
+def test_weighted_rows_two_processes_equal_one_process(tmp_path):
+    """Per-turn weights: the divisor is the summed weight of every rank's micro-batches (2 processes x 2 rows, each
+    as 2 accumulated micro-batches of 1, against 1 process x 4 rows)."""
+    from vlsft.tiny_model import build_tiny_qwen3_vl
+
+    start = {n: p.detach() for n, p in build_tiny_qwen3_vl(seed=0)[0].named_parameters()}
+    single = run(tmp_path, "single_weighted", processes=1, per_device_batch=4, extra=["--weighted"])
+    data_parallel = run(tmp_path, "dp_weighted", processes=2, per_device_batch=1, accumulation=2, extra=["--weighted"])
+    update = max((single[n] - start[n]).abs().max() for n in start)
+    assert update > 1e-3
+    difference = max((single[n] - data_parallel[n]).abs().max() for n in start)
+    assert difference <= 1e-4 * update, float(difference / update)
