@@ -383,3 +383,33 @@ def test_recipe_checks_the_values(tmp_path, capsys):
     path = write_recipe(tmp_path / "r.yaml", minimal(training={"reasoning_weight": -1}))
     assert main(["--config", str(path), "--dry-run"]) == 2
     assert "`reasoning_weight` must be a finite number >= 0, got -1.0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl_moe", "qwen2_5_vl", "gemma3", "idefics3", "smolvlm", "llava_next"])
+def test_every_family_weighs_its_turns_and_leaves_out_exactly_its_end_of_turn_token(family):
+    """On each family's own chat format (text expanded images included): per-turn weights, `train_on_turns="last"`
+    and `train_on_eos=False` select the hand-written text of each turn."""
+    from tests.test_families import collator, shape, supervised_texts, tiny
+    from vlsft.templates import FAMILIES
+
+    tokenizer = tiny(family)[1].tokenizer
+    row, expected = shape(family, "multi_turn_later_images")  # three assistant turns
+    row["messages"][1]["weight"] = 0.5
+    row["messages"][3]["train"] = False
+    batch = collator(family)([row])
+    assert supervised_texts(tokenizer, batch["input_ids"][0], batch["labels"][0]) == [expected[0], expected[2]]
+    supervised = (batch["labels"][0] != IGNORE_INDEX).nonzero().flatten()
+    first = supervised[: int((supervised.diff() > 1).nonzero()[0]) + 1]  # the first run of supervised tokens
+    assert set(batch["label_weights"][0, first].tolist()) == {0.5}
+    assert set(batch["label_weights"][0, supervised[len(first) :]].tolist()) == {1.0}
+
+    last = collator(family, train_on_turns="last")([row])
+    assert supervised_texts(tokenizer, last["input_ids"][0], last["labels"][0]) == expected[2:]
+
+    del row["messages"][1]["weight"], row["messages"][3]["train"]
+    with_eos, without = collator(family)([row]), collator(family, train_on_eos=False)([row])
+    dropped = (with_eos["labels"] != IGNORE_INDEX) & (without["labels"] == IGNORE_INDEX)
+    end_of_turn = tokenizer.convert_tokens_to_ids(FAMILIES[family].end_of_turn)
+    assert int(dropped.sum()) == 3 and (with_eos["input_ids"][dropped] == end_of_turn).all()
+    texts = supervised_texts(tokenizer, without["input_ids"][0], without["labels"][0])
+    assert "".join(texts) == "".join(turn.replace(FAMILIES[family].end_of_turn, "") for turn in expected)
