@@ -44,15 +44,22 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
         assert difference <= 1e-4 * update, float(difference / update)
 
 
-def test_weighted_rows_two_processes_equal_one_process(tmp_path):
-    """Per-turn weights: the divisor is the summed weight of every rank's micro-batches (2 processes x 2 rows, each
-    as 2 accumulated micro-batches of 1, against 1 process x 4 rows)."""
+def test_weighted_rows_two_processes_equal_the_hand_computed_step(tmp_path):
+    """Per-turn weights: the divisor is the summed weight of every rank's micro-batches. 2 processes x 2 rows (each as
+    2 accumulated micro-batches of 1) give the step computed by hand in this process: start - grad(sum(w * ce) /
+    sum(w)) from full logits over the 4 weighted rows (the in-process 1x4 and 4x1 runs are in test_weights.py)."""
+    from tests.test_weights import rows_only, weighted_reference_loss
+    from vlsft.collator import training_collator
+    from vlsft.config import VLSFTConfig
     from vlsft.tiny_model import build_tiny_qwen3_vl
 
-    start = {n: p.detach() for n, p in build_tiny_qwen3_vl(seed=0)[0].named_parameters()}
-    single = run(tmp_path, "single_weighted", processes=1, per_device_batch=4, extra=["--weighted"])
+    model, processor = build_tiny_qwen3_vl(seed=0)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    batch = training_collator(processor, VLSFTConfig(output_dir=str(tmp_path), report_to="none"))(rows_only())
+    weighted_reference_loss(model, batch).backward()
+    expected = {n: start[n] - (p.grad if p.grad is not None else 0) for n, p in model.named_parameters()}
     data_parallel = run(tmp_path, "dp_weighted", processes=2, per_device_batch=1, accumulation=2, extra=["--weighted"])
-    update = max((single[n] - start[n]).abs().max() for n in start)
+    update = max((expected[n] - start[n]).abs().max() for n in start)
     assert update > 1e-3
-    difference = max((single[n] - data_parallel[n]).abs().max() for n in start)
+    difference = max((expected[n] - data_parallel[n]).abs().max() for n in start)
     assert difference <= 1e-4 * update, float(difference / update)
