@@ -136,7 +136,7 @@ class VisionChatCollator:
         """The token ids that per-token weighting looks for: the end-of-turn token and the reasoning markers."""
         tokenizer = self.processor.tokenizer
         self._end_of_turn_id = tokenizer.convert_tokens_to_ids(self.family.end_of_turn)
-        # Tokens inside a turn are reweighted (not only whole turns): every row with a turn gets token weights.
+        # Settings that weigh tokens inside a turn: then every row gets token weights, even with all turn weights 1.
         self._weights_tokens = not self.train_on_eos or self.reasoning_weight != 1
         self._reasoning_ids = None
         if self.reasoning_weight != 1:
@@ -212,7 +212,7 @@ class VisionChatCollator:
                 "per-turn weights need one block per assistant turn"
             )
         if any(end == start for (_, end), (start, _) in zip(spans, spans[1:])):
-            raise TurnWeightError("the chat template renders two assistant turns back to back; they cannot be told apart")
+            raise TurnWeightError("the chat template renders two assistant turns back to back; they cannot be weighed apart")
         return [weight for weight, (start, end) in zip(weights, spans) if end > start]
 
     def token_weights(self, ids: torch.Tensor, in_turn: torch.Tensor, weights: list[float]) -> torch.Tensor:
@@ -396,7 +396,7 @@ class VisionChatCollator:
         return batch
 
     def _row_token_weights(self, sequences, masks, row_weights) -> list[torch.Tensor | None]:
-        """Each row's token weights, on its expanded tokens before truncation (None for rows whose tokens all weigh 1)."""
+        """Each row's token weights, on its expanded tokens before truncation (None where all weigh 1)."""
         out = []
         for index, (ids, in_turn, weights) in enumerate(zip(sequences, masks, row_weights)):
             try:
