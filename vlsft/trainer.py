@@ -4,6 +4,7 @@ What it changes, each in one overridden method:
 - the collator (`VisionChatCollator`): masks exactly the assistant turns, on every conversation shape;
 - `compute_loss`: summed NLL over supervised tokens divided by the supervised tokens of the whole optimizer step
   (all gradient-accumulation micro-batches, all data-parallel ranks), with the LM head run only where supervised;
+  with per-turn weights (the collator's `label_weights`), `sum(w * nll) / sum(w)` over the same step;
 - `_get_num_items_in_batch`: counts those tokens even for models that declare `accepts_loss_kwargs = False`
   (Qwen3-VL does, so `Trainer` would otherwise average every micro-batch on its own).
 """
