@@ -259,7 +259,7 @@ def test_train_on_eos_false_leaves_exactly_the_end_of_turn_tokens_out(tiny, proc
 
 def test_weight_zero_turns_change_only_the_context(tiny, tmp_path):
     """A weight-0 turn is not supervised: the loss equals the full-logits loss over the other turn alone. Its text
-    is still context: changing it changes the loss."""
+    is still context: changing it or dropping the turn changes the loss."""
     model, processor = tiny
     trainer = make_trainer(model, processor, tmp_path)
 
@@ -287,6 +287,13 @@ def test_weight_zero_turns_change_only_the_context(tiny, tmp_path):
         torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
         other_context = trainer.compute_loss(trainer.model, dict(trainer.data_collator([row("A blue circle, tiny.", 0.0)])))
         assert abs(float(other_context) - float(loss)) > 1e-4
+        dropped = row("", 0.0)
+        del dropped["messages"][1]  # the weight-0 turn dropped altogether
+        dropped_batch = trainer.data_collator([dropped])
+        assert supervised_runs(processor.tokenizer, dropped_batch["input_ids"][0], dropped_batch["labels"][0]) == [
+            "Yes, a red square." + END
+        ]
+        assert abs(float(trainer.compute_loss(trainer.model, dict(dropped_batch))) - float(loss)) > 1e-4
 
 
 def test_reasoning_weight_scales_the_think_block_of_trained_turns(tiny, processor):
