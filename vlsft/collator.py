@@ -38,6 +38,7 @@ from vlsft.templates import (
     resolve_training_template,
     split_inline_reasoning,
 )
+from vlsft.weights import TurnWeightError, turn_weights
 
 IGNORE_INDEX = -100
 
@@ -84,8 +85,16 @@ class RenderedRow:
     """One conversation rendered and tokenized, before its images are expanded (one placeholder token per image)."""
 
     input_ids: list[int]
-    supervised: list[bool]
+    supervised: list[bool]  # inside an assistant turn
     images: list[Any]
+    weights: list[float] | None = None  # per token (0 outside trained turns); None when every turn token weighs 1
+
+    @property
+    def trained(self) -> list[bool]:
+        """The tokens the loss sees: inside an assistant turn, with a weight > 0."""
+        if self.weights is None:
+            return self.supervised
+        return [s and w > 0 for s, w in zip(self.supervised, self.weights)]
 
 
 @dataclass
@@ -102,6 +111,12 @@ class VisionChatCollator:
         assistant_only_loss: if False, every non-padding token is supervised (plain language modelling).
         template_kwargs: variables for the chat template on every row (`enable_thinking`, `reasoning_history`...);
             a row's `chat_template_kwargs` column is applied over them.
+        train_on_turns, train_on_eos, reasoning_weight: which tokens of the assistant turns train and how much they
+            weigh (see `VLSFTConfig`); with the per-message `weight` / `train` keys they give each supervised token a
+            weight. When one differs from 1 the batch holds `label_weights` (float32, aligned with `labels`, 0 where
+            `labels` is -100); when all are 1 it is absent.
+        return_turn_mask: also return `assistant_turn_mask` (bool, aligned with `labels`): every token of an
+            assistant turn, trained or not. For `vlsft inspect`; the trainer never asks for it.
     """
 
     processor: ProcessorMixin
@@ -111,6 +126,10 @@ class VisionChatCollator:
     image_root: str | None = None
     assistant_only_loss: bool = True
     template_kwargs: dict[str, Any] | None = None
+    train_on_turns: str = "all"
+    train_on_eos: bool = True
+    reasoning_weight: float = 1.0
+    return_turn_mask: bool = False
     _vision_token_ids: set[int] = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -144,6 +163,25 @@ class VisionChatCollator:
         merged = self.processor._merge_kwargs(tokenizer_init_kwargs=tokenizer.init_kwargs)
         self._images_kwargs = {**merged["images_kwargs"], "return_tensors": "pt"}
         self._model_input_names = set(self.processor.model_input_names)
+        self._init_turn_weights()
+
+    def _init_turn_weights(self) -> None:
+        """The token ids that per-token weighting looks for: the end-of-turn token and the reasoning markers."""
+        tokenizer = self.processor.tokenizer
+        self._end_of_turn_id = tokenizer.convert_tokens_to_ids(self.family.end_of_turn)
+        # Settings that weigh tokens inside a turn: then every row gets token weights, even with all turn weights 1.
+        self._weights_tokens = not self.train_on_eos or self.reasoning_weight != 1
+        self._reasoning_ids = None
+        if self.reasoning_weight != 1:
+            markers = self.family.reasoning_markers
+            ids = [tokenizer.convert_tokens_to_ids(m) for m in markers] if markers else []
+            if not markers or any(i is None or i == tokenizer.unk_token_id for i in ids):
+                raise ValueError(
+                    f"`reasoning_weight` needs a family whose reasoning block is marked by single tokens; "
+                    f"{self.family.display_name} has " + (f"no token {markers}" if markers else "no reasoning format")
+                    + ". Leave `reasoning_weight` at 1."
+                )
+            self._reasoning_ids = tuple(ids)
 
     def _tokens_added_on_encode(self) -> tuple[list[int], list[int]]:
         """The ids the tokenizer adds around a text when asked for special tokens (LLaVA-NeXT's `<s>`). The processor
@@ -180,7 +218,13 @@ class VisionChatCollator:
 
     def pieces(self, row: dict[str, Any]) -> list[tuple[str, bool]]:
         """The rendered row cut into (text, supervised) pieces at the generation-block boundaries."""
+        return self.weighted_pieces(row)[0]
+
+    def weighted_pieces(self, row: dict[str, Any]) -> tuple[list[tuple[str, bool]], list[float] | None]:
+        """`pieces(row)` and the weight of each supervised piece (one per non-empty assistant turn), or None when
+        every token of every turn weighs 1 (then nothing per token is computed: today's fast path)."""
         text, spans = self.render(row)
+        weights = self._turn_weights(row, spans)
         pieces, cursor = [], 0
         for start, end in spans:
             if start > cursor:
@@ -190,12 +234,59 @@ class VisionChatCollator:
             cursor = end
         if cursor < len(text):
             pieces.append((text[cursor:], False))
-        return pieces
+        return pieces, weights
+
+    def _turn_weights(self, row: dict[str, Any], spans: list[tuple[int, int]]) -> list[float] | None:
+        """The weight of each non-empty generation block, or None when all tokens weigh 1. Raises `TurnWeightError`
+        for malformed `weight` / `train` keys or when no turn is left to train."""
+        if not self.assistant_only_loss:
+            return None
+        weights = turn_weights(row["messages"], self.train_on_turns)
+        if not self._weights_tokens and all(w == 1 for w in weights):
+            return None
+        if len(weights) != len(spans):
+            raise TurnWeightError(
+                f"the chat template renders {len(spans)} generation block(s) for {len(weights)} assistant message(s); "
+                "per-turn weights need one block per assistant turn"
+            )
+        if any(end == start for (_, end), (start, _) in zip(spans, spans[1:])):
+            raise TurnWeightError("the chat template renders two assistant turns back to back; they cannot be weighed apart")
+        return [weight for weight, (start, end) in zip(weights, spans) if end > start]
+
+    def token_weights(self, ids: torch.Tensor, in_turn: torch.Tensor, weights: list[float]) -> torch.Tensor:
+        """float32 weight of every token of a row (0 outside the assistant turns). `in_turn` marks the assistant
+        turns' tokens; each run of them is one turn, weighed `weights[turn]`, with its end-of-turn token left out
+        (`train_on_eos=False`) and its reasoning block scaled by `reasoning_weight`."""
+        edges = torch.diff(in_turn.int(), prepend=in_turn.new_zeros(1).int(), append=in_turn.new_zeros(1).int())
+        starts, ends = (edges == 1).nonzero().flatten().tolist(), (edges == -1).nonzero().flatten().tolist()
+        if len(starts) != len(weights):
+            raise TurnWeightError(f"{len(starts)} assistant turn(s) in the tokens but {len(weights)} turn weight(s)")
+        out = torch.zeros(len(ids), dtype=torch.float32)
+        for start, end, weight in zip(starts, ends, weights):
+            out[start:end] = weight
+            turn = ids[start:end]
+            if self._reasoning_ids is not None:
+                opening, closing = self._reasoning_ids
+                # Inside from the opening marker to the closing one, both included (or to the end of the turn).
+                depth = torch.cumsum((turn == opening).int(), 0) - torch.cumsum((turn == closing).int(), 0)
+                inside = (depth > 0) | (turn == closing)
+                out[start:end][inside] *= self.reasoning_weight
+            if not self.train_on_eos:
+                ends_of_turn = (turn == self._end_of_turn_id).nonzero().flatten()
+                if len(ends_of_turn):
+                    out[start + int(ends_of_turn[-1])] = 0.0
+        return out
 
     def tokenize_rows(self, rows: list[dict[str, Any]]) -> list[RenderedRow]:
         """Render and tokenize rows, with all pieces of all rows in one batched tokenizer call. Images stay one
         placeholder token each."""
-        return self._tokenize_pieces([self.pieces(row) for row in rows], [row_images(row) for row in rows])
+        weighted = [self.weighted_pieces(row) for row in rows]
+        rendered = self._tokenize_pieces([pieces for pieces, _ in weighted], [row_images(row) for row in rows])
+        for row, (_, weights) in zip(rendered, weighted):
+            if weights is not None:
+                ids, in_turn = torch.tensor(row.input_ids), torch.tensor(row.supervised, dtype=torch.bool)
+                row.weights = self.token_weights(ids, in_turn, weights).tolist()
+        return rendered
 
     def _tokenize_pieces(self, row_pieces: list[list[tuple[str, bool]]], images: list[list[Any]]) -> list[RenderedRow]:
         flat = [text for pieces in row_pieces for text, _ in pieces]
@@ -271,12 +362,13 @@ class VisionChatCollator:
     # -- collation ---------------------------------------------------------------------------------------------
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        row_pieces, images = [], []
+        row_pieces, images, row_weights = [], [], []
         for index, row in enumerate(rows):
             try:
-                pieces = self.pieces(row)
-            except (UnsupportedConversationError, TemplateError, TemplateKwargsError) as error:  # cannot render it
-                raise RowError(index, str(error)) from error
+                pieces, weights = self.weighted_pieces(row)
+            except (UnsupportedConversationError, TemplateError, TemplateKwargsError, TurnWeightError) as error:
+                raise RowError(index, str(error)) from error  # the row cannot be rendered or weighed
+            row_weights.append(weights)
             values = row_images(row)
             placeholders = sum(text.count(self.image_token) for text, _ in pieces)
             if placeholders != len(values):
@@ -307,6 +399,7 @@ class VisionChatCollator:
         # What the model takes (not, e.g., Idefics3's tile grid, which only `replace_image_token` reads).
         batch = {key: value for key, value in vision.items() if key in self._model_input_names}
 
+        token_weights = self._row_token_weights(sequences, masks, row_weights)
         vision_ids = torch.tensor(sorted(self._vision_token_ids))
         feature_ids = torch.tensor(self.image_feature_token_ids)
         for index, (ids, supervised) in enumerate(zip(sequences, masks)):
@@ -333,8 +426,37 @@ class VisionChatCollator:
         if self.family.image_map_key is not None:
             # 1 on the image feature tokens: Qwen's 3D rope positions, Gemma 3's bidirectional attention per image.
             batch[self.family.image_map_key] = torch.isin(input_ids, feature_ids).long() * attention_mask
+        if self.return_turn_mask:
+            batch["assistant_turn_mask"] = labels != IGNORE_INDEX
+        if any(weights is not None for weights in token_weights):
+            self._apply_token_weights(batch, labels, token_weights)
         batch["labels"] = labels
         return batch
+
+    def _row_token_weights(self, sequences, masks, row_weights) -> list[torch.Tensor | None]:
+        """Each row's token weights, on its expanded tokens before truncation (None where all weigh 1)."""
+        out = []
+        for index, (ids, in_turn, weights) in enumerate(zip(sequences, masks, row_weights)):
+            try:
+                out.append(None if weights is None else self.token_weights(ids, in_turn, weights))
+            except TurnWeightError as error:
+                raise RowError(index, str(error)) from error
+        return out
+
+    @staticmethod
+    def _apply_token_weights(batch, labels: torch.Tensor, token_weights: list[torch.Tensor | None]) -> None:
+        """Tokens of weight 0 leave the labels (context only); `label_weights` joins the batch unless every
+        remaining label weighs 1."""
+        label_weights = torch.ones(labels.shape, dtype=torch.float32)
+        for i, weights in enumerate(token_weights):
+            if weights is not None:
+                length = min(len(weights), labels.shape[1])
+                label_weights[i, :length] = weights[:length]
+                label_weights[i, length:] = 0.0
+        label_weights = label_weights * (labels != IGNORE_INDEX)
+        labels[label_weights == 0] = IGNORE_INDEX
+        if bool((label_weights[labels != IGNORE_INDEX] != 1).any()):
+            batch["label_weights"] = label_weights
 
 
 def training_collator(processor: ProcessorMixin, args) -> VisionChatCollator:
@@ -357,4 +479,7 @@ def training_collator(processor: ProcessorMixin, args) -> VisionChatCollator:
         image_root=args.image_root,
         assistant_only_loss=args.assistant_only_loss,
         template_kwargs=template_kwargs or None,
+        train_on_turns=getattr(args, "train_on_turns", "all"),
+        train_on_eos=getattr(args, "train_on_eos", True),
+        reasoning_weight=getattr(args, "reasoning_weight", 1.0),
     )

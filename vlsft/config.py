@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import os
 
@@ -50,6 +50,16 @@ class VLSFTConfig(SFTConfig):
             `preserve_thinking`). To train earlier turns too, give each as its own row (the conversation cut after
             it). `"keep"`: render every turn with its reasoning and supervise them all, as TRL's `*_training.jinja`
             templates do; history then differs from what the model sees at inference. Other templates ignore it.
+        train_on_turns (`str`, defaults to `"all"`):
+            Which assistant turns are supervised: `"all"`, or `"last"` (only the final assistant turn of each row;
+            the earlier ones are context, as LLaMA-Factory's `mask_history`). Per message, `"weight": w` (>= 0) scales
+            a turn's tokens in the loss and `"train": false` (or weight 0) keeps it as context only.
+        train_on_eos (`bool`, defaults to `True`):
+            Supervise each trained turn's end-of-turn token (`<|im_end|>`, `<end_of_turn>`, ...). With `False`, only
+            that token leaves the loss (the template's newline after it stays). Keep it on: a model must learn to stop.
+        reasoning_weight (`float`, defaults to `1.0`):
+            Weight of a trained turn's reasoning tokens (the family's markers and everything between them, e.g.
+            `<think>...</think>`) relative to the rest of the turn. 0 leaves the reasoning as context.
         bf16 (`bool`, *optional*):
             Mixed bf16 precision. Defaults to `True` where a bf16-capable GPU is present, `False` elsewhere (TRL
             defaults to `True` everywhere, which fails on CPU).
@@ -86,9 +96,33 @@ class VLSFTConfig(SFTConfig):
                   "trained. 'keep': every turn rendered with its reasoning and trained."},
     )
 
+    train_on_turns: Literal["all", "last"] = field(
+        default="all",
+        metadata={"help": "'all' (default): every assistant turn trains. 'last': only the final assistant turn."},
+    )
+    train_on_eos: bool = field(
+        default=True, metadata={"help": "Supervise the end-of-turn token of each trained assistant turn."}
+    )
+    reasoning_weight: float = field(
+        default=1.0, metadata={"help": "Loss weight of a trained turn's reasoning tokens (<think>...</think>)."}
+    )
+
     def __post_init__(self):
         if self.reasoning_history not in ("drop", "keep"):
             raise ValueError(f"`reasoning_history` must be 'drop' or 'keep', got {self.reasoning_history!r}.")
+        if self.train_on_turns not in ("all", "last"):
+            raise ValueError(f"`train_on_turns` must be 'all' or 'last', got {self.train_on_turns!r}.")
+        if isinstance(self.reasoning_weight, bool) or not isinstance(self.reasoning_weight, (int, float)) or not (
+            0 <= self.reasoning_weight < float("inf")
+        ):
+            raise ValueError(f"`reasoning_weight` must be a finite number >= 0, got {self.reasoning_weight!r}.")
+        if not self.assistant_only_loss and (
+            self.train_on_turns != "all" or not self.train_on_eos or self.reasoning_weight != 1
+        ):
+            raise ValueError(
+                "`train_on_turns`, `train_on_eos` and `reasoning_weight` select assistant tokens and need "
+                "`assistant_only_loss=True`."
+            )
         if self.invalid_rows not in ("raise", "skip"):
             raise ValueError(f"`invalid_rows` must be 'raise' or 'skip', got {self.invalid_rows!r}.")
         if self.loss_chunk_size < 1:

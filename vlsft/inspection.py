@@ -8,13 +8,16 @@
 
 Rows go through the training collator itself (same template, tokenizer, image expansion, `max_length` and mask as
 `VLSFTTrainer`), so what is shown is what trains. On a terminal the supervised tokens are coloured; elsewhere they
-are wrapped in `[[` and `]]`. The HTML page shows the images inline where their tokens are.
+are wrapped in `[[` and `]]`. The HTML page shows the images inline where their tokens are. Rows with per-turn weights
+show each supervised run's weight (`{w=0.5}`) and their context-only assistant tokens (weight 0) apart, in
+`((` `))` or dimmed.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import html as html_lib
 import io
 import os
@@ -26,9 +29,12 @@ from vlsft.collator import VisionChatCollator, training_collator
 from vlsft.data import ImageLoadError, load_image, row_images
 
 SUPERVISED_OPEN, SUPERVISED_CLOSE = "[[", "]]"
+# Assistant-turn tokens that do not train (weight 0: a context-only turn, `train_on_turns="last"`, ...).
+CONTEXT_OPEN, CONTEXT_CLOSE = "((", "))"
 # The highlight of supervised tokens in the HTML view (a test looks for it in a browser screenshot).
 SUPERVISED_COLOUR = "#ffd84d"
 _ANSI_SUPERVISED, _ANSI_IMAGE, _ANSI_DIM, _ANSI_RESET = "\x1b[30;43m", "\x1b[1;36m", "\x1b[2m", "\x1b[0m"
+_ANSI_CONTEXT, _ANSI_WEIGHT = "\x1b[2;3;9m", "\x1b[1;35m"  # dim italic struck-through; bold magenta
 # Thumbnails in the HTML page are at most this many pixels on their longest side.
 THUMBNAIL_SIZE = 384
 
@@ -44,6 +50,8 @@ class Segment:
     image: int | None = None
     num_tokens: int = 0
     is_image: bool = False
+    weight: float = 1.0  # of a supervised run
+    context: bool = False  # assistant-turn tokens that do not train (weight 0)
 
 
 @dataclass
@@ -60,6 +68,8 @@ class RowView:
     images: list[Any] = field(default_factory=list)  # the decoded PIL images, for the HTML view
     full_length: int = 0
     problem: str | None = None  # why the row cannot be trained on, if it cannot
+    weighted: bool = False  # some assistant token weighs other than 1 (then weights are shown)
+    supervised_weight: float = 0.0  # summed weight of the supervised tokens (the loss's share of this row)
 
     def text(self, color: bool = False) -> str:
         return render_text(self, color=color)
@@ -75,6 +85,8 @@ def view_row(row: dict[str, Any], index: int, collator: VisionChatCollator) -> R
     view = RowView(index=index)
     (verdict,) = RowChecker(collator).check([row])
     view.full_length = verdict.num_tokens
+    if dataclasses.is_dataclass(collator) and hasattr(collator, "return_turn_mask"):
+        collator = dataclasses.replace(collator, return_turn_mask=True)
     try:
         batch = collator([row])
     except Exception:
@@ -99,22 +111,30 @@ def view_row(row: dict[str, Any], index: int, collator: VisionChatCollator) -> R
     view.num_tokens = len(ids)
     # Labels are shifted: a label at position 0 would predict nothing, and the trainer does not count it.
     view.num_supervised_tokens = sum(supervised[1:])
+    in_turn = batch["assistant_turn_mask"][0].tolist() if "assistant_turn_mask" in batch else supervised
+    label_weights = batch.get("label_weights")
+    weights = label_weights[0].tolist() if label_weights is not None else [float(s) for s in supervised]
+    view.supervised_weight = sum(weights[1:])
+    view.weighted = label_weights is not None or in_turn != supervised
 
     # The tokens the model replaces with image features (Gemma 3: its soft tokens, not the placeholder).
     feature_ids = set(getattr(collator, "image_feature_token_ids", None) or [collator.image_token_id])
-    runs: list[tuple[bool, bool, list[int]]] = []  # (supervised, is image, ids)
-    for token, is_supervised in zip(ids, supervised):
+    # (state, is image, ids); state: the weight of a supervised token, "context" for an untrained assistant-turn
+    # token, None for any other.
+    runs: list[tuple[float | str | None, bool, list[int]]] = []
+    for token, is_supervised, weight, is_turn in zip(ids, supervised, weights, in_turn):
         is_image = token in feature_ids
-        if runs and runs[-1][0] == is_supervised and runs[-1][1] == is_image:
+        state = weight if is_supervised else "context" if is_turn and not is_image else None
+        if runs and runs[-1][0] == state and runs[-1][1] == is_image:
             runs[-1][2].append(token)
         else:
-            runs.append((is_supervised, is_image, [token]))
+            runs.append((state, is_image, [token]))
     image_runs = [len(run) for _, is_image, run in runs if is_image]
     one_run_per_image = len(image_runs) == len(row_images(row))
     view.num_image_tokens = sum(image_runs)
     view.image_tokens = image_runs if one_run_per_image else []
     image_number = 0
-    for is_supervised, is_image, run in runs:
+    for state, is_image, run in runs:
         if is_image:
             token = tokenizer.convert_ids_to_tokens(run[0])
             number = image_number if one_run_per_image else None
@@ -122,7 +142,10 @@ def view_row(row: dict[str, Any], index: int, collator: VisionChatCollator) -> R
             image_number += 1
         else:
             text = tokenizer.decode(run, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-            view.segments.append(Segment(text, is_supervised, num_tokens=len(run)))
+            is_supervised = isinstance(state, float)
+            segment = Segment(text, is_supervised, num_tokens=len(run), context=state == "context")
+            segment.weight = state if is_supervised else 0.0
+            view.segments.append(segment)
     return view
 
 
@@ -162,6 +185,8 @@ def _summary(view: RowView) -> str:
         for number, ((width, height), tokens) in enumerate(zip(view.image_sizes, view.image_tokens))
     )
     parts = [f"{view.num_tokens} tokens", f"{view.num_supervised_tokens} supervised"]
+    if view.weighted:
+        parts[-1] += f" (summed weight {view.supervised_weight:g})"
     if view.full_length > view.num_tokens:
         parts[0] += f" (truncated from {view.full_length})"
     parts.append(f"{view.num_image_tokens} image tokens" + (f" ({images})" if images else ""))
@@ -183,13 +208,24 @@ def render_text(view: RowView, color: bool = False) -> str:
             out.append(f"{_ANSI_IMAGE}{label}{_ANSI_RESET}" if color else label)
         elif segment.supervised and color:
             # Colour each line on its own, so the background does not run to the edge of the terminal.
-            out.append("\n".join(f"{_ANSI_SUPERVISED}{line}{_ANSI_RESET}" if line else "" for line in segment.text.split("\n")))
+            text, newlines = _split_trailing_newlines(segment.text)
+            out.append("\n".join(f"{_ANSI_SUPERVISED}{line}{_ANSI_RESET}" if line else "" for line in text.split("\n")))
+            out.append((f"{_ANSI_WEIGHT}{{w={segment.weight:g}}}{_ANSI_RESET}" if view.weighted else "") + newlines)
         elif segment.supervised:
-            out.append(f"{SUPERVISED_OPEN}{segment.text}{SUPERVISED_CLOSE}")
+            out.append(f"{SUPERVISED_OPEN}{segment.text}{SUPERVISED_CLOSE}" + (f"{{w={segment.weight:g}}}" if view.weighted else ""))
+        elif segment.context and color:
+            out.append("\n".join(f"{_ANSI_CONTEXT}{line}{_ANSI_RESET}" if line else "" for line in segment.text.split("\n")))
+        elif segment.context:
+            out.append(f"{CONTEXT_OPEN}{segment.text}{CONTEXT_CLOSE}")
         else:
             out.append(segment.text)
     lines.append("".join(out).rstrip("\n"))
     return "\n".join(lines) + "\n"
+
+
+def _split_trailing_newlines(text: str) -> tuple[str, str]:
+    stripped = text.rstrip("\n")
+    return stripped, text[len(stripped) :]
 
 
 _PAGE = """<!DOCTYPE html>
@@ -202,6 +238,8 @@ h2 {{ font-size: 16px; margin: 0 0 4px 0; }}
 .problem {{ color: #b00020; font-weight: bold; margin-bottom: 8px; }}
 .tokens {{ font-family: monospace; font-size: 14px; white-space: pre-wrap; line-height: 1.6; }}
 .sup {{ background: {colour}; border-radius: 2px; }}
+.ctx {{ color: #8a8a93; text-decoration: line-through; border: 1px dashed #b0b0b8; border-radius: 2px; }}
+.w {{ color: #a1127a; font-size: 11px; font-weight: bold; vertical-align: super; }}
 figure {{ display: inline-block; vertical-align: middle; margin: 4px 6px; text-align: center; }}
 figure img {{ display: block; min-width: 96px; max-width: {thumb}px; max-height: {thumb}px; image-rendering: pixelated;
   border: 1px solid #888; }}
@@ -210,8 +248,9 @@ figcaption {{ font-size: 11px; color: #555; }}
 .legend {{ font-size: 13px; margin-bottom: 16px; }}
 </style></head><body>
 <h1>{title}</h1>
-<div class="legend"><span class="sup">highlighted</span> tokens are supervised (the loss is computed on them);
-images sit where their tokens are.</div>
+<div class="legend"><span class="sup">highlighted</span> tokens are supervised (the loss is computed on them), each
+run with its loss weight <span class="w">w=…</span> in rows with per-turn weights; <span class="ctx">struck-through</span>
+assistant tokens are context only (weight 0); images sit where their tokens are.</div>
 {rows}
 </body></html>
 """
@@ -249,7 +288,10 @@ def render_html(views: list[RowView], title: str = "vlsft inspect") -> str:
                 else:
                     tokens.append(f"<figure><figcaption>{html_lib.escape(caption)}</figcaption></figure>")
             elif segment.supervised:
-                tokens.append(f'<span class="sup">{text}</span>')
+                weight = f'<span class="w">w={segment.weight:g}</span>' if view.weighted else ""
+                tokens.append(f'<span class="sup" data-weight="{segment.weight:g}">{text}</span>{weight}')
+            elif segment.context:
+                tokens.append(f'<span class="ctx" title="context only: weight 0">{text}</span>')
             else:
                 tokens.append(text)
         if view.images and not view.image_tokens:
@@ -326,7 +368,10 @@ def inspect(
     if color is None:
         color = hasattr(file, "isatty") and file.isatty() and "NO_COLOR" not in os.environ
     if not color:
-        file.write(f"(supervised tokens are shown {SUPERVISED_OPEN}like this{SUPERVISED_CLOSE})\n")
+        legend = f"(supervised tokens are shown {SUPERVISED_OPEN}like this{SUPERVISED_CLOSE}"
+        if any(view.weighted for view in views):
+            legend += f" followed by their weight {{w=...}}; untrained assistant tokens {CONTEXT_OPEN}like this{CONTEXT_CLOSE}"
+        file.write(legend + ")\n")
     for view in views:
         file.write(render_text(view, color=color))
     if html is not None:

@@ -3,7 +3,8 @@
 `attach_supervised_head(model)` gives one model instance (never the class) a forward that, when called with
 `supervised_labels=...`, runs the backbone, gathers the hidden states whose next token is supervised, and projects
 only those through the LM head. It returns sums, not means, so the trainer can divide by the number of supervised
-tokens of the whole optimizer step. The forward is installed on the instance, as TRL installs its own fused head,
+tokens of the whole optimizer step. With `supervised_weights=...` (the collator's `label_weights`), each token's NLL
+is multiplied by its weight and the trainer divides by the summed weight instead. The forward is installed on the instance, as TRL installs its own fused head,
 so that DDP, DeepSpeed and PEFT wrappers see a single ordinary forward call.
 """
 
@@ -31,17 +32,25 @@ class SupervisedLossOutput(ModelOutput):
     nll_sum: torch.Tensor | None = None  # float32, connected to the graph (a differentiable 0 when no token)
     num_tokens: torch.Tensor | None = None
     num_correct: torch.Tensor | None = None  # argmax == target, for `mean_token_accuracy`
+    weight_sum: torch.Tensor | None = None  # summed token weight (float32); the token count when unweighted
     aux_loss: torch.Tensor | None = None  # MoE load-balancing loss of the micro-batch, when the router logits are on
 
 
 def _chunk_nll(
-    head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None = None
+    head: nn.Module,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     logits = head(hidden).float()
     if softcap is not None:  # as the model's own forward caps its logits (Gemma 4)
         logits = torch.tanh(logits / softcap) * softcap
     log_probs = torch.log_softmax(logits, dim=-1)
-    nll = -log_probs.gather(-1, targets.unsqueeze(-1)).sum()
+    if weights is None:
+        nll = -log_probs.gather(-1, targets.unsqueeze(-1)).sum()
+    else:
+        nll = -(log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * weights).sum()
     correct = (logits.detach().argmax(-1) == targets).sum()
     return nll, correct
 
@@ -51,9 +60,11 @@ def supervised_nll(
     labels: torch.Tensor,
     head: nn.Module,
     chunk_size: int = 256,
+    label_weights: torch.Tensor | None = None,
     softcap: float | None = None,
 ) -> SupervisedLossOutput:
-    """Summed next-token NLL over the positions whose (shifted) label is not -100.
+    """Summed next-token NLL over the positions whose (shifted) label is not -100; with `label_weights` (aligned with
+    `labels`), each token's NLL times its weight, and `weight_sum` their summed weight.
 
     `head` is called as a module, so LoRA layers, PEFT `modules_to_save` copies and DeepSpeed ZeRO-3 parameter
     gathering all apply. Each chunk is checkpointed: its `[chunk, vocab]` float32 logits exist only while that chunk
@@ -63,19 +74,25 @@ def supervised_nll(
     mask = targets != IGNORE_INDEX
     hidden = hidden_states[:, :-1][mask]
     targets = targets[mask]
+    weights = None if label_weights is None else label_weights[:, 1:].to(hidden_states.device, torch.float32)[mask]
     nll_sum = hidden_states.new_zeros((), dtype=torch.float32)
     num_correct = torch.zeros((), dtype=torch.long, device=hidden_states.device)
     # At least one (possibly empty) chunk, so that a micro-batch without supervised tokens still gives a loss that is
     # connected to the head: an exact zero with zero gradients, and a backward every DDP rank can take part in.
     for start in range(0, max(len(targets), 1), chunk_size):
         chunk = slice(start, start + chunk_size)
+        chunk_weights = None if weights is None else weights[chunk]
         if torch.is_grad_enabled():
-            nll, correct = checkpoint(_chunk_nll, head, hidden[chunk], targets[chunk], softcap, use_reentrant=False)
+            nll, correct = checkpoint(
+                _chunk_nll, head, hidden[chunk], targets[chunk], chunk_weights, softcap, use_reentrant=False
+            )
         else:
-            nll, correct = _chunk_nll(head, hidden[chunk], targets[chunk], softcap)
+            nll, correct = _chunk_nll(head, hidden[chunk], targets[chunk], chunk_weights, softcap)
         nll_sum = nll_sum + nll
         num_correct = num_correct + correct
-    return SupervisedLossOutput(nll_sum=nll_sum, num_tokens=mask.sum(), num_correct=num_correct)
+    num_tokens = mask.sum()
+    weight_sum = num_tokens.float() if weights is None else weights.sum()
+    return SupervisedLossOutput(nll_sum=nll_sum, num_tokens=num_tokens, num_correct=num_correct, weight_sum=weight_sum)
 
 
 def attach_supervised_head(model: nn.Module, chunk_size: int = 256) -> None:
@@ -86,7 +103,7 @@ def attach_supervised_head(model: nn.Module, chunk_size: int = 256) -> None:
     model._vlsft_logit_softcap = final_logit_softcap(model)
 
     @functools.wraps(type(model).forward)  # keep the signature: `generate` validates its kwargs against it
-    def forward(self, *args, supervised_labels=None, **kwargs):
+    def forward(self, *args, supervised_labels=None, supervised_weights=None, **kwargs):
         if supervised_labels is None:
             # The class's forward, called on `self`: nothing bound to this instance is captured, so a deep copy of
             # the model (whose bound `forward` deepcopy rebinds) runs the copy, not the original.
@@ -103,7 +120,8 @@ def attach_supervised_head(model: nn.Module, chunk_size: int = 256) -> None:
             supervised_labels,
             self.get_output_embeddings(),
             self._vlsft_loss_chunk_size,
-            self._vlsft_logit_softcap,
+            label_weights=supervised_weights,
+            softcap=self._vlsft_logit_softcap,
         )
         if getattr(backbone_output, "router_logits", None):
             # The model's own load-balancing loss, as its forward computes it (from the module that defines it).

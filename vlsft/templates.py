@@ -56,6 +56,8 @@ class TemplateFamily:
 
 
 _QWEN_VISION = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+# Qwen3's reasoning block: the stock Qwen3-VL template renders it as written in the assistant content.
+_QWEN3_THINK = ("<think>", "</think>")
 _NO_TOOLS = ("tools", "tool_calls", "tool_messages")
 # Idefics3 / SmolVLM image text: the fake token around each tile, the global-image tag and the tile positions.
 _IDEFICS_VISION = ("<fake_token_around_image>", "<image>", "<global-img>") + tuple(
@@ -75,6 +77,7 @@ FAMILIES = {
         end_of_turn="<|im_end|>",
         expand_on_ids=True,
         image_map_key="mm_token_type_ids",
+        reasoning_markers=_QWEN3_THINK,
     ),
     # The MoE checkpoints ship the Qwen3-VL processor and template: same collation, other model parts.
     "qwen3_vl_moe": TemplateFamily(
@@ -89,6 +92,7 @@ FAMILIES = {
         end_of_turn="<|im_end|>",
         expand_on_ids=True,
         image_map_key="mm_token_type_ids",
+        reasoning_markers=_QWEN3_THINK,
     ),
     "qwen2_5_vl": TemplateFamily(
         name="qwen2_5_vl",

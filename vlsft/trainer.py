@@ -4,6 +4,7 @@ What it changes, each in one overridden method:
 - the collator (`VisionChatCollator`): masks exactly the assistant turns, on every conversation shape;
 - `compute_loss`: summed NLL over supervised tokens divided by the supervised tokens of the whole optimizer step
   (all gradient-accumulation micro-batches, all data-parallel ranks), with the LM head run only where supervised;
+  with per-turn weights (the collator's `label_weights`), `sum(w * nll) / sum(w)` over the same step;
 - `_get_num_items_in_batch`: counts those tokens even for models that declare `accepts_loss_kwargs = False`
   (Qwen3-VL does, so `Trainer` would otherwise average every micro-batch on its own).
 """
@@ -112,9 +113,11 @@ class VLSFTTrainer(SFTTrainer):
             )
         base_model = self.model.get_base_model() if is_peft_model(self.model) else self.model
         attach_supervised_head(base_model, chunk_size=args.loss_chunk_size)
-        # [num_correct, num_supervised, summed NLL] since the last log, per mode; summed over ranks.
-        self._token_stats = {"train": torch.zeros(3, dtype=torch.float64), "eval": torch.zeros(3, dtype=torch.float64)}
+        # [num_correct, num_supervised, summed (weighted) NLL, summed weight] since the last log, per mode; summed over
+        # ranks.
+        self._token_stats = {"train": torch.zeros(4, dtype=torch.float64), "eval": torch.zeros(4, dtype=torch.float64)}
         self._total_supervised_tokens = 0
+        self._total_supervised_weight = 0.0
 
     def build_collator(self, processor: ProcessorMixin, args: VLSFTConfig) -> VisionChatCollator:
         """The collator used when none is passed; override to change it."""
@@ -150,17 +153,26 @@ class VLSFTTrainer(SFTTrainer):
     # -- the loss ----------------------------------------------------------------------------------------------
 
     def supervised_sums(self, model, inputs):
-        """Run the model and return the `SupervisedLossOutput` (summed NLL, token count, correct count)."""
-        model_inputs = {key: value for key, value in inputs.items() if key != "labels"}
+        """Run the model and return the `SupervisedLossOutput` (summed NLL, token count, correct count, summed
+        weight). With the collator's `label_weights`, the NLL is weighted per token."""
+        model_inputs = {key: value for key, value in inputs.items() if key not in ("labels", "label_weights")}
+        if inputs.get("label_weights") is not None:
+            model_inputs["supervised_weights"] = inputs["label_weights"]
         return model(**model_inputs, supervised_labels=inputs["labels"])
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
         outputs = self.supervised_sums(model, inputs)
         if num_items_in_batch is None:  # evaluation, or a caller outside the training loop
-            loss = outputs.nll_sum / outputs.num_tokens.clamp(min=1)
+            if inputs.get("label_weights") is None:
+                loss = outputs.nll_sum / outputs.num_tokens.clamp(min=1)
+            else:
+                loss = outputs.nll_sum / _positive_or_one(outputs.weight_sum)
         else:
-            loss = outputs.nll_sum / torch.as_tensor(num_items_in_batch, device=outputs.nll_sum.device).clamp(min=1)
+            # The summed weight of the step (the token count when unweighted), as float32: an integer count gives the
+            # same quotient as before, and a summed weight may be below 1.
+            divisor = torch.as_tensor(num_items_in_batch, device=outputs.nll_sum.device).to(outputs.nll_sum.dtype)
+            loss = outputs.nll_sum / _positive_or_one(divisor)
             # DDP and DeepSpeed average gradients over ranks; the divisor already counts every rank's tokens.
             if self.args.average_tokens_across_devices:
                 loss = loss * self.accelerator.num_processes
@@ -170,15 +182,19 @@ class VLSFTTrainer(SFTTrainer):
             steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss.to(loss.device) / steps
 
-        stats = torch.stack([outputs.num_correct.detach(), outputs.num_tokens.detach(), outputs.nll_sum.detach()])
-        self._token_stats[mode] += self.accelerator.gather_for_metrics(stats.double().unsqueeze(0)).sum(0).cpu()
+        stats = torch.stack(
+            [outputs.num_correct.double(), outputs.num_tokens.double(), outputs.nll_sum.double(), outputs.weight_sum.double()]
+        ).detach()
+        self._token_stats[mode] += self.accelerator.gather_for_metrics(stats.unsqueeze(0)).sum(0).cpu()
         return (loss, outputs) if return_outputs else loss
 
     def _get_num_items_in_batch(self, batch_samples, device):
-        """Supervised tokens (labels shifted by one) over every micro-batch of the step and, with
-        `average_tokens_across_devices`, over every rank. Counted whatever the model's `accepts_loss_kwargs`."""
-        count = sum((batch["labels"][..., 1:] != -100).sum() for batch in batch_samples)
-        count = torch.as_tensor(count, device=device)
+        """Summed weight of the supervised tokens (labels shifted by one; each weighs 1 without `label_weights`, so
+        this is their count) over every micro-batch of the step and, with `average_tokens_across_devices`, over every
+        rank. Counted whatever the model's `accepts_loss_kwargs`. float64 on every rank, weighted or not, so that
+        ranks gather the same dtype."""
+        count = sum(_summed_label_weight(batch) for batch in batch_samples)
+        count = torch.as_tensor(count, dtype=torch.float64, device=device)
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             count = self.accelerator.gather(count).sum()
         return count
@@ -192,21 +208,27 @@ class VLSFTTrainer(SFTTrainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
-        correct, total, nll_sum = self._token_stats[mode].tolist()
+        correct, total, nll_sum, weight_sum = self._token_stats[mode].tolist()
         if total > 0:
             self._metrics[mode]["mean_token_accuracy"] = [correct / total]
         if mode == "eval" and total > 0:
             # `Trainer` averages per-batch losses; the eval loss is the token-weighted mean over the whole eval set,
             # the same quantity the training loss is for a step.
             for key in [k for k in logs if k.startswith("eval") and k.endswith("_loss")]:
-                logs[key] = nll_sum / total
+                logs[key] = nll_sum / weight_sum
         if mode == "train":
             if self._total_supervised_tokens == 0:  # after a resume, the count goes on from the checkpoint's log
                 self._total_supervised_tokens = next(
                     (int(e["num_supervised_tokens"]) for e in reversed(self.state.log_history) if "num_supervised_tokens" in e), 0
                 )
+            if self._total_supervised_weight == 0:
+                self._total_supervised_weight = next(
+                    (float(e["supervised_weight"]) for e in reversed(self.state.log_history) if "supervised_weight" in e), 0.0
+                )
             self._total_supervised_tokens += int(total)
+            self._total_supervised_weight += weight_sum
             self._metrics[mode]["num_supervised_tokens"] = [self._total_supervised_tokens]
+            self._metrics[mode]["supervised_weight"] = [self._total_supervised_weight]
         self._token_stats[mode].zero_()
         super().log(logs, start_time)
 
@@ -223,3 +245,15 @@ def _templates_shown_to_trl(processor: ProcessorMixin, training_template: str, a
         yield
     finally:
         processor.chat_template = stock
+
+
+def _summed_label_weight(batch) -> torch.Tensor:
+    """Summed weight of a micro-batch's supervised targets (labels shifted by one), in float64."""
+    if batch.get("label_weights") is not None:
+        return batch["label_weights"][..., 1:].double().sum()
+    return (batch["labels"][..., 1:] != -100).sum().double()
+
+
+def _positive_or_one(divisor: torch.Tensor) -> torch.Tensor:
+    """The divisor, or 1 where it is 0 (a step or batch with nothing supervised gives an exact 0 loss)."""
+    return torch.where(divisor > 0, divisor, torch.ones_like(divisor))

@@ -3,6 +3,8 @@
 A row is checked with the training collator itself (its template, tokenizer, image loading, `max_length` and mask),
 so validation and training agree on what a row is:
 - its messages have known roles and well-formed content, and at least one assistant turn;
+- per-turn `weight` / `train` keys sit on assistant messages only, are numbers >= 0 / booleans, and leave at least one
+  trained assistant turn (with `train_on_turns`);
 - every image loads and fully decodes, and there are as many images as image placeholders (in user, assistant and
   tool messages alike), all of which the chat template renders;
 - with `max_length`, truncation cuts no image token and leaves at least one supervised token.
@@ -30,6 +32,7 @@ from datasets.fingerprint import Hasher
 from vlsft.collator import RenderedRow, RowError, VisionChatCollator
 from vlsft.data import ImageLoadError, count_image_placeholders, is_image_item, load_image, row_images
 from vlsft.templates import FAMILIES, detect_family
+from vlsft.weights import TurnWeightError, turn_weights
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +43,7 @@ IMAGE_ROLES = ("user", "tool")
 # Rows listed in an error before the rest are only counted.
 MAX_LISTED_ROWS = 20
 # The source files whose logic decides a row's verdict: a change to any of them invalidates cached results.
-_VERDICT_SOURCES = ("validation.py", "collator.py", "data.py", "templates.py")
+_VERDICT_SOURCES = ("validation.py", "collator.py", "data.py", "templates.py", "weights.py")
 
 
 @dataclass(frozen=True)
@@ -198,6 +201,8 @@ class RowChecker:
                     for i, message in enumerate(row["messages"])
                     if i > 0 and message.get("role") == "system"
                 ]
+            if not problems and getattr(self.collator, "assistant_only_loss", True):
+                problems = self._weight_problems(row["messages"])
             if problems:
                 verdicts[position] = RowVerdict("; ".join(problems))
             else:
@@ -213,6 +218,14 @@ class RowChecker:
                 RowVerdict(result) if isinstance(result, str) else self._check_rendered(rows[position], result)
             )
         return verdicts
+
+    def _weight_problems(self, messages: list[dict[str, Any]]) -> list[str]:
+        """Malformed `weight` / `train` keys, or no assistant turn left to train on."""
+        try:
+            turn_weights(messages, getattr(self.collator, "train_on_turns", "all"))
+        except TurnWeightError as error:
+            return [str(error)]
+        return []
 
     # -- what every row needs, whichever way it is tokenized -----------------------------------------------------
 
@@ -294,7 +307,7 @@ class RowChecker:
         vision_ids = self.collator._vision_token_ids
         # Walk the unexpanded ids with the position each token lands on once image pads are expanded.
         position, image_end, supervised_positions, image_number = 0, 0, [], 0
-        for token, supervised in zip(rendered.input_ids, rendered.supervised):
+        for token, supervised in zip(rendered.input_ids, rendered.trained):
             if token == self.collator.image_token_id:
                 position += image_tokens[image_number]
                 image_number += 1
@@ -442,6 +455,7 @@ def validation_fingerprint(dataset: Dataset, collator: VisionChatCollator) -> st
             collator.image_root,
             collator.assistant_only_loss,
             getattr(collator, "template_kwargs", None),
+            [getattr(collator, key, None) for key in ("train_on_turns", "train_on_eos", "reasoning_weight")],
             type(collator).__qualname__,
             tokenizer_state,
             image_processor.to_json_string() if hasattr(image_processor, "to_json_string") else repr(image_processor),
@@ -557,6 +571,10 @@ def _reason_kind(reason: str) -> str:
         ("renders", "unrendered image"),
         ("spells out the image token", "literal image token"),
         ("no assistant turn", "no assistant turn"),
+        ("no trained assistant turn", "no trained assistant turn"),
+        ("only assistant turns are trained", "weight on a non-assistant message"),
+        (" has weight ", "bad turn weight"),
+        (" has train ", "bad turn weight"),
         ("cuts image tokens", "image tokens truncated"),
         ("supervised token", "no supervised token"),
     ):

@@ -11,6 +11,7 @@ from datasets import Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # for tests.test_loss when launched as a script
 
 from tests.test_loss import rows_of_different_lengths  # noqa: E402
+from tests.test_weights import rows_only as weighted_rows  # noqa: E402
 from vlsft import VLSFTConfig, VLSFTTrainer  # noqa: E402
 from vlsft.tiny_model import build_tiny_qwen3_vl  # noqa: E402
 
@@ -18,6 +19,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--out", required=True)
 parser.add_argument("--per_device_batch", type=int, required=True)
 parser.add_argument("--accumulation", type=int, default=1)
+parser.add_argument("--weighted", action="store_true", help="train on tests.test_weights' rows with per-turn weights")
 cli = parser.parse_args()
 
 model, processor = build_tiny_qwen3_vl(seed=0)
@@ -36,7 +38,7 @@ args = VLSFTConfig(
     logging_steps=1,
     seed=0,
 )
-trainer = VLSFTTrainer(model, args=args, train_dataset=Dataset.from_list(rows_of_different_lengths()), processing_class=processor)
+trainer = VLSFTTrainer(model, args=args, train_dataset=Dataset.from_list(weighted_rows() if cli.weighted else rows_of_different_lengths()), processing_class=processor)
 trainer.train()
 if trainer.accelerator.is_main_process:
     torch.save({n: p.detach().cpu() for n, p in trainer.accelerator.unwrap_model(trainer.model).named_parameters()}, cli.out)
