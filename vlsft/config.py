@@ -36,6 +36,23 @@ class VLSFTConfig(SFTConfig):
             Learning rates per model component, as optimizer parameter groups: keys `"vision_tower"`, `"merger"`
             (projector and DeepStack mergers), `"language_model"` (see `vlsft.model_parts`). A component left out
             uses `learning_rate`. Recipes set it from `model.vision_tower_lr` / `merger_lr` / `language_model_lr`.
+        video_root (`str`, *optional*):
+            Directory that relative video paths (and frame paths of frame-list videos) are resolved against. Defaults
+            to `image_root`.
+        video_fps (`float`, *optional*):
+            Frames per second sampled from each video file (Qwen3-VL and Qwen2.5-VL). Defaults to the video
+            processor's own: Qwen3-VL samples at its `fps` (2); Qwen2.5-VL's processor keeps every frame unless a rate
+            is given. A frame list without its own `fps` is taken as already sampled at this rate.
+        video_min_frames (`int`, *optional*):
+            Fewest frames sampled from a video (Qwen3-VL default 4), within the frames it has.
+        video_max_frames (`int`, *optional*):
+            Most frames sampled from a video (default 768): a long video is sampled uniformly over its whole length.
+            Qwen2.5-VL, whose processor samples only at a rate, samples at 2 fps when a frame limit is set without
+            `video_fps`.
+        video_max_pixels (`int`, *optional*):
+            The video pixel budget, the video processor's `size["longest_edge"]`: for Qwen3-VL the pixels of all
+            sampled frames together, for Qwen2.5-VL of each frame. Frames are resized (keeping their aspect ratio)
+            to fit. Defaults to the processor's own.
         bf16 (`bool`, *optional*):
             Mixed bf16 precision. Defaults to `True` where a bf16-capable GPU is present, `False` elsewhere (TRL
             defaults to `True` everywhere, which fails on CPU).
@@ -62,10 +79,28 @@ class VLSFTConfig(SFTConfig):
         default=None,
         metadata={"help": "Learning rate per component: vision_tower, merger, language_model (others: learning_rate)."},
     )
+    video_root: str | None = field(
+        default=None, metadata={"help": "Directory that relative video paths are resolved against (default: image_root)."}
+    )
+    video_fps: float | None = field(
+        default=None, metadata={"help": "Frames per second sampled from each video (default: the processor's own)."}
+    )
+    video_min_frames: int | None = field(
+        default=None, metadata={"help": "Fewest frames sampled per video (default: the processor's own)."}
+    )
+    video_max_frames: int | None = field(
+        default=None, metadata={"help": "Most frames sampled per video (default: the processor's own)."}
+    )
+    video_max_pixels: int | None = field(
+        default=None, metadata={"help": "Video pixel budget, the video processor's size['longest_edge']."}
+    )
 
     def __post_init__(self):
         if self.invalid_rows not in ("raise", "skip"):
             raise ValueError(f"`invalid_rows` must be 'raise' or 'skip', got {self.invalid_rows!r}.")
+        for name in ("video_fps", "video_min_frames", "video_max_frames", "video_max_pixels"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"`{name}` must be positive, got {getattr(self, name)}.")
         if self.loss_chunk_size < 1:
             raise ValueError(f"`loss_chunk_size` must be >= 1, got {self.loss_chunk_size}.")
         # vlsft's collator renders, tokenizes and masks every row on the fly, so TRL's up-front tokenization is
