@@ -148,8 +148,10 @@ class VisionChatCollator:
             video_processor.min_frames = self.video_min_frames
         if self.video_max_frames is not None:
             video_processor.max_frames = self.video_max_frames
+        size = {key: value for key, value in dict(video_processor.size).items() if value is not None}
         if self.video_max_pixels is not None:
-            video_processor.size = {**dict(video_processor.size), "longest_edge": self.video_max_pixels}
+            size["longest_edge"] = self.video_max_pixels
+        video_processor.size = size
         self.video_processor = video_processor
         # The processor's call defaults, with the frames already sampled here and the size of this run.
         self._videos_kwargs = {
@@ -157,7 +159,7 @@ class VisionChatCollator:
             "do_sample_frames": False,
             "return_metadata": True,
             "return_tensors": "pt",
-            "size": dict(video_processor.size),
+            "size": size,
         }
         self._video_run = re.compile(f"(?:{re.escape(self.video_token)})+")
 
@@ -197,9 +199,21 @@ class VisionChatCollator:
         for number, value in enumerate(values):
             try:
                 loaded.extend(self.load_videos([value]))
+                self.check_frame_count(loaded[-1].frames.shape[0])
             except VideoLoadError as error:
-                raise RowError(index, f"video {number}: {error}") from error
+                raise RowError(index, f"video {number} {error}") from error
         return loaded
+
+    def check_frame_count(self, num_frames: int) -> None:
+        """The video processor needs at least one temporal patch of frames (it raises on fewer)."""
+        from vlsft.video import VideoLoadError
+
+        needed = self.video_processor.temporal_patch_size
+        if num_frames < needed:
+            raise VideoLoadError(
+                f"has {num_frames} frame(s) sampled; {self.family.display_name} needs at least {needed} "
+                f"(temporal_patch_size): use a longer clip or repeat its frame(s) in a frame list"
+            )
 
     def _tokens_added_on_encode(self) -> tuple[list[int], list[int]]:
         """The ids the tokenizer adds around a text when asked for special tokens (LLaVA-NeXT's `<s>`). The processor
@@ -348,6 +362,17 @@ class VisionChatCollator:
             repeats[ids == self.video_token_id] = torch.tensor(counts, dtype=torch.long)
             expansions.append(ids.repeat_interleave(repeats))
         return expansions
+
+    def video_token_ids(self, num_frames: int, height: int, width: int, metadata) -> torch.Tensor:
+        """The ids a video of sampled `num_frames` frames of `height` x `width` expands to, from those sizes alone
+        (the video processor's resize rule and the processor's replacement text; no pixels are processed)."""
+        processor = self.video_processor
+        self.check_frame_count(num_frames)
+        patches = processor.get_num_of_video_patches(num_frames, height, width, {"size": processor.size})
+        grid_t = -(-num_frames // processor.temporal_patch_size)
+        grid = torch.tensor([[grid_t, patches // grid_t, 1]])
+        text = self.processor.replace_video_token({"video_grid_thw": grid, "video_metadata": [metadata]}, video_idx=0)
+        return self.video_expansions([text])[0]
 
     def _splice_videos(self, ids: torch.Tensor, supervised: torch.Tensor, expansions: list[torch.Tensor]):
         """Each video placeholder token replaced by its expansion (never supervised)."""

@@ -31,7 +31,8 @@ VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".gif")
 
 
 class VideoLoadError(ValueError):
-    """A video could not be read, decoded or sampled; the message says which and why."""
+    """A video could not be read, decoded or sampled. The message reads on from "video N " (e.g. "not found: x.mp4",
+    "cannot be decoded (...)")."""
 
 
 @dataclass
@@ -88,7 +89,7 @@ def load_video(
         indices = _indices(sample_indices, metadata)
         pictures = [np.asarray(_load_frame(frames[i], root, i)) for i in indices]
         if len({picture.shape for picture in pictures}) > 1:
-            raise VideoLoadError(f"frames differ in size ({sorted({p.shape[:2] for p in pictures})}); resize them alike")
+            raise VideoLoadError(f"has frames of different sizes ({sorted({p.shape[:2] for p in pictures})}); resize them alike")
         return _loaded(np.stack(pictures), metadata, indices)
     source = _source(value, root)
     probe = probe_video(value, root)
@@ -106,7 +107,7 @@ def load_video(
     except VideoLoadError:
         raise
     except Exception as error:  # FFmpeg errors: truncated or corrupt streams
-        raise VideoLoadError(f"video cannot be decoded ({type(error).__name__}: {error})") from error
+        raise VideoLoadError(f"cannot be decoded ({type(error).__name__}: {error})") from error
     return _loaded(frames, metadata, indices)
 
 
@@ -118,7 +119,7 @@ def probe_video(value: Any, root: str | None = None) -> VideoProbe:
     try:
         with av.open(source) as container:
             if not container.streams.video:
-                raise VideoLoadError("video has no frames (no video stream)")
+                raise VideoLoadError("has no frames (no video stream)")
             stream = container.streams.video[0]
             frame_pts, keyframe_pts = [], []
             for packet in container.demux(stream):
@@ -133,9 +134,9 @@ def probe_video(value: Any, root: str | None = None) -> VideoProbe:
     except VideoLoadError:
         raise
     except Exception as error:  # av.error.InvalidDataError and friends: not a video FFmpeg can read
-        raise VideoLoadError(f"video cannot be decoded ({type(error).__name__}: {error})") from error
+        raise VideoLoadError(f"cannot be decoded ({type(error).__name__}: {error})") from error
     if not frame_pts:
-        raise VideoLoadError("video has no frames")
+        raise VideoLoadError("has no frames")
     _rewind(source)
     return VideoProbe(sorted(frame_pts), sorted(keyframe_pts), fps, width, height)
 
@@ -154,9 +155,9 @@ def _source(value: Any, root: str | None):
     if isinstance(value, (str, os.PathLike)):
         path = resolve_path(value, root)
         if not os.path.isfile(path):
-            raise VideoLoadError(f"video file not found: {path}")
+            raise VideoLoadError(f"not found: {path}")
         return path
-    raise VideoLoadError(f"unsupported video value of type {type(value).__name__}")
+    raise VideoLoadError(f"is an unsupported value of type {type(value).__name__}")
 
 
 def _rewind(source) -> None:
@@ -167,7 +168,7 @@ def _rewind(source) -> None:
 def _frame_list(value: Any) -> tuple[list[Any], float | None]:
     frames, fps = (value["frames"], value.get("fps")) if isinstance(value, dict) else (value, None)
     if not frames:
-        raise VideoLoadError("video is an empty frame list")
+        raise VideoLoadError("is an empty frame list")
     return list(frames), (float(fps) if fps else None)
 
 
@@ -184,7 +185,7 @@ def _indices(sample_indices, metadata: VideoMetadata) -> list[int]:
     except ValueError as error:  # the processor's sampler refuses (e.g. more frames asked than there are)
         raise VideoLoadError(f"frames cannot be sampled: {error}") from error
     if not indices:
-        raise VideoLoadError(f"no frame sampled out of {metadata.total_num_frames}")
+        raise VideoLoadError(f"has no frame sampled out of {metadata.total_num_frames}")
     return indices
 
 
@@ -240,5 +241,5 @@ def _decode_sequentially(source, probe: VideoProbe, indices: list[int]) -> dict[
             if number >= last:
                 break
     if len(found) < len(wanted):
-        raise VideoLoadError(f"video decodes to fewer frames than its {probe.total_frames} packets")
+        raise VideoLoadError(f"decodes to fewer frames than its {probe.total_frames} packets")
     return found
