@@ -452,3 +452,36 @@ def test_video_recipe_dry_runs_and_trains_on_the_tiny_model(tmp_path, capsys, mo
     video_rows = [row for row in trainer.train_dataset if row["videos"]]
     batch = trainer.data_collator(video_rows[:2])
     assert batch["pixel_values_videos"].shape[0] > 0 and batch["video_grid_thw"].shape == (2, 3)
+
+
+# -- inspection ----------------------------------------------------------------------------------------------------
+
+
+def test_inspect_shows_tokens_per_video_and_a_strip_of_frames(qwen3, videos, tmp_path):
+    """The terminal view names each video's frames and tokens; the HTML page shows its sampled frames as a strip
+    with their timestamps, where its tokens are."""
+    import io
+    import re
+
+    from vlsft.inspection import inspect
+
+    processor, collator = qwen3
+    rows = [video_row(str(videos["mp4"])),
+            {"messages": [user_video({"type": "image"}, VIDEO_ITEM, "?"), assistant("left")],
+             "images": [image()], "videos": [str(videos["gif"])]}]
+    out = io.StringIO()
+    views = inspect(rows, processor, collator=collator, rows="0:2", html=tmp_path / "rows.html", file=out, color=False)
+    batch = collator([rows[0]])
+    video_tokens = int((batch["mm_token_type_ids"][0] == 2).sum())
+    text = out.getvalue()
+    assert f"video 0 10 frames 66x46 at 0.0-4.8 s -> {video_tokens} tokens" in text
+    row_0 = text.split("=== row 1")[0]
+    assert row_0.count("[video 0: ") == 5  # one run of video tokens per temporal group (10 frames / 2)
+    assert "[[right<|im_end|>\n]]" in text and "seconds>" in text
+    assert views[1].videos[0].size == (65, 47) and views[1].image_tokens == [4]
+    page = (tmp_path / "rows.html").read_text()
+    strip = re.search(r'<div class="video" id="video-0">(.*?)</div></div>', page).group(1)
+    assert strip.count("<img ") == 10
+    indices = collator.load_videos([str(videos["mp4"])])[0].metadata.frames_indices
+    expected_times = [f"{i / 4:.1f} s" for i in indices]  # the clip is 4 fps
+    assert re.findall(r"<figcaption>([\d.]+ s)</figcaption>", strip) == expected_times

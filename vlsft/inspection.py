@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from vlsft.collator import VisionChatCollator, training_collator
+from PIL import Image
+
 from vlsft.data import ImageLoadError, load_image, row_images
 
 SUPERVISED_OPEN, SUPERVISED_CLOSE = "[[", "]]"
@@ -44,6 +46,19 @@ class Segment:
     image: int | None = None
     num_tokens: int = 0
     is_image: bool = False
+    video: int | None = None  # for a run of video tokens (one per temporal group in Qwen3-VL): its video's number
+
+
+@dataclass
+class VideoView:
+    """One video as it trains: its sampled frames (PIL, for the HTML strip), their timestamps in seconds, the frame
+    size, its video tokens and all the tokens it expands to (with Qwen3-VL's timestamps and vision markers)."""
+
+    frames: list[Any]
+    timestamps: list[float]
+    size: tuple[int, int]  # (width, height) as decoded
+    video_tokens: int
+    total_tokens: int
 
 
 @dataclass
@@ -60,6 +75,7 @@ class RowView:
     images: list[Any] = field(default_factory=list)  # the decoded PIL images, for the HTML view
     full_length: int = 0
     problem: str | None = None  # why the row cannot be trained on, if it cannot
+    videos: list[VideoView] = field(default_factory=list)
 
     def text(self, color: bool = False) -> str:
         return render_text(self, color=color)
@@ -102,20 +118,26 @@ def view_row(row: dict[str, Any], index: int, collator: VisionChatCollator) -> R
 
     # The tokens the model replaces with image features (Gemma 3: its soft tokens, not the placeholder).
     feature_ids = set(getattr(collator, "image_feature_token_ids", None) or [collator.image_token_id])
-    runs: list[tuple[bool, bool, list[int]]] = []  # (supervised, is image, ids)
+    video_token_id = getattr(collator, "video_token_id", None)
+    view.videos = _video_views(row, collator, batch)
+    video_of_run = _video_numbers(batch, collator)
+    runs: list[tuple[bool, str, list[int]]] = []  # (supervised, "image" / "video" / "text", ids)
     for token, is_supervised in zip(ids, supervised):
-        is_image = token in feature_ids
-        if runs and runs[-1][0] == is_supervised and runs[-1][1] == is_image:
+        kind = "image" if token in feature_ids else "video" if token == video_token_id else "text"
+        if runs and runs[-1][0] == is_supervised and runs[-1][1] == kind:
             runs[-1][2].append(token)
         else:
-            runs.append((is_supervised, is_image, [token]))
-    image_runs = [len(run) for _, is_image, run in runs if is_image]
+            runs.append((is_supervised, kind, [token]))
+    image_runs = [len(run) for _, kind, run in runs if kind == "image"]
     one_run_per_image = len(image_runs) == len(row_images(row))
     view.num_image_tokens = sum(image_runs)
     view.image_tokens = image_runs if one_run_per_image else []
     image_number = 0
-    for is_supervised, is_image, run in runs:
-        if is_image:
+    for is_supervised, kind, run in runs:
+        if kind == "video":
+            token = tokenizer.convert_ids_to_tokens(run[0])
+            view.segments.append(Segment(f"{len(run)} x {token}", False, None, len(run), True, video_of_run(len(run))))
+        elif kind == "image":
             token = tokenizer.convert_ids_to_tokens(run[0])
             number = image_number if one_run_per_image else None
             view.segments.append(Segment(f"{len(run)} x {token}", False, number, len(run), is_image=True))
@@ -124,6 +146,40 @@ def view_row(row: dict[str, Any], index: int, collator: VisionChatCollator) -> R
             text = tokenizer.decode(run, skip_special_tokens=False, clean_up_tokenization_spaces=False)
             view.segments.append(Segment(text, is_supervised, num_tokens=len(run)))
     return view
+
+
+def _video_views(row: dict[str, Any], collator: VisionChatCollator, batch) -> list[VideoView]:
+    """The row's videos as the collator samples them, with the tokens each one expands to."""
+    from vlsft.data import row_videos
+
+    if getattr(collator, "video_token", None) is None or "video_grid_thw" not in batch:
+        return []
+    views = []
+    merge = collator.video_processor.merge_size ** 2
+    for video, grid in zip(collator.load_videos(row_videos(row)), batch["video_grid_thw"].tolist()):
+        count, height, width = video.frames.shape[:3]
+        total = collator.video_token_ids(count, height, width, video.metadata).numel()
+        frames = [Image.fromarray(frame) for frame in video.frames]
+        views.append(VideoView(frames, video.metadata.timestamps, (width, height), grid[0] * grid[1] * grid[2] // merge, total))
+    return views
+
+
+def _video_numbers(batch, collator: VisionChatCollator):
+    """A function giving, run after run of video tokens in order, the number of the video each run belongs to."""
+    if "video_grid_thw" not in batch:
+        return lambda length: None
+    merge = collator.video_processor.merge_size ** 2
+    remaining = iter((batch["video_grid_thw"].prod(-1) // merge).tolist())
+    state = {"number": -1, "left": 0}
+
+    def number_of(length: int) -> int:
+        if state["left"] <= 0:
+            state["number"] += 1
+            state["left"] = next(remaining, 0)
+        state["left"] -= length
+        return state["number"]
+
+    return number_of
 
 
 def select_rows(spec: str | int | slice | list[int] | range | None, size: int) -> list[int]:
@@ -165,6 +221,14 @@ def _summary(view: RowView) -> str:
     if view.full_length > view.num_tokens:
         parts[0] += f" (truncated from {view.full_length})"
     parts.append(f"{view.num_image_tokens} image tokens" + (f" ({images})" if images else ""))
+    if view.videos:
+        videos = ", ".join(
+            f"video {number} {len(video.frames)} frames {video.size[0]}x{video.size[1]} "
+            f"at {video.timestamps[0]:.1f}-{video.timestamps[-1]:.1f} s -> {video.video_tokens} tokens "
+            f"({video.total_tokens} with timestamps and markers)"
+            for number, video in enumerate(view.videos)
+        )
+        parts.append(f"{sum(video.video_tokens for video in view.videos)} video tokens ({videos})")
     return ", ".join(parts)
 
 
@@ -178,7 +242,10 @@ def render_text(view: RowView, color: bool = False) -> str:
         lines.append(f"!!! {view.problem}")
     out = []
     for segment in view.segments:
-        if segment.is_image:
+        if segment.video is not None:
+            label = f"[video {segment.video}: {segment.text}]"
+            out.append(f"{_ANSI_IMAGE}{label}{_ANSI_RESET}" if color else label)
+        elif segment.is_image:
             label = f"[image {segment.image}: {segment.text}]" if segment.image is not None else f"[{segment.text}]"
             out.append(f"{_ANSI_IMAGE}{label}{_ANSI_RESET}" if color else label)
         elif segment.supervised and color:
@@ -207,6 +274,8 @@ figure img {{ display: block; min-width: 96px; max-width: {thumb}px; max-height:
   border: 1px solid #888; }}
 figcaption {{ font-size: 11px; color: #555; }}
 .tile {{ color: #0b6e99; }}
+.video {{ display: block; border-left: 3px solid #0b6e99; padding-left: 6px; margin: 4px 0; }}
+.video figure img.frame {{ min-width: 64px; max-width: 128px; max-height: 128px; }}
 .legend {{ font-size: 13px; margin-bottom: 16px; }}
 </style></head><body>
 <h1>{title}</h1>
@@ -233,9 +302,15 @@ def render_html(views: list[RowView], title: str = "vlsft inspect") -> str:
         if view.problem:
             body.append(f'<div class="problem">{html_lib.escape(view.problem)}</div>')
         tokens = []
+        shown_videos: set[int] = set()
         for segment in view.segments:
             text = html_lib.escape(segment.text)
-            if segment.is_image and segment.image is None:
+            if segment.video is not None:
+                if segment.video not in shown_videos and segment.video < len(view.videos):
+                    shown_videos.add(segment.video)
+                    tokens.append(_video_strip(segment.video, view.videos[segment.video]))
+                tokens.append(f'<span class="tile">[{text}]</span>')
+            elif segment.is_image and segment.image is None:
                 tokens.append(f'<span class="tile">[{text}]</span>')
             elif segment.is_image:
                 caption = f"image {segment.image} · {segment.text}"
@@ -266,6 +341,18 @@ def render_html(views: list[RowView], title: str = "vlsft inspect") -> str:
             f'<section id="row-{view.index}"><h2>row {view.index}</h2><div class="stats">{stats}</div>{"".join(body)}</section>'
         )
     return _PAGE.format(title=html_lib.escape(title), colour=SUPERVISED_COLOUR, thumb=THUMBNAIL_SIZE, rows="\n".join(sections))
+
+
+def _video_strip(number: int, video: VideoView) -> str:
+    """A video's sampled frames side by side, each with its timestamp under it."""
+    frames = "".join(
+        f'<figure><img src="{_data_uri(frame)}" alt="video {number} at {time:.1f} s" class="frame">'
+        f"<figcaption>{time:.1f} s</figcaption></figure>"
+        for frame, time in zip(video.frames, video.timestamps)
+    )
+    caption = (f"video {number} · {len(video.frames)} frames · {video.size[0]}×{video.size[1]} · "
+               f"{video.video_tokens} video tokens ({video.total_tokens} with timestamps and markers)")
+    return f'<div class="video" id="video-{number}">{frames}<div class="stats">{html_lib.escape(caption)}</div></div>'
 
 
 # -- the API and the command -----------------------------------------------------------------------------------------
