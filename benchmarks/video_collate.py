@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     from vlsft.templates import stock_template, training_template
     from vlsft.tiny_model import build_processor
     from vlsft.tiny_video import write_moving_shape
-    from vlsft.video import load_video, probe_video
+    from vlsft.video import LoadedVideo, load_video, probe_video
 
     torch.set_num_threads(args.threads)
     processor = build_processor()
@@ -113,7 +113,8 @@ def main(argv=None) -> int:
         # Collation of decoded videos.
         class PreDecoded(VisionChatCollator):
             def load_videos(self, values):
-                return [copy.deepcopy(decoded[value]) for value in values]
+                # The frames as decoded; a fresh metadata object (the processor writes into it).
+                return [LoadedVideo(decoded[value].frames, copy.copy(decoded[value].metadata)) for value in values]
 
         ours_collator = PreDecoded(processor, training_template("qwen3_vl"))
 
