@@ -517,7 +517,11 @@ def direction_accuracy(model_dir: Path, eval_jsonl: Path) -> float:
     rows = [json.loads(line) for line in eval_jsonl.read_text().splitlines()]
     for row in rows:
         row["videos"] = [str(eval_jsonl.parent / video) for video in row["videos"]]
-    args = VLSFTConfig(output_dir=str(model_dir / "acc"), video_max_pixels=16384, report_to="none")
+    import yaml
+
+    recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "demo_video.yaml").read_text())
+    video_options = {key: value for key, value in recipe["training"].items() if key.startswith("video_")}
+    args = VLSFTConfig(output_dir=str(model_dir / "acc"), report_to="none", **video_options)
     collator = training_collator(processor, args)
     correct = 0
     with torch.no_grad():
