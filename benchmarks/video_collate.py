@@ -71,10 +71,24 @@ def main(argv=None) -> int:
             samples.append(time.perf_counter() - start)
         return statistics.median(samples) * 1000
 
+    def timed_pair(first, second, reps):
+        """Medians of two functions timed in alternation (which goes first alternates too), so that a load change
+        on a shared machine falls on both."""
+        first(), second()  # warm-up
+        samples = ([], [])
+        for rep in range(reps):
+            order = (0, 1) if rep % 2 == 0 else (1, 0)
+            for side in order:
+                start = time.perf_counter()
+                (first, second)[side]()
+                samples[side].append(time.perf_counter() - start)
+        return statistics.median(samples[0]) * 1000, statistics.median(samples[1]) * 1000
+
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
           f"{args.threads}, load {os.getloadavg()[0]:.2f}")
     print(f"clips: {args.size}x{args.size} px, {args.seconds:g} s at {args.fps} fps ({frames_per_clip} frames, H.264 "
-          f"mp4); {args.rows} rows per batch; medians of {args.reps}\n")
+          f"mp4); {args.rows} rows per batch; medians of {args.reps}, the two collate sides "
+          "alternating\n")
     header = ("| videos/row | frames sampled/video | tokens/row | vlsft collate (ms) | processor apply_chat_template "
               "(ms) | vlsft / processor | goal | decode vlsft, sampled frames by seeking (ms) | decode transformers "
               "pyav, same frames (ms) | decode transformers pyav, all frames (ms) |")
@@ -137,8 +151,7 @@ def main(argv=None) -> int:
         ours, theirs = ours_collator(rows), processor_side()
         for key in ("input_ids", "pixel_values_videos", "video_grid_thw", "mm_token_type_ids"):
             assert torch.equal(ours[key], theirs[key]), f"{key} differs from the processor's"
-        collate_ours = timed(lambda: ours_collator(rows), args.reps)
-        collate_theirs = timed(processor_side, args.reps)
+        collate_ours, collate_theirs = timed_pair(lambda: ours_collator(rows), processor_side, args.reps)
         ratio = collate_ours / collate_theirs
         frames = len(indices[paths[0]])
         tokens = int(ours["attention_mask"].sum(-1).float().mean())

@@ -558,3 +558,18 @@ def test_video_demo_learns_which_way_the_square_moves(tmp_path):
     eval_losses = [entry["eval_loss"] for entry in history if "eval_loss" in entry]
     assert eval_losses[-1] <= 0.2 * eval_losses[0], eval_losses
     assert direction_accuracy(output_dir, data / "eval.jsonl") >= 0.6
+
+
+def test_video_collate_benchmark_prints_its_table(capsys):
+    """benchmarks/video_collate.py on a very small workload, one repetition: every row and column comes out (it
+    asserts inside that both sides' tensors are identical). Timings are never asserted."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "video_collate.py"
+    spec = importlib.util.spec_from_file_location("vlsft_video_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--reps", "1", "--size", "64", "--seconds", "2", "--fps", "8", "--rows", "1"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert len(lines) == 3 and all(line.count("|") == 11 for line in lines)
+    assert [line.split("|")[1].strip() for line in lines[1:]] == ["1", "4"]
