@@ -45,6 +45,8 @@ def videos(tmp_path_factory):
         "webm": write_moving_shape(root / "down.webm", num_frames=12, fps=6, size=(64, 48), direction="down"),
         "gif": write_moving_shape(root / "left.gif", num_frames=9, fps=3, size=(65, 47), direction="left"),
         "long": write_moving_shape(root / "long.mp4", num_frames=240, fps=24, size=(64, 48), direction="up"),
+        # H.264 with B-frames: frames decode out of presentation order.
+        "bframes": write_video(root / "bframes.mp4", moving_shape_frames(60), fps=24, options={"g": "12", "bf": "3"}),
         "one_frame": write_moving_shape(root / "one.mp4", num_frames=1, fps=4),
         "zero_frames": write_zero_frame_video(root / "zero.mp4"),
         "corrupt": _corrupt(root / "corrupt.mp4"),
@@ -71,7 +73,7 @@ def qwen25():
 # -- decoding ------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["mp4", "webm", "gif", "long"])
+@pytest.mark.parametrize("kind", ["mp4", "webm", "gif", "long", "bframes"])
 def test_seeking_decoder_gives_transformers_pyav_frames(videos, kind):
     """The frames vlsft decodes by seeking are the frames transformers' `read_video_pyav` decodes front to back."""
     probe = probe_video(videos[kind])

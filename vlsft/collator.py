@@ -42,6 +42,7 @@ from vlsft.templates import (
     family_of_processor,
     resolve_training_template,
 )
+from vlsft.video import LoadedVideo, VideoLoadError, load_video
 
 IGNORE_INDEX = -100
 # Families whose processor and model take videos (`pixel_values_videos`, `video_grid_thw`) and that vlsft trains on.
@@ -175,17 +176,13 @@ class VisionChatCollator:
         }
         return [int(i) for i in processor.sample_frames(metadata=copy.copy(metadata), **kwargs)]
 
-    def load_videos(self, values: list[Any]):
-        """Decode (only the sampled frames of) a row's videos: a list of `vlsft.video.LoadedVideo`."""
-        from vlsft.video import load_video
-
+    def load_videos(self, values: list[Any]) -> list[LoadedVideo]:
+        """Decode (only the sampled frames of) a row's videos."""
         root = self.video_root if self.video_root is not None else self.image_root
         return [load_video(value, root, self.sample_video_indices, self.video_processor.fps) for value in values]
 
     def _row_videos(self, index: int, row: dict[str, Any], pieces: list[tuple[str, bool]]):
         """A row's videos, decoded, after checking they match its placeholders; errors name the row and video."""
-        from vlsft.video import VideoLoadError
-
         values = row_videos(row)
         if self.video_token is None:
             if values:
@@ -206,8 +203,6 @@ class VisionChatCollator:
 
     def check_frame_count(self, num_frames: int) -> None:
         """The video processor needs at least one temporal patch of frames (it raises on fewer)."""
-        from vlsft.video import VideoLoadError
-
         needed = self.video_processor.temporal_patch_size
         if num_frames < needed:
             raise VideoLoadError(

@@ -35,8 +35,9 @@ def moving_shape_frames(
     return frames
 
 
-def write_video(path: str | os.PathLike, frames: list[Image.Image], fps: int = 4) -> Path:
-    """Encode `frames` into `path`; the container and codec follow the suffix (see `CODECS`)."""
+def write_video(path: str | os.PathLike, frames: list[Image.Image], fps: int = 4, options: dict | None = None) -> Path:
+    """Encode `frames` into `path`; the container and codec follow the suffix (see `CODECS`). H.264 gets a keyframe
+    every 4 frames and no B-frames unless `options` (FFmpeg encoder options) say otherwise."""
     import av
 
     path = Path(path)
@@ -46,7 +47,7 @@ def write_video(path: str | os.PathLike, frames: list[Image.Image], fps: int = 4
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, pixel_format
         if codec == "libx264":
-            stream.options = {"g": "4", "bf": "0"}  # a keyframe every 4 frames: the decoder really seeks
+            stream.options = options or {"g": "4", "bf": "0"}  # a keyframe every 4 frames: the decoder really seeks
         for image in frames:
             frame = av.VideoFrame.from_ndarray(np.asarray(image.convert("RGB")), format="rgb24")
             for packet in stream.encode(frame):

@@ -27,9 +27,6 @@ from transformers.video_utils import VideoMetadata
 
 from vlsft.data import ImageLoadError, load_image, resolve_path
 
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".gif")
-
-
 class VideoLoadError(ValueError):
     """A video could not be read, decoded or sampled. The message reads on from "video N " (e.g. "not found: x.mp4",
     "cannot be decoded (...)")."""
@@ -62,17 +59,6 @@ class LoadedVideo:
 
 def is_frame_list(value: Any) -> bool:
     return isinstance(value, (list, tuple)) or (isinstance(value, dict) and value.get("frames") is not None)
-
-
-def video_size(value: Any, root: str | None = None) -> tuple[int, float | None, int, int]:
-    """`(total_frames, fps, height, width)` of a video without decoding its frames (a frame list opens its first
-    frame only). Raises `VideoLoadError` for a missing, corrupt or empty video."""
-    if is_frame_list(value):
-        frames, fps = _frame_list(value)
-        first = _load_frame(frames[0], root, 0)
-        return len(frames), fps, first.height, first.width
-    probe = probe_video(value, root)
-    return probe.total_frames, probe.fps, probe.height, probe.width
 
 
 def load_video(
