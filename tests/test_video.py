@@ -575,3 +575,12 @@ def test_video_collate_benchmark_prints_its_table(capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert len(lines) == 3 and all(line.count("|") == 11 for line in lines)
     assert [line.split("|")[1].strip() for line in lines[1:]] == ["1", "4"]
+
+
+def test_video_options_are_checked():
+    from vlsft.config import VLSFTConfig
+
+    with pytest.raises(ValueError, match="`video_max_frames` must be positive"):
+        VLSFTConfig(output_dir="unused", video_max_frames=0)
+    with pytest.raises(ValueError, match=r"`video_min_frames` \(8\) is above `video_max_frames` \(4\)"):
+        VLSFTConfig(output_dir="unused", video_min_frames=8, video_max_frames=4)

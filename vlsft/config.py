@@ -101,6 +101,11 @@ class VLSFTConfig(SFTConfig):
         for name in ("video_fps", "video_min_frames", "video_max_frames", "video_max_pixels"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"`{name}` must be positive, got {getattr(self, name)}.")
+        if None not in (self.video_min_frames, self.video_max_frames) and self.video_min_frames > self.video_max_frames:
+            raise ValueError(
+                f"`video_min_frames` ({self.video_min_frames}) is above `video_max_frames` ({self.video_max_frames}); "
+                "lower the first or raise the second."
+            )
         if self.loss_chunk_size < 1:
             raise ValueError(f"`loss_chunk_size` must be >= 1, got {self.loss_chunk_size}.")
         # vlsft's collator renders, tokenizes and masks every row on the fly, so TRL's up-front tokenization is
