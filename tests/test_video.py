@@ -295,10 +295,27 @@ def test_qwen2_5_vl_video_equals_the_processor_and_trains(qwen25, videos, fps):
             {"messages": [user_video({"type": "image"}, "Colour?"), assistant("red")], "images": [image()]}]
     batch = collator(rows)
     kwargs = {"fps": fps} if fps else {}
-    assert_same(batch, processor_reference(processor, "qwen2_5_vl", rows, [_decoded(videos["gif"])], kwargs))
+    reference = processor_reference(processor, "qwen2_5_vl", rows, [_decoded(videos["gif"])], kwargs)
+    assert_same(batch, reference)
     assert supervised_runs(processor.tokenizer, batch["input_ids"][0], batch["labels"][0]) == ["left<|im_end|>\n"]
-    loss = model(**batch).loss
-    assert torch.isfinite(loss)
+    with torch.no_grad():
+        ours = model(**batch)
+        theirs = model(**reference)
+    assert torch.isfinite(ours.loss) and torch.equal(ours.logits, theirs.logits)
+
+
+def test_qwen3_vl_model_takes_the_video_batch(tiny, qwen3, videos):
+    """The model's own forward (3D rope from `mm_token_type_ids` and `video_grid_thw`) gives the same logits for
+    vlsft's batch as for the processor's, and the video pixels reach them."""
+    model, (processor, collator) = tiny[0], qwen3
+    rows = [video_row(str(videos["mp4"])), video_row(str(videos["webm"]), answer="down")]
+    batch = collator(rows)
+    reference = processor_reference(processor, "qwen3_vl", rows, [_decoded(videos["mp4"]), _decoded(videos["webm"])])
+    with torch.no_grad():
+        ours = model(**batch).logits
+        assert torch.equal(ours, model(**reference).logits)
+        blank = model(**{**batch, "pixel_values_videos": torch.zeros_like(batch["pixel_values_videos"])}).logits
+    assert not torch.allclose(ours, blank)
 
 
 def test_video_bytes_dicts_and_relative_paths(tiny, videos):
