@@ -601,3 +601,20 @@ def test_video_options_are_checked():
         VLSFTConfig(output_dir="unused", video_max_frames=0)
     with pytest.raises(ValueError, match=r"`video_min_frames` \(8\) is above `video_max_frames` \(4\)"):
         VLSFTConfig(output_dir="unused", video_min_frames=8, video_max_frames=4)
+
+
+def test_recipe_mixes_video_and_image_sources(tmp_path, tiny):
+    """A video JSONL (relative clip paths) mixed with an image-only JSONL: image rows get an empty `videos` list,
+    clip paths resolve against their file's directory, and the mixed rows collate."""
+    from tests.test_recipe import minimal, write_colour_dataset
+    from vlsft.recipe import recipe_from_dict
+    from vlsft.train import build_datasets
+
+    video_file = write_video_jsonl(tmp_path / "video", rows=4)
+    image_file = write_colour_dataset(tmp_path / "images", rows=3)
+    train, _ = build_datasets(recipe_from_dict(minimal(data={"train": [{"path": str(video_file)},
+                                                                       {"path": str(image_file)}]})))
+    assert len(train) == 7 and train[6]["videos"] == []
+    assert train[0]["videos"] == [str(tmp_path / "video" / "clips" / "0.mp4")]
+    batch = VisionChatCollator(tiny[1], training_template("qwen3_vl"))([train[i] for i in range(7)])
+    assert batch["video_grid_thw"].shape[0] == 3 and batch["image_grid_thw"].shape[0] == 4  # row 2 is text only
