@@ -86,6 +86,14 @@ def test_seeking_decoder_gives_transformers_pyav_frames(videos, kind):
     assert np.array_equal(ours.frames, theirs)
 
 
+def test_decoder_seeks_instead_of_decoding_every_frame(videos):
+    """20 frames sampled from 240 (a keyframe every 4): at most 4 frames decoded per sampled frame, far fewer than
+    the 240 a front-to-back decode reads."""
+    indices = list(np.linspace(0, 239, 20).round().astype(int))
+    video = load_video(str(videos["long"]), None, lambda metadata: indices, None)
+    assert video.frames.shape[0] == 20 and video.decoded_frames <= 20 * 4
+
+
 def test_frame_count_and_rate_read_without_decoding(videos):
     probe = probe_video(videos["long"])
     assert (probe.total_frames, probe.fps, probe.width, probe.height) == (240, 24.0, 64, 48)

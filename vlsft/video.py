@@ -55,6 +55,7 @@ class LoadedVideo:
 
     frames: np.ndarray
     metadata: VideoMetadata
+    decoded_frames: int = 0  # frames the decoder produced to reach them (a file's), which seeking keeps low
 
 
 def is_frame_list(value: Any) -> bool:
@@ -75,7 +76,8 @@ def load_video(
         indices = _indices(sample_indices, metadata)
         pictures = [np.asarray(_load_frame(frames[i], root, i)) for i in indices]
         if len({picture.shape for picture in pictures}) > 1:
-            raise VideoLoadError(f"has frames of different sizes ({sorted({p.shape[:2] for p in pictures})}); resize them alike")
+            sizes = sorted({picture.shape[:2] for picture in pictures})
+            raise VideoLoadError(f"has frames of different sizes ({sizes}); resize them alike")
         return _loaded(np.stack(pictures), metadata, indices)
     source = _source(value, root)
     probe = probe_video(value, root)
@@ -89,12 +91,14 @@ def load_video(
     )
     indices = _indices(sample_indices, metadata)
     try:
-        frames = _decode_frames(source, probe, indices)
+        frames, decoded = _decode_frames(source, probe, indices)
     except VideoLoadError:
         raise
     except Exception as error:  # FFmpeg errors: truncated or corrupt streams
         raise VideoLoadError(f"cannot be decoded ({type(error).__name__}: {error})") from error
-    return _loaded(frames, metadata, indices)
+    video = _loaded(frames, metadata, indices)
+    video.decoded_frames = decoded
+    return video
 
 
 def probe_video(value: Any, root: str | None = None) -> VideoProbe:
@@ -180,13 +184,15 @@ def _loaded(frames: np.ndarray, metadata: VideoMetadata, indices: list[int]) -> 
     return LoadedVideo(frames, metadata)
 
 
-def _decode_frames(source, probe: VideoProbe, indices: list[int]) -> np.ndarray:
+def _decode_frames(source, probe: VideoProbe, indices: list[int]) -> tuple[np.ndarray, int]:
     """The frames at `indices` (presentation order), seeking to the keyframe before each one that is not reached by
-    decoding on from the previous one."""
+    decoding on from the previous one; and how many frames were decoded."""
     import av
 
     wanted = sorted({probe.frame_pts[i] for i in indices})
+    wanted_set = set(wanted)
     found: dict[int, np.ndarray] = {}
+    decoded = 0
     with av.open(source) as container:
         stream = container.streams.video[0]
         decoder, position = None, None  # position: pts of the last decoded frame
@@ -199,10 +205,11 @@ def _decode_frames(source, probe: VideoProbe, indices: list[int]) -> np.ndarray:
                 container.seek(keyframe, stream=stream, backward=True, any_frame=False)
                 decoder = container.decode(stream)
             for frame in decoder:
+                decoded += 1
                 if frame.pts is None:
                     break  # no timestamps to seek by: decode sequentially below
                 position = frame.pts
-                if position in wanted and position not in found:
+                if position in wanted_set and position not in found:
                     found[position] = frame.to_ndarray(format="rgb24")
                 if position >= target:
                     break
@@ -211,7 +218,8 @@ def _decode_frames(source, probe: VideoProbe, indices: list[int]) -> np.ndarray:
     if len(found) < len(wanted):
         _rewind(source)
         found = _decode_sequentially(source, probe, indices)
-    return np.stack([found[probe.frame_pts[i]] for i in indices])
+        decoded += max(indices) + 1
+    return np.stack([found[probe.frame_pts[i]] for i in indices]), decoded
 
 
 def _decode_sequentially(source, probe: VideoProbe, indices: list[int]) -> dict[int, np.ndarray]:
