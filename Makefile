@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 EXTRAS ?= test,deepspeed
 PYTEST_ARGS ?=
 
-.PHONY: install test test-slow demo bench clean
+.PHONY: install test test-slow demo demo-video bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ test-slow: install
 
 demo: install
 	$(VENV)/bin/accelerate launch --num_processes 1 --cpu vlsft/train.py --config recipes/demo.yaml --output_dir outputs/demo
+
+# The video demo (recipes/demo_video.yaml): clips of a moving square, generated here, then about two minutes of CPU.
+demo-video: install
+	$(PY) -m vlsft.demo_video outputs/demo-video-data
+	$(VENV)/bin/accelerate launch --num_processes 1 --cpu vlsft/train.py --config recipes/demo_video.yaml --output_dir outputs/demo-video
 
 bench: install
 	$(PY) benchmarks/bench.py

@@ -159,7 +159,7 @@ def test_malformed_messages_are_named(processor, image_files):
     good = image_files["good"]
     rows = [
         {"messages": [{"role": "bot", "content": "hi"}, assistant("Hello.")], "images": []},
-        {"messages": [user("Hi"), {"role": "assistant", "content": [{"type": "video"}]}], "images": []},
+        {"messages": [user("Hi"), {"role": "assistant", "content": [{"type": "audio"}]}], "images": []},
         {"messages": [user("Hi"), {"role": "assistant", "content": [{"type": "text", "text": None}]}], "images": []},
         {"messages": [user("Hi"), assistant("", [{"type": "function", "function": {"arguments": {}}}])], "images": []},
         {"messages": [], "images": []},
@@ -171,7 +171,7 @@ def test_malformed_messages_are_named(processor, image_files):
     reasons = [verdict.reason for verdict in RowChecker(collator_for(processor)).check(rows)]
     assert reasons == [
         "message 0 has unknown role 'bot' (expected one of system, user, assistant, tool)",
-        "message 1 content item 0 has type 'video'; vlsft trains on 'text' and 'image' items",
+        "message 1 content item 0 has type 'audio'; vlsft trains on 'text', 'image' and 'video' items",
         "message 1 content item 0 is a text item without a string 'text'",
         "message 1 tool call 0 has no function name",
         "'messages' must be a non-empty list of messages, got list []",

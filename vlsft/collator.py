@@ -14,11 +14,17 @@ How the mask stays exact and cheap:
    - otherwise (Gemma 3's `\\n\\n<start_of_image>...<end_of_image>\\n\\n`, Idefics3's tiles and row/column tags), as
      text in the pieces before they are tokenized, so newlines merge with their neighbours exactly as the processor
      tokenizes them.
+4. Video placeholders (Qwen-VL) are expanded on token ids too, with the processor's own `replace_video_token` text
+   for each video: its runs of `<|video_pad|>` are tokenized as one token each and repeated, and the rest (Qwen3-VL's
+   `<1.5 seconds>` timestamps and per-frame vision markers) is tokenized on its own. The text sits between special
+   tokens, which the tokenizer never merges across, so this is how the processor tokenizes it in context.
 No offset mapping and no second tokenization are needed.
 """
 
 from __future__ import annotations
 
+import copy
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +33,7 @@ from jinja2 import TemplateError
 from transformers import ProcessorMixin
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from vlsft.data import load_image, normalize_messages, row_images
+from vlsft.data import load_image, normalize_messages, row_images, row_videos
 from vlsft.templates import (
     FAMILIES,
     UnsupportedConversationError,
@@ -38,9 +44,15 @@ from vlsft.templates import (
     resolve_training_template,
     split_inline_reasoning,
 )
+from vlsft.video import LoadedVideo, VideoLoadError, load_video
 from vlsft.weights import TurnWeightError, turn_weights
 
 IGNORE_INDEX = -100
+# Families whose processor and model take videos (`pixel_values_videos`, `video_grid_thw`) and that vlsft trains on.
+VIDEO_FAMILIES = ("qwen3_vl", "qwen3_vl_moe", "qwen2_5_vl")
+# Frame rate Qwen2.5-VL samples at when frame limits are set without `video_fps` (qwen-vl-utils' default): its
+# processor samples only when given a rate.
+QWEN_REFERENCE_FPS = 2.0
 
 
 # Arguments of `render_jinja_template` itself, which a template variable must not shadow.
@@ -117,6 +129,9 @@ class VisionChatCollator:
             `labels` is -100); when all are 1 it is absent.
         return_turn_mask: also return `assistant_turn_mask` (bool, aligned with `labels`): every token of an
             assistant turn, trained or not. For `vlsft inspect`; the trainer never asks for it.
+        video_root: directory for relative video paths (default: `image_root`).
+        video_fps, video_min_frames, video_max_frames, video_max_pixels: override the video processor's frame sampling
+            and pixel budget (see `VLSFTConfig`); None keeps the processor's own.
     """
 
     processor: ProcessorMixin
@@ -130,6 +145,11 @@ class VisionChatCollator:
     train_on_eos: bool = True
     reasoning_weight: float = 1.0
     return_turn_mask: bool = False
+    video_root: str | None = None
+    video_fps: float | None = None
+    video_min_frames: int | None = None
+    video_max_frames: int | None = None
+    video_max_pixels: int | None = None
     _vision_token_ids: set[int] = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -164,6 +184,7 @@ class VisionChatCollator:
         self._images_kwargs = {**merged["images_kwargs"], "return_tensors": "pt"}
         self._model_input_names = set(self.processor.model_input_names)
         self._init_turn_weights()
+        self._setup_videos(merged["videos_kwargs"])
 
     def _init_turn_weights(self) -> None:
         """The token ids that per-token weighting looks for: the end-of-turn token and the reasoning markers."""
@@ -182,6 +203,83 @@ class VisionChatCollator:
                     + ". Leave `reasoning_weight` at 1."
                 )
             self._reasoning_ids = tuple(ids)
+
+    def _setup_videos(self, videos_kwargs: dict[str, Any]) -> None:
+        """The video token and a copy of the video processor with this run's sampling and pixel budget."""
+        self.video_token = self.video_token_id = self.video_processor = None
+        if self.family.name not in VIDEO_FAMILIES or getattr(self.processor, "video_processor", None) is None:
+            return
+        self.video_token = self.processor.video_token
+        self.video_token_id = self.processor.tokenizer.convert_tokens_to_ids(self.video_token)
+        video_processor = copy.copy(self.processor.video_processor)
+        frame_limits = self.video_min_frames is not None or self.video_max_frames is not None
+        if self.video_fps is not None or (frame_limits and not video_processor.do_sample_frames):
+            video_processor.fps = self.video_fps if self.video_fps is not None else QWEN_REFERENCE_FPS
+            video_processor.do_sample_frames = True
+        if self.video_min_frames is not None:
+            video_processor.min_frames = self.video_min_frames
+        if self.video_max_frames is not None:
+            video_processor.max_frames = self.video_max_frames
+        size = {key: value for key, value in dict(video_processor.size).items() if value is not None}
+        if self.video_max_pixels is not None:
+            size["longest_edge"] = self.video_max_pixels
+        video_processor.size = size
+        self.video_processor = video_processor
+        # The processor's call defaults, with the frames already sampled here and the size of this run.
+        self._videos_kwargs = {
+            **videos_kwargs,
+            "do_sample_frames": False,
+            "return_metadata": True,
+            "return_tensors": "pt",
+            "size": size,
+        }
+        self._video_run = re.compile(f"(?:{re.escape(self.video_token)})+")
+
+    def sample_video_indices(self, metadata) -> list[int]:
+        """The frame indices the video processor samples from a video with this metadata (its own `sample_frames`,
+        called as its `preprocess` calls it), or every frame where it does not sample."""
+        processor = self.video_processor
+        if not processor.do_sample_frames:
+            return list(range(metadata.total_num_frames))
+        skipped = ("input_data_format", "do_convert_rgb", "do_sample_frames", "device", "video_metadata")
+        kwargs = {
+            name: getattr(processor, name, None) for name in processor.valid_kwargs.__annotations__ if name not in skipped
+        }
+        return [int(i) for i in processor.sample_frames(metadata=copy.copy(metadata), **kwargs)]
+
+    def load_videos(self, values: list[Any]) -> list[LoadedVideo]:
+        """Decode (only the sampled frames of) a row's videos."""
+        root = self.video_root if self.video_root is not None else self.image_root
+        return [load_video(value, root, self.sample_video_indices, self.video_processor.fps) for value in values]
+
+    def _row_videos(self, index: int, row: dict[str, Any], pieces: list[tuple[str, bool]]):
+        """A row's videos, decoded, after checking they match its placeholders; errors name the row and video."""
+        values = row_videos(row)
+        if self.video_token is None:
+            if values:
+                raise RowError(index, f"{self.family.display_name} is not trained on videos by vlsft (video families: "
+                               f"{', '.join(VIDEO_FAMILIES)}); remove the row's videos")
+            return []
+        placeholders = sum(text.count(self.video_token) for text, _ in pieces)
+        if placeholders != len(values):
+            raise RowError(index, f"{placeholders} video placeholder(s) but {len(values)} video(s)")
+        loaded = []
+        for number, value in enumerate(values):
+            try:
+                loaded.extend(self.load_videos([value]))
+                self.check_frame_count(loaded[-1].frames.shape[0])
+            except VideoLoadError as error:
+                raise RowError(index, f"video {number} {error}") from error
+        return loaded
+
+    def check_frame_count(self, num_frames: int) -> None:
+        """The video processor needs at least one temporal patch of frames (it raises on fewer)."""
+        needed = self.video_processor.temporal_patch_size
+        if num_frames < needed:
+            raise VideoLoadError(
+                f"has {num_frames} frame(s) sampled; {self.family.display_name} needs at least {needed} "
+                f"(temporal_patch_size): use a longer clip or repeat its frame(s) in a frame list"
+            )
 
     def _tokens_added_on_encode(self) -> tuple[list[int], list[int]]:
         """The ids the tokenizer adds around a text when asked for special tokens (LLaVA-NeXT's `<s>`). The processor
@@ -359,10 +457,65 @@ class VisionChatCollator:
             ids, supervised = ids.repeat_interleave(repeats), supervised.repeat_interleave(repeats)
         return ids, supervised
 
+    # -- videos ------------------------------------------------------------------------------------------------
+
+    def _process_videos(self, videos: list) -> tuple[dict[str, Any], list[str]]:
+        """The processor's own video output (`pixel_values_videos`, `video_grid_thw`, Qwen2.5-VL's
+        `second_per_grid_ts`) and the text that replaces each video's placeholder, for sampled frames."""
+        if not videos:
+            return {}, []
+        kwargs = {**self._videos_kwargs, "video_metadata": [video.metadata for video in videos]}
+        processed, replacements = self.processor._process_videos([video.frames for video in videos], **kwargs)
+        processed = dict(processed)
+        if "second_per_grid_ts" in processed:
+            processed["second_per_grid_ts"] = torch.tensor(processed["second_per_grid_ts"])
+        return processed, replacements
+
+    def video_expansions(self, replacements: list[str]) -> list[torch.Tensor]:
+        """The token ids of each video's replacement text: its `<|video_pad|>` runs become one token each for the
+        tokenizer (one batched call), then are repeated on ids."""
+        if not replacements:
+            return []
+        compressed = [self._video_run.sub(self.video_token, text) for text in replacements]
+        runs = [[len(run) // len(self.video_token) for run in self._video_run.findall(text)] for text in replacements]
+        encoded = self.processor.tokenizer(compressed, add_special_tokens=False)["input_ids"]
+        expansions = []
+        for ids, counts in zip(encoded, runs):
+            ids = torch.tensor(ids, dtype=torch.long)
+            repeats = torch.ones_like(ids)
+            repeats[ids == self.video_token_id] = torch.tensor(counts, dtype=torch.long)
+            expansions.append(ids.repeat_interleave(repeats))
+        return expansions
+
+    def video_token_ids(self, num_frames: int, height: int, width: int, metadata) -> torch.Tensor:
+        """The ids a video of sampled `num_frames` frames of `height` x `width` expands to, from those sizes alone
+        (the video processor's resize rule and the processor's replacement text; no pixels are processed)."""
+        processor = self.video_processor
+        self.check_frame_count(num_frames)
+        patches = processor.get_num_of_video_patches(num_frames, height, width, {"size": processor.size})
+        grid_t = -(-num_frames // processor.temporal_patch_size)
+        grid = torch.tensor([[grid_t, patches // grid_t, 1]])
+        text = self.processor.replace_video_token({"video_grid_thw": grid, "video_metadata": [metadata]}, video_idx=0)
+        return self.video_expansions([text])[0]
+
+    def _splice_videos(self, ids: torch.Tensor, supervised: torch.Tensor, expansions: list[torch.Tensor]):
+        """Each video placeholder token replaced by its expansion (never supervised)."""
+        if not expansions:
+            return ids, supervised
+        positions = (ids == self.video_token_id).nonzero().flatten().tolist()
+        id_parts, mask_parts, start = [], [], 0
+        for position, expansion in zip(positions, expansions):
+            id_parts += [ids[start:position], expansion]
+            mask_parts += [supervised[start:position], torch.zeros(len(expansion), dtype=torch.bool)]
+            start = position + 1
+        id_parts.append(ids[start:])
+        mask_parts.append(supervised[start:])
+        return torch.cat(id_parts), torch.cat(mask_parts)
+
     # -- collation ---------------------------------------------------------------------------------------------
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        row_pieces, images, row_weights = [], [], []
+        row_pieces, images, row_weights, videos, videos_per_row = [], [], [], [], []
         for index, row in enumerate(rows):
             try:
                 pieces, weights = self.weighted_pieces(row)
@@ -377,18 +530,25 @@ class VisionChatCollator:
                 images.append([load_image(value, self.image_root) for value in values])
             except ValueError as error:
                 raise RowError(index, str(error)) from error
+            row_videos_ = self._row_videos(index, row, pieces)
+            videos.extend(row_videos_)
+            videos_per_row.append(len(row_videos_))
             row_pieces.append(pieces)
 
         vision = self._process_images(images)
+        video_outputs, video_texts = self._process_videos(videos)
+        expansions = self.video_expansions(video_texts)
         num_images = sum(len(row) for row in images)
         sequences, masks = [], []
         if self.family.expand_on_ids:
             counts = self._image_token_counts(vision, num_images)
-            cursor = 0
-            for row in self._tokenize_pieces(row_pieces, images):
+            cursor = video_cursor = 0
+            for row, n_videos in zip(self._tokenize_pieces(row_pieces, images), videos_per_row):
                 n_images = len(row.images)
                 ids, supervised = self._expand_on_ids(row, counts[cursor : cursor + n_images])
                 cursor += n_images
+                ids, supervised = self._splice_videos(ids, supervised, expansions[video_cursor : video_cursor + n_videos])
+                video_cursor += n_videos
                 sequences.append(ids)
                 masks.append(supervised)
         else:
@@ -397,15 +557,18 @@ class VisionChatCollator:
                 sequences.append(torch.tensor(row.input_ids, dtype=torch.long))
                 masks.append(torch.tensor(row.supervised, dtype=torch.bool))
         # What the model takes (not, e.g., Idefics3's tile grid, which only `replace_image_token` reads).
-        batch = {key: value for key, value in vision.items() if key in self._model_input_names}
+        batch = {key: value for key, value in {**vision, **video_outputs}.items() if key in self._model_input_names}
 
         token_weights = self._row_token_weights(sequences, masks, row_weights)
         vision_ids = torch.tensor(sorted(self._vision_token_ids))
         feature_ids = torch.tensor(self.image_feature_token_ids)
+        # Tokens that truncation must not cut: image features, and video features and their timestamps.
+        kept_ids = torch.tensor(self.image_feature_token_ids + ([self.video_token_id] if videos else []))
         for index, (ids, supervised) in enumerate(zip(sequences, masks)):
             if self.max_length is not None and len(ids) > self.max_length:
-                if bool(torch.isin(ids[self.max_length :], feature_ids).any()):
-                    raise RowError(index, f"max_length={self.max_length} cuts image tokens (row has {len(ids)} tokens)")
+                if bool(torch.isin(ids[self.max_length :], kept_ids).any()):
+                    what = "image or video" if videos else "image"
+                    raise RowError(index, f"max_length={self.max_length} cuts {what} tokens (row has {len(ids)} tokens)")
                 ids, supervised = ids[: self.max_length], supervised[: self.max_length]
             # Vision tokens are inputs, never targets, whatever the template marked.
             sequences[index] = ids
@@ -425,7 +588,10 @@ class VisionChatCollator:
         batch["attention_mask"] = attention_mask
         if self.family.image_map_key is not None:
             # 1 on the image feature tokens: Qwen's 3D rope positions, Gemma 3's bidirectional attention per image.
-            batch[self.family.image_map_key] = torch.isin(input_ids, feature_ids).long() * attention_mask
+            token_types = torch.isin(input_ids, feature_ids).long()
+            if self.video_token_id is not None and self.family.image_map_key == "mm_token_type_ids":
+                token_types[input_ids == self.video_token_id] = 2  # the processor's type for video tokens
+            batch[self.family.image_map_key] = token_types * attention_mask
         if self.return_turn_mask:
             batch["assistant_turn_mask"] = labels != IGNORE_INDEX
         if any(weights is not None for weights in token_weights):
@@ -482,4 +648,9 @@ def training_collator(processor: ProcessorMixin, args) -> VisionChatCollator:
         train_on_turns=getattr(args, "train_on_turns", "all"),
         train_on_eos=getattr(args, "train_on_eos", True),
         reasoning_weight=getattr(args, "reasoning_weight", 1.0),
+        video_root=args.video_root,
+        video_fps=args.video_fps,
+        video_min_frames=args.video_min_frames,
+        video_max_frames=args.video_max_frames,
+        video_max_pixels=args.video_max_pixels,
     )

@@ -60,6 +60,23 @@ class VLSFTConfig(SFTConfig):
         reasoning_weight (`float`, defaults to `1.0`):
             Weight of a trained turn's reasoning tokens (the family's markers and everything between them, e.g.
             `<think>...</think>`) relative to the rest of the turn. 0 leaves the reasoning as context.
+        video_root (`str`, *optional*):
+            Directory that relative video paths (and frame paths of frame-list videos) are resolved against. Defaults
+            to `image_root`.
+        video_fps (`float`, *optional*):
+            Frames per second sampled from each video file (Qwen3-VL and Qwen2.5-VL). Defaults to the video
+            processor's own: Qwen3-VL samples at its `fps` (2); Qwen2.5-VL's processor keeps every frame unless a rate
+            is given. A frame list without its own `fps` is taken as already sampled at this rate.
+        video_min_frames (`int`, *optional*):
+            Fewest frames sampled from a video (Qwen3-VL default 4), within the frames it has.
+        video_max_frames (`int`, *optional*):
+            Most frames sampled from a video (default 768): a long video is sampled uniformly over its whole length.
+            Qwen2.5-VL, whose processor samples only at a rate, samples at 2 fps when a frame limit is set without
+            `video_fps`.
+        video_max_pixels (`int`, *optional*):
+            The video pixel budget, the video processor's `size["longest_edge"]`: for Qwen3-VL the pixels of all
+            sampled frames together, for Qwen2.5-VL of each frame. Frames are resized (keeping their aspect ratio)
+            to fit. Defaults to the processor's own.
         bf16 (`bool`, *optional*):
             Mixed bf16 precision. Defaults to `True` where a bf16-capable GPU is present, `False` elsewhere (TRL
             defaults to `True` everywhere, which fails on CPU).
@@ -106,6 +123,21 @@ class VLSFTConfig(SFTConfig):
     reasoning_weight: float = field(
         default=1.0, metadata={"help": "Loss weight of a trained turn's reasoning tokens (<think>...</think>)."}
     )
+    video_root: str | None = field(
+        default=None, metadata={"help": "Directory that relative video paths are resolved against (default: image_root)."}
+    )
+    video_fps: float | None = field(
+        default=None, metadata={"help": "Frames per second sampled from each video (default: the processor's own)."}
+    )
+    video_min_frames: int | None = field(
+        default=None, metadata={"help": "Fewest frames sampled per video (default: the processor's own)."}
+    )
+    video_max_frames: int | None = field(
+        default=None, metadata={"help": "Most frames sampled per video (default: the processor's own)."}
+    )
+    video_max_pixels: int | None = field(
+        default=None, metadata={"help": "Video pixel budget, the video processor's size['longest_edge']."}
+    )
 
     def __post_init__(self):
         if self.reasoning_history not in ("drop", "keep"):
@@ -125,6 +157,14 @@ class VLSFTConfig(SFTConfig):
             )
         if self.invalid_rows not in ("raise", "skip"):
             raise ValueError(f"`invalid_rows` must be 'raise' or 'skip', got {self.invalid_rows!r}.")
+        for name in ("video_fps", "video_min_frames", "video_max_frames", "video_max_pixels"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"`{name}` must be positive, got {getattr(self, name)}.")
+        if None not in (self.video_min_frames, self.video_max_frames) and self.video_min_frames > self.video_max_frames:
+            raise ValueError(
+                f"`video_min_frames` ({self.video_min_frames}) is above `video_max_frames` ({self.video_max_frames}); "
+                "lower the first or raise the second."
+            )
         if self.loss_chunk_size < 1:
             raise ValueError(f"`loss_chunk_size` must be >= 1, got {self.loss_chunk_size}.")
         # vlsft's collator renders, tokenizes and masks every row on the fly, so TRL's up-front tokenization is

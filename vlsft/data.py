@@ -83,7 +83,7 @@ def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             message["content"] = ""
         elif isinstance(content, list):
             message["content"] = [
-                {key: value for key, value in item.items() if value is not None and not (key == "image" and is_image_item(item))}
+                {key: value for key, value in item.items() if value is not None and not _is_inline_media(key, item)}
                 for item in content
             ]
         normalized.append(message)
@@ -97,4 +97,47 @@ def count_image_placeholders(messages: list[dict[str, Any]]) -> int:
         if isinstance(message.get("content"), list)
         for item in message["content"]
         if isinstance(item, dict) and is_image_item(item)
+    )
+
+
+# -- videos (decoded in `vlsft.video`) ------------------------------------------------------------------------------
+
+
+def resolve_path(path: str | os.PathLike, root: str | None) -> str:
+    """`path` made absolute against `root` when it is relative and a root is given."""
+    return _resolve(path, root)
+
+
+def is_video_item(item: dict[str, Any]) -> bool:
+    return item.get("type") == "video"
+
+
+def _is_inline_media(key: str, item: dict[str, Any]) -> bool:
+    # An inline image or video value is data for the processor, not text for the template.
+    return (key == "image" and is_image_item(item)) or (key == "video" and is_video_item(item))
+
+
+def row_videos(row: dict[str, Any]) -> list[Any]:
+    """The raw video values of a row, in placeholder order: the `videos` column, a single `video`, or videos given
+    inline in the placeholders (`{"type": "video", "video": ...}`)."""
+    if row.get("videos") is not None:
+        return list(row["videos"])
+    if row.get("video") is not None:
+        return [row["video"]]
+    return [
+        item["video"]
+        for message in row.get("messages") or []
+        if isinstance(message.get("content"), list)
+        for item in message["content"]
+        if isinstance(item, dict) and is_video_item(item) and item.get("video") is not None
+    ]
+
+
+def count_video_placeholders(messages: list[dict[str, Any]]) -> int:
+    return sum(
+        1
+        for message in messages
+        if isinstance(message.get("content"), list)
+        for item in message["content"]
+        if isinstance(item, dict) and is_video_item(item)
     )

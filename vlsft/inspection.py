@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from vlsft.collator import VisionChatCollator, training_collator
+from PIL import Image
+
 from vlsft.data import ImageLoadError, load_image, row_images
 
 SUPERVISED_OPEN, SUPERVISED_CLOSE = "[[", "]]"
@@ -52,6 +54,19 @@ class Segment:
     is_image: bool = False
     weight: float = 1.0  # of a supervised run
     context: bool = False  # assistant-turn tokens that do not train (weight 0)
+    video: int | None = None  # for a run of video tokens (one per temporal group in Qwen3-VL): its video's number
+
+
+@dataclass
+class VideoView:
+    """One video as it trains: its sampled frames (PIL, for the HTML strip), their timestamps in seconds, the frame
+    size, its video tokens and all the tokens it expands to (with Qwen3-VL's timestamps and vision markers)."""
+
+    frames: list[Any]
+    timestamps: list[float]
+    size: tuple[int, int]  # (width, height) as decoded
+    video_tokens: int
+    total_tokens: int
 
 
 @dataclass
@@ -70,6 +85,7 @@ class RowView:
     problem: str | None = None  # why the row cannot be trained on, if it cannot
     weighted: bool = False  # some assistant token weighs other than 1 (then weights are shown)
     supervised_weight: float = 0.0  # summed weight of the supervised tokens (the loss's share of this row)
+    videos: list[VideoView] = field(default_factory=list)
 
     def text(self, color: bool = False) -> str:
         return render_text(self, color=color)
@@ -119,23 +135,29 @@ def view_row(row: dict[str, Any], index: int, collator: VisionChatCollator) -> R
 
     # The tokens the model replaces with image features (Gemma 3: its soft tokens, not the placeholder).
     feature_ids = set(getattr(collator, "image_feature_token_ids", None) or [collator.image_token_id])
-    # (state, is image, ids); state: the weight of a supervised token, "context" for an untrained assistant-turn
-    # token, None for any other.
-    runs: list[tuple[float | str | None, bool, list[int]]] = []
+    video_token_id = getattr(collator, "video_token_id", None)
+    view.videos = _video_views(row, collator, batch)
+    video_of_run = _video_numbers(batch, collator)
+    # (state, kind, ids); state: the weight of a supervised token, "context" for an untrained assistant-turn text
+    # token, None for any other; kind: "image", "video" or "text".
+    runs: list[tuple[float | str | None, str, list[int]]] = []
     for token, is_supervised, weight, is_turn in zip(ids, supervised, weights, in_turn):
-        is_image = token in feature_ids
-        state = weight if is_supervised else "context" if is_turn and not is_image else None
-        if runs and runs[-1][0] == state and runs[-1][1] == is_image:
+        kind = "image" if token in feature_ids else "video" if token == video_token_id else "text"
+        state = weight if is_supervised else "context" if is_turn and kind == "text" else None
+        if runs and runs[-1][0] == state and runs[-1][1] == kind:
             runs[-1][2].append(token)
         else:
-            runs.append((state, is_image, [token]))
-    image_runs = [len(run) for _, is_image, run in runs if is_image]
+            runs.append((state, kind, [token]))
+    image_runs = [len(run) for _, kind, run in runs if kind == "image"]
     one_run_per_image = len(image_runs) == len(row_images(row))
     view.num_image_tokens = sum(image_runs)
     view.image_tokens = image_runs if one_run_per_image else []
     image_number = 0
-    for state, is_image, run in runs:
-        if is_image:
+    for state, kind, run in runs:
+        if kind == "video":
+            token = tokenizer.convert_ids_to_tokens(run[0])
+            view.segments.append(Segment(f"{len(run)} x {token}", False, None, len(run), is_image=True, video=video_of_run(len(run))))
+        elif kind == "image":
             token = tokenizer.convert_ids_to_tokens(run[0])
             number = image_number if one_run_per_image else None
             view.segments.append(Segment(f"{len(run)} x {token}", False, number, len(run), is_image=True))
@@ -147,6 +169,40 @@ def view_row(row: dict[str, Any], index: int, collator: VisionChatCollator) -> R
             segment.weight = state if is_supervised else 0.0
             view.segments.append(segment)
     return view
+
+
+def _video_views(row: dict[str, Any], collator: VisionChatCollator, batch) -> list[VideoView]:
+    """The row's videos as the collator samples them, with the tokens each one expands to."""
+    from vlsft.data import row_videos
+
+    if getattr(collator, "video_token", None) is None or "video_grid_thw" not in batch:
+        return []
+    views = []
+    merge = collator.video_processor.merge_size ** 2
+    for video, grid in zip(collator.load_videos(row_videos(row)), batch["video_grid_thw"].tolist()):
+        count, height, width = video.frames.shape[:3]
+        total = collator.video_token_ids(count, height, width, video.metadata).numel()
+        frames = [Image.fromarray(frame) for frame in video.frames]
+        views.append(VideoView(frames, video.metadata.timestamps, (width, height), grid[0] * grid[1] * grid[2] // merge, total))
+    return views
+
+
+def _video_numbers(batch, collator: VisionChatCollator):
+    """A function giving, run after run of video tokens in order, the number of the video each run belongs to."""
+    if "video_grid_thw" not in batch:
+        return lambda length: None
+    merge = collator.video_processor.merge_size ** 2
+    remaining = iter((batch["video_grid_thw"].prod(-1) // merge).tolist())
+    state = {"number": -1, "left": 0}
+
+    def number_of(length: int) -> int:
+        if state["left"] <= 0:
+            state["number"] += 1
+            state["left"] = next(remaining, 0)
+        state["left"] -= length
+        return state["number"]
+
+    return number_of
 
 
 def select_rows(spec: str | int | slice | list[int] | range | None, size: int) -> list[int]:
@@ -190,6 +246,14 @@ def _summary(view: RowView) -> str:
     if view.full_length > view.num_tokens:
         parts[0] += f" (truncated from {view.full_length})"
     parts.append(f"{view.num_image_tokens} image tokens" + (f" ({images})" if images else ""))
+    if view.videos:
+        videos = ", ".join(
+            f"video {number} {len(video.frames)} frames {video.size[0]}x{video.size[1]} "
+            f"at {video.timestamps[0]:.1f}-{video.timestamps[-1]:.1f} s -> {video.video_tokens} tokens "
+            f"({video.total_tokens} with timestamps and markers)"
+            for number, video in enumerate(view.videos)
+        )
+        parts.append(f"{sum(video.video_tokens for video in view.videos)} video tokens ({videos})")
     return ", ".join(parts)
 
 
@@ -203,7 +267,10 @@ def render_text(view: RowView, color: bool = False) -> str:
         lines.append(f"!!! {view.problem}")
     out = []
     for segment in view.segments:
-        if segment.is_image:
+        if segment.video is not None:
+            label = f"[video {segment.video}: {segment.text}]"
+            out.append(f"{_ANSI_IMAGE}{label}{_ANSI_RESET}" if color else label)
+        elif segment.is_image:
             label = f"[image {segment.image}: {segment.text}]" if segment.image is not None else f"[{segment.text}]"
             out.append(f"{_ANSI_IMAGE}{label}{_ANSI_RESET}" if color else label)
         elif segment.supervised and color:
@@ -245,6 +312,8 @@ figure img {{ display: block; min-width: 96px; max-width: {thumb}px; max-height:
   border: 1px solid #888; }}
 figcaption {{ font-size: 11px; color: #555; }}
 .tile {{ color: #0b6e99; }}
+.video {{ display: block; border-left: 3px solid #0b6e99; padding-left: 6px; margin: 4px 0; }}
+.video figure img.frame {{ min-width: 64px; max-width: 128px; max-height: 128px; }}
 .legend {{ font-size: 13px; margin-bottom: 16px; }}
 </style></head><body>
 <h1>{title}</h1>
@@ -272,9 +341,15 @@ def render_html(views: list[RowView], title: str = "vlsft inspect") -> str:
         if view.problem:
             body.append(f'<div class="problem">{html_lib.escape(view.problem)}</div>')
         tokens = []
+        shown_videos: set[int] = set()
         for segment in view.segments:
             text = html_lib.escape(segment.text)
-            if segment.is_image and segment.image is None:
+            if segment.video is not None:
+                if segment.video not in shown_videos and segment.video < len(view.videos):
+                    shown_videos.add(segment.video)
+                    tokens.append(_video_strip(segment.video, view.videos[segment.video]))
+                tokens.append(f'<span class="tile">[{text}]</span>')
+            elif segment.is_image and segment.image is None:
                 tokens.append(f'<span class="tile">[{text}]</span>')
             elif segment.is_image:
                 caption = f"image {segment.image} · {segment.text}"
@@ -308,6 +383,18 @@ def render_html(views: list[RowView], title: str = "vlsft inspect") -> str:
             f'<section id="row-{view.index}"><h2>row {view.index}</h2><div class="stats">{stats}</div>{"".join(body)}</section>'
         )
     return _PAGE.format(title=html_lib.escape(title), colour=SUPERVISED_COLOUR, thumb=THUMBNAIL_SIZE, rows="\n".join(sections))
+
+
+def _video_strip(number: int, video: VideoView) -> str:
+    """A video's sampled frames side by side, each with its timestamp under it."""
+    frames = "".join(
+        f'<figure><img src="{_data_uri(frame)}" alt="video {number} at {time:.1f} s" class="frame">'
+        f"<figcaption>{time:.1f} s</figcaption></figure>"
+        for frame, time in zip(video.frames, video.timestamps)
+    )
+    caption = (f"video {number} · {len(video.frames)} frames · {video.size[0]}×{video.size[1]} · "
+               f"{video.video_tokens} video tokens ({video.total_tokens} with timestamps and markers)")
+    return f'<div class="video" id="video-{number}">{frames}<div class="stats">{html_lib.escape(caption)}</div></div>'
 
 
 # -- the API and the command -----------------------------------------------------------------------------------------

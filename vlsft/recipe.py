@@ -11,7 +11,7 @@ lora:                                        # optional; absent = full fine-tune
 data:
   train:
     - path: data/train.jsonl                 # Hub name, JSONL / JSON / Parquet file or glob, image folder
-      columns: {messages: conversations}     # rename source columns to `messages` / `images` / `image` / `tools`
+      columns: {messages: conversations}     # rename source columns to `messages` / `images` / `image` / `videos` / `tools`
       weight: 2
     - path: HuggingFaceH4/llava-instruct-mix-vsft
       split: train
@@ -142,7 +142,7 @@ class DatasetSource:
     path: a `datasets` Hub name, a local .jsonl / .json / .parquet file (or a glob of them), a local directory
         (an image folder with a metadata.jsonl holding `messages`, or data files), or `demo-shapes`.
     name: the Hub dataset's configuration. split: which split (slicing such as `train[:1000]` works).
-    columns: `{target: source column}` to rename columns to `messages`, `images`, `image`, `tools`.
+    columns: `{target: source column}` to rename columns to `messages`, `images`, `image`, `videos`, `tools`.
     image_root: directory that relative image paths resolve against. Default: `training.image_root` if set, else
         the directory of a local data file.
     rows / fraction: keep this many rows / this fraction of the rows (a seeded random sample; at most one of them).
@@ -488,8 +488,9 @@ def _check_values(recipe: Recipe) -> None:
         if source.fraction is not None and not 0 < source.fraction <= 1:
             raise RecipeError(f"`{where}.fraction` must be in (0, 1], got {source.fraction}.")
         for target in source.columns or {}:
-            if target not in ("messages", "images", "image", "tools"):
-                _unknown(target, ["messages", "images", "image", "tools"], where=f"{where}.columns", what="target column")
+            if target not in ("messages", "images", "image", "videos", "tools"):
+                _unknown(target, ["messages", "images", "image", "videos", "tools"], where=f"{where}.columns",
+                         what="target column")
         if source.path == DEMO_DATASET and source.rows is None:
             raise RecipeError(f"`{where}`: `{DEMO_DATASET}` is generated; say how many with `rows`.")
         if source.path == DEMO_DATASET and source.fraction is not None:

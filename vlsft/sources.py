@@ -12,7 +12,7 @@ from vlsft.recipe import DEMO_DATASET, DatasetSource, Recipe, RecipeError, mixtu
 
 # Local data files by extension -> the `datasets` packaged builder that reads them.
 LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
-CONVERSATION_COLUMNS = ("messages", "images", "tools")
+CONVERSATION_COLUMNS = ("messages", "images", "videos", "tools")
 
 
 # -- datasets ----------------------------------------------------------------------------------------------------
@@ -31,16 +31,17 @@ def build_datasets(recipe: Recipe):
 
     data = recipe.data
     image_root = recipe.training.get("image_root")
+    video_root = recipe.training.get("video_root")
     train_parts, eval_parts = [], []
     for index, source in enumerate(data.train):
-        dataset = load_source(source, f"data.train.{index}", data.cache_dir, image_root, data.seed)
+        dataset = load_source(source, f"data.train.{index}", data.cache_dir, image_root, data.seed, video_root)
         dataset = _limit(dataset, source, seed=(data.seed, index, 0))
         if data.eval_fraction is not None:
             dataset, held_out = _hold_out(dataset, data.eval_fraction, (data.seed, index, 1), where=f"data.train.{index}")
             eval_parts.append(held_out)
         train_parts.append(dataset)
     for index, source in enumerate(data.eval or []):
-        dataset = load_source(source, f"data.eval.{index}", data.cache_dir, image_root, data.seed)
+        dataset = load_source(source, f"data.eval.{index}", data.cache_dir, image_root, data.seed, video_root)
         eval_parts.append(_limit(dataset, source, seed=(data.seed, 1000 + index, 0)))
 
     if any(source.weight is not None for source in data.train):
@@ -55,12 +56,19 @@ def build_datasets(recipe: Recipe):
 
 
 def load_source(
-    source: DatasetSource, where: str, cache_dir: str | None = None, image_root: str | None = None, seed: int = 0
+    source: DatasetSource,
+    where: str,
+    cache_dir: str | None = None,
+    image_root: str | None = None,
+    seed: int = 0,
+    video_root: str | None = None,
 ):
     """One source as a `datasets.Dataset` with `messages`, `images` (and `tools` / extra columns if it has them).
 
     Relative image paths resolve against `source.image_root`; else, when `image_root` (`training.image_root`) is not
     set, against the directory of a local data file. Otherwise they stay relative for the collator's image root.
+    Relative video paths (a `videos` column) likewise, with `video_root` (`training.video_root`) in the place of
+    `image_root` when it is set.
     """
     if source.path == DEMO_DATASET:
         from vlsft.demo_data import load_demo_split
@@ -81,7 +89,8 @@ def load_source(
             {column: target for target, column in source.columns.items() if column != target}
         )
     root = source.image_root or (None if image_root else local_dir)
-    return _to_conversational(dataset, where, root)
+    video_root = source.image_root or (None if (video_root or image_root) else local_dir)
+    return _resolve_video_paths(_to_conversational(dataset, where, root), video_root)
 
 
 def _load_with_datasets(source: DatasetSource, where: str, cache_dir: str | None):
@@ -167,6 +176,21 @@ def _to_conversational(dataset, where: str, image_root: str | None):
     return dataset
 
 
+def _resolve_video_paths(dataset, root: str | None):
+    """Relative video file paths (a `videos` column of strings) resolved like image paths; the videos themselves stay
+    undecoded until the collator samples their frames."""
+    from datasets import List, Value
+
+    feature = dataset.features.get("videos")
+    is_paths = isinstance(feature, List) and isinstance(feature.feature, Value) and feature.feature.dtype == "string"
+    if root is None or not is_paths:
+        return dataset
+    return dataset.map(
+        lambda values: {"videos": [[_join(root, v) for v in videos or []] for videos in values]},
+        input_columns=["videos"], batched=True, desc="video paths",
+    )
+
+
 def _resolve_image(value, image_root: str | None):
     if isinstance(value, str):
         return {"bytes": None, "path": _join(image_root, value)}
@@ -247,6 +271,8 @@ def _unify(parts: list) -> list:
         part = part.remove_columns(drop) if drop else part
         if "tools" in merged and "tools" not in part.column_names:
             part = part.add_column("tools", [None] * len(part), feature=merged["tools"])
+        if "videos" in merged and "videos" not in part.column_names:  # an image source mixed with video sources
+            part = part.add_column("videos", [[]] * len(part), feature=merged["videos"])
         target = Features({column: merged[column] for column in part.column_names})
         reencode = [column for column in part.column_names if _needs_reencoding(part.features[column], target[column])]
         if reencode:

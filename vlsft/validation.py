@@ -30,20 +30,29 @@ from datasets import Dataset, Features, Image, IterableDataset, LargeList, List
 from datasets.fingerprint import Hasher
 
 from vlsft.collator import RenderedRow, RowError, VisionChatCollator
-from vlsft.data import ImageLoadError, count_image_placeholders, is_image_item, load_image, row_images
+from vlsft.data import (
+    ImageLoadError,
+    count_image_placeholders,
+    count_video_placeholders,
+    is_image_item,
+    load_image,
+    row_images,
+    row_videos,
+)
 from vlsft.templates import FAMILIES, detect_family
+from vlsft.video import VideoLoadError
 from vlsft.weights import TurnWeightError, turn_weights
 
 logger = logging.getLogger(__name__)
 
 KNOWN_ROLES = ("system", "user", "assistant", "tool")
-CONTENT_TYPES = ("text", "image")
+CONTENT_TYPES = ("text", "image", "video")
 # Roles whose image placeholders the known chat templates render (Qwen3-VL drops images in system/assistant turns).
 IMAGE_ROLES = ("user", "tool")
 # Rows listed in an error before the rest are only counted.
 MAX_LISTED_ROWS = 20
 # The source files whose logic decides a row's verdict: a change to any of them invalidates cached results.
-_VERDICT_SOURCES = ("validation.py", "collator.py", "data.py", "templates.py", "weights.py")
+_VERDICT_SOURCES = ("validation.py", "collator.py", "data.py", "templates.py", "weights.py", "video.py")
 
 
 @dataclass(frozen=True)
@@ -135,7 +144,7 @@ def _content_item_problems(position: int, item_position: int, item: Any) -> list
         return [f"{where} must be a dict like {{'type': 'text', 'text': ...}}, got {_describe(item)}"]
     kind = item.get("type")
     if kind not in CONTENT_TYPES:
-        return [f"{where} has type {kind!r}; vlsft trains on 'text' and 'image' items"]
+        return [f"{where} has type {kind!r}; vlsft trains on 'text', 'image' and 'video' items"]
     if kind == "text" and not isinstance(item.get("text"), str):
         return [f"{where} is a text item without a string 'text'"]
     return []
@@ -289,6 +298,8 @@ class RowChecker:
 
     def _check_rendered(self, row: dict[str, Any], rendered: RenderedRow) -> RowVerdict:
         problems, images = self._content_problems(row)
+        video_problems, video_tokens = self.video_problems(row, rendered)
+        problems += video_problems
         placeholders = count_image_placeholders(row["messages"])
         rendered_placeholders = rendered.input_ids.count(self.collator.image_token_id)
         if placeholders == len(row_images(row)) and rendered_placeholders != placeholders:
@@ -313,10 +324,44 @@ class RowChecker:
                 image_number += 1
                 image_end = position
                 continue
+            if video_tokens and token == self.collator.video_token_id:
+                position += video_tokens.pop(0)
+                image_end = position  # truncation must not cut a video's tokens either
+                continue
             if supervised and token not in vision_ids and position > 0:
                 supervised_positions.append(position)
             position += 1
         return self._length_verdict(position, image_end, supervised_positions, image_tokens)
+
+    def video_problems(self, row: dict[str, Any], rendered: RenderedRow | None = None) -> tuple[list[str], list[int]]:
+        """(problems, tokens per video): the placeholders match the videos and render, each video exists and its
+        sampled frames decode, there are enough of them for a temporal patch, and the tokens each expands to (counted
+        from its frame count and size). Every video is decoded (its sampled frames only) so a corrupt one fails here."""
+        collator = self.collator
+        values = row_videos(row)
+        placeholders = count_video_placeholders(row["messages"])
+        if not values and not placeholders:
+            return [], []
+        if getattr(collator, "video_token", None) is None:
+            return [f"{collator.family.display_name} is not trained on videos by vlsft; remove the row's videos"], []
+        problems, tokens = [], []
+        if placeholders != len(values):
+            problems.append(f"{placeholders} video placeholder(s) but {len(values)} video(s)")
+        elif rendered is not None and rendered.input_ids.count(collator.video_token_id) != placeholders:
+            problems.append(
+                f"the chat template renders {rendered.input_ids.count(collator.video_token_id)} of {placeholders} "
+                "video placeholder(s); put videos in user or tool messages"
+            )
+        for number, value in enumerate(values):
+            try:
+                video = collator.load_videos([value])[0]
+                frames, height, width = video.frames.shape[:3]
+                tokens.append(len(collator.video_token_ids(frames, height, width, video.metadata)))
+            except VideoLoadError as error:
+                problems.append(f"video {number} {error}")
+            except Exception as error:  # the video processor refuses the size (e.g. an extreme aspect ratio)
+                problems.append(f"video {number} cannot be processed ({type(error).__name__}: {error})")
+        return problems, tokens
 
     def _placeholder_rendering_problem(self, messages: list[dict], rendered: int, placeholders: int) -> str:
         if rendered > placeholders:
@@ -456,6 +501,8 @@ def validation_fingerprint(dataset: Dataset, collator: VisionChatCollator) -> st
             collator.assistant_only_loss,
             getattr(collator, "template_kwargs", None),
             [getattr(collator, key, None) for key in ("train_on_turns", "train_on_eos", "reasoning_weight")],
+            [getattr(collator, name, None) for name in ("video_root", "video_fps", "video_min_frames",
+                                                         "video_max_frames", "video_max_pixels")],
             type(collator).__qualname__,
             tokenizer_state,
             image_processor.to_json_string() if hasattr(image_processor, "to_json_string") else repr(image_processor),
@@ -564,6 +611,10 @@ def _skip_summary(label: str, result: ValidationResult) -> str:
 def _reason_kind(reason: str) -> str:
     """A short category of a reason, for the skip summary."""
     for marker, kind in (
+        ("video placeholder(s) but", "video/placeholder mismatch"),
+        ("video placeholder(s)", "unrendered video"),
+        ("frame(s) sampled", "too few video frames"),
+        ("video ", "bad video"),
         (" not found: ", "missing image"),
         ("cannot be decoded", "corrupt image"),
         ("cannot be processed", "unusable image"),
