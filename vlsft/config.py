@@ -9,6 +9,8 @@ import os
 import torch
 from trl import SFTConfig
 
+from vlsft.packing import packing_enabled
+
 
 @dataclass
 class VLSFTConfig(SFTConfig):
@@ -36,6 +38,12 @@ class VLSFTConfig(SFTConfig):
             Learning rates per model component, as optimizer parameter groups: keys `"vision_tower"`, `"merger"`
             (projector and DeepStack mergers), `"language_model"` (see `vlsft.model_parts`). A component left out
             uses `learning_rate`. Recipes set it from `model.vision_tower_lr` / `merger_lr` / `language_model_lr`.
+        packing (`bool`, defaults to `False`), packing_strategy (`str`, defaults to `"bfd"`), padding_free (`bool`):
+            TRL's fields, with TRL's meaning, for vision-language rows (`vlsft.packing`): `packing` places whole rows
+            best-fit decreasing into sequences of at most `max_length` tokens (image tokens counted);
+            `padding_free` lays each micro-batch's rows end to end in one sequence without padding (implied by
+            `packing`). Each row keeps its own (3D mRoPE) positions and never attends to another; the loss is
+            unchanged. Only `packing_strategy="bfd"`; with `attn_implementation` "sdpa" or "eager".
         bf16 (`bool`, *optional*):
             Mixed bf16 precision. Defaults to `True` where a bf16-capable GPU is present, `False` elsewhere (TRL
             defaults to `True` everywhere, which fails on CPU).
@@ -82,3 +90,4 @@ class VLSFTConfig(SFTConfig):
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
             self.use_cpu = True
         super().__post_init__()
+        packing_enabled(self)  # an unsupported packing setting fails here, with the fix

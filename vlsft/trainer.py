@@ -21,6 +21,7 @@ from trl.trainer.utils import get_config_model_id
 from vlsft.collator import VisionChatCollator, training_collator
 from vlsft.config import VLSFTConfig
 from vlsft.loss import attach_supervised_head
+from vlsft.packing import PackedCollator, check_packing_support, pack_dataset, packing_enabled, hide_packing_from_trl
 from vlsft.validation import validate_datasets
 
 
@@ -84,6 +85,9 @@ class VLSFTTrainer(SFTTrainer):
         # Built even with a custom collator: it resolves the training template (an unknown template without
         # generation markers fails here, with the fix) and is what rows are validated with.
         default_collator = self.build_collator(processing_class, args)
+        packing = packing_enabled(args)
+        if packing and data_collator is not None:
+            raise ValueError("packing / padding_free collate with vlsft's own collator; do not pass `data_collator`.")
         self.training_chat_template = default_collator.chat_template
         if data_collator is None:
             data_collator = default_collator
@@ -93,6 +97,7 @@ class VLSFTTrainer(SFTTrainer):
             checker = data_collator if isinstance(data_collator, VisionChatCollator) else default_collator
             train_dataset, eval_dataset = validate_datasets(train_dataset, eval_dataset, checker, args)
 
+        restore_packing_fields = hide_packing_from_trl(args)
         super().__init__(
             model=model,
             args=args,
@@ -107,11 +112,24 @@ class VLSFTTrainer(SFTTrainer):
             peft_config=peft_config,
             formatting_func=formatting_func,
         )
+        restore_packing_fields()
         base_model = self.model.get_base_model() if is_peft_model(self.model) else self.model
         attach_supervised_head(base_model, chunk_size=args.loss_chunk_size)
         # [num_correct, num_supervised, summed NLL] since the last log, per mode; summed over ranks.
         self._token_stats = {"train": torch.zeros(3, dtype=torch.float64), "eval": torch.zeros(3, dtype=torch.float64)}
         self._total_supervised_tokens = 0
+        if packing:
+            self._use_packing(base_model)
+
+    def _use_packing(self, base_model) -> None:
+        """Train on best-fit-decreasing packs of rows (`args.packing`) or on padding-free micro-batches
+        (`args.padding_free`), each row on its own positions and unseen by the others (`vlsft.packing`)."""
+        check_packing_support(base_model, self.data_collator)
+        if self.args.packing and self.train_dataset is not None:
+            if not hasattr(self.train_dataset, "__len__"):
+                raise ValueError("packing=True plans packs over the whole train dataset: load it as a `datasets.Dataset`.")
+            self.train_dataset = pack_dataset(self.train_dataset, self.data_collator, self.args.max_length, self.args.seed)
+        self.data_collator = PackedCollator(self.data_collator, model=base_model)
 
     def build_collator(self, processor: ProcessorMixin, args: VLSFTConfig) -> VisionChatCollator:
         """The collator used when none is passed; override to change it."""

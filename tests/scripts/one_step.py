@@ -18,6 +18,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--out", required=True)
 parser.add_argument("--per_device_batch", type=int, required=True)
 parser.add_argument("--accumulation", type=int, default=1)
+parser.add_argument("--packing", type=int, default=None, metavar="MAX_LENGTH", help="pack rows into MAX_LENGTH tokens")
 cli = parser.parse_args()
 
 model, processor = build_tiny_qwen3_vl(seed=0)
@@ -35,6 +36,7 @@ args = VLSFTConfig(
     save_strategy="no",
     logging_steps=1,
     seed=0,
+    **({"packing": True, "max_length": cli.packing} if cli.packing else {}),
 )
 trainer = VLSFTTrainer(model, args=args, train_dataset=Dataset.from_list(rows_of_different_lengths()), processing_class=processor)
 trainer.train()
