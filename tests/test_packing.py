@@ -235,15 +235,18 @@ def run_one_step(tmp_path, name, processes, per_device_batch, packing=None):
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"world_size {processes} " in result.stdout
+    assert not packing or "packs [2, 2]" in result.stdout  # two packs of two rows: one per rank
     return torch.load(out)
 
 
-def test_packed_step_on_two_processes_equals_the_padded_step_on_one(tmp_path):
-    """DDP over gloo: each rank trains one pack of two rows; the step equals one process's padded batch of 4."""
-    from vlsft.tiny_model import build_tiny_qwen3_vl
-
-    start = {n: p.detach() for n, p in build_tiny_qwen3_vl(seed=0)[0].named_parameters()}
-    single = run_one_step(tmp_path, "single", processes=1, per_device_batch=4)
+def test_packed_step_on_two_processes_equals_the_padded_step_on_one(tiny, tmp_path):
+    """DDP over gloo (real `accelerate launch`): each rank trains one pack of two rows; the step equals one process's
+    padded batch of the 4 rows (the configuration of tests/scripts/one_step.py, run here in-process)."""
+    model, processor = tiny
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = make_trainer(model, processor, tmp_path / "single", per_device_train_batch_size=4)
+    trainer.train()
+    single = {n: p.detach() for n, p in trainer.model.named_parameters()}
     packed = run_one_step(tmp_path, "packed_dp", processes=2, per_device_batch=1, packing=100)
     update = max((single[n] - start[n]).abs().max() for n in start)
     difference = max((single[n] - packed[n]).abs().max() for n in start)

@@ -43,6 +43,8 @@ trainer.train()
 if trainer.accelerator.is_main_process:
     torch.save({n: p.detach().cpu() for n, p in trainer.accelerator.unwrap_model(trainer.model).named_parameters()}, cli.out)
     print("world_size", trainer.accelerator.num_processes, "loss", trainer.state.log_history[0]["loss"])
+    if cli.packing:
+        print("packs", [len(pack) for pack in trainer.train_dataset.plan])
 # Leave together with the process group shut down (a gloo rank exiting with live threads can abort).
 trainer.accelerator.wait_for_everyone()
 trainer.accelerator.end_training()
