@@ -19,7 +19,7 @@ from tests.conftest import IMAGE, _shapes, assistant, image, user
 from tests.test_loss import make_trainer, rows_of_different_lengths
 from vlsft import VLSFTConfig
 from vlsft.collator import IGNORE_INDEX, VisionChatCollator, training_collator
-from vlsft.packing import PackedCollator, check_packing_support, plan_packs, row_lengths
+from vlsft.packing import PACKED_SDPA, PackedCollator, check_packing_support, plan_packs, row_lengths, use_packed_attention
 from vlsft.templates import training_template
 from vlsft.tiny_families import build_tiny
 
@@ -91,6 +91,8 @@ def test_best_fit_decreasing_plan_is_within_budget_tight_and_deterministic():
 def test_packed_rows_equal_padded_rows_positions_losses_and_gradients():
     model, processor = tiny_family("qwen3_vl")
     model = copy.deepcopy(model).eval()
+    use_packed_attention(model)  # as VLSFTTrainer trains packed rows: sdpa row by row
+    assert model.config.get_text_config()._attn_implementation == PACKED_SDPA
     collator = training_collator(processor, VLSFTConfig(output_dir="unused", report_to="none", max_length=None))
     rows = qwen_rows()
     padded = collator(rows)
@@ -144,7 +146,7 @@ def test_packed_rows_equal_padded_rows_positions_losses_and_gradients():
 FAMILIES_AND_ATTENTION = [
     (family, attention)
     for family in ("qwen3_vl", "qwen3_vl_moe", "qwen2_5_vl", "llava_next", "idefics3", "smolvlm")
-    for attention in ("sdpa", "eager")
+    for attention in ("sdpa", "eager", PACKED_SDPA)  # sdpa and eager with transformers' block-diagonal mask
 ]
 
 
@@ -152,7 +154,10 @@ FAMILIES_AND_ATTENTION = [
 def test_changing_one_packed_row_leaves_every_other_row_bit_for_bit_unchanged(family, attention):
     model, processor = tiny_family(family)
     model = copy.deepcopy(model).eval()
-    model.set_attn_implementation(attention)
+    if attention == PACKED_SDPA:
+        use_packed_attention(model)
+    else:
+        model.set_attn_implementation(attention)
     assert check_packing_support(model, VisionChatCollator(processor, training_template(family))) in ("mrope", "1d")
     collator = PackedCollator(VisionChatCollator(processor, training_template(family)), model=model)
     base = collator(family_rows())

@@ -21,7 +21,7 @@ from trl.trainer.utils import get_config_model_id
 from vlsft.collator import VisionChatCollator, training_collator
 from vlsft.config import VLSFTConfig
 from vlsft.loss import attach_supervised_head
-from vlsft.packing import PackedCollator, check_packing_support, pack_dataset, packing_enabled, hide_packing_from_trl
+from vlsft.packing import PackedCollator, check_packing_support, pack_dataset, packing_enabled, hide_packing_from_trl, use_packed_attention
 from vlsft.validation import validate_datasets
 
 
@@ -125,6 +125,7 @@ class VLSFTTrainer(SFTTrainer):
         """Train on best-fit-decreasing packs of rows (`args.packing`) or on padding-free micro-batches
         (`args.padding_free`), each row on its own positions and unseen by the others (`vlsft.packing`)."""
         check_packing_support(base_model, self.data_collator)
+        use_packed_attention(base_model)
         if self.args.packing and self.train_dataset is not None:
             if not hasattr(self.train_dataset, "__len__"):
                 raise ValueError("packing=True plans packs over the whole train dataset: load it as a `datasets.Dataset`.")
