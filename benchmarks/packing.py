@@ -15,8 +15,8 @@ with vlsft's supervised-only loss head. Each mode trains one epoch over the same
 step per batch, as `VLSFTTrainer` does; collation timed separately), after one untimed warm-up batch:
 - padded: random batches of `--batch` rows, padded to the longest (what `VLSFTTrainer` does by default);
 - group_by_length: transformers' length-grouped sampler (megabatches of 50 batches sorted by length), then padded;
-- packed: `vlsft.packing` best-fit-decreasing packs of at most `--batch` x 1024 tokens, one pack per step: the
-  token capacity of a padded batch at the longest row, so at most the same activation memory.
+- packed: `vlsft.packing` best-fit-decreasing packs of at most `--batch` x (the longest row) tokens, one pack per
+  step: the token count of a padded batch that holds the longest row, which padded training must have memory for.
 Peak memory is the growth of the resident set over the epoch (`VmHWM`, reset before each mode).
 """
 
@@ -40,7 +40,7 @@ from workload import _noise_image, _sentence  # noqa: E402
 from vlsft import VLSFTConfig  # noqa: E402
 from vlsft.collator import training_collator  # noqa: E402
 from vlsft.loss import attach_supervised_head  # noqa: E402
-from vlsft.packing import PackedCollator, plan_packs, row_lengths  # noqa: E402
+from vlsft.packing import PackedCollator, plan_packs, row_lengths, use_packed_attention  # noqa: E402
 from vlsft.tiny_model import build_tiny_qwen3_vl  # noqa: E402
 
 IMAGE_TOKENS = 16  # a 128x128 image on the tiny Qwen3-VL (patch 16, 2x2 merge)
@@ -114,7 +114,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=128)
     parser.add_argument("--batch", type=int, default=4, help="rows per padded batch")
-    parser.add_argument("--max-row", type=int, default=1024, help="longest row (scaled 8k); pack budget = batch x this")
+    parser.add_argument("--max-row", type=int, default=1024, help="longest row allowed (8k scaled down)")
     parser.add_argument("--median", type=float, default=140.0)
     parser.add_argument("--sigma", type=float, default=0.7)
     parser.add_argument("--min-row", type=int, default=64)
@@ -129,7 +129,7 @@ def main(argv=None) -> None:
     collator = training_collator(processor, config)
     rows = make_rows(args.rows, args.seed, args.median, args.sigma, args.min_row, args.max_row)
     lengths = [min(n, args.max_row) for n in row_lengths(rows, collator)]
-    budget = args.batch * args.max_row
+    budget = args.batch * max(lengths)
     print("\n".join(machine_lines("cpu")))
     print(f"- load average before: {load_average()}")
     print(
@@ -142,6 +142,8 @@ def main(argv=None) -> None:
     for mode in ("padded", "group_by_length", "packed"):
         model = copy.deepcopy(base_model)
         attach_supervised_head(model)
+        if mode == "packed":
+            use_packed_attention(model)  # as VLSFTTrainer does with packing: sdpa row by row
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
         collate = PackedCollator(collator, model=model) if mode == "packed" else collator
         groups = batches(mode, lengths, args.batch, budget, args.seed)
