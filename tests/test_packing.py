@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from datasets import Dataset
 
 from tests.conftest import IMAGE, _shapes, assistant, image, user
 from tests.test_loss import make_trainer, rows_of_different_lengths
