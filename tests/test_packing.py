@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from datasets import Dataset
 
 from tests.conftest import IMAGE, _shapes, assistant, image, user
 from tests.test_loss import make_trainer, rows_of_different_lengths
-from vlsft import VLSFTConfig
+from vlsft import VLSFTConfig, VLSFTTrainer
 from vlsft.collator import IGNORE_INDEX, VisionChatCollator, training_collator
 from vlsft.packing import PACKED_SDPA, PackedCollator, check_packing_support, plan_packs, row_lengths, use_packed_attention
 from vlsft.templates import training_template
@@ -226,6 +227,31 @@ def test_one_packed_sgd_step_equals_the_padded_step(tiny, tmp_path):
     update = max((after_padded[n] - start[n]).abs().max() for n in start)
     difference = max((after_padded[n] - p).abs().max() for n, p in packed.model.named_parameters())
     assert update > 1e-3 and difference <= 1e-4 * update, float(difference / update)
+
+
+def test_padding_free_step_equals_the_padded_step_and_unsupported_models_are_refused(tiny, tmp_path):
+    model, processor = tiny
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    padded = make_trainer(model, processor, tmp_path / "padded", per_device_train_batch_size=4)
+    # padding_free without packing: each micro-batch of rows end to end, no plan.
+    free = make_trainer(model, processor, tmp_path / "free", per_device_train_batch_size=4, padding_free=True)
+    assert isinstance(free.train_dataset, Dataset) and isinstance(free.data_collator, PackedCollator)  # rows, no plan
+    assert next(iter(free.get_train_dataloader()))["input_ids"].shape == (1, 166)
+    padded.train()
+    free.train()
+    after = dict(padded.model.named_parameters())
+    update = max((after[n] - start[n]).abs().max() for n in start)
+    difference = max((after[n] - p).abs().max() for n, p in free.model.named_parameters())
+    assert update > 1e-3 and difference <= 1e-4 * update, float(difference / update)
+
+    gemma, gemma_processor = tiny_family("gemma3")
+    with pytest.raises(ValueError, match="packing is not supported for model type 'gemma3'"):
+        VLSFTTrainer(copy.deepcopy(gemma), args=VLSFTConfig(output_dir=str(tmp_path / "g"), report_to="none", packing=True),
+                     train_dataset=Dataset.from_list(family_rows()), processing_class=gemma_processor)
+    with pytest.raises(ValueError, match="do not pass `data_collator`"):
+        VLSFTTrainer(copy.deepcopy(model), args=VLSFTConfig(output_dir=str(tmp_path / "c"), report_to="none", packing=True),
+                     data_collator=padded.data_collator, train_dataset=Dataset.from_list(rows_of_different_lengths()),
+                     processing_class=processor)
 
 
 def run_one_step(tmp_path, name, processes, per_device_batch, packing=None):
