@@ -13,13 +13,16 @@ pack budget, `padding_free`) trains on packs instead of padded batches:
 - **Positions.** Each row keeps its own positions: 1D positions restart at 0 per row; for the Qwen-VL families the
   3D mRoPE positions come from the model's own `get_rope_index`, called on each row alone, and are concatenated
   under a first row of per-row text positions (the `[4, batch, length]` layout these models accept).
-- **Attention never crosses rows.** With `attention_mask=None`, transformers' `create_causal_mask` derives a
-  block-diagonal causal mask from the (text) position ids, which restart at every row (`find_packed_sequence_indices`).
-  The Qwen-VL text models pass their first position row there; given 3 rows only, they would not, and rows would
-  attend to each other: hence the 4-row layout. `tests/test_packing.py` checks bit-for-bit that no row's logits change
-  when another row's tokens or image change, for every (family, attention) pair allowed below; any other pair is
-  refused (`check_packing_support`), as are families added later (hybrid linear-attention stacks need their
-  recurrent state reset at row boundaries, which this module does not do).
+- **Attention never crosses rows.** The rows are found where the (text) position ids restart. With eager attention,
+  transformers' `create_causal_mask` builds the block-diagonal causal mask from them (`find_packed_sequence_indices`,
+  which runs only without an attention mask and without a KV cache: the collator sets `use_cache=False`). With sdpa,
+  the text model runs `vlsft_packed_sdpa` (below): sdpa on each row's slice, so no `[total, total]` mask is built
+  and attention costs each row's own length. The Qwen-VL text models hand their first position row to both; given
+  the 3 mRoPE rows only they would not, and rows would attend to each other: hence the 4-row layout.
+  `tests/test_packing.py` checks bit for bit that no row's logits change when another row's tokens or image
+  change, for every (family, attention) pair allowed below; any other pair is refused (`check_packing_support`), as
+  are families added later (hybrid linear-attention stacks need their recurrent state reset at row boundaries,
+  which this module does not do).
 - **The loss is unchanged.** The first token of every row gets the label -100: the loss predicts token t+1 from
   hidden state t, and a row's first token would otherwise be predicted from the previous row's last token. A padded
   batch never supervises a row's first token either, so the supervised targets, and the token count the trainer
@@ -42,7 +45,14 @@ from vlsft.collator import IGNORE_INDEX, VisionChatCollator
 from vlsft.templates import FAMILIES, family_of_model
 
 # Families whose packed rows are proven isolated (tests/test_packing.py), and how their positions are built.
-PACKABLE_FAMILIES = {"qwen3_vl": "mrope", "qwen3_vl_moe": "mrope", "qwen2_5_vl": "mrope", "llava_next": "1d", "idefics3": "1d", "smolvlm": "1d"}
+PACKABLE_FAMILIES = {
+    "qwen3_vl": "mrope",
+    "qwen3_vl_moe": "mrope",
+    "qwen2_5_vl": "mrope",
+    "llava_next": "1d",
+    "idefics3": "1d",
+    "smolvlm": "1d",
+}
 # The attention implementation a packed text model runs with sdpa: each row attends on its own (see below).
 PACKED_SDPA = "vlsft_packed_sdpa"
 # Attention implementations whose packed rows are kept apart: eager through transformers' block-diagonal mask from
@@ -92,7 +102,8 @@ def check_packing_support(model, collator: VisionChatCollator) -> str:
     """The position scheme ("mrope" or "1d") of `model`, or a ValueError saying why its packed rows could not be
     kept apart. `model` is the bare model (no PEFT or DDP wrapper)."""
     family = family_of_model(model)
-    if family is None or family not in PACKABLE_FAMILIES or collator.family.name not in (family, *_same_collation(family)):
+    collates_as_model = family is not None and collator.family.name in (family, *_same_collation(family))
+    if family not in PACKABLE_FAMILIES or not collates_as_model:
         model_type = getattr(getattr(model, "config", None), "model_type", None)
         raise ValueError(
             f"packing is not supported for model type {model_type!r} (template family {collator.family.name!r}): "
@@ -104,7 +115,7 @@ def check_packing_support(model, collator: VisionChatCollator) -> str:
     if attention not in PACKABLE_ATTENTION or text_attention not in PACKABLE_ATTENTION:
         raise ValueError(
             f"packing is not supported with attn_implementation={text_attention!r}: vlsft packs with "
-            f"{' or '.join(PACKABLE_ATTENTION)}, where the block-diagonal mask between rows is tested. Load the model "
+            f"{' or '.join(PACKABLE_ATTENTION)}, whose separation of rows is tested. Load the model "
             "with `attn_implementation='sdpa'`, or set `packing: false`."
         )
     return PACKABLE_FAMILIES[family]
@@ -141,7 +152,8 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, position_id
     for length in lengths:
         end = start + length
         part = slice(start, end)
-        output, _ = sdpa_attention_forward(module, query[:, :, part], key[:, :, part], value[:, :, part], None, **kwargs)
+        q, k, v = query[:, :, part], key[:, :, part], value[:, :, part]
+        output, _ = sdpa_attention_forward(module, q, k, v, None, **kwargs)
         outputs.append(output)
         start = end
     return torch.cat(outputs, dim=1), None
@@ -244,7 +256,7 @@ def pack_dataset(dataset, collator: VisionChatCollator, budget: int, seed: int) 
 class PackedCollator:
     """Collates packs (lists of rows; plain rows are packs of one) into one padding-free sequence `[1, total]`:
     `input_ids`, `labels`, `position_ids` and the family's image-token map, without an attention mask; vision tensors
-    in row order, as `rows_collator` returns them. `model` is needed for the Qwen-VL families (their `get_rope_index`)."""
+    in row order, as `rows_collator` returns them. `model` is needed for the Qwen-VL families (`get_rope_index`)."""
 
     def __init__(self, rows_collator: VisionChatCollator, model=None):
         self.rows_collator = rows_collator

@@ -21,7 +21,14 @@ from trl.trainer.utils import get_config_model_id
 from vlsft.collator import VisionChatCollator, training_collator
 from vlsft.config import VLSFTConfig
 from vlsft.loss import attach_supervised_head
-from vlsft.packing import PackedCollator, check_packing_support, pack_dataset, packing_enabled, hide_packing_from_trl, use_packed_attention
+from vlsft.packing import (
+    PackedCollator,
+    check_packing_support,
+    hide_packing_from_trl,
+    pack_dataset,
+    packing_enabled,
+    use_packed_attention,
+)
 from vlsft.validation import validate_datasets
 
 
@@ -128,8 +135,9 @@ class VLSFTTrainer(SFTTrainer):
         use_packed_attention(base_model)
         if self.args.packing and self.train_dataset is not None:
             if not hasattr(self.train_dataset, "__len__"):
-                raise ValueError("packing=True plans packs over the whole train dataset: load it as a `datasets.Dataset`.")
-            self.train_dataset = pack_dataset(self.train_dataset, self.data_collator, self.args.max_length, self.args.seed)
+                raise ValueError("packing=True plans packs over the whole train dataset; load it as a datasets.Dataset.")
+            budget, seed = self.args.max_length, self.args.seed
+            self.train_dataset = pack_dataset(self.train_dataset, self.data_collator, budget, seed)
         self.data_collator = PackedCollator(self.data_collator, model=base_model)
 
     def build_collator(self, processor: ProcessorMixin, args: VLSFTConfig) -> VisionChatCollator:
