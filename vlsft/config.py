@@ -10,6 +10,8 @@ import os
 import torch
 from trl import SFTConfig
 
+from vlsft.packing import packing_enabled
+
 
 @dataclass
 class VLSFTConfig(SFTConfig):
@@ -37,46 +39,12 @@ class VLSFTConfig(SFTConfig):
             Learning rates per model component, as optimizer parameter groups: keys `"vision_tower"`, `"merger"`
             (projector and DeepStack mergers), `"language_model"` (see `vlsft.model_parts`). A component left out
             uses `learning_rate`. Recipes set it from `model.vision_tower_lr` / `merger_lr` / `language_model_lr`.
-        chat_template_kwargs (`dict[str, Any]`, *optional*):
-            Variables passed to the chat template on every row, e.g. `{"enable_thinking": true}`,
-            `{"preserve_thinking": true}` or `{"reasoning_effort": "low"}` for the thinking templates (Qwen3.5/3.6/3.8,
-            Gemma 4). A row's own `chat_template_kwargs` column (a dict) is applied over these, per row; a None value
-            there leaves the default.
-        reasoning_history (`str`, defaults to `"drop"`):
-            How a thinking template treats the reasoning of assistant turns before the last user message. `"drop"`:
-            render exactly as the stock template (and so as inference) does, which drops that reasoning; those turns
-            are context, not supervised, and a row trains only the turns the stock template renders with their
-            reasoning (for Qwen3.5/3.6/3.8 the ones after the last user message, or every turn with
-            `preserve_thinking`). To train earlier turns too, give each as its own row (the conversation cut after
-            it). `"keep"`: render every turn with its reasoning and supervise them all, as TRL's `*_training.jinja`
-            templates do; history then differs from what the model sees at inference. Other templates ignore it.
-        train_on_turns (`str`, defaults to `"all"`):
-            Which assistant turns are supervised: `"all"`, or `"last"` (only the final assistant turn of each row;
-            the earlier ones are context, as LLaMA-Factory's `mask_history`). Per message, `"weight": w` (>= 0) scales
-            a turn's tokens in the loss and `"train": false` (or weight 0) keeps it as context only.
-        train_on_eos (`bool`, defaults to `True`):
-            Supervise each trained turn's end-of-turn token (`<|im_end|>`, `<end_of_turn>`, ...). With `False`, only
-            that token leaves the loss (the template's newline after it stays). Keep it on: a model must learn to stop.
-        reasoning_weight (`float`, defaults to `1.0`):
-            Weight of a trained turn's reasoning tokens (the family's markers and everything between them, e.g.
-            `<think>...</think>`) relative to the rest of the turn. 0 leaves the reasoning as context.
-        video_root (`str`, *optional*):
-            Directory that relative video paths (and frame paths of frame-list videos) are resolved against. Defaults
-            to `image_root`.
-        video_fps (`float`, *optional*):
-            Frames per second sampled from each video file (Qwen3-VL and Qwen2.5-VL). Defaults to the video
-            processor's own: Qwen3-VL samples at its `fps` (2); Qwen2.5-VL's processor keeps every frame unless a rate
-            is given. A frame list without its own `fps` is taken as already sampled at this rate.
-        video_min_frames (`int`, *optional*):
-            Fewest frames sampled from a video (Qwen3-VL default 4), within the frames it has.
-        video_max_frames (`int`, *optional*):
-            Most frames sampled from a video (default 768): a long video is sampled uniformly over its whole length.
-            Qwen2.5-VL, whose processor samples only at a rate, samples at 2 fps when a frame limit is set without
-            `video_fps`.
-        video_max_pixels (`int`, *optional*):
-            The video pixel budget, the video processor's `size["longest_edge"]`: for Qwen3-VL the pixels of all
-            sampled frames together, for Qwen2.5-VL of each frame. Frames are resized (keeping their aspect ratio)
-            to fit. Defaults to the processor's own.
+        packing (`bool`, defaults to `False`), packing_strategy (`str`, defaults to `"bfd"`), padding_free (`bool`):
+            TRL's fields, with TRL's meaning, for vision-language rows (`vlsft.packing`): `packing` places whole rows
+            best-fit decreasing into sequences of at most `max_length` tokens (image tokens counted);
+            `padding_free` lays each micro-batch's rows end to end in one sequence without padding (implied by
+            `packing`). Each row keeps its own (3D mRoPE) positions and never attends to another; the loss is
+            unchanged. Only `packing_strategy="bfd"`; with `attn_implementation` "sdpa" or "eager".
         bf16 (`bool`, *optional*):
             Mixed bf16 precision. Defaults to `True` where a bf16-capable GPU is present, `False` elsewhere (TRL
             defaults to `True` everywhere, which fails on CPU).
@@ -181,3 +149,4 @@ class VLSFTConfig(SFTConfig):
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
             self.use_cpu = True
         super().__post_init__()
+        packing_enabled(self)  # an unsupported packing setting fails here, with the fix

@@ -24,6 +24,14 @@ from vlsft.collator import VisionChatCollator, training_collator
 from vlsft.config import VLSFTConfig
 from vlsft.loss import attach_supervised_head
 from vlsft.templates import has_generation_markers
+from vlsft.packing import (
+    PackedCollator,
+    check_packing_support,
+    packing_hidden_from_trl,
+    pack_dataset,
+    packing_enabled,
+    use_packed_attention,
+)
 from vlsft.validation import validate_datasets
 
 
@@ -87,6 +95,9 @@ class VLSFTTrainer(SFTTrainer):
         # Built even with a custom collator: it resolves the training template (an unknown template without
         # generation markers fails here, with the fix) and is what rows are validated with.
         default_collator = self.build_collator(processing_class, args)
+        packing = packing_enabled(args)
+        if packing and data_collator is not None:
+            raise ValueError("packing / padding_free collate with vlsft's own collator; do not pass `data_collator`.")
         self.training_chat_template = default_collator.chat_template
         if data_collator is None:
             data_collator = default_collator
@@ -96,7 +107,7 @@ class VLSFTTrainer(SFTTrainer):
             checker = data_collator if isinstance(data_collator, VisionChatCollator) else default_collator
             train_dataset, eval_dataset = validate_datasets(train_dataset, eval_dataset, checker, args)
 
-        with _templates_shown_to_trl(processing_class, self.training_chat_template, args):
+        with _templates_shown_to_trl(processing_class, self.training_chat_template, args), packing_hidden_from_trl(args):
             super().__init__(
                 model=model,
                 args=args,
@@ -118,6 +129,20 @@ class VLSFTTrainer(SFTTrainer):
         self._token_stats = {"train": torch.zeros(4, dtype=torch.float64), "eval": torch.zeros(4, dtype=torch.float64)}
         self._total_supervised_tokens = 0
         self._total_supervised_weight = 0.0
+        if packing:
+            self._use_packing(base_model)
+
+    def _use_packing(self, base_model) -> None:
+        """Train on best-fit-decreasing packs of rows (`args.packing`) or on padding-free micro-batches
+        (`args.padding_free`), each row on its own positions and unseen by the others (`vlsft.packing`)."""
+        check_packing_support(base_model, self.data_collator)
+        use_packed_attention(base_model)
+        if self.args.packing and self.train_dataset is not None:
+            if not hasattr(self.train_dataset, "__len__"):
+                raise ValueError("packing=True plans packs over the whole train dataset; load it as a datasets.Dataset.")
+            budget, seed = self.args.max_length, self.args.seed
+            self.train_dataset = pack_dataset(self.train_dataset, self.data_collator, budget, seed)
+        self.data_collator = PackedCollator(self.data_collator, model=base_model)
 
     def build_collator(self, processor: ProcessorMixin, args: VLSFTConfig) -> VisionChatCollator:
         """The collator used when none is passed; override to change it."""

@@ -20,6 +20,7 @@ parser.add_argument("--out", required=True)
 parser.add_argument("--per_device_batch", type=int, required=True)
 parser.add_argument("--accumulation", type=int, default=1)
 parser.add_argument("--weighted", action="store_true", help="train on tests.test_weights' rows with per-turn weights")
+parser.add_argument("--packing", type=int, default=None, metavar="MAX_LENGTH", help="pack rows into MAX_LENGTH tokens")
 cli = parser.parse_args()
 
 model, processor = build_tiny_qwen3_vl(seed=0)
@@ -37,12 +38,15 @@ args = VLSFTConfig(
     save_strategy="no",
     logging_steps=1,
     seed=0,
+    **({"packing": True, "max_length": cli.packing} if cli.packing else {}),
 )
 trainer = VLSFTTrainer(model, args=args, train_dataset=Dataset.from_list(weighted_rows() if cli.weighted else rows_of_different_lengths()), processing_class=processor)
 trainer.train()
 if trainer.accelerator.is_main_process:
     torch.save({n: p.detach().cpu() for n, p in trainer.accelerator.unwrap_model(trainer.model).named_parameters()}, cli.out)
     print("world_size", trainer.accelerator.num_processes, "loss", trainer.state.log_history[0]["loss"])
+    if cli.packing:
+        print("packs", [len(pack) for pack in trainer.train_dataset.plan])
 # Leave together with the process group shut down (a gloo rank exiting with live threads can abort).
 trainer.accelerator.wait_for_everyone()
 trainer.accelerator.end_training()
