@@ -19,6 +19,7 @@ No offset mapping and no second tokenization are needed.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,7 @@ from jinja2 import TemplateError
 from transformers import ProcessorMixin
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from vlsft.data import load_image, normalize_messages, row_images
+from vlsft.data import ImagesNotAListError, load_image, normalize_messages, row_images
 from vlsft.templates import (
     FAMILIES,
     UnsupportedConversationError,
@@ -38,6 +39,9 @@ from vlsft.templates import (
 )
 
 IGNORE_INDEX = -100
+# Stands in for an escaped control token in message text while the row is rendered (private-use characters, which no
+# tokenizer vocabulary gives a meaning): `\ue000<k>\ue001` is the k-th escaped token of the row.
+_ESCAPE_MARK = re.compile("\ue000(\\d+)\ue001")
 
 
 class RowError(ValueError):
@@ -70,6 +74,8 @@ class VisionChatCollator:
         max_length: truncate longer rows (from the end); a row whose truncation would cut image tokens raises.
         image_root: directory for relative image paths.
         assistant_only_loss: if False, every non-padding token is supervised (plain language modelling).
+        escape_control_tokens: tokenize control-token text inside messages (`<|im_end|>` written in an answer) as
+            plain text instead of as the control token (validation otherwise refuses such rows).
     """
 
     processor: ProcessorMixin
@@ -78,6 +84,7 @@ class VisionChatCollator:
     pad_to_multiple_of: int | None = None
     image_root: str | None = None
     assistant_only_loss: bool = True
+    escape_control_tokens: bool = False
     _vision_token_ids: set[int] = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -111,6 +118,18 @@ class VisionChatCollator:
         merged = self.processor._merge_kwargs(tokenizer_init_kwargs=tokenizer.init_kwargs)
         self._images_kwargs = {**merged["images_kwargs"], "return_tensors": "pt"}
         self._model_input_names = set(self.processor.model_input_names)
+        # Every added token: the tokenizer cuts these out of any text before its vocabulary sees it, so their text in a
+        # message becomes the control token itself (a `<|im_end|>` in an answer would end the turn there).
+        self.control_tokens = tuple(
+            sorted({token.content for token in tokenizer.added_tokens_decoder.values() if token.content}, key=len, reverse=True)
+        )
+        self._control_pattern = re.compile("|".join(map(re.escape, self.control_tokens))) if self.control_tokens else None
+
+    def control_tokens_in(self, text: str) -> list[str]:
+        """The control tokens that `text` spells out, in order of appearance, each once."""
+        if self._control_pattern is None or not isinstance(text, str):
+            return []
+        return list(dict.fromkeys(self._control_pattern.findall(text)))
 
     def _tokens_added_on_encode(self) -> tuple[list[int], list[int]]:
         """The ids the tokenizer adds around a text when asked for special tokens (LLaVA-NeXT's `<s>`). The processor
@@ -127,7 +146,22 @@ class VisionChatCollator:
 
     def render(self, row: dict[str, Any]) -> tuple[str, list[tuple[int, int]]]:
         """The rendered text of a row and the character spans of its assistant generation blocks."""
+        if not self.escape_control_tokens:
+            return self._render_marked(row)[:2]
+        text, spans = "", []
+        for piece, supervised in self.pieces(row):
+            if supervised:
+                spans.append((len(text), len(text) + len(piece)))
+            text += piece
+        return text, spans
+
+    def _render_marked(self, row: dict[str, Any]) -> tuple[str, list[tuple[int, int]], list[str]]:
+        """(text, generation spans, escaped control tokens): with `escape_control_tokens`, each control token in the
+        message text is rendered as a mark (`_ESCAPE_MARK`) that `pieces` turns back into plain text."""
         messages = normalize_messages(row["messages"])
+        escaped: list[str] = []
+        if self.escape_control_tokens and self._control_pattern is not None:
+            messages = [self._mark_control_tokens(message, escaped) for message in messages]
         tools = row.get("tools") or None
         if self.template_family is not None:
             check_expressible(self.template_family, messages, tools)
@@ -138,11 +172,32 @@ class VisionChatCollator:
             return_assistant_tokens_mask=self.assistant_only_loss,
             **self._template_kwargs,
         )
-        return rendered[0], [tuple(span) for span in spans[0]] if self.assistant_only_loss else []
+        return rendered[0], [tuple(span) for span in spans[0]] if self.assistant_only_loss else [], escaped
+
+    def _mark_control_tokens(self, message: dict[str, Any], escaped: list[str]) -> dict[str, Any]:
+        def mark(text: str) -> str:
+            def replace(match: re.Match) -> str:
+                escaped.append(match.group(0))
+                return f"\ue000{len(escaped) - 1}\ue001"
+
+            return self._control_pattern.sub(replace, text)
+
+        message = dict(message)
+        for key in ("content", "reasoning_content"):
+            value = message.get(key)
+            if isinstance(value, str):
+                message[key] = mark(value)
+            elif isinstance(value, list):
+                message[key] = [
+                    {**item, "text": mark(item["text"])} if item.get("type") == "text" and isinstance(item.get("text"), str) else item
+                    for item in value
+                ]
+        return message
 
     def pieces(self, row: dict[str, Any]) -> list[tuple[str, bool]]:
-        """The rendered row cut into (text, supervised) pieces at the generation-block boundaries."""
-        text, spans = self.render(row)
+        """The rendered row cut into (text, supervised) pieces at the generation-block boundaries (and, with
+        `escape_control_tokens`, around each escaped control token)."""
+        text, spans, escaped = self._render_marked(row)
         pieces, cursor = [], 0
         for start, end in spans:
             if start > cursor:
@@ -152,7 +207,23 @@ class VisionChatCollator:
             cursor = end
         if cursor < len(text):
             pieces.append((text[cursor:], False))
-        return pieces
+        return self._unmark(pieces, escaped) if escaped else pieces
+
+    @staticmethod
+    def _unmark(pieces: list[tuple[str, bool]], escaped: list[str]) -> list[tuple[str, bool]]:
+        """Each escaped control token back as text, cut after its first character and tokenized apart from its
+        neighbours, so that no tokenizer matches it as the control token (`<|im_end|>` -> `<` + `|im_end|>`)."""
+        out = []
+        for text, supervised in pieces:
+            parts = _ESCAPE_MARK.split(text)  # text, index, text, index, ..., text
+            for position, part in enumerate(parts):
+                if position % 2 == 0:
+                    if part:
+                        out.append((part, supervised))
+                else:
+                    token = escaped[int(part)]
+                    out.extend([(token[:1], supervised), (token[1:], supervised)] if len(token) > 1 else [(token, supervised)])
+        return out
 
     def tokenize_rows(self, rows: list[dict[str, Any]]) -> list[RenderedRow]:
         """Render and tokenize rows, with all pieces of all rows in one batched tokenizer call. Images stay one
@@ -239,7 +310,10 @@ class VisionChatCollator:
                 pieces = self.pieces(row)
             except (UnsupportedConversationError, TemplateError) as error:  # the template cannot render this row
                 raise RowError(index, str(error)) from error
-            values = row_images(row)
+            try:
+                values = row_images(row)
+            except ImagesNotAListError as error:
+                raise RowError(index, str(error)) from error
             placeholders = sum(text.count(self.image_token) for text, _ in pieces)
             if placeholders != len(values):
                 raise RowError(index, f"{placeholders} image placeholder(s) but {len(values)} image(s)")
@@ -315,4 +389,5 @@ def training_collator(processor: ProcessorMixin, args) -> VisionChatCollator:
         pad_to_multiple_of=args.pad_to_multiple_of,
         image_root=args.image_root,
         assistant_only_loss=args.assistant_only_loss,
+        escape_control_tokens=getattr(args, "escape_control_tokens", False),
     )

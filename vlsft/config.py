@@ -28,6 +28,15 @@ class VLSFTConfig(SFTConfig):
         validate_rows (`bool`, defaults to `True`):
             Check every train and eval row (images decode, placeholders match images, an assistant turn exists,
             truncation keeps the images and at least one supervised token) before the first step.
+        escape_control_tokens (`bool`, defaults to `False`):
+            Text in a message that spells out one of the tokenizer's control tokens (`<|im_end|>`, `<end_of_turn>`,
+            `<image>`...) would be tokenized as that token and, in an answer, teach the model to end its turn or open
+            a fake one mid-answer. By default such a row is a bad row (`row N: message 3 contains the control token
+            <|im_end|>`); `True` trains on that text as plain text instead (tokenized so that no control token forms).
+        allow_truncated_end_of_turn (`bool`, defaults to `False`):
+            With `max_length`, a row whose final end-of-turn token (`<|im_end|>`) is cut would teach the model never
+            to stop; by default it is a bad row. `True` trains on the truncated row anyway. Validation reports, either
+            way, how many rows truncation cuts and how many supervised tokens it removes.
         loss_chunk_size (`int`, defaults to `256`):
             Supervised positions projected through the LM head at a time. Each chunk's float32 logits are recomputed
             in the backward pass instead of being stored, so memory stays at a few `[chunk, vocab]` float32 buffers
@@ -54,6 +63,14 @@ class VLSFTConfig(SFTConfig):
     )
     validate_rows: bool = field(
         default=True, metadata={"help": "Validate every train and eval row before the first training step."}
+    )
+    escape_control_tokens: bool = field(
+        default=False,
+        metadata={"help": "Tokenize control-token text inside messages as plain text instead of refusing the row."},
+    )
+    allow_truncated_end_of_turn: bool = field(
+        default=False,
+        metadata={"help": "Train on rows whose final end-of-turn token max_length cuts (bad rows by default)."},
     )
     loss_chunk_size: int = field(
         default=256, metadata={"help": "Supervised positions projected through the LM head at a time."}
