@@ -17,6 +17,7 @@ from tests.conftest import IMAGE, assistant, image, user
 from vlsft import VLSFTConfig, VLSFTTrainer
 from vlsft.collator import RowError, VisionChatCollator
 from vlsft.templates import resolve_training_template
+from vlsft.training_rows import TrainingRowError
 from vlsft.validation import (
     MAX_LISTED_ROWS,
     InvalidRowsError,
@@ -139,7 +140,7 @@ def test_skip_trains_on_the_good_rows_only(tiny, tmp_path, image_files, caplog):
 
 
 def test_without_validation_the_bad_row_fails_only_in_training(tiny, tmp_path, image_files):
-    """What users had before: the same row only fails mid-training, as a batch position. The check is what names it."""
+    """Without the check, the same row only fails mid-training; the error still names its dataset row and the fix."""
     model, processor = tiny
     _, bad, _ = bad_rows(image_files)[0]
     trainer = VLSFTTrainer(
@@ -148,7 +149,7 @@ def test_without_validation_the_bad_row_fails_only_in_training(tiny, tmp_path, i
         train_dataset=dataset_with_bad_row_3(image_files, bad),
         processing_class=processor,
     )
-    with pytest.raises(RowError):
+    with pytest.raises(TrainingRowError, match=r"train dataset row 3 failed .*not found.*invalid_rows: skip"):
         trainer.train()
 
 
