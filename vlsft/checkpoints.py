@@ -41,6 +41,10 @@ _WEIGHT_FILES = (
 TRAINER_STATE = "trainer_state.json"
 
 
+class CheckpointError(ValueError):
+    """`resume_from_checkpoint` names nothing to resume from; the message says what to pass instead."""
+
+
 def publish_checkpoint(staged: str, final: str) -> None:
     """Move a fully written checkpoint directory into place. An existing `final` (the same step saved again) is
     swapped out first and deleted after, so there is never a moment without a complete checkpoint at `final`."""
@@ -89,7 +93,7 @@ def incomplete_reason(checkpoint: str, needs_optimizer: bool = True) -> str:
 
 def resume_checkpoint(output_dir: str, needs_optimizer: bool = True) -> str:
     """The newest complete `checkpoint-N` in `output_dir`, with a warning naming the incomplete newer ones skipped
-    and the one used. Raises `ValueError` (with the fix) when there is none."""
+    and the one used. Raises `CheckpointError` (with the fix) when there is none."""
     steps = []
     if os.path.isdir(output_dir):
         for name in os.listdir(output_dir):
@@ -108,7 +112,7 @@ def resume_checkpoint(output_dir: str, needs_optimizer: bool = True) -> str:
             return path
         skipped.append((path, reason))
     found = f"; incomplete: {'; '.join(f'{p} ({r})' for p, r in skipped)}" if skipped else ""
-    raise ValueError(
+    raise CheckpointError(
         f"`resume_from_checkpoint=True` found no complete checkpoint in {output_dir}{found}. Start without "
         "`resume_from_checkpoint`, or pass the path of a checkpoint directory."
     )
@@ -124,14 +128,14 @@ def resume_argument(value, output_dir: str, needs_optimizer: bool = True):
     if value is True:
         return resume_checkpoint(output_dir, needs_optimizer)
     if not os.path.isdir(value):
-        raise ValueError(
+        raise CheckpointError(
             f"`resume_from_checkpoint={value!r}` is not a checkpoint directory. Pass the path of a `checkpoint-N` "
             "directory, or `true` to resume from the newest complete checkpoint in `output_dir`."
         )
     # A checkpoint named explicitly is the caller's choice: it needs its state and weights, not its optimizer.
     reason = incomplete_reason(value, needs_optimizer=False)
     if reason:
-        raise ValueError(f"cannot resume from {value}: the checkpoint is incomplete ({reason}). Pass another one.")
+        raise CheckpointError(f"cannot resume from {value}: the checkpoint is incomplete ({reason}). Pass another one.")
     return value
 
 

@@ -231,6 +231,17 @@ def run(recipe: Recipe):
     trainer = build_trainer(recipe)
     _warn_on_layout_mismatch(recipe, trainer)
     trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
+    if trainer.preemption.stopped_at_step is not None:
+        # Stopped by SIGTERM: the checkpoint is the result; saving it as the final model would pass a partial run off
+        # as a finished one.
+        if trainer.accelerator.is_main_process:
+            saved = trainer.args.save_strategy != "no"
+            print(
+                f"[vlsft] stopped by SIGTERM at step {trainer.state.global_step}"
+                + (f"; checkpoint saved in {trainer.args.output_dir}. Resume with `--resume_from_checkpoint true`." if saved else "; `save_strategy` is 'no', nothing saved."),
+                file=sys.stderr,
+            )
+        return trainer
     trainer.save_model()
     trainer.save_state()
     if recipe.lora is not None and recipe.lora.save_merged:
@@ -297,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_reporting_bad_rows(recipe: Recipe) -> int:
+    from vlsft.checkpoints import CheckpointError
+    from vlsft.training_rows import TrainingRowError
     from vlsft.validation import InvalidRowsError  # imports torch and datasets: only once a run really starts
 
     try:
@@ -307,6 +320,9 @@ def run_reporting_bad_rows(recipe: Recipe) -> int:
         trainer.accelerator.end_training()
     except InvalidRowsError as error:  # every bad row is named in the message; a traceback adds nothing
         print(f"vlsft: {error}\nFix these rows, or drop them with `--invalid_rows skip`.", file=sys.stderr)
+        return 1
+    except (CheckpointError, TrainingRowError) as error:  # the message says what to do; a traceback adds nothing
+        print(f"vlsft: {error}", file=sys.stderr)
         return 1
     return 0
 
