@@ -81,6 +81,7 @@ class VLSFTConfig(SFTConfig):
     )
 
     def __post_init__(self):
+        self._check_ranges()
         if self.invalid_rows not in ("raise", "skip"):
             raise ValueError(f"`invalid_rows` must be 'raise' or 'skip', got {self.invalid_rows!r}.")
         if self.loss_chunk_size < 1:
@@ -99,3 +100,27 @@ class VLSFTConfig(SFTConfig):
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
             self.use_cpu = True
         super().__post_init__()
+
+    def _check_ranges(self) -> None:
+        """Values `TrainingArguments` accepts but training fails on only after the model and data are loaded (or, for
+        a negative learning rate, trains on silently wrong): refused here, so a `--dry-run` refuses them too."""
+        import math
+
+        problems = []
+        if not isinstance(self.learning_rate, (int, float)) or not math.isfinite(self.learning_rate) or self.learning_rate < 0:
+            problems.append(f"`learning_rate` must be a number >= 0, got {self.learning_rate!r}")
+        for name, rate in (self.component_learning_rates or {}).items():
+            if not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate < 0:
+                problems.append(f"`component_learning_rates.{name}` must be a number >= 0, got {rate!r}")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                problems.append(f"`{name}` must be an integer >= 1, got {value!r}")
+        if self.max_length is not None and self.max_length < 1:
+            problems.append(f"`max_length` must be >= 1 or None, got {self.max_length!r}")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            problems.append(f"`weight_decay` must be >= 0, got {self.weight_decay!r}")
+        if self.num_train_epochs is not None and self.num_train_epochs < 0:
+            problems.append(f"`num_train_epochs` must be >= 0, got {self.num_train_epochs!r}")
+        if problems:
+            raise ValueError("; ".join(problems) + ".")

@@ -605,6 +605,14 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     """`value` if it fits `hint`, made exact where YAML guessed another scalar type (`revision: 2024` or
     `--output_dir 123` is meant as a string, `alpha: 16` for a float field is 16.0); else a `RecipeError` naming the key and the expected type."""
     args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if isinstance(value, bool) and bool not in args and not type_matches(value, hint):
+        # YAML 1.1 reads `no`/`yes`/`true`/`false` as booleans: `--save_strategy no` means the strategy "no",
+        # `--resume_from_checkpoint true` the string "true" (resume from the newest complete checkpoint).
+        enums = [arg for arg in args if isinstance(arg, type) and issubclass(arg, enum.Enum)]
+        if value is False and any("no" in {member.value for member in e} for e in enums):
+            return "no"
+        if str in args:
+            return "true" if value else "false"
     if type_matches(value, hint):
         if isinstance(value, int) and not isinstance(value, bool) and float in args and int not in args:
             return float(value)
