@@ -147,6 +147,9 @@ class DatasetSource:
         the directory of a local data file.
     rows / fraction: keep this many rows / this fraction of the rows (a seeded random sample; at most one of them).
     weight: mixture weight (train sources only; see `DataSection`).
+    format: how conversations are stored: `messages` (default, TRL's conversational format), `sharegpt` or `llava`
+        (a `conversations` column of `from`/`value` turns, `<image>` markers in the text), converted on load
+        (`vlsft.formats`).
     """
 
     path: str
@@ -158,6 +161,7 @@ class DatasetSource:
     rows: int | None = None
     fraction: float | None = None
     weight: float | None = None
+    format: str = "messages"
 
 
 @dataclass
@@ -483,6 +487,8 @@ def _check_values(recipe: Recipe) -> None:
     for where, source in sources:
         if source.rows is not None and source.fraction is not None:
             raise RecipeError(f"`{where}`: set `rows` or `fraction`, not both.")
+        if source.format not in ("messages", "sharegpt", "llava"):
+            raise RecipeError(f"`{where}.format` must be one of messages, sharegpt, llava; got {source.format!r}.")
         if source.rows is not None and source.rows < 1:
             raise RecipeError(f"`{where}.rows` must be >= 1, got {source.rows}.")
         if source.fraction is not None and not 0 < source.fraction <= 1:

@@ -38,6 +38,7 @@ from vlsft.data import (
     load_image,
     row_images,
 )
+from vlsft.formats import CONVERSION_ERROR, missing_messages_message
 from vlsft.templates import FAMILIES, detect_family
 
 logger = logging.getLogger(__name__)
@@ -288,6 +289,9 @@ class RowChecker:
         verdicts: list[RowVerdict | None] = [None] * len(rows)
         renderable = []
         for position, row in enumerate(rows):
+            if row.get(CONVERSION_ERROR):  # a ShareGPT/LLaVA turn that could not be mapped (`vlsft.formats`)
+                verdicts[position] = RowVerdict(row[CONVERSION_ERROR])
+                continue
             problems = message_problems(row.get("messages"))
             if not problems:
                 problems = row_problems(row, self.collator)
@@ -607,6 +611,9 @@ def validate_rows(
     """Check every row of `dataset` as `collator` would train on it. `name` is None for a train dataset, else the
     eval dataset's name (it only labels the problems). Returns every problem and what truncation cuts; raises
     nothing."""
+    if isinstance(dataset, Dataset) and "messages" not in dataset.column_names:
+        where = "the train dataset" if name is None else f"eval dataset '{name}'"
+        raise ValueError(missing_messages_message(dataset.column_names, dataset[0] if len(dataset) else None, where))
     if isinstance(dataset, Dataset):
         checker = RowChecker(collator, dataset.features, allow_truncated_end_of_turn=allow_truncated_end_of_turn)
         label = "train" if name is None else f"eval '{name}'"
@@ -734,7 +741,8 @@ def _reason_kind(reason: str) -> str:
         ("no preceding tool call", "orphan tool message"),
         ("`arguments`", "malformed tool call"),
         ("is a remote image", "remote image"),
-        ("must be a list", "images not a list"),
+        ("conversations", "unmapped ShareGPT/LLaVA turn"),
+        ("`images` must be a list", "images not a list"),
         ("supervised token", "no supervised token"),
     ):
         if marker in reason:
