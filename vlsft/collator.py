@@ -42,6 +42,15 @@ IGNORE_INDEX = -100
 # Stands in for an escaped control token in message text while the row is rendered (private-use characters, which no
 # tokenizer vocabulary gives a meaning): `\ue000<k>\ue001` is the k-th escaped token of the row.
 _ESCAPE_MARK = re.compile("\ue000(\\d+)\ue001")
+# Tokenized in front of a piece that continues the text before it, then dropped, for tokenizers that start every
+# string with a word-boundary marker (SentencePiece's `▁`): a private-use character, which such tokenizers spell in
+# byte tokens that merge with nothing.
+_CONTINUATION_ANCHOR = "\ue000"
+
+
+class _Continuation(str):
+    """A piece of text that continues the previous piece without a word boundary (an escaped control token cut out of
+    a message): tokenized without the boundary marker some tokenizers put at the start of every string."""
 
 
 class RowError(ValueError):
@@ -124,6 +133,9 @@ class VisionChatCollator:
             sorted({token.content for token in tokenizer.added_tokens_decoder.values() if token.content}, key=len, reverse=True)
         )
         self._control_pattern = re.compile("|".join(map(re.escape, self.control_tokens))) if self.control_tokens else None
+        first = tokenizer.convert_ids_to_tokens(tokenizer("a", add_special_tokens=False)["input_ids"][:1])
+        self._marks_string_start = bool(first) and first[0][:1] in ("▁", "Ġ")
+        self._anchor_ids = tokenizer(_CONTINUATION_ANCHOR, add_special_tokens=False)["input_ids"]
 
     def control_tokens_in(self, text: str) -> list[str]:
         """The control tokens that `text` spells out, in order of appearance, each once."""
@@ -212,17 +224,15 @@ class VisionChatCollator:
     @staticmethod
     def _unmark(pieces: list[tuple[str, bool]], escaped: list[str]) -> list[tuple[str, bool]]:
         """Each escaped control token back as text, cut after its first character and tokenized apart from its
-        neighbours, so that no tokenizer matches it as the control token (`<|im_end|>` -> `<` + `|im_end|>`)."""
+        neighbours, so that no tokenizer matches it as the control token (`<|im_end|>` -> `<` + `|im_end|>`). What
+        follows a cut continues the text (`_Continuation`)."""
         out = []
         for text, supervised in pieces:
-            parts = _ESCAPE_MARK.split(text)  # text, index, text, index, ..., text
-            for position, part in enumerate(parts):
-                if position % 2 == 0:
-                    if part:
-                        out.append((part, supervised))
-                else:
-                    token = escaped[int(part)]
-                    out.extend([(token[:1], supervised), (token[1:], supervised)] if len(token) > 1 else [(token, supervised)])
+            sub_pieces = []
+            for position, part in enumerate(_ESCAPE_MARK.split(text)):  # text, index, text, index, ..., text
+                sub_pieces += [part] if position % 2 == 0 else [escaped[int(part)][:1], escaped[int(part)][1:]]
+            sub_pieces = [part for part in sub_pieces if part]
+            out += [(part if i == 0 else _Continuation(part), supervised) for i, part in enumerate(sub_pieces)]
         return out
 
     def tokenize_rows(self, rows: list[dict[str, Any]]) -> list[RenderedRow]:
@@ -232,7 +242,16 @@ class VisionChatCollator:
 
     def _tokenize_pieces(self, row_pieces: list[list[tuple[str, bool]]], images: list[list[Any]]) -> list[RenderedRow]:
         flat = [text for pieces in row_pieces for text, _ in pieces]
+        anchored = self._marks_string_start and any(isinstance(text, _Continuation) for text in flat)
+        if anchored:
+            flat = [_CONTINUATION_ANCHOR + text if isinstance(text, _Continuation) else text for text in flat]
         encoded = self.processor.tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
+        if anchored:
+            n = len(self._anchor_ids)
+            encoded = [
+                ids[n:] if text.startswith(_CONTINUATION_ANCHOR) and ids[:n] == self._anchor_ids else ids
+                for text, ids in zip(flat, encoded)
+            ]
         bos_token = self.processor.tokenizer.bos_token
         out, position = [], 0
         for pieces, row_images_ in zip(row_pieces, images):
@@ -286,8 +305,8 @@ class VisionChatCollator:
             row = []
             for text, supervised in pieces:
                 parts = text.split(self.image_token)
-                text = parts[0] + "".join(next(queue) + part for part in parts[1:])
-                row.append((text, supervised))
+                expanded_text = parts[0] + "".join(next(queue) + part for part in parts[1:])
+                row.append((_Continuation(expanded_text) if isinstance(text, _Continuation) else expanded_text, supervised))
             expanded.append(row)
         return expanded
 
