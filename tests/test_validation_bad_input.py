@@ -321,8 +321,9 @@ def test_a_row_failing_mid_run_is_named_by_its_dataset_index(tiny, tmp_path):
 
 
 def test_a_row_failing_mid_run_is_skipped_and_counted(tiny, tmp_path, caplog):
-    rows = picture_rows(tmp_path / "images")
-    trainer = mid_run_trainer(tiny, tmp_path, rows, invalid_rows="skip")
+    rows = [{**row, "length": 10 + n} for n, row in enumerate(picture_rows(tmp_path / "images"))]
+    # `group_by_length` samples from the dataset's `length` column: the indexed view must keep it working.
+    trainer = mid_run_trainer(tiny, tmp_path, rows, invalid_rows="skip", train_sampling_strategy="group_by_length")
     (tmp_path / "images" / "5.png").unlink()
     with caplog.at_level(logging.WARNING, logger="vlsft.training_rows"):
         trainer.train()

@@ -161,6 +161,14 @@ class VLSFTTrainer(SFTTrainer):
         with self._rows_named_by_index("train_dataset", None, None, "train dataset"):
             return super().get_train_dataloader()
 
+    def _get_train_sampler(self, train_dataset=None):
+        # Samplers read the dataset itself (`group_by_length` reads its `length` column): give them the dataset the
+        # `IndexedRows` view wraps, whose positions are the same.
+        return super()._get_train_sampler(train_dataset.dataset if isinstance(train_dataset, IndexedRows) else train_dataset)
+
+    def _get_eval_sampler(self, eval_dataset):
+        return super()._get_eval_sampler(eval_dataset.dataset if isinstance(eval_dataset, IndexedRows) else eval_dataset)
+
     def get_eval_dataloader(self, eval_dataset=None):
         # A dataset passed in directly is the caller's own; the trainer's eval datasets carry their indices.
         if eval_dataset is not None and not isinstance(eval_dataset, str):
