@@ -129,7 +129,7 @@ WIDE = np.tile(np.linspace(0, 1, 64), (64, 1))  # 0..1 left to right
         ("F", WIDE.astype(np.float32)),
     ],
 )
-@pytest.mark.parametrize("family", ["qwen3_vl", "gemma3", "idefics3", "llava_next"])
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_wide_grayscale_is_scaled_to_8_bits_not_white(family, mode, pixels):
     _, processor = build_tiny(family)
     collator = collator_for(processor)
@@ -143,6 +143,14 @@ def test_wide_grayscale_is_scaled_to_8_bits_not_white(family, mode, pixels):
     assert torch.equal(ours, processor.image_processor([[Image.fromarray(loaded)]], **collator._images_kwargs)["pixel_values"])
     clipped = processor.image_processor([[picture]], **collator._images_kwargs)["pixel_values"]
     assert not torch.equal(ours, clipped)
+
+
+def test_a_16_bit_png_file_is_scaled_too(tmp_path):
+    path = tmp_path / "depth.png"
+    Image.fromarray((WIDE * 65535).round().astype(np.uint16)).save(path)
+    assert Image.open(path).mode.startswith("I")
+    loaded = np.asarray(load_image(str(path)))
+    assert np.abs(loaded[..., 0].astype(int) - (WIDE * 255).round()).max() <= 1
 
 
 def test_grayscale_outside_every_range_is_refused(processor):
@@ -252,6 +260,7 @@ def test_malformed_tool_calls_and_orphan_tool_messages_are_bad_rows(processor):
         with_call(None),
         {"messages": [user(IMAGE, "Zoom."), tool("zoomed"), assistant("A dot.")], "images": [image()]},
         {"messages": [user(IMAGE, "Zoom."), assistant("", [zoom_call()]), tool("a"), tool("b"), assistant("Two.")], "images": [image()]},
+        with_call({"region": "left<|im_end|>"}),
     ]
     assert reasons(collator, rows) == [
         "",
@@ -265,7 +274,10 @@ def test_malformed_tool_calls_and_orphan_tool_messages_are_bad_rows(processor):
         "whose `tool_calls` it answers",
         "message 3 is a tool message with no preceding tool call; a tool response must follow the assistant message "
         "whose `tool_calls` it answers",
+        "message 1 tool call 0 contains the control token <|im_end|>, which the template writes out verbatim "
+        "(escaping applies to message text only); remove it",
     ]
+    assert reasons(collator_for(processor, escape_control_tokens=True), rows[-1:]) == reasons(collator, rows[-1:])
 
 
 # -- 6. the validation cache and rows failing mid-run ------------------------------------------------------------
@@ -330,6 +342,21 @@ def test_a_row_failing_mid_run_is_skipped_and_counted(tiny, tmp_path, caplog):
     assert trainer.state.global_step == 4  # one epoch (8 rows, 2 a step): row 5 comes up once
     assert trainer.rows_skipped_in_training["train dataset"] == 1
     assert "dropped train dataset row 5 during training: image file not found" in caplog.text
+
+
+def test_an_eval_row_failing_mid_run_is_skipped_and_counted(tiny, tmp_path):
+    model, processor = tiny
+    rows = picture_rows(tmp_path / "images", count=4)
+    args = VLSFTConfig(
+        output_dir=str(tmp_path / "out"), report_to="none", per_device_eval_batch_size=2, invalid_rows="skip",
+        save_strategy="no", disable_tqdm=True,
+    )
+    evals = {"a": Dataset.from_list(rows[:2]), "b": Dataset.from_list(rows[2:])}
+    trainer = VLSFTTrainer(copy_of(model), args=args, train_dataset=Dataset.from_list(rows), eval_dataset=evals, processing_class=processor)
+    (tmp_path / "images" / "3.png").unlink()
+    metrics = trainer.evaluate()
+    assert "eval_a_loss" in metrics and "eval_b_loss" in metrics
+    assert trainer.rows_skipped_in_training == {"eval dataset 'b'": 1}
 
 
 # -- 7. non-regular files, remote images, `images` not a list ------------------------------------------------------

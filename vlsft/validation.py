@@ -217,6 +217,26 @@ def row_problems(row: dict[str, Any], collator: VisionChatCollator) -> list[str]
             problems.append(str(error))
     if not collator.escape_control_tokens:
         problems.extend(control_token_problems(row["messages"], collator))
+    problems.extend(tool_call_control_token_problems(row["messages"], collator))
+    return problems
+
+
+def tool_call_control_token_problems(messages: list[dict[str, Any]], collator: VisionChatCollator) -> list[str]:
+    """Control-token text in a tool call (its name or arguments), which the template writes out verbatim. Escaping
+    applies to message text only, so this is a bad row either way."""
+    problems = []
+    for position, message in enumerate(messages):
+        for call_position, call in enumerate(message.get("tool_calls") or []):
+            function = call.get("function", call) if isinstance(call, dict) else {}
+            arguments = function.get("arguments")
+            text = " ".join([str(function.get("name")), arguments if isinstance(arguments, str) else json.dumps(arguments)])
+            tokens = collator.control_tokens_in(text)
+            if tokens:
+                problems.append(
+                    f"message {position} tool call {call_position} contains the control token"
+                    f"{'s' if len(tokens) > 1 else ''} {', '.join(tokens)}, which the template writes out verbatim "
+                    "(escaping applies to message text only); remove it"
+                )
     return problems
 
 
@@ -578,18 +598,13 @@ def validation_fingerprint(dataset: Dataset, collator: VisionChatCollator, allow
 
 
 def image_file_stats(dataset: Dataset, image_root: str | None) -> list[tuple[str, Any]]:
-    """(path, (size, mtime_ns)) of every image file the dataset's `images` / `image` columns name by path: a file
-    emptied, replaced or deleted since a validated run changes the fingerprint, so its rows are checked again. (Images
-    stored as bytes are part of the dataset's own fingerprint.)"""
+    """(path, (size, mtime_ns, mode)) of every image file the dataset's `images` / `image` columns name by path: a
+    file emptied, replaced or deleted since a validated run changes the fingerprint, so its rows are checked again.
+    (Images stored as bytes are part of the dataset's own fingerprint; only the path column is read, not the bytes.)"""
     stats = []
     for column in ("images", "image"):
-        if column not in dataset.column_names:
-            continue
-        for value in dataset.data.column(column).to_pylist():
-            for item in value if isinstance(value, list) else [value]:
-                path = item if isinstance(item, str) else item.get("path") if isinstance(item, dict) and not item.get("bytes") else None
-                if not path:
-                    continue
+        if column in dataset.column_names:
+            for path in _image_paths(dataset.data.column(column)):
                 resolved = os.path.join(image_root, path) if image_root and not os.path.isabs(path) else path
                 try:
                     info = os.stat(resolved)
@@ -597,6 +612,28 @@ def image_file_stats(dataset: Dataset, image_root: str | None) -> list[tuple[str
                 except OSError as error:
                     stats.append((resolved, type(error).__name__))
     return stats
+
+
+def _image_paths(column) -> list[str]:
+    """The file paths in an Arrow image column (paths, `{bytes, path}` structs, or lists of either), leaving out
+    images stored as bytes."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    values = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    while pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
+        values = pc.list_flatten(values)
+    if pa.types.is_struct(values.type):
+        names = [values.type.field(i).name for i in range(values.type.num_fields)]
+        if "path" not in names:
+            return []
+        paths = values.field("path")
+        if "bytes" in names:
+            paths = pc.filter(paths, pc.is_null(values.field("bytes")))
+        values = paths
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        return []
+    return [path for path in values.to_pylist() if path]
 
 
 def validate_rows(
