@@ -114,3 +114,16 @@ def test_resume_arguments_get_clean_messages(tmp_path):
         resume_argument("true", str(tmp_path))  # `--resume_from_checkpoint true` on a command line
     with pytest.raises(ValueError, match="is not a checkpoint directory.*or `true` to resume"):
         resume_argument(str(tmp_path / "nope"), str(tmp_path))
+
+
+def test_the_best_checkpoint_is_named_where_it_is_published(tmp_path):
+    run = trainer(str(tmp_path), max_steps=3, save_steps=1)
+    run.args.eval_strategy = run.args.save_strategy  # evaluate at every save, keep the best by eval loss
+    run.args.eval_steps, run.args.load_best_model_at_end, run.args.metric_for_best_model = 1, True, "loss"
+    run.args.greater_is_better = False
+    run.eval_dataset = run.train_dataset.select(range(2))
+    run.train()
+    best = run.state.best_model_checkpoint
+    assert best == str(tmp_path / f"checkpoint-{run.state.best_global_step}") and os.path.isdir(best)
+    saved = TrainerState.load_from_json(os.path.join(best, "trainer_state.json"))
+    assert saved.best_model_checkpoint == best and STAGING_DIR not in saved.best_model_checkpoint

@@ -6,12 +6,10 @@ malformed tool calls, the stale validation cache, rows failing mid-run, non-regu
 
 from __future__ import annotations
 
-import io
-import json
+import copy
 import logging
 import os
 import signal
-import time
 
 import numpy as np
 import pytest
@@ -310,13 +308,7 @@ def mid_run_trainer(tiny, tmp_path, rows, **overrides):
         output_dir=str(tmp_path / "out"), report_to="none", max_steps=4, per_device_train_batch_size=2,
         save_strategy="no", logging_steps=1, gradient_checkpointing=False, disable_tqdm=True, **overrides,
     )
-    return VLSFTTrainer(copy_of(model), args=args, train_dataset=Dataset.from_list(rows), processing_class=processor)
-
-
-def copy_of(model):
-    import copy
-
-    return copy.deepcopy(model)
+    return VLSFTTrainer(copy.deepcopy(model), args=args, train_dataset=Dataset.from_list(rows), processing_class=processor)
 
 
 def test_a_row_failing_mid_run_is_named_by_its_dataset_index(tiny, tmp_path):
@@ -352,7 +344,7 @@ def test_an_eval_row_failing_mid_run_is_skipped_and_counted(tiny, tmp_path):
         save_strategy="no", disable_tqdm=True,
     )
     evals = {"a": Dataset.from_list(rows[:2]), "b": Dataset.from_list(rows[2:])}
-    trainer = VLSFTTrainer(copy_of(model), args=args, train_dataset=Dataset.from_list(rows), eval_dataset=evals, processing_class=processor)
+    trainer = VLSFTTrainer(copy.deepcopy(model), args=args, train_dataset=Dataset.from_list(rows), eval_dataset=evals, processing_class=processor)
     (tmp_path / "images" / "3.png").unlink()
     metrics = trainer.evaluate()
     assert "eval_a_loss" in metrics and "eval_b_loss" in metrics

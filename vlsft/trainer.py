@@ -207,10 +207,14 @@ class VLSFTTrainer(SFTTrainer):
         self.accelerator.wait_for_everyone()  # every rank's files are in the staging directory
         if self.args.should_save:
             staged, final = os.path.join(staging, name), os.path.join(run_dir, name)
-            best = self.state.best_model_checkpoint
-            if best is not None and best.startswith(staging):  # `Trainer` named the best checkpoint by where it wrote it
-                self.state.best_model_checkpoint = os.path.join(run_dir, os.path.relpath(best, staging))
-                self.state.save_to_json(os.path.join(staged, "trainer_state.json"))  # still in staging: still atomic
+            # `Trainer` looked for the best checkpoint where it was writing (the staging directory): name it where
+            # it lives once published, and store that in this checkpoint's state (still in staging: still atomic).
+            if self.state.best_global_step:
+                best = f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}"
+                if best == name or os.path.isdir(os.path.join(run_dir, best)):
+                    self.state.best_model_checkpoint = os.path.join(run_dir, best)
+                    if os.path.exists(os.path.join(staged, "trainer_state.json")):
+                        self.state.save_to_json(os.path.join(staged, "trainer_state.json"))
             publish_checkpoint(staged, final)
             shutil.rmtree(staging, ignore_errors=True)
             rotate_checkpoints(
