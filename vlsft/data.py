@@ -21,6 +21,7 @@ REMOTE_PREFIXES = ("http://", "https://", "file://", "s3://", "gs://", "hf://")
 # PIL modes whose pixels are wider than 8 bits. `Image.convert("RGB")` clips them at 255 (a 16-bit photo comes out
 # nearly all white, in the image processors too), so they are scaled to 8 bits first (`_to_8_bit`).
 HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+_EXIF_ORIENTATION = 0x0112
 
 
 class ImageLoadError(ValueError):
@@ -74,7 +75,8 @@ def load_image(value: Any, image_root: str | None = None) -> Image.Image:
         else:
             raise ImageLoadError(f"unsupported image value of type {type(value).__name__}")
         image.load()  # decode now, so a truncated or corrupt file fails here and not inside the processor
-        image = ImageOps.exif_transpose(image)  # a copy without the orientation tag: applying it twice is a no-op
+        if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+            image = ImageOps.exif_transpose(image)  # a copy without the orientation tag: applying it twice is a no-op
         if image.mode in HIGH_BIT_DEPTH_MODES:
             image = _to_8_bit(image)
     except ImageLoadError:
