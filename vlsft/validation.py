@@ -3,14 +3,18 @@
 A row is checked with the training collator itself (its template, tokenizer, image loading, `max_length` and mask),
 so validation and training agree on what a row is:
 - its messages have known roles and well-formed content, and at least one assistant turn;
+- tool calls have a name and JSON-object arguments, and every tool message answers a call;
+- no message text spells out a control token of the tokenizer (unless `escape_control_tokens`);
 - every image loads and fully decodes, and there are as many images as image placeholders (in user, assistant and
   tool messages alike), all of which the chat template renders;
-- with `max_length`, truncation cuts no image token and leaves at least one supervised token.
+- with `max_length`, truncation cuts no image token, leaves at least one supervised token and keeps the final
+  end-of-turn token (unless `allow_truncated_end_of_turn`); rows cut and supervised tokens removed are reported.
 
 For the Qwen-VL families, image token counts come from each image's size through the image processor's own resize
 rule (`get_number_of_image_patches`), so no pixel tensor is built; other collators are run on the row itself. No
 model runs either way. A `datasets.Dataset` is checked with
-`Dataset.map` (parallel with `dataset_num_proc`, cached by fingerprint for datasets stored on disk); an
+`Dataset.map` (parallel with `dataset_num_proc`, cached by fingerprint for datasets stored on disk, the fingerprint
+including each image file's size and modification time); an
 `IterableDataset` cannot be checked up front and is left to fail in training.
 """
 
