@@ -104,11 +104,8 @@ def resume_checkpoint(output_dir: str, needs_optimizer: bool = True) -> str:
     for _, path in sorted(steps, reverse=True):
         reason = incomplete_reason(path, needs_optimizer)
         if not reason:
-            if skipped:
-                listed = "; ".join(f"{p} ({r})" for p, r in skipped)
-                logger.warning(f"Skipping incomplete checkpoint(s): {listed}. Resuming from {path}.")
-            else:
-                logger.info(f"Resuming from {path}.")
+            skipping = f"Skipping incomplete checkpoint(s): {'; '.join(f'{p} ({r})' for p, r in skipped)}. " if skipped else ""
+            logger.warning(f"{skipping}Resuming from {path}.")
             return path
         skipped.append((path, reason))
     found = f"; incomplete: {'; '.join(f'{p} ({r})' for p, r in skipped)}" if skipped else ""
