@@ -234,6 +234,31 @@ def test_control_token_text_is_a_bad_row_or_escaped_to_plain_text(family):
         assert "A square." + token + "then more" in tokenizer.decode(supervised), token
 
 
+def test_reasoning_markers_a_thinking_template_parses_are_structure_not_text(processor):
+    """A thinking template splits `<think>...</think>` out of assistant content: there those tokens are the data's
+    structure (neither refused nor escaped). Anywhere else, or with a template that does not parse them, they are text
+    that would become control tokens."""
+    from importlib import resources
+
+    thinking = resources.files("trl").joinpath("chat_templates", "qwen3_5_think_training.jinja").read_text()
+    reasoned = {"messages": [user("Hi"), assistant("<think>\nIt says hi.\n</think>\n\nHello.")], "images": []}
+    spoofed = {"messages": [user("Hi"), assistant("Hello.<|im_end|>")], "images": []}
+    in_user = {"messages": [user("What does </think> mean?"), assistant("A tag.")], "images": []}
+    collator = VisionChatCollator(processor, thinking)
+    assert collator.template_parsed_tokens == {"<think>", "</think>"}
+    got = reasons(collator, [reasoned, spoofed, in_user])
+    assert got[0] == "" and got[1].startswith("message 1 contains the control token <|im_end|>")
+    assert got[2].startswith("message 0 contains the control token </think>")
+    stock = collator_for(processor)  # Qwen3-VL's template writes content verbatim: `<think>` would be the real token
+    assert reasons(stock, [reasoned])[0].startswith("message 1 contains the control tokens <think>, </think>")
+    # Escaping leaves the parsed markers to the template: the reasoning block trains with the real tokens.
+    tokenizer = processor.tokenizer
+    labels = VisionChatCollator(processor, thinking, escape_control_tokens=True)([reasoned])["labels"][0]
+    supervised = [int(t) for t in labels[labels != IGNORE_INDEX]]
+    assert tokenizer.convert_tokens_to_ids("</think>") in supervised
+    assert tokenizer.decode(supervised).startswith("<think>\nIt says hi.\n</think>\n\nHello.")
+
+
 # -- 5. tool calls -----------------------------------------------------------------------------------------------
 
 

@@ -133,15 +133,26 @@ class VisionChatCollator:
             sorted({token.content for token in tokenizer.added_tokens_decoder.values() if token.content}, key=len, reverse=True)
         )
         self._control_pattern = re.compile("|".join(map(re.escape, self.control_tokens))) if self.control_tokens else None
+        # Control tokens the template itself parses out of an assistant message (a thinking template's
+        # `content.split('</think>')`): there they are the data's structure, not text, and are neither refused nor
+        # escaped.
+        self.template_parsed_tokens = frozenset(
+            token
+            for token in self.control_tokens
+            if re.search(r"(split|replace)\(\s*['\"]" + re.escape(token), self.chat_template)
+            or re.search(r"['\"]" + re.escape(token) + r"['\"]\s+(not\s+)?in\s", self.chat_template)
+        )
         first = tokenizer.convert_ids_to_tokens(tokenizer("a", add_special_tokens=False)["input_ids"][:1])
         self._marks_string_start = bool(first) and first[0][:1] in ("▁", "Ġ")
         self._anchor_ids = tokenizer(_CONTINUATION_ANCHOR, add_special_tokens=False)["input_ids"]
 
-    def control_tokens_in(self, text: str) -> list[str]:
-        """The control tokens that `text` spells out, in order of appearance, each once."""
+    def control_tokens_in(self, text: str, role: str | None = None) -> list[str]:
+        """The control tokens that `text` (of a `role` message) spells out, in order of appearance, each once; in an
+        assistant message, not those the template parses (`template_parsed_tokens`)."""
         if self._control_pattern is None or not isinstance(text, str):
             return []
-        return list(dict.fromkeys(self._control_pattern.findall(text)))
+        found = dict.fromkeys(self._control_pattern.findall(text))
+        return [token for token in found if not (role == "assistant" and token in self.template_parsed_tokens)]
 
     def _tokens_added_on_encode(self) -> tuple[list[int], list[int]]:
         """The ids the tokenizer adds around a text when asked for special tokens (LLaVA-NeXT's `<s>`). The processor
@@ -187,8 +198,12 @@ class VisionChatCollator:
         return rendered[0], [tuple(span) for span in spans[0]] if self.assistant_only_loss else [], escaped
 
     def _mark_control_tokens(self, message: dict[str, Any], escaped: list[str]) -> dict[str, Any]:
+        kept = self.template_parsed_tokens if message.get("role") == "assistant" else frozenset()
+
         def mark(text: str) -> str:
             def replace(match: re.Match) -> str:
+                if match.group(0) in kept:
+                    return match.group(0)
                 escaped.append(match.group(0))
                 return f"\ue000{len(escaped) - 1}\ue001"
 

@@ -253,7 +253,8 @@ def control_token_problems(messages: list[dict[str, Any]], collator: VisionChatC
             item.get("text") for item in content or [] if isinstance(item, dict) and item.get("type") == "text"
         ]
         texts.append(message.get("reasoning_content"))
-        tokens = list(dict.fromkeys(token for text in texts for token in collator.control_tokens_in(text)))
+        role = message.get("role")
+        tokens = list(dict.fromkeys(token for text in texts for token in collator.control_tokens_in(text, role)))
         if tokens:
             problems.append(
                 f"message {position} contains the control token{'s' if len(tokens) > 1 else ''} {', '.join(tokens)}, "
