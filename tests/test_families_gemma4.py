@@ -368,6 +368,7 @@ def test_reasoning_rows_train_exactly_one_batch_of_4_as_4_micro_batches_of_1(tmp
             learning_rate=1.0, optim="sgd", lr_scheduler_type="constant", max_grad_norm=0.0, save_strategy="no",
             logging_steps=1, seed=0, data_seed=0, per_device_train_batch_size=batch_size,
             gradient_accumulation_steps=accumulation, chat_template_kwargs=THINKING, reasoning_history="keep",
+            escape_control_tokens=True,  # the look-alike row spells out template tokens: trained as plain text
         )
         trainer = VLSFTTrainer(copy.deepcopy(model), args=args, train_dataset=dataset, processing_class=tiny(CURRENT)[1])
         assert trainer.data_collator.template_kwargs["reasoning_history"] == "keep"

@@ -650,6 +650,8 @@ def test_the_recipe_trains_the_tiny_hybrid_model_end_to_end(family, tmp_path, mo
         "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1", "--eval_steps", "1000",
         "--save_steps", "1000", "--layout.strategy", "cpu", "--layout.gpus_per_node", "1",
         "--lora.vision", "true", "--model.freeze_merger", "false",
+        # The look-alike row spells out template tokens in its reasoning: trained as plain text.
+        "--escape_control_tokens", "true",
     ]
     if recipe.data.eval:
         overrides += ["--data.eval.0.path", str(data), "--data.eval.0.rows", "2", "--data.eval.0.split", "train"]

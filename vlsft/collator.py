@@ -33,7 +33,7 @@ from jinja2 import TemplateError
 from transformers import ProcessorMixin
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from vlsft.data import load_image, normalize_messages, row_images, row_videos
+from vlsft.data import ImagesNotAListError, load_image, normalize_messages, row_images, row_videos
 from vlsft.templates import (
     FAMILIES,
     UnsupportedConversationError,
@@ -81,6 +81,18 @@ def row_template_kwargs(defaults: dict[str, Any] | None, row: dict[str, Any]) ->
             "(`messages`, `tools`) or by vlsft"
         )
     return {key: value for key, value in kwargs.items() if value is not None}
+# Stands in for an escaped control token in message text while the row is rendered (private-use characters, which no
+# tokenizer vocabulary gives a meaning): `\ue000<k>\ue001` is the k-th escaped token of the row.
+_ESCAPE_MARK = re.compile("\ue000(\\d+)\ue001")
+# Tokenized in front of a piece that continues the text before it, then dropped, for tokenizers that start every
+# string with a word-boundary marker (SentencePiece's `▁`): a private-use character, which such tokenizers spell in
+# byte tokens that merge with nothing.
+_CONTINUATION_ANCHOR = "\ue000"
+
+
+class _Continuation(str):
+    """A piece of text that continues the previous piece without a word boundary (an escaped control token cut out of
+    a message): tokenized without the boundary marker some tokenizers put at the start of every string."""
 
 
 class RowError(ValueError):
@@ -132,6 +144,8 @@ class VisionChatCollator:
         video_root: directory for relative video paths (default: `image_root`).
         video_fps, video_min_frames, video_max_frames, video_max_pixels: override the video processor's frame sampling
             and pixel budget (see `VLSFTConfig`); None keeps the processor's own.
+        escape_control_tokens: tokenize control-token text inside messages (`<|im_end|>` written in an answer) as
+            plain text instead of as the control token (validation otherwise refuses such rows).
     """
 
     processor: ProcessorMixin
@@ -150,6 +164,7 @@ class VisionChatCollator:
     video_min_frames: int | None = None
     video_max_frames: int | None = None
     video_max_pixels: int | None = None
+    escape_control_tokens: bool = False
     _vision_token_ids: set[int] = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -185,6 +200,27 @@ class VisionChatCollator:
         self._model_input_names = set(self.processor.model_input_names)
         self._init_turn_weights()
         self._setup_videos(merged["videos_kwargs"])
+        # Every added token: the tokenizer cuts these out of any text before its vocabulary sees it, so their text in a
+        # message becomes the control token itself (a `<|im_end|>` in an answer would end the turn there).
+        self.control_tokens = tuple(
+            sorted({token.content for token in tokenizer.added_tokens_decoder.values() if token.content}, key=len, reverse=True)
+        )
+        self._control_pattern = re.compile("|".join(map(re.escape, self.control_tokens))) if self.control_tokens else None
+        # Control tokens the template itself parses out of an assistant message (a thinking template's
+        # `content.split('</think>')`), and the family's reasoning markers, which an assistant message may carry inline
+        # (`<think>...</think>`, what the model generates): there they are the data's structure, not text, and are
+        # neither refused nor escaped.
+        reasoning_markers = set(self.family.reasoning_markers or ())
+        self.template_parsed_tokens = frozenset(
+            token
+            for token in self.control_tokens
+            if token in reasoning_markers
+            or re.search(r"(split|replace)\(\s*['\"]" + re.escape(token), self.chat_template)
+            or re.search(r"['\"]" + re.escape(token) + r"['\"]\s+(not\s+)?in\s", self.chat_template)
+        )
+        first = tokenizer.convert_ids_to_tokens(tokenizer("a", add_special_tokens=False)["input_ids"][:1])
+        self._marks_string_start = bool(first) and first[0][:1] in ("▁", "Ġ")
+        self._anchor_ids = tokenizer(_CONTINUATION_ANCHOR, add_special_tokens=False)["input_ids"]
 
     def _init_turn_weights(self) -> None:
         """The token ids that per-token weighting looks for: the end-of-turn token and the reasoning markers."""
@@ -281,6 +317,14 @@ class VisionChatCollator:
                 f"(temporal_patch_size): use a longer clip or repeat its frame(s) in a frame list"
             )
 
+    def control_tokens_in(self, text: str, role: str | None = None) -> list[str]:
+        """The control tokens that `text` (of a `role` message) spells out, in order of appearance, each once; in an
+        assistant message, not those the template parses (`template_parsed_tokens`)."""
+        if self._control_pattern is None or not isinstance(text, str):
+            return []
+        found = dict.fromkeys(self._control_pattern.findall(text))
+        return [token for token in found if not (role == "assistant" and token in self.template_parsed_tokens)]
+
     def _tokens_added_on_encode(self) -> tuple[list[int], list[int]]:
         """The ids the tokenizer adds around a text when asked for special tokens (LLaVA-NeXT's `<s>`). The processor
         adds them when the rendered text does not already start with the BOS token; so does this collator."""
@@ -296,7 +340,22 @@ class VisionChatCollator:
 
     def render(self, row: dict[str, Any]) -> tuple[str, list[tuple[int, int]]]:
         """The rendered text of a row and the character spans of its assistant generation blocks."""
+        if not self.escape_control_tokens:
+            return self._render_marked(row)[:2]
+        text, spans = "", []
+        for piece, supervised in self.pieces(row):
+            if supervised:
+                spans.append((len(text), len(text) + len(piece)))
+            text += piece
+        return text, spans
+
+    def _render_marked(self, row: dict[str, Any]) -> tuple[str, list[tuple[int, int]], list[str]]:
+        """(text, generation spans, escaped control tokens): with `escape_control_tokens`, each control token in the
+        message text is rendered as a mark (`_ESCAPE_MARK`) that `pieces` turns back into plain text."""
         messages = normalize_messages(row["messages"])
+        escaped: list[str] = []
+        if self.escape_control_tokens and self._control_pattern is not None:
+            messages = [self._mark_control_tokens(message, escaped) for message in messages]
         tools = row.get("tools") or None
         if self.template_family is not None:
             check_expressible(self.template_family, messages, tools)
@@ -312,16 +371,41 @@ class VisionChatCollator:
             **self._template_kwargs,
             **row_template_kwargs(self.template_kwargs, row),
         )
-        return rendered[0], [tuple(span) for span in spans[0]] if self.assistant_only_loss else []
+        return rendered[0], [tuple(span) for span in spans[0]] if self.assistant_only_loss else [], escaped
+
+    def _mark_control_tokens(self, message: dict[str, Any], escaped: list[str]) -> dict[str, Any]:
+        kept = self.template_parsed_tokens if message.get("role") == "assistant" else frozenset()
+
+        def mark(text: str) -> str:
+            def replace(match: re.Match) -> str:
+                if match.group(0) in kept:
+                    return match.group(0)
+                escaped.append(match.group(0))
+                return f"\ue000{len(escaped) - 1}\ue001"
+
+            return self._control_pattern.sub(replace, text)
+
+        message = dict(message)
+        for key in ("content", "reasoning_content"):
+            value = message.get(key)
+            if isinstance(value, str):
+                message[key] = mark(value)
+            elif isinstance(value, list):
+                message[key] = [
+                    {**item, "text": mark(item["text"])} if item.get("type") == "text" and isinstance(item.get("text"), str) else item
+                    for item in value
+                ]
+        return message
 
     def pieces(self, row: dict[str, Any]) -> list[tuple[str, bool]]:
-        """The rendered row cut into (text, supervised) pieces at the generation-block boundaries."""
+        """The rendered row cut into (text, supervised) pieces at the generation-block boundaries (and, with
+        `escape_control_tokens`, around each escaped control token)."""
         return self.weighted_pieces(row)[0]
 
     def weighted_pieces(self, row: dict[str, Any]) -> tuple[list[tuple[str, bool]], list[float] | None]:
-        """`pieces(row)` and the weight of each supervised piece (one per non-empty assistant turn), or None when
+        """`pieces(row)` and the weight of each supervised turn (one per non-empty assistant turn), or None when
         every token of every turn weighs 1 (then nothing per token is computed: today's fast path)."""
-        text, spans = self.render(row)
+        text, spans, escaped = self._render_marked(row)
         weights = self._turn_weights(row, spans)
         pieces, cursor = [], 0
         for start, end in spans:
@@ -332,7 +416,7 @@ class VisionChatCollator:
             cursor = end
         if cursor < len(text):
             pieces.append((text[cursor:], False))
-        return pieces, weights
+        return (self._unmark(pieces, escaped) if escaped else pieces), weights
 
     def _turn_weights(self, row: dict[str, Any], spans: list[tuple[int, int]]) -> list[float] | None:
         """The weight of each non-empty generation block, or None when all tokens weigh 1. Raises `TurnWeightError`
@@ -375,6 +459,20 @@ class VisionChatCollator:
                     out[start + int(ends_of_turn[-1])] = 0.0
         return out
 
+    @staticmethod
+    def _unmark(pieces: list[tuple[str, bool]], escaped: list[str]) -> list[tuple[str, bool]]:
+        """Each escaped control token back as text, cut after its first character and tokenized apart from its
+        neighbours, so that no tokenizer matches it as the control token (`<|im_end|>` -> `<` + `|im_end|>`). What
+        follows a cut continues the text (`_Continuation`)."""
+        out = []
+        for text, supervised in pieces:
+            sub_pieces = []
+            for position, part in enumerate(_ESCAPE_MARK.split(text)):  # text, index, text, index, ..., text
+                sub_pieces += [part] if position % 2 == 0 else [escaped[int(part)][:1], escaped[int(part)][1:]]
+            sub_pieces = [part for part in sub_pieces if part]
+            out += [(part if i == 0 else _Continuation(part), supervised) for i, part in enumerate(sub_pieces)]
+        return out
+
     def tokenize_rows(self, rows: list[dict[str, Any]]) -> list[RenderedRow]:
         """Render and tokenize rows, with all pieces of all rows in one batched tokenizer call. Images stay one
         placeholder token each."""
@@ -388,7 +486,16 @@ class VisionChatCollator:
 
     def _tokenize_pieces(self, row_pieces: list[list[tuple[str, bool]]], images: list[list[Any]]) -> list[RenderedRow]:
         flat = [text for pieces in row_pieces for text, _ in pieces]
+        anchored = self._marks_string_start and any(isinstance(text, _Continuation) for text in flat)
+        if anchored:
+            flat = [_CONTINUATION_ANCHOR + text if isinstance(text, _Continuation) else text for text in flat]
         encoded = self.processor.tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
+        if anchored:
+            n = len(self._anchor_ids)
+            encoded = [
+                ids[n:] if text.startswith(_CONTINUATION_ANCHOR) and ids[:n] == self._anchor_ids else ids
+                for text, ids in zip(flat, encoded)
+            ]
         bos_token = self.processor.tokenizer.bos_token
         out, position = [], 0
         for pieces, row_images_ in zip(row_pieces, images):
@@ -442,8 +549,8 @@ class VisionChatCollator:
             row = []
             for text, supervised in pieces:
                 parts = text.split(self.image_token)
-                text = parts[0] + "".join(next(queue) + part for part in parts[1:])
-                row.append((text, supervised))
+                expanded_text = parts[0] + "".join(next(queue) + part for part in parts[1:])
+                row.append((_Continuation(expanded_text) if isinstance(text, _Continuation) else expanded_text, supervised))
             expanded.append(row)
         return expanded
 
@@ -522,7 +629,10 @@ class VisionChatCollator:
             except (UnsupportedConversationError, TemplateError, TemplateKwargsError, TurnWeightError) as error:
                 raise RowError(index, str(error)) from error  # the row cannot be rendered or weighed
             row_weights.append(weights)
-            values = row_images(row)
+            try:
+                values = row_images(row)
+            except ImagesNotAListError as error:
+                raise RowError(index, str(error)) from error
             placeholders = sum(text.count(self.image_token) for text, _ in pieces)
             if placeholders != len(values):
                 raise RowError(index, f"{placeholders} image placeholder(s) but {len(values)} image(s)")
@@ -653,4 +763,5 @@ def training_collator(processor: ProcessorMixin, args) -> VisionChatCollator:
         video_min_frames=args.video_min_frames,
         video_max_frames=args.video_max_frames,
         video_max_pixels=args.video_max_pixels,
+        escape_control_tokens=getattr(args, "escape_control_tokens", False),
     )

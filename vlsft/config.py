@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import math
 import os
 
 import torch
@@ -31,6 +32,15 @@ class VLSFTConfig(SFTConfig):
         validate_rows (`bool`, defaults to `True`):
             Check every train and eval row (images decode, placeholders match images, an assistant turn exists,
             truncation keeps the images and at least one supervised token) before the first step.
+        escape_control_tokens (`bool`, defaults to `False`):
+            Text in a message that spells out one of the tokenizer's control tokens (`<|im_end|>`, `<end_of_turn>`,
+            `<image>`...) would be tokenized as that token and, in an answer, teach the model to end its turn or open
+            a fake one mid-answer. By default such a row is a bad row (`row N: message 3 contains the control token
+            <|im_end|>`); `True` trains on that text as plain text instead (tokenized so that no control token forms).
+        allow_truncated_end_of_turn (`bool`, defaults to `False`):
+            With `max_length`, a row whose final end-of-turn token (`<|im_end|>`) is cut would teach the model never
+            to stop; by default it is a bad row. `True` trains on the truncated row anyway. Validation reports, either
+            way, how many rows truncation cuts and how many supervised tokens it removes.
         loss_chunk_size (`int`, defaults to `256`):
             Supervised positions projected through the LM head at a time. Each chunk's float32 logits are recomputed
             in the backward pass instead of being stored, so memory stays at a few `[chunk, vocab]` float32 buffers
@@ -63,6 +73,14 @@ class VLSFTConfig(SFTConfig):
     )
     validate_rows: bool = field(
         default=True, metadata={"help": "Validate every train and eval row before the first training step."}
+    )
+    escape_control_tokens: bool = field(
+        default=False,
+        metadata={"help": "Tokenize control-token text inside messages as plain text instead of refusing the row."},
+    )
+    allow_truncated_end_of_turn: bool = field(
+        default=False,
+        metadata={"help": "Train on rows whose final end-of-turn token max_length cuts (bad rows by default)."},
     )
     loss_chunk_size: int = field(
         default=256, metadata={"help": "Supervised positions projected through the LM head at a time."}
@@ -123,6 +141,7 @@ class VLSFTConfig(SFTConfig):
                 "`train_on_turns`, `train_on_eos` and `reasoning_weight` select assistant tokens and need "
                 "`assistant_only_loss=True`."
             )
+        self._check_ranges()
         if self.invalid_rows not in ("raise", "skip"):
             raise ValueError(f"`invalid_rows` must be 'raise' or 'skip', got {self.invalid_rows!r}.")
         for name in ("video_fps", "video_min_frames", "video_max_frames", "video_max_pixels"):
@@ -150,3 +169,26 @@ class VLSFTConfig(SFTConfig):
             self.use_cpu = True
         super().__post_init__()
         packing_enabled(self)  # an unsupported packing setting fails here, with the fix
+
+    def _check_ranges(self) -> None:
+        """Values `TrainingArguments` accepts but training fails on only after the model and data are loaded (or, for
+        a negative learning rate, trains on silently wrong): refused here, so a `--dry-run` refuses them too."""
+
+        problems = []
+        if not isinstance(self.learning_rate, (int, float)) or not math.isfinite(self.learning_rate) or self.learning_rate < 0:
+            problems.append(f"`learning_rate` must be a number >= 0, got {self.learning_rate!r}")
+        for name, rate in (self.component_learning_rates or {}).items():
+            if not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate < 0:
+                problems.append(f"`component_learning_rates.{name}` must be a number >= 0, got {rate!r}")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                problems.append(f"`{name}` must be an integer >= 1, got {value!r}")
+        if self.max_length is not None and self.max_length < 1:
+            problems.append(f"`max_length` must be >= 1 or None, got {self.max_length!r}")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            problems.append(f"`weight_decay` must be >= 0, got {self.weight_decay!r}")
+        if self.num_train_epochs is not None and self.num_train_epochs < 0:
+            problems.append(f"`num_train_epochs` must be >= 0, got {self.num_train_epochs!r}")
+        if problems:
+            raise ValueError("; ".join(problems) + ".")

@@ -224,8 +224,17 @@ def select_rows(spec: str | int | slice | list[int] | range | None, size: int) -
             except ValueError:
                 raise ValueError(f"--rows {spec!r}: use START:STOP (0:5), one index (3) or a list (1,4,9)") from None
     if isinstance(spec, slice):
-        return list(range(size)[spec])
+        indices = list(range(size)[spec])
+        if not indices:
+            start, stop = spec.start, spec.stop
+            raise ValueError(
+                f"--rows {start if start is not None else ''}:{stop if stop is not None else ''} selects no row of the "
+                f"{size}-row dataset: use START:STOP with START < STOP (e.g. 0:5)"
+            )
+        return indices
     indices = list(spec)
+    if not indices:
+        raise ValueError("--rows selects no row: use START:STOP (0:5), one index (3) or a list (1,4,9)")
     for index in indices:
         if not -size <= index < size:
             raise ValueError(f"row {index} does not exist: the dataset has {size} rows")

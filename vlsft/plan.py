@@ -9,9 +9,9 @@ import json
 import os
 import re
 
-from vlsft.recipe import DEMO_DATASET, TINY_MODEL, DatasetSource, Recipe, launch_command, mixture_counts
+from vlsft.recipe import DEMO_DATASET, TINY_MODEL, DatasetSource, Recipe, RecipeError, launch_command, mixture_counts
 from vlsft.sources import _extension, _looks_local
-from vlsft.train import build_training_config, lora_targets
+from vlsft.train import build_training_config, check_model_source, lora_targets
 
 # -- dry run -----------------------------------------------------------------------------------------------------
 
@@ -19,6 +19,9 @@ from vlsft.train import build_training_config, lora_targets
 def describe_plan(recipe: Recipe, overrides: list[str] = ()) -> str:
     """The resolved plan of a recipe as text, without loading weights or datasets."""
     args = build_training_config(recipe, check_only=True)
+    # A Hub id is not fetched (a dry run loads nothing); the real run checks the Hub answers before loading.
+    source = check_model_source(recipe.model.name_or_path, recipe.model.revision, reach_hub=False)
+    resume = _resume_plan(args)
     lines = [f"recipe     {recipe.path}: valid", ""]
     model = recipe.model
     detail = [f"dtype {model.dtype}"]
@@ -26,7 +29,7 @@ def describe_plan(recipe: Recipe, overrides: list[str] = ()) -> str:
         detail.append(f"attention {model.attn_implementation}")
     if model.max_pixels:
         detail.append(f"max_pixels {model.max_pixels}")
-    lines.append(f"model      {model.name_or_path} ({', '.join(detail)})")
+    lines.append(f"model      {model.name_or_path} ({source}; {', '.join(detail)})")
     lora = recipe.lora
     if lora is None:
         lines.append("method     full fine-tune")
@@ -52,6 +55,8 @@ def describe_plan(recipe: Recipe, overrides: list[str] = ()) -> str:
         f"training   {steps}, lr {args.learning_rate:g} ({args.lr_scheduler_type.value if hasattr(args.lr_scheduler_type, 'value') else args.lr_scheduler_type}), "
         f"{precision}, activation checkpointing {'on' if args.gradient_checkpointing else 'off'}, output {args.output_dir}"
     )
+    if resume:
+        lines.append(f"resume     {resume}")
     layout = recipe.layout
     where = f"{layout.gpus_per_node} GPU(s) per node x {layout.nodes} node(s)" if layout.strategy != "cpu" else "CPU"
     config = os.path.relpath(layout.accelerate_config)
@@ -62,6 +67,18 @@ def describe_plan(recipe: Recipe, overrides: list[str] = ()) -> str:
         command += " " + " ".join(_quote(arg) for arg in overrides)
     lines.append(f"launch     {command}")
     return "\n".join(lines)
+
+
+def _resume_plan(args) -> str | None:
+    """The checkpoint a run would resume from, checked as `VLSFTTrainer.train` checks it."""
+    from vlsft.checkpoints import CheckpointError, resume_argument
+
+    if args.resume_from_checkpoint is None:
+        return None
+    try:
+        return resume_argument(args.resume_from_checkpoint, args.output_dir, needs_optimizer=not args.save_only_model)
+    except CheckpointError as error:
+        raise RecipeError(f"`training.resume_from_checkpoint`: {error}") from error
 
 
 def _quote(arg: str) -> str:

@@ -147,6 +147,9 @@ class DatasetSource:
         the directory of a local data file.
     rows / fraction: keep this many rows / this fraction of the rows (a seeded random sample; at most one of them).
     weight: mixture weight (train sources only; see `DataSection`).
+    format: how conversations are stored: `messages` (default, TRL's conversational format), `sharegpt` or `llava`
+        (a `conversations` column of `from`/`value` turns, `<image>` markers in the text), converted on load
+        (`vlsft.formats`).
     """
 
     path: str
@@ -158,6 +161,7 @@ class DatasetSource:
     rows: int | None = None
     fraction: float | None = None
     weight: float | None = None
+    format: str = "messages"
 
 
 @dataclass
@@ -483,6 +487,8 @@ def _check_values(recipe: Recipe) -> None:
     for where, source in sources:
         if source.rows is not None and source.fraction is not None:
             raise RecipeError(f"`{where}`: set `rows` or `fraction`, not both.")
+        if source.format not in ("messages", "sharegpt", "llava"):
+            raise RecipeError(f"`{where}.format` must be one of messages, sharegpt, llava; got {source.format!r}.")
         if source.rows is not None and source.rows < 1:
             raise RecipeError(f"`{where}.rows` must be >= 1, got {source.rows}.")
         if source.fraction is not None and not 0 < source.fraction <= 1:
@@ -606,6 +612,14 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     """`value` if it fits `hint`, made exact where YAML guessed another scalar type (`revision: 2024` or
     `--output_dir 123` is meant as a string, `alpha: 16` for a float field is 16.0); else a `RecipeError` naming the key and the expected type."""
     args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if isinstance(value, bool) and bool not in args and not type_matches(value, hint):
+        # YAML 1.1 reads `no`/`yes`/`true`/`false` as booleans: `--save_strategy no` means the strategy "no",
+        # `--resume_from_checkpoint true` the string "true" (resume from the newest complete checkpoint).
+        enums = [arg for arg in args if isinstance(arg, type) and issubclass(arg, enum.Enum)]
+        if value is False and any("no" in {member.value for member in e} for e in enums):
+            return "no"
+        if str in args:
+            return "true" if value else "false"
     if type_matches(value, hint):
         if isinstance(value, int) and not isinstance(value, bool) and float in args and int not in args:
             return float(value)

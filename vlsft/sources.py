@@ -88,6 +88,13 @@ def load_source(
         dataset = dataset.remove_columns(clashes).rename_columns(
             {column: target for target, column in source.columns.items() if column != target}
         )
+    if source.format != "messages":
+        from vlsft.formats import convert_conversations
+
+        try:
+            dataset = convert_conversations(dataset, source.format)
+        except ValueError as error:
+            raise RecipeError(f"`{where}.format`: {error}.") from error
     root = source.image_root or (None if image_root else local_dir)
     video_root = source.image_root or (None if (video_root or image_root) else local_dir)
     return _resolve_video_paths(_to_conversational(dataset, where, root), video_root)
@@ -135,9 +142,9 @@ def _to_conversational(dataset, where: str, image_root: str | None):
 
     columns = dataset.column_names
     if "messages" not in columns:
-        raise RecipeError(
-            f"`{where}` has no `messages` column (columns: {columns}). Map one with `columns: {{messages: <column>}}`."
-        )
+        from vlsft.formats import missing_messages_message
+
+        raise RecipeError(missing_messages_message(columns, dataset[0] if len(dataset) else None, f"`{where}`"))
     if "image" in columns and "images" in columns:
         raise RecipeError(f"`{where}` has both `image` and `images` columns; drop one with `columns`.")
     features = dataset.features

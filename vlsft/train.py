@@ -26,6 +26,7 @@ if __name__ == "__main__" and not __package__:
 
 import argparse
 import importlib.util
+import re
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +42,56 @@ def _torch_dtype(name: str):
     return "auto" if name == "auto" else getattr(torch, name)
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def check_model_source(name_or_path: str, revision: str | None = None, reach_hub: bool = True) -> str:
+    """Where the model comes from, checked without loading anything: "tiny", "local" (a directory with a
+    `config.json`), "hub cache" (a Hub id already downloaded) or "hub" (a Hub id; with `reach_hub`, the Hub answers).
+    Raises `RecipeError` with the fix otherwise, within seconds when there is no network (instead of the minutes of
+    retries a download takes to give up)."""
+    if name_or_path == TINY_MODEL:
+        return "tiny"
+    path = os.path.expanduser(name_or_path)
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise RecipeError(f"`model.name_or_path`: {name_or_path!r} is a directory without a config.json; pass the model's directory.")
+        return "local"
+    if os.path.exists(path):
+        raise RecipeError(f"`model.name_or_path`: {name_or_path!r} is a file; pass the model's directory (with config.json).")
+    if name_or_path.startswith((".", "/", "~")) or not _HUB_ID.match(name_or_path):
+        raise RecipeError(f"`model.name_or_path`: {name_or_path!r} does not exist (and is not a Hub model id like `Qwen/Qwen3-VL-2B-Instruct`).")
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name_or_path, "config.json", revision=revision), str):
+        return "hub cache"
+    if not reach_hub:
+        return "hub"
+    if constants.HF_HUB_OFFLINE:
+        raise RecipeError(
+            f"`model.name_or_path`: {name_or_path!r} is not in the Hub cache and HF_HUB_OFFLINE is set: cannot reach "
+            "the Hub; pass a local path (a directory with the model's config.json and weights)."
+        )
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=5).close()
+    except OSError as error:
+        raise RecipeError(
+            f"`model.name_or_path`: {name_or_path!r} is a Hub model id that is not in the Hub cache, and vlsft "
+            "cannot reach the Hub; pass a local path (a directory with the model's config.json and weights), or fix "
+            f"the network ({constants.ENDPOINT}: {error})."
+        ) from error
+    return "hub"
+
+
 def build_processor(recipe: Recipe):
     """The model's processor, with the recipe's image-size bounds."""
     model = recipe.model
+    check_model_source(model.name_or_path, model.revision)
     if model.name_or_path == TINY_MODEL:
         from vlsft.tiny_model import tiny_processor
 
@@ -231,6 +279,17 @@ def run(recipe: Recipe):
     trainer = build_trainer(recipe)
     _warn_on_layout_mismatch(recipe, trainer)
     trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
+    if trainer.preemption.stopped_at_step is not None:
+        # Stopped by SIGTERM: the checkpoint is the result; saving it as the final model would pass a partial run off
+        # as a finished one.
+        if trainer.accelerator.is_main_process:
+            saved = trainer.args.save_strategy != "no"
+            print(
+                f"[vlsft] stopped by SIGTERM at step {trainer.state.global_step}"
+                + (f"; checkpoint saved in {trainer.args.output_dir}. Resume with `--resume_from_checkpoint true`." if saved else "; `save_strategy` is 'no', nothing saved."),
+                file=sys.stderr,
+            )
+        return trainer
     trainer.save_model()
     trainer.save_state()
     if recipe.lora is not None and recipe.lora.save_merged:
@@ -297,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_reporting_bad_rows(recipe: Recipe) -> int:
+    from vlsft.checkpoints import CheckpointError
+    from vlsft.training_rows import TrainingRowError
     from vlsft.validation import InvalidRowsError  # imports torch and datasets: only once a run really starts
 
     try:
@@ -307,6 +368,9 @@ def run_reporting_bad_rows(recipe: Recipe) -> int:
         trainer.accelerator.end_training()
     except InvalidRowsError as error:  # every bad row is named in the message; a traceback adds nothing
         print(f"vlsft: {error}\nFix these rows, or drop them with `--invalid_rows skip`.", file=sys.stderr)
+        return 1
+    except (CheckpointError, TrainingRowError) as error:  # the message says what to do; a traceback adds nothing
+        print(f"vlsft: {error}", file=sys.stderr)
         return 1
     return 0
 

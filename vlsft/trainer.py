@@ -6,13 +6,20 @@ What it changes, each in one overridden method:
   (all gradient-accumulation micro-batches, all data-parallel ranks), with the LM head run only where supervised;
   with per-turn weights (the collator's `label_weights`), `sum(w * nll) / sum(w)` over the same step;
 - `_get_num_items_in_batch`: counts those tokens even for models that declare `accepts_loss_kwargs = False`
-  (Qwen3-VL does, so `Trainer` would otherwise average every micro-batch on its own).
+  (Qwen3-VL does, so `Trainer` would otherwise average every micro-batch on its own);
+- `get_train_dataloader` / `get_eval_dataloader`: each row carries its dataset index, and a row that fails to collate
+  mid-run is skipped and counted (`invalid_rows="skip"`) or named by that index (`vlsft.training_rows`);
+- `_save_checkpoint` / `train`: checkpoints written atomically, resume from the newest complete one, a checkpoint and
+  a clean stop on SIGTERM (`vlsft.checkpoints`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
+import shutil
+from collections import Counter
 
 import torch
 from accelerate.utils import is_peft_model
@@ -20,18 +27,21 @@ from transformers import AutoProcessor, ProcessorMixin, TrainingArguments
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.utils import get_config_model_id
 
+from vlsft.checkpoints import STAGING_DIR, PreemptionCallback, publish_checkpoint, resume_argument
 from vlsft.collator import VisionChatCollator, training_collator
 from vlsft.config import VLSFTConfig
 from vlsft.loss import attach_supervised_head
-from vlsft.templates import has_generation_markers
 from vlsft.packing import (
     PackedCollator,
+    PackedRows,
     check_packing_support,
     packing_hidden_from_trl,
     pack_dataset,
     packing_enabled,
     use_packed_attention,
 )
+from vlsft.templates import has_generation_markers
+from vlsft.training_rows import FaultTolerantCollator, IndexedRows
 from vlsft.validation import validate_datasets
 
 
@@ -78,6 +88,11 @@ class VLSFTTrainer(SFTTrainer):
         formatting_func=None,
     ):
         args = as_vlsft_config(args, model)
+        # Per dataset (None: train, else the eval name), the index in the user's dataset of each row kept by
+        # validation, so that a row failing mid-run is named by that index. Rows dropped mid-run, per dataset.
+        self._original_row_indices: dict[str | None, list[int]] = {}
+        self.rows_skipped_in_training: Counter = Counter()
+        self._staging_run_dir: str | None = None
         if compute_loss_func is not None or compute_metrics is not None or preprocess_logits_for_metrics is not None:
             raise ValueError(
                 "VLSFTTrainer never builds the full logits, so `compute_loss_func`, `compute_metrics` and "
@@ -105,7 +120,9 @@ class VLSFTTrainer(SFTTrainer):
             # Every row is checked now, so a bad one stops the run (or is skipped, with `invalid_rows="skip"`) by its
             # index before the model loads, not in the middle of training. A custom collator is checked against ours.
             checker = data_collator if isinstance(data_collator, VisionChatCollator) else default_collator
-            train_dataset, eval_dataset = validate_datasets(train_dataset, eval_dataset, checker, args)
+            train_dataset, eval_dataset = validate_datasets(
+                train_dataset, eval_dataset, checker, args, kept_indices=self._original_row_indices
+            )
 
         with _templates_shown_to_trl(processing_class, self.training_chat_template, args), packing_hidden_from_trl(args):
             super().__init__(
@@ -129,6 +146,8 @@ class VLSFTTrainer(SFTTrainer):
         self._token_stats = {"train": torch.zeros(4, dtype=torch.float64), "eval": torch.zeros(4, dtype=torch.float64)}
         self._total_supervised_tokens = 0
         self._total_supervised_weight = 0.0
+        self.preemption = PreemptionCallback(self.accelerator)
+        self.add_callback(self.preemption)
         if packing:
             self._use_packing(base_model)
 
@@ -147,6 +166,109 @@ class VLSFTTrainer(SFTTrainer):
     def build_collator(self, processor: ProcessorMixin, args: VLSFTConfig) -> VisionChatCollator:
         """The collator used when none is passed; override to change it."""
         return training_collator(processor, args)
+
+    # -- rows that fail mid-run ----------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _rows_named_by_index(self, attribute: str, entry: str | None, indices_key: str | None, label: str):
+        """While a dataloader is built: the dataset at `self.<attribute>` (its `entry` when that is a dict) as
+        `IndexedRows`, and the collator wrapped to skip or name a row that fails (`vlsft.training_rows`)."""
+        original_datasets, original_collator = getattr(self, attribute), self.data_collator
+        dataset = original_datasets[entry] if entry is not None else original_datasets
+        indexed = IndexedRows(dataset, self._original_row_indices.get(indices_key))
+        setattr(self, attribute, {**original_datasets, entry: indexed} if entry is not None else indexed)
+        self.data_collator = FaultTolerantCollator(
+            original_collator, label, self.args.invalid_rows, self.rows_skipped_in_training, self.args.validate_rows
+        )
+        try:
+            yield
+        finally:
+            setattr(self, attribute, original_datasets)
+            self.data_collator = original_collator
+
+    def get_train_dataloader(self):
+        # Packs (`packing=True`) are lists of rows: a row failing mid-run there stops the run with the collator's
+        # error (validation has checked every row before the first step).
+        if self.train_dataset is None or isinstance(self.train_dataset, (torch.utils.data.IterableDataset, PackedRows)):
+            return super().get_train_dataloader()
+        with self._rows_named_by_index("train_dataset", None, None, "train dataset"):
+            return super().get_train_dataloader()
+
+    def _get_train_sampler(self, train_dataset=None):
+        # Samplers read the dataset itself (`group_by_length` reads its `length` column): give them the dataset the
+        # `IndexedRows` view wraps, whose positions are the same.
+        return super()._get_train_sampler(train_dataset.dataset if isinstance(train_dataset, IndexedRows) else train_dataset)
+
+    def _get_eval_sampler(self, eval_dataset):
+        return super()._get_eval_sampler(eval_dataset.dataset if isinstance(eval_dataset, IndexedRows) else eval_dataset)
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        # A dataset passed in directly is the caller's own; the trainer's eval datasets carry their indices.
+        if eval_dataset is not None and not isinstance(eval_dataset, str):
+            return super().get_eval_dataloader(eval_dataset)
+        if isinstance(eval_dataset, str):
+            target, entry, key = self.eval_dataset[eval_dataset], eval_dataset, eval_dataset
+        else:
+            target, entry, key = self.eval_dataset, None, "eval"
+        if target is None or isinstance(target, (dict, torch.utils.data.IterableDataset)):
+            return super().get_eval_dataloader(eval_dataset)
+        with self._rows_named_by_index("eval_dataset", entry, key, f"eval dataset '{key}'"):
+            return super().get_eval_dataloader(eval_dataset)
+
+    # -- checkpoints that survive a kill ----------------------------------------------------------------------
+
+    def _get_output_dir(self, trial) -> str:
+        # While a checkpoint is saved, `Trainer` writes it under the staging directory (see `_save_checkpoint`).
+        return self._staging_run_dir or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """`Trainer._save_checkpoint`, written into a staging directory and renamed into place once every file (and
+        every rank's shard) is written: a run killed mid-save leaves no half-written `checkpoint-N`."""
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+        run_dir = super()._get_output_dir(trial)
+        staging = os.path.join(run_dir, STAGING_DIR)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)  # what a killed save left behind
+        self.accelerator.wait_for_everyone()
+        self._staging_run_dir = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_run_dir = None
+        self.accelerator.wait_for_everyone()  # every rank's files are in the staging directory
+        if self.args.should_save:
+            staged, final = os.path.join(staging, name), os.path.join(run_dir, name)
+            # `Trainer` looked for the best checkpoint where it was writing (the staging directory): name it where
+            # it lives once published, and store that in this checkpoint's state (still in staging: still atomic).
+            if self.state.best_global_step:
+                best = f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}"
+                if best == name or os.path.isdir(os.path.join(run_dir, best)):
+                    self.state.best_model_checkpoint = os.path.join(run_dir, best)
+                    if os.path.exists(os.path.join(staged, "trainer_state.json")):
+                        self.state.save_to_json(os.path.join(staged, "trainer_state.json"))
+            publish_checkpoint(staged, final)
+            shutil.rmtree(staging, ignore_errors=True)
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """`Trainer.train`, resuming (`resume_from_checkpoint=True`) from the newest *complete* checkpoint, and saving
+        a checkpoint then stopping cleanly on SIGTERM (`self.preemption.stopped_at_step` says where)."""
+        resume_from_checkpoint = resume_argument(
+            resume_from_checkpoint, self.args.output_dir, needs_optimizer=not self.args.save_only_model
+        )
+        self.preemption.install()
+        try:
+            return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+        finally:
+            self.preemption.uninstall()
 
     def create_optimizer(self, model=None):
         """`Trainer.create_optimizer`, with one parameter group per (component, weight decay or not) and the

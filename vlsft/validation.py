@@ -5,21 +5,27 @@ so validation and training agree on what a row is:
 - its messages have known roles and well-formed content, and at least one assistant turn;
 - per-turn `weight` / `train` keys sit on assistant messages only, are numbers >= 0 / booleans, and leave at least one
   trained assistant turn (with `train_on_turns`);
+- tool calls have a name and JSON-object arguments, and every tool message answers a call;
+- no message text spells out a control token of the tokenizer (unless `escape_control_tokens`);
 - every image loads and fully decodes, and there are as many images as image placeholders (in user, assistant and
   tool messages alike), all of which the chat template renders;
-- with `max_length`, truncation cuts no image token and leaves at least one supervised token.
+- with `max_length`, truncation cuts no image token, leaves at least one supervised token and keeps the final
+  end-of-turn token (unless `allow_truncated_end_of_turn`); rows cut and supervised tokens removed are reported.
 
 For the Qwen-VL families, image token counts come from each image's size through the image processor's own resize
 rule (`get_number_of_image_patches`), so no pixel tensor is built; other collators are run on the row itself. No
 model runs either way. A `datasets.Dataset` is checked with
-`Dataset.map` (parallel with `dataset_num_proc`, cached by fingerprint for datasets stored on disk); an
+`Dataset.map` (parallel with `dataset_num_proc`, cached by fingerprint for datasets stored on disk, the fingerprint
+including each image file's size and modification time); an
 `IterableDataset` cannot be checked up front and is left to fail in training.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +38,7 @@ from datasets.fingerprint import Hasher
 from vlsft.collator import RenderedRow, RowError, VisionChatCollator
 from vlsft.data import (
     ImageLoadError,
+    ImagesNotAListError,
     count_image_placeholders,
     count_video_placeholders,
     is_image_item,
@@ -39,6 +46,7 @@ from vlsft.data import (
     row_images,
     row_videos,
 )
+from vlsft.formats import CONVERSION_ERROR, missing_messages_message
 from vlsft.templates import FAMILIES, detect_family
 from vlsft.video import VideoLoadError
 from vlsft.weights import TurnWeightError, turn_weights
@@ -99,12 +107,15 @@ class RowVerdict:
     num_tokens: int = 0
     num_supervised_tokens: int = 0
     num_image_tokens: tuple[int, ...] = ()
+    num_supervised_removed: int = 0  # supervised tokens `max_length` cuts off
 
 
 @dataclass
 class ValidationResult:
     num_rows: int
     problems: list[RowProblem]
+    truncated_rows: int = 0  # rows longer than `max_length` (valid or not)
+    supervised_tokens_removed: int = 0  # supervised tokens truncation cuts from them
 
     @property
     def bad_indices(self) -> list[int]:
@@ -135,6 +146,29 @@ def message_problems(messages: Any) -> list[str]:
         tool_calls = message.get("tool_calls")
         if tool_calls is not None:
             problems.extend(_tool_call_problems(position, role, tool_calls))
+    return problems + _orphan_tool_problems(messages)
+
+
+def _orphan_tool_problems(messages: list) -> list[str]:
+    """A tool message answers a call: it must follow an assistant turn with tool calls (directly, or after other tool
+    responses to the same turn), and a turn gets no more responses than it made calls."""
+    problems, open_calls = [], 0
+    for position, message in enumerate(messages):
+        if not isinstance(message, dict):
+            continue
+        role = message.get("role")
+        if role == "assistant":
+            calls = message.get("tool_calls")
+            open_calls = len(calls) if isinstance(calls, list) else 0
+        elif role == "tool":
+            if open_calls == 0:
+                problems.append(
+                    f"message {position} is a tool message with no preceding tool call; a tool response must follow "
+                    "the assistant message whose `tool_calls` it answers"
+                )
+            open_calls = max(open_calls - 1, 0)
+        else:
+            open_calls = 0
     return problems
 
 
@@ -160,6 +194,79 @@ def _tool_call_problems(position: int, role: Any, tool_calls: Any) -> list[str]:
         function = call.get("function", call) if isinstance(call, dict) else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
             problems.append(f"message {position} tool call {call_position} has no function name")
+            continue
+        problem = _arguments_problem(function.get("arguments"))
+        if problem:
+            problems.append(f"message {position} tool call {call_position} ({function['name']}): {problem}")
+    return problems
+
+
+def _arguments_problem(arguments: Any) -> str:
+    """Why a tool call's `arguments` is not a JSON object (a dict, or a string holding one), or ""."""
+    if isinstance(arguments, dict):
+        return ""
+    if isinstance(arguments, str):
+        try:
+            parsed = json.loads(arguments)
+        except ValueError:
+            return f"`arguments` is a string that is not JSON ({_describe(arguments)}); write a JSON object or a dict"
+        if isinstance(parsed, dict):
+            return ""
+        return f"`arguments` must be a JSON object, got the JSON {type(parsed).__name__} {_describe(arguments)}"
+    return f"`arguments` must be a JSON object (a dict or a JSON string), got {_describe(arguments)}"
+
+
+def row_problems(row: dict[str, Any], collator: VisionChatCollator) -> list[str]:
+    """Problems of a row beyond its messages' shape: `images` not a list, control-token text in a message."""
+    problems = []
+    images = row.get("images")
+    if images is not None and not isinstance(images, (list, tuple)):
+        try:
+            row_images(row)
+        except ImagesNotAListError as error:
+            problems.append(str(error))
+    if not collator.escape_control_tokens:
+        problems.extend(control_token_problems(row["messages"], collator))
+    problems.extend(tool_call_control_token_problems(row["messages"], collator))
+    return problems
+
+
+def tool_call_control_token_problems(messages: list[dict[str, Any]], collator: VisionChatCollator) -> list[str]:
+    """Control-token text in a tool call (its name or arguments), which the template writes out verbatim. Escaping
+    applies to message text only, so this is a bad row either way."""
+    problems = []
+    for position, message in enumerate(messages):
+        for call_position, call in enumerate(message.get("tool_calls") or []):
+            function = call.get("function", call) if isinstance(call, dict) else {}
+            arguments = function.get("arguments")
+            text = " ".join([str(function.get("name")), arguments if isinstance(arguments, str) else json.dumps(arguments)])
+            tokens = collator.control_tokens_in(text)
+            if tokens:
+                problems.append(
+                    f"message {position} tool call {call_position} contains the control token"
+                    f"{'s' if len(tokens) > 1 else ''} {', '.join(tokens)}, which the template writes out verbatim "
+                    "(escaping applies to message text only); remove it"
+                )
+    return problems
+
+
+def control_token_problems(messages: list[dict[str, Any]], collator: VisionChatCollator) -> list[str]:
+    """One problem per message whose text spells out a control token of the collator's tokenizer."""
+    problems = []
+    for position, message in enumerate(messages):
+        content = message.get("content")
+        texts = [content] if isinstance(content, str) else [
+            item.get("text") for item in content or [] if isinstance(item, dict) and item.get("type") == "text"
+        ]
+        texts.append(message.get("reasoning_content"))
+        role = message.get("role")
+        tokens = list(dict.fromkeys(token for text in texts for token in collator.control_tokens_in(text, role)))
+        if tokens:
+            problems.append(
+                f"message {position} contains the control token{'s' if len(tokens) > 1 else ''} {', '.join(tokens)}, "
+                "which would be tokenized as the token itself; remove it, or train on it as plain text with "
+                "`escape_control_tokens: true` (`VLSFTConfig(escape_control_tokens=True)`)"
+            )
     return problems
 
 
@@ -187,8 +294,18 @@ class RowChecker:
       expand on token ids, or when `fast=False`.
     """
 
-    def __init__(self, collator: VisionChatCollator, features: Features | None = None, fast: bool | None = None):
+    def __init__(
+        self,
+        collator: VisionChatCollator,
+        features: Features | None = None,
+        fast: bool | None = None,
+        allow_truncated_end_of_turn: bool = False,
+    ):
         self.collator = collator
+        self.allow_truncated_end_of_turn = allow_truncated_end_of_turn
+        end_of_turn = collator.family.end_of_turn
+        self.end_of_turn = end_of_turn
+        self.end_of_turn_id = collator.processor.tokenizer.convert_tokens_to_ids(end_of_turn)
         # How `map_batch` turns Arrow rows into Python rows: every feature decoded (JSON columns, for instance)
         # except images, which `load_image` decodes itself so that a corrupt one is reported and not raised.
         self.features = _without_image_decoding(features) if features is not None else None
@@ -203,7 +320,12 @@ class RowChecker:
         verdicts: list[RowVerdict | None] = [None] * len(rows)
         renderable = []
         for position, row in enumerate(rows):
+            if row.get(CONVERSION_ERROR):  # a ShareGPT/LLaVA turn that could not be mapped (`vlsft.formats`)
+                verdicts[position] = RowVerdict(row[CONVERSION_ERROR])
+                continue
             problems = message_problems(row.get("messages"))
+            if not problems:
+                problems = row_problems(row, self.collator)
             if self.system_only_first and not problems:
                 problems = [
                     f"message {i} is a system message; the chat template only renders a system message first"
@@ -259,14 +381,20 @@ class RowChecker:
         return problems, images
 
     def _length_verdict(
-        self, length: int, image_end: int, supervised_positions: list[int], image_tokens: list[int]
+        self,
+        length: int,
+        image_end: int,
+        supervised_positions: list[int],
+        image_tokens: list[int],
+        end_of_turn_positions: list[int] = (),
     ) -> RowVerdict:
         """The verdict on a row of `length` tokens (images expanded, before truncation) whose image tokens end at
-        `image_end` and whose supervised targets sit at `supervised_positions` (all >= 1: labels are shifted)."""
+        `image_end`, whose supervised targets sit at `supervised_positions` (all >= 1: labels are shifted) and whose
+        supervised end-of-turn tokens sit at `end_of_turn_positions`."""
         max_length = self.collator.max_length
         kept = length if max_length is None else min(length, max_length)
         num_supervised = sum(1 for p in supervised_positions if p < kept)
-        verdict = RowVerdict("", length, num_supervised, tuple(image_tokens))
+        verdict = RowVerdict("", length, num_supervised, tuple(image_tokens), len(supervised_positions) - num_supervised)
         if max_length is not None and image_end > max_length:
             verdict.reason = (
                 f"max_length={max_length} cuts image tokens (row is {length} tokens, image tokens end at {image_end})"
@@ -278,6 +406,12 @@ class RowChecker:
             )
         elif num_supervised == 0:
             verdict.reason = "no supervised token (the assistant turns render empty)"
+        elif end_of_turn_positions and end_of_turn_positions[-1] >= kept and not self.allow_truncated_end_of_turn:
+            verdict.reason = (
+                f"max_length={max_length} cuts the final end-of-turn token {self.end_of_turn} (row is {length} "
+                f"tokens, it is at {end_of_turn_positions[-1]}), which would teach the model not to stop; raise "
+                "`max_length`, shorten the row, or allow it with `allow_truncated_end_of_turn: true`"
+            )
         return verdict
 
     # -- fast: the collator's tokenization, image token counts from image sizes ----------------------------------
@@ -317,7 +451,7 @@ class RowChecker:
 
         vision_ids = self.collator._vision_token_ids
         # Walk the unexpanded ids with the position each token lands on once image pads are expanded.
-        position, image_end, supervised_positions, image_number = 0, 0, [], 0
+        position, image_end, supervised_positions, image_number, end_positions = 0, 0, [], 0, []
         for token, supervised in zip(rendered.input_ids, rendered.trained):
             if token == self.collator.image_token_id:
                 position += image_tokens[image_number]
@@ -330,8 +464,10 @@ class RowChecker:
                 continue
             if supervised and token not in vision_ids and position > 0:
                 supervised_positions.append(position)
+                if token == self.end_of_turn_id:
+                    end_positions.append(position)
             position += 1
-        return self._length_verdict(position, image_end, supervised_positions, image_tokens)
+        return self._length_verdict(position, image_end, supervised_positions, image_tokens, end_positions)
 
     def video_problems(self, row: dict[str, Any], rendered: RenderedRow | None = None) -> tuple[list[str], list[int]]:
         """(problems, tokens per video): the placeholders match the videos and render, each video exists and its
@@ -408,13 +544,14 @@ class RowChecker:
         image_positions = torch.isin(ids, torch.tensor(feature_ids)).nonzero().flatten().tolist()
         image_end = image_positions[-1] + 1 if image_positions else 0
         supervised_positions = [p for p in (batch["labels"][0, :length] != -100).nonzero().flatten().tolist() if p > 0]
+        end_positions = [p for p in supervised_positions if int(ids[p]) == self.end_of_turn_id]
         image_tokens = []  # the length of each run of consecutive image tokens
         for previous, position in zip([None] + image_positions, image_positions):
             if previous is not None and position == previous + 1:
                 image_tokens[-1] += 1
             else:
                 image_tokens.append(1)
-        return self._length_verdict(length, image_end, supervised_positions, image_tokens)
+        return self._length_verdict(length, image_end, supervised_positions, image_tokens, end_positions)
 
     # -- as a `Dataset.map` function -----------------------------------------------------------------------------
 
@@ -428,6 +565,7 @@ class RowChecker:
             "reason": [verdict.reason for verdict in verdicts],
             "num_tokens": [verdict.num_tokens for verdict in verdicts],
             "num_supervised_tokens": [verdict.num_supervised_tokens for verdict in verdicts],
+            "num_supervised_removed": [verdict.num_supervised_removed for verdict in verdicts],
         }
 
 
@@ -482,10 +620,15 @@ def _without_image_decoding(feature):
 # -- checking datasets ---------------------------------------------------------------------------------------------
 
 
-def validation_fingerprint(dataset: Dataset, collator: VisionChatCollator) -> str:
-    """A fingerprint of everything a row's verdict depends on: the dataset's content, the collator's settings, the
-    tokenizer, the image processor and this check's code. Built from plain values so that it is the same in every
+def validation_fingerprint(dataset: Dataset, collator: VisionChatCollator, allow_truncated_end_of_turn: bool = False) -> str:
+    """A fingerprint of everything a row's verdict depends on: the dataset's content, the image files it names (size
+    and modification time of each), the collator's settings, the tokenizer, the image processor, this check's code
+    and the versions of the libraries that decode and tokenize. Built from plain values so that it is the same in every
     process (hashing the collator object itself would pickle the whole processor)."""
+    import PIL
+    import tokenizers
+    import transformers
+
     tokenizer = collator.processor.tokenizer
     backend = getattr(tokenizer, "backend_tokenizer", None)
     tokenizer_state = backend.to_str() if backend is not None else Hasher.hash(tokenizer)
@@ -495,6 +638,7 @@ def validation_fingerprint(dataset: Dataset, collator: VisionChatCollator) -> st
         [
             "vlsft-validate-rows",
             dataset._fingerprint,
+            image_file_stats(dataset, collator.image_root),
             collator.chat_template,
             collator.max_length,
             collator.image_root,
@@ -503,12 +647,54 @@ def validation_fingerprint(dataset: Dataset, collator: VisionChatCollator) -> st
             [getattr(collator, key, None) for key in ("train_on_turns", "train_on_eos", "reasoning_weight")],
             [getattr(collator, name, None) for name in ("video_root", "video_fps", "video_min_frames",
                                                          "video_max_frames", "video_max_pixels")],
+            collator.escape_control_tokens,
+            allow_truncated_end_of_turn,
             type(collator).__qualname__,
             tokenizer_state,
             image_processor.to_json_string() if hasattr(image_processor, "to_json_string") else repr(image_processor),
             sources,
+            [PIL.__version__, transformers.__version__, tokenizers.__version__, torch.__version__],
         ]
     )
+
+
+def image_file_stats(dataset: Dataset, image_root: str | None) -> list[tuple[str, Any]]:
+    """(path, (size, mtime_ns, mode)) of every image file the dataset's `images` / `image` columns name by path: a
+    file emptied, replaced or deleted since a validated run changes the fingerprint, so its rows are checked again.
+    (Images stored as bytes are part of the dataset's own fingerprint; only the path column is read, not the bytes.)"""
+    stats = []
+    for column in ("images", "image"):
+        if column in dataset.column_names:
+            for path in _image_paths(dataset.data.column(column)):
+                resolved = os.path.join(image_root, path) if image_root and not os.path.isabs(path) else path
+                try:
+                    info = os.stat(resolved)
+                    stats.append((resolved, (info.st_size, info.st_mtime_ns, info.st_mode)))
+                except OSError as error:
+                    stats.append((resolved, type(error).__name__))
+    return stats
+
+
+def _image_paths(column) -> list[str]:
+    """The file paths in an Arrow image column (paths, `{bytes, path}` structs, or lists of either), leaving out
+    images stored as bytes."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    values = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    while pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
+        values = pc.list_flatten(values)
+    if pa.types.is_struct(values.type):
+        names = [values.type.field(i).name for i in range(values.type.num_fields)]
+        if "path" not in names:
+            return []
+        paths = values.field("path")
+        if "bytes" in names:
+            paths = pc.filter(paths, pc.is_null(values.field("bytes")))
+        values = paths
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        return []
+    return [path for path in values.to_pylist() if path]
 
 
 def validate_rows(
@@ -518,11 +704,16 @@ def validate_rows(
     name: str | None = None,
     num_proc: int | None = None,
     batch_size: int = 256,
+    allow_truncated_end_of_turn: bool = False,
 ) -> ValidationResult:
     """Check every row of `dataset` as `collator` would train on it. `name` is None for a train dataset, else the
-    eval dataset's name (it only labels the problems). Returns every problem; raises nothing."""
+    eval dataset's name (it only labels the problems). Returns every problem and what truncation cuts; raises
+    nothing."""
+    if isinstance(dataset, Dataset) and "messages" not in dataset.column_names:
+        where = "the train dataset" if name is None else f"eval dataset '{name}'"
+        raise ValueError(missing_messages_message(dataset.column_names, dataset[0] if len(dataset) else None, where))
     if isinstance(dataset, Dataset):
-        checker = RowChecker(collator, dataset.features)
+        checker = RowChecker(collator, dataset.features, allow_truncated_end_of_turn=allow_truncated_end_of_turn)
         label = "train" if name is None else f"eval '{name}'"
         verdicts = dataset.with_format("arrow").map(
             checker.map_batch,
@@ -530,23 +721,32 @@ def validate_rows(
             batch_size=batch_size,
             num_proc=num_proc if num_proc and num_proc > 1 and len(dataset) > batch_size else None,
             remove_columns=dataset.column_names,
-            new_fingerprint=validation_fingerprint(dataset, collator),
+            new_fingerprint=validation_fingerprint(dataset, collator, allow_truncated_end_of_turn),
             desc=f"vlsft: validating {label} rows",
         )
-        reasons = verdicts.with_format("arrow")[:].column("reason").to_pylist()
+        table = verdicts.with_format("arrow")[:]
+        reasons = table.column("reason").to_pylist()
+        lengths = table.column("num_tokens").to_pylist()
+        removed = table.column("num_supervised_removed").to_pylist()
     else:
-        checker = RowChecker(collator)
-        reasons = []
+        checker = RowChecker(collator, allow_truncated_end_of_turn=allow_truncated_end_of_turn)
+        reasons, lengths, removed = [], [], []
         for start in range(0, len(dataset), batch_size):
-            reasons.extend(verdict.reason for verdict in checker.check(list(dataset[start : start + batch_size])))
+            for verdict in checker.check(list(dataset[start : start + batch_size])):
+                reasons.append(verdict.reason)
+                lengths.append(verdict.num_tokens)
+                removed.append(verdict.num_supervised_removed)
     problems = [RowProblem(name, index, reason) for index, reason in enumerate(reasons) if reason]
-    return ValidationResult(num_rows=len(reasons), problems=problems)
+    max_length = collator.max_length
+    truncated = sum(1 for length in lengths if max_length is not None and length > max_length)
+    return ValidationResult(len(reasons), problems, truncated, sum(removed))
 
 
-def validate_datasets(train_dataset, eval_dataset, collator: VisionChatCollator, args):
+def validate_datasets(train_dataset, eval_dataset, collator: VisionChatCollator, args, kept_indices: dict | None = None):
     """The trainer's check before training: validate the train dataset and every eval dataset, then raise
     `InvalidRowsError` naming the bad rows (`args.invalid_rows == "raise"`) or drop them and log how many and why
-    (`"skip"`). Returns `(train_dataset, eval_dataset)`, filtered in skip mode."""
+    (`"skip"`). Returns `(train_dataset, eval_dataset)`, filtered in skip mode. A `kept_indices` dict receives, for
+    each filtered dataset (None for train, else the eval name), the original index of each row kept."""
     if not getattr(args, "validate_rows", True):
         return train_dataset, eval_dataset
     named = {None: train_dataset} if train_dataset is not None else {}
@@ -556,6 +756,7 @@ def validate_datasets(train_dataset, eval_dataset, collator: VisionChatCollator,
         named["eval"] = eval_dataset
 
     results: dict[str | None, ValidationResult] = {}
+    allow_cut = getattr(args, "allow_truncated_end_of_turn", False)
     with args.main_process_first(desc="vlsft row validation"):
         for name, dataset in named.items():
             label = "train dataset" if name is None else f"eval dataset '{name}'"
@@ -568,7 +769,11 @@ def validate_datasets(train_dataset, eval_dataset, collator: VisionChatCollator,
             if not isinstance(dataset, Dataset):
                 logger.warning(f"The {label} is a {type(dataset).__name__}, not a `datasets.Dataset`; not validated.")
                 continue
-            results[name] = validate_rows(dataset, collator, name=name, num_proc=args.dataset_num_proc)
+            results[name] = result = validate_rows(
+                dataset, collator, name=name, num_proc=args.dataset_num_proc, allow_truncated_end_of_turn=allow_cut
+            )
+            if result.truncated_rows:
+                logger.warning(truncation_summary(label, result, collator.max_length))
 
     problems = [problem for result in results.values() for problem in result.problems]
     if not problems:
@@ -585,7 +790,10 @@ def validate_datasets(train_dataset, eval_dataset, collator: VisionChatCollator,
         if len(result.problems) == result.num_rows:
             raise InvalidRowsError(result.problems, {label: result.num_rows})
         bad = set(result.bad_indices)
-        filtered[name] = named[name].select(i for i in range(result.num_rows) if i not in bad)
+        kept = [i for i in range(result.num_rows) if i not in bad]
+        filtered[name] = named[name].select(kept)
+        if kept_indices is not None:
+            kept_indices[name] = kept
         logger.warning(_skip_summary(label, result))
     train_dataset = filtered.get(None, train_dataset)
     if isinstance(eval_dataset, dict):
@@ -593,6 +801,13 @@ def validate_datasets(train_dataset, eval_dataset, collator: VisionChatCollator,
     elif eval_dataset is not None:
         eval_dataset = filtered.get("eval", eval_dataset)
     return train_dataset, eval_dataset
+
+
+def truncation_summary(label: str, result: ValidationResult, max_length: int | None) -> str:
+    return (
+        f"max_length={max_length} truncates {result.truncated_rows} of {result.num_rows} {label} rows, removing "
+        f"{result.supervised_tokens_removed} supervised token(s). Raise `max_length` to train on them whole."
+    )
 
 
 def _skip_summary(label: str, result: ValidationResult) -> str:
@@ -627,6 +842,13 @@ def _reason_kind(reason: str) -> str:
         (" has weight ", "bad turn weight"),
         (" has train ", "bad turn weight"),
         ("cuts image tokens", "image tokens truncated"),
+        ("cuts the final end-of-turn", "end-of-turn truncated"),
+        ("contains the control token", "control token in text"),
+        ("no preceding tool call", "orphan tool message"),
+        ("`arguments`", "malformed tool call"),
+        ("is a remote image", "remote image"),
+        ("conversations", "unmapped ShareGPT/LLaVA turn"),
+        ("`images` must be a list", "images not a list"),
         ("supervised token", "no supervised token"),
     ):
         if marker in reason:

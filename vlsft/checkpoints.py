@@ -1,0 +1,180 @@
+"""Checkpoints that survive a kill: written atomically, chosen on resume only when complete, and written on SIGTERM.
+
+- `VLSFTTrainer._save_checkpoint` lets `Trainer` write every file of `checkpoint-N` into a staging directory
+  (`STAGING_DIR` under the output directory), then renames it into place: a run killed mid-save leaves no
+  `checkpoint-N` at all, only a staging directory that the next save clears.
+- `resume_checkpoint` picks the newest *complete* checkpoint for `resume_from_checkpoint=True`, with a warning naming
+  any incomplete newer one it skips (one written by another tool, or copied half-way) and the one it uses.
+- `PreemptionCallback` turns SIGTERM (spot instances, cluster preemption) into "save a checkpoint at the end of this
+  step, then stop": the run then ends normally instead of dying mid-step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import threading
+
+import torch
+from transformers import TrainerCallback
+
+logger = logging.getLogger(__name__)
+
+# Where `checkpoint-N` is written before it is renamed into the output directory. Its name matches no checkpoint
+# pattern, so `get_last_checkpoint` and checkpoint rotation never see it.
+STAGING_DIR = ".vlsft-checkpoint-staging"
+_CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
+# Any one of these holds the model's weights (full model, sharded index, LoRA adapter, DeepSpeed's engine state).
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+    "latest",
+)
+TRAINER_STATE = "trainer_state.json"
+
+
+class CheckpointError(ValueError):
+    """`resume_from_checkpoint` names nothing to resume from; the message says what to pass instead."""
+
+
+def publish_checkpoint(staged: str, final: str) -> None:
+    """Move a fully written checkpoint directory into place. An existing `final` (the same step saved again) is
+    swapped out first and deleted after, so there is never a moment without a complete checkpoint at `final`."""
+    previous = None
+    if os.path.exists(final):
+        previous = final + ".previous"
+        shutil.rmtree(previous, ignore_errors=True)
+        os.rename(final, previous)
+    os.rename(staged, final)
+    _fsync_directory(os.path.dirname(final))
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+def _fsync_directory(path: str) -> None:
+    """Make a rename durable (a crash right after it must not bring back the old directory entry)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def incomplete_reason(checkpoint: str, needs_optimizer: bool = True) -> str:
+    """Why `checkpoint` cannot be resumed from, or "" when it can: a readable trainer state, the weights and (unless
+    only the model was saved) the optimizer state."""
+    try:
+        with open(os.path.join(checkpoint, TRAINER_STATE), encoding="utf-8") as file:
+            json.load(file)
+    except FileNotFoundError:
+        return f"no {TRAINER_STATE}"
+    except (OSError, ValueError) as error:
+        return f"unreadable {TRAINER_STATE} ({type(error).__name__})"
+    names = set(os.listdir(checkpoint))
+    if not names & set(_WEIGHT_FILES):
+        return "no model weights"
+    if needs_optimizer and "latest" not in names and not any(name.startswith("optimizer.") for name in names):
+        return "no optimizer state"
+    return ""
+
+
+def resume_checkpoint(output_dir: str, needs_optimizer: bool = True) -> str:
+    """The newest complete `checkpoint-N` in `output_dir`, with a warning naming the incomplete newer ones skipped
+    and the one used. Raises `CheckpointError` (with the fix) when there is none."""
+    steps = []
+    if os.path.isdir(output_dir):
+        for name in os.listdir(output_dir):
+            match = _CHECKPOINT_NAME.match(name)
+            if match and os.path.isdir(os.path.join(output_dir, name)):
+                steps.append((int(match.group(1)), os.path.join(output_dir, name)))
+    skipped = []
+    for _, path in sorted(steps, reverse=True):
+        reason = incomplete_reason(path, needs_optimizer)
+        if not reason:
+            skipping = f"Skipping incomplete checkpoint(s): {'; '.join(f'{p} ({r})' for p, r in skipped)}. " if skipped else ""
+            logger.warning(f"{skipping}Resuming from {path}.")
+            return path
+        skipped.append((path, reason))
+    found = f"; incomplete: {'; '.join(f'{p} ({r})' for p, r in skipped)}" if skipped else ""
+    raise CheckpointError(
+        f"`resume_from_checkpoint=True` found no complete checkpoint in {output_dir}{found}. Start without "
+        "`resume_from_checkpoint`, or pass the path of a checkpoint directory."
+    )
+
+
+def resume_argument(value, output_dir: str, needs_optimizer: bool = True):
+    """`Trainer.train`'s `resume_from_checkpoint`, made explicit: True (or the strings "true"/"latest", as a command
+    line gives them) -> the newest complete checkpoint; False/None/"false" -> None; a path -> itself, if it exists."""
+    if isinstance(value, str) and value.strip().lower() in ("true", "latest", "last", "yes", "1"):
+        value = True
+    if value is False or value is None or (isinstance(value, str) and value.strip().lower() in ("false", "no", "0", "none", "")):
+        return None
+    if value is True:
+        return resume_checkpoint(output_dir, needs_optimizer)
+    if not os.path.isdir(value):
+        raise CheckpointError(
+            f"`resume_from_checkpoint={value!r}` is not a checkpoint directory. Pass the path of a `checkpoint-N` "
+            "directory, or `true` to resume from the newest complete checkpoint in `output_dir`."
+        )
+    # A checkpoint named explicitly is the caller's choice: it needs its state and weights, not its optimizer.
+    reason = incomplete_reason(value, needs_optimizer=False)
+    if reason:
+        raise CheckpointError(f"cannot resume from {value}: the checkpoint is incomplete ({reason}). Pass another one.")
+    return value
+
+
+class PreemptionCallback(TrainerCallback):
+    """On SIGTERM, save a checkpoint at the end of the current step (when `save_strategy` is not "no") and stop.
+
+    The handler only sets a flag (a signal can arrive in the middle of a save or a collective); the decision is taken
+    at a step end, by all ranks together (the flag is max-reduced), so every rank saves and stops at the same step.
+    """
+
+    def __init__(self, accelerator):
+        self.accelerator = accelerator
+        self.requested = False
+        self.stopped_at_step: int | None = None
+        self._previous_handler = None
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def uninstall(self) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGTERM, self._previous_handler)
+            self._previous_handler = None
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self.requested = True
+
+    def _requested_anywhere(self) -> bool:
+        if self.accelerator.num_processes == 1:
+            return self.requested
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=self.accelerator.device)
+        return bool(self.accelerator.gather(flag).max() > 0)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if not self._requested_anywhere():
+            return control
+        self.stopped_at_step = state.global_step
+        control.should_training_stop = True
+        if args.save_strategy != "no":
+            control.should_save = True
+            logger.warning(f"SIGTERM: saving a checkpoint at step {state.global_step} and stopping.")
+        else:
+            logger.warning(f"SIGTERM: stopping at step {state.global_step}; `save_strategy` is 'no', nothing saved.")
+        return control
