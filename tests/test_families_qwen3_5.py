@@ -246,6 +246,9 @@ def test_training_template_renders_like_the_stock_template_and_supervises_after_
         # Each supervised block starts exactly where the generation prompt of its turn ends.
         full, spans = render(ours, messages, tools=tools, with_spans=True, **kwargs)
         trained = expected_supervision(family, row["messages"], kwargs)
+        # One block per assistant message (per-turn weights rely on it); a turn that is context has an empty one.
+        assert len(spans) == sum(m["role"] == "assistant" for m in messages), (name, kwargs)
+        spans = [(start, end) for start, end in spans if end > start]
         assert [full[start:end] for start, end in spans] == trained, (name, kwargs)
         positions = [i for i, m in enumerate(messages) if m["role"] == "assistant"][-len(trained):] if trained else []
         for position, (start, _) in zip(positions, spans):
