@@ -61,7 +61,10 @@ def collator(tiny):
 def weighted_runs(tokenizer, batch, index):
     """(decoded text, weight) of each run of supervised tokens of one weight."""
     ids, labels = batch["input_ids"][index].tolist(), batch["labels"][index].tolist()
-    weights = batch["label_weights"][index].tolist() if "label_weights" in batch else [1.0] * len(ids)
+    # Without `label_weights` every supervised token weighs 1 (and every other token 0).
+    weights = batch["label_weights"][index].tolist() if "label_weights" in batch else [
+        float(label != IGNORE_INDEX) for label in labels
+    ]
     runs = []
     for position, (token, label, weight) in enumerate(zip(ids, labels, weights)):
         if label == IGNORE_INDEX:
