@@ -296,7 +296,8 @@ class VisionChatCollator:
                 # `<think>\n`, Gemma 4 v5's `<|channel>thought\n` after a tool response).
                 markers = turn[(turn == opening) | (turn == closing)]
                 opened_by_prompt = int(len(markers) > 0 and int(markers[0]) == closing)
-                depth = opened_by_prompt + torch.cumsum((turn == opening).int(), 0) - torch.cumsum((turn == closing).int(), 0)
+                opened, closed = torch.cumsum((turn == opening).int(), 0), torch.cumsum((turn == closing).int(), 0)
+                depth = opened_by_prompt + opened - closed
                 inside = (depth > 0) | (turn == closing)
                 out[start:end][inside] *= self.reasoning_weight
             if not self.train_on_eos:
