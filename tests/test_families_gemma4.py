@@ -21,6 +21,7 @@ from trl.data_utils import prepare_multimodal_messages
 
 from tests.conftest import IMAGE, TOOLS, assistant, image, tool, user, zoom_call
 from tests.test_families import supervised_texts, tiny
+from tests.test_weights import weighted_runs
 from vlsft import VLSFTConfig, VLSFTTrainer
 from vlsft.collator import IGNORE_INDEX, RowError, VisionChatCollator, row_template_kwargs, training_collator
 from vlsft.data import normalize_messages
@@ -85,6 +86,19 @@ def rows():
                 assistant("Blue."),
                 user("Sure?"),
                 reasoning(assistant("Yes."), "It was blue."),
+            ],
+            "images": [image()],
+            "tools": TOOLS,
+        },
+        # A tool-call message with text: the template writes its text after the inlined tool response, a second
+        # generation block of the same message.
+        "tool_call_with_text": {
+            "messages": [
+                user(IMAGE, "Zoom left."),
+                reasoning(assistant("Zooming.", [zoom_call("left")]), "Zoom first."),
+                tool("done"),
+                user("And?"),
+                reasoning(assistant("Red."), "Saw red."),
             ],
             "images": [image()],
             "tools": TOOLS,
@@ -163,7 +177,7 @@ def test_supervision_starts_where_the_inference_prompt_ends(family):
                 [messages], tools=row.get("tools"), chat_template=training_template(family),
                 return_assistant_tokens_mask=True, bos_token="<bos>", **variables,
             )
-            full, starts = full[0], [start for start, _ in spans[0]]
+            full, starts = full[0], [start for start, end in spans[0] if end > start]  # (a context turn's is empty)
             trained = 0
             for i, message in enumerate(messages):
                 if message["role"] != "assistant":
@@ -277,7 +291,7 @@ def test_inline_reasoning_in_the_channel_form_is_trained_as_reasoning():
     assert supervised(CURRENT, rows()["inline_reasoning"]) == supervised(CURRENT, rows()["reasoning_answer"])
 
 
-@pytest.mark.parametrize("name", ["reasoning_answer", "reasoning_tool_call", "history", "lookalike"])
+@pytest.mark.parametrize("name", ["reasoning_answer", "reasoning_tool_call", "history", "lookalike", "tool_call_with_text"])
 def test_no_vision_or_padding_token_is_supervised_and_inputs_equal_the_processor(name):
     processor = tiny(CURRENT)[1]
     row = rows()[name]
@@ -299,6 +313,95 @@ def test_no_vision_or_padding_token_is_supervised_and_inputs_equal_the_processor
     assert set(ours) - {"labels"} == set(theirs)
     for key in theirs:
         assert torch.equal(ours[key], theirs[key]), key
+
+
+# -- per-turn weights ------------------------------------------------------------------------------------------------
+
+
+def weighted(family, row, reasoning_history, chat_template_kwargs=None, **weight_kwargs):
+    """(decoded text, weight) runs of one row, checking that weighting leaves the tokens as they are."""
+    template_kwargs = {"reasoning_history": reasoning_history, **(chat_template_kwargs or {})}
+    processor = tiny(family)[1]
+    batch = VisionChatCollator(processor, training_template(family), template_kwargs=template_kwargs, **weight_kwargs)(
+        [row])
+    plain = VisionChatCollator(processor, training_template(family), template_kwargs=template_kwargs)([row])
+    assert torch.equal(batch["input_ids"], plain["input_ids"])
+    return weighted_runs(processor.tokenizer, batch, 0)
+
+
+def with_weights(row, *weights):
+    """The row with `weight` set on its assistant messages, in order."""
+    row = copy.deepcopy(row)
+    for message, weight in zip((m for m in row["messages"] if m["role"] == "assistant"), weights, strict=True):
+        message["weight"] = weight
+    return row
+
+
+def test_per_turn_weights_and_reasoning_weight_on_reasoning_history():
+    """A model turn that is context (under drop, a history turn whose reasoning the template drops) renders an empty
+    generation block, and a tool-call message's text after the inlined tool response is a second block announced by
+    an empty one: weights map one per assistant message. Written out by hand for the current revision."""
+    history, tool_text, tool_call = rows()["history"], rows()["tool_call_with_text"], rows()["reasoning_tool_call"]
+    red, square = "Red.<turn|>\n", "A square.<turn|>\n"
+    for thinking in ({"enable_thinking": False}, THINKING):
+        def runs(row, reasoning_history, **kwargs):
+            return weighted(CURRENT, row, reasoning_history, thinking, **kwargs)
+
+        # drop: the first turn is context (its reasoning is not rendered), whatever its weight.
+        assert runs(history, "drop", reasoning_weight=0.5) == [(thought("It looks red."), 0.5), (red, 1.0)]
+        assert runs(history, "drop", reasoning_weight=0.0) == [(red, 1.0)]
+        assert runs(history, "drop", train_on_turns="last") == [(thought("It looks red.") + red, 1.0)]
+        assert runs(with_weights(history, 3.0, 0.25), "drop") == [(thought("It looks red.") + red, 0.25)]
+        assert runs(with_weights(history, 3.0, 0.25), "drop", reasoning_weight=0.5) == [
+            (thought("It looks red."), 0.125), (red, 0.25)]
+        # keep: both turns trained, each with its weight.
+        assert runs(history, "keep", reasoning_weight=0.5) == [
+            (thought("Four equal sides."), 0.5), (square, 1.0), (thought("It looks red."), 0.5), (red, 1.0)]
+        assert runs(history, "keep", train_on_turns="last") == [(thought("It looks red.") + red, 1.0)]
+        assert runs(with_weights(history, 3.0, 0.25), "keep") == [
+            (thought("Four equal sides.") + square, 3.0), (thought("It looks red.") + red, 0.25)]
+        # The tool-call message's two blocks (call, then its text after the response) carry its one weight.
+        call = thought("Zoom first.") + CALL.format("left")
+        last = thought("Saw red.") + red
+        assert runs(with_weights(tool_text, 2.0, 0.5), "keep") == [(call, 2.0), ("Zooming.<turn|>\n", 2.0),
+                                                                    (last, 0.5)]
+        assert runs(with_weights(tool_text, 2.0, 0.5), "drop") == [(last, 0.5)]
+        assert runs(tool_text, "keep", reasoning_weight=0.5) == [
+            (thought("Zoom first."), 0.5), (CALL.format("left"), 1.0), ("Zooming.<turn|>\n", 1.0),
+            (thought("Saw red."), 0.5), (red, 1.0)]
+        assert runs(tool_text, "keep", train_on_turns="last") == [(last, 1.0)]
+    # Thinking on, after a tool response the generation prompt already opened the thought channel: the reasoning
+    # that the turn starts with is still reasoning.
+    assert weighted(CURRENT, tool_call, "drop", THINKING, reasoning_weight=0.5) == [
+        (thought("Zoom first."), 0.5), (CALL.format("left"), 1.0), ("The tool said done.\n<channel|>", 0.5),
+        ("It is a red dot.<turn|>\n", 1.0)]
+
+
+@pytest.mark.parametrize("family", REVISIONS)
+def test_every_revision_weighs_one_weight_per_assistant_message(family):
+    """Every revision, both histories, thinking on and off: the weighted runs cover exactly the unweighted
+    supervised text; `train_on_turns='last'` keeps exactly the last trained block; reasoning runs (and only they)
+    carry `reasoning_weight`; message weights 2, 1, 0.5, ... appear in message order."""
+    tokenizer = tiny(family)[1].tokenizer
+    for name in ("history", "history_tool_call", "reasoning_tool_call", "tool_call_with_text"):
+        row = rows()[name]
+        for history in ("drop", "keep"):
+            for thinking in ({"enable_thinking": False}, THINKING):
+                where = (name, history, thinking)
+                batch = collate(family, [row], chat_template_kwargs=thinking, reasoning_history=history)
+                plain = supervised_texts(tokenizer, batch["input_ids"][0], batch["labels"][0])
+                runs = weighted(family, row, history, thinking, train_on_turns="last")
+                assert runs == [(plain[-1], 1.0)], where
+                runs = weighted(family, row, history, thinking, reasoning_weight=0.5)
+                assert "".join(text for text, _ in runs) == "".join(plain), where
+                for text, weight in runs:
+                    assert weight == (0.5 if "<channel|>" in text else 1.0), where
+                    assert (weight == 0.5) == text.endswith("<channel|>"), where
+                n = sum(m["role"] == "assistant" for m in row["messages"])
+                runs = weighted(family, with_weights(row, *[2.0 ** (1 - k) for k in range(n)]), history, thinking)
+                assert "".join(text for text, _ in runs) == "".join(plain), where
+                weights = [weight for _, weight in runs]
+                assert weights == sorted(weights, reverse=True) and weights[-1] == 2.0 ** (2 - n), where
 
 
 # -- switches --------------------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from tests.test_families import (
     test_one_batch_of_4_equals_4_accumulated_micro_batches_of_1 as family_accumulation_bar,
     tiny,
 )
+from tests.test_weights import weighted_runs
 from vlsft import VLSFTConfig, VLSFTTrainer
 from vlsft.collator import IGNORE_INDEX, RowError, VisionChatCollator
 from vlsft.data import normalize_messages
@@ -167,6 +168,11 @@ def answer_text(message):
 
 def expected_supervision(family, messages, kwargs, keep=False):
     """The supervised text of each trained assistant turn: what the model generates after the generation prompt."""
+    return [text for _, text in expected_turns(family, messages, kwargs, keep)]
+
+
+def expected_turns(family, messages, kwargs, keep=False):
+    """(message position, supervised text) of each trained assistant turn."""
     last_query = max(i for i, m in enumerate(messages) if m["role"] == "user")
     on = thinking_on(family, kwargs)
     expected = []
@@ -181,7 +187,7 @@ def expected_supervision(family, messages, kwargs, keep=False):
             assert position < last_query, "the data of this case contradicts its switch"
             continue  # history reasoning under thinking off: never generated so, context only
         head = f"{reasoning}\n</think>\n\n" if on else ""
-        expected.append(f"{head}{answer}{tool_call_text(message, answer)}<|im_end|>\n")
+        expected.append((position, f"{head}{answer}{tool_call_text(message, answer)}<|im_end|>\n"))
     return expected
 
 
@@ -246,6 +252,9 @@ def test_training_template_renders_like_the_stock_template_and_supervises_after_
         # Each supervised block starts exactly where the generation prompt of its turn ends.
         full, spans = render(ours, messages, tools=tools, with_spans=True, **kwargs)
         trained = expected_supervision(family, row["messages"], kwargs)
+        # One block per assistant message (per-turn weights rely on it); a turn that is context has an empty one.
+        assert len(spans) == sum(m["role"] == "assistant" for m in messages), (name, kwargs)
+        spans = [(start, end) for start, end in spans if end > start]
         assert [full[start:end] for start, end in spans] == trained, (name, kwargs)
         positions = [i for i, m in enumerate(messages) if m["role"] == "assistant"][-len(trained):] if trained else []
         for position, (start, _) in zip(positions, spans):
@@ -277,6 +286,70 @@ def test_supervised_text_is_exactly_each_trained_turn(family, history):
         batch = collate([row])
         expected = expected_supervision(family, row["messages"], kwargs, keep=history == "keep")
         assert supervised_texts(tokenizer, batch["input_ids"][0], batch["labels"][0]) == expected, (name, kwargs)
+
+
+def weighted_expectation(turns, weights, reasoning_weight=1.0):
+    """(text, weight) runs of `turns` ((position, text) from `expected_turns`), each weighed `weights[position]`,
+    its reasoning (up to and including `</think>`) times `reasoning_weight`; weight-0 runs are not supervised."""
+    runs = []
+    for position, text in turns:
+        cut = text.find("</think>") + len("</think>") if "</think>" in text else 0
+        turn = []
+        for piece, weight in ((text[:cut], weights[position] * reasoning_weight), (text[cut:], weights[position])):
+            if piece and weight and turn and turn[-1][1] == weight:
+                turn[-1] = (turn[-1][0] + piece, weight)
+            elif piece and weight:
+                turn.append((piece, weight))
+        runs += turn
+    return runs
+
+
+@pytest.mark.parametrize("family", TEMPLATES)
+@pytest.mark.parametrize("history", ["drop", "keep"])
+def test_per_turn_weights_and_reasoning_weight_on_reasoning_history(family, history):
+    """Under `drop` a history turn whose reasoning the template drops is context, rendered with an empty generation
+    block: per-turn weights still map one to one onto assistant messages, and the text (hence the tokens) is the
+    same as without weights. `train_on_turns='last'`, `reasoning_weight` and per-message weights supervise exactly
+    the trained turns' text, each token with its turn's weight (reasoning included: `<think>\n` is in the
+    generation prompt, so a turn's reasoning starts the block)."""
+    tokenizer = tiny(family)[1].tokenizer
+    kwargs = {"enable_thinking": True}
+    template_kwargs = {"reasoning_history": history}
+    shapes = reasoning_shapes()
+    for name in ("multi_turn_reasoning_in_history", "reasoning_and_tool_call", "reasoning_and_tool_call_without_text"):
+        row = {**shapes[name], "chat_template_kwargs": kwargs}
+        messages = row["messages"]
+        turns = expected_turns(family, messages, kwargs, keep=history == "keep")
+        assistants = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        plain = collator(family, template_kwargs=template_kwargs)([row])
+        ones = {i: 1.0 for i in assistants}
+
+        def runs(row=row, **collator_kwargs):
+            batch = collator(family, template_kwargs=template_kwargs, **collator_kwargs)([row])
+            assert torch.equal(batch["input_ids"], plain["input_ids"]), (name, collator_kwargs)
+            return weighted_runs(tokenizer, batch, 0)
+
+        last = {**{i: 0.0 for i in assistants}, assistants[-1]: 1.0}
+        assert runs(train_on_turns="last") == weighted_expectation(turns, last), name
+        for reasoning_weight in (0.5, 0.0):
+            assert runs(reasoning_weight=reasoning_weight) == weighted_expectation(turns, ones, reasoning_weight), name
+        weighted = copy.deepcopy(row)
+        weights = {position: 2.0 ** (1 - number) for number, position in enumerate(assistants)}  # 2, 1, 0.5, ...
+        for position, weight in weights.items():
+            weighted["messages"][position]["weight"] = weight
+        assert runs(weighted) == weighted_expectation(turns, weights), name
+        assert runs(weighted, reasoning_weight=0.5) == weighted_expectation(turns, weights, 0.5), name
+        # A context turn's weight changes nothing; a trained turn's weight 0 leaves it out.
+        if history == "drop" and len(turns) < len(assistants):
+            assert turns[0][0] != assistants[0]
+            assert runs(weighted) == runs({**weighted, "messages": [
+                {**m, "weight": 0.0} if i == assistants[0] else m for i, m in enumerate(weighted["messages"])]})
+    if family == "qwen3_5_think":  # the multi-turn row written out by hand
+        row = shapes["multi_turn_reasoning_in_history"]
+        final = [("Four equal sides.\n</think>", 0.5), ("\n\nA square.<|im_end|>\n", 1.0)]
+        history_turn = [("A greeting; say yes.\n</think>", 0.5), ("\n\nYes, send one.<|im_end|>\n", 1.0)]
+        batch = collator(family, template_kwargs=template_kwargs, reasoning_weight=0.5)([row])
+        assert weighted_runs(tokenizer, batch, 0) == (final if history == "drop" else history_turn + final)
 
 
 def texts_of(family, row, **collator_kwargs):

@@ -15,7 +15,7 @@ from datasets import Dataset
 from tests.conftest import IMAGE, TOOLS, assistant, image, tool, user, zoom_call
 from tests.test_loss import make_trainer
 from tests.test_masks import supervised_runs
-from vlsft.collator import IGNORE_INDEX, RowError, VisionChatCollator
+from vlsft.collator import IGNORE_INDEX, RowError, VisionChatCollator, message_blocks
 from vlsft.templates import training_template
 
 END = "<|im_end|>\n"
@@ -61,7 +61,10 @@ def collator(tiny):
 def weighted_runs(tokenizer, batch, index):
     """(decoded text, weight) of each run of supervised tokens of one weight."""
     ids, labels = batch["input_ids"][index].tolist(), batch["labels"][index].tolist()
-    weights = batch["label_weights"][index].tolist() if "label_weights" in batch else [1.0] * len(ids)
+    # Without `label_weights` every supervised token weighs 1 (and every other token 0).
+    weights = batch["label_weights"][index].tolist() if "label_weights" in batch else [
+        float(label != IGNORE_INDEX) for label in labels
+    ]
     runs = []
     for position, (token, label, weight) in enumerate(zip(ids, labels, weights)):
         if label == IGNORE_INDEX:
@@ -420,3 +423,24 @@ def test_every_family_weighs_its_turns_and_leaves_out_exactly_its_end_of_turn_to
     assert int(dropped.sum()) == 3 and (with_eos["input_ids"][dropped] == end_of_turn).all()
     texts = supervised_texts(tokenizer, without["input_ids"][0], without["labels"][0])
     assert "".join(texts) == "".join(turn.replace(FAMILIES[family].end_of_turn, "") for turn in expected)
+
+
+def test_generation_blocks_group_by_assistant_message_or_the_row_fails_clearly(processor):
+    """One block per assistant message, empty where the turn is context; an empty block right at the start of the
+    next block continues the previous message (Gemma 4's text after an inlined tool response). A template that
+    renders blocks any other way cannot be weighed per message: the row fails with the reason."""
+    assert message_blocks([(5, 5), (10, 20), (30, 40), (45, 45), (45, 50), (60, 60)]) == [
+        [(5, 5)], [(10, 20)], [(30, 40), (45, 50)], [(60, 60)]]
+    assert message_blocks([(5, 5), (5, 9)]) == [[(5, 5)], [(5, 9)]]  # nothing before it to continue
+    text = "{{ m.content if m.content is string else m.content[0].text }}"
+    two_blocks_per_turn = (
+        "{%- for m in messages %}{%- if m.role == 'assistant' %}<|im_start|>assistant\n"
+        "{% generation %}" + text + "{% endgeneration %} ({% generation %}again{% endgeneration %})<|im_end|>\n"
+        "{%- else %}<|im_start|>{{ m.role }}\n" + text + "<|im_end|>\n{%- endif %}{%- endfor %}"
+    )
+    row = {"messages": [user("a"), assistant("b"), user("c"), {**assistant("d"), "weight": 2.0}], "images": []}
+    collator = VisionChatCollator(processor, two_blocks_per_turn)
+    with pytest.raises(RowError, match=r"batch row 0: .*generation blocks for 4 assistant turn\(s\) but the row has "
+                                       r"2 assistant message\(s\)"):
+        collator([row])
+    assert "label_weights" not in collator([{**row, "messages": row["messages"][:2]}])  # all 1: nothing to map

@@ -95,6 +95,25 @@ class _Continuation(str):
     a message): tokenized without the boundary marker some tokenizers put at the start of every string."""
 
 
+def message_blocks(spans: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    """The generation blocks of a rendered row, grouped by assistant message. The training templates render one
+    block per assistant message, an empty one where the turn is context (its text is rendered but not generated
+    there); a message whose text the template splits (Gemma 4: the content after the inlined tool responses) goes
+    on in a further block, announced by an empty block at that block's own start."""
+    turns: list[list[tuple[int, int]]] = []
+    position = 0
+    while position < len(spans):
+        start, end = spans[position]
+        following = spans[position + 1] if position + 1 < len(spans) else None
+        if start == end and turns and following is not None and following[0] == start and following[1] > start:
+            turns[-1].append(following)
+            position += 2
+        else:
+            turns.append([(start, end)])
+            position += 1
+    return turns
+
+
 class RowError(ValueError):
     """A row of a batch cannot be collated; `index` is its position in the batch."""
 
@@ -409,10 +428,11 @@ class VisionChatCollator:
         weights = self._turn_weights(row, spans)
         pieces, cursor = [], 0
         for start, end in spans:
+            if end == start:
+                continue  # an empty block (a context turn's): cutting there would change how its text tokenizes
             if start > cursor:
                 pieces.append((text[cursor:start], False))
-            if end > start:
-                pieces.append((text[start:end], True))
+            pieces.append((text[start:end], True))
             cursor = end
         if cursor < len(text):
             pieces.append((text[cursor:], False))
@@ -420,20 +440,24 @@ class VisionChatCollator:
 
     def _turn_weights(self, row: dict[str, Any], spans: list[tuple[int, int]]) -> list[float] | None:
         """The weight of each non-empty generation block, or None when all tokens weigh 1. Raises `TurnWeightError`
-        for malformed `weight` / `train` keys or when no turn is left to train."""
+        for malformed `weight` / `train` keys, when no turn is left to train, or when the blocks cannot be told apart
+        per assistant message."""
         if not self.assistant_only_loss:
             return None
         weights = turn_weights(row["messages"], self.train_on_turns)
         if not self._weights_tokens and all(w == 1 for w in weights):
             return None
-        if len(weights) != len(spans):
+        turns = message_blocks(spans)
+        if len(weights) != len(turns):
             raise TurnWeightError(
-                f"the chat template renders {len(spans)} generation block(s) for {len(weights)} assistant message(s); "
-                "per-turn weights need one block per assistant turn"
+                f"the chat template renders generation blocks for {len(turns)} assistant turn(s) but the row has "
+                f"{len(weights)} assistant message(s); per-turn weights need one block per assistant message (an "
+                "empty one for a turn that is context)"
             )
-        if any(end == start for (_, end), (start, _) in zip(spans, spans[1:])):
+        weighted = [(span, weight) for blocks, weight in zip(turns, weights) for span in blocks if span[1] > span[0]]
+        if any(end == start for ((_, end), _), ((start, _), _) in zip(weighted, weighted[1:])):
             raise TurnWeightError("the chat template renders two assistant turns back to back; they cannot be weighed apart")
-        return [weight for weight, (start, end) in zip(weights, spans) if end > start]
+        return [weight for _, weight in weighted]
 
     def token_weights(self, ids: torch.Tensor, in_turn: torch.Tensor, weights: list[float]) -> torch.Tensor:
         """float32 weight of every token of a row (0 outside the assistant turns). `in_turn` marks the assistant
@@ -449,8 +473,13 @@ class VisionChatCollator:
             turn = ids[start:end]
             if self._reasoning_ids is not None:
                 opening, closing = self._reasoning_ids
-                # Inside from the opening marker to the closing one, both included (or to the end of the turn).
-                depth = torch.cumsum((turn == opening).int(), 0) - torch.cumsum((turn == closing).int(), 0)
+                # Inside from the opening marker to the closing one, both included (or to the end of the turn). A
+                # turn whose first marker closes starts inside: the generation prompt opened the block (Qwen3.5's
+                # `<think>\n`, Gemma 4 v5's `<|channel>thought\n` after a tool response).
+                markers = turn[(turn == opening) | (turn == closing)]
+                opened_by_prompt = int(len(markers) > 0 and int(markers[0]) == closing)
+                opened, closed = torch.cumsum((turn == opening).int(), 0), torch.cumsum((turn == closing).int(), 0)
+                depth = opened_by_prompt + opened - closed
                 inside = (depth > 0) | (turn == closing)
                 out[start:end][inside] *= self.reasoning_weight
             if not self.train_on_eos:
