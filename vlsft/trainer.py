@@ -20,6 +20,7 @@ from trl.trainer.utils import get_config_model_id
 
 from vlsft.collator import VisionChatCollator, training_collator
 from vlsft.config import VLSFTConfig
+from vlsft.distributed import check_offload_keeps_optimizer
 from vlsft.loss import attach_supervised_head
 from vlsft.validation import validate_datasets
 
@@ -107,6 +108,8 @@ class VLSFTTrainer(SFTTrainer):
             peft_config=peft_config,
             formatting_func=formatting_func,
         )
+        if self.is_deepspeed_enabled:
+            check_offload_keeps_optimizer(self.accelerator.state.deepspeed_plugin.deepspeed_config, args.optim)
         base_model = self.model.get_base_model() if is_peft_model(self.model) else self.model
         attach_supervised_head(base_model, chunk_size=args.loss_chunk_size)
         # [num_correct, num_supervised, summed NLL] since the last log, per mode; summed over ranks.
@@ -167,9 +170,19 @@ class VLSFTTrainer(SFTTrainer):
             steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss.to(loss.device) / steps
 
-        stats = torch.stack([outputs.num_correct.detach(), outputs.num_tokens.detach(), outputs.nll_sum.detach()])
-        self._token_stats[mode] += self.accelerator.gather_for_metrics(stats.double().unsqueeze(0)).sum(0).cpu()
+        self._token_stats[mode] += self._sums_over_ranks(outputs, mode)
         return (loss, outputs) if return_outputs else loss
+
+    def _sums_over_ranks(self, outputs, mode: str) -> torch.Tensor:
+        """[num_correct, num_tokens, summed NLL] of this micro-batch over every rank, exactly.
+
+        Training: an all-reduce. Evaluation: accelerate pads the last eval batch of each rank with duplicate rows (so
+        every rank runs the same forwards, which ZeRO-3 needs); the per-row sums are gathered and accelerate drops
+        exactly those duplicates (`gather_for_metrics` trims samples, and here a sample is a row)."""
+        if mode == "eval" and outputs.row_sums is not None:
+            return self.accelerator.gather_for_metrics(outputs.row_sums).sum(0).cpu()
+        stats = torch.stack([outputs.num_correct.detach(), outputs.num_tokens.detach(), outputs.nll_sum.detach()])
+        return self.accelerator.reduce(stats.double(), reduction="sum").cpu()
 
     def _get_num_items_in_batch(self, batch_samples, device):
         """Supervised tokens (labels shifted by one) over every micro-batch of the step and, with
