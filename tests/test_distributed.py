@@ -155,3 +155,31 @@ def test_zero3_offload_keeps_the_recipe_optimizer(tmp_path):
         deepspeed=REPO / "configs/ds_zero3_offload.json",
     )
     assert_same_step(distributed, reference)
+
+
+def test_moe_load_balancing_loss_found_after_fsdp2_swaps_the_class(tmp_path):
+    """`fully_shard` (FSDP2, real, on a 1-rank gloo group) gives the model a class created in a torch module; the
+    MoE load-balancing loss is still found (it used to be looked up in `type(model).__module__`)."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    from vlsft.loss import attach_supervised_head
+    from vlsft.tiny_families import build_tiny
+
+    model, _ = build_tiny("qwen3_vl_moe")
+    model.config.get_text_config().output_router_logits = True
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        for layer in model.model.language_model.layers:
+            fully_shard(layer)
+        fully_shard(model)
+        assert type(model).__module__.startswith("torch.distributed")
+        attach_supervised_head(model, chunk_size=4)
+        ids = torch.randint(0, 50, (1, 12))
+        labels = ids.clone()
+        labels[:, :4] = -100
+        output = model(input_ids=ids, attention_mask=torch.ones_like(ids), supervised_labels=labels)
+        assert output.aux_loss is not None and output.aux_loss > 0
+        (output.nll_sum + output.aux_loss).backward()
+    finally:
+        dist.destroy_process_group()

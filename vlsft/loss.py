@@ -121,7 +121,7 @@ def attach_supervised_head(model: nn.Module, chunk_size: int = 256) -> None:
         )
         if getattr(backbone_output, "router_logits", None):
             # The model's own load-balancing loss, as its forward computes it (from the module that defines it).
-            load_balancing_loss = sys.modules[type(self).__module__].load_balancing_loss_func
+            load_balancing_loss = _load_balancing_loss_func(type(self))
             output.aux_loss = load_balancing_loss(
                 backbone_output.router_logits,
                 text_config.num_experts,
@@ -131,3 +131,14 @@ def attach_supervised_head(model: nn.Module, chunk_size: int = 256) -> None:
         return output
 
     model.forward = types.MethodType(forward, model)
+
+
+def _load_balancing_loss_func(model_class: type):
+    """The `load_balancing_loss_func` of the transformers module that defines the model's class. Looked up along the
+    class's MRO: FSDP2's `fully_shard` swaps the instance's class for a subclass created in a torch module."""
+    for cls in model_class.__mro__:
+        function = getattr(sys.modules.get(cls.__module__), "load_balancing_loss_func", None)
+        if function is not None:
+            return function
+    raise TypeError(f"{model_class.__name__} returns router logits but no module of its classes defines load_balancing_loss_func.")
+
