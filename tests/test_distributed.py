@@ -32,10 +32,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def launch(command_tail: list[str], processes: int = 2, timeout: int = LAUNCH_TIMEOUT) -> subprocess.CompletedProcess:
-    """`accelerate launch --multi_gpu --num_processes N ...` (gloo on the CPU); a hang fails with the log tail."""
-    command = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1"]
-    command += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
+def launch(
+    command_tail: list[str], processes: int = 2, timeout: int = LAUNCH_TIMEOUT, config_file: Path | None = None
+) -> subprocess.CompletedProcess:
+    """`accelerate launch --multi_gpu --num_processes N ...` (gloo on the CPU), or with an accelerate config file;
+    a hang fails with the log tail."""
+    command = [ACCELERATE, "launch", *(["--config_file", str(config_file)] if config_file else ["--multi_gpu"])]
+    command += ["--num_processes", str(processes), "--num_machines", "1", "--main_process_port", str(free_port())]
+    command += [] if config_file else ["--mixed_precision", "no", "--dynamo_backend", "no"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     try:
         result = subprocess.run(command + command_tail, capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
@@ -56,12 +60,13 @@ def one_step_args(out, per_device_batch, **flags) -> list[str]:
     return args
 
 
-def run_pair(tmp_path, name, per_device_batch, reference_batch=4, **flags):
+def run_pair(tmp_path, name, per_device_batch, reference_batch=4, wrapper="DeepSpeedEngine", config_file=None, **flags):
     """The 2-process run and its 1-process reference (in this process: no launch) with the same global batch."""
     out = tmp_path / f"{name}.pt"
-    launch([str(SCRIPT), *one_step_args(out, per_device_batch, **flags)])
+    launch([str(SCRIPT), *one_step_args(out, per_device_batch, **flags)], config_file=config_file)
     distributed = torch.load(out)
     assert distributed["world_size"] == 2
+    assert wrapper in distributed["wrapper"], distributed["wrapper"]
     reference_flags = {k: v for k, v in flags.items() if k not in ("deepspeed", "accumulation", "resume")}
     reference, _ = train_steps(parse(one_step_args(tmp_path / f"{name}_reference.pt", reference_batch, **reference_flags)))
     return distributed, reference
@@ -88,7 +93,8 @@ def assert_ranks_out_of_step_without_the_fix(distributed):
 
 def test_ddp_text_only_rank_uneven_chunks_checkpointing(tmp_path):
     distributed, reference = run_pair(
-        tmp_path, "ddp", per_device_batch=2, rows="mixed", loss_chunk_size=CHUNK, gradient_checkpointing=True
+        tmp_path, "ddp", per_device_batch=2, rows="mixed", loss_chunk_size=CHUNK, gradient_checkpointing=True,
+        wrapper="DistributedDataParallel",
     )
     assert_ranks_out_of_step_without_the_fix(distributed)
     assert_same_step(distributed, reference)
@@ -155,6 +161,19 @@ def test_zero3_offload_keeps_the_recipe_optimizer(tmp_path):
         deepspeed=REPO / "configs/ds_zero3_offload.json",
     )
     assert_same_step(distributed, reference)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without GPUs")
+def test_fsdp_without_gpus_is_refused_not_silently_ddp(monkeypatch):
+    """accelerate 1.15 turns its FSDP plugin on only for GPU-type runs: `accelerate launch --config_file
+    configs/fsdp2.yaml --num_processes 2` on this CPU trains plain DDP (tried: the model came back wrapped in
+    DistributedDataParallel). VLSFTConfig refuses that instead of letting an `fsdp2` layout run unsharded."""
+    from vlsft import VLSFTConfig
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ValueError, match="FSDP needs GPUs"):
+        VLSFTConfig(output_dir="unused", report_to="none")
 
 
 def test_moe_load_balancing_loss_found_after_fsdp2_swaps_the_class(tmp_path):

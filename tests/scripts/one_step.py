@@ -119,6 +119,7 @@ def train_steps(cli) -> dict:
         "start": start,
         "steps": capture.weights,
         "world_size": accelerator.num_processes,
+        "wrapper": type(trainer.model_wrapped).__name__,  # DeepSpeedEngine, DistributedDataParallel, FSDP<model>
         "loss": trainer.state.log_history[0]["loss"],
         "micro_batches": [None] * accelerator.num_processes,
     }
