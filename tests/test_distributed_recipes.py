@@ -44,20 +44,24 @@ def test_vlsft_train_zero2(tmp_path):
 
 
 def test_vlsft_train_zero3_lora_save_merged(tmp_path):
-    """The adapter trains under ZeRO-3; the merged model equals base + adapter merged here, in one process."""
+    """A saved model (loaded with `from_pretrained`, so under `zero.Init` while ZeRO-3 is live) trains a LoRA
+    adapter under ZeRO-3; the merge on the main process (which used to hang in `zero.Init`) equals base + adapter
+    merged here, in one process."""
     from peft import PeftModel
+    from transformers import Qwen3VLForConditionalGeneration
 
-    from vlsft.tiny_model import build_tiny_qwen3_vl
+    from vlsft.tiny_model import save_tiny_qwen3_vl
 
+    base_dir = save_tiny_qwen3_vl(tmp_path / "base", seed=0)
     recipe = demo_recipe(
-        tmp_path, "zero3", lora={"r": 4, "alpha": 8, "dropout": 0.0, "save_merged": True},
-        training={"activation_checkpointing": True},
+        tmp_path, "zero3", model={"name_or_path": str(base_dir), "dtype": "float32"},
+        lora={"r": 4, "alpha": 8, "dropout": 0.0, "save_merged": True}, training={"activation_checkpointing": True},
     )
     train(tmp_path, recipe)
     out = tmp_path / "out"
     adapter = load_file(str(out / "adapter_model.safetensors"))
     assert any(name.endswith("lora_B.weight") and tensor.abs().max() > 0 for name, tensor in adapter.items())
-    base, _ = build_tiny_qwen3_vl(seed=0)
+    base = Qwen3VLForConditionalGeneration.from_pretrained(base_dir)
     expected = PeftModel.from_pretrained(base, str(out)).merge_and_unload().state_dict()
     merged = load_file(str(out / "merged" / "model.safetensors"))
     assert merged and all(torch.equal(merged[name], expected[name]) for name in merged)

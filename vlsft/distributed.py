@@ -186,3 +186,19 @@ def check_offload_keeps_optimizer(deepspeed_config: dict, optim: str) -> None:
             "Add `\"zero_force_ds_cpu_optimizer\": false` to the JSON to keep your optimizer (configs/"
             "ds_zero3_offload.json does), or name the optimizer you want in the JSON's `optimizer` section."
         )
+
+
+def start_deepspeed_comm(args) -> None:
+    """Start DeepSpeed's communication layer on the process group accelerate started, before a model is loaded
+    under `zero.Init`.
+
+    accelerate starts it itself only for DeepSpeed launches on GPUs (`--config_file configs/zero3.yaml`); with a
+    DeepSpeed JSON in the training config on the CPU (gloo) it does not, and `zero.Init` then sizes the world as 1
+    and fails its batch-size check ("train_batch_size is not equal to micro_batch_per_gpu * gradient_acc_step *
+    world_size")."""
+    if not getattr(args, "deepspeed", None) or not is_distributed():
+        return
+    import deepspeed
+
+    if not deepspeed.comm.is_initialized():
+        deepspeed.comm.init_distributed(dist_backend=torch.distributed.get_backend(), auto_mpi_discovery=False)

@@ -210,6 +210,9 @@ def build_trainer(recipe: Recipe):
     # Rank 0 prepares the `datasets` cache first; the other ranks then read it.
     with args.main_process_first(desc="loading datasets"):
         train_dataset, eval_dataset = build_datasets(recipe)
+    from vlsft.distributed import start_deepspeed_comm
+
+    start_deepspeed_comm(args)  # a ZeRO-3 load (`zero.Init`) needs it; on CPU accelerate does not start it
     model = build_model(recipe)
     callbacks = []
     if recipe.data.eval_answer_accuracy:
