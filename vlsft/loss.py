@@ -141,4 +141,3 @@ def _load_balancing_loss_func(model_class: type):
         if function is not None:
             return function
     raise TypeError(f"{model_class.__name__} returns router logits but no module of its classes defines load_balancing_loss_func.")
-
