@@ -254,33 +254,21 @@ def test_padding_free_step_equals_the_padded_step_and_unsupported_models_are_ref
                      processing_class=processor)
 
 
-def run_one_step(tmp_path, name, processes, per_device_batch, packing=None):
-    out = tmp_path / f"{name}.pt"
-    command = [ACCELERATE, "launch", "--multi_gpu" if processes > 1 else "--cpu", "--num_processes", str(processes),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    command += ["--main_process_port", str(29500 + (os.getpid() + 7) % 1000)] if processes > 1 else []
-    command += [str(SCRIPT), "--out", str(out), "--per_device_batch", str(per_device_batch)]
-    command += ["--packing", str(packing)] if packing else []
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert f"world_size {processes} " in result.stdout
-    assert not packing or "packs [2, 2]" in result.stdout  # two packs of two rows: one per rank
-    return torch.load(out)
+@pytest.mark.parametrize("layout", ["ddp", "zero3"])
+def test_packed_step_on_two_processes_equals_the_padded_step_on_one(layout, tmp_path):
+    """Real `accelerate launch` over gloo, DDP or DeepSpeed ZeRO-3: each rank trains one pack of two rows; the step
+    equals one process's padded batch of the 4 rows (tests/scripts/one_step.py, the reference run in-process)."""
+    from tests.scripts.one_step import parse, train_steps
+    from tests.test_distributed import REPO, assert_same_step, launch, one_step_args
 
-
-def test_packed_step_on_two_processes_equals_the_padded_step_on_one(tiny, tmp_path):
-    """DDP over gloo (real `accelerate launch`): each rank trains one pack of two rows; the step equals one process's
-    padded batch of the 4 rows (the configuration of tests/scripts/one_step.py, run here in-process)."""
-    model, processor = tiny
-    start = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer = make_trainer(model, processor, tmp_path / "single", per_device_train_batch_size=4)
-    trainer.train()
-    single = {n: p.detach() for n, p in trainer.model.named_parameters()}
-    packed = run_one_step(tmp_path, "packed_dp", processes=2, per_device_batch=1, packing=100)
-    update = max((single[n] - start[n]).abs().max() for n in start)
-    difference = max((single[n] - packed[n]).abs().max() for n in start)
-    assert update > 1e-3 and difference <= 1e-4 * update, float(difference / update)
+    flags = {"deepspeed": REPO / "configs/ds_zero3.json"} if layout == "zero3" else {}
+    out = tmp_path / f"packed_{layout}.pt"
+    launch([str(SCRIPT), *one_step_args(out, 1, packing=100, **flags)])
+    packed = torch.load(out)
+    assert packed["world_size"] == 2 and packed["packs"] == [2, 2]  # two packs of two rows: one per rank
+    assert ("DeepSpeedEngine" if layout == "zero3" else "DistributedDataParallel") in packed["wrapper"]
+    padded, _ = train_steps(parse(one_step_args(tmp_path / "padded.pt", 4)))
+    assert_same_step(packed, padded)
 
 
 @pytest.mark.slow

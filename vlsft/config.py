@@ -166,6 +166,13 @@ class VLSFTConfig(SFTConfig):
         # accelerate runs them as one-process jobs unless asked for CPU; data parallelism over gloo needs use_cpu.
         # (`accelerate launch --cpu` starts a single process, whatever --num_processes says.)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+            if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+                # accelerate enables its FSDP plugin only for GPU-type runs; on CPU it would train plain DDP.
+                raise ValueError(
+                    "FSDP needs GPUs: accelerate 1.15 shards with FSDP only on GPU-type devices, and on this CPU the "
+                    "run would be unsharded DDP. Use the `ddp`, `zero2` or `zero3` layout here (DeepSpeed runs on the "
+                    "CPU over gloo), or run `fsdp2` on GPUs."
+                )
             self.use_cpu = True
         super().__post_init__()
         packing_enabled(self)  # an unsupported packing setting fails here, with the fix

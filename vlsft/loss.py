@@ -20,6 +20,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers.utils import ModelOutput
 
+from vlsft.distributed import (
+    agree_on_step_shape,
+    check_vision_in_step,
+    is_distributed,
+    supports_dummy_vision_pass,
+    zero_factor_vision_passes,
+)
 from vlsft.model_parts import final_logit_softcap
 
 IGNORE_INDEX = -100
@@ -34,24 +41,22 @@ class SupervisedLossOutput(ModelOutput):
     num_correct: torch.Tensor | None = None  # argmax == target, for `mean_token_accuracy`
     weight_sum: torch.Tensor | None = None  # summed token weight (float32); the token count when unweighted
     aux_loss: torch.Tensor | None = None  # MoE load-balancing loss of the micro-batch, when the router logits are on
+    # [num_correct, num_tokens, summed (weighted) NLL, summed weight] of each row, float64, detached: per-sample sums
+    # for evaluation, whose
+    # last batch accelerate pads with duplicate rows that only per-sample sums can drop exactly.
+    row_sums: torch.Tensor | None = None
 
 
 def _chunk_nll(
-    head: nn.Module,
-    hidden: torch.Tensor,
-    targets: torch.Tensor,
-    weights: torch.Tensor | None = None,
-    softcap: float | None = None,
+    head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position NLL and correctness of one chunk."""
     logits = head(hidden).float()
     if softcap is not None:  # as the model's own forward caps its logits (Gemma 4)
         logits = torch.tanh(logits / softcap) * softcap
     log_probs = torch.log_softmax(logits, dim=-1)
-    if weights is None:
-        nll = -log_probs.gather(-1, targets.unsqueeze(-1)).sum()
-    else:
-        nll = -(log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * weights).sum()
-    correct = (logits.detach().argmax(-1) == targets).sum()
+    nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    correct = logits.detach().argmax(-1) == targets
     return nll, correct
 
 
@@ -60,6 +65,7 @@ def supervised_nll(
     labels: torch.Tensor,
     head: nn.Module,
     chunk_size: int = 256,
+    num_chunks: int = 1,
     label_weights: torch.Tensor | None = None,
     softcap: float | None = None,
 ) -> SupervisedLossOutput:
@@ -68,31 +74,39 @@ def supervised_nll(
 
     `head` is called as a module, so LoRA layers, PEFT `modules_to_save` copies and DeepSpeed ZeRO-3 parameter
     gathering all apply. Each chunk is checkpointed: its `[chunk, vocab]` float32 logits exist only while that chunk
-    is computed, in the forward and again in the backward.
+    is computed, in the forward and again in the backward. At least `num_chunks` chunks run (empty ones after the
+    tokens), so that data-parallel ranks call the head equally often (`vlsft.distributed`).
     """
     targets = labels[:, 1:].to(hidden_states.device)
     mask = targets != IGNORE_INDEX
     hidden = hidden_states[:, :-1][mask]
     targets = targets[mask]
     weights = None if label_weights is None else label_weights[:, 1:].to(hidden_states.device, torch.float32)[mask]
+    rows = mask.nonzero()[:, 0]
+    row_sums = torch.zeros(labels.shape[0], 4, dtype=torch.float64, device=hidden_states.device)
     nll_sum = hidden_states.new_zeros((), dtype=torch.float32)
     num_correct = torch.zeros((), dtype=torch.long, device=hidden_states.device)
     # At least one (possibly empty) chunk, so that a micro-batch without supervised tokens still gives a loss that is
     # connected to the head: an exact zero with zero gradients, and a backward every DDP rank can take part in.
-    for start in range(0, max(len(targets), 1), chunk_size):
+    for start in range(0, max(len(targets), chunk_size * num_chunks, 1), chunk_size):
         chunk = slice(start, start + chunk_size)
-        chunk_weights = None if weights is None else weights[chunk]
         if torch.is_grad_enabled():
-            nll, correct = checkpoint(
-                _chunk_nll, head, hidden[chunk], targets[chunk], chunk_weights, softcap, use_reentrant=False
-            )
+            nll, correct = checkpoint(_chunk_nll, head, hidden[chunk], targets[chunk], softcap, use_reentrant=False)
         else:
-            nll, correct = _chunk_nll(head, hidden[chunk], targets[chunk], chunk_weights, softcap)
-        nll_sum = nll_sum + nll
-        num_correct = num_correct + correct
+            nll, correct = _chunk_nll(head, hidden[chunk], targets[chunk], softcap)
+        chunk_weights = torch.ones_like(nll) if weights is None else weights[chunk]
+        if weights is not None:
+            nll = nll * chunk_weights
+        nll_sum = nll_sum + nll.sum()
+        num_correct = num_correct + correct.sum()
+        stats = torch.stack([correct.double(), torch.ones_like(nll, dtype=torch.float64), nll.detach().double(),
+                             chunk_weights.detach().double()], -1)
+        row_sums.index_add_(0, rows[chunk], stats)
     num_tokens = mask.sum()
     weight_sum = num_tokens.float() if weights is None else weights.sum()
-    return SupervisedLossOutput(nll_sum=nll_sum, num_tokens=num_tokens, num_correct=num_correct, weight_sum=weight_sum)
+    return SupervisedLossOutput(
+        nll_sum=nll_sum, num_tokens=num_tokens, num_correct=num_correct, weight_sum=weight_sum, row_sums=row_sums
+    )
 
 
 def attach_supervised_head(model: nn.Module, chunk_size: int = 256) -> None:
@@ -113,19 +127,28 @@ def attach_supervised_head(model: nn.Module, chunk_size: int = 256) -> None:
         text_config = self.config.get_text_config()
         if getattr(text_config, "output_router_logits", False):  # MoE with its load-balancing loss on
             kwargs.setdefault("output_router_logits", True)
+        num_chunks, missing_modalities = 1, ()
+        if is_distributed():  # make this rank's module calls those of every other rank (vlsft.distributed)
+            shape = agree_on_step_shape(kwargs, supervised_labels, self._vlsft_loss_chunk_size)
+            check_vision_in_step(self, shape)
+            num_chunks = shape.num_chunks
+            if supports_dummy_vision_pass(self):
+                missing_modalities = shape.missing_modalities
         # The backbone and the head are looked up on every call: PEFT, DeepSpeed and FSDP replace them after this.
-        backbone_output = self.base_model(*args, **kwargs)
+        with zero_factor_vision_passes(self, missing_modalities, supervised_labels.device):
+            backbone_output = self.base_model(*args, **kwargs)
         output = supervised_nll(
             backbone_output.last_hidden_state,
             supervised_labels,
             self.get_output_embeddings(),
             self._vlsft_loss_chunk_size,
+            num_chunks=num_chunks,
             label_weights=supervised_weights,
             softcap=self._vlsft_logit_softcap,
         )
         if getattr(backbone_output, "router_logits", None):
             # The model's own load-balancing loss, as its forward computes it (from the module that defines it).
-            load_balancing_loss = sys.modules[type(self).__module__].load_balancing_loss_func
+            load_balancing_loss = _load_balancing_loss_func(type(self))
             output.aux_loss = load_balancing_loss(
                 backbone_output.router_logits,
                 text_config.num_experts,
@@ -135,3 +158,13 @@ def attach_supervised_head(model: nn.Module, chunk_size: int = 256) -> None:
         return output
 
     model.forward = types.MethodType(forward, model)
+
+
+def _load_balancing_loss_func(model_class: type):
+    """The `load_balancing_loss_func` of the transformers module that defines the model's class. Looked up along the
+    class's MRO: FSDP2's `fully_shard` swaps the instance's class for a subclass created in a torch module."""
+    for cls in model_class.__mro__:
+        function = getattr(sys.modules.get(cls.__module__), "load_balancing_loss_func", None)
+        if function is not None:
+            return function
+    raise TypeError(f"{model_class.__name__} returns router logits but no module of its classes defines load_balancing_loss_func.")

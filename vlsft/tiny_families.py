@@ -61,6 +61,7 @@ from transformers import (
     SmolVLMVideoProcessor,
 )
 
+from vlsft.distributed import whole_model_build
 from vlsft.templates import stock_template
 from vlsft.tiny_model import (
     _CORPUS,
@@ -595,7 +596,8 @@ def build_tiny_qwen3_5(
 
 def _instantiate(model_class, config, processor, seed: int):
     torch.manual_seed(seed)
-    model = model_class(config)
+    with whole_model_build():  # built whole even under a ZeRO-3 config; DeepSpeed partitions it when training starts
+        model = model_class(config)
     text_config = config.get_text_config()
     model.generation_config.eos_token_id = text_config.eos_token_id
     model.generation_config.pad_token_id = text_config.pad_token_id

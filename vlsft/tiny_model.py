@@ -20,6 +20,7 @@ from transformers import (
     Qwen3VLVideoProcessor,
 )
 
+from vlsft.distributed import whole_model_build
 from vlsft.templates import stock_qwen3_vl_template
 
 # The special and added tokens of the real Qwen3-VL tokenizer that its chat template and processor use.
@@ -148,9 +149,11 @@ def tiny_qwen3_vl_config(
     vocab_size: int | None = None,
     num_hidden_layers: int = 2,
     vision_depth: int = 2,
+    tie_word_embeddings: bool = False,
 ):
     """A Qwen3-VL config of the real architecture with a 2-layer language model and a 2-block vision tower (by
-    default; `num_hidden_layers` and `vision_depth` change the depths)."""
+    default; `num_hidden_layers` and `vision_depth` change the depths). `tie_word_embeddings` ties the LM head to the
+    input embeddings, as Qwen3-VL-2B and -4B do."""
     ids = tokenizer.convert_tokens_to_ids
     head_dim = 16
     text_config = dict(
@@ -171,7 +174,7 @@ def tiny_qwen3_vl_config(
         text_config=text_config,
         vision_config=tiny_qwen3_vision_config(hidden_size, depth=vision_depth),
         **qwen_vision_token_ids(tokenizer),
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_word_embeddings,
     )
 
 
@@ -183,6 +186,7 @@ def build_tiny_qwen3_vl(
     num_hidden_layers: int = 2,
     vision_depth: int = 2,
     extra_text: list[str] | str | None = None,
+    tie_word_embeddings: bool = False,
 ) -> tuple[Qwen3VLForConditionalGeneration, Qwen3VLProcessor]:
     """A random tiny Qwen3-VL and its processor. `vocab_size` can widen the vocabulary (e.g. to 151,936 for
     benchmarks, so that the LM head costs what it costs on the real model). `extra_text` is more tokenizer-training
@@ -194,9 +198,11 @@ def build_tiny_qwen3_vl(
         vocab_size=vocab_size,
         num_hidden_layers=num_hidden_layers,
         vision_depth=vision_depth,
+        tie_word_embeddings=tie_word_embeddings,
     )
     torch.manual_seed(seed)
-    model = Qwen3VLForConditionalGeneration(config)
+    with whole_model_build():  # built whole even under a ZeRO-3 config; DeepSpeed partitions it when training starts
+        model = Qwen3VLForConditionalGeneration(config)
     model.generation_config.eos_token_id = config.text_config.eos_token_id
     model.generation_config.pad_token_id = config.text_config.pad_token_id
     return model, processor

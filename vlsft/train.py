@@ -216,9 +216,11 @@ def training_values(recipe: Recipe) -> dict[str, Any]:
         values["output_dir"] = os.path.join("outputs", Path(recipe.path or "run").stem)
     deepspeed_json = recipe.layout.deepspeed_config
     launched_with_deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-    if deepspeed_json is not None and "deepspeed" not in values and not launched_with_deepspeed and _has_cuda():
+    several_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if deepspeed_json is not None and "deepspeed" not in values and not launched_with_deepspeed and (_has_cuda() or several_processes):
         # Launched without the layout's accelerate config (plain `accelerate launch` or torchrun): the Trainer
-        # still runs the layout's DeepSpeed stage from the JSON.
+        # still runs the layout's DeepSpeed stage from the JSON. Without a GPU it runs on DeepSpeed's CPU
+        # accelerator over gloo, which needs a process group (several processes).
         values["deepspeed"] = str(deepspeed_json)
     return values
 
@@ -256,6 +258,9 @@ def build_trainer(recipe: Recipe):
     # Rank 0 prepares the `datasets` cache first; the other ranks then read it.
     with args.main_process_first(desc="loading datasets"):
         train_dataset, eval_dataset = build_datasets(recipe)
+    from vlsft.distributed import start_deepspeed_comm
+
+    start_deepspeed_comm(args)  # a ZeRO-3 load (`zero.Init`) needs it; on CPU accelerate does not start it
     model = build_model(recipe)
     callbacks = []
     if recipe.data.eval_answer_accuracy:
@@ -304,7 +309,12 @@ def merge_adapter(recipe: Recipe, adapter_dir: str, output_dir: str) -> str:
     processor to `output_dir` (loadable without PEFT)."""
     from peft import PeftModel
 
-    base = build_model(recipe, quantize=False)
+    from vlsft.distributed import whole_model_build
+
+    # Built whole on this (main) process only: under a live ZeRO-3 config transformers would build it with
+    # `zero.Init`, whose collectives wait for ranks that are not building anything.
+    with whole_model_build():
+        base = build_model(recipe, quantize=False)
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     merged.save_pretrained(output_dir)
     build_processor(recipe).save_pretrained(output_dir)

@@ -30,6 +30,7 @@ from trl.trainer.utils import get_config_model_id
 from vlsft.checkpoints import STAGING_DIR, PreemptionCallback, publish_checkpoint, resume_argument
 from vlsft.collator import VisionChatCollator, training_collator
 from vlsft.config import VLSFTConfig
+from vlsft.distributed import check_offload_keeps_optimizer
 from vlsft.loss import attach_supervised_head
 from vlsft.packing import (
     PackedCollator,
@@ -139,6 +140,8 @@ class VLSFTTrainer(SFTTrainer):
                 peft_config=peft_config,
                 formatting_func=formatting_func,
             )
+        if self.is_deepspeed_enabled:
+            check_offload_keeps_optimizer(self.accelerator.state.deepspeed_plugin.deepspeed_config, args.optim)
         base_model = self.model.get_base_model() if is_peft_model(self.model) else self.model
         attach_supervised_head(base_model, chunk_size=args.loss_chunk_size)
         # [num_correct, num_supervised, summed (weighted) NLL, summed weight] since the last log, per mode; summed over
@@ -329,11 +332,21 @@ class VLSFTTrainer(SFTTrainer):
             steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss.to(loss.device) / steps
 
+        self._token_stats[mode] += self._sums_over_ranks(outputs, mode)
+        return (loss, outputs) if return_outputs else loss
+
+    def _sums_over_ranks(self, outputs, mode: str) -> torch.Tensor:
+        """[num_correct, num_tokens, summed (weighted) NLL, summed weight] of this micro-batch over every rank, exactly.
+
+        Training: an all-reduce. Evaluation: accelerate pads the last eval batch of each rank with duplicate rows (so
+        every rank runs the same forwards, which ZeRO-3 needs); the per-row sums are gathered and accelerate drops
+        exactly those duplicates (`gather_for_metrics` trims samples, and here a sample is a row)."""
+        if mode == "eval" and outputs.row_sums is not None:
+            return self.accelerator.gather_for_metrics(outputs.row_sums).sum(0).cpu()
         stats = torch.stack(
             [outputs.num_correct.double(), outputs.num_tokens.double(), outputs.nll_sum.double(), outputs.weight_sum.double()]
         ).detach()
-        self._token_stats[mode] += self.accelerator.gather_for_metrics(stats.unsqueeze(0)).sum(0).cpu()
-        return (loss, outputs) if return_outputs else loss
+        return self.accelerator.reduce(stats, reduction="sum").cpu()
 
     def _get_num_items_in_batch(self, batch_samples, device):
         """Summed weight of the supervised tokens (labels shifted by one; each weighs 1 without `label_weights`, so

@@ -1,7 +1,16 @@
-"""One SGD step (lr 1.0) of VLSFTTrainer over 4 conversations of very different answer lengths; the main process
-saves the resulting weights. Run alone or under `accelerate launch --num_processes 2 --cpu` by tests/test_distributed.py."""
+"""SGD steps (lr 1.0) of VLSFTTrainer over 4 conversations of very different answer lengths; the main process saves
+the weights after each step. Run alone, or under `accelerate launch --multi_gpu --num_processes 2` (gloo on the CPU)
+by tests/test_distributed.py, which compares the two. `train_steps` is also called in-process for the reference.
+
+Flags cover several requirements per launch (each launch costs tens of seconds): `--rows mixed` puts text-only
+micro-batches on some ranks beside image ones, and with a small `--loss_chunk_size` the ranks' supervised counts
+span different numbers of head chunks; `--deepspeed`, `--lora`, `--tie`, `--gradient_checkpointing`;
+`--steps 2 --resume` saves a checkpoint every step and resumes a second trainer from the first; `--eval` evaluates
+on 5 rows, an uneven last batch over 2 ranks.
+"""
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -10,43 +19,159 @@ from datasets import Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # for tests.test_loss when launched as a script
 
-from tests.test_loss import rows_of_different_lengths  # noqa: E402
+from tests.conftest import IMAGE, assistant, image, user  # noqa: E402
+from tests.test_loss import ANSWERS, rows_of_different_lengths  # noqa: E402
 from tests.test_weights import rows_only as weighted_rows  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
 from vlsft import VLSFTConfig, VLSFTTrainer  # noqa: E402
 from vlsft.tiny_model import build_tiny_qwen3_vl  # noqa: E402
 
-parser = argparse.ArgumentParser()
-parser.add_argument("--out", required=True)
-parser.add_argument("--per_device_batch", type=int, required=True)
-parser.add_argument("--accumulation", type=int, default=1)
-parser.add_argument("--weighted", action="store_true", help="train on tests.test_weights' rows with per-turn weights")
-parser.add_argument("--packing", type=int, default=None, metavar="MAX_LENGTH", help="pack rows into MAX_LENGTH tokens")
-cli = parser.parse_args()
 
-model, processor = build_tiny_qwen3_vl(seed=0)
-args = VLSFTConfig(
-    output_dir=str(Path(cli.out).parent / "run"),
-    report_to="none",
-    per_device_train_batch_size=cli.per_device_batch,
-    gradient_accumulation_steps=cli.accumulation,
-    max_steps=1,
-    learning_rate=1.0,
-    optim="sgd",
-    lr_scheduler_type="constant",
-    max_grad_norm=0.0,
-    gradient_checkpointing=False,
-    save_strategy="no",
-    logging_steps=1,
-    seed=0,
-    **({"packing": True, "max_length": cli.packing} if cli.packing else {}),
-)
-trainer = VLSFTTrainer(model, args=args, train_dataset=Dataset.from_list(weighted_rows() if cli.weighted else rows_of_different_lengths()), processing_class=processor)
-trainer.train()
-if trainer.accelerator.is_main_process:
-    torch.save({n: p.detach().cpu() for n, p in trainer.accelerator.unwrap_model(trainer.model).named_parameters()}, cli.out)
-    print("world_size", trainer.accelerator.num_processes, "loss", trainer.state.log_history[0]["loss"])
-    if cli.packing:
-        print("packs", [len(pack) for pack in trainer.train_dataset.plan])
-# Leave together with the process group shut down (a gloo rank exiting with live threads can abort).
-trainer.accelerator.wait_for_everyone()
-trainer.accelerator.end_training()
+def mixed_rows():
+    """One image row with the longest answer, three text-only rows: whatever the sampler does, with 2 rows per rank
+    one rank's micro-batch is text-only, and with 1 row per micro-batch three of four are."""
+    image_row = {"messages": [user(IMAGE, "Describe it."), assistant(ANSWERS[1])], "images": [image((0, 0, 200), (64, 80))]}
+    text_rows = [{"messages": [user(f"Question {i}?"), assistant(ANSWERS[i])], "images": []} for i in (0, 2, 3)]
+    return [image_row, *text_rows]
+
+
+def eval_rows():
+    """5 rows: over 2 ranks with 2 rows per device, the last eval batch holds 1 real row and 3 padding duplicates."""
+    return mixed_rows() + [rows_of_different_lengths()[3]]
+
+
+class RecordingTrainer(VLSFTTrainer):
+    """Records, per micro-batch, whether it had images and how many tokens it supervised (to prove that the run
+    exercised what it is meant to)."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            self.micro_batches.append(
+                {"images": inputs.get("pixel_values") is not None, "supervised": int((inputs["labels"][:, 1:] != -100).sum())}
+            )
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+class CaptureWeights(TrainerCallback):
+    """The full (gathered) weights after every optimizer step; a collective under ZeRO-3, so every rank calls it."""
+
+    def __init__(self, trainer):
+        self.trainer, self.weights = trainer, {}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        state_dict = self.trainer.accelerator.get_state_dict(self.trainer.model_wrapped)
+        if self.trainer.accelerator.is_main_process:
+            self.weights[state.global_step] = {n: t.detach().cpu().clone() for n, t in state_dict.items()}
+
+
+def build(cli, output_dir, max_steps, save_every_step=False):
+    model, processor = build_tiny_qwen3_vl(seed=0, tie_word_embeddings=cli.tie)
+    peft_config = None
+    if cli.lora:
+        from peft import LoraConfig
+
+        from vlsft.model_parts import lora_target_modules
+
+        peft_config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=lora_target_modules(), task_type="CAUSAL_LM")
+    args = VLSFTConfig(
+        output_dir=str(output_dir),
+        report_to="none",
+        per_device_train_batch_size=cli.per_device_batch,
+        per_device_eval_batch_size=2,
+        gradient_accumulation_steps=cli.accumulation,
+        max_steps=max_steps,
+        learning_rate=1.0,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        gradient_checkpointing=cli.gradient_checkpointing,
+        loss_chunk_size=cli.loss_chunk_size,
+        save_strategy="steps" if save_every_step else "no",
+        save_steps=1,
+        save_only_model=False,
+        logging_steps=1,
+        seed=0,
+        deepspeed=cli.deepspeed,
+        **({"packing": True, "max_length": cli.packing} if cli.packing else {}),
+    )
+    rows = {"mixed": mixed_rows, "weighted": weighted_rows, "lengths": rows_of_different_lengths}[cli.rows]()
+    trainer = RecordingTrainer(
+        model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        eval_dataset=Dataset.from_list(eval_rows()) if cli.eval else None,
+        processing_class=processor,
+        peft_config=peft_config,
+    )
+    trainer.micro_batches = []
+    capture = CaptureWeights(trainer)
+    trainer.add_callback(capture)
+    return trainer, capture
+
+
+def train_steps(cli) -> dict:
+    """Train `cli.steps` steps; return (on the main process) the weights before and after each step, the logged
+    loss, the eval loss, the micro-batches of every rank, and the resumed run's final weights."""
+    out = Path(cli.out)
+    trainer, capture = build(cli, out.parent / f"{out.stem}_run", cli.steps, save_every_step=cli.resume)
+    start = {n: t.detach().cpu().clone() for n, t in trainer.model.state_dict().items()}
+    trainer.train()
+    accelerator = trainer.accelerator
+    result = {
+        "start": start,
+        "steps": capture.weights,
+        "world_size": accelerator.num_processes,
+        "wrapper": type(trainer.model_wrapped).__name__,  # DeepSpeedEngine, DistributedDataParallel, FSDP<model>
+        "loss": trainer.state.log_history[0]["loss"],
+        "micro_batches": [None] * accelerator.num_processes,
+        "packs": [len(pack) for pack in trainer.train_dataset.plan] if cli.packing else None,
+    }
+    if torch.distributed.is_initialized():
+        torch.distributed.all_gather_object(result["micro_batches"], trainer.micro_batches)
+    else:
+        result["micro_batches"] = [trainer.micro_batches]
+    if cli.eval:
+        result["eval_loss"] = trainer.evaluate()["eval_loss"]
+    if cli.resume:
+        # A checkpoint's saved model reloads to the weights trained in memory; a second trainer resumed from the
+        # first step's checkpoint ends on the uninterrupted run's last weights.
+        checkpoint = out.parent / f"{out.stem}_run" / "checkpoint-1"
+        if accelerator.is_main_process:
+            from safetensors.torch import load_file
+
+            result["checkpoint_1"] = load_file(str(checkpoint / "model.safetensors"))
+        resumed, resumed_capture = build(cli, out.parent / f"{out.stem}_resumed", cli.steps)
+        resumed.train(resume_from_checkpoint=str(checkpoint))
+        result["resumed"] = resumed_capture.weights.get(cli.steps)
+        resumed.accelerator.wait_for_everyone()
+    return result, trainer
+
+
+def parse(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--per_device_batch", type=int, required=True)
+    parser.add_argument("--accumulation", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--rows", choices=["lengths", "mixed", "weighted"], default="lengths",
+                        help="weighted: tests.test_weights' rows with per-turn weights")
+    parser.add_argument("--packing", type=int, default=None, metavar="MAX_LENGTH", help="pack rows into MAX_LENGTH tokens")
+    parser.add_argument("--deepspeed", default=None, help="a DeepSpeed JSON (configs/ds_zero*.json)")
+    parser.add_argument("--lora", action="store_true")
+    parser.add_argument("--tie", action="store_true", help="tie the LM head to the input embeddings")
+    parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument("--loss_chunk_size", type=int, default=256)
+    parser.add_argument("--eval", action="store_true")
+    parser.add_argument("--resume", action="store_true")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    cli = parse()
+    result, trainer = train_steps(cli)
+    if trainer.accelerator.is_main_process:
+        torch.save(result, cli.out)
+        print("world_size", result["world_size"], "loss", result["loss"], json.dumps(result["micro_batches"]))
+    # Leave together with the process group shut down (a gloo rank exiting with live threads can abort).
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
