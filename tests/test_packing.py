@@ -229,6 +229,30 @@ def test_one_packed_sgd_step_equals_the_padded_step(tiny, tmp_path):
     assert update > 1e-3 and difference <= 1e-4 * update, float(difference / update)
 
 
+def test_packed_weighted_step_equals_the_padded_weighted_step(tiny, tmp_path):
+    """Per-turn weights (and `train_on_eos=False`) travel with their tokens into the pack: the weighted packed step
+    equals the weighted padded step."""
+    from tests.test_weights import rows_only
+
+    model, processor = tiny
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    config = dict(rows=rows_only(), train_on_eos=False)
+    padded = make_trainer(model, processor, tmp_path / "padded", per_device_train_batch_size=4, **config)
+    packed = make_trainer(
+        model, processor, tmp_path / "packed", per_device_train_batch_size=4, packing=True, max_length=4096, **config
+    )
+    batch = next(iter(packed.get_train_dataloader()))
+    assert batch["input_ids"].shape[0] == 1 and batch["label_weights"].shape == batch["labels"].shape
+    assert (batch["label_weights"][batch["labels"] == -100] == 0).all()
+    padded.train()
+    packed.train()
+    assert packed.state.log_history[0]["loss"] == pytest.approx(padded.state.log_history[0]["loss"], rel=1e-5)
+    after_padded = dict(padded.model.named_parameters())
+    update = max((after_padded[n] - start[n]).abs().max() for n in start)
+    difference = max((after_padded[n] - p).abs().max() for n, p in packed.model.named_parameters())
+    assert update > 1e-3 and difference <= 1e-4 * update, float(difference / update)
+
+
 def test_padding_free_step_equals_the_padded_step_and_unsupported_models_are_refused(tiny, tmp_path):
     model, processor = tiny
     start = {n: p.detach().clone() for n, p in model.named_parameters()}

@@ -295,12 +295,16 @@ class PackedCollator:
         map_key = self.rows_collator.family.image_map_key
         if map_key is not None and map_key in batch:
             sequence_keys.append(map_key)
+        # Per-token tensors aligned with the labels: per-turn weights (`label_weights`), inspect's turn mask.
+        sequence_keys += [key for key in ("label_weights", "assistant_turn_mask") if key in batch]
         padded = {key: batch[key] for key in sequence_keys}
         for key in sequence_keys:
             batch[key] = batch[key][attention_mask].unsqueeze(0)
         starts = torch.cumsum(lengths, 0) - lengths
         # No target across a row boundary: a row's first token is never predicted (from the previous row's last).
         batch["labels"][0, starts] = IGNORE_INDEX
+        if "label_weights" in batch:
+            batch["label_weights"][0, starts] = 0.0  # the weights stay 0 wherever the labels are ignored
         if self.positions == "mrope":
             batch["position_ids"] = self.mrope_position_ids(padded, lengths, batch)
         else:
