@@ -451,7 +451,8 @@ def test_rows_the_family_cannot_train_fail_naming_the_row_and_the_reason(tmp_pat
     with pytest.raises(RowError, match=r"batch row 0: .*inline <think>.*reasoning_content"):
         collator("qwen3_8")([inline])
     # Videos train (tests/test_video.py); a clip that is not there is named by row and video.
-    watch = {"role": "user", "content": [{"type": "video", "video": str(tmp_path / "clip.mp4")}, {"type": "text", "text": "Watch."}]}
+    clip = {"type": "video", "video": str(tmp_path / "clip.mp4")}
+    watch = {"role": "user", "content": [clip, {"type": "text", "text": "Watch."}]}
     video = {"messages": [watch, thinker("Ok.", "Looking.")], "images": []}
     with pytest.raises(RowError, match=r"batch row 1: video 0 not found: "):
         collator("qwen3_5_think")([good, video])

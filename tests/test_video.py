@@ -16,6 +16,7 @@ from transformers.video_utils import VideoMetadata
 from transformers.video_utils import load_video as transformers_load_video
 
 from tests.conftest import assistant, image
+from tests.test_families_qwen3_5 import real_qwen3_5_processor  # noqa: F401 (a fixture)
 from tests.test_masks import supervised_runs
 from vlsft import VLSFTConfig, VLSFTTrainer
 from vlsft.collator import IGNORE_INDEX, RowError, VisionChatCollator
@@ -703,7 +704,8 @@ def test_qwen3_5_model_takes_the_video_batch(family, videos):
     collator = VisionChatCollator(processor, training_template("qwen3_5_think"))
     rows = _qwen3_5_mixed_rows("qwen3_5_think", videos)[:1] + _qwen3_5_mixed_rows("qwen3_5_think", videos)[3:4]
     batch = collator(rows)
-    reference = processor_reference(processor, "qwen3_5_think", rows, [_decoded(videos[k]) for k in ("mp4", "webm", "gif")])
+    decoded = [_decoded(videos[k]) for k in ("mp4", "webm", "gif")]
+    reference = processor_reference(processor, "qwen3_5_think", rows, decoded)
     assert_same(batch, reference)
     with torch.no_grad():
         ours = model(**batch)
@@ -747,3 +749,18 @@ def test_qwen3_5_video_training_step_1x2_equals_2x1(videos, tmp_path):
     assert update > 1e-3 and vision_update > 0
     assert difference <= 1e-4 * update, (difference, update)
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_qwen3_5_video_on_the_real_vocabulary_equals_the_processor(real_qwen3_5_processor, videos):
+    """The same mixed batch on the real 248,044-rank Qwen3.5/3.6 vocabulary: the timestamps and the text around each
+    video tokenize as the processor tokenizes them in context."""
+    from tests.test_families_qwen3_5 import expected_supervision
+
+    processor = real_qwen3_5_processor
+    rows = _qwen3_5_mixed_rows("qwen3_5_think", videos)
+    batch = VisionChatCollator(processor, training_template("qwen3_5_think"))(rows)
+    decoded = [_decoded(videos[k]) for k in ("mp4", "mp4", "webm", "gif")]
+    assert_same(batch, processor_reference(processor, "qwen3_5_think", rows, decoded))
+    for index, row in enumerate(rows):
+        runs = supervised_runs(processor.tokenizer, batch["input_ids"][index], batch["labels"][index])
+        assert runs == expected_supervision("qwen3_5_think", row["messages"], {}), index
