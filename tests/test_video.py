@@ -16,7 +16,9 @@ from transformers.video_utils import VideoMetadata
 from transformers.video_utils import load_video as transformers_load_video
 
 from tests.conftest import assistant, image
+from tests.test_families_qwen3_5 import real_qwen3_5_processor  # noqa: F401 (a fixture)
 from tests.test_masks import supervised_runs
+from vlsft import VLSFTConfig, VLSFTTrainer
 from vlsft.collator import IGNORE_INDEX, RowError, VisionChatCollator
 from vlsft.templates import stock_template, training_template
 from vlsft.tiny_families import build_tiny_qwen2_5_vl
@@ -626,3 +628,139 @@ def test_recipe_mixes_video_and_image_sources(tmp_path, tiny):
     assert train[0]["videos"] == [str(tmp_path / "video" / "clips" / "0.mp4")]
     batch = VisionChatCollator(tiny[1], training_template("qwen3_vl"))([train[i] for i in range(7)])
     assert batch["video_grid_thw"].shape[0] == 3 and batch["image_grid_thw"].shape[0] == 4  # row 2 is text only
+
+
+# -- the Qwen3.5 generation (Qwen3.5 think / nothink, Qwen3.6, Qwen3.8: Qwen3VLProcessor, Qwen3-VL's video path) ----
+
+
+def _qwen3_5_mixed_rows(family, videos):
+    """Video, image, image+video over two turns, two videos and text-only rows; with reasoning on every turn where
+    the family thinks by default (so no turn renders the empty reasoning block, which vlsft deliberately tokenizes
+    as inference sees it: see tests/test_families_qwen3_5.py::split_empty_reasoning)."""
+    from tests.test_families_qwen3_5 import thinker, thinking_on
+
+    def reply(answer, reasoning):
+        return thinker(answer, reasoning if thinking_on(family, {}) else None)
+
+    return [
+        {"messages": [user_video(VIDEO_ITEM, QUESTION), reply("right", "It moves to the right.")],
+         "videos": [str(videos["mp4"])]},
+        {"messages": [user_video({"type": "image"}, "What colour?"), reply("red", "All red.")], "images": [image()]},
+        {
+            "messages": [user_video({"type": "image"}, VIDEO_ITEM, "Same colour?"), reply("yes", "Both red."),
+                         user_video("Direction?"), reply("right", "Left to right.")],
+            "images": [image()],
+            "videos": [str(videos["mp4"])],
+        },
+        {"messages": [user_video(VIDEO_ITEM, "and", VIDEO_ITEM, "?"), reply("down then left", "First down.")],
+         "videos": [str(videos["webm"]), str(videos["gif"])]},
+        {"messages": [user_video("Hello"), reply("Hi there", "A greeting.")]},
+    ]
+
+
+@pytest.mark.parametrize("family", ["qwen3_5_think", "qwen3_5_nothink", "qwen3_6", "qwen3_8"])
+def test_qwen3_5_generation_video_batch_equals_the_processor_with_exact_supervision(family, videos):
+    """Each Qwen3.5-generation template: a mixed video + image + text batch equals the processor's own
+    `apply_chat_template` output (`input_ids`, `pixel_values_videos`, `video_grid_thw`, `mm_token_type_ids` with 2 on
+    video tokens, textual timestamps); the supervised text is exactly each trained turn (reasoning included, thinking
+    on); no video, timestamp or vision-marker token is supervised; every row's labels are its labels alone."""
+    from tests.test_families import tiny
+    from tests.test_families_qwen3_5 import expected_supervision
+
+    processor = tiny(family)[1]
+    collator = VisionChatCollator(processor, training_template(family))
+    rows = _qwen3_5_mixed_rows(family, videos)
+    batch = collator(rows)
+    decoded = [_decoded(videos[k]) for k in ("mp4", "mp4", "webm", "gif")]
+    assert_same(batch, processor_reference(processor, family, rows, decoded))
+    assert (batch["mm_token_type_ids"] == 2).sum() == batch["video_grid_thw"].prod(-1).sum() // 4
+    assert "seconds>" in processor.tokenizer.decode(batch["input_ids"][0])
+    supervised = batch["labels"] != IGNORE_INDEX
+    assert not (supervised & (batch["mm_token_type_ids"] != 0)).any()
+    vision = processor.tokenizer.convert_tokens_to_ids(["<|vision_start|>", "<|vision_end|>", "<|video_pad|>"])
+    assert not (supervised & torch.isin(batch["input_ids"], torch.tensor(vision))).any()
+    for index, row in enumerate(rows):
+        alone = collator([row])
+        length = alone["input_ids"].shape[1]
+        assert torch.equal(batch["labels"][index, :length], alone["labels"][0])
+        assert (batch["labels"][index, length:] == IGNORE_INDEX).all()
+        runs = supervised_runs(processor.tokenizer, alone["input_ids"][0], alone["labels"][0])
+        assert runs == expected_supervision(family, row["messages"], {}), (index, runs)
+        assert all("seconds" not in run for run in runs)
+    if family != "qwen3_5_nothink":  # the reasoning itself is supervised
+        assert supervised_runs(processor.tokenizer, batch["input_ids"][0], batch["labels"][0]) == [
+            "It moves to the right.\n</think>\n\nright<|im_end|>\n"
+        ]
+
+
+@pytest.mark.parametrize("family", ["qwen3_5_think", "qwen3_5_moe"])
+def test_qwen3_5_model_takes_the_video_batch(family, videos):
+    """The dense and the MoE hybrid model's own forward (3D rope from `mm_token_type_ids` and `video_grid_thw`, split
+    per frame group as Qwen3-VL's) gives the same logits for vlsft's batch as for the processor's, and the video
+    pixels reach them."""
+    from tests.test_families import tiny
+
+    model, processor = tiny(family)
+    collator = VisionChatCollator(processor, training_template("qwen3_5_think"))
+    rows = _qwen3_5_mixed_rows("qwen3_5_think", videos)[:1] + _qwen3_5_mixed_rows("qwen3_5_think", videos)[3:4]
+    batch = collator(rows)
+    decoded = [_decoded(videos[k]) for k in ("mp4", "webm", "gif")]
+    reference = processor_reference(processor, "qwen3_5_think", rows, decoded)
+    assert_same(batch, reference)
+    with torch.no_grad():
+        ours = model(**batch)
+        assert torch.isfinite(ours.loss) and torch.equal(ours.logits, model(**reference).logits)
+        blank = model(**{**batch, "pixel_values_videos": torch.zeros_like(batch["pixel_values_videos"])}).logits
+    assert not torch.allclose(ours.logits, blank)
+
+
+def test_qwen3_5_video_training_step_1x2_equals_2x1(videos, tmp_path):
+    """One optimizer step of the tiny hybrid Qwen3.5 on a video row and a video + image row: a batch of 2 and 2
+    accumulated micro-batches of 1 give the same weights, within 1e-4 of the update, and the vision tower (reached
+    only through the videos and the image) moves."""
+    from tests.test_families import tiny
+    from tests.test_families_qwen3_5 import thinker
+
+    model, processor = tiny("qwen3_5_think")
+    rows = [
+        {"messages": [user_video(VIDEO_ITEM, QUESTION), thinker("right", "It moves right.")],
+         "videos": [str(videos["mp4"])], "images": []},
+        {"messages": [user_video({"type": "image"}, VIDEO_ITEM, "Colour and direction?"),
+                      thinker("red, down", "Red square, moving down.")],
+         "videos": [str(videos["webm"])], "images": [image()]},
+    ]
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    weights, losses = [], []
+    for batch_size, accumulation in ((2, 1), (1, 2)):
+        args = VLSFTConfig(
+            output_dir=str(tmp_path / f"{batch_size}x{accumulation}"), report_to="none", max_steps=1,
+            learning_rate=1.0, optim="sgd", lr_scheduler_type="constant", max_grad_norm=0.0, save_strategy="no",
+            logging_steps=1, seed=0, data_seed=0, per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation,
+        )
+        trainer = VLSFTTrainer(copy.deepcopy(model), args=args, train_dataset=Dataset.from_list(rows),
+                               processing_class=processor)
+        trainer.train()
+        weights.append({n: p.detach().clone() for n, p in trainer.model.named_parameters()})
+        losses.append(trainer.state.log_history[0]["loss"])
+    update = max((weights[0][n] - start[n]).abs().max() for n in start)
+    difference = max((weights[0][n] - weights[1][n]).abs().max() for n in start)
+    vision_update = max((weights[0][n] - start[n]).abs().max() for n in start if n.startswith("model.visual."))
+    assert update > 1e-3 and vision_update > 0
+    assert difference <= 1e-4 * update, (difference, update)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_qwen3_5_video_on_the_real_vocabulary_equals_the_processor(real_qwen3_5_processor, videos):
+    """The same mixed batch on the real 248,044-rank Qwen3.5/3.6 vocabulary: the timestamps and the text around each
+    video tokenize as the processor tokenizes them in context."""
+    from tests.test_families_qwen3_5 import expected_supervision
+
+    processor = real_qwen3_5_processor
+    rows = _qwen3_5_mixed_rows("qwen3_5_think", videos)
+    batch = VisionChatCollator(processor, training_template("qwen3_5_think"))(rows)
+    decoded = [_decoded(videos[k]) for k in ("mp4", "mp4", "webm", "gif")]
+    assert_same(batch, processor_reference(processor, "qwen3_5_think", rows, decoded))
+    for index, row in enumerate(rows):
+        runs = supervised_runs(processor.tokenizer, batch["input_ids"][index], batch["labels"][index])
+        assert runs == expected_supervision("qwen3_5_think", row["messages"], {}), index

@@ -36,6 +36,7 @@ from transformers.utils.chat_template_utils import render_jinja_template
 from vlsft.data import ImagesNotAListError, load_image, normalize_messages, row_images, row_videos
 from vlsft.templates import (
     FAMILIES,
+    QWEN3_5_FAMILIES,
     UnsupportedConversationError,
     check_expressible,
     check_media,
@@ -49,7 +50,7 @@ from vlsft.weights import TurnWeightError, turn_weights
 
 IGNORE_INDEX = -100
 # Families whose processor and model take videos (`pixel_values_videos`, `video_grid_thw`) and that vlsft trains on.
-VIDEO_FAMILIES = ("qwen3_vl", "qwen3_vl_moe", "qwen2_5_vl")
+VIDEO_FAMILIES = ("qwen3_vl", "qwen3_vl_moe", "qwen2_5_vl", *QWEN3_5_FAMILIES)
 # Frame rate Qwen2.5-VL samples at when frame limits are set without `video_fps` (qwen-vl-utils' default): its
 # processor samples only when given a rate.
 QWEN_REFERENCE_FPS = 2.0

@@ -192,7 +192,8 @@ for _name, _display in _GEMMA4_REVISIONS.items():
 def _qwen3_5_family(name: str, display_name: str) -> TemplateFamily:
     """A Qwen3.5-generation template (Qwen3.5 think / nothink, Qwen3.6, Qwen3.8). Every one of them serves the dense
     (`qwen3_5`) and the MoE (`qwen3_5_moe`) architecture with `Qwen3VLProcessor`; the templates differ in what they
-    render (thinking default, preserved reasoning history, reasoning effort), not in how images are collated."""
+    render (thinking default, preserved reasoning history, reasoning effort), not in how images are collated. Videos
+    take Qwen3-VL's path (the same video processor, textual timestamps, and `mm_token_type_ids` 2 on video tokens)."""
     return TemplateFamily(
         name=name,
         display_name=display_name,
@@ -206,8 +207,6 @@ def _qwen3_5_family(name: str, display_name: str) -> TemplateFamily:
         expand_on_ids=True,
         image_map_key="mm_token_type_ids",
         reasoning_markers=("<think>", "</think>"),
-        # The collator expands image placeholders only; video rows get a per-row error until video lands.
-        unsupported_media=("video",),
     )
 
 
@@ -292,7 +291,7 @@ def check_expressible(family: str, messages: list[dict], tools: list | None = No
 
 def check_media(family: str, row: dict, messages: list[dict]) -> None:
     """Raise `UnsupportedConversationError` if the row carries media of a type `family` renders but vlsft does not
-    collate yet (Gemma 4's audio, video for the Qwen3.5 generation and Gemma 4), naming the type and the messages."""
+    collate yet (Gemma 4's audio and video), naming the type and the messages."""
     kinds = FAMILIES[family].unsupported_media
     if not kinds:
         return
