@@ -22,6 +22,7 @@ from vlsft.collator import IGNORE_INDEX, VisionChatCollator, training_collator
 from vlsft.packing import PACKED_SDPA, PackedCollator, check_packing_support, plan_packs, row_lengths, use_packed_attention
 from vlsft.templates import training_template
 from vlsft.tiny_families import build_tiny
+from vlsft.tiny_video import write_moving_shape
 
 SCRIPT = Path(__file__).parent / "scripts" / "one_step.py"
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
@@ -183,6 +184,145 @@ def test_changing_one_packed_row_leaves_every_other_row_bit_for_bit_unchanged(fa
                 assert torch.equal(logits[0, span], reference[0, span]), f"row {index} changed with row 1"
     for index, span in enumerate(spans(lengths)):  # and each row is what it is in a padded batch
         torch.testing.assert_close(reference[0, span], padded[index, : lengths[index]], rtol=1e-5, atol=1e-5)
+
+
+# -- videos ---------------------------------------------------------------------------------------------------------
+
+VIDEO = {"type": "video"}
+
+
+def user_with(*parts):
+    """A user turn of placeholders (IMAGE, VIDEO) and text."""
+    return {"role": "user", "content": [p if isinstance(p, dict) else user(p)["content"][0] for p in parts]}
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """Clips of 3 s at 6 fps and 2 s at 4 fps (Qwen3-VL samples 2 fps: 3 and 2 temporal groups, each a run of video
+    tokens after its timestamp), so the two videos of a pack have different grids (and Qwen2.5-VL different
+    `second_per_grid_ts`), and one more of the second's size and length whose square moves the other way."""
+    root = tmp_path_factory.mktemp("packing_clips")
+    return {
+        "right": str(write_moving_shape(root / "right.mp4", num_frames=18, fps=6, size=(96, 64), direction="right")),
+        "down": str(write_moving_shape(root / "down.mp4", num_frames=8, fps=4, size=(64, 48), direction="down")),
+        "left": str(write_moving_shape(root / "left.mp4", num_frames=8, fps=4, size=(64, 48), direction="left")),
+    }
+
+
+def video_rows(clips, third_video="down"):
+    """A video row, an image row, an image + video row (two turns) and a text-only row."""
+    return [
+        {"messages": [user_with(VIDEO, "Which way?"), assistant("Right.")], "images": [], "videos": [clips["right"]]},
+        {"messages": [user(IMAGE, "What colour?"), assistant("Green, quite green.")], "images": [image((0, 255, 0))],
+         "videos": []},
+        {"messages": [user_with(IMAGE, VIDEO, "Same colour?"), assistant("Yes."),
+                      user("Direction?"), assistant("Down.")],
+         "images": [image((255, 0, 0), (128, 64))], "videos": [clips[third_video]]},
+        {"messages": [user("No picture here."), assistant("Then text only.")], "images": [], "videos": []},
+    ]
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen3_vl_moe", "qwen2_5_vl"])
+def test_packed_video_rows_equal_padded_rows_and_no_row_sees_another(family, clips):
+    """Video, image, image + video and text-only rows packed: each row's 3D positions are the model's own for the
+    row alone (its image and video grids, Qwen2.5-VL's `second_per_grid_ts`), its loss and the gradients equal the
+    padded batch's (1e-5), and another video in one row leaves every other row's logits bit for bit unchanged."""
+    model, processor = tiny_family(family)
+    model = copy.deepcopy(model).eval()
+    use_packed_attention(model)  # as VLSFTTrainer trains packed rows
+    # A pixel budget under which the two videos' frames (and the two images) keep grids of different sizes.
+    rows_collator = VisionChatCollator(processor, training_template(family), video_max_pixels=16384)
+    collator = PackedCollator(rows_collator, model=model)
+    rows = video_rows(clips)
+    padded = rows_collator(rows)
+    packed = collator(rows)
+    lengths = padded["attention_mask"].sum(-1).tolist()
+    assert packed["input_ids"].shape == (1, sum(lengths))
+    for key in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts"):
+        if key in padded:  # vision tensors in row order, untouched
+            torch.testing.assert_close(packed[key], padded[key], rtol=0, atol=0)
+    # Grids that differ (in time and space) between the two videos and between the two images.
+    first, second = padded["video_grid_thw"]
+    assert first[0] != second[0] and not torch.equal(first[1:], second[1:])
+    assert not torch.equal(*padded["image_grid_thw"])
+    if family == "qwen2_5_vl":
+        assert padded["second_per_grid_ts"][0] != padded["second_per_grid_ts"][1]
+    if family == "qwen3_vl":  # each video is several runs of video tokens: per-row counts cannot come from runs
+        video_runs = (packed["mm_token_type_ids"][0] == 2).int().diff().eq(1).sum()
+        assert video_runs == int(padded["video_grid_thw"][:, 0].sum()) > 2
+
+    for index, (row, span) in enumerate(zip(rows, spans(lengths))):
+        alone = rows_collator([row])
+        extra = {"second_per_grid_ts": alone["second_per_grid_ts"]} if "second_per_grid_ts" in alone else {}
+        expected = model.model.compute_3d_position_ids(
+            input_ids=alone["input_ids"], inputs_embeds=None, image_grid_thw=alone.get("image_grid_thw"),
+            video_grid_thw=alone.get("video_grid_thw"), attention_mask=alone["attention_mask"],
+            mm_token_type_ids=alone["mm_token_type_ids"], past_key_values=None, **extra,
+        )
+        if expected is None:  # text only: the model's default positions
+            expected = torch.arange(lengths[index]).view(1, 1, -1).expand(3, 1, -1)
+        assert torch.equal(packed["position_ids"][1:, :, span], expected), f"row {index}"
+        assert packed["position_ids"][0, 0, span].tolist() == list(range(lengths[index]))
+        assert packed["labels"][0, span][1:].tolist() == padded["labels"][index, : lengths[index]][1:].tolist()
+
+    def losses_and_grads(batch, packed_layout):
+        model.zero_grad()
+        logits = forward(model, batch)
+        if packed_layout:
+            per_row = [row_nll(logits[0, span], batch["labels"][0, span]) for span in spans(lengths)]
+        else:
+            per_row = [row_nll(logits[i, :n], batch["labels"][i, :n]) for i, n in enumerate(lengths)]
+        torch.stack(per_row).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return torch.stack(per_row).detach(), logits.detach(), grads
+
+    padded_losses, _, padded_grads = losses_and_grads(padded, packed_layout=False)
+    packed_losses, reference, packed_grads = losses_and_grads(packed, packed_layout=True)
+    torch.testing.assert_close(packed_losses, padded_losses, rtol=1e-5, atol=0)
+    assert padded_grads.keys() == packed_grads.keys()
+    assert any("visual" in name and grad.abs().sum() > 0 for name, grad in packed_grads.items())
+    for name, grad in padded_grads.items():
+        scale = float(grad.abs().max())
+        torch.testing.assert_close(packed_grads[name], grad, rtol=1e-5, atol=1e-5 * scale, msg=lambda m: f"{name}: {m}")
+
+    # Row 2's video swapped for a clip of the same size and length: same tokens, other pixels.
+    other = collator(video_rows(clips, third_video="left"))
+    assert torch.equal(other["input_ids"], packed["input_ids"])
+    assert not torch.equal(other["pixel_values_videos"], packed["pixel_values_videos"])
+    with torch.no_grad():
+        changed = forward(model, other)
+    for index, span in enumerate(spans(lengths)):
+        if index == 2:
+            assert not torch.equal(changed[0, span], reference[0, span])  # the change is real
+        else:
+            assert torch.equal(changed[0, span], reference[0, span]), f"row {index} changed with row 2's video"
+
+    # Without the rows' video counts, a batch with videos is refused rather than guessed from the token runs.
+    with pytest.raises(ValueError, match="videos_per_row"):
+        collator.pack(rows_collator(rows))
+
+
+def test_packed_video_step_equals_the_padded_step(tiny, clips, tmp_path):
+    """Through `VLSFTTrainer`: the video, image, image + video and text-only rows planned into one pack (their
+    lengths counted with the video tokens) train the same SGD step as the padded batch of the 4 rows."""
+    model, processor = tiny
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    rows = video_rows(clips)
+    padded = make_trainer(model, processor, tmp_path / "padded", rows=rows, per_device_train_batch_size=4)
+    packed = make_trainer(
+        model, processor, tmp_path / "packed", rows=rows, per_device_train_batch_size=1, packing=True, max_length=512
+    )
+    assert packed.train_dataset.plan == [[0, 1, 2, 3]]
+    batch = next(iter(packed.get_train_dataloader()))
+    lengths = row_lengths(Dataset.from_list(rows), padded.data_collator)
+    assert batch["input_ids"].shape == (1, sum(lengths)) and len(batch["video_grid_thw"]) == 2
+    padded.train()
+    packed.train()
+    assert packed.state.log_history[0]["num_supervised_tokens"] == padded.state.log_history[0]["num_supervised_tokens"]
+    after_padded = dict(padded.model.named_parameters())
+    update = max((after_padded[n] - start[n]).abs().max() for n in start)
+    difference = max((after_padded[n] - p).abs().max() for n, p in packed.model.named_parameters())
+    assert update > 1e-3 and difference <= 1e-4 * update, float(difference / update)
 
 
 # -- refusals ------------------------------------------------------------------------------------------------------

@@ -12,7 +12,11 @@ pack budget, `padding_free`) trains on packs instead of padded batches:
   of shape `[1, total]`, with no attention mask and no padding token at all.
 - **Positions.** Each row keeps its own positions: 1D positions restart at 0 per row; for the Qwen-VL families the
   3D mRoPE positions come from the model's own `get_rope_index`, called on each row alone, and are concatenated
-  under a first row of per-row text positions (the `[4, batch, length]` layout these models accept).
+  under a first row of per-row text positions (the `[4, batch, length]` layout these models accept). Each call gets
+  the row's own slices of `image_grid_thw`, `video_grid_thw` and (Qwen2.5-VL) `second_per_grid_ts`, as the model's
+  forward passes them for the row alone; the slices are cut by the image and video counts of the rows themselves,
+  not by counting runs of vision tokens (Qwen3-VL writes each video as one run per temporal group, timestamps
+  between them).
 - **Attention never crosses rows.** The rows are found where the (text) position ids restart. With eager attention,
   transformers' `create_causal_mask` builds the block-diagonal causal mask from them (`find_packed_sequence_indices`,
   which runs only without an attention mask and without a KV cache: the collator sets `use_cache=False`). With sdpa,
@@ -43,6 +47,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, find_packed_sequence_indices, sdpa_mask
 
 from vlsft.collator import IGNORE_INDEX, VisionChatCollator
+from vlsft.data import row_images, row_videos
 from vlsft.templates import FAMILIES, family_of_model
 
 # Families whose packed rows are proven isolated (tests/test_packing.py), and how their positions are built.
@@ -283,12 +288,28 @@ class PackedCollator:
     def __call__(self, items: list[Any]) -> dict[str, torch.Tensor]:
         rows = [row for item in items for row in (item if isinstance(item, list) else [item])]
         batch = self.rows_collator(rows)
-        return self.pack(batch)
+        # Each row's image and video counts, from the rows themselves (after collation, which has checked them):
+        # the collator takes exactly these values, in row order, so the grids can be sliced per row without
+        # guessing from the token runs (a Qwen3-VL video is one run per temporal group).
+        images_per_row = [len(row_images(row)) for row in rows]
+        videos_per_row = [len(row_videos(row)) for row in rows]
+        return self.pack(batch, images_per_row=images_per_row, videos_per_row=videos_per_row)
 
-    def pack(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """A padded batch of the rows collator, laid end to end."""
-        if batch.get("video_grid_thw") is not None:
-            raise ValueError("packing rows with videos is not supported yet; set `packing: false` for video data.")
+    def pack(
+        self,
+        batch: dict[str, torch.Tensor],
+        images_per_row: Sequence[int] | None = None,
+        videos_per_row: Sequence[int] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """A padded batch of the rows collator, laid end to end. `images_per_row` / `videos_per_row`: how many
+        images and videos each row holds (needed for the Qwen-VL positions; without them images are counted as
+        runs of image tokens, one per image, and a batch with videos is refused)."""
+        if batch.get("video_grid_thw") is not None and self.positions != "mrope":
+            raise ValueError(
+                f"packing rows with videos is supported only for the Qwen-VL families "
+                f"({', '.join(f for f, scheme in PACKABLE_FAMILIES.items() if scheme == 'mrope')}); set "
+                "`packing: false` for video data."
+            )
         attention_mask = batch.pop("attention_mask").bool()
         lengths = attention_mask.sum(-1)
         sequence_keys = ["input_ids", "labels"]
@@ -306,7 +327,8 @@ class PackedCollator:
         if "label_weights" in batch:
             batch["label_weights"][0, starts] = 0.0  # the weights stay 0 wherever the labels are ignored
         if self.positions == "mrope":
-            batch["position_ids"] = self.mrope_position_ids(padded, lengths, batch)
+            counts = self._vision_counts(padded, lengths, batch, images_per_row, videos_per_row)
+            batch["position_ids"] = self.mrope_position_ids(padded, lengths, batch, *counts)
         else:
             batch["position_ids"] = torch.cat([torch.arange(int(n)) for n in lengths]).unsqueeze(0)
         # transformers derives the block-diagonal mask from the position ids only without a KV cache, and the models
@@ -314,22 +336,60 @@ class PackedCollator:
         batch["use_cache"] = False
         return batch
 
-    def mrope_position_ids(self, padded: dict[str, torch.Tensor], lengths: torch.Tensor, batch) -> torch.Tensor:
+    def _vision_counts(self, padded, lengths, batch, images_per_row, videos_per_row) -> tuple[list[int], list[int]]:
+        """Images and videos per row, checked against the batch's grids."""
+        rows = len(lengths)
+        # An image is one run of image tokens in the Qwen-VL families (vision markers sit between two images); a
+        # video is not (Qwen3-VL: one run per temporal group), so videos are only counted from the rows.
+        is_image = padded[self.rows_collator.family.image_map_key] == 1
+        image_runs = (is_image & ~torch.nn.functional.pad(is_image[:, :-1], (1, 0), value=False)).sum(-1).tolist()
+        if images_per_row is None:
+            images_per_row = image_runs
+        elif list(images_per_row) != image_runs:
+            raise ValueError(f"images per row {list(images_per_row)} do not match the rows' image tokens {image_runs}.")
+        if videos_per_row is None:
+            if batch.get("video_grid_thw") is not None:
+                raise ValueError(
+                    "packing rows with videos needs each row's video count: pass `videos_per_row` to "
+                    "`PackedCollator.pack` (calling the `PackedCollator` on the rows does it itself)."
+                )
+            videos_per_row = [0] * rows
+        checks = (("images", images_per_row, "image_grid_thw"), ("videos", videos_per_row, "video_grid_thw"))
+        for name, counts, key in checks:
+            grids = batch.get(key)
+            if len(counts) != rows or sum(counts) != (0 if grids is None else len(grids)):
+                raise ValueError(
+                    f"{name} per row {list(counts)} do not match the batch's {0 if grids is None else len(grids)} "
+                    f"{key} entries over {rows} rows: pass the counts of the rows the batch was collated from."
+                )
+        return list(images_per_row), list(videos_per_row)
+
+    def mrope_position_ids(
+        self, padded: dict[str, torch.Tensor], lengths: torch.Tensor, batch, images_per_row, videos_per_row
+    ) -> torch.Tensor:
         """`[4, 1, total]`: per-row text positions over the 3D positions the model's `get_rope_index` gives each row
-        alone, concatenated."""
-        grids = batch.get("image_grid_thw")
+        alone (its own slices of `image_grid_thw`, `video_grid_thw` and Qwen2.5-VL's `second_per_grid_ts`, as the
+        model's forward passes them for that row alone), concatenated."""
+        image_grids, video_grids = batch.get("image_grid_thw"), batch.get("video_grid_thw")
+        seconds = batch.get("second_per_grid_ts")
         map_key = self.rows_collator.family.image_map_key
         get_rope_index = self.model.model.get_rope_index
-        pieces, image_cursor = [], 0
+        pieces, image_cursor, video_cursor = [], 0, 0
         for row, length in enumerate(lengths.tolist()):
             ids = padded["input_ids"][row, :length].unsqueeze(0)
             types = padded[map_key][row, :length].unsqueeze(0)
-            # One grid per image: an image is one run of image tokens (the model's `get_rope_index` counts them so).
-            runs = int(((types[0, 1:] == 1) & (types[0, :-1] != 1)).sum() + (types[0, 0] == 1))
-            row_grids = grids[image_cursor : image_cursor + runs] if runs else None
-            image_cursor += runs
+            images, videos = images_per_row[row], videos_per_row[row]
+            kwargs = {}
+            if images:
+                kwargs["image_grid_thw"] = image_grids[image_cursor : image_cursor + images]
+            if videos:
+                kwargs["video_grid_thw"] = video_grids[video_cursor : video_cursor + videos]
+                if seconds is not None:
+                    kwargs["second_per_grid_ts"] = seconds[video_cursor : video_cursor + videos]
+            image_cursor += images
+            video_cursor += videos
             with torch.no_grad():
-                spatial, _ = get_rope_index(ids, mm_token_type_ids=types, image_grid_thw=row_grids)
+                spatial, _ = get_rope_index(ids, mm_token_type_ids=types, **kwargs)
             text = torch.arange(length, dtype=spatial.dtype).view(1, 1, -1)
             pieces.append(torch.cat([text, spatial.cpu()], dim=0))
         return torch.cat(pieces, dim=-1)
