@@ -91,6 +91,27 @@ def assert_ranks_out_of_step_without_the_fix(distributed):
     assert any(len({math.ceil(batch["supervised"] / CHUNK) for batch in step}) == 2 for step in micro_steps), ranks
 
 
+def assert_video_on_one_rank_only(distributed):
+    """At some micro-step one rank had a video and another none (so that rank ran the tower on a dummy video)."""
+    ranks = distributed["micro_batches"]
+    assert any(len({batch["videos"] for batch in step}) == 2 for step in zip(*ranks)), ranks
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen2_5_vl"])
+def test_zero3_video_on_one_rank_only(tmp_path, family):
+    """ZeRO-3, 2 ranks x 2 rows of {a video, an image, two text-only}: whatever the sampler does, one rank has the
+    video and the other none, and one rank has the image and the other none (Qwen-VL runs its tower once per
+    modality, so a rank without the video runs it on a dummy input). No hang, and the step equals the 1-process step."""
+    distributed, reference = run_pair(
+        tmp_path, f"zero3_video_{family}", per_device_batch=2, rows="video_mixed", family=family,
+        loss_chunk_size=CHUNK, deepspeed=REPO / "configs/ds_zero3.json",
+    )
+    assert_video_on_one_rank_only(distributed)
+    assert_ranks_out_of_step_without_the_fix(distributed)
+    assert reference["micro_batches"] == [[{"images": True, "videos": True, "supervised": reference["micro_batches"][0][0]["supervised"]}]]
+    assert_same_step(distributed, reference)
+
+
 def test_ddp_text_only_rank_uneven_chunks_checkpointing(tmp_path):
     distributed, reference = run_pair(
         tmp_path, "ddp", per_device_batch=2, rows="mixed", loss_chunk_size=CHUNK, gradient_checkpointing=True,
