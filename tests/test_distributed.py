@@ -91,6 +91,40 @@ def assert_ranks_out_of_step_without_the_fix(distributed):
     assert any(len({math.ceil(batch["supervised"] / CHUNK) for batch in step}) == 2 for step in micro_steps), ranks
 
 
+def assert_video_on_one_rank_only(distributed, crossed: bool):
+    """At some micro-step one rank had a video and another none (so that rank ran the tower on a dummy video); with
+    `crossed`, at some micro-step one rank had only the video and another only the image (each runs a real pass and
+    a dummy pass, in opposite modality order)."""
+    ranks = distributed["micro_batches"]
+    micro_steps = list(zip(*ranks))
+    assert any(len({batch["videos"] for batch in step}) == 2 for step in micro_steps), ranks
+    if crossed:
+        kinds = [{(batch["images"], batch["videos"]) for batch in step} for step in micro_steps]
+        assert any({(True, False), (False, True)} <= step for step in kinds), ranks
+
+
+@pytest.mark.parametrize(
+    "family, per_device_batch, accumulation",
+    [("qwen3_vl", 2, 1), ("qwen3_vl", 1, 2), ("qwen2_5_vl", 1, 2)],
+    ids=["qwen3_vl-2rows", "qwen3_vl-1rowx2", "qwen2_5_vl-1rowx2"],
+)
+def test_zero3_video_on_one_rank_only(tmp_path, family, per_device_batch, accumulation):
+    """ZeRO-3 over 2 ranks, rows {a video, an image, two text-only}. With 2 rows per rank, whatever the sampler does,
+    one rank has the video and the other none (here: video + image beside two text rows, a rank missing both
+    modalities). With 1 row x 2 accumulated micro-batches the first micro-step puts the video beside the image
+    (each rank misses the other's modality) and the second is text-only on both ranks. Qwen-VL runs its vision tower
+    once per modality present, so a rank without the video runs it on a dummy input. No hang, and the step equals
+    the 1-process step (4 rows in one batch) within 1e-4 of the update."""
+    distributed, reference = run_pair(
+        tmp_path, f"zero3_video_{family}_{per_device_batch}", per_device_batch=per_device_batch, accumulation=accumulation,
+        rows="video_mixed", family=family, loss_chunk_size=CHUNK, deepspeed=REPO / "configs/ds_zero3.json",
+    )
+    assert_video_on_one_rank_only(distributed, crossed=per_device_batch == 1)
+    assert_ranks_out_of_step_without_the_fix(distributed)
+    assert reference["micro_batches"][0][0]["videos"]  # the reference trained on the video too
+    assert_same_step(distributed, reference)
+
+
 def test_ddp_text_only_rank_uneven_chunks_checkpointing(tmp_path):
     distributed, reference = run_pair(
         tmp_path, "ddp", per_device_batch=2, rows="mixed", loss_chunk_size=CHUNK, gradient_checkpointing=True,

@@ -4,7 +4,8 @@ by tests/test_distributed.py, which compares the two. `train_steps` is also call
 
 Flags cover several requirements per launch (each launch costs tens of seconds): `--rows mixed` puts text-only
 micro-batches on some ranks beside image ones, and with a small `--loss_chunk_size` the ranks' supervised counts
-span different numbers of head chunks; `--deepspeed`, `--lora`, `--tie`, `--gradient_checkpointing`;
+span different numbers of head chunks; `--rows video_mixed` puts a video on one rank only (the other has an image
+or nothing); `--family` picks another tiny Qwen-VL model; `--deepspeed`, `--lora`, `--tie`, `--gradient_checkpointing`;
 `--steps 2 --resume` saves a checkpoint every step and resumes a second trainer from the first; `--eval` evaluates
 on 5 rows, an uneven last batch over 2 ranks.
 """
@@ -24,6 +25,7 @@ from tests.test_loss import ANSWERS, rows_of_different_lengths  # noqa: E402
 from tests.test_weights import rows_only as weighted_rows  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 from vlsft import VLSFTConfig, VLSFTTrainer  # noqa: E402
+from vlsft.tiny_families import build_tiny  # noqa: E402
 from vlsft.tiny_model import build_tiny_qwen3_vl  # noqa: E402
 
 
@@ -35,19 +37,39 @@ def mixed_rows():
     return [image_row, *text_rows]
 
 
+def video_mixed_rows():
+    """One row with a short video (a frame list: 4 frames, 2 temporal patches), one with an image, two text-only:
+    with 2 rows per rank, whatever the sampler does, one rank's micro-batch has the video and the other's none."""
+    from vlsft.tiny_video import moving_shape_frames
+
+    video_row = {
+        "messages": [
+            {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Which way does it move?"}]},
+            assistant(ANSWERS[1]),
+        ],
+        "images": [],
+        "videos": [moving_shape_frames(4, size=(64, 48), direction="right")],
+    }
+    image_row = {"messages": [user(IMAGE, "Describe it."), assistant(ANSWERS[2])], "images": [image((0, 0, 200), (64, 80))],
+                 "videos": []}
+    text_rows = [{"messages": [user(f"Question {i}?"), assistant(ANSWERS[i])], "images": [], "videos": []} for i in (0, 3)]
+    return [video_row, image_row, *text_rows]
+
+
 def eval_rows():
     """5 rows: over 2 ranks with 2 rows per device, the last eval batch holds 1 real row and 3 padding duplicates."""
     return mixed_rows() + [rows_of_different_lengths()[3]]
 
 
 class RecordingTrainer(VLSFTTrainer):
-    """Records, per micro-batch, whether it had images and how many tokens it supervised (to prove that the run
-    exercised what it is meant to)."""
+    """Records, per micro-batch, whether it had images, whether it had videos and how many tokens it supervised (to
+    prove that the run exercised what it is meant to)."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
             self.micro_batches.append(
-                {"images": inputs.get("pixel_values") is not None, "supervised": int((inputs["labels"][:, 1:] != -100).sum())}
+                {"images": inputs.get("pixel_values") is not None, "videos": inputs.get("pixel_values_videos") is not None,
+                 "supervised": int((inputs["labels"][:, 1:] != -100).sum())}
             )
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
@@ -65,7 +87,12 @@ class CaptureWeights(TrainerCallback):
 
 
 def build(cli, output_dir, max_steps, save_every_step=False):
-    model, processor = build_tiny_qwen3_vl(seed=0, tie_word_embeddings=cli.tie)
+    if cli.family == "qwen3_vl":
+        model, processor = build_tiny_qwen3_vl(seed=0, tie_word_embeddings=cli.tie)
+    elif cli.tie:
+        raise SystemExit(f"--tie is only built for qwen3_vl, not {cli.family}")
+    else:
+        model, processor = build_tiny(cli.family, seed=0)
     peft_config = None
     if cli.lora:
         from peft import LoraConfig
@@ -94,7 +121,7 @@ def build(cli, output_dir, max_steps, save_every_step=False):
         deepspeed=cli.deepspeed,
         **({"packing": True, "max_length": cli.packing} if cli.packing else {}),
     )
-    rows = {"mixed": mixed_rows, "weighted": weighted_rows, "lengths": rows_of_different_lengths}[cli.rows]()
+    rows = {"mixed": mixed_rows, "video_mixed": video_mixed_rows, "weighted": weighted_rows, "lengths": rows_of_different_lengths}[cli.rows]()
     trainer = RecordingTrainer(
         model,
         args=args,
@@ -153,7 +180,8 @@ def parse(argv=None):
     parser.add_argument("--per_device_batch", type=int, required=True)
     parser.add_argument("--accumulation", type=int, default=1)
     parser.add_argument("--steps", type=int, default=1)
-    parser.add_argument("--rows", choices=["lengths", "mixed", "weighted"], default="lengths",
+    parser.add_argument("--family", default="qwen3_vl", help="a tiny model of vlsft.tiny_families (Qwen-VL ones)")
+    parser.add_argument("--rows", choices=["lengths", "mixed", "video_mixed", "weighted"], default="lengths",
                         help="weighted: tests.test_weights' rows with per-turn weights")
     parser.add_argument("--packing", type=int, default=None, metavar="MAX_LENGTH", help="pack rows into MAX_LENGTH tokens")
     parser.add_argument("--deepspeed", default=None, help="a DeepSpeed JSON (configs/ds_zero*.json)")
