@@ -367,21 +367,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_reporting_bad_rows(recipe: Recipe) -> int:
     from vlsft.checkpoints import CheckpointError
+    from vlsft.distributed import leave_distributed_run
     from vlsft.training_rows import TrainingRowError
     from vlsft.validation import InvalidRowsError  # imports torch and datasets: only once a run really starts
 
     try:
         trainer = run(recipe)
-        # Every rank leaves together, with its process group shut down: a gloo rank that exits while the group's
-        # threads still run can abort ("terminate called without an active exception") after a finished run.
-        trainer.accelerator.wait_for_everyone()
-        trainer.accelerator.end_training()
     except InvalidRowsError as error:  # every bad row is named in the message; a traceback adds nothing
         print(f"vlsft: {error}\nFix these rows, or drop them with `--invalid_rows skip`.", file=sys.stderr)
         return 1
     except (CheckpointError, TrainingRowError) as error:  # the message says what to do; a traceback adds nothing
         print(f"vlsft: {error}", file=sys.stderr)
         return 1
+    # Every rank leaves together, with its process group shut down (and, on several processes, without the
+    # interpreter teardown that can abort a finished run: `leave_distributed_run`).
+    leave_distributed_run(trainer.accelerator)
     return 0
 
 

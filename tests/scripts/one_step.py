@@ -25,6 +25,7 @@ from tests.test_loss import ANSWERS, rows_of_different_lengths  # noqa: E402
 from tests.test_weights import rows_only as weighted_rows  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 from vlsft import VLSFTConfig, VLSFTTrainer  # noqa: E402
+from vlsft.distributed import leave_distributed_run  # noqa: E402
 from vlsft.tiny_families import build_tiny  # noqa: E402
 from vlsft.tiny_model import build_tiny_qwen3_vl  # noqa: E402
 
@@ -200,6 +201,5 @@ if __name__ == "__main__":
     if trainer.accelerator.is_main_process:
         torch.save(result, cli.out)
         print("world_size", result["world_size"], "loss", result["loss"], json.dumps(result["micro_batches"]))
-    # Leave together with the process group shut down (a gloo rank exiting with live threads can abort).
-    trainer.accelerator.wait_for_everyone()
-    trainer.accelerator.end_training()
+    # Leave together with the process group shut down, without the teardown that can abort a finished run.
+    leave_distributed_run(trainer.accelerator)
