@@ -25,7 +25,9 @@ TIMEOUT = 300
 
 
 def start(output_dir, *arguments):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # The subprocess computes with as many threads as this process (whose in-process runs it is compared with bit for
+    # bit): CPU kernels may sum in another order with another thread count.
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "TOKENIZERS_PARALLELISM": "false"}
     command = [sys.executable, str(SCRIPT), "--output_dir", str(output_dir), *map(str, arguments)]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
