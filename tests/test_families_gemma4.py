@@ -21,6 +21,7 @@ from trl.data_utils import prepare_multimodal_messages
 
 from tests.conftest import IMAGE, TOOLS, assistant, image, tool, user, zoom_call
 from tests.test_families import supervised_texts, tiny
+from tests.test_loss import make_trainer
 from tests.test_weights import weighted_runs
 from vlsft import VLSFTConfig, VLSFTTrainer
 from vlsft.collator import IGNORE_INDEX, RowError, VisionChatCollator, row_template_kwargs, training_collator
@@ -462,18 +463,16 @@ def test_reasoning_rows_train_exactly_one_batch_of_4_as_4_micro_batches_of_1(tmp
     """Reasoning rows (history, tool call, look-alike, answer only), with thinking on from the config and history
     reasoning kept: the trainer's collator gets the switches, and accumulation over micro-batches gives the same step."""
     model = tiny(CURRENT)[0]
-    dataset = Dataset.from_list([rows()[name] for name in ("history", "reasoning_tool_call", "lookalike", "answer_only")])
+    train_rows = [rows()[name] for name in ("history", "reasoning_tool_call", "lookalike", "answer_only")]
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     weights, losses = [], []
     for batch_size, accumulation in ((4, 1), (1, 4)):
-        args = VLSFTConfig(
-            output_dir=str(tmp_path / f"{batch_size}x{accumulation}"), report_to="none", max_steps=1,
-            learning_rate=1.0, optim="sgd", lr_scheduler_type="constant", max_grad_norm=0.0, save_strategy="no",
-            logging_steps=1, seed=0, data_seed=0, per_device_train_batch_size=batch_size,
-            gradient_accumulation_steps=accumulation, chat_template_kwargs=THINKING, reasoning_history="keep",
+        trainer = make_trainer(
+            model, tiny(CURRENT)[1], tmp_path / f"{batch_size}x{accumulation}", rows=train_rows,
+            per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
+            gradient_checkpointing=True, chat_template_kwargs=THINKING, reasoning_history="keep",
             escape_control_tokens=True,  # the look-alike row spells out template tokens: trained as plain text
         )
-        trainer = VLSFTTrainer(copy.deepcopy(model), args=args, train_dataset=dataset, processing_class=tiny(CURRENT)[1])
         assert trainer.data_collator.template_kwargs["reasoning_history"] == "keep"
         assert trainer.data_collator.template_kwargs == {**THINKING, "reasoning_history": "keep"}
         assert tiny(CURRENT)[1].chat_template == stock_template(CURRENT)  # the processor keeps its stock template

@@ -68,6 +68,33 @@ def row_nll(logits, labels):
     return torch.nn.functional.cross_entropy(logits[:-1], labels[1:], ignore_index=IGNORE_INDEX, reduction="sum")
 
 
+def per_row_losses_and_grads(model, batch, lengths, packed_layout):
+    """(each row's summed NLL, the logits, the gradients of their sum) for a padded or a packed batch of rows."""
+    model.zero_grad()
+    logits = forward(model, batch)
+    if packed_layout:
+        per_row = [row_nll(logits[0, span], batch["labels"][0, span]) for span in spans(lengths)]
+    else:
+        per_row = [row_nll(logits[i, :n], batch["labels"][i, :n]) for i, n in enumerate(lengths)]
+    torch.stack(per_row).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return torch.stack(per_row).detach(), logits.detach(), grads
+
+
+def assert_packed_equals_padded(model, padded, packed, lengths):
+    """Per-row losses and all gradients of the packed batch equal the padded batch's (1e-5 relative); the vision
+    tower gets a gradient. Returns the packed logits."""
+    padded_losses, _, padded_grads = per_row_losses_and_grads(model, padded, lengths, packed_layout=False)
+    packed_losses, packed_logits, packed_grads = per_row_losses_and_grads(model, packed, lengths, packed_layout=True)
+    torch.testing.assert_close(packed_losses, padded_losses, rtol=1e-5, atol=0)
+    assert padded_grads.keys() == packed_grads.keys()
+    assert any("visual" in name and grad.abs().sum() > 0 for name, grad in packed_grads.items())
+    for name, grad in padded_grads.items():
+        scale = float(grad.abs().max())
+        torch.testing.assert_close(packed_grads[name], grad, rtol=1e-5, atol=1e-5 * scale, msg=lambda m: f"{name}: {m}")
+    return packed_logits
+
+
 # -- the plan ------------------------------------------------------------------------------------------------------
 
 
@@ -120,25 +147,7 @@ def test_packed_rows_equal_padded_rows_positions_losses_and_gradients():
         assert packed["labels"][0, span.start] == IGNORE_INDEX
     assert (packed["labels"][0, 1:] != IGNORE_INDEX).sum() == (padded["labels"][:, 1:] != IGNORE_INDEX).sum()
 
-    def losses_and_grads(batch, packed_layout):
-        model.zero_grad()
-        logits = forward(model, batch)
-        if packed_layout:
-            per_row = [row_nll(logits[0, span], batch["labels"][0, span]) for span in spans(lengths)]
-        else:
-            per_row = [row_nll(logits[i, :n], batch["labels"][i, :n]) for i, n in enumerate(lengths)]
-        total = torch.stack(per_row).sum()
-        total.backward()
-        return torch.stack(per_row).detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    padded_losses, padded_grads = losses_and_grads(padded, packed_layout=False)
-    packed_losses, packed_grads = losses_and_grads(packed, packed_layout=True)
-    torch.testing.assert_close(packed_losses, padded_losses, rtol=1e-5, atol=0)
-    assert padded_grads.keys() == packed_grads.keys()
-    assert any("visual" in name and grad.abs().sum() > 0 for name, grad in packed_grads.items())
-    for name, grad in padded_grads.items():
-        scale = float(grad.abs().max())
-        torch.testing.assert_close(packed_grads[name], grad, rtol=1e-5, atol=1e-5 * scale, msg=lambda m: f"{name}: {m}")
+    assert_packed_equals_padded(model, padded, packed, lengths)
 
 
 # -- isolation, bit for bit ----------------------------------------------------------------------------------------
@@ -265,25 +274,7 @@ def test_packed_video_rows_equal_padded_rows_and_no_row_sees_another(family, cli
         assert packed["position_ids"][0, 0, span].tolist() == list(range(lengths[index]))
         assert packed["labels"][0, span][1:].tolist() == padded["labels"][index, : lengths[index]][1:].tolist()
 
-    def losses_and_grads(batch, packed_layout):
-        model.zero_grad()
-        logits = forward(model, batch)
-        if packed_layout:
-            per_row = [row_nll(logits[0, span], batch["labels"][0, span]) for span in spans(lengths)]
-        else:
-            per_row = [row_nll(logits[i, :n], batch["labels"][i, :n]) for i, n in enumerate(lengths)]
-        torch.stack(per_row).sum().backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        return torch.stack(per_row).detach(), logits.detach(), grads
-
-    padded_losses, _, padded_grads = losses_and_grads(padded, packed_layout=False)
-    packed_losses, reference, packed_grads = losses_and_grads(packed, packed_layout=True)
-    torch.testing.assert_close(packed_losses, padded_losses, rtol=1e-5, atol=0)
-    assert padded_grads.keys() == packed_grads.keys()
-    assert any("visual" in name and grad.abs().sum() > 0 for name, grad in packed_grads.items())
-    for name, grad in padded_grads.items():
-        scale = float(grad.abs().max())
-        torch.testing.assert_close(packed_grads[name], grad, rtol=1e-5, atol=1e-5 * scale, msg=lambda m: f"{name}: {m}")
+    reference = assert_packed_equals_padded(model, padded, packed, lengths)
 
     # Row 2's video swapped for a clip of the same size and length: same tokens, other pixels.
     other = collator(video_rows(clips, third_video="left"))

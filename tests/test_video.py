@@ -17,8 +17,8 @@ from transformers.video_utils import load_video as transformers_load_video
 
 from tests.conftest import assistant, image
 from tests.test_families_qwen3_5 import real_qwen3_5_processor  # noqa: F401 (a fixture)
+from tests.test_loss import make_trainer
 from tests.test_masks import supervised_runs
-from vlsft import VLSFTConfig, VLSFTTrainer
 from vlsft.collator import IGNORE_INDEX, RowError, VisionChatCollator
 from vlsft.templates import stock_template, training_template
 from vlsft.tiny_families import build_tiny_qwen2_5_vl
@@ -126,7 +126,7 @@ def processor_reference(processor, family, rows, decoded, video_kwargs=None, pro
     processor.video_processor = copy.copy(processor.video_processor)
     for name, value in (processor_attributes or {}).items():
         setattr(processor.video_processor, name, value)
-    conversations, metadata, images = [], [], []
+    conversations, metadata = [], []
     queue = iter(decoded)
     for row in rows:
         row_images = iter(row.get("images") or [])
@@ -734,14 +734,10 @@ def test_qwen3_5_video_training_step_1x2_equals_2x1(videos, tmp_path):
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     weights, losses = [], []
     for batch_size, accumulation in ((2, 1), (1, 2)):
-        args = VLSFTConfig(
-            output_dir=str(tmp_path / f"{batch_size}x{accumulation}"), report_to="none", max_steps=1,
-            learning_rate=1.0, optim="sgd", lr_scheduler_type="constant", max_grad_norm=0.0, save_strategy="no",
-            logging_steps=1, seed=0, data_seed=0, per_device_train_batch_size=batch_size,
-            gradient_accumulation_steps=accumulation,
+        trainer = make_trainer(
+            model, processor, tmp_path / f"{batch_size}x{accumulation}", rows=rows,
+            per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation, gradient_checkpointing=True,
         )
-        trainer = VLSFTTrainer(copy.deepcopy(model), args=args, train_dataset=Dataset.from_list(rows),
-                               processing_class=processor)
         trainer.train()
         weights.append({n: p.detach().clone() for n, p in trainer.model.named_parameters()})
         losses.append(trainer.state.log_history[0]["loss"])
