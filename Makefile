@@ -30,7 +30,7 @@ demo: install
 
 # The video demo (recipes/demo_video.yaml): clips of a moving square, generated here, then about two minutes of CPU.
 demo-video: install
-	$(PY) -m vlsft.demo_video outputs/demo-video-data
+	$(PY) -m vlsft.testing.demo_video outputs/demo-video-data
 	$(VENV)/bin/accelerate launch --num_processes 1 --cpu vlsft/train.py --config recipes/demo_video.yaml --output_dir outputs/demo-video
 
 bench: install

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.conftest import assistant, user  # noqa: E402
 from vlsft import VLSFTConfig, VLSFTTrainer  # noqa: E402
 from vlsft.distributed import _dummy_vision_output, agree_on_step_shape  # noqa: E402
-from vlsft.tiny_model import build_tiny_qwen3_vl  # noqa: E402
+from vlsft.testing.tiny_qwen3_vl import build_tiny_qwen3_vl  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ log-normal(mu=ln(140), sigma=0.7) clipped to 64-1024 tokens, 1-4 images (weights
 (128x128 px), the text split 70/30 into user prompt and supervised answer. The exact lengths come from the training
 collator (`vlsft.packing.row_lengths`).
 
-Model: the tiny random Qwen3-VL of `vlsft.tiny_model` made wider and deeper (hidden 256, 4 layers), float32, sdpa,
+Model: the tiny random Qwen3-VL of `vlsft.testing.tiny_qwen3_vl` made wider and deeper (hidden 256, 4 layers), float32, sdpa,
 with vlsft's supervised-only loss head. Each mode trains one epoch over the same rows (one forward, backward and SGD
 step per batch, as `VLSFTTrainer` does; collation timed separately), after one untimed warm-up batch:
 - padded: random batches of `--batch` rows, padded to the longest (what `VLSFTTrainer` does by default);
@@ -41,7 +41,7 @@ from vlsft import VLSFTConfig  # noqa: E402
 from vlsft.collator import training_collator  # noqa: E402
 from vlsft.loss import attach_supervised_head  # noqa: E402
 from vlsft.packing import PackedCollator, plan_packs, row_lengths, use_packed_attention  # noqa: E402
-from vlsft.tiny_model import build_tiny_qwen3_vl  # noqa: E402
+from vlsft.testing.tiny_qwen3_vl import build_tiny_qwen3_vl  # noqa: E402
 
 IMAGE_TOKENS = 16  # a 128x128 image on the tiny Qwen3-VL (patch 16, 2x2 merge)
 TEMPLATE_TOKENS = 12  # role markers and newlines of one exchange

@@ -8,7 +8,7 @@ Decoding is timed on its own, so the collate columns compare the same work:
   beforehand), i.e. sampling indices, the video processor, the replacement text, rendering, tokenizing, masking;
 - processor: `Qwen3VLProcessor.apply_chat_template(..., tokenize=True)` with each video given as its full decoded
   frame array and its metadata (it samples the frames itself), the stock template;
-- decode, vlsft: `vlsft.video.load_video` (probe the packets, seek to and decode only the sampled frames);
+- decode, vlsft: `vlsft.data.video.load_video` (probe the packets, seek to and decode only the sampled frames);
 - decode, transformers: `transformers.video_utils.load_video(backend="pyav")` for the same frames (decodes from the
   start up to the last sampled frame), and for every frame (what the processor's path above needs).
 
@@ -50,9 +50,9 @@ def main(argv=None) -> int:
 
     from vlsft.collator import VisionChatCollator
     from vlsft.templates import stock_template, training_template
-    from vlsft.tiny_model import build_processor
-    from vlsft.tiny_video import write_moving_shape
-    from vlsft.video import LoadedVideo, load_video, probe_video
+    from vlsft.testing.tiny_qwen3_vl import build_processor
+    from vlsft.testing.tiny_video import write_moving_shape
+    from vlsft.data.video import LoadedVideo, load_video, probe_video
 
     torch.set_num_threads(args.threads)
     processor = build_processor()

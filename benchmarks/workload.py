@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
-from vlsft.tiny_model import build_processor, build_tiny_qwen3_vl, qwen_vision_token_ids
+from vlsft.testing.tiny_qwen3_vl import build_processor, build_tiny_qwen3_vl, qwen_vision_token_ids
 
 # Words the tiny tokenizer was trained on, so a word is about one token and row lengths are predictable.
 _WORDS = (

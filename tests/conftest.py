@@ -8,7 +8,7 @@ import copy
 import pytest
 from PIL import Image
 
-from vlsft.tiny_model import build_tiny_qwen3_vl
+from vlsft.testing.tiny_qwen3_vl import build_tiny_qwen3_vl
 
 TOOLS = [
     {

@@ -8,10 +8,10 @@ import pytest
 import torch
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from vlsft import demo_data
+from vlsft.testing import demo_data
 from vlsft.answer_eval import AnswerAccuracyCallback, answer_accuracy, normalize_answer, split_final_answer
 from vlsft.loss import attach_supervised_head
-from vlsft.tiny_model import build_tiny_qwen3_vl
+from vlsft.testing.tiny_qwen3_vl import build_tiny_qwen3_vl
 
 
 class ScriptedModel(torch.nn.Module):

@@ -96,7 +96,7 @@ def test_gpu_model_is_qwen3_vl_2b_shaped(bench):
     from transformers import Qwen3VLForConditionalGeneration
     from workload import qwen3_vl_2b_config
 
-    from vlsft.tiny_model import build_processor
+    from vlsft.testing.tiny_qwen3_vl import build_processor
 
     with torch.device("meta"):
         model = Qwen3VLForConditionalGeneration(qwen3_vl_2b_config(build_processor()))

@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from tests.test_recipe import REPO
-from vlsft.recipe import DEEPSPEED_LAYOUTS, LAYOUTS, load_recipe
-from vlsft.train import build_training_config
+from vlsft.recipes.layouts import DEEPSPEED_LAYOUTS, LAYOUTS
+from vlsft.recipes.loading import load_recipe
+from vlsft.recipes.build import build_training_config
 
 pytest.importorskip("deepspeed")
 
@@ -27,7 +28,7 @@ AUTO_KEYS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "t
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    from vlsft.tiny_model import build_tiny_qwen3_vl
+    from vlsft.testing.tiny_qwen3_vl import build_tiny_qwen3_vl
 
     return build_tiny_qwen3_vl()[0]
 

@@ -8,11 +8,11 @@ import io
 import pytest
 
 from tests.test_masks import supervised_runs
-from vlsft import demo_data
+from vlsft.testing import demo_data
 from vlsft.collator import IGNORE_INDEX, VisionChatCollator
-from vlsft.data import count_image_placeholders, load_image
+from vlsft.data.rows import count_image_placeholders, load_image
 from vlsft.templates import training_template
-from vlsft.tiny_model import build_processor
+from vlsft.testing.tiny_qwen3_vl import build_processor
 
 
 def png_bytes(image) -> bytes:

@@ -217,7 +217,7 @@ def test_moe_load_balancing_loss_found_after_fsdp2_swaps_the_class(tmp_path):
     from torch.distributed.fsdp import fully_shard
 
     from vlsft.loss import attach_supervised_head
-    from vlsft.tiny_families import build_tiny
+    from vlsft.testing.tiny_families import build_tiny
 
     model, _ = build_tiny("qwen3_vl_moe")
     model.config.get_text_config().output_router_logits = True
@@ -245,7 +245,7 @@ def test_weighted_rows_two_processes_equal_the_hand_computed_step(tmp_path):
     from tests.test_weights import rows_only, weighted_reference_loss
     from vlsft.collator import training_collator
     from vlsft.config import VLSFTConfig
-    from vlsft.tiny_model import build_tiny_qwen3_vl
+    from vlsft.testing.tiny_qwen3_vl import build_tiny_qwen3_vl
 
     model, processor = build_tiny_qwen3_vl(seed=0)
     start = {n: p.detach().clone() for n, p in model.named_parameters()}

@@ -50,7 +50,7 @@ def test_vlsft_train_zero3_lora_save_merged(tmp_path):
     from peft import PeftModel
     from transformers import Qwen3VLForConditionalGeneration
 
-    from vlsft.tiny_model import save_tiny_qwen3_vl
+    from vlsft.testing.tiny_qwen3_vl import save_tiny_qwen3_vl
 
     base_dir = save_tiny_qwen3_vl(tmp_path / "base", seed=0)
     recipe = demo_recipe(

@@ -30,8 +30,8 @@ from trl.data_utils import prepare_multimodal_messages
 from tests.conftest import IMAGE, _shapes, assistant, image, user
 from vlsft import VLSFTConfig, VLSFTTrainer
 from vlsft.collator import IGNORE_INDEX, RowError, VisionChatCollator
-from vlsft.data import normalize_messages
-from vlsft.recipe import load_recipe
+from vlsft.data.rows import normalize_messages
+from vlsft.recipes.loading import load_recipe
 from vlsft.model_parts import (
     FAMILY_PARTS,
     component_of,
@@ -49,8 +49,8 @@ from vlsft.templates import (
     stock_template,
     training_template,
 )
-from vlsft.tiny_families import build_tiny
-from vlsft.validation import InvalidRowsError
+from vlsft.testing.tiny_families import build_tiny
+from vlsft.data.validation import InvalidRowsError
 
 FAMILY_NAMES = ["qwen3_vl_moe", "qwen2_5_vl", "gemma3", "idefics3", "smolvlm", "llava_next", "gemma4_v5"]
 
@@ -470,7 +470,7 @@ def test_the_family_recipe_trains_the_tiny_model_end_to_end(family, tmp_path, mo
     """The shipped recipe, pointed at a tiny model saved to a directory and a local JSONL file: the processor and model
     load through the Auto classes, rows validate, and two optimizer steps train what the recipe says. LoRA recipes
     also adapt the vision blocks and train the merger whole (`modules_to_save`), on the family's real module names."""
-    from vlsft.train import main
+    from vlsft.cli.train import main
 
     model, processor = tiny(family)
     model.save_pretrained(tmp_path / "model")

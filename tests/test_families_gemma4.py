@@ -25,7 +25,7 @@ from tests.test_loss import make_trainer
 from tests.test_weights import weighted_runs
 from vlsft import VLSFTConfig, VLSFTTrainer
 from vlsft.collator import IGNORE_INDEX, RowError, VisionChatCollator, row_template_kwargs, training_collator
-from vlsft.data import normalize_messages
+from vlsft.data.rows import normalize_messages
 from vlsft.templates import (
     FAMILIES,
     detect_family,
@@ -35,7 +35,7 @@ from vlsft.templates import (
     stock_template,
     training_template,
 )
-from vlsft.validation import InvalidRowsError
+from vlsft.data.validation import InvalidRowsError
 
 REVISIONS = ["gemma4_v5", "gemma4_v4", "gemma4", "gemma4_v3", "gemma4_v2"]
 CURRENT = "gemma4_v5"

@@ -39,9 +39,9 @@ from tests.test_families import (
 from tests.test_weights import weighted_runs
 from vlsft import VLSFTConfig, VLSFTTrainer
 from vlsft.collator import IGNORE_INDEX, RowError, VisionChatCollator
-from vlsft.data import normalize_messages
+from vlsft.data.rows import normalize_messages
 from vlsft.model_parts import FAMILY_PARTS, component_of, lora_target_modules, merger_module_names
-from vlsft.recipe import load_recipe
+from vlsft.recipes.loading import load_recipe
 from vlsft.templates import (
     FAMILIES,
     QWEN3_5_FAMILIES,
@@ -51,8 +51,8 @@ from vlsft.templates import (
     stock_template,
     training_template,
 )
-from vlsft.tiny_families import qwen3_5_processor, qwen3_5_tokenizer
-from vlsft.validation import InvalidRowsError
+from vlsft.testing.tiny_families import qwen3_5_processor, qwen3_5_tokenizer
+from vlsft.data.validation import InvalidRowsError
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATES = list(QWEN3_5_FAMILIES)  # qwen3_5_think, qwen3_5_nothink, qwen3_6, qwen3_8
@@ -698,7 +698,7 @@ def test_the_recipe_trains_the_tiny_hybrid_model_end_to_end(family, tmp_path, mo
     """The shipped recipe on a tiny model saved to a directory and a JSONL file with reasoning, tool calls and a
     per-row `chat_template_kwargs` column: two LoRA steps on the language model (linear attention included), the
     vision blocks and the merger."""
-    from vlsft.train import main
+    from vlsft.cli.train import main
 
     model, processor = tiny(family)
     model.save_pretrained(tmp_path / "model")

@@ -215,7 +215,7 @@ def test_html_page_in_a_real_browser(processor, tmp_path):
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "gemma3", "idefics3", "llava_next"])
 def test_every_family_is_shown_as_it_trains(family, tmp_path):
-    tiny_families = pytest.importorskip("vlsft.tiny_families", reason="the model families are not merged yet")
+    tiny_families = pytest.importorskip("vlsft.testing.tiny_families", reason="the model families are not merged yet")
     _, processor = tiny_families.build_tiny(family)
     row = {"messages": [user(IMAGE, "What colour?"), assistant("Blue.")], "images": [image(BLUE, (64, 48))]}
     (view,) = vlsft.inspect([row], processor, args=args_for(tmp_path), rows="0", html=tmp_path / "row.html", file=quiet())

@@ -67,7 +67,7 @@ def test_console_script_dispatches_train_and_inspect(tmp_path, monkeypatch, caps
         [str(BIN / "vlsft"), "train", "--config", str(recipe), "--dry-run"], env=ENV, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "launch     accelerate launch --config_file" in result.stdout
+    assert f"-m vlsft.train --config {recipe}\n" in result.stdout  # one CPU process: trained by `vlsft train` itself
 
     import types
 
@@ -87,7 +87,7 @@ def test_bad_rows_end_the_command_with_their_list_and_no_traceback(tmp_path, cap
 
     from PIL import Image as PILImage
 
-    from vlsft.train import main
+    from vlsft.cli.train import main
 
     PILImage.new("RGB", (64, 64), (255, 0, 0)).save(tmp_path / "ok.png")
     rows = [

@@ -8,11 +8,12 @@ import torch
 from peft import PeftModel, get_peft_model
 
 from tests.test_recipe import REPO, tiny_recipe, write_colour_dataset, write_recipe
-from vlsft import plan
-from vlsft import train as train_module
+from vlsft.recipes import plan
+from vlsft.cli.train import main as train_main
+from vlsft.recipes import build as train_module
 from vlsft.model_parts import component_of
-from vlsft.recipe import load_recipe, recipe_from_dict
-from vlsft.tiny_model import build_tiny_qwen3_vl
+from vlsft.recipes.loading import load_recipe, recipe_from_dict
+from vlsft.testing.tiny_qwen3_vl import build_tiny_qwen3_vl
 
 
 def lora_recipe(**lora):
@@ -134,5 +135,5 @@ def test_qlora_without_bitsandbytes_fails_before_loading_anything(monkeypatch):
         monkeypatch.setattr(train_module, name, must_not_load)
     monkeypatch.chdir(REPO)
     with pytest.raises(RuntimeError, match="bitsandbytes") as error:
-        train_module.main(["--config", "recipes/qlora.yaml", "--max_steps", "1"])
+        train_main(["--config", "recipes/qlora.yaml", "--max_steps", "1"])
     assert "lora.load_in_4bit: false" in str(error.value)

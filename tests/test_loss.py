@@ -182,7 +182,7 @@ def test_a_deep_copy_of_a_trained_model_runs_its_own_weights(tiny, tmp_path):
 
 def test_moe_load_balancing_loss_is_added_with_its_coefficient(tmp_path):
     """Qwen3-VL-MoE with `router_aux_loss_coef`: loss = supervised NLL mean + coef x the model's own aux loss."""
-    from vlsft.tiny_families import build_tiny
+    from vlsft.testing.tiny_families import build_tiny
 
     model, processor = build_tiny("qwen3_vl_moe")
     rows = rows_of_different_lengths()

@@ -9,7 +9,7 @@ from datasets import Dataset
 from trl.data_utils import prepare_multimodal_messages
 
 from vlsft.collator import IGNORE_INDEX, RowError, VisionChatCollator
-from vlsft.templates import stock_qwen3_vl_template, training_template
+from vlsft.templates import stock_template, training_template
 
 VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 SHAPE_NAMES = [
@@ -104,7 +104,7 @@ def test_inputs_identical_to_the_processor(collator, processor, shapes):
         return processor.apply_chat_template(
             conversations,
             tools=tools,
-            chat_template=stock_qwen3_vl_template(),
+            chat_template=stock_template("qwen3_vl"),
             tokenize=True,
             return_dict=True,
             return_tensors="pt",

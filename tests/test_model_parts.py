@@ -17,8 +17,8 @@ from vlsft.model_parts import (
     named_parameters_by_component,
     parameter_groups,
 )
-from vlsft.recipe import recipe_from_dict
-from vlsft.tiny_model import build_tiny_qwen3_vl
+from vlsft.recipes.loading import recipe_from_dict
+from vlsft.testing.tiny_qwen3_vl import build_tiny_qwen3_vl
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def test_freezing_turns_off_exactly_the_asked_components(model, vision_tower, me
 
 
 def test_train_build_model_applies_the_recipe_freeze_flags():
-    from vlsft.train import build_model
+    from vlsft.recipes.build import build_model
 
     raw = {
         "model": {"name_or_path": "tiny-qwen3-vl", "freeze_vision_tower": True, "tiny": {"hidden_size": 32}},
@@ -134,7 +134,7 @@ def test_parameter_groups_give_each_component_its_learning_rate(model):
 def test_trainer_optimizer_uses_component_learning_rates(tmp_path):
     """One step with a zero learning rate for the vision tower and the language model: only the merger moves."""
     from vlsft.config import VLSFTConfig
-    from vlsft.demo_data import load_demo_split
+    from vlsft.testing.demo_data import load_demo_split
     from vlsft.trainer import VLSFTTrainer
 
     model, processor = build_tiny_qwen3_vl(seed=0)

@@ -21,8 +21,8 @@ from vlsft import VLSFTConfig, VLSFTTrainer
 from vlsft.collator import IGNORE_INDEX, VisionChatCollator, training_collator
 from vlsft.packing import PACKED_SDPA, PackedCollator, check_packing_support, plan_packs, row_lengths, use_packed_attention
 from vlsft.templates import training_template
-from vlsft.tiny_families import build_tiny
-from vlsft.tiny_video import write_moving_shape
+from vlsft.testing.tiny_families import build_tiny
+from vlsft.testing.tiny_video import write_moving_shape
 
 SCRIPT = Path(__file__).parent / "scripts" / "one_step.py"
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")

@@ -19,7 +19,7 @@ from trl.data_utils import prepare_multimodal_messages
 
 from tests.test_masks import PROCESSOR_SHAPES, SHAPE_NAMES, VISION_TOKENS, supervised_runs
 from vlsft.collator import IGNORE_INDEX, VisionChatCollator
-from vlsft.data import normalize_messages
+from vlsft.data.rows import normalize_messages
 from vlsft.templates import stock_template, training_template
 
 # sha256 of Qwen/Qwen3-VL-8B-Instruct's files (the issue quotes their first and last hex digits).

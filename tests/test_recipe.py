@@ -5,6 +5,7 @@ held-out eval, weighted mixture)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import datasets
@@ -12,10 +13,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from vlsft import plan
-from vlsft import train as train_module
-from vlsft.recipe import RecipeError, load_recipe, mixture_counts, recipe_from_dict
-from vlsft.train import build_datasets, main
+from vlsft.recipes import plan
+from vlsft.recipes.datasets import mixture_counts
+from vlsft.recipes.loading import load_recipe, recipe_from_dict
+from vlsft.recipes.schema import RecipeError
+from vlsft.cli.train import main
+from vlsft.recipes.datasets import build_datasets
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
@@ -94,30 +97,50 @@ def test_at_least_three_recipes_ship():
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda path: path.name)
 def test_every_shipped_recipe_passes_dry_run(recipe, capsys, monkeypatch):
+    from vlsft.recipes.launch import launch_argv, launch_command
+    from vlsft.recipes.layouts import CONFIGS_DIR
+
     monkeypatch.chdir(REPO)
     assert main(["--config", f"recipes/{recipe.name}", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    loaded = load_recipe(recipe)
+    loaded = load_recipe(f"recipes/{recipe.name}")
     layout = loaded.layout
-    expected = (
-        f"accelerate launch --config_file configs/{layout.strategy}.yaml"
-        + (" --cpu" if layout.strategy == "cpu" else "")
-        + f" --num_processes {layout.num_processes} --num_machines {layout.nodes}"
-    )
-    assert expected in out
-    assert f"vlsft/train.py --config recipes/{recipe.name}" in out
-    assert (REPO / "configs" / f"{layout.strategy}.yaml").is_file()
+    # The plan shows the exact command `vlsft train` runs on this machine ...
+    assert f"launch     {launch_command(loaded)}\n" in out
+    # ... and on GPUs that is the layout's shipped accelerate config (and DeepSpeed JSON), found by absolute path.
+    command = launch_argv(loaded, gpu=True)
+    assert command[-4:] == ["-m", "vlsft.train", "--config", f"recipes/{recipe.name}"]
+    if layout.num_processes > 1 or layout.deepspeed_config or layout.strategy == "fsdp2":
+        config = command[command.index("--config_file") + 1]
+        assert config == str(CONFIGS_DIR / f"{layout.strategy}.yaml") and os.path.isfile(config)
+        assert command[command.index("--num_processes") + 1] == str(layout.num_processes)
+        if layout.deepspeed_config:
+            assert os.path.isfile(command[command.index("--deepspeed_config_file") + 1])
+    else:
+        assert "accelerate" not in " ".join(command)  # one process: trained in the `vlsft train` process itself
+    assert (REPO / "configs" / f"{layout.strategy}.yaml").is_file()  # the top-level link to the shipped configs
 
 
 def test_dry_run_prints_the_plan_of_the_main_recipe(capsys, monkeypatch):
+    from vlsft.recipes.launch import _accelerate_executable, has_gpu, launch_command
+    from vlsft.recipes.layouts import CONFIGS_DIR
+
     monkeypatch.chdir(REPO)
     assert main(["--config", "recipes/qwen3vl.yaml", "--dry-run", "--max_steps", "100"]) == 0
     out = capsys.readouterr().out
     launch = next(line for line in out.splitlines() if line.startswith("launch"))
-    assert launch.split(None, 1)[1] == (
-        "accelerate launch --config_file configs/zero3.yaml --num_processes 8 --num_machines 1 "
-        "vlsft/train.py --config recipes/qwen3vl.yaml --max_steps 100"
+    gpu_command = (
+        f"{_accelerate_executable()} launch --config_file {CONFIGS_DIR}/zero3.yaml --deepspeed_config_file "
+        f"{CONFIGS_DIR}/ds_zero3.json --num_processes 8 --num_machines 1 -m vlsft.train --config recipes/qwen3vl.yaml "
+        "--max_steps 100"
     )
+    cpu_command = (
+        f"{_accelerate_executable()} launch --multi_gpu --num_processes 8 --num_machines 1 --mixed_precision no "
+        "--dynamo_backend no --main_process_port 29500 -m vlsft.train --config recipes/qwen3vl.yaml --max_steps 100"
+    )
+    assert launch.split(None, 1)[1] == (gpu_command if has_gpu() else cpu_command)
+    recipe = load_recipe("recipes/qwen3vl.yaml")
+    assert launch_command(recipe, ["--max_steps", "100"], gpu=True) == gpu_command
     assert "2 per device x 4 accumulation x 8 process(es) = 64 rows per optimizer step" in out
     assert "max_steps 100" in out
     lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
@@ -129,7 +152,7 @@ def test_dry_run_prints_the_plan_of_the_main_recipe(capsys, monkeypatch):
 def test_dry_run_counts_parameters_and_rows_without_loading(tmp_path, colour_data, capsys):
     """A local model directory is counted on the meta device; local JSONL rows are counted from the file."""
     from vlsft.model_parts import parameter_counts
-    from vlsft.tiny_model import build_tiny_qwen3_vl, save_tiny_qwen3_vl
+    from vlsft.testing.tiny_qwen3_vl import build_tiny_qwen3_vl, save_tiny_qwen3_vl
 
     model_dir = save_tiny_qwen3_vl(tmp_path / "model")
     raw = tiny_recipe(colour_data, tmp_path / "out", model={"name_or_path": str(model_dir), "freeze_vision_tower": True})
@@ -333,7 +356,7 @@ def test_local_jsonl_parquet_and_image_folder_all_load_through_load_dataset(tmp_
     assert len(load_calls) == 3  # one `datasets.load_dataset` per source, whatever its kind
     assert len(train) == 6 + 6 + 4
     assert answers(train)[-4:] == ["red", "blue", "green", "red"]
-    from vlsft.data import load_image, row_images
+    from vlsft.data.rows import load_image, row_images
 
     for row in train:  # every image resolves and decodes: relative paths against the JSONL's directory
         images = row_images(row)
@@ -424,7 +447,7 @@ def test_sources_with_different_message_schemas_concatenate(tmp_path):
         assert all(isinstance(item, dict) for message in row["messages"] for item in message["content"] or [])
     from vlsft.collator import VisionChatCollator
     from vlsft.templates import training_template
-    from vlsft.tiny_model import build_processor
+    from vlsft.testing.tiny_qwen3_vl import build_processor
 
     batch = VisionChatCollator(build_processor(), training_template("qwen3_vl"))([train[i] for i in range(len(train))])
     assert batch["input_ids"].shape[0] == 10 and (batch["labels"] != -100).any()
@@ -447,7 +470,7 @@ def test_text_only_rows_and_the_training_image_root(tmp_path):
     assert train[1]["images"][0]["path"] == "images/train_0.png"
     from vlsft.collator import VisionChatCollator
     from vlsft.templates import training_template
-    from vlsft.tiny_model import build_processor
+    from vlsft.testing.tiny_qwen3_vl import build_processor
 
     collator = VisionChatCollator(build_processor(), training_template("qwen3_vl"), image_root=str(images.parent))
     batch = collator([train[0], train[1]])
@@ -455,17 +478,17 @@ def test_text_only_rows_and_the_training_image_root(tmp_path):
 
 
 def test_multi_node_launch_command():
-    from vlsft.recipe import launch_command
+    from vlsft.recipes.launch import launch_command
 
-    recipe = recipe_from_dict(minimal(layout={"strategy": "zero3", "gpus_per_node": 8, "nodes": 2}))
-    command = launch_command(recipe, "recipes/x.yaml")
-    assert "--num_processes 16 --num_machines 2 --machine_rank $NODE_RANK --main_process_ip $MAIN_HOST" in command
-    assert command.endswith("vlsft/train.py --config recipes/x.yaml") or "train.py --config recipes/x.yaml" in command
+    recipe = recipe_from_dict(minimal(layout={"strategy": "zero3", "gpus_per_node": 8, "nodes": 2}), path="recipes/x.yaml")
+    command = launch_command(recipe, gpu=True)
+    assert "--num_processes 16 --num_machines 2 --machine_rank '$NODE_RANK' --main_process_ip '$MAIN_HOST'" in command
+    assert command.endswith("-m vlsft.train --config recipes/x.yaml")
 
 
 def test_eval_answer_accuracy_wires_the_callback(tmp_path):
     from vlsft.answer_eval import AnswerAccuracyCallback
-    from vlsft.train import build_trainer
+    from vlsft.recipes.build import build_trainer
 
     raw = tiny_recipe(tmp_path, tmp_path / "out")
     raw["data"] = {

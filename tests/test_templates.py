@@ -7,16 +7,16 @@ import pytest
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from tests.conftest import IMAGE, TOOLS, assistant, tool, user, zoom_call
-from vlsft.data import normalize_messages
+from vlsft.data.rows import normalize_messages
 from vlsft.templates import (
     detect_family,
     has_generation_markers,
+    stock_template,
     resolve_training_template,
-    stock_qwen3_vl_template,
     training_template,
 )
 
-STOCK = stock_qwen3_vl_template()
+STOCK = stock_template("qwen3_vl")
 TRAINING = training_template("qwen3_vl")
 
 
@@ -99,7 +99,7 @@ def test_trainer_rejects_an_unknown_template_with_the_fix(tiny, tmp_path):
     from datasets import Dataset
 
     from vlsft import VLSFTConfig, VLSFTTrainer
-    from vlsft.tiny_model import build_processor
+    from vlsft.testing.tiny_qwen3_vl import build_processor
 
     model, _ = tiny
     processor = build_processor(chat_template="{% for m in messages %}{{ m.content }}{% endfor %}")

@@ -14,7 +14,7 @@ from trl import SFTConfig, SFTTrainer
 
 from tests.conftest import IMAGE, assistant, image, user
 from vlsft import VLSFTConfig, VLSFTTrainer
-from vlsft.tiny_model import save_tiny_qwen3_vl
+from vlsft.testing.tiny_qwen3_vl import save_tiny_qwen3_vl
 
 
 def dataset():

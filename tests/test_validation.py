@@ -17,8 +17,8 @@ from tests.conftest import IMAGE, assistant, image, user
 from vlsft import VLSFTConfig, VLSFTTrainer
 from vlsft.collator import RowError, VisionChatCollator
 from vlsft.templates import resolve_training_template
-from vlsft.training_rows import TrainingRowError
-from vlsft.validation import (
+from vlsft.data.training_rows import TrainingRowError
+from vlsft.data.validation import (
     MAX_LISTED_ROWS,
     InvalidRowsError,
     RowChecker,
@@ -124,7 +124,7 @@ def test_skip_trains_on_the_good_rows_only(tiny, tmp_path, image_files, caplog):
     args = config(tmp_path, invalid_rows="skip", max_steps=-1, num_train_epochs=1, per_device_train_batch_size=2)
     collator = RecordingCollator(processor, resolve_training_template(processor.chat_template), max_length=MAX_LENGTH)
     collator.seen = []
-    with caplog.at_level(logging.WARNING, logger="vlsft.validation"):
+    with caplog.at_level(logging.WARNING, logger="vlsft.data.validation"):
         trainer = VLSFTTrainer(
             copy.deepcopy(model), args=args, data_collator=collator, train_dataset=Dataset.from_list(data), processing_class=processor
         )
@@ -234,7 +234,7 @@ def test_skip_filters_eval_datasets_and_refuses_an_empty_one(processor, tmp_path
 def test_an_iterable_dataset_is_left_with_a_warning(processor, tmp_path, image_files, caplog):
     rows = [good_row(image_files["missing"])]
     iterable = IterableDataset.from_generator(lambda: iter(rows))
-    with caplog.at_level(logging.WARNING, logger="vlsft.validation"):
+    with caplog.at_level(logging.WARNING, logger="vlsft.data.validation"):
         out, _ = validate_datasets(iterable, None, collator_for(processor), config(tmp_path))
     assert out is iterable
     assert "IterableDataset, whose rows cannot be checked before training" in caplog.text
@@ -373,7 +373,7 @@ FAMILIES_TO_CHECK = ["qwen3_vl", "qwen3_vl_moe", "qwen2_5_vl", "gemma3", "idefic
 def test_validation_agrees_with_the_collator_on_every_family(family, image_files):
     """For every supported family, a row validation passes is one the collator trains on (same length and supervised
     count), and each bad row is one the collator refuses or would train on nothing of."""
-    tiny_families = pytest.importorskip("vlsft.tiny_families", reason="the model families are not merged yet")
+    tiny_families = pytest.importorskip("vlsft.testing.tiny_families", reason="the model families are not merged yet")
     _, processor = tiny_families.build_tiny(family)
     template = resolve_training_template(processor.chat_template)
     good = image_files["good"]

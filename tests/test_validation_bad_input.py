@@ -20,11 +20,11 @@ from PIL import Image, ImageOps
 from tests.conftest import IMAGE, assistant, image, tool, user, zoom_call
 from vlsft import VLSFTConfig, VLSFTTrainer
 from vlsft.collator import IGNORE_INDEX, VisionChatCollator
-from vlsft.data import load_image
+from vlsft.data.rows import load_image
 from vlsft.templates import FAMILIES, resolve_training_template
-from vlsft.tiny_families import build_tiny
-from vlsft.training_rows import TrainingRowError
-from vlsft.validation import InvalidRowsError, RowChecker, validate_datasets, validate_rows
+from vlsft.testing.tiny_families import build_tiny
+from vlsft.data.training_rows import TrainingRowError
+from vlsft.data.validation import InvalidRowsError, RowChecker, validate_datasets, validate_rows
 
 FAMILY_NAMES = list(FAMILIES)
 
@@ -192,7 +192,7 @@ def test_a_cut_final_end_of_turn_is_a_bad_row_and_truncation_is_reported(tiny, t
     with pytest.raises(InvalidRowsError, match="row 0: max_length=.* cuts the final end-of-turn token"):
         VLSFTTrainer(model, args=args, train_dataset=dataset, processing_class=processor)
     args = VLSFTConfig(output_dir=str(tmp_path), report_to="none", max_length=max_length, allow_truncated_end_of_turn=True)
-    with caplog.at_level(logging.WARNING, logger="vlsft.validation"):
+    with caplog.at_level(logging.WARNING, logger="vlsft.data.validation"):
         validate_datasets(dataset, None, cut, args)
     assert f"max_length={max_length} truncates 1 of 3 train dataset rows, removing 3 supervised token(s)" in caplog.text
 
@@ -363,7 +363,7 @@ def test_a_row_failing_mid_run_is_skipped_and_counted(tiny, tmp_path, caplog):
     # `group_by_length` samples from the dataset's `length` column: the indexed view must keep it working.
     trainer = mid_run_trainer(tiny, tmp_path, rows, invalid_rows="skip", train_sampling_strategy="group_by_length")
     (tmp_path / "images" / "5.png").unlink()
-    with caplog.at_level(logging.WARNING, logger="vlsft.training_rows"):
+    with caplog.at_level(logging.WARNING, logger="vlsft.data.training_rows"):
         trainer.train()
     assert trainer.state.global_step == 4  # one epoch (8 rows, 2 a step): row 5 comes up once
     assert trainer.rows_skipped_in_training["train dataset"] == 1

@@ -15,13 +15,15 @@ from tests.conftest import assistant, user
 from vlsft import VLSFTConfig, VLSFTTrainer
 from vlsft.cli import main as cli_main
 from vlsft.collator import VisionChatCollator
-from vlsft.formats import convert_conversations
+from vlsft.data.formats import convert_conversations
 from vlsft.inspection import select_rows
-from vlsft.recipe import RecipeError, load_recipe
-from vlsft.sources import build_datasets
+from vlsft.recipes.loading import load_recipe
+from vlsft.recipes.schema import RecipeError
+from vlsft.recipes.datasets import build_datasets
 from vlsft.templates import resolve_training_template
-from vlsft.train import check_model_source, main
-from vlsft.validation import validate_rows
+from vlsft.cli.train import main
+from vlsft.recipes.build import check_model_source
+from vlsft.data.validation import validate_rows
 
 
 def llava_rows(directory):

@@ -21,10 +21,10 @@ from tests.test_loss import make_trainer
 from tests.test_masks import supervised_runs
 from vlsft.collator import IGNORE_INDEX, RowError, VisionChatCollator
 from vlsft.templates import stock_template, training_template
-from vlsft.tiny_families import build_tiny_qwen2_5_vl
-from vlsft.tiny_video import moving_shape_frames, write_moving_shape, write_video, write_zero_frame_video
-from vlsft.validation import validate_rows
-from vlsft.video import load_video, probe_video
+from vlsft.testing.tiny_families import build_tiny_qwen2_5_vl
+from vlsft.testing.tiny_video import moving_shape_frames, write_moving_shape, write_video, write_zero_frame_video
+from vlsft.data.validation import validate_rows
+from vlsft.data.video import load_video, probe_video
 
 QUESTION = "Which way does the square move?"
 VIDEO_ITEM = {"type": "video"}
@@ -419,7 +419,7 @@ def test_validation_counts_video_tokens_without_processing_pixels(tiny, videos):
 
 
 def test_skip_mode_counts_bad_video_rows(qwen3, videos):
-    from vlsft.validation import _skip_summary
+    from vlsft.data.validation import _skip_summary
 
     processor, collator = qwen3
     rows = [video_row(str(videos["mp4"])), video_row(str(videos["corrupt"])), video_row(str(videos["one_frame"]))]
@@ -469,11 +469,12 @@ def test_video_recipe_dry_runs_and_trains_on_the_tiny_model(tmp_path, capsys, mo
     trains (LoRA, videos decoded in a dataloader worker) and the loss is finite."""
     import math
 
-    from vlsft import train as train_module
-    from vlsft.recipe import load_recipe
+    from vlsft.cli.train import main as train_main
+    from vlsft.recipes import build as train_module
+    from vlsft.recipes.loading import load_recipe
 
     recipe_path = Path(__file__).resolve().parents[1] / "recipes" / "qwen3vl_video_lora.yaml"
-    assert train_module.main(["--config", str(recipe_path), "--dry-run"]) == 0
+    assert train_main(["--config", str(recipe_path), "--dry-run"]) == 0
     data = write_video_jsonl(tmp_path / "data")
     recipe = load_recipe(
         recipe_path,
@@ -578,7 +579,7 @@ def test_video_demo_learns_which_way_the_square_moves(tmp_path):
     # One thread: the run is then the one the README's figures come from (CPU kernels sum in another order with
     # another thread count, and 600 steps on a tiny model amplify that; with 2 threads one run reached 45%).
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "vlsft.demo_video", str(data)], cwd=repo, env=env, check=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "vlsft.testing.demo_video", str(data)], cwd=repo, env=env, check=True, timeout=300)
     accelerate = Path(sys.executable).with_name("accelerate")
     command = [str(accelerate), "launch", "--num_processes", "1", "--cpu", "vlsft/train.py",
                "--config", "recipes/demo_video.yaml", "--output_dir", str(output_dir),
@@ -619,8 +620,8 @@ def test_recipe_mixes_video_and_image_sources(tmp_path, tiny):
     """A video JSONL (relative clip paths) mixed with an image-only JSONL: image rows get an empty `videos` list,
     clip paths resolve against their file's directory, and the mixed rows collate."""
     from tests.test_recipe import minimal, write_colour_dataset
-    from vlsft.recipe import recipe_from_dict
-    from vlsft.train import build_datasets
+    from vlsft.recipes.loading import recipe_from_dict
+    from vlsft.recipes.datasets import build_datasets
 
     video_file = write_video_jsonl(tmp_path / "video", rows=4)
     image_file = write_colour_dataset(tmp_path / "images", rows=3)

@@ -317,7 +317,7 @@ def test_reasoning_weight_scales_the_think_block_of_trained_turns(tiny, processo
 
 
 def test_reasoning_weight_needs_a_family_with_reasoning_markers(tmp_path):
-    from vlsft.tiny_families import build_tiny
+    from vlsft.testing.tiny_families import build_tiny
 
     _, processor = build_tiny("qwen2_5_vl")
     with pytest.raises(ValueError, match="Qwen2.5-VL has no reasoning format.*reasoning_weight"):
@@ -336,7 +336,7 @@ BAD_ROWS = [
 
 
 def test_bad_weights_are_bad_rows_named_before_training(tiny, processor, tmp_path):
-    from vlsft.validation import InvalidRowsError, validate_datasets, validate_rows
+    from vlsft.data.validation import InvalidRowsError, validate_datasets, validate_rows
 
     good = {"messages": [user(IMAGE, "Colour?"), assistant("Red.")], "images": [image()]}
     rows = [good] + [{"messages": [user(IMAGE, "Colour?"), answer], "images": [image()]} for answer, _ in BAD_ROWS]
@@ -383,8 +383,9 @@ def test_inspect_shows_weights_and_context_only_turns(processor, tmp_path):
 
 def test_recipe_checks_the_values(tmp_path, capsys):
     from tests.test_recipe import minimal, write_recipe
-    from vlsft.recipe import RecipeError, recipe_from_dict
-    from vlsft.train import main
+    from vlsft.recipes.loading import recipe_from_dict
+    from vlsft.recipes.schema import RecipeError
+    from vlsft.cli.train import main
 
     with pytest.raises(RecipeError, match="`training.train_on_turns` must be one of 'all', 'last'"):
         recipe_from_dict(minimal(training={"train_on_turns": "first"}))

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from vlsft.data import count_image_placeholders, load_image, normalize_messages, row_images
+from vlsft.data.rows import count_image_placeholders, load_image, normalize_messages, row_images
 
 _PUNCTUATION = string.punctuation + " \t\n"
 

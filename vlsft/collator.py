@@ -33,7 +33,7 @@ from jinja2 import TemplateError
 from transformers import ProcessorMixin
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from vlsft.data import ImagesNotAListError, load_image, normalize_messages, row_images, row_videos
+from vlsft.data.rows import ImagesNotAListError, load_image, normalize_messages, row_images, row_videos
 from vlsft.templates import (
     FAMILIES,
     QWEN3_5_FAMILIES,
@@ -45,7 +45,7 @@ from vlsft.templates import (
     resolve_training_template,
     split_inline_reasoning,
 )
-from vlsft.video import LoadedVideo, VideoLoadError, load_video
+from vlsft.data.video import LoadedVideo, VideoLoadError, load_video
 from vlsft.weights import TurnWeightError, turn_weights
 
 IGNORE_INDEX = -100

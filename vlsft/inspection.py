@@ -28,7 +28,7 @@ from typing import Any, TextIO
 from vlsft.collator import VisionChatCollator, training_collator
 from PIL import Image
 
-from vlsft.data import ImageLoadError, load_image, row_images
+from vlsft.data.rows import ImageLoadError, load_image, row_images
 
 SUPERVISED_OPEN, SUPERVISED_CLOSE = "[[", "]]"
 # Assistant-turn tokens that do not train (weight 0: a context-only turn, `train_on_turns="last"`, ...).
@@ -96,7 +96,7 @@ class RowView:
 
 def view_row(row: dict[str, Any], index: int, collator: VisionChatCollator) -> RowView:
     """Collate one row with `collator` and cut its tokens into display segments."""
-    from vlsft.validation import RowChecker
+    from vlsft.data.validation import RowChecker
 
     view = RowView(index=index)
     (verdict,) = RowChecker(collator).check([row])
@@ -173,7 +173,7 @@ def view_row(row: dict[str, Any], index: int, collator: VisionChatCollator) -> R
 
 def _video_views(row: dict[str, Any], collator: VisionChatCollator, batch) -> list[VideoView]:
     """The row's videos as the collator samples them, with the tokens each one expands to."""
-    from vlsft.data import row_videos
+    from vlsft.data.rows import row_videos
 
     if getattr(collator, "video_token", None) is None or "video_grid_thw" not in batch:
         return []
@@ -436,8 +436,8 @@ def inspect(
         file: where the text goes (default stdout; pass `io.StringIO()` for none).
     """
     if config is not None:
-        from vlsft.train import build_datasets, build_processor, build_training_config
-        from vlsft.recipe import load_recipe
+        from vlsft.recipes.build import build_datasets, build_processor, build_training_config
+        from vlsft.recipes.loading import load_recipe
 
         recipe = load_recipe(config, list(overrides))
         processor = build_processor(recipe)
@@ -490,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--html", help="also write an HTML page with the images inline to this file")
     parser.add_argument("--color", default="auto", choices=("auto", "always", "never"), help="colour on a terminal")
     options, overrides = parser.parse_known_args(argv)
-    from vlsft.recipe import RecipeError
+    from vlsft.recipes.schema import RecipeError
 
     color = {"auto": None, "always": True, "never": False}[options.color]
     try:

@@ -47,7 +47,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, find_packed_sequence_indices, sdpa_mask
 
 from vlsft.collator import IGNORE_INDEX, VisionChatCollator
-from vlsft.data import row_images, row_videos
+from vlsft.data.rows import row_images, row_videos
 from vlsft.templates import FAMILIES, family_of_model
 
 # Families whose packed rows are proven isolated (tests/test_packing.py), and how their positions are built.
@@ -224,7 +224,7 @@ def plan_packs(lengths: Sequence[int], budget: int, seed: int = 0) -> list[list[
 def row_lengths(dataset, collator: VisionChatCollator, batch_size: int = 256) -> list[int]:
     """Every row's token count with image tokens expanded, before truncation, as validation counts it (the training
     collator's own rendering and tokenization; image token counts from the image sizes where the family allows)."""
-    from vlsft.validation import RowChecker  # validation imports the collator, as this module does
+    from vlsft.data.validation import RowChecker  # validation imports the collator, as this module does
 
     checker = RowChecker(collator, getattr(dataset, "features", None))
     lengths = []

@@ -227,10 +227,6 @@ def stock_template(family: str) -> str:
     return resources.files("trl").joinpath("chat_templates", f"{FAMILIES[family].stock_template}.jinja").read_text()
 
 
-def stock_qwen3_vl_template() -> str:
-    return stock_template("qwen3_vl")
-
-
 @lru_cache
 def training_template(family: str) -> str:
     """vlsft's generation-marked training template of a family (package data)."""

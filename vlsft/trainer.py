@@ -8,7 +8,7 @@ What it changes, each in one overridden method:
 - `_get_num_items_in_batch`: counts those tokens even for models that declare `accepts_loss_kwargs = False`
   (Qwen3-VL does, so `Trainer` would otherwise average every micro-batch on its own);
 - `get_train_dataloader` / `get_eval_dataloader`: each row carries its dataset index, and a row that fails to collate
-  mid-run is skipped and counted (`invalid_rows="skip"`) or named by that index (`vlsft.training_rows`);
+  mid-run is skipped and counted (`invalid_rows="skip"`) or named by that index (`vlsft.data.training_rows`);
 - `_save_checkpoint` / `train`: checkpoints written atomically, resume from the newest complete one, a checkpoint and
   a clean stop on SIGTERM (`vlsft.checkpoints`).
 """
@@ -42,8 +42,8 @@ from vlsft.packing import (
     use_packed_attention,
 )
 from vlsft.templates import has_generation_markers
-from vlsft.training_rows import FaultTolerantCollator, IndexedRows
-from vlsft.validation import validate_datasets
+from vlsft.data.training_rows import FaultTolerantCollator, IndexedRows
+from vlsft.data.validation import validate_datasets
 
 
 def as_vlsft_config(args: TrainingArguments | None, model) -> VLSFTConfig:
@@ -175,7 +175,7 @@ class VLSFTTrainer(SFTTrainer):
     @contextlib.contextmanager
     def _rows_named_by_index(self, attribute: str, entry: str | None, indices_key: str | None, label: str):
         """While a dataloader is built: the dataset at `self.<attribute>` (its `entry` when that is a dict) as
-        `IndexedRows`, and the collator wrapped to skip or name a row that fails (`vlsft.training_rows`)."""
+        `IndexedRows`, and the collator wrapped to skip or name a row that fails (`vlsft.data.training_rows`)."""
         original_datasets, original_collator = getattr(self, attribute), self.data_collator
         dataset = original_datasets[entry] if entry is not None else original_datasets
         indexed = IndexedRows(dataset, self._original_row_indices.get(indices_key))

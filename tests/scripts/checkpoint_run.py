@@ -23,7 +23,7 @@ from transformers import TrainerCallback  # noqa: E402
 
 from tests.test_resume import rows  # noqa: E402
 from vlsft import VLSFTConfig, VLSFTTrainer  # noqa: E402
-from vlsft.tiny_model import build_tiny_qwen3_vl  # noqa: E402
+from vlsft.testing.tiny_qwen3_vl import build_tiny_qwen3_vl  # noqa: E402
 
 
 class HangInSave(VLSFTTrainer):

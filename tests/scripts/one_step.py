@@ -26,8 +26,8 @@ from tests.test_weights import rows_only as weighted_rows  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 from vlsft import VLSFTConfig, VLSFTTrainer  # noqa: E402
 from vlsft.distributed import leave_distributed_run  # noqa: E402
-from vlsft.tiny_families import build_tiny  # noqa: E402
-from vlsft.tiny_model import build_tiny_qwen3_vl  # noqa: E402
+from vlsft.testing.tiny_families import build_tiny  # noqa: E402
+from vlsft.testing.tiny_qwen3_vl import build_tiny_qwen3_vl  # noqa: E402
 
 
 def mixed_rows():
@@ -41,7 +41,7 @@ def mixed_rows():
 def video_mixed_rows():
     """One row with a short video (a frame list: 4 frames, 2 temporal patches), one with an image, two text-only:
     with 2 rows per rank, whatever the sampler does, one rank's micro-batch has the video and the other's none."""
-    from vlsft.tiny_video import moving_shape_frames
+    from vlsft.testing.tiny_video import moving_shape_frames
 
     video_row = {
         "messages": [
@@ -181,7 +181,7 @@ def parse(argv=None):
     parser.add_argument("--per_device_batch", type=int, required=True)
     parser.add_argument("--accumulation", type=int, default=1)
     parser.add_argument("--steps", type=int, default=1)
-    parser.add_argument("--family", default="qwen3_vl", help="a tiny model of vlsft.tiny_families (Qwen-VL ones)")
+    parser.add_argument("--family", default="qwen3_vl", help="a tiny model of vlsft.testing.tiny_families (Qwen-VL ones)")
     parser.add_argument("--rows", choices=["lengths", "mixed", "video_mixed", "weighted"], default="lengths",
                         help="weighted: tests.test_weights' rows with per-turn weights")
     parser.add_argument("--packing", type=int, default=None, metavar="MAX_LENGTH", help="pack rows into MAX_LENGTH tokens")

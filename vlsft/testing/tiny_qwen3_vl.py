@@ -21,7 +21,8 @@ from transformers import (
 )
 
 from vlsft.distributed import whole_model_build
-from vlsft.templates import stock_qwen3_vl_template
+from vlsft.templates import stock_template
+from vlsft.testing.demo_data import tokenizer_corpus
 
 # The special and added tokens of the real Qwen3-VL tokenizer that its chat template and processor use.
 SPECIAL_TOKENS = [
@@ -83,13 +84,11 @@ def train_tokenizer(vocab_size: int = 800, extra_text: list[str] | None = None) 
 
 def resolve_extra_text(extra_text: list[str] | str | None) -> list[str] | None:
     """Extra tokenizer-training text: a list of strings, or the name of an embedded dataset whose text to learn
-    (`"demo-shapes"`, see `vlsft.demo_data.tokenizer_corpus`)."""
+    (`"demo-shapes"`, see `vlsft.testing.demo_data.tokenizer_corpus`)."""
     if isinstance(extra_text, str):
         if extra_text != "demo-shapes":
             raise ValueError(f"`extra_text` names no embedded dataset: {extra_text!r}; use 'demo-shapes' or a list of strings.")
-        from vlsft.demo_data import tokenizer_corpus
-
-        return tokenizer_corpus()
+        return tokenizer_corpus(leave_out=SPECIAL_TOKENS + ADDED_TOKENS)
     return extra_text
 
 
@@ -112,7 +111,7 @@ def build_processor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=video_processor,
-        chat_template=chat_template or stock_qwen3_vl_template(),
+        chat_template=chat_template or stock_template("qwen3_vl"),
     )
 
 
@@ -190,7 +189,7 @@ def build_tiny_qwen3_vl(
 ) -> tuple[Qwen3VLForConditionalGeneration, Qwen3VLProcessor]:
     """A random tiny Qwen3-VL and its processor. `vocab_size` can widen the vocabulary (e.g. to 151,936 for
     benchmarks, so that the LM head costs what it costs on the real model). `extra_text` is more tokenizer-training
-    text (see `resolve_extra_text`); `tiny_processor(**same_kwargs)` rebuilds the same processor alone."""
+    text (see `resolve_extra_text`);"""
     processor = processor or build_processor(extra_text=extra_text)
     config = tiny_qwen3_vl_config(
         processor.tokenizer,
@@ -206,12 +205,6 @@ def build_tiny_qwen3_vl(
     model.generation_config.eos_token_id = config.text_config.eos_token_id
     model.generation_config.pad_token_id = config.text_config.pad_token_id
     return model, processor
-
-
-def tiny_processor(extra_text: list[str] | str | None = None, **model_kwargs) -> Qwen3VLProcessor:
-    """The processor that `build_tiny_qwen3_vl(**kwargs)` builds, without building the model (the tokenizer is
-    trained deterministically, so the two match)."""
-    return build_processor(extra_text=extra_text)
 
 
 def save_tiny_qwen3_vl(path: str | os.PathLike, seed: int = 0, **kwargs) -> Path:

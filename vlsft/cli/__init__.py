@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     # Subcommands are imported only when called: `vlsft train` needs no inspection code and the reverse.
     if command == "train":
-        from vlsft.train import main as train_main
+        from vlsft.cli.train import main as train_main
 
         return train_main(rest)
     if command == "inspect":

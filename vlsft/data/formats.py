@@ -106,7 +106,7 @@ def missing_messages_message(column_names: list[str], first_row: dict[str, Any] 
         return (
             f"{where} has no `messages` column; it looks like the {shape} format (`{CONVERSATION_COLUMN}` of "
             f"`from`/`value` turns). Convert it on load with the data source key `format: {form}` in a recipe, or "
-            f"`vlsft.formats.convert_conversations(dataset, {form!r})` in Python."
+            f"`vlsft.data.formats.convert_conversations(dataset, {form!r})` in Python."
         )
     return (
         f"{where} has no `messages` column (columns: {column_names}). vlsft trains on TRL's conversational format "

@@ -23,6 +23,7 @@ including each image file's size and modification time); an
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import logging
 import os
@@ -36,7 +37,7 @@ from datasets import Dataset, Features, Image, IterableDataset, LargeList, List
 from datasets.fingerprint import Hasher
 
 from vlsft.collator import RenderedRow, RowError, VisionChatCollator
-from vlsft.data import (
+from vlsft.data.rows import (
     ImageLoadError,
     ImagesNotAListError,
     count_image_placeholders,
@@ -46,9 +47,9 @@ from vlsft.data import (
     row_images,
     row_videos,
 )
-from vlsft.formats import CONVERSION_ERROR, missing_messages_message
+from vlsft.data.formats import CONVERSION_ERROR, missing_messages_message
 from vlsft.templates import FAMILIES, detect_family
-from vlsft.video import VideoLoadError
+from vlsft.data.video import VideoLoadError
 from vlsft.weights import TurnWeightError, turn_weights
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,9 @@ IMAGE_ROLES = ("user", "tool")
 # Rows listed in an error before the rest are only counted.
 MAX_LISTED_ROWS = 20
 # The source files whose logic decides a row's verdict: a change to any of them invalidates cached results.
-_VERDICT_SOURCES = ("validation.py", "collator.py", "data.py", "templates.py", "weights.py", "video.py")
+_VERDICT_MODULES = (
+    "vlsft.data.validation", "vlsft.collator", "vlsft.data.rows", "vlsft.templates", "vlsft.weights", "vlsft.data.video",
+)
 
 
 @dataclass(frozen=True)
@@ -320,7 +323,7 @@ class RowChecker:
         verdicts: list[RowVerdict | None] = [None] * len(rows)
         renderable = []
         for position, row in enumerate(rows):
-            if row.get(CONVERSION_ERROR):  # a ShareGPT/LLaVA turn that could not be mapped (`vlsft.formats`)
+            if row.get(CONVERSION_ERROR):  # a ShareGPT/LLaVA turn that could not be mapped (`vlsft.data.formats`)
                 verdicts[position] = RowVerdict(row[CONVERSION_ERROR])
                 continue
             problems = message_problems(row.get("messages"))
@@ -633,7 +636,7 @@ def validation_fingerprint(dataset: Dataset, collator: VisionChatCollator, allow
     backend = getattr(tokenizer, "backend_tokenizer", None)
     tokenizer_state = backend.to_str() if backend is not None else Hasher.hash(tokenizer)
     image_processor = collator.processor.image_processor
-    sources = [(Path(__file__).parent / name).read_bytes() for name in _VERDICT_SOURCES]
+    sources = [Path(importlib.import_module(name).__file__).read_bytes() for name in _VERDICT_MODULES]
     return Hasher.hash(
         [
             "vlsft-validate-rows",

@@ -217,21 +217,20 @@ def load_demo_split(split: str = "train", rows: int | None = None, seed: int = 0
     return dataset
 
 
-def tokenizer_corpus(rows: int = 300, seed: int = 0) -> list[str]:
+def tokenizer_corpus(leave_out: list[str], rows: int = 300, seed: int = 0) -> list[str]:
     """The demo's text as the stock Qwen3-VL template renders it (questions, answers, the tool prompt and tool calls),
-    with the special tokens taken out, for a tiny tokenizer to learn its words from. A real tokenizer knows these
+    with the special tokens `leave_out` taken out, for a tiny tokenizer to learn its words from. A real tokenizer knows these
     words already; without this the tiny one spells "purple" and the tool prompt out in short fragments, which makes
     the tool rows ten times longer than the others."""
     from transformers.utils.chat_template_utils import render_jinja_template
 
-    from vlsft.templates import stock_qwen3_vl_template
-    from vlsft.tiny_model import ADDED_TOKENS, SPECIAL_TOKENS
+    from vlsft.templates import stock_template
 
-    special = re.compile("|".join(re.escape(token) for token in SPECIAL_TOKENS + ADDED_TOKENS))
+    special = re.compile("|".join(re.escape(token) for token in leave_out))
     texts = []
     for row in generate_rows(rows, seed=seed, split="test"):
         rendered, _ = render_jinja_template(
-            [row["messages"]], tools=row["tools"], chat_template=stock_qwen3_vl_template()
+            [row["messages"]], tools=row["tools"], chat_template=stock_template("qwen3_vl")
         )
         texts.extend(piece for piece in special.split(rendered[0]) if piece.strip())
     return texts

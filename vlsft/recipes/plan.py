@@ -9,15 +9,18 @@ import json
 import os
 import re
 
-from vlsft.recipe import DEMO_DATASET, TINY_MODEL, DatasetSource, Recipe, RecipeError, launch_command, mixture_counts
-from vlsft.sources import _extension, _looks_local
-from vlsft.train import build_training_config, check_model_source, lora_targets
+from vlsft.recipes.build import build_training_config, check_model_source, lora_targets
+from vlsft.recipes.datasets import file_extension, held_out_rows, kept_rows, looks_local, mixture_counts
+from vlsft.recipes.launch import has_gpu, launch_command, runs_in_this_process
+from vlsft.recipes.registry import build_local_model, is_local_dataset, is_local_model
+from vlsft.recipes.schema import DatasetSource, Recipe, RecipeError
 
 # -- dry run -----------------------------------------------------------------------------------------------------
 
 
-def describe_plan(recipe: Recipe, overrides: list[str] = ()) -> str:
-    """The resolved plan of a recipe as text, without loading weights or datasets."""
+def describe_plan(recipe: Recipe, overrides: list[str] = (), **launch) -> str:
+    """The resolved plan of a recipe as text, without loading weights or datasets. `launch` holds the launcher's
+    options (`vlsft.recipes.launch.launch_argv`), so the plan shows the exact command `vlsft train` runs."""
     args = build_training_config(recipe, check_only=True)
     # A Hub id is not fetched (a dry run loads nothing); the real run checks the Hub answers before loading.
     source = check_model_source(recipe.model.name_or_path, recipe.model.revision, reach_hub=False)
@@ -59,13 +62,12 @@ def describe_plan(recipe: Recipe, overrides: list[str] = ()) -> str:
         lines.append(f"resume     {resume}")
     layout = recipe.layout
     where = f"{layout.gpus_per_node} GPU(s) per node x {layout.nodes} node(s)" if layout.strategy != "cpu" else "CPU"
-    config = os.path.relpath(layout.accelerate_config)
-    extra = f", DeepSpeed {os.path.relpath(layout.deepspeed_config)}" if layout.deepspeed_config else ""
+    config = f"vlsft/configs/{layout.accelerate_config.name}"
+    extra = f", DeepSpeed vlsft/configs/{layout.deepspeed_config.name}" if layout.deepspeed_config else ""
     lines.append(f"layout     {layout.strategy}: {where} ({config}{extra})")
-    command = launch_command(recipe)
-    if overrides:
-        command += " " + " ".join(_quote(arg) for arg in overrides)
-    lines.append(f"launch     {command}")
+    lines.append(f"launch     {launch_command(recipe, overrides, **launch)}")
+    if not has_gpu() and not runs_in_this_process(recipe, launch.get("num_processes"), gpu=False):
+        lines.append("           (no GPU here: the layout's CPU equivalent, data parallel over gloo)")
     return "\n".join(lines)
 
 
@@ -79,12 +81,6 @@ def _resume_plan(args) -> str | None:
         return resume_argument(args.resume_from_checkpoint, args.output_dir, needs_optimizer=not args.save_only_model)
     except CheckpointError as error:
         raise RecipeError(f"`training.resume_from_checkpoint`: {error}") from error
-
-
-def _quote(arg: str) -> str:
-    import shlex
-
-    return shlex.quote(arg)
 
 
 def _describe_parameters(recipe: Recipe, args) -> list[str]:
@@ -128,11 +124,8 @@ def _meta_parameter_counts(recipe: Recipe):
     from vlsft.model_parts import component_of, merger_module_names, parameter_counts
 
     try:
-        if recipe.model.name_or_path == TINY_MODEL:
-            from vlsft.tiny_model import build_tiny_qwen3_vl
-
-            with torch.device("meta"):
-                model, _ = build_tiny_qwen3_vl(**(recipe.model.tiny or {}))
+        if is_local_model(recipe.model.name_or_path):
+            model, _ = build_local_model(recipe.model.name_or_path, recipe.model.tiny, meta=True)
         else:
             from transformers import AutoConfig, AutoModelForImageTextToText
 
@@ -177,9 +170,9 @@ def _describe_data(recipe: Recipe) -> list[str]:
     sizes = []
     for index, source in enumerate(data.train):
         rows = _source_rows(source)
-        kept = _limited(rows, source)
+        kept = None if rows is None else kept_rows(rows, source)
         if kept is not None and data.eval_fraction is not None:
-            kept -= max(1, round(kept * data.eval_fraction))
+            kept -= held_out_rows(kept, data.eval_fraction)
         sizes.append(kept)
         text = f"  train.{index}  {_source_text(source, rows)}"
         if kept is not None and kept != rows:
@@ -207,22 +200,12 @@ def _describe_data(recipe: Recipe) -> list[str]:
     return lines
 
 
-def _limited(rows: int | None, source: DatasetSource) -> int | None:
-    if rows is None:
-        return None
-    if source.rows is not None:
-        return min(source.rows, rows)
-    if source.fraction is not None:
-        return max(1, round(rows * source.fraction))
-    return rows
-
-
 def _source_text(source: DatasetSource, rows: int | None) -> str:
-    if source.path == DEMO_DATASET:
-        kind = f"embedded demo, split {source.split}"
+    if is_local_dataset(source.path):
+        kind = f"generated here, split {source.split}"
     elif os.path.exists(os.path.expanduser(source.path)) or glob.has_magic(source.path):
         kind = "local"
-    elif _looks_local(source.path):
+    elif looks_local(source.path):
         kind = "local, NOT FOUND here"
     else:
         kind = f"Hub, split {source.split}" + (f", config {source.name}" if source.name else "")
@@ -233,14 +216,14 @@ def _source_text(source: DatasetSource, rows: int | None) -> str:
 def _source_rows(source: DatasetSource) -> int | None:
     """Rows of a source, counted cheaply: JSONL lines, Parquet metadata, an image folder's metadata.jsonl. None for
     Hub datasets and anything that would need a full read."""
-    if source.path == DEMO_DATASET:
+    if is_local_dataset(source.path):
         return source.rows
     path = os.path.expanduser(source.path)
     if glob.has_magic(path):
         files = sorted(glob.glob(path))
     elif os.path.isdir(path):
         files = [os.path.join(path, "metadata.jsonl")] if os.path.isfile(os.path.join(path, "metadata.jsonl")) else sorted(
-            f for f in glob.glob(os.path.join(path, "**", "*"), recursive=True) if _extension(f) in (".jsonl", ".parquet")
+            f for f in glob.glob(os.path.join(path, "**", "*"), recursive=True) if file_extension(f) in (".jsonl", ".parquet")
         )
     elif os.path.isfile(path):
         files = [path]
@@ -258,7 +241,7 @@ def _source_rows(source: DatasetSource) -> int | None:
 
 
 def _file_rows(path: str) -> int | None:
-    extension = _extension(path)
+    extension = file_extension(path)
     if extension == ".jsonl":
         with open(path, "rb") as file:
             return sum(1 for line in file if line.strip())

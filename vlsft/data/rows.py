@@ -169,7 +169,7 @@ def count_image_placeholders(messages: list[dict[str, Any]]) -> int:
     )
 
 
-# -- videos (decoded in `vlsft.video`) ------------------------------------------------------------------------------
+# -- videos (decoded in `vlsft.data.video`) ------------------------------------------------------------------------------
 
 
 def resolve_path(path: str | os.PathLike, root: str | None) -> str:

@@ -63,7 +63,7 @@ from transformers import (
 
 from vlsft.distributed import whole_model_build
 from vlsft.templates import stock_template
-from vlsft.tiny_model import (
+from vlsft.testing.tiny_qwen3_vl import (
     _CORPUS,
     SPECIAL_TOKENS,
     build_processor,

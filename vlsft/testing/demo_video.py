@@ -1,7 +1,7 @@
 """The video demo's data: short mp4 clips of a coloured square crossing the frame, and "which way does the square
 move?" questions about them, written as a local JSONL dataset (`messages` + `videos` paths relative to the file).
 
-    python -m vlsft.demo_video outputs/demo-video-data      # writes train.jsonl, eval.jsonl and clips/
+    python -m vlsft.testing.demo_video outputs/demo-video-data      # writes train.jsonl, eval.jsonl and clips/
 
 `recipes/demo_video.yaml` trains the tiny Qwen3-VL on it (`make demo-video`). Each clip is 6 frames of 64x64 at
 3 fps; Qwen3-VL samples 4 of them (its 2 fps, at least 4 frames), two temporal patches of 2x2 merged tokens. The
@@ -16,7 +16,7 @@ import random
 import sys
 from pathlib import Path
 
-from vlsft.tiny_video import write_moving_shape
+from vlsft.testing.tiny_video import write_moving_shape
 
 QUESTION = "Which way does the square move?"
 DIRECTIONS = ("right", "left", "down", "up")

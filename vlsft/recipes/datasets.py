@@ -4,15 +4,30 @@ through `datasets.load_dataset`; column mapping, row limits, held-out eval fract
 from __future__ import annotations
 
 import glob
+import math
 import os
 import re
 from typing import Any
 
-from vlsft.recipe import DEMO_DATASET, DatasetSource, Recipe, RecipeError, mixture_counts
+from vlsft.recipes.registry import is_local_dataset, load_local_dataset
+from vlsft.recipes.schema import DatasetSource, Recipe, RecipeError
 
 # Local data files by extension -> the `datasets` packaged builder that reads them.
 LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 CONVERSATION_COLUMNS = ("messages", "images", "videos", "tools")
+
+
+def mixture_counts(sizes: list[int], weights: list[float], total: int | None = None) -> list[int]:
+    """Rows each source gives a weighted mixture of `total` rows (default: sum of sizes): proportional to the
+    weights, rounded by largest remainder so that the counts add up to `total` exactly."""
+    total = sum(sizes) if total is None else total
+    shares = [total * weight / sum(weights) for weight in weights]
+    counts = [math.floor(share) for share in shares]
+    by_remainder = sorted(range(len(shares)), key=lambda i: (counts[i] - shares[i], i))
+    for i in by_remainder[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
 
 
 # -- datasets ----------------------------------------------------------------------------------------------------
@@ -25,7 +40,7 @@ def build_datasets(recipe: Recipe):
 
     Every source goes through `datasets.load_dataset` (Hub name, local file, image folder) except the embedded
     `demo-shapes`. Row limits, the `eval_fraction` hold-out and the weighted mixture are documented on
-    `vlsft.recipe.DataSection`; all are seeded by `data.seed`.
+    `vlsft.recipes.schema.DataSection`; all are seeded by `data.seed`.
     """
     import datasets
 
@@ -70,10 +85,8 @@ def load_source(
     Relative video paths (a `videos` column) likewise, with `video_root` (`training.video_root`) in the place of
     `image_root` when it is set.
     """
-    if source.path == DEMO_DATASET:
-        from vlsft.demo_data import load_demo_split
-
-        dataset = load_demo_split(split=source.split, rows=source.rows, seed=seed, cache_dir=cache_dir)
+    if is_local_dataset(source.path):
+        dataset = load_local_dataset(source.path, split=source.split, rows=source.rows, seed=seed, cache_dir=cache_dir)
         local_dir = None
     else:
         dataset, local_dir = _load_with_datasets(source, where, cache_dir)
@@ -89,7 +102,7 @@ def load_source(
             {column: target for target, column in source.columns.items() if column != target}
         )
     if source.format != "messages":
-        from vlsft.formats import convert_conversations
+        from vlsft.data.formats import convert_conversations
 
         try:
             dataset = convert_conversations(dataset, source.format)
@@ -111,7 +124,7 @@ def _load_with_datasets(source: DatasetSource, where: str, cache_dir: str | None
         files = sorted(glob.glob(path)) if glob.has_magic(path) else [path]
         if not files:
             raise RecipeError(f"`{where}.path`: no file matches {source.path!r}.")
-        builder = LOCAL_BUILDERS.get(_extension(files[0]))
+        builder = LOCAL_BUILDERS.get(file_extension(files[0]))
         if builder is None:
             raise RecipeError(
                 f"`{where}.path`: cannot read {files[0]!r}; local files must be one of {', '.join(LOCAL_BUILDERS)}."
@@ -121,18 +134,18 @@ def _load_with_datasets(source: DatasetSource, where: str, cache_dir: str | None
         return dataset, os.path.dirname(os.path.abspath(files[0]))
     if os.path.isdir(path):
         return datasets.load_dataset(path, **common), os.path.abspath(path)
-    if _looks_local(source.path):
+    if looks_local(source.path):
         raise RecipeError(f"`{where}.path`: {source.path!r} does not exist.")
     dataset = datasets.load_dataset(source.path, name=source.name, revision=source.revision, **common)
     return dataset, None
 
 
-def _looks_local(path: str) -> bool:
+def looks_local(path: str) -> bool:
     """A path meant as a local file (that may be missing), not a Hub name."""
-    return path.startswith((".", "/", "~")) or _extension(path) in LOCAL_BUILDERS
+    return path.startswith((".", "/", "~")) or file_extension(path) in LOCAL_BUILDERS
 
 
-def _extension(path: str) -> str:
+def file_extension(path: str) -> str:
     return os.path.splitext(path)[1].lower()
 
 
@@ -142,7 +155,7 @@ def _to_conversational(dataset, where: str, image_root: str | None):
 
     columns = dataset.column_names
     if "messages" not in columns:
-        from vlsft.formats import missing_messages_message
+        from vlsft.data.formats import missing_messages_message
 
         raise RecipeError(missing_messages_message(columns, dataset[0] if len(dataset) else None, f"`{where}`"))
     if "image" in columns and "images" in columns:
@@ -216,16 +229,26 @@ def _rng(seed: tuple[int, ...]):
     return np.random.default_rng(list(seed))
 
 
+def kept_rows(size: int, source: DatasetSource) -> int:
+    """How many of a source's `size` rows its `rows` / `fraction` limit keeps (the dry run counts with it too)."""
+    if source.rows is not None:
+        return min(source.rows, size)
+    if source.fraction is not None:
+        return max(1, round(size * source.fraction))
+    return size
+
+
+def held_out_rows(size: int, fraction: float) -> int:
+    """How many of a train source's `size` rows `data.eval_fraction` holds out for evaluation (at least one)."""
+    return max(1, round(size * fraction))
+
+
 def _limit(dataset, source: DatasetSource, seed: tuple[int, ...]):
     """Keep `rows` rows or a `fraction` of them: a seeded random sample, in the dataset's order."""
-    if source.path == DEMO_DATASET:
+    if is_local_dataset(source.path):
         return dataset  # generated with exactly `rows` rows
     size = len(dataset)
-    keep = size
-    if source.rows is not None:
-        keep = min(source.rows, size)
-    elif source.fraction is not None:
-        keep = max(1, round(size * source.fraction))
+    keep = kept_rows(size, source)
     if keep == size:
         return dataset
     return dataset.select(sorted(_rng(seed).permutation(size)[:keep].tolist()))
@@ -233,7 +256,7 @@ def _limit(dataset, source: DatasetSource, seed: tuple[int, ...]):
 
 def _hold_out(dataset, fraction: float, seed: tuple[int, ...], where: str):
     size = len(dataset)
-    held = max(1, round(size * fraction))
+    held = held_out_rows(size, fraction)
     if held >= size:
         raise RecipeError(f"`data.eval_fraction` {fraction} of `{where}` ({size} rows) leaves nothing to train on.")
     order = _rng(seed).permutation(size).tolist()

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 from transformers.video_utils import VideoMetadata
 
-from vlsft.data import ImageLoadError, load_image, resolve_path
+from vlsft.data.rows import ImageLoadError, load_image, resolve_path
 
 class VideoLoadError(ValueError):
     """A video could not be read, decoded or sampled. The message reads on from "video N " (e.g. "not found: x.mp4",

@@ -1,0 +1,90 @@
+"""`vlsft train --config RECIPE [--dry-run] [--key value ...]`: validate a recipe, then train it on its layout.
+
+A layout of one process trains here. A layout that wants several processes, DeepSpeed or FSDP is started with
+`accelerate launch` (`vlsft.recipes.launch`), which runs `vlsft.train` in every process; without a GPU that is the
+layout's CPU equivalent over gloo. `--dry-run` prints the plan and the exact command, and loads nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+from vlsft.recipes.launch import launch_argv, launch_command, runs_in_this_process
+from vlsft.recipes.loading import load_recipe
+from vlsft.recipes.schema import Recipe, RecipeError
+
+
+def parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Fine-tune a vision-language model from a recipe. Extra `--key value` pairs override the "
+        "recipe: a `training` field (`--max_steps 10`) or a dotted path (`--model.dtype float32`, "
+        "`--layout.gpus_per_node 4`).",
+    )
+    parser.add_argument("--config", required=True, help="the recipe YAML file")
+    parser.add_argument("--dry-run", "--dry_run", action="store_true", help="validate and print the plan; load nothing")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`vlsft train`: train here, or start `accelerate launch` for the recipe's layout."""
+    cli = parser("vlsft train")
+    cli.add_argument("--accelerate_config", help="launch with this accelerate config instead of the layout's")
+    cli.add_argument("--main_process_port", type=int, help="the launcher's rendezvous port (default 29500)")
+    args, overrides = cli.parse_known_args(argv)
+    launch = {"accelerate_config": args.accelerate_config, "port": args.main_process_port}
+    try:
+        recipe = load_recipe(args.config, overrides)
+        if args.dry_run:
+            from vlsft.recipes.plan import describe_plan
+
+            print(describe_plan(recipe, overrides, **launch))
+            return 0
+        if args.accelerate_config or not runs_in_this_process(recipe):
+            command = launch_argv(recipe, overrides, **launch)
+            print(f"vlsft: launching {launch_command(recipe, overrides, **launch)}", file=sys.stderr, flush=True)
+            return subprocess.call(command)
+        return run_reporting_bad_rows(recipe)
+    except RecipeError as error:  # also raised while loading data: a column or file the recipe names is missing
+        print(f"vlsft: invalid recipe: {error}", file=sys.stderr)
+        return 2
+
+
+def run_in_process(argv: list[str] | None = None) -> int:
+    """The per-process entry point (`vlsft/train.py`, `python -m vlsft.train`): train the recipe in this process,
+    whatever its layout (the launcher has already started the processes)."""
+    args, overrides = parser("vlsft.train").parse_known_args(argv)
+    try:
+        recipe = load_recipe(args.config, overrides)
+        if args.dry_run:
+            from vlsft.recipes.plan import describe_plan
+
+            print(describe_plan(recipe, overrides))
+            return 0
+        return run_reporting_bad_rows(recipe)
+    except RecipeError as error:
+        print(f"vlsft: invalid recipe: {error}", file=sys.stderr)
+        return 2
+
+
+def run_reporting_bad_rows(recipe: Recipe) -> int:
+    from vlsft.checkpoints import CheckpointError
+    from vlsft.data.training_rows import TrainingRowError
+    from vlsft.data.validation import InvalidRowsError  # imports torch and datasets: only once a run really starts
+    from vlsft.distributed import leave_distributed_run
+    from vlsft.recipes.build import run
+
+    try:
+        trainer = run(recipe)
+    except InvalidRowsError as error:  # every bad row is named in the message; a traceback adds nothing
+        print(f"vlsft: {error}\nFix these rows, or drop them with `--invalid_rows skip`.", file=sys.stderr)
+        return 1
+    except (CheckpointError, TrainingRowError) as error:  # the message says what to do; a traceback adds nothing
+        print(f"vlsft: {error}", file=sys.stderr)
+        return 1
+    # Every rank leaves together, with its process group shut down (and, on several processes, without the
+    # interpreter teardown that can abort a finished run: `leave_distributed_run`).
+    leave_distributed_run(trainer.accelerator)
+    return 0
