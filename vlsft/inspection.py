@@ -25,10 +25,13 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+import torch
+
 from vlsft.collator import VisionChatCollator, training_collator
 from PIL import Image
 
 from vlsft.data.rows import ImageLoadError, load_image, row_images
+from vlsft.tokens import IGNORE_INDEX, image_token_runs
 
 SUPERVISED_OPEN, SUPERVISED_CLOSE = "[[", "]]"
 # Assistant-turn tokens that do not train (weight 0: a context-only turn, `train_on_turns="last"`, ...).
@@ -123,7 +126,7 @@ def view_row(row: dict[str, Any], index: int, collator: VisionChatCollator) -> R
 
     tokenizer = collator.processor.tokenizer
     ids = batch["input_ids"][0].tolist()
-    supervised = (batch["labels"][0] != -100).tolist()
+    supervised = (batch["labels"][0] != IGNORE_INDEX).tolist()
     view.num_tokens = len(ids)
     # Labels are shifted: a label at position 0 would predict nothing, and the trainer does not count it.
     view.num_supervised_tokens = sum(supervised[1:])
@@ -148,7 +151,7 @@ def view_row(row: dict[str, Any], index: int, collator: VisionChatCollator) -> R
             runs[-1][2].append(token)
         else:
             runs.append((state, kind, [token]))
-    image_runs = [len(run) for _, kind, run in runs if kind == "image"]
+    image_runs = image_token_runs(torch.isin(batch["input_ids"][0], torch.tensor(sorted(feature_ids))))
     one_run_per_image = len(image_runs) == len(row_images(row))
     view.num_image_tokens = sum(image_runs)
     view.image_tokens = image_runs if one_run_per_image else []

@@ -46,9 +46,10 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, find_packed_sequence_indices, sdpa_mask
 
-from vlsft.collator import IGNORE_INDEX, VisionChatCollator
+from vlsft.collator import VisionChatCollator
 from vlsft.data.rows import row_images, row_videos
 from vlsft.templates import FAMILIES, family_of_model
+from vlsft.tokens import IGNORE_INDEX, image_token_runs
 
 # Families whose packed rows are proven isolated (tests/test_packing.py), and how their positions are built.
 PACKABLE_FAMILIES = {
@@ -342,7 +343,7 @@ class PackedCollator:
         # An image is one run of image tokens in the Qwen-VL families (vision markers sit between two images); a
         # video is not (Qwen3-VL: one run per temporal group), so videos are only counted from the rows.
         is_image = padded[self.rows_collator.family.image_map_key] == 1
-        image_runs = (is_image & ~torch.nn.functional.pad(is_image[:, :-1], (1, 0), value=False)).sum(-1).tolist()
+        image_runs = [len(image_token_runs(row)) for row in is_image]
         if images_per_row is None:
             images_per_row = image_runs
         elif list(images_per_row) != image_runs:

@@ -42,6 +42,7 @@ from vlsft.packing import (
     use_packed_attention,
 )
 from vlsft.templates import has_generation_markers
+from vlsft.tokens import IGNORE_INDEX
 from vlsft.data.training_rows import FaultTolerantCollator, IndexedRows
 from vlsft.data.validation import validate_datasets
 
@@ -411,7 +412,7 @@ def _summed_label_weight(batch) -> torch.Tensor:
     """Summed weight of a micro-batch's supervised targets (labels shifted by one), in float64."""
     if batch.get("label_weights") is not None:
         return batch["label_weights"][..., 1:].double().sum()
-    return (batch["labels"][..., 1:] != -100).sum().double()
+    return (batch["labels"][..., 1:] != IGNORE_INDEX).sum().double()
 
 
 def _positive_or_one(divisor: torch.Tensor) -> torch.Tensor:

@@ -44,12 +44,14 @@ from vlsft.data.rows import (
     count_video_placeholders,
     is_image_item,
     load_image,
+    placeholder_mismatch,
     row_images,
     row_videos,
 )
 from vlsft.data.formats import CONVERSION_ERROR, missing_messages_message
 from vlsft.templates import FAMILIES, detect_family
 from vlsft.data.video import VideoLoadError
+from vlsft.tokens import IGNORE_INDEX, image_token_runs
 from vlsft.weights import TurnWeightError, turn_weights
 
 logger = logging.getLogger(__name__)
@@ -371,9 +373,9 @@ class RowChecker:
         if not any(message.get("role") == "assistant" for message in messages):
             problems.append("no assistant turn")
         values = row_images(row)
-        placeholders = count_image_placeholders(messages)
-        if placeholders != len(values):
-            problems.append(f"{placeholders} image placeholder(s) but {len(values)} image(s)")
+        mismatch = placeholder_mismatch("image", count_image_placeholders(messages), len(values))
+        if mismatch:
+            problems.append(mismatch)
         images = []
         for number, value in enumerate(values):
             try:
@@ -484,8 +486,9 @@ class RowChecker:
         if getattr(collator, "video_token", None) is None:
             return [f"{collator.family.display_name} is not trained on videos by vlsft; remove the row's videos"], []
         problems, tokens = [], []
-        if placeholders != len(values):
-            problems.append(f"{placeholders} video placeholder(s) but {len(values)} video(s)")
+        mismatch = placeholder_mismatch("video", placeholders, len(values))
+        if mismatch:
+            problems.append(mismatch)
         elif rendered is not None and rendered.input_ids.count(collator.video_token_id) != placeholders:
             problems.append(
                 f"the chat template renders {rendered.input_ids.count(collator.video_token_id)} of {placeholders} "
@@ -544,17 +547,12 @@ class RowChecker:
         ids = batch["input_ids"][0, :length]
         # The tokens the model replaces with image features (Gemma 3: its soft tokens, not the placeholder).
         feature_ids = getattr(self.collator, "image_feature_token_ids", None) or [self.collator.image_token_id]
-        image_positions = torch.isin(ids, torch.tensor(feature_ids)).nonzero().flatten().tolist()
+        is_image = torch.isin(ids, torch.tensor(feature_ids))
+        image_positions = is_image.nonzero().flatten().tolist()
         image_end = image_positions[-1] + 1 if image_positions else 0
-        supervised_positions = [p for p in (batch["labels"][0, :length] != -100).nonzero().flatten().tolist() if p > 0]
+        supervised_positions = [p for p in (batch["labels"][0, :length] != IGNORE_INDEX).nonzero().flatten().tolist() if p > 0]
         end_positions = [p for p in supervised_positions if int(ids[p]) == self.end_of_turn_id]
-        image_tokens = []  # the length of each run of consecutive image tokens
-        for previous, position in zip([None] + image_positions, image_positions):
-            if previous is not None and position == previous + 1:
-                image_tokens[-1] += 1
-            else:
-                image_tokens.append(1)
-        return self._length_verdict(length, image_end, supervised_positions, image_tokens, end_positions)
+        return self._length_verdict(length, image_end, supervised_positions, image_token_runs(is_image), end_positions)
 
     # -- as a `Dataset.map` function -----------------------------------------------------------------------------
 
