@@ -420,13 +420,13 @@ def test_validation_counts_video_tokens_without_processing_pixels(tiny, videos):
 
 
 def test_skip_mode_counts_bad_video_rows(qwen3, videos):
-    from vlsft.data.validation import _skip_summary
+    from vlsft.data.validation_report import skip_summary
 
     processor, collator = qwen3
     rows = [video_row(str(videos["mp4"])), video_row(str(videos["corrupt"])), video_row(str(videos["one_frame"]))]
     result = validate_rows(rows, collator)
     assert result.bad_indices == [1, 2]
-    summary = _skip_summary("train", result)
+    summary = skip_summary("train", result)
     assert "dropped 2 of 3 train rows" in summary and "1 bad video" in summary and "1 too few video frames" in summary
 
 

@@ -99,7 +99,7 @@ class RowView:
 
 def view_row(row: dict[str, Any], index: int, collator: VisionChatCollator) -> RowView:
     """Collate one row with `collator` and cut its tokens into display segments."""
-    from vlsft.data.validation import RowChecker
+    from vlsft.data.row_checker import RowChecker
 
     view = RowView(index=index)
     (verdict,) = RowChecker(collator).check([row])

@@ -225,7 +225,7 @@ def plan_packs(lengths: Sequence[int], budget: int, seed: int = 0) -> list[list[
 def row_lengths(dataset, collator: VisionChatCollator, batch_size: int = 256) -> list[int]:
     """Every row's token count with image tokens expanded, before truncation, as validation counts it (the training
     collator's own rendering and tokenization; image token counts from the image sizes where the family allows)."""
-    from vlsft.data.validation import RowChecker  # validation imports the collator, as this module does
+    from vlsft.data.row_checker import RowChecker  # validation imports the collator, as this module does
 
     checker = RowChecker(collator, getattr(dataset, "features", None))
     lengths = []
