@@ -32,15 +32,10 @@ from vlsft.collator import VisionChatCollator, training_collator
 from vlsft.config import VLSFTConfig
 from vlsft.distributed import check_offload_keeps_optimizer
 from vlsft.loss import attach_supervised_head
-from vlsft.packing import (
-    PackedCollator,
-    PackedRows,
-    check_packing_support,
-    packing_hidden_from_trl,
-    pack_dataset,
-    packing_enabled,
-    use_packed_attention,
-)
+from vlsft.packing import check_packing_support, packing_enabled, packing_hidden_from_trl
+from vlsft.packing.attention import use_packed_attention
+from vlsft.packing.collator import PackedCollator
+from vlsft.packing.plan import PackedRows, pack_dataset
 from vlsft.templates import has_generation_markers
 from vlsft.tokens import IGNORE_INDEX
 from vlsft.data.training_rows import FaultTolerantCollator, IndexedRows
