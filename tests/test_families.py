@@ -29,7 +29,8 @@ from trl.data_utils import prepare_multimodal_messages
 
 from tests.conftest import IMAGE, _shapes, assistant, image, user
 from vlsft import VLSFTConfig, VLSFTTrainer
-from vlsft.collator import IGNORE_INDEX, RowError, VisionChatCollator
+from vlsft.collator import RowError, VisionChatCollator
+from vlsft.tokens import IGNORE_INDEX
 from vlsft.data.rows import normalize_messages
 from vlsft.recipes.loading import load_recipe
 from vlsft.model_parts import (
