@@ -8,7 +8,7 @@ multi-turn rows over many short single-image ones): at full scale a median of ~1
 1-4 images of 256 tokens each. A 2-core CPU cannot train that in minutes, so every length is scaled down 8x: lengths
 log-normal(mu=ln(140), sigma=0.7) clipped to 64-1024 tokens, 1-4 images (weights 50/25/15/10%) of 16 tokens each
 (128x128 px), the text split 70/30 into user prompt and supervised answer. The exact lengths come from the training
-collator (`vlsft.packing.row_lengths`).
+collator (`vlsft.packing.plan.row_lengths`).
 
 Model: the tiny random Qwen3-VL of `vlsft.testing.tiny_qwen3_vl` made wider and deeper (hidden 256, 4 layers), float32, sdpa,
 with vlsft's supervised-only loss head. Each mode trains one epoch over the same rows (one forward, backward and SGD
@@ -40,7 +40,9 @@ from workload import _noise_image, _sentence  # noqa: E402
 from vlsft import VLSFTConfig  # noqa: E402
 from vlsft.collator import training_collator  # noqa: E402
 from vlsft.loss import attach_supervised_head  # noqa: E402
-from vlsft.packing import PackedCollator, plan_packs, row_lengths, use_packed_attention  # noqa: E402
+from vlsft.packing.attention import use_packed_attention  # noqa: E402
+from vlsft.packing.collator import PackedCollator  # noqa: E402
+from vlsft.packing.plan import plan_packs, row_lengths  # noqa: E402
 from vlsft.testing.tiny_qwen3_vl import build_tiny_qwen3_vl  # noqa: E402
 
 IMAGE_TOKENS = 16  # a 128x128 image on the tiny Qwen3-VL (patch 16, 2x2 merge)

@@ -9,7 +9,8 @@ import pytest
 
 from tests.test_masks import supervised_runs
 from vlsft.testing import demo_data
-from vlsft.collator import IGNORE_INDEX, VisionChatCollator
+from vlsft.collator import VisionChatCollator
+from vlsft.tokens import IGNORE_INDEX
 from vlsft.data.rows import count_image_placeholders, load_image
 from vlsft.templates import training_template
 from vlsft.testing.tiny_qwen3_vl import build_processor

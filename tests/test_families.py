@@ -29,7 +29,8 @@ from trl.data_utils import prepare_multimodal_messages
 
 from tests.conftest import IMAGE, _shapes, assistant, image, user
 from vlsft import VLSFTConfig, VLSFTTrainer
-from vlsft.collator import IGNORE_INDEX, RowError, VisionChatCollator
+from vlsft.collator import RowError, VisionChatCollator
+from vlsft.tokens import IGNORE_INDEX
 from vlsft.data.rows import normalize_messages
 from vlsft.recipes.loading import load_recipe
 from vlsft.model_parts import (
@@ -128,8 +129,9 @@ def tiny(family: str):
     return build_tiny(family, seed=0)
 
 
-def collator(family: str, **kwargs) -> VisionChatCollator:
-    return VisionChatCollator(tiny(family)[1], training_template(family), **kwargs)
+def collator(family: str, processor=None, **kwargs) -> VisionChatCollator:
+    """vlsft's collator for the family, around `processor` (default: the tiny model's)."""
+    return VisionChatCollator(tiny(family)[1] if processor is None else processor, training_template(family), **kwargs)
 
 
 def supervised_texts(tokenizer, input_ids, labels) -> list[str]:
@@ -154,8 +156,12 @@ def supervised_texts(tokenizer, input_ids, labels) -> list[str]:
     return texts
 
 
-def vision_token_ids(family: str) -> torch.Tensor:
-    return torch.tensor(tiny(family)[1].tokenizer.convert_tokens_to_ids(list(FAMILIES[family].vision_tokens)))
+def vision_token_ids(family: str, tokenizer=None) -> torch.Tensor:
+    """Ids of the family's vision tokens that `tokenizer` (default: the tiny model's) has as tokens (a real Llama 3
+    vocabulary spells Idefics3's tile tags as text)."""
+    tokenizer = tiny(family)[1].tokenizer if tokenizer is None else tokenizer
+    ids = tokenizer.convert_tokens_to_ids(list(FAMILIES[family].vision_tokens))
+    return torch.tensor([i for i in ids if i not in (None, tokenizer.unk_token_id)])
 
 
 # -- templates -----------------------------------------------------------------------------------------------------
@@ -222,21 +228,29 @@ def test_the_family_is_recognised_from_its_stock_template_processor_and_model(fa
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_supervised_text_is_exactly_each_assistant_turn(family):
-    tokenizer = tiny(family)[1].tokenizer
-    collate = collator(family)
+    assert_each_assistant_turn_is_supervised_exactly(family, tiny(family)[1])
+
+
+def assert_each_assistant_turn_is_supervised_exactly(family, processor):
+    """On every shape the family supports. Shared with the real-vocabulary tests (test_real_vocab_families.py)."""
+    collate = collator(family, processor)
     for name in supported_shapes(family):
         row, expected = shape(family, name)
         batch = collate([row])
-        assert supervised_texts(tokenizer, batch["input_ids"][0], batch["labels"][0]) == expected, name
+        assert supervised_texts(processor.tokenizer, batch["input_ids"][0], batch["labels"][0]) == expected, name
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_no_vision_or_padding_token_is_supervised_and_labels_do_not_depend_on_the_batch(family):
-    collate = collator(family)
+    assert_no_vision_or_padding_token_is_supervised_and_labels_do_not_depend_on_the_batch(family, tiny(family)[1])
+
+
+def assert_no_vision_or_padding_token_is_supervised_and_labels_do_not_depend_on_the_batch(family, processor):
+    collate = collator(family, processor)
     rows = [shape(family, name)[0] for name in supported_shapes(family)]
     batch = collate(rows)
     supervised = batch["labels"] != IGNORE_INDEX
-    is_vision = torch.isin(batch["input_ids"], vision_token_ids(family))
+    is_vision = torch.isin(batch["input_ids"], vision_token_ids(family, processor.tokenizer))
     assert is_vision.any() and (batch["attention_mask"] == 0).any()  # the checks below are not vacuous
     assert not (supervised & is_vision).any()
     assert not (supervised & (batch["attention_mask"] == 0)).any()
@@ -263,8 +277,11 @@ def test_full_loss_mode_supervises_every_token_but_vision_and_padding(family):
 def test_inputs_identical_to_the_processor(family):
     """Every tensor the stock processor produces for the same conversations (ids, pixels, image sizes, pixel masks,
     image maps) is what vlsft produces; vlsft only adds the labels."""
-    processor = tiny(family)[1]
-    collate = collator(family)
+    assert_inputs_identical_to_the_processor(family, tiny(family)[1])
+
+
+def assert_inputs_identical_to_the_processor(family, processor):
+    collate = collator(family, processor)
 
     def reference(rows, tools=None):
         conversations = [prepare_multimodal_messages(row["messages"], images=row["images"]) for row in rows]

@@ -24,7 +24,8 @@ from tests.test_families import supervised_texts, tiny
 from tests.test_loss import make_trainer
 from tests.test_weights import weighted_runs
 from vlsft import VLSFTConfig, VLSFTTrainer
-from vlsft.collator import IGNORE_INDEX, RowError, VisionChatCollator, row_template_kwargs, training_collator
+from vlsft.collator import RowError, VisionChatCollator, row_template_kwargs, training_collator
+from vlsft.tokens import IGNORE_INDEX
 from vlsft.data.rows import normalize_messages
 from vlsft.templates import (
     FAMILIES,

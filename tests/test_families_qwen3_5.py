@@ -38,7 +38,8 @@ from tests.test_families import (
 )
 from tests.test_weights import weighted_runs
 from vlsft import VLSFTConfig, VLSFTTrainer
-from vlsft.collator import IGNORE_INDEX, RowError, VisionChatCollator
+from vlsft.collator import RowError, VisionChatCollator
+from vlsft.tokens import IGNORE_INDEX
 from vlsft.data.rows import normalize_messages
 from vlsft.model_parts import FAMILY_PARTS, component_of, lora_target_modules, merger_module_names
 from vlsft.recipes.loading import load_recipe

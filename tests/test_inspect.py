@@ -21,7 +21,8 @@ from tests.conftest import IMAGE, assistant, image, user
 from vlsft import VLSFTConfig, VLSFTTrainer
 from vlsft.cli import main as cli_main
 from vlsft.collator import training_collator
-from vlsft.inspection import SUPERVISED_COLOUR, render_html, select_rows
+from vlsft.inspection import select_rows
+from vlsft.inspection.html_page import SUPERVISED_COLOUR, render_html
 
 BLUE = (0, 0, 255)
 
@@ -111,8 +112,9 @@ def test_row_selection():
         select_rows("a-b", 5)
 
 
-def test_vlsft_inspect_is_the_function_and_the_command_lives_in_vlsft_inspection():
-    from vlsft.inspection import inspect, main
+def test_vlsft_inspect_is_the_function_and_the_command_lives_in_vlsft_cli_inspect():
+    from vlsft.cli.inspect import main
+    from vlsft.inspection import inspect
 
     assert vlsft.inspect is inspect and callable(main)
     # In a fresh interpreter, `import vlsft` alone is enough (the package exports it lazily).

@@ -74,9 +74,9 @@ def test_console_script_dispatches_train_and_inspect(tmp_path, monkeypatch, caps
     from vlsft import cli
 
     received = []
-    fake = types.ModuleType("vlsft.inspection")
+    fake = types.ModuleType("vlsft.cli.inspect")
     fake.main = lambda argv: received.append(argv) or 0
-    monkeypatch.setitem(sys.modules, "vlsft.inspection", fake)
+    monkeypatch.setitem(sys.modules, "vlsft.cli.inspect", fake)
     assert cli.main(["inspect", "--config", "x.yaml", "--rows", "2"]) == 0
     assert received == [["--config", "x.yaml", "--rows", "2"]]
     assert cli.main(["trian"]) == 2 and "unknown command" in capsys.readouterr().err

@@ -13,7 +13,7 @@ from peft import LoraConfig
 
 from tests.conftest import IMAGE, assistant, image, user
 from vlsft import VLSFTConfig, VLSFTTrainer
-from vlsft.collator import IGNORE_INDEX
+from vlsft.tokens import IGNORE_INDEX
 
 ANSWERS = [
     "Red.",

@@ -18,8 +18,12 @@ from datasets import Dataset
 from tests.conftest import IMAGE, _shapes, assistant, image, user
 from tests.test_loss import make_trainer, rows_of_different_lengths
 from vlsft import VLSFTConfig, VLSFTTrainer
-from vlsft.collator import IGNORE_INDEX, VisionChatCollator, training_collator
-from vlsft.packing import PACKED_SDPA, PackedCollator, check_packing_support, plan_packs, row_lengths, use_packed_attention
+from vlsft.collator import VisionChatCollator, training_collator
+from vlsft.tokens import IGNORE_INDEX
+from vlsft.packing import check_packing_support
+from vlsft.packing.attention import PACKED_SDPA, use_packed_attention
+from vlsft.packing.collator import PackedCollator
+from vlsft.packing.plan import plan_packs, row_lengths
 from vlsft.templates import training_template
 from vlsft.testing.tiny_families import build_tiny
 from vlsft.testing.tiny_video import write_moving_shape

@@ -18,7 +18,8 @@ from transformers.utils.chat_template_utils import render_jinja_template
 from trl.data_utils import prepare_multimodal_messages
 
 from tests.test_masks import PROCESSOR_SHAPES, SHAPE_NAMES, VISION_TOKENS, supervised_runs
-from vlsft.collator import IGNORE_INDEX, VisionChatCollator
+from vlsft.collator import VisionChatCollator
+from vlsft.tokens import IGNORE_INDEX
 from vlsft.data.rows import normalize_messages
 from vlsft.templates import stock_template, training_template
 

@@ -3,11 +3,14 @@ trains on the good rows only, and validation agrees exactly with what the collat
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import copy
+import importlib.util
 import io
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,12 +22,14 @@ from vlsft.collator import RowError, VisionChatCollator
 from vlsft.templates import resolve_training_template
 from vlsft.data.training_rows import TrainingRowError
 from vlsft.data.validation import (
-    MAX_LISTED_ROWS,
     InvalidRowsError,
     RowChecker,
     validate_datasets,
     validate_rows,
 )
+from vlsft.data.validation_cache import VERDICT_MODULES
+from vlsft.data.validation_report import MAX_LISTED_ROWS
+from vlsft.tokens import image_token_runs
 
 MAX_LENGTH = 64
 LONG_PROMPT = " ".join(["Describe the colour, the shape and the position of every object you can see."] * 6)
@@ -267,7 +272,8 @@ def test_token_counts_match_the_collator(processor, shapes, size):
     # Escaping, so that the shape whose user text spells out the template's tokens is a valid row too.
     for max_length in (None, 200, 60):
         collator = collator_for(processor, max_length, escape_control_tokens=True)
-        verdicts = RowChecker(collator).check(rows)
+        checker = RowChecker(collator)
+        verdicts = checker.check(rows)
         assert RowChecker(collator, fast=False).check(rows) == verdicts  # image sizes alone vs the image processor
         for row, verdict in zip(rows, verdicts):
             full = collator_for(processor, escape_control_tokens=True)([row])
@@ -281,7 +287,12 @@ def test_token_counts_match_the_collator(processor, shapes, size):
             assert verdict.num_tokens == int(full["attention_mask"].sum())
             assert verdict.num_supervised_tokens == int((batch["labels"][0, 1:] != -100).sum())
             if row["images"]:
-                assert list(verdict.num_image_tokens) == (full["image_grid_thw"].prod(-1) // 4).tolist()
+                # Per image: the count validation derives from the size alone, the run of image tokens the
+                # collator writes, and the image processor's grid.
+                grid_counts = (full["image_grid_thw"].prod(-1) // 4).tolist()
+                from_sizes = [checker.image_token_count(i.height, i.width) for i in row["images"]]
+                runs = image_token_runs(torch.isin(full["input_ids"][0], torch.tensor(collator.image_feature_token_ids)))
+                assert from_sizes == runs == grid_counts
 
 
 def test_a_row_validation_passes_is_a_row_the_collator_takes(processor, image_files):
@@ -328,6 +339,38 @@ def test_parallel_validation_matches_and_results_are_cached(processor, tmp_path,
     # ... but another max_length is another fingerprint.
     with pytest.raises(AssertionError, match="recomputed"):
         validate_rows(dataset, collator_for(processor, MAX_LENGTH + 1))
+
+
+def vlsft_imports(module: str) -> set[str]:
+    """The vlsft modules `module`'s source imports (at the top or inside a function), read from its syntax tree."""
+    tree = ast.parse(Path(importlib.util.find_spec(module).origin).read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+            if node.module.startswith("vlsft") and importlib.util.find_spec(node.module).submodule_search_locations:
+                # `from vlsft.data import rows` imports the module `vlsft.data.rows`
+                names = (f"{node.module}.{alias.name}" for alias in node.names)
+                found |= {name for name in names if importlib.util.find_spec(name) is not None}
+    return {name for name in found if name.startswith("vlsft.")}
+
+
+def test_the_verdict_cache_key_covers_every_module_the_row_checker_runs():
+    """A cached verdict is reused until a module in VERDICT_MODULES changes: a module that decides verdicts but is
+    missing from the list would let a stale verdict through after an upgrade. Every vlsft module the row checker
+    imports, directly or through another, must be listed (package `__init__` files hold no logic). A module split
+    off one of them, or a new one they import, fails here until it is listed."""
+    reached, todo = set(), ["vlsft.data.row_checker"]  # `Dataset.map` caches what its `map_batch` returns
+    while todo:
+        module = todo.pop()
+        if module not in reached:
+            reached.add(module)
+            todo += vlsft_imports(module)
+    modules = {name for name in reached if importlib.util.find_spec(name).submodule_search_locations is None}
+    assert {"vlsft.collator", "vlsft.data.media_checks", "vlsft.tokens"} <= modules  # the walk follows imports
+    assert modules - set(VERDICT_MODULES) == set()
 
 
 def test_validation_runs_in_the_trainer_for_eval_datasets_too(tiny, tmp_path, image_files):

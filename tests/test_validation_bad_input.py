@@ -19,7 +19,8 @@ from PIL import Image, ImageOps
 
 from tests.conftest import IMAGE, assistant, image, tool, user, zoom_call
 from vlsft import VLSFTConfig, VLSFTTrainer
-from vlsft.collator import IGNORE_INDEX, VisionChatCollator
+from vlsft.collator import VisionChatCollator
+from vlsft.tokens import IGNORE_INDEX
 from vlsft.data.rows import load_image
 from vlsft.templates import FAMILIES, resolve_training_template
 from vlsft.testing.tiny_families import build_tiny

@@ -19,7 +19,8 @@ from tests.conftest import assistant, image
 from tests.test_families_qwen3_5 import real_qwen3_5_processor  # noqa: F401 (a fixture)
 from tests.test_loss import make_trainer
 from tests.test_masks import supervised_runs
-from vlsft.collator import IGNORE_INDEX, RowError, VisionChatCollator
+from vlsft.collator import RowError, VisionChatCollator
+from vlsft.tokens import IGNORE_INDEX
 from vlsft.templates import stock_template, training_template
 from vlsft.testing.tiny_families import build_tiny_qwen2_5_vl
 from vlsft.testing.tiny_video import moving_shape_frames, write_moving_shape, write_video, write_zero_frame_video
@@ -419,13 +420,13 @@ def test_validation_counts_video_tokens_without_processing_pixels(tiny, videos):
 
 
 def test_skip_mode_counts_bad_video_rows(qwen3, videos):
-    from vlsft.data.validation import _skip_summary
+    from vlsft.data.validation_report import skip_summary
 
     processor, collator = qwen3
     rows = [video_row(str(videos["mp4"])), video_row(str(videos["corrupt"])), video_row(str(videos["one_frame"]))]
     result = validate_rows(rows, collator)
     assert result.bad_indices == [1, 2]
-    summary = _skip_summary("train", result)
+    summary = skip_summary("train", result)
     assert "dropped 2 of 3 train rows" in summary and "1 bad video" in summary and "1 too few video frames" in summary
 
 

@@ -14,7 +14,7 @@ def __getattr__(name):
 
         return VLSFTTrainer
     if name == "inspect":
-        from vlsft.inspection import inspect  # the command itself is `vlsft.inspection.main`
+        from vlsft.inspection import inspect  # the command itself is `vlsft.cli.inspect.main`
 
         return inspect
     raise AttributeError(name)

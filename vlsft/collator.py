@@ -33,7 +33,7 @@ from jinja2 import TemplateError
 from transformers import ProcessorMixin
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from vlsft.data.rows import ImagesNotAListError, load_image, normalize_messages, row_images, row_videos
+from vlsft.data.rows import ImagesNotAListError, load_image, normalize_messages, placeholder_mismatch, row_images, row_videos
 from vlsft.templates import (
     FAMILIES,
     QWEN3_5_FAMILIES,
@@ -46,9 +46,9 @@ from vlsft.templates import (
     split_inline_reasoning,
 )
 from vlsft.data.video import LoadedVideo, VideoLoadError, load_video
+from vlsft.tokens import IGNORE_INDEX
 from vlsft.weights import TurnWeightError, turn_weights
 
-IGNORE_INDEX = -100
 # Families whose processor and model take videos (`pixel_values_videos`, `video_grid_thw`) and that vlsft trains on.
 VIDEO_FAMILIES = ("qwen3_vl", "qwen3_vl_moe", "qwen2_5_vl", *QWEN3_5_FAMILIES)
 # Frame rate Qwen2.5-VL samples at when frame limits are set without `video_fps` (qwen-vl-utils' default): its
@@ -316,9 +316,9 @@ class VisionChatCollator:
                 raise RowError(index, f"{self.family.display_name} is not trained on videos by vlsft (video families: "
                                f"{', '.join(VIDEO_FAMILIES)}); remove the row's videos")
             return []
-        placeholders = sum(text.count(self.video_token) for text, _ in pieces)
-        if placeholders != len(values):
-            raise RowError(index, f"{placeholders} video placeholder(s) but {len(values)} video(s)")
+        mismatch = placeholder_mismatch("video", sum(text.count(self.video_token) for text, _ in pieces), len(values))
+        if mismatch:
+            raise RowError(index, mismatch)
         loaded = []
         for number, value in enumerate(values):
             try:
@@ -663,9 +663,10 @@ class VisionChatCollator:
                 values = row_images(row)
             except ImagesNotAListError as error:
                 raise RowError(index, str(error)) from error
-            placeholders = sum(text.count(self.image_token) for text, _ in pieces)
-            if placeholders != len(values):
-                raise RowError(index, f"{placeholders} image placeholder(s) but {len(values)} image(s)")
+            # Placeholders as rendered: a template that drops an image's placeholder leaves one image too many.
+            mismatch = placeholder_mismatch("image", sum(text.count(self.image_token) for text, _ in pieces), len(values))
+            if mismatch:
+                raise RowError(index, mismatch)
             try:
                 images.append([load_image(value, self.image_root) for value in values])
             except ValueError as error:

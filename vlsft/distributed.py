@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vlsft.tokens import IGNORE_INDEX
+
 # The model inputs that carry each modality's pixels, in the order the model runs its vision tower on them.
 MODALITY_INPUTS = {"image": "pixel_values", "video": "pixel_values_videos"}
 
@@ -47,7 +49,7 @@ class StepShape:
 
 def local_chunk_count(labels: torch.Tensor, chunk_size: int) -> int:
     """LM-head chunks this micro-batch needs: one per `chunk_size` supervised tokens, at least one."""
-    supervised = int((labels[:, 1:] != -100).sum())
+    supervised = int((labels[:, 1:] != IGNORE_INDEX).sum())
     return max(1, math.ceil(supervised / chunk_size))
 
 

@@ -28,8 +28,7 @@ from vlsft.distributed import (
     zero_factor_vision_passes,
 )
 from vlsft.model_parts import final_logit_softcap
-
-IGNORE_INDEX = -100
+from vlsft.tokens import IGNORE_INDEX
 
 
 @dataclass

@@ -32,16 +32,12 @@ from vlsft.collator import VisionChatCollator, training_collator
 from vlsft.config import VLSFTConfig
 from vlsft.distributed import check_offload_keeps_optimizer
 from vlsft.loss import attach_supervised_head
-from vlsft.packing import (
-    PackedCollator,
-    PackedRows,
-    check_packing_support,
-    packing_hidden_from_trl,
-    pack_dataset,
-    packing_enabled,
-    use_packed_attention,
-)
+from vlsft.packing import check_packing_support, packing_enabled, packing_hidden_from_trl
+from vlsft.packing.attention import use_packed_attention
+from vlsft.packing.collator import PackedCollator
+from vlsft.packing.plan import PackedRows, pack_dataset
 from vlsft.templates import has_generation_markers
+from vlsft.tokens import IGNORE_INDEX
 from vlsft.data.training_rows import FaultTolerantCollator, IndexedRows
 from vlsft.data.validation import validate_datasets
 
@@ -411,7 +407,7 @@ def _summed_label_weight(batch) -> torch.Tensor:
     """Summed weight of a micro-batch's supervised targets (labels shifted by one), in float64."""
     if batch.get("label_weights") is not None:
         return batch["label_weights"][..., 1:].double().sum()
-    return (batch["labels"][..., 1:] != -100).sum().double()
+    return (batch["labels"][..., 1:] != IGNORE_INDEX).sum().double()
 
 
 def _positive_or_one(divisor: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return train_main(rest)
     if command == "inspect":
-        from vlsft.inspection import main as inspect_main
+        from vlsft.cli.inspect import main as inspect_main
 
         return inspect_main(rest)
     print(f"vlsft: unknown command {command!r}\n\n{USAGE}", end="", file=sys.stderr)

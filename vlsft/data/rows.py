@@ -160,12 +160,24 @@ def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def count_image_placeholders(messages: list[dict[str, Any]]) -> int:
+    """The `{"type": "image"}` items of the messages (in every role, rendered or not)."""
+    return _count_content_items(messages, is_image_item)
+
+
+def placeholder_mismatch(kind: str, placeholders: int, values: int) -> str:
+    """Why a row's `placeholders` of `kind` ("image" or "video") do not match its `values` of that kind, or "" when
+    they do. The one wording of this problem, which the collator raises and validation reports (and counts by kind
+    in its skip summary)."""
+    return "" if placeholders == values else f"{placeholders} {kind} placeholder(s) but {values} {kind}(s)"
+
+
+def _count_content_items(messages: list[dict[str, Any]], is_kind) -> int:
     return sum(
         1
         for message in messages
         if isinstance(message.get("content"), list)
         for item in message["content"]
-        if isinstance(item, dict) and is_image_item(item)
+        if isinstance(item, dict) and is_kind(item)
     )
 
 
@@ -203,10 +215,5 @@ def row_videos(row: dict[str, Any]) -> list[Any]:
 
 
 def count_video_placeholders(messages: list[dict[str, Any]]) -> int:
-    return sum(
-        1
-        for message in messages
-        if isinstance(message.get("content"), list)
-        for item in message["content"]
-        if isinstance(item, dict) and is_video_item(item)
-    )
+    """The `{"type": "video"}` items of the messages (in every role, rendered or not)."""
+    return _count_content_items(messages, is_video_item)

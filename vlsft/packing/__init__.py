@@ -1,0 +1,123 @@
+"""Padding-free packing for vision-language rows: several conversations in one sequence, each exactly as if alone.
+
+`VLSFTConfig(packing=True)` (TRL's field names and meaning: `packing`, `packing_strategy="bfd"`, `max_length` as the
+pack budget, `padding_free`) trains on packs instead of padded batches:
+- **Plan.** Every row's length, image tokens included, is known before the model runs: it is what validation counts
+  (`RowChecker`, the training collator's own rendering and tokenization). Rows are placed best-fit decreasing into
+  packs of at most `max_length` tokens (`plan_packs`); a longer row is truncated by the collator's usual rule, which
+  never cuts an image (validation refuses a row where it would). The plan is deterministic for a seed; the trainer's
+  sampler shuffles the order of the packs, per epoch, as it shuffles rows.
+- **Collation** (`PackedCollator`): the rows of the micro-batch are collated by the ordinary collator (same
+  rendering, mask, truncation, images in row order), then their unpadded tokens are laid end to end in one sequence
+  of shape `[1, total]`, with no attention mask and no padding token at all.
+- **Positions.** Each row keeps its own positions: 1D positions restart at 0 per row; for the Qwen-VL families the
+  3D mRoPE positions come from the model's own `get_rope_index`, called on each row alone, and are concatenated
+  under a first row of per-row text positions (the `[4, batch, length]` layout these models accept). Each call gets
+  the row's own slices of `image_grid_thw`, `video_grid_thw` and (Qwen2.5-VL) `second_per_grid_ts`, as the model's
+  forward passes them for the row alone; the slices are cut by the image and video counts of the rows themselves,
+  not by counting runs of vision tokens (Qwen3-VL writes each video as one run per temporal group, timestamps
+  between them).
+- **Attention never crosses rows.** The rows are found where the (text) position ids restart. With eager attention,
+  transformers' `create_causal_mask` builds the block-diagonal causal mask from them (`find_packed_sequence_indices`,
+  which runs only without an attention mask and without a KV cache: the collator sets `use_cache=False`). With sdpa,
+  the text model runs `vlsft_packed_sdpa` (`vlsft.packing.attention`): sdpa on each row's slice, so no
+  `[total, total]` mask is built and attention costs each row's own length. The Qwen-VL text models hand their first position row to both; given
+  the 3 mRoPE rows only they would not, and rows would attend to each other: hence the 4-row layout.
+  `tests/test_packing.py` checks bit for bit that no row's logits change when another row's tokens or image
+  change, for every (family, attention) pair allowed below; any other pair is refused (`check_packing_support`), as
+  are families added later (hybrid linear-attention stacks need their recurrent state reset at row boundaries,
+  which this module does not do).
+- **The loss is unchanged.** The first token of every row gets the label -100: the loss predicts token t+1 from
+  hidden state t, and a row's first token would otherwise be predicted from the previous row's last token. A padded
+  batch never supervises a row's first token either, so the supervised targets, and the token count the trainer
+  divides by, are the same.
+
+The modules: this one (which settings and models can pack), `plan` (lengths and packs), `collator` (`PackedCollator`:
+a pack as one sequence with its positions) and `attention` (`vlsft_packed_sdpa`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from vlsft.collator import VisionChatCollator
+from vlsft.packing.attention import PACKABLE_ATTENTION
+from vlsft.templates import FAMILIES, family_of_model
+
+# Families whose packed rows are proven isolated (tests/test_packing.py), and how their positions are built.
+PACKABLE_FAMILIES = {
+    "qwen3_vl": "mrope",
+    "qwen3_vl_moe": "mrope",
+    "qwen2_5_vl": "mrope",
+    "llava_next": "1d",
+    "idefics3": "1d",
+    "smolvlm": "1d",
+}
+SUPPORTED_STRATEGIES = ("bfd",)
+
+
+def packing_enabled(args) -> bool:
+    """Whether `args` asks for packing or padding-free batches; raises on settings vlsft does not support."""
+    packing, padding_free = bool(getattr(args, "packing", False)), bool(getattr(args, "padding_free", False))
+    if not (packing or padding_free):
+        return False
+    if packing and args.packing_strategy not in SUPPORTED_STRATEGIES:
+        raise ValueError(
+            f"packing_strategy={args.packing_strategy!r} is not supported for vision-language rows: vlsft packs whole "
+            "rows best-fit decreasing and never splits a row (an image cannot be split). Use `packing_strategy: bfd`."
+        )
+    if packing and args.max_length is None:
+        raise ValueError("packing=True needs `max_length`, the number of tokens per pack (image tokens included).")
+    if getattr(args, "eval_packing", None):
+        raise ValueError(
+            "eval_packing=True is not supported: eval rows are collated padding-free (each row on its own positions, "
+            "the same loss) but not re-planned into packs. Leave `eval_packing` unset."
+        )
+    if getattr(args, "train_sampling_strategy", None) == "group_by_length" or getattr(args, "group_by_length", False):
+        raise ValueError(
+            "packing / padding_free and group_by_length both fight padding; packing removes it. Drop "
+            "`train_sampling_strategy: group_by_length` (use the default `random`)."
+        )
+    return True
+
+
+@contextlib.contextmanager
+def packing_hidden_from_trl(args) -> Iterator[None]:
+    """TRL's `SFTTrainer` refuses packing and padding-free for vision datasets (its own collator cannot do them);
+    vlsft does both itself, so TRL's constructor sees them off while it runs."""
+    saved = args.packing, args.padding_free
+    args.packing, args.padding_free = False, False
+    try:
+        yield
+    finally:
+        args.packing, args.padding_free = saved
+
+
+def check_packing_support(model, collator: VisionChatCollator) -> str:
+    """The position scheme ("mrope" or "1d") of `model`, or a ValueError saying why its packed rows could not be
+    kept apart. `model` is the bare model (no PEFT or DDP wrapper)."""
+    family = family_of_model(model)
+    collates_as_model = family is not None and collator.family.name in (family, *_same_collation(family))
+    if family not in PACKABLE_FAMILIES or not collates_as_model:
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        raise ValueError(
+            f"packing is not supported for model type {model_type!r} (template family {collator.family.name!r}): "
+            f"vlsft packs only {', '.join(PACKABLE_FAMILIES)}, whose rows are proven kept apart inside a pack. Set "
+            "`packing: false` (and `padding_free: false`)."
+        )
+    attention = model.config._attn_implementation
+    text_attention = model.config.get_text_config()._attn_implementation
+    if attention not in PACKABLE_ATTENTION or text_attention not in PACKABLE_ATTENTION:
+        raise ValueError(
+            f"packing is not supported with attn_implementation={text_attention!r}: vlsft packs with "
+            f"{' or '.join(PACKABLE_ATTENTION)}, whose separation of rows is tested. Load the model "
+            "with `attn_implementation='sdpa'`, or set `packing: false`."
+        )
+    return PACKABLE_FAMILIES[family]
+
+
+def _same_collation(family: str) -> tuple[str, ...]:
+    """Families that share `family`'s processor and template (Qwen3-VL-MoE collates as Qwen3-VL)."""
+    spec = FAMILIES[family]
+    return tuple(name for name, other in FAMILIES.items() if other.training_template == spec.training_template)
