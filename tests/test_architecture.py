@@ -1,0 +1,140 @@
+"""The package's shape, checked: no import cycles (function-local imports included, since they only hide a cycle),
+the core never imports the test fixtures, `import vlsft` loads no fixture, and the modules inside vlsft/ shadow
+nothing when `accelerate launch vlsft/train.py` puts that folder first on `sys.path`."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "vlsft"
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The vlsft modules a file imports anywhere in it (top level or inside functions): `from vlsft.a import b`
+    counts as `vlsft.a.b` when that is a module, else as `vlsft.a`."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.startswith("vlsft"))
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("vlsft") and node.level == 0:
+            for alias in node.names:
+                submodule = f"{node.module}.{alias.name}"
+                found.add(submodule if submodule in MODULES else node.module)
+    return {name for name in found if name in MODULES}
+
+
+GRAPH = {name: imported_modules(path) - {name} for name, path in MODULES.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(node):
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph[node]):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles():
+    assert cycles(GRAPH) == []
+
+
+def test_nothing_outside_the_fixtures_imports_them():
+    """Recipes reach the tiny models and the demo data by name (`vlsft.recipes.registry`), never by import."""
+    offenders = {
+        name: sorted(target for target in targets if target.startswith("vlsft.testing"))
+        for name, targets in GRAPH.items()
+        if not name.startswith("vlsft.testing")
+    }
+    assert {name: targets for name, targets in offenders.items() if targets} == {}
+
+
+def test_the_core_and_data_layers_never_import_recipes_or_the_command_line():
+    """Layers: core + data <- recipes <- tools (the inspector, which reads recipes too) and cli. `vlsft/train.py` is
+    the entry point, so it sits on top."""
+    upper = ("vlsft.recipes", "vlsft.cli", "vlsft.testing", "vlsft.inspection")
+    lower = [name for name in GRAPH if not name.startswith(upper) and name != "vlsft.train"]
+    upward = {
+        name: sorted(t for t in GRAPH[name] if t.startswith(("vlsft.recipes", "vlsft.cli"))) for name in lower
+    }
+    assert {name: targets for name, targets in upward.items() if targets} == {}
+
+
+def run_python(code: str, repo_on_path: bool = True) -> str:
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    if repo_on_path:
+        env["PYTHONPATH"] = str(REPO)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd="/", env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_importing_vlsft_and_its_run_path_loads_no_fixture():
+    out = run_python(
+        "import sys, vlsft\n"
+        "print(sorted(m for m in sys.modules if m.startswith('vlsft')))\n"
+        "import vlsft.cli.train, vlsft.recipes.build, vlsft.recipes.plan, vlsft.trainer\n"
+        "vlsft.VLSFTTrainer\n"
+        "print(sorted(m for m in sys.modules if m.startswith('vlsft.testing')))\n"
+    )
+    first, run_path = out.strip().splitlines()
+    assert "vlsft.testing" not in first and "vlsft.trainer" not in first  # the trainer (and TRL) load lazily
+    assert run_path == "[]"
+
+
+def test_modules_inside_the_package_shadow_nothing_when_it_is_launched_as_a_script():
+    """`accelerate launch vlsft/train.py` runs a file inside the package, so Python puts vlsft/ first on sys.path:
+    a module there named like another importable module (as `inspect.py` once was) would replace it."""
+    names = sorted({entry.removesuffix(".py") for entry in os.listdir(PACKAGE) if not entry.startswith(("_", "."))})
+    out = run_python(
+        "import importlib.util\n"
+        f"for name in {names!r}:\n"
+        "    if importlib.util.find_spec(name) is not None:\n"
+        "        print(name)\n",
+        repo_on_path=False,  # the repository's own recipes/ and configs/ folders are not on a launched run's path
+    )
+    assert out.split() == []
