@@ -14,7 +14,7 @@ import yaml
 from PIL import Image
 
 from vlsft.recipes import plan
-from vlsft.recipes.datasets import mixture_counts
+from vlsft.recipes.mixture import mixture_counts
 from vlsft.recipes.loading import load_recipe, recipe_from_dict
 from vlsft.recipes.schema import RecipeError
 from vlsft.cli.train import main

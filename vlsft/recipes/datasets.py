@@ -4,30 +4,17 @@ through `datasets.load_dataset`; column mapping, row limits, held-out eval fract
 from __future__ import annotations
 
 import glob
-import math
 import os
 import re
 from typing import Any
 
+from vlsft.recipes.mixture import hold_out, limit_rows, mixture_counts, resample
 from vlsft.recipes.registry import is_local_dataset, load_local_dataset
 from vlsft.recipes.schema import DatasetSource, Recipe, RecipeError
 
 # Local data files by extension -> the `datasets` packaged builder that reads them.
 LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 CONVERSATION_COLUMNS = ("messages", "images", "videos", "tools")
-
-
-def mixture_counts(sizes: list[int], weights: list[float], total: int | None = None) -> list[int]:
-    """Rows each source gives a weighted mixture of `total` rows (default: sum of sizes): proportional to the
-    weights, rounded by largest remainder so that the counts add up to `total` exactly."""
-    total = sum(sizes) if total is None else total
-    shares = [total * weight / sum(weights) for weight in weights]
-    counts = [math.floor(share) for share in shares]
-    by_remainder = sorted(range(len(shares)), key=lambda i: (counts[i] - shares[i], i))
-    for i in by_remainder[: total - sum(counts)]:
-        counts[i] += 1
-    return counts
-
 
 
 # -- datasets ----------------------------------------------------------------------------------------------------
@@ -50,18 +37,18 @@ def build_datasets(recipe: Recipe):
     train_parts, eval_parts = [], []
     for index, source in enumerate(data.train):
         dataset = load_source(source, f"data.train.{index}", data.cache_dir, image_root, data.seed, video_root)
-        dataset = _limit(dataset, source, seed=(data.seed, index, 0))
+        dataset = _limit_source(dataset, source, seed=(data.seed, index, 0))
         if data.eval_fraction is not None:
-            dataset, held_out = _hold_out(dataset, data.eval_fraction, (data.seed, index, 1), where=f"data.train.{index}")
+            dataset, held_out = hold_out(dataset, data.eval_fraction, (data.seed, index, 1), where=f"data.train.{index}")
             eval_parts.append(held_out)
         train_parts.append(dataset)
     for index, source in enumerate(data.eval or []):
         dataset = load_source(source, f"data.eval.{index}", data.cache_dir, image_root, data.seed, video_root)
-        eval_parts.append(_limit(dataset, source, seed=(data.seed, 1000 + index, 0)))
+        eval_parts.append(_limit_source(dataset, source, seed=(data.seed, 1000 + index, 0)))
 
     if any(source.weight is not None for source in data.train):
         counts = mixture_counts([len(d) for d in train_parts], [s.weight for s in data.train], data.mixture_rows)
-        train_parts = [_resample(d, n, seed=(data.seed, i, 2)) for i, (d, n) in enumerate(zip(train_parts, counts))]
+        train_parts = [resample(d, n, seed=(data.seed, i, 2)) for i, (d, n) in enumerate(zip(train_parts, counts))]
         train_parts = [d for d in train_parts if len(d)]
     train = datasets.concatenate_datasets(_unify(train_parts))
     evaluation = datasets.concatenate_datasets(_unify(eval_parts)) if eval_parts else None
@@ -223,56 +210,10 @@ def _join(root: str | None, path: str) -> str:
     return os.path.join(root, path) if root and not os.path.isabs(path) else path
 
 
-def _rng(seed: tuple[int, ...]):
-    import numpy as np
-
-    return np.random.default_rng(list(seed))
-
-
-def kept_rows(size: int, source: DatasetSource) -> int:
-    """How many of a source's `size` rows its `rows` / `fraction` limit keeps (the dry run counts with it too)."""
-    if source.rows is not None:
-        return min(source.rows, size)
-    if source.fraction is not None:
-        return max(1, round(size * source.fraction))
-    return size
-
-
-def held_out_rows(size: int, fraction: float) -> int:
-    """How many of a train source's `size` rows `data.eval_fraction` holds out for evaluation (at least one)."""
-    return max(1, round(size * fraction))
-
-
-def _limit(dataset, source: DatasetSource, seed: tuple[int, ...]):
-    """Keep `rows` rows or a `fraction` of them: a seeded random sample, in the dataset's order."""
+def _limit_source(dataset, source: DatasetSource, seed: tuple[int, ...]):
     if is_local_dataset(source.path):
         return dataset  # generated with exactly `rows` rows
-    size = len(dataset)
-    keep = kept_rows(size, source)
-    if keep == size:
-        return dataset
-    return dataset.select(sorted(_rng(seed).permutation(size)[:keep].tolist()))
-
-
-def _hold_out(dataset, fraction: float, seed: tuple[int, ...], where: str):
-    size = len(dataset)
-    held = held_out_rows(size, fraction)
-    if held >= size:
-        raise RecipeError(f"`data.eval_fraction` {fraction} of `{where}` ({size} rows) leaves nothing to train on.")
-    order = _rng(seed).permutation(size).tolist()
-    return dataset.select(sorted(order[held:])), dataset.select(sorted(order[:held]))
-
-
-def _resample(dataset, count: int, seed: tuple[int, ...]):
-    """`count` rows of `dataset` for a weighted mixture: seeded random order, whole passes repeated when upsampling."""
-    size = len(dataset)
-    if size == 0:
-        return dataset
-    rng = _rng(seed)
-    indices: list[int] = []
-    while len(indices) < count:
-        indices.extend(rng.permutation(size).tolist())
-    return dataset.select(indices[:count])
+    return limit_rows(dataset, source, seed)
 
 
 def _unify(parts: list) -> list:

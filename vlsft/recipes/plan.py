@@ -10,7 +10,8 @@ import os
 import re
 
 from vlsft.recipes.build import build_training_config, check_model_source, lora_targets
-from vlsft.recipes.datasets import file_extension, held_out_rows, kept_rows, looks_local, mixture_counts
+from vlsft.recipes.datasets import file_extension, looks_local
+from vlsft.recipes.mixture import held_out_rows, kept_rows, mixture_counts
 from vlsft.recipes.launch import has_gpu, launch_command, runs_in_this_process
 from vlsft.recipes.registry import build_local_model, is_local_dataset, is_local_model
 from vlsft.recipes.schema import DatasetSource, Recipe, RecipeError
