@@ -26,11 +26,9 @@ from tests.test_weights import weighted_runs
 from vlsft import VLSFTConfig, VLSFTTrainer
 from vlsft.collator import IGNORE_INDEX, RowError, VisionChatCollator, row_template_kwargs, training_collator
 from vlsft.data.rows import normalize_messages
+from vlsft.families import FAMILIES, family_of_model, family_of_processor
 from vlsft.templates import (
-    FAMILIES,
     detect_family,
-    family_of_model,
-    family_of_processor,
     resolve_training_template,
     stock_template,
     training_template,

@@ -21,7 +21,8 @@ from tests.conftest import IMAGE, assistant, image, tool, user, zoom_call
 from vlsft import VLSFTConfig, VLSFTTrainer
 from vlsft.collator import IGNORE_INDEX, VisionChatCollator
 from vlsft.data.rows import load_image
-from vlsft.templates import FAMILIES, resolve_training_template
+from vlsft.families import FAMILIES
+from vlsft.templates import resolve_training_template
 from vlsft.testing.tiny_families import build_tiny
 from vlsft.data.training_rows import TrainingRowError
 from vlsft.data.validation import InvalidRowsError, RowChecker, validate_datasets, validate_rows

@@ -401,7 +401,7 @@ def test_every_family_weighs_its_turns_and_leaves_out_exactly_its_end_of_turn_to
     """On each family's own chat format (text expanded images included): per-turn weights, `train_on_turns="last"`
     and `train_on_eos=False` select the hand-written text of each turn."""
     from tests.test_families import collator, shape, supervised_texts, tiny
-    from vlsft.templates import FAMILIES
+    from vlsft.families import FAMILIES
 
     tokenizer = tiny(family)[1].tokenizer
     row, expected = shape(family, "multi_turn_later_images")  # three assistant turns

@@ -34,14 +34,12 @@ from transformers import ProcessorMixin
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from vlsft.data.rows import ImagesNotAListError, load_image, normalize_messages, row_images, row_videos
+from vlsft.families import FAMILIES, family_of_processor
 from vlsft.templates import (
-    FAMILIES,
-    QWEN3_5_FAMILIES,
     UnsupportedConversationError,
     check_expressible,
     check_media,
     detect_family,
-    family_of_processor,
     resolve_training_template,
     split_inline_reasoning,
 )
@@ -49,8 +47,6 @@ from vlsft.data.video import LoadedVideo, VideoLoadError, load_video
 from vlsft.weights import TurnWeightError, turn_weights
 
 IGNORE_INDEX = -100
-# Families whose processor and model take videos (`pixel_values_videos`, `video_grid_thw`) and that vlsft trains on.
-VIDEO_FAMILIES = ("qwen3_vl", "qwen3_vl_moe", "qwen2_5_vl", *QWEN3_5_FAMILIES)
 # Frame rate Qwen2.5-VL samples at when frame limits are set without `video_fps` (qwen-vl-utils' default): its
 # processor samples only when given a rate.
 QWEN_REFERENCE_FPS = 2.0
@@ -148,7 +144,7 @@ class VisionChatCollator:
     `pixel_attention_mask`, the image-token map...).
 
     Args:
-        processor: the model's processor (tokenizer + image processor), of a family in `vlsft.templates.FAMILIES`.
+        processor: the model's processor (tokenizer + image processor), of a family in `vlsft.families.FAMILIES`.
         chat_template: a template with `{% generation %}` markers (see `vlsft.templates`).
         max_length: truncate longer rows (from the end); a row whose truncation would cut image tokens raises.
         image_root: directory for relative image paths.
@@ -197,8 +193,8 @@ class VisionChatCollator:
             known = ", ".join(f"{f.processor_class} ({f.name})" for f in FAMILIES.values())
             raise ValueError(
                 f"vlsft does not know the processor {type(self.processor).__name__}: it collates the families in "
-                f"`vlsft.templates.FAMILIES`, whose processors are {known}. A new family is a training template, "
-                "an entry in that table and a test."
+                f"`vlsft.families.FAMILIES`, whose processors are {known}. A new family is a `Family` entry in that table, "
+                "a training template, a tiny builder and a test."
             )
         self.family = FAMILIES[name]
         self.image_token = self.family.image_token
@@ -263,7 +259,7 @@ class VisionChatCollator:
     def _setup_videos(self, videos_kwargs: dict[str, Any]) -> None:
         """The video token and a copy of the video processor with this run's sampling and pixel budget."""
         self.video_token = self.video_token_id = self.video_processor = None
-        if self.family.name not in VIDEO_FAMILIES or getattr(self.processor, "video_processor", None) is None:
+        if not self.family.video or getattr(self.processor, "video_processor", None) is None:
             return
         self.video_token = self.processor.video_token
         self.video_token_id = self.processor.tokenizer.convert_tokens_to_ids(self.video_token)
@@ -314,7 +310,7 @@ class VisionChatCollator:
         if self.video_token is None:
             if values:
                 raise RowError(index, f"{self.family.display_name} is not trained on videos by vlsft (video families: "
-                               f"{', '.join(VIDEO_FAMILIES)}); remove the row's videos")
+                               f"{', '.join(name for name, family in FAMILIES.items() if family.video)}); remove the row's videos")
             return []
         placeholders = sum(text.count(self.video_token) for text, _ in pieces)
         if placeholders != len(values):
@@ -567,7 +563,7 @@ class VisionChatCollator:
         if any(n * len(self.image_token) != len(text) for n, text in zip(counts, texts)):
             raise ValueError(
                 f"{self.family.name}: the processor's image text is not only copies of {self.image_token}; set "
-                "`expand_on_ids=False` for this family in `vlsft.templates.FAMILIES`."
+                "`expand_on_ids=False` for this family in `vlsft.families.FAMILIES`."
             )
         return counts
 

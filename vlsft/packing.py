@@ -48,17 +48,10 @@ from transformers.masking_utils import AttentionMaskInterface, find_packed_seque
 
 from vlsft.collator import IGNORE_INDEX, VisionChatCollator
 from vlsft.data.rows import row_images, row_videos
-from vlsft.templates import FAMILIES, family_of_model
+from vlsft.families import FAMILIES, family_of_model
 
 # Families whose packed rows are proven isolated (tests/test_packing.py), and how their positions are built.
-PACKABLE_FAMILIES = {
-    "qwen3_vl": "mrope",
-    "qwen3_vl_moe": "mrope",
-    "qwen2_5_vl": "mrope",
-    "llava_next": "1d",
-    "idefics3": "1d",
-    "smolvlm": "1d",
-}
+PACKABLE_FAMILIES = {name: family.packed_positions for name, family in FAMILIES.items() if family.packed_positions}
 # The attention implementation a packed text model runs with sdpa: each row attends on its own (see below).
 PACKED_SDPA = "vlsft_packed_sdpa"
 # Attention implementations whose packed rows are kept apart: eager through transformers' block-diagonal mask from

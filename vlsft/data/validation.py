@@ -48,7 +48,8 @@ from vlsft.data.rows import (
     row_videos,
 )
 from vlsft.data.formats import CONVERSION_ERROR, missing_messages_message
-from vlsft.templates import FAMILIES, detect_family
+from vlsft.families import FAMILIES
+from vlsft.templates import detect_family
 from vlsft.data.video import VideoLoadError
 from vlsft.weights import TurnWeightError, turn_weights
 
@@ -62,7 +63,8 @@ IMAGE_ROLES = ("user", "tool")
 MAX_LISTED_ROWS = 20
 # The source files whose logic decides a row's verdict: a change to any of them invalidates cached results.
 _VERDICT_MODULES = (
-    "vlsft.data.validation", "vlsft.collator", "vlsft.data.rows", "vlsft.templates", "vlsft.weights", "vlsft.data.video",
+    "vlsft.data.validation", "vlsft.collator", "vlsft.data.rows", "vlsft.families", "vlsft.templates", "vlsft.weights",
+    "vlsft.data.video",
 )
 
 
