@@ -49,7 +49,8 @@ from vlsft.templates import (
     stock_template,
     training_template,
 )
-from vlsft.testing.tiny_families import qwen3_5_processor, qwen3_5_tokenizer
+from vlsft.testing.tiny_qwen import qwen3_5_processor
+from vlsft.testing.tiny_tokenizers import qwen3_5_tokenizer
 from vlsft.data.validation import InvalidRowsError
 
 REPO = Path(__file__).resolve().parent.parent

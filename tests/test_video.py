@@ -21,7 +21,7 @@ from tests.test_loss import make_trainer
 from tests.test_masks import supervised_runs
 from vlsft.collator import IGNORE_INDEX, RowError, VisionChatCollator
 from vlsft.templates import stock_template, training_template
-from vlsft.testing.tiny_families import build_tiny_qwen2_5_vl
+from vlsft.testing.tiny_qwen import build_tiny_qwen2_5_vl
 from vlsft.testing.tiny_video import moving_shape_frames, write_moving_shape, write_video, write_zero_frame_video
 from vlsft.data.validation import validate_rows
 from vlsft.data.video import load_video, probe_video

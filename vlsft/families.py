@@ -8,7 +8,7 @@ family read this table: `vlsft.templates` (rendering and checks), `vlsft.model_p
 the collator (tokens, expansion, videos), `vlsft.packing`.
 
 A new family is one `Family` entry here, one `.jinja` training template in `vlsft/templates/`, one tiny builder in
-`vlsft.testing.tiny_builders` and one test (`tests/test_families.py`).
+`vlsft.testing.tiny_families.FAMILY_BUILDERS` and one test (`tests/test_families.py`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A training template renders exactly what the stock template renders, with `{% generation %}` markers around the
 part of each assistant turn that the model must learn to produce. The families and what their templates can
 express are in `vlsft.families.FAMILIES`: a new family is one `Family` entry there, one `.jinja` file in
-`vlsft/templates/`, one tiny builder in `vlsft.testing.tiny_builders` and one test.
+`vlsft/templates/`, one tiny builder in `vlsft.testing.tiny_families.FAMILY_BUILDERS` and one test.
 """
 
 from __future__ import annotations
