@@ -29,7 +29,8 @@ from trl.data_utils import prepare_multimodal_messages
 
 from tests.conftest import IMAGE, _shapes, assistant, image, user
 from vlsft import VLSFTConfig, VLSFTTrainer
-from vlsft.collator import IGNORE_INDEX, RowError, VisionChatCollator
+from vlsft.collation.rendering import RowError
+from vlsft.collator import IGNORE_INDEX, VisionChatCollator
 from vlsft.data.rows import normalize_messages
 from vlsft.recipes.loading import load_recipe
 from vlsft.families import FAMILIES, family_of_model, family_of_processor

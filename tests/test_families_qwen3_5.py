@@ -38,7 +38,8 @@ from tests.test_families import (
 )
 from tests.test_weights import weighted_runs
 from vlsft import VLSFTConfig, VLSFTTrainer
-from vlsft.collator import IGNORE_INDEX, RowError, VisionChatCollator
+from vlsft.collation.rendering import RowError
+from vlsft.collator import IGNORE_INDEX, VisionChatCollator
 from vlsft.data.rows import normalize_messages
 from vlsft.families import FAMILIES, QWEN3_5_FAMILIES, family_of_model
 from vlsft.model_parts import component_of, lora_target_modules, merger_module_names

@@ -8,7 +8,8 @@ import torch
 from datasets import Dataset
 from trl.data_utils import prepare_multimodal_messages
 
-from vlsft.collator import IGNORE_INDEX, RowError, VisionChatCollator
+from vlsft.collation.rendering import RowError
+from vlsft.collator import IGNORE_INDEX, VisionChatCollator
 from vlsft.templates import stock_template, training_template
 
 VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]

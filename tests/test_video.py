@@ -19,7 +19,8 @@ from tests.conftest import assistant, image
 from tests.test_families_qwen3_5 import real_qwen3_5_processor  # noqa: F401 (a fixture)
 from tests.test_loss import make_trainer
 from tests.test_masks import supervised_runs
-from vlsft.collator import IGNORE_INDEX, RowError, VisionChatCollator
+from vlsft.collation.rendering import RowError
+from vlsft.collator import IGNORE_INDEX, VisionChatCollator
 from vlsft.templates import stock_template, training_template
 from vlsft.testing.tiny_qwen import build_tiny_qwen2_5_vl
 from vlsft.testing.tiny_video import moving_shape_frames, write_moving_shape, write_video, write_zero_frame_video

@@ -15,7 +15,9 @@ from datasets import Dataset
 from tests.conftest import IMAGE, TOOLS, assistant, image, tool, user, zoom_call
 from tests.test_loss import make_trainer
 from tests.test_masks import supervised_runs
-from vlsft.collator import IGNORE_INDEX, RowError, VisionChatCollator, message_blocks
+from vlsft.collation.rendering import RowError
+from vlsft.collation.weighting import message_blocks
+from vlsft.collator import IGNORE_INDEX, VisionChatCollator
 from vlsft.templates import training_template
 
 END = "<|im_end|>\n"

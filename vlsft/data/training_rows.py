@@ -16,7 +16,8 @@ from typing import Any, Callable
 
 import torch
 
-from vlsft.collator import IGNORE_INDEX, RowError
+from vlsft.collation.rendering import RowError
+from vlsft.collator import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 

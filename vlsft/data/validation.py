@@ -36,7 +36,8 @@ import torch
 from datasets import Dataset, Features, Image, IterableDataset, LargeList, List
 from datasets.fingerprint import Hasher
 
-from vlsft.collator import RenderedRow, RowError, VisionChatCollator
+from vlsft.collation.rendering import RenderedRow, RowError
+from vlsft.collator import VisionChatCollator
 from vlsft.data.rows import (
     ImageLoadError,
     ImagesNotAListError,
@@ -63,8 +64,9 @@ IMAGE_ROLES = ("user", "tool")
 MAX_LISTED_ROWS = 20
 # The source files whose logic decides a row's verdict: a change to any of them invalidates cached results.
 _VERDICT_MODULES = (
-    "vlsft.data.validation", "vlsft.collator", "vlsft.data.rows", "vlsft.families", "vlsft.templates", "vlsft.weights",
-    "vlsft.data.video",
+    "vlsft.data.validation", "vlsft.collator", "vlsft.collation.rendering", "vlsft.collation.weighting",
+    "vlsft.collation.images", "vlsft.collation.videos", "vlsft.collation.template_kwargs", "vlsft.data.rows",
+    "vlsft.families", "vlsft.templates", "vlsft.weights", "vlsft.data.video",
 )
 
 
