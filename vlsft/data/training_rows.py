@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from vlsft.collator import RowError
+from vlsft.collation.rendering import RowError
 from vlsft.tokens import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
