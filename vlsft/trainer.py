@@ -27,6 +27,7 @@ from transformers import AutoProcessor, ProcessorMixin, TrainingArguments
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.utils import get_config_model_id
 
+from vlsft.answer_eval import AnswerAccuracyCallback
 from vlsft.checkpoints import STAGING_DIR, PreemptionCallback, publish_checkpoint, resume_argument
 from vlsft.collator import VisionChatCollator, training_collator
 from vlsft.config import VLSFTConfig
@@ -151,8 +152,19 @@ class VLSFTTrainer(SFTTrainer):
         self._total_supervised_weight = 0.0
         self.preemption = PreemptionCallback(self.accelerator)
         self.add_callback(self.preemption)
+        self._hand_self_to_callbacks()
         if packing:
             self._use_packing(base_model)
+
+    def add_callback(self, callback) -> None:
+        super().add_callback(callback)
+        self._hand_self_to_callbacks()
+
+    def _hand_self_to_callbacks(self) -> None:
+        """Callbacks that log through the trainer (`AnswerAccuracyCallback`) get it: `transformers` gives none."""
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, AnswerAccuracyCallback):
+                callback.trainer = self
 
     def _use_packing(self, base_model) -> None:
         """Train on best-fit-decreasing packs of rows (`args.packing`) or on padding-free micro-batches
