@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import shutil
@@ -20,9 +19,11 @@ import signal
 import threading
 
 import torch
+from accelerate.logging import get_logger
 from transformers import TrainerCallback
 
-logger = logging.getLogger(__name__)
+# accelerate's logger: emitted on the main process only (every rank reaches the same messages).
+logger = get_logger(__name__)
 
 # Where `checkpoint-N` is written before it is renamed into the output directory. Its name matches no checkpoint
 # pattern, so `get_last_checkpoint` and checkpoint rotation never see it.

@@ -28,6 +28,7 @@ from trl import SFTConfig, SFTTrainer
 from trl.trainer.utils import get_config_model_id
 
 from vlsft.answer_eval import AnswerAccuracyCallback
+from vlsft.checked_datasets import CheckedDatasets
 from vlsft.checkpoints import STAGING_DIR, PreemptionCallback, publish_checkpoint, resume_argument
 from vlsft.collator import VisionChatCollator, training_collator
 from vlsft.config import VLSFTConfig
@@ -88,7 +89,12 @@ class VLSFTTrainer(SFTTrainer):
         quantization_config=None,
         peft_config=None,
         formatting_func=None,
+        *,
+        checked_datasets: CheckedDatasets | None = None,
     ):
+        """`SFTTrainer`'s arguments; or, instead of `train_dataset` / `eval_dataset`, `checked_datasets`: rows already
+        validated by `vlsft.checked_datasets.check_datasets` for these `args` and processor (before the model
+        loaded), which the trainer then does not check again."""
         args = as_vlsft_config(args, model)
         # Per dataset (None: train, else the eval name), the index in the user's dataset of each row kept by
         # validation, so that a row failing mid-run is named by that index. Rows dropped mid-run, per dataset.
@@ -118,9 +124,18 @@ class VLSFTTrainer(SFTTrainer):
         self.training_chat_template = default_collator.chat_template
         if data_collator is None:
             data_collator = default_collator
-        if args.validate_rows:
+        if checked_datasets is not None:
+            if train_dataset is not None or eval_dataset is not None or data_collator is not default_collator:
+                raise ValueError(
+                    "`checked_datasets` holds rows validated with vlsft's own collator: pass it without "
+                    "`train_dataset`, `eval_dataset` or `data_collator` (or pass those, and the trainer checks them)."
+                )
+            train_dataset, eval_dataset = checked_datasets.train_dataset, checked_datasets.eval_dataset
+            self._original_row_indices.update(checked_datasets.kept_indices)
+        elif args.validate_rows:
             # Every row is checked now, so a bad one stops the run (or is skipped, with `invalid_rows="skip"`) by its
-            # index before the model loads, not in the middle of training. A custom collator is checked against ours.
+            # index before a model given by name loads, not in the middle of training. A custom collator is checked
+            # against ours.
             checker = data_collator if isinstance(data_collator, VisionChatCollator) else default_collator
             train_dataset, eval_dataset = validate_datasets(
                 train_dataset, eval_dataset, checker, args, kept_indices=self._original_row_indices
