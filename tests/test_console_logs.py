@@ -8,8 +8,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from tests.test_distributed import launch
 from tests.test_recipe import REPO, tiny_recipe, write_colour_dataset, write_recipe
 
