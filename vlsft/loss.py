@@ -4,7 +4,8 @@
 `supervised_labels=...`, runs the backbone, gathers the hidden states whose next token is supervised, and projects
 only those through the LM head. It returns sums, not means, so the trainer can divide by the number of supervised
 tokens of the whole optimizer step. With `supervised_weights=...` (the collator's `label_weights`), each token's NLL
-is multiplied by its weight and the trainer divides by the summed weight instead. The forward is installed on the instance, as TRL installs its own fused head,
+is multiplied by its weight and the trainer divides by the summed weight instead. With `loss_type="dft"` (Dynamic
+Fine-Tuning), each token's NLL is also multiplied by the token's probability, held constant in the backward pass. The forward is installed on the instance, as TRL installs its own fused head,
 so that DDP, DeepSpeed and PEFT wrappers see a single ordinary forward call.
 """
 
@@ -68,6 +69,7 @@ def supervised_nll(
     num_chunks: int = 1,
     label_weights: torch.Tensor | None = None,
     softcap: float | None = None,
+    loss_type: str = "nll",
 ) -> SupervisedLossOutput:
     """Summed next-token NLL over the positions whose (shifted) label is not -100; with `label_weights` (aligned with
     `labels`), each token's NLL times its weight, and `weight_sum` their summed weight.
@@ -75,7 +77,8 @@ def supervised_nll(
     `head` is called as a module, so LoRA layers, PEFT `modules_to_save` copies and DeepSpeed ZeRO-3 parameter
     gathering all apply. Each chunk is checkpointed: its `[chunk, vocab]` float32 logits exist only while that chunk
     is computed, in the forward and again in the backward. At least `num_chunks` chunks run (empty ones after the
-    tokens), so that data-parallel ranks call the head equally often (`vlsft.distributed`).
+    tokens), so that data-parallel ranks call the head equally often (`vlsft.distributed`). `loss_type="dft"`: each
+    token's NLL times its probability `exp(-nll)`, detached (TRL's DFT, on the supervised tokens only).
     """
     targets = labels[:, 1:].to(hidden_states.device)
     mask = targets != IGNORE_INDEX
@@ -94,6 +97,8 @@ def supervised_nll(
             nll, correct = checkpoint(_chunk_nll, head, hidden[chunk], targets[chunk], softcap, use_reentrant=False)
         else:
             nll, correct = _chunk_nll(head, hidden[chunk], targets[chunk], softcap)
+        if loss_type == "dft":
+            nll = nll * torch.exp(-nll.detach())
         chunk_weights = torch.ones_like(nll) if weights is None else weights[chunk]
         if weights is not None:
             nll = nll * chunk_weights
@@ -109,11 +114,14 @@ def supervised_nll(
     )
 
 
-def attach_supervised_head(model: nn.Module, chunk_size: int = 256) -> None:
+def attach_supervised_head(model: nn.Module, chunk_size: int = 256, loss_type: str = "nll") -> None:
     """Let `model(..., supervised_labels=labels)` return a `SupervisedLossOutput`; other calls run the class's
     forward. Installed again by every trainer on the model, on top of whatever a trainer installed in between (TRL's
     fused head, whose closure holds the instance it was installed on and would run that instance in a deep copy)."""
+    if loss_type not in ("nll", "dft"):
+        raise ValueError(f"`loss_type` must be 'nll' or 'dft', got {loss_type!r}.")
     model._vlsft_loss_chunk_size = chunk_size
+    model._vlsft_loss_type = loss_type
     model._vlsft_logit_softcap = final_logit_softcap(model)
 
     @functools.wraps(type(model).forward)  # keep the signature: `generate` validates its kwargs against it
@@ -145,6 +153,7 @@ def attach_supervised_head(model: nn.Module, chunk_size: int = 256) -> None:
             num_chunks=num_chunks,
             label_weights=supervised_weights,
             softcap=self._vlsft_logit_softcap,
+            loss_type=self._vlsft_loss_type,
         )
         if getattr(backbone_output, "router_logits", None):
             # The model's own load-balancing loss, as its forward computes it (from the module that defines it).

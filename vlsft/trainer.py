@@ -107,6 +107,12 @@ class VLSFTTrainer(SFTTrainer):
                 "`preprocess_logits_for_metrics` are not supported. Subclass VLSFTTrainer and override "
                 "`compute_loss` for another loss; evaluate generations with `model.generate` for metrics."
             )
+        if formatting_func is not None:
+            raise ValueError(
+                "`formatting_func` is not supported: TRL uses it to turn each row into plain text, which loses the turns "
+                "that assistant-only loss supervises (and the images). Map your rows to conversation rows first, e.g. "
+                "`dataset.map(lambda row: {'messages': [...], 'images': [...]})`."
+            )
         if processing_class is None:
             name = model if isinstance(model, str) else get_config_model_id(model.config)
             processing_class = AutoProcessor.from_pretrained(name, trust_remote_code=args.trust_remote_code)
@@ -159,7 +165,7 @@ class VLSFTTrainer(SFTTrainer):
         if self.is_deepspeed_enabled:
             check_offload_keeps_optimizer(self.accelerator.state.deepspeed_plugin.deepspeed_config, args.optim)
         base_model = self.model.get_base_model() if is_peft_model(self.model) else self.model
-        attach_supervised_head(base_model, chunk_size=args.loss_chunk_size)
+        attach_supervised_head(base_model, chunk_size=args.loss_chunk_size, loss_type=args.loss_type)
         # [num_correct, num_supervised, summed (weighted) NLL, summed weight] since the last log, per mode; summed over
         # ranks.
         self._token_stats = {"train": torch.zeros(4, dtype=torch.float64), "eval": torch.zeros(4, dtype=torch.float64)}
