@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -9,7 +10,9 @@ import math
 import os
 
 import torch
+from transformers import TrainingArguments
 from trl import SFTConfig
+from trl.trainer.utils import get_config_model_id
 
 from vlsft.packing import packing_enabled
 
@@ -254,3 +257,16 @@ class VLSFTConfig(SFTConfig):
             problems.append(f"`num_train_epochs` must be >= 0, got {self.num_train_epochs!r}")
         if problems:
             raise ValueError("; ".join(problems) + ".")
+
+
+def as_vlsft_config(args: TrainingArguments | None, model) -> VLSFTConfig:
+    """`args` as a `VLSFTConfig`: an `SFTConfig` or `TrainingArguments` keeps every field it sets."""
+    if isinstance(args, VLSFTConfig):
+        return args
+    if args is None:
+        name = model if isinstance(model, str) else get_config_model_id(model.config)
+        return VLSFTConfig(output_dir=f"{name.split('/')[-1]}-vlsft")
+    # Field values as set, not `to_dict()`, which masks every `*_token` field (hub_token, eos_token, pad_token).
+    known = VLSFTConfig.__dataclass_fields__
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init and f.name in known}
+    return VLSFTConfig(**values)

@@ -177,3 +177,32 @@ def _load_balancing_loss_func(model_class: type):
         if function is not None:
             return function
     raise TypeError(f"{model_class.__name__} returns router logits but no module of its classes defines load_balancing_loss_func.")
+
+
+# -- sums of an optimizer step (used by `VLSFTTrainer`) ----------------------------------------------------------
+
+
+def step_sums_over_ranks(accelerator, outputs: SupervisedLossOutput, mode: str) -> torch.Tensor:
+    """[num_correct, num_tokens, summed (weighted) NLL, summed weight] of this micro-batch over every rank, exactly.
+
+    Training: an all-reduce. Evaluation: accelerate pads the last eval batch of each rank with duplicate rows (so
+    every rank runs the same forwards, which ZeRO-3 needs); the per-row sums are gathered and accelerate drops
+    exactly those duplicates (`gather_for_metrics` trims samples, and here a sample is a row)."""
+    if mode == "eval" and outputs.row_sums is not None:
+        return accelerator.gather_for_metrics(outputs.row_sums).sum(0).cpu()
+    stats = torch.stack(
+        [outputs.num_correct.double(), outputs.num_tokens.double(), outputs.nll_sum.double(), outputs.weight_sum.double()]
+    ).detach()
+    return accelerator.reduce(stats, reduction="sum").cpu()
+
+
+def summed_label_weight(batch) -> torch.Tensor:
+    """Summed weight of a micro-batch's supervised targets (labels shifted by one), in float64."""
+    if batch.get("label_weights") is not None:
+        return batch["label_weights"][..., 1:].double().sum()
+    return (batch["labels"][..., 1:] != IGNORE_INDEX).sum().double()
+
+
+def positive_or_one(divisor: torch.Tensor) -> torch.Tensor:
+    """The divisor, or 1 where it is 0 (a step or batch with nothing supervised gives an exact 0 loss)."""
+    return torch.where(divisor > 0, divisor, torch.ones_like(divisor))
