@@ -1,13 +1,18 @@
 """Held-out answer accuracy: the prompt is the conversation before the final answer with the generation prompt, the
-score is exact match after normalisation, batches are left-padded correctly, and the callback logs into the
-trainer state."""
+score is exact match after normalisation, batches are left-padded correctly, and the callback logs through
+`Trainer.log` (trainer state and `report_to` integrations, once per evaluation)."""
 
 from __future__ import annotations
 
+import copy
+import json
+
 import pytest
 import torch
-from transformers import TrainerControl, TrainerState, TrainingArguments
+from datasets import Dataset
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from vlsft import VLSFTConfig, VLSFTTrainer
 from vlsft.testing import demo_data
 from vlsft.answer_eval import AnswerAccuracyCallback, answer_accuracy, normalize_answer, split_final_answer
 from vlsft.loss import attach_supervised_head
@@ -104,20 +109,82 @@ def test_real_model_generates_the_same_answers_batched_and_alone(tiny_demo, rows
     assert model.training and processor.tokenizer.padding_side == "right"
 
 
-def test_callback_logs_into_the_trainer_state(tiny_demo, rows):
+class RecordingIntegration(TrainerCallback):
+    """A `report_to` integration in miniature: like TensorBoard's, W&B's and trackio's callbacks, it records what
+    `Trainer.log` hands to `on_log`, on the main process only."""
+
+    def __init__(self):
+        self.logged: list[tuple[int, dict]] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero:
+            self.logged.append((state.global_step, dict(logs)))
+
+
+def accuracy_entries(entries):
+    return [(step, logs["eval_answer_accuracy"]) for step, logs in entries if "eval_answer_accuracy" in logs]
+
+
+def demo_trainer(tiny_demo, rows, tmp_path, callbacks, **config):
+    model, processor = tiny_demo
+    defaults = dict(
+        output_dir=str(tmp_path), report_to="none", max_steps=1, per_device_train_batch_size=2, logging_steps=1,
+        save_strategy="no", learning_rate=1e-3, seed=0,
+    )
+    args = VLSFTConfig(**{**defaults, **config})
+    dataset = Dataset.from_list(rows[:8])
+    return VLSFTTrainer(
+        copy.deepcopy(model), args=args, train_dataset=dataset, eval_dataset=dataset, processing_class=processor,
+        callbacks=callbacks,
+    )
+
+
+def test_callback_logs_through_the_trainer(tiny_demo, rows, tmp_path):
     processor = tiny_demo[1]
     answers = [row["messages"][-1]["content"][0]["text"] for row in rows[:6]] + ["wrong"] * 2
     model = ScriptedModel(processor, answers * 2)
-    args, control = TrainingArguments(output_dir="unused", report_to="none"), TrainerControl()
-    state = TrainerState()
+    callback, integration = AnswerAccuracyCallback(rows[:8], processor, every_evaluation=True), RecordingIntegration()
+    trainer = demo_trainer(tiny_demo, rows, tmp_path, [callback, integration])
+    assert callback.trainer is trainer
+    state, args, control = trainer.state, trainer.args, trainer.control
     state.global_step = 10
-    callback = AnswerAccuracyCallback(rows[:8], processor, every_evaluation=True)
     metrics = {"eval_loss": 1.0}
     callback.on_evaluate(args, state, control, model=model, metrics=metrics)
-    assert metrics["eval_answer_accuracy"] == pytest.approx(6 / 8)
-    assert state.log_history[-1]["eval_answer_accuracy"] == pytest.approx(6 / 8) and state.log_history[-1]["step"] == 10
+    assert metrics["eval_answer_accuracy"] == pytest.approx(6 / 8)  # what `Trainer.evaluate` returns
+    [entry] = state.log_history
+    assert entry["eval_answer_accuracy"] == pytest.approx(6 / 8) and entry["step"] == 10
+    # Only the accuracies (overall and per row kind) and the Trainer's epoch: no training statistic folded in.
+    assert {key for key in entry if not key.startswith("eval_answer_accuracy")} == {"epoch", "step"}
+    assert integration.logged == [(10, {key: value for key, value in entry.items() if key != "step"})]
     callback.on_train_end(args, state, control, model=model)  # same step: not measured twice
-    assert len(state.log_history) == 1
+    assert len(state.log_history) == 1 and len(integration.logged) == 1
     state.global_step = 12
     callback.on_train_end(args, state, control, model=model)
-    assert len(state.log_history) == 2 and state.log_history[-1]["step"] == 12
+    assert [entry["step"] for entry in state.log_history] == [10, 12] and len(integration.logged) == 2
+    assert trainer.model.training  # put back in train mode after logging at the end of training
+
+
+def test_a_callback_without_a_trainer_says_how_to_give_it_one(tiny_demo, rows):
+    processor = tiny_demo[1]
+    model = ScriptedModel(processor, ["x"] * 2)
+    callback = AnswerAccuracyCallback(rows[:2], processor, every_evaluation=True)
+    with pytest.raises(RuntimeError, match="callback.trainer = trainer"):
+        callback.on_evaluate(TrainingArguments(output_dir="unused", report_to="none"), TrainerState(), TrainerControl(), model=model, metrics={})
+
+
+def test_accuracy_reaches_integrations_and_trainer_state_once_per_evaluation(tiny_demo, rows, tmp_path):
+    processor = tiny_demo[1]
+    callback, integration = AnswerAccuracyCallback(rows[:4], processor, max_new_tokens=4), RecordingIntegration()
+    trainer = demo_trainer(tiny_demo, rows, tmp_path, [integration], max_steps=5, eval_strategy="steps", eval_steps=2)
+    trainer.add_callback(callback)  # added later: handed the trainer all the same
+    callback.every_evaluation = True
+    trainer.train()
+    trainer.save_state()
+    saved = json.loads((tmp_path / "trainer_state.json").read_text())["log_history"]
+    # Evaluations at steps 2 and 4, and at the last step (the Trainer evaluates there too): one accuracy entry each,
+    # separate from the evaluation's own entry (eval_loss), and none more at the end of training (already measured).
+    evaluation_steps = [entry["step"] for entry in saved if "eval_loss" in entry]
+    assert evaluation_steps == [2, 4, 5]
+    recorded = accuracy_entries(integration.logged)
+    assert [step for step, _ in recorded] == evaluation_steps
+    assert accuracy_entries((entry["step"], entry) for entry in saved) == recorded

@@ -29,23 +29,21 @@ from trl.data_utils import prepare_multimodal_messages
 
 from tests.conftest import IMAGE, _shapes, assistant, image, user
 from vlsft import VLSFTConfig, VLSFTTrainer
-from vlsft.collator import RowError, VisionChatCollator
+from vlsft.collation.rendering import RowError
+from vlsft.collator import VisionChatCollator
 from vlsft.tokens import IGNORE_INDEX
 from vlsft.data.rows import normalize_messages
 from vlsft.recipes.loading import load_recipe
+from vlsft.families import FAMILIES, family_of_model, family_of_processor
 from vlsft.model_parts import (
-    FAMILY_PARTS,
     component_of,
     lora_target_modules,
     merger_module_names,
     named_parameters_by_component,
 )
 from vlsft.templates import (
-    FAMILIES,
     UnsupportedConversationError,
     detect_family,
-    family_of_model,
-    family_of_processor,
     resolve_training_template,
     stock_template,
     training_template,
@@ -220,7 +218,7 @@ def test_the_family_is_recognised_from_its_stock_template_processor_and_model(fa
     assert resolve_training_template(stock) == training_template(family)
     assert family_of_processor(processor) == same_template
     assert family_of_model(model) == family
-    assert family in FAMILY_PARTS
+    assert family in FAMILIES  # one record: template, tokens and model parts
 
 
 # -- masks ---------------------------------------------------------------------------------------------------------
@@ -425,7 +423,7 @@ def test_one_batch_of_4_equals_4_accumulated_micro_batches_of_1(family, tmp_path
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_parts_and_default_lora_targets(family):
     model = tiny(family)[0]
-    parts = FAMILY_PARTS[family]
+    parts = FAMILIES[family].parts
     groups = named_parameters_by_component(model)
     assert all(groups.values())  # every component is found
     for name, _ in model.named_parameters():
@@ -521,7 +519,7 @@ def test_the_family_recipe_trains_the_tiny_model_end_to_end(family, tmp_path, mo
 
     with safe_open(out / "adapter_model.safetensors", "pt") as adapter:
         names = list(adapter.keys())
-    parts = FAMILY_PARTS[family]
+    parts = FAMILIES[family].parts
     assert any(f".{parts.vision_tower}." in n and "lora_A" in n for n in names)  # vision blocks adapted
     assert any(f".{parts.decoder_layers}." in n and "lora_A" in n for n in names)  # language model adapted
     assert any(component_of(n) == "merger" and "lora" not in n for n in names)  # merger saved whole

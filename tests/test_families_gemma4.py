@@ -24,14 +24,14 @@ from tests.test_families import supervised_texts, tiny
 from tests.test_loss import make_trainer
 from tests.test_weights import weighted_runs
 from vlsft import VLSFTConfig, VLSFTTrainer
-from vlsft.collator import RowError, VisionChatCollator, row_template_kwargs, training_collator
+from vlsft.collation.rendering import RowError
+from vlsft.collation.template_kwargs import row_template_kwargs
+from vlsft.collator import VisionChatCollator, training_collator
 from vlsft.tokens import IGNORE_INDEX
 from vlsft.data.rows import normalize_messages
+from vlsft.families import FAMILIES, family_of_model, family_of_processor
 from vlsft.templates import (
-    FAMILIES,
     detect_family,
-    family_of_model,
-    family_of_processor,
     resolve_training_template,
     stock_template,
     training_template,

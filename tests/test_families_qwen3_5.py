@@ -38,21 +38,21 @@ from tests.test_families import (
 )
 from tests.test_weights import weighted_runs
 from vlsft import VLSFTConfig, VLSFTTrainer
-from vlsft.collator import RowError, VisionChatCollator
+from vlsft.collation.rendering import RowError
+from vlsft.collator import VisionChatCollator
 from vlsft.tokens import IGNORE_INDEX
 from vlsft.data.rows import normalize_messages
-from vlsft.model_parts import FAMILY_PARTS, component_of, lora_target_modules, merger_module_names
+from vlsft.families import FAMILIES, QWEN3_5_FAMILIES, family_of_model
+from vlsft.model_parts import component_of, lora_target_modules, merger_module_names
 from vlsft.recipes.loading import load_recipe
 from vlsft.templates import (
-    FAMILIES,
-    QWEN3_5_FAMILIES,
     detect_family,
-    family_of_model,
     resolve_training_template,
     stock_template,
     training_template,
 )
-from vlsft.testing.tiny_families import qwen3_5_processor, qwen3_5_tokenizer
+from vlsft.testing.tiny_qwen import qwen3_5_processor
+from vlsft.testing.tiny_tokenizers import qwen3_5_tokenizer
 from vlsft.data.validation import InvalidRowsError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -648,8 +648,8 @@ def test_hybrid_gradient_checkpointing_and_lora_change_nothing_but_memory(tmp_pa
 @pytest.mark.parametrize("family", ARCHITECTURES)
 def test_parts_and_default_lora_targets_cover_the_hybrid_layers(family):
     model = tiny(family)[0]
-    parts = FAMILY_PARTS[family_of_model(model)]
-    assert parts == FAMILY_PARTS["qwen3_5_think"]  # one set of parts for every template generation, dense and MoE
+    parts = FAMILIES[family_of_model(model)].parts
+    assert parts == FAMILIES["qwen3_5_think"].parts  # one set of parts for every template generation, dense and MoE
     for name, _ in model.named_parameters():
         inner = name.removeprefix("model.")
         expected = (

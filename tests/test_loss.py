@@ -78,6 +78,33 @@ def test_loss_and_gradients_equal_the_full_logits_reference(tiny, tmp_path, chun
             torch.testing.assert_close(ours_grads[name], param.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_dft_loss_and_gradients_equal_the_full_logits_reference(tiny, tmp_path):
+    """`loss_type="dft"`: TRL's Dynamic Fine-Tuning loss, each supervised token's NLL times its (detached)
+    probability, over the supervised tokens only."""
+    model, processor = tiny
+    trainer = make_trainer(model, processor, tmp_path, loss_type="dft", loss_chunk_size=7)
+    batch = trainer.data_collator(rows_of_different_lengths())
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    loss.backward()
+    ours_grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+
+    reference_model = copy.deepcopy(model)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    log_probs = torch.log_softmax(reference_model(**inputs).logits.float()[:, :-1], dim=-1)
+    targets = batch["labels"][:, 1:]
+    supervised = targets != IGNORE_INDEX
+    token_log_probs = log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)[supervised]
+    expected = (-token_log_probs * token_log_probs.exp().detach()).sum() / supervised.sum()
+    expected.backward()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    nll_trainer = make_trainer(model, processor, tmp_path)
+    nll = nll_trainer.compute_loss(nll_trainer.model, dict(batch)).detach()
+    assert loss.item() < nll.item()  # a different loss indeed: each term is down-weighted by a probability < 1
+    for name, param in reference_model.named_parameters():
+        if param.grad is not None:
+            torch.testing.assert_close(ours_grads[name], param.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def step_weights(tiny, tmp_path, batch_size, accumulation, **config):
     model, processor = tiny
     trainer = make_trainer(

@@ -8,7 +8,8 @@ import torch
 from datasets import Dataset
 from trl.data_utils import prepare_multimodal_messages
 
-from vlsft.collator import RowError, VisionChatCollator
+from vlsft.collation.rendering import RowError
+from vlsft.collator import VisionChatCollator
 from vlsft.tokens import IGNORE_INDEX
 from vlsft.templates import stock_template, training_template
 

@@ -87,3 +87,44 @@ def test_logit_metrics_are_refused_with_the_reason(tiny, tmp_path):
     with pytest.raises(ValueError, match="never builds the full logits"):
         VLSFTTrainer(model, args=VLSFTConfig(**quick(tmp_path)), train_dataset=dataset(), processing_class=processor,
                      compute_metrics=lambda prediction: {})
+
+
+@pytest.mark.parametrize(
+    "field, value, named",
+    [
+        ("loss_type", "sigmoid", "vlsft computes 'nll'"),
+        ("use_liger_kernel", True, "leave it False"),
+        ("completion_only_loss", True, "assistant_only_loss=True"),
+        ("label_smoothing_factor", 0.1, "set it to 0"),
+        ("dataset_text_field", "prompt", "map your rows to `messages`"),
+        ("truncation_mode", "keep_end", "leave `truncation_mode` at 'keep_start'"),
+        ("shuffle_dataset", True, "dataset.shuffle(seed=...)"),
+        ("dataset_kwargs", {"skip_prepare_dataset": False}, "leave `dataset_kwargs` unset"),
+        ("dataset_kwargs", {"add_special_tokens": False}, "leave `dataset_kwargs` unset"),
+    ],
+)
+@pytest.mark.parametrize("config_class", [VLSFTConfig, SFTConfig])
+def test_sft_fields_vlsft_cannot_honour_are_refused_by_name(tiny, tmp_path, config_class, field, value, named):
+    """TRL applies these in its dataset preparation or its loss, which vlsft replaces: refused, never ignored, whether
+    set on a VLSFTConfig or on the SFTConfig handed to the trainer."""
+    model, processor = tiny
+    extra = {"bf16": False} if config_class is SFTConfig else {}
+    with pytest.raises(ValueError, match=f"`{field}=") as error:
+        args = config_class(**quick(tmp_path), **extra, **{field: value})
+        VLSFTTrainer(model, args=args, train_dataset=dataset(), processing_class=processor)
+    assert named in str(error.value)
+
+
+def test_formatting_func_is_refused_with_the_alternative(tiny, tmp_path):
+    model, processor = tiny
+    with pytest.raises(ValueError, match="`formatting_func` is not supported.*dataset.map"):
+        VLSFTTrainer(model, args=VLSFTConfig(**quick(tmp_path)), train_dataset=dataset(), processing_class=processor,
+                     formatting_func=lambda row: row["messages"][0]["content"][1]["text"])
+
+
+def test_honoured_sft_fields_are_accepted(tiny, tmp_path):
+    """The defaults, and explicit values that ask for what vlsft does anyway."""
+    model, processor = tiny
+    args = VLSFTConfig(**quick(tmp_path), loss_type="nll", completion_only_loss=False, dataset_kwargs={"skip_prepare_dataset": True})
+    trainer = VLSFTTrainer(copy.deepcopy(model), args=args, train_dataset=dataset(), processing_class=processor)
+    assert trainer.args.loss_type == "nll"

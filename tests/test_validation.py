@@ -18,7 +18,8 @@ from datasets import Dataset, Features, Image, IterableDataset, List, Value, loa
 
 from tests.conftest import IMAGE, assistant, image, user
 from vlsft import VLSFTConfig, VLSFTTrainer
-from vlsft.collator import RowError, VisionChatCollator
+from vlsft.collation.rendering import RowError
+from vlsft.collator import VisionChatCollator
 from vlsft.templates import resolve_training_template
 from vlsft.data.training_rows import TrainingRowError
 from vlsft.data.validation import (

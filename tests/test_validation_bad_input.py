@@ -22,7 +22,8 @@ from vlsft import VLSFTConfig, VLSFTTrainer
 from vlsft.collator import VisionChatCollator
 from vlsft.tokens import IGNORE_INDEX
 from vlsft.data.rows import load_image
-from vlsft.templates import FAMILIES, resolve_training_template
+from vlsft.families import FAMILIES
+from vlsft.templates import resolve_training_template
 from vlsft.testing.tiny_families import build_tiny
 from vlsft.data.training_rows import TrainingRowError
 from vlsft.data.validation import InvalidRowsError, RowChecker, validate_datasets, validate_rows

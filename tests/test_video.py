@@ -19,10 +19,11 @@ from tests.conftest import assistant, image
 from tests.test_families_qwen3_5 import real_qwen3_5_processor  # noqa: F401 (a fixture)
 from tests.test_loss import make_trainer
 from tests.test_masks import supervised_runs
-from vlsft.collator import RowError, VisionChatCollator
+from vlsft.collation.rendering import RowError
+from vlsft.collator import VisionChatCollator
 from vlsft.tokens import IGNORE_INDEX
 from vlsft.templates import stock_template, training_template
-from vlsft.testing.tiny_families import build_tiny_qwen2_5_vl
+from vlsft.testing.tiny_qwen import build_tiny_qwen2_5_vl
 from vlsft.testing.tiny_video import moving_shape_frames, write_moving_shape, write_video, write_zero_frame_video
 from vlsft.data.validation import validate_rows
 from vlsft.data.video import load_video, probe_video

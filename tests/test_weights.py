@@ -15,7 +15,9 @@ from datasets import Dataset
 from tests.conftest import IMAGE, TOOLS, assistant, image, tool, user, zoom_call
 from tests.test_loss import make_trainer
 from tests.test_masks import supervised_runs
-from vlsft.collator import RowError, VisionChatCollator, message_blocks
+from vlsft.collation.rendering import RowError
+from vlsft.collation.weighting import message_blocks
+from vlsft.collator import VisionChatCollator
 from vlsft.tokens import IGNORE_INDEX
 from vlsft.templates import training_template
 
@@ -402,7 +404,7 @@ def test_every_family_weighs_its_turns_and_leaves_out_exactly_its_end_of_turn_to
     """On each family's own chat format (text expanded images included): per-turn weights, `train_on_turns="last"`
     and `train_on_eos=False` select the hand-written text of each turn."""
     from tests.test_families import collator, shape, supervised_texts, tiny
-    from vlsft.templates import FAMILIES
+    from vlsft.families import FAMILIES
 
     tokenizer = tiny(family)[1].tokenizer
     row, expected = shape(family, "multi_turn_later_images")  # three assistant turns

@@ -124,9 +124,14 @@ class AnswerAccuracyCallback(TrainerCallback):
     """Logs held-out answer accuracy (`eval_answer_accuracy`, plus `eval_answer_accuracy_<kind>` per row kind) at the
     end of training and, with `every_evaluation=True`, after each evaluation.
 
-    The values are appended to `state.log_history` (so they land in `trainer_state.json`), added to the metrics that
-    `Trainer.evaluate` returns, and printed. Every rank generates the same answers, which keeps ranks in step under
-    sharded models (DeepSpeed ZeRO-3) without any collective of its own.
+    The values go through `trainer.log`, like every other metric: they land once in `state.log_history` (so in
+    `trainer_state.json`), reach every `report_to` integration (TensorBoard, W&B, trackio: each writes on the main
+    process) and the progress bar; after an evaluation they are also added to the metrics `Trainer.evaluate` returns
+    (so `metric_for_best_model` may name them). A callback gets no trainer from `transformers`: `VLSFTTrainer` sets
+    `trainer` when the callback is added; with another trainer, set `callback.trainer = trainer` yourself.
+
+    Every rank generates the same answers, which keeps ranks in step under sharded models (DeepSpeed ZeRO-3) without
+    any collective of its own.
     """
 
     def __init__(
@@ -137,6 +142,7 @@ class AnswerAccuracyCallback(TrainerCallback):
         every_evaluation: bool = False,
         batch_size: int = 16,
         image_root: str | None = None,
+        trainer=None,
     ):
         # Decoded once: a `datasets.Dataset` would decode every image again at each evaluation.
         self.rows = [dict(row) for row in rows]
@@ -145,34 +151,45 @@ class AnswerAccuracyCallback(TrainerCallback):
         self.every_evaluation = every_evaluation
         self.batch_size = batch_size
         self.image_root = image_root
+        self.trainer = trainer
         self._last_step = None
         self.last_result: dict[str, Any] | None = None
 
     def measure(self, model, state) -> dict[str, float]:
+        """Generate and score the answers; returns the metrics (logged by the caller)."""
         result = answer_accuracy(
             model, self.processor, self.rows, self.max_new_tokens, batch_size=self.batch_size, image_root=self.image_root
         )
         self.last_result = result
         self._last_step = state.global_step
-        logs = {"eval_answer_accuracy": result["accuracy"]}
-        logs.update({f"eval_answer_accuracy_{kind}": value for kind, value in result["by_kind"].items()})
-        entry = dict(logs)
-        if state.epoch is not None:
-            entry["epoch"] = state.epoch
-        state.log_history.append({**entry, "step": state.global_step})
-        if state.is_world_process_zero:
-            from tqdm.auto import tqdm
+        metrics = {"eval_answer_accuracy": result["accuracy"]}
+        metrics.update({f"eval_answer_accuracy_{kind}": value for kind, value in result["by_kind"].items()})
+        return metrics
 
-            # tqdm.write keeps an open progress bar intact.
-            tqdm.write(str({key: round(value, 4) for key, value in entry.items()}))
-        return logs
+    def _log(self, metrics: dict[str, float]) -> None:
+        if self.trainer is None:
+            raise RuntimeError(
+                "AnswerAccuracyCallback logs through its trainer, and has none: pass it to `VLSFTTrainer(callbacks=...)` "
+                "or `trainer.add_callback(...)`, or set `callback.trainer = trainer` for another Trainer."
+            )
+        model = self.trainer.model
+        was_training = model.training
+        # These are evaluation metrics: TRL's and vlsft's `log` read the mode (train or eval) from `model.training`,
+        # and in train mode would fold the training step's running statistics into this entry.
+        model.eval()
+        try:
+            self.trainer.log(dict(metrics))  # `log` adds the epoch to the dict it is given
+        finally:
+            model.train(was_training)
 
     def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
+        # `Trainer.evaluate` has logged its own metrics just before this event: ours are one more entry, at the same step.
         if self.every_evaluation and model is not None:
-            logs = self.measure(model, state)
+            measured = self.measure(model, state)
             if metrics is not None:
-                metrics.update(logs)
+                metrics.update(measured)
+            self._log(measured)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if model is not None and self._last_step != state.global_step:
-            self.measure(model, state)
+            self._log(self.measure(model, state))

@@ -1,6 +1,6 @@
 """Checkpoints that survive a kill: written atomically, chosen on resume only when complete, and written on SIGTERM.
 
-- `VLSFTTrainer._save_checkpoint` lets `Trainer` write every file of `checkpoint-N` into a staging directory
+- `KillSafeCheckpoints._save_checkpoint` (a mixin of `VLSFTTrainer`) lets `Trainer` write every file of `checkpoint-N` into a staging directory
   (`STAGING_DIR` under the output directory), then renames it into place: a run killed mid-save leaves no
   `checkpoint-N` at all, only a staging directory that the next save clears.
 - `resume_checkpoint` picks the newest *complete* checkpoint for `resume_from_checkpoint=True`, with a warning naming
@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import shutil
@@ -20,9 +19,12 @@ import signal
 import threading
 
 import torch
+from accelerate.logging import get_logger
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-logger = logging.getLogger(__name__)
+# accelerate's logger: emitted on the main process only (every rank reaches the same messages).
+logger = get_logger(__name__)
 
 # Where `checkpoint-N` is written before it is renamed into the output directory. Its name matches no checkpoint
 # pattern, so `get_last_checkpoint` and checkpoint rotation never see it.
@@ -178,3 +180,62 @@ class PreemptionCallback(TrainerCallback):
         else:
             logger.warning(f"SIGTERM: stopping at step {state.global_step}; `save_strategy` is 'no', nothing saved.")
         return control
+
+
+class KillSafeCheckpoints:
+    """Mixin for a `Trainer` subclass (listed before it): checkpoints written atomically, resume from the newest
+    complete one, and a checkpoint then a clean stop on SIGTERM. The trainer adds a `PreemptionCallback` as
+    `self.preemption`."""
+
+    _staging_run_dir: str | None = None  # set while `Trainer._save_checkpoint` writes into the staging directory
+
+    def _get_output_dir(self, trial) -> str:
+        # While a checkpoint is saved, `Trainer` writes it under the staging directory (see `_save_checkpoint`).
+        return self._staging_run_dir or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """`Trainer._save_checkpoint`, written into a staging directory and renamed into place once every file (and
+        every rank's shard) is written: a run killed mid-save leaves no half-written `checkpoint-N`."""
+        run_dir = super()._get_output_dir(trial)
+        staging = os.path.join(run_dir, STAGING_DIR)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)  # what a killed save left behind
+        self.accelerator.wait_for_everyone()
+        self._staging_run_dir = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_run_dir = None
+        self.accelerator.wait_for_everyone()  # every rank's files are in the staging directory
+        if self.args.should_save:
+            staged, final = os.path.join(staging, name), os.path.join(run_dir, name)
+            # `Trainer` looked for the best checkpoint where it was writing (the staging directory): name it where
+            # it lives once published, and store that in this checkpoint's state (still in staging: still atomic).
+            if self.state.best_global_step:
+                best = f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}"
+                if best == name or os.path.isdir(os.path.join(run_dir, best)):
+                    self.state.best_model_checkpoint = os.path.join(run_dir, best)
+                    if os.path.exists(os.path.join(staged, "trainer_state.json")):
+                        self.state.save_to_json(os.path.join(staged, "trainer_state.json"))
+            publish_checkpoint(staged, final)
+            shutil.rmtree(staging, ignore_errors=True)
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """`Trainer.train`, resuming (`resume_from_checkpoint=True`) from the newest *complete* checkpoint, and saving
+        a checkpoint then stopping cleanly on SIGTERM (`self.preemption.stopped_at_step` says where)."""
+        resume_from_checkpoint = resume_argument(
+            resume_from_checkpoint, self.args.output_dir, needs_optimizer=not self.args.save_only_model
+        )
+        self.preemption.install()
+        try:
+            return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+        finally:
+            self.preemption.uninstall()

@@ -19,136 +19,42 @@ How the mask stays exact and cheap:
    `<1.5 seconds>` timestamps and per-frame vision markers) is tokenized on its own. The text sits between special
    tokens, which the tokenizer never merges across, so this is how the processor tokenizes it in context.
 No offset mapping and no second tokenization are needed.
+
+`VisionChatCollator` assembles the batch; each step is a mixin of `vlsft.collation` with one concern: `rendering`
+(template, pieces, tokenization; `RowError`, `RenderedRow`), `weighting` (per-token weights), `images`, `videos`,
+and `template_kwargs` (the template variables of a row).
 """
 
 from __future__ import annotations
 
-import copy
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from jinja2 import TemplateError
 from transformers import ProcessorMixin
-from transformers.utils.chat_template_utils import render_jinja_template
 
-from vlsft.data.rows import ImagesNotAListError, load_image, normalize_messages, placeholder_mismatch, row_images, row_videos
-from vlsft.templates import (
-    FAMILIES,
-    QWEN3_5_FAMILIES,
-    UnsupportedConversationError,
-    check_expressible,
-    check_media,
-    detect_family,
-    family_of_processor,
-    resolve_training_template,
-    split_inline_reasoning,
-)
-from vlsft.data.video import LoadedVideo, VideoLoadError, load_video
+from vlsft.collation.images import ImageExpansion
+from vlsft.collation.rendering import RowError, RowRendering
+from vlsft.collation.template_kwargs import TemplateKwargsError
+from vlsft.collation.videos import VideoExpansion
+from vlsft.collation.weighting import TurnWeighting
+from vlsft.data.rows import ImagesNotAListError, load_image, placeholder_mismatch, row_images
+from vlsft.families import FAMILIES, family_of_processor
+from vlsft.templates import UnsupportedConversationError, detect_family, resolve_training_template
 from vlsft.tokens import IGNORE_INDEX
-from vlsft.weights import TurnWeightError, turn_weights
+from vlsft.weights import TurnWeightError
 
-# Families whose processor and model take videos (`pixel_values_videos`, `video_grid_thw`) and that vlsft trains on.
-VIDEO_FAMILIES = ("qwen3_vl", "qwen3_vl_moe", "qwen2_5_vl", *QWEN3_5_FAMILIES)
-# Frame rate Qwen2.5-VL samples at when frame limits are set without `video_fps` (qwen-vl-utils' default): its
-# processor samples only when given a rate.
-QWEN_REFERENCE_FPS = 2.0
-
-
-# Arguments of `render_jinja_template` itself, which a template variable must not shadow.
-_RESERVED_TEMPLATE_KWARGS = frozenset(
-    {"conversations", "messages", "tools", "documents", "chat_template", "return_assistant_tokens_mask",
-     "continue_final_message", "add_generation_prompt"}
-)
-
-
-class TemplateKwargsError(ValueError):
-    """A `chat_template_kwargs` value that cannot be passed to the template."""
-
-
-def row_template_kwargs(defaults: dict[str, Any] | None, row: dict[str, Any]) -> dict[str, Any]:
-    """The chat template variables of one row: `defaults` (the recipe's), overridden by the row's own
-    `chat_template_kwargs` column. Arrow gives every row the union of all rows' keys, with None for the missing
-    ones: a None value means "not set", so the recipe's value (or else the template's default) applies."""
-    own = row.get("chat_template_kwargs")
-    if own is not None and not isinstance(own, dict):
-        raise TemplateKwargsError(f"`chat_template_kwargs` must be a dict, got {type(own).__name__}")
-    kwargs = {**(defaults or {}), **{key: value for key, value in (own or {}).items() if value is not None}}
-    reserved = sorted(_RESERVED_TEMPLATE_KWARGS & set(kwargs))
-    if reserved:
-        raise TemplateKwargsError(
-            f"`chat_template_kwargs` may not set {', '.join(reserved)}: those are given by the row itself "
-            "(`messages`, `tools`) or by vlsft"
-        )
-    return {key: value for key, value in kwargs.items() if value is not None}
-# Stands in for an escaped control token in message text while the row is rendered (private-use characters, which no
-# tokenizer vocabulary gives a meaning): `\ue000<k>\ue001` is the k-th escaped token of the row.
-_ESCAPE_MARK = re.compile("\ue000(\\d+)\ue001")
-# Tokenized in front of a piece that continues the text before it, then dropped, for tokenizers that start every
-# string with a word-boundary marker (SentencePiece's `▁`): a private-use character, which such tokenizers spell in
-# byte tokens that merge with nothing.
-_CONTINUATION_ANCHOR = "\ue000"
-
-
-class _Continuation(str):
-    """A piece of text that continues the previous piece without a word boundary (an escaped control token cut out of
-    a message): tokenized without the boundary marker some tokenizers put at the start of every string."""
-
-
-def message_blocks(spans: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
-    """The generation blocks of a rendered row, grouped by assistant message. The training templates render one
-    block per assistant message, an empty one where the turn is context (its text is rendered but not generated
-    there); a message whose text the template splits (Gemma 4: the content after the inlined tool responses) goes
-    on in a further block, announced by an empty block at that block's own start."""
-    turns: list[list[tuple[int, int]]] = []
-    position = 0
-    while position < len(spans):
-        start, end = spans[position]
-        following = spans[position + 1] if position + 1 < len(spans) else None
-        if start == end and turns and following is not None and following[0] == start and following[1] > start:
-            turns[-1].append(following)
-            position += 2
-        else:
-            turns.append([(start, end)])
-            position += 1
-    return turns
-
-
-class RowError(ValueError):
-    """A row of a batch cannot be collated; `index` is its position in the batch."""
-
-    def __init__(self, index: int, reason: str):
-        super().__init__(f"batch row {index}: {reason}")
-        self.index = index
-        self.reason = reason
 
 
 @dataclass
-class RenderedRow:
-    """One conversation rendered and tokenized, before its images are expanded (one placeholder token per image)."""
-
-    input_ids: list[int]
-    supervised: list[bool]  # inside an assistant turn
-    images: list[Any]
-    weights: list[float] | None = None  # per token (0 outside trained turns); None when every turn token weighs 1
-
-    @property
-    def trained(self) -> list[bool]:
-        """The tokens the loss sees: inside an assistant turn, with a weight > 0."""
-        if self.weights is None:
-            return self.supervised
-        return [s and w > 0 for s, w in zip(self.supervised, self.weights)]
-
-
-@dataclass
-class VisionChatCollator:
+class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, VideoExpansion):
     """Collates conversational vision rows into `input_ids`, `attention_mask`, `labels` (-100 where not supervised)
     and whatever the model's processor returns for them (`pixel_values`, `image_grid_thw`, `image_sizes`,
     `pixel_attention_mask`, the image-token map...).
 
     Args:
-        processor: the model's processor (tokenizer + image processor), of a family in `vlsft.templates.FAMILIES`.
+        processor: the model's processor (tokenizer + image processor), of a family in `vlsft.families.FAMILIES`.
         chat_template: a template with `{% generation %}` markers (see `vlsft.templates`).
         max_length: truncate longer rows (from the end); a row whose truncation would cut image tokens raises.
         image_root: directory for relative image paths.
@@ -197,8 +103,8 @@ class VisionChatCollator:
             known = ", ".join(f"{f.processor_class} ({f.name})" for f in FAMILIES.values())
             raise ValueError(
                 f"vlsft does not know the processor {type(self.processor).__name__}: it collates the families in "
-                f"`vlsft.templates.FAMILIES`, whose processors are {known}. A new family is a training template, "
-                "an entry in that table and a test."
+                f"`vlsft.families.FAMILIES`, whose processors are {known}. A new family is a `Family` entry in that "
+                "table, a training template, a tiny builder and a test."
             )
         self.family = FAMILIES[name]
         self.image_token = self.family.image_token
@@ -213,441 +119,13 @@ class VisionChatCollator:
         # Templates read special tokens (Gemma 3 starts with `{{ bos_token }}`), as in `processor.apply_chat_template`;
         # only those a template names are passed, as every variable passed costs time on every render.
         self._template_kwargs = {k: v for k, v in tokenizer.special_tokens_map.items() if k in self.chat_template}
-        self._bos_added, self._eos_added = self._tokens_added_on_encode()
         # The processor's own image defaults (LLaVA-NeXT pads tiles, Idefics3 returns the tile grid, ...).
         merged = self.processor._merge_kwargs(tokenizer_init_kwargs=tokenizer.init_kwargs)
         self._images_kwargs = {**merged["images_kwargs"], "return_tensors": "pt"}
         self._model_input_names = set(self.processor.model_input_names)
         self._init_turn_weights()
         self._setup_videos(merged["videos_kwargs"])
-        # Every added token: the tokenizer cuts these out of any text before its vocabulary sees it, so their text in a
-        # message becomes the control token itself (a `<|im_end|>` in an answer would end the turn there).
-        self.control_tokens = tuple(
-            sorted({token.content for token in tokenizer.added_tokens_decoder.values() if token.content}, key=len, reverse=True)
-        )
-        self._control_pattern = re.compile("|".join(map(re.escape, self.control_tokens))) if self.control_tokens else None
-        # Control tokens the template itself parses out of an assistant message (a thinking template's
-        # `content.split('</think>')`), and the family's reasoning markers, which an assistant message may carry inline
-        # (`<think>...</think>`, what the model generates): there they are the data's structure, not text, and are
-        # neither refused nor escaped.
-        reasoning_markers = set(self.family.reasoning_markers or ())
-        self.template_parsed_tokens = frozenset(
-            token
-            for token in self.control_tokens
-            if token in reasoning_markers
-            or re.search(r"(split|replace)\(\s*['\"]" + re.escape(token), self.chat_template)
-            or re.search(r"['\"]" + re.escape(token) + r"['\"]\s+(not\s+)?in\s", self.chat_template)
-        )
-        first = tokenizer.convert_ids_to_tokens(tokenizer("a", add_special_tokens=False)["input_ids"][:1])
-        self._marks_string_start = bool(first) and first[0][:1] in ("▁", "Ġ")
-        self._anchor_ids = tokenizer(_CONTINUATION_ANCHOR, add_special_tokens=False)["input_ids"]
-
-    def _init_turn_weights(self) -> None:
-        """The token ids that per-token weighting looks for: the end-of-turn token and the reasoning markers."""
-        tokenizer = self.processor.tokenizer
-        self._end_of_turn_id = tokenizer.convert_tokens_to_ids(self.family.end_of_turn)
-        # Settings that weigh tokens inside a turn: then every row gets token weights, even with all turn weights 1.
-        self._weights_tokens = not self.train_on_eos or self.reasoning_weight != 1
-        self._reasoning_ids = None
-        if self.reasoning_weight != 1:
-            markers = self.family.reasoning_markers
-            ids = [tokenizer.convert_tokens_to_ids(m) for m in markers] if markers else []
-            if not markers or any(i is None or i == tokenizer.unk_token_id for i in ids):
-                raise ValueError(
-                    f"`reasoning_weight` needs a family whose reasoning block is marked by single tokens; "
-                    f"{self.family.display_name} has " + (f"no token {markers}" if markers else "no reasoning format")
-                    + ". Leave `reasoning_weight` at 1."
-                )
-            self._reasoning_ids = tuple(ids)
-
-    def _setup_videos(self, videos_kwargs: dict[str, Any]) -> None:
-        """The video token and a copy of the video processor with this run's sampling and pixel budget."""
-        self.video_token = self.video_token_id = self.video_processor = None
-        if self.family.name not in VIDEO_FAMILIES or getattr(self.processor, "video_processor", None) is None:
-            return
-        self.video_token = self.processor.video_token
-        self.video_token_id = self.processor.tokenizer.convert_tokens_to_ids(self.video_token)
-        video_processor = copy.copy(self.processor.video_processor)
-        frame_limits = self.video_min_frames is not None or self.video_max_frames is not None
-        if self.video_fps is not None or (frame_limits and not video_processor.do_sample_frames):
-            video_processor.fps = self.video_fps if self.video_fps is not None else QWEN_REFERENCE_FPS
-            video_processor.do_sample_frames = True
-        if self.video_min_frames is not None:
-            video_processor.min_frames = self.video_min_frames
-        if self.video_max_frames is not None:
-            video_processor.max_frames = self.video_max_frames
-        size = {key: value for key, value in dict(video_processor.size).items() if value is not None}
-        if self.video_max_pixels is not None:
-            size["longest_edge"] = self.video_max_pixels
-        video_processor.size = size
-        self.video_processor = video_processor
-        # The processor's call defaults, with the frames already sampled here and the size of this run.
-        self._videos_kwargs = {
-            **videos_kwargs,
-            "do_sample_frames": False,
-            "return_metadata": True,
-            "return_tensors": "pt",
-            "size": size,
-        }
-        self._video_run = re.compile(f"(?:{re.escape(self.video_token)})+")
-
-    def sample_video_indices(self, metadata) -> list[int]:
-        """The frame indices the video processor samples from a video with this metadata (its own `sample_frames`,
-        called as its `preprocess` calls it), or every frame where it does not sample."""
-        processor = self.video_processor
-        if not processor.do_sample_frames:
-            return list(range(metadata.total_num_frames))
-        skipped = ("input_data_format", "do_convert_rgb", "do_sample_frames", "device", "video_metadata")
-        kwargs = {
-            name: getattr(processor, name, None) for name in processor.valid_kwargs.__annotations__ if name not in skipped
-        }
-        return [int(i) for i in processor.sample_frames(metadata=copy.copy(metadata), **kwargs)]
-
-    def load_videos(self, values: list[Any]) -> list[LoadedVideo]:
-        """Decode (only the sampled frames of) a row's videos."""
-        root = self.video_root if self.video_root is not None else self.image_root
-        return [load_video(value, root, self.sample_video_indices, self.video_processor.fps) for value in values]
-
-    def _row_videos(self, index: int, row: dict[str, Any], pieces: list[tuple[str, bool]]):
-        """A row's videos, decoded, after checking they match its placeholders; errors name the row and video."""
-        values = row_videos(row)
-        if self.video_token is None:
-            if values:
-                raise RowError(index, f"{self.family.display_name} is not trained on videos by vlsft (video families: "
-                               f"{', '.join(VIDEO_FAMILIES)}); remove the row's videos")
-            return []
-        mismatch = placeholder_mismatch("video", sum(text.count(self.video_token) for text, _ in pieces), len(values))
-        if mismatch:
-            raise RowError(index, mismatch)
-        loaded = []
-        for number, value in enumerate(values):
-            try:
-                loaded.extend(self.load_videos([value]))
-                self.check_frame_count(loaded[-1].frames.shape[0])
-            except VideoLoadError as error:
-                raise RowError(index, f"video {number} {error}") from error
-        return loaded
-
-    def check_frame_count(self, num_frames: int) -> None:
-        """The video processor needs at least one temporal patch of frames (it raises on fewer)."""
-        needed = self.video_processor.temporal_patch_size
-        if num_frames < needed:
-            raise VideoLoadError(
-                f"has {num_frames} frame(s) sampled; {self.family.display_name} needs at least {needed} "
-                f"(temporal_patch_size): use a longer clip or repeat its frame(s) in a frame list"
-            )
-
-    def control_tokens_in(self, text: str, role: str | None = None) -> list[str]:
-        """The control tokens that `text` (of a `role` message) spells out, in order of appearance, each once; in an
-        assistant message, not those the template parses (`template_parsed_tokens`)."""
-        if self._control_pattern is None or not isinstance(text, str):
-            return []
-        found = dict.fromkeys(self._control_pattern.findall(text))
-        return [token for token in found if not (role == "assistant" and token in self.template_parsed_tokens)]
-
-    def _tokens_added_on_encode(self) -> tuple[list[int], list[int]]:
-        """The ids the tokenizer adds around a text when asked for special tokens (LLaVA-NeXT's `<s>`). The processor
-        adds them when the rendered text does not already start with the BOS token; so does this collator."""
-        tokenizer = self.processor.tokenizer
-        bare = tokenizer("a", add_special_tokens=False)["input_ids"]
-        full = tokenizer("a", add_special_tokens=True)["input_ids"]
-        for start in range(len(full) - len(bare) + 1):
-            if full[start : start + len(bare)] == bare:
-                return full[:start], full[start + len(bare) :]
-        return [], []
-
-    # -- rendering ---------------------------------------------------------------------------------------------
-
-    def render(self, row: dict[str, Any]) -> tuple[str, list[tuple[int, int]]]:
-        """The rendered text of a row and the character spans of its assistant generation blocks."""
-        if not self.escape_control_tokens:
-            return self._render_marked(row)[:2]
-        text, spans = "", []
-        for piece, supervised in self.pieces(row):
-            if supervised:
-                spans.append((len(text), len(text) + len(piece)))
-            text += piece
-        return text, spans
-
-    def _render_marked(self, row: dict[str, Any]) -> tuple[str, list[tuple[int, int]], list[str]]:
-        """(text, generation spans, escaped control tokens): with `escape_control_tokens`, each control token in the
-        message text is rendered as a mark (`_ESCAPE_MARK`) that `pieces` turns back into plain text."""
-        messages = normalize_messages(row["messages"])
-        escaped: list[str] = []
-        if self.escape_control_tokens and self._control_pattern is not None:
-            messages = [self._mark_control_tokens(message, escaped) for message in messages]
-        tools = row.get("tools") or None
-        if self.template_family is not None:
-            check_expressible(self.template_family, messages, tools)
-            check_media(self.template_family, row, messages)
-            spec = FAMILIES[self.template_family]
-            if spec.reasoning_opening is not None:
-                messages = split_inline_reasoning(messages, spec.reasoning_opening, spec.reasoning_markers[1])
-        rendered, spans = render_jinja_template(
-            [messages],
-            tools=tools,
-            chat_template=self.chat_template,
-            return_assistant_tokens_mask=self.assistant_only_loss,
-            **self._template_kwargs,
-            **row_template_kwargs(self.template_kwargs, row),
-        )
-        return rendered[0], [tuple(span) for span in spans[0]] if self.assistant_only_loss else [], escaped
-
-    def _mark_control_tokens(self, message: dict[str, Any], escaped: list[str]) -> dict[str, Any]:
-        kept = self.template_parsed_tokens if message.get("role") == "assistant" else frozenset()
-
-        def mark(text: str) -> str:
-            def replace(match: re.Match) -> str:
-                if match.group(0) in kept:
-                    return match.group(0)
-                escaped.append(match.group(0))
-                return f"\ue000{len(escaped) - 1}\ue001"
-
-            return self._control_pattern.sub(replace, text)
-
-        message = dict(message)
-        for key in ("content", "reasoning_content"):
-            value = message.get(key)
-            if isinstance(value, str):
-                message[key] = mark(value)
-            elif isinstance(value, list):
-                message[key] = [
-                    {**item, "text": mark(item["text"])} if item.get("type") == "text" and isinstance(item.get("text"), str) else item
-                    for item in value
-                ]
-        return message
-
-    def pieces(self, row: dict[str, Any]) -> list[tuple[str, bool]]:
-        """The rendered row cut into (text, supervised) pieces at the generation-block boundaries (and, with
-        `escape_control_tokens`, around each escaped control token)."""
-        return self.weighted_pieces(row)[0]
-
-    def weighted_pieces(self, row: dict[str, Any]) -> tuple[list[tuple[str, bool]], list[float] | None]:
-        """`pieces(row)` and the weight of each supervised turn (one per non-empty assistant turn), or None when
-        every token of every turn weighs 1 (then nothing per token is computed: today's fast path)."""
-        text, spans, escaped = self._render_marked(row)
-        weights = self._turn_weights(row, spans)
-        pieces, cursor = [], 0
-        for start, end in spans:
-            if end == start:
-                continue  # an empty block (a context turn's): cutting there would change how its text tokenizes
-            if start > cursor:
-                pieces.append((text[cursor:start], False))
-            pieces.append((text[start:end], True))
-            cursor = end
-        if cursor < len(text):
-            pieces.append((text[cursor:], False))
-        return (self._unmark(pieces, escaped) if escaped else pieces), weights
-
-    def _turn_weights(self, row: dict[str, Any], spans: list[tuple[int, int]]) -> list[float] | None:
-        """The weight of each non-empty generation block, or None when all tokens weigh 1. Raises `TurnWeightError`
-        for malformed `weight` / `train` keys, when no turn is left to train, or when the blocks cannot be told apart
-        per assistant message."""
-        if not self.assistant_only_loss:
-            return None
-        weights = turn_weights(row["messages"], self.train_on_turns)
-        if not self._weights_tokens and all(w == 1 for w in weights):
-            return None
-        turns = message_blocks(spans)
-        if len(weights) != len(turns):
-            raise TurnWeightError(
-                f"the chat template renders generation blocks for {len(turns)} assistant turn(s) but the row has "
-                f"{len(weights)} assistant message(s); per-turn weights need one block per assistant message (an "
-                "empty one for a turn that is context)"
-            )
-        weighted = [(span, weight) for blocks, weight in zip(turns, weights) for span in blocks if span[1] > span[0]]
-        if any(end == start for ((_, end), _), ((start, _), _) in zip(weighted, weighted[1:])):
-            raise TurnWeightError("the chat template renders two assistant turns back to back; they cannot be weighed apart")
-        return [weight for _, weight in weighted]
-
-    def token_weights(self, ids: torch.Tensor, in_turn: torch.Tensor, weights: list[float]) -> torch.Tensor:
-        """float32 weight of every token of a row (0 outside the assistant turns). `in_turn` marks the assistant
-        turns' tokens; each run of them is one turn, weighed `weights[turn]`, with its end-of-turn token left out
-        (`train_on_eos=False`) and its reasoning block scaled by `reasoning_weight`."""
-        edges = torch.diff(in_turn.int(), prepend=in_turn.new_zeros(1).int(), append=in_turn.new_zeros(1).int())
-        starts, ends = (edges == 1).nonzero().flatten().tolist(), (edges == -1).nonzero().flatten().tolist()
-        if len(starts) != len(weights):
-            raise TurnWeightError(f"{len(starts)} assistant turn(s) in the tokens but {len(weights)} turn weight(s)")
-        out = torch.zeros(len(ids), dtype=torch.float32)
-        for start, end, weight in zip(starts, ends, weights):
-            out[start:end] = weight
-            turn = ids[start:end]
-            if self._reasoning_ids is not None:
-                opening, closing = self._reasoning_ids
-                # Inside from the opening marker to the closing one, both included (or to the end of the turn). A
-                # turn whose first marker closes starts inside: the generation prompt opened the block (Qwen3.5's
-                # `<think>\n`, Gemma 4 v5's `<|channel>thought\n` after a tool response).
-                markers = turn[(turn == opening) | (turn == closing)]
-                opened_by_prompt = int(len(markers) > 0 and int(markers[0]) == closing)
-                opened, closed = torch.cumsum((turn == opening).int(), 0), torch.cumsum((turn == closing).int(), 0)
-                depth = opened_by_prompt + opened - closed
-                inside = (depth > 0) | (turn == closing)
-                out[start:end][inside] *= self.reasoning_weight
-            if not self.train_on_eos:
-                ends_of_turn = (turn == self._end_of_turn_id).nonzero().flatten()
-                if len(ends_of_turn):
-                    out[start + int(ends_of_turn[-1])] = 0.0
-        return out
-
-    @staticmethod
-    def _unmark(pieces: list[tuple[str, bool]], escaped: list[str]) -> list[tuple[str, bool]]:
-        """Each escaped control token back as text, cut after its first character and tokenized apart from its
-        neighbours, so that no tokenizer matches it as the control token (`<|im_end|>` -> `<` + `|im_end|>`). What
-        follows a cut continues the text (`_Continuation`)."""
-        out = []
-        for text, supervised in pieces:
-            sub_pieces = []
-            for position, part in enumerate(_ESCAPE_MARK.split(text)):  # text, index, text, index, ..., text
-                sub_pieces += [part] if position % 2 == 0 else [escaped[int(part)][:1], escaped[int(part)][1:]]
-            sub_pieces = [part for part in sub_pieces if part]
-            out += [(part if i == 0 else _Continuation(part), supervised) for i, part in enumerate(sub_pieces)]
-        return out
-
-    def tokenize_rows(self, rows: list[dict[str, Any]]) -> list[RenderedRow]:
-        """Render and tokenize rows, with all pieces of all rows in one batched tokenizer call. Images stay one
-        placeholder token each."""
-        weighted = [self.weighted_pieces(row) for row in rows]
-        rendered = self._tokenize_pieces([pieces for pieces, _ in weighted], [row_images(row) for row in rows])
-        for row, (_, weights) in zip(rendered, weighted):
-            if weights is not None:
-                ids, in_turn = torch.tensor(row.input_ids), torch.tensor(row.supervised, dtype=torch.bool)
-                row.weights = self.token_weights(ids, in_turn, weights).tolist()
-        return rendered
-
-    def _tokenize_pieces(self, row_pieces: list[list[tuple[str, bool]]], images: list[list[Any]]) -> list[RenderedRow]:
-        flat = [text for pieces in row_pieces for text, _ in pieces]
-        anchored = self._marks_string_start and any(isinstance(text, _Continuation) for text in flat)
-        if anchored:
-            flat = [_CONTINUATION_ANCHOR + text if isinstance(text, _Continuation) else text for text in flat]
-        encoded = self.processor.tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
-        if anchored:
-            n = len(self._anchor_ids)
-            encoded = [
-                ids[n:] if text.startswith(_CONTINUATION_ANCHOR) and ids[:n] == self._anchor_ids else ids
-                for text, ids in zip(flat, encoded)
-            ]
-        bos_token = self.processor.tokenizer.bos_token
-        out, position = [], 0
-        for pieces, row_images_ in zip(row_pieces, images):
-            ids, supervised = [], []
-            for _, is_supervised in pieces:
-                piece_ids = encoded[position]
-                position += 1
-                ids.extend(piece_ids)
-                supervised.extend([is_supervised or not self.assistant_only_loss] * len(piece_ids))
-            if self._bos_added or self._eos_added:
-                text_has_bos = bool(pieces) and bos_token is not None and pieces[0][0].startswith(bos_token)
-                if not text_has_bos:
-                    lm = not self.assistant_only_loss  # plain language modelling supervises every token
-                    ids = self._bos_added + ids + self._eos_added
-                    supervised = [lm] * len(self._bos_added) + supervised + [lm] * len(self._eos_added)
-            out.append(RenderedRow(ids, supervised, row_images_))
-        return out
-
-    # -- images ------------------------------------------------------------------------------------------------
-
-    def _process_images(self, images: list[list[Any]]) -> dict[str, torch.Tensor]:
-        """The image processor's output for the batch's images, grouped by row as the processor groups them, with
-        the processor's own defaults."""
-        if not any(images):
-            return {}
-        return self.processor.image_processor(images, **self._images_kwargs)
-
-    def _image_texts(self, vision: dict[str, torch.Tensor], count: int) -> list[str]:
-        """The text the processor puts in place of each image's placeholder (`ProcessorMixin.replace_image_token`)."""
-        return [self.processor.replace_image_token(vision, image_idx=i) for i in range(count)]
-
-    def _image_token_counts(self, vision: dict[str, torch.Tensor], count: int) -> list[int]:
-        """For families that expand on ids: how many copies of the placeholder each image's text is."""
-        if "image_grid_thw" in vision:
-            # Qwen: one token per merged patch, as its `replace_image_token` computes, for the whole batch at once.
-            return (vision["image_grid_thw"].prod(-1) // self.merge_length).tolist()
-        texts = self._image_texts(vision, count)
-        counts = [text.count(self.image_token) for text in texts]
-        if any(n * len(self.image_token) != len(text) for n, text in zip(counts, texts)):
-            raise ValueError(
-                f"{self.family.name}: the processor's image text is not only copies of {self.image_token}; set "
-                "`expand_on_ids=False` for this family in `vlsft.templates.FAMILIES`."
-            )
-        return counts
-
-    def _expand_in_text(self, row_pieces, replacements: list[str]) -> list[list[tuple[str, bool]]]:
-        """Each placeholder replaced by its image's text, in order, in whichever piece it lies."""
-        queue = iter(replacements)
-        expanded = []
-        for pieces in row_pieces:
-            row = []
-            for text, supervised in pieces:
-                parts = text.split(self.image_token)
-                expanded_text = parts[0] + "".join(next(queue) + part for part in parts[1:])
-                row.append((_Continuation(expanded_text) if isinstance(text, _Continuation) else expanded_text, supervised))
-            expanded.append(row)
-        return expanded
-
-    def _expand_on_ids(self, row: RenderedRow, counts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = torch.tensor(row.input_ids, dtype=torch.long)
-        supervised = torch.tensor(row.supervised, dtype=torch.bool)
-        is_image = ids == self.image_token_id
-        if counts:
-            repeats = torch.ones_like(ids)
-            repeats[is_image] = torch.tensor(counts)
-            ids, supervised = ids.repeat_interleave(repeats), supervised.repeat_interleave(repeats)
-        return ids, supervised
-
-    # -- videos ------------------------------------------------------------------------------------------------
-
-    def _process_videos(self, videos: list) -> tuple[dict[str, Any], list[str]]:
-        """The processor's own video output (`pixel_values_videos`, `video_grid_thw`, Qwen2.5-VL's
-        `second_per_grid_ts`) and the text that replaces each video's placeholder, for sampled frames."""
-        if not videos:
-            return {}, []
-        kwargs = {**self._videos_kwargs, "video_metadata": [video.metadata for video in videos]}
-        processed, replacements = self.processor._process_videos([video.frames for video in videos], **kwargs)
-        processed = dict(processed)
-        if "second_per_grid_ts" in processed:
-            processed["second_per_grid_ts"] = torch.tensor(processed["second_per_grid_ts"])
-        return processed, replacements
-
-    def video_expansions(self, replacements: list[str]) -> list[torch.Tensor]:
-        """The token ids of each video's replacement text: its `<|video_pad|>` runs become one token each for the
-        tokenizer (one batched call), then are repeated on ids."""
-        if not replacements:
-            return []
-        compressed = [self._video_run.sub(self.video_token, text) for text in replacements]
-        runs = [[len(run) // len(self.video_token) for run in self._video_run.findall(text)] for text in replacements]
-        encoded = self.processor.tokenizer(compressed, add_special_tokens=False)["input_ids"]
-        expansions = []
-        for ids, counts in zip(encoded, runs):
-            ids = torch.tensor(ids, dtype=torch.long)
-            repeats = torch.ones_like(ids)
-            repeats[ids == self.video_token_id] = torch.tensor(counts, dtype=torch.long)
-            expansions.append(ids.repeat_interleave(repeats))
-        return expansions
-
-    def video_token_ids(self, num_frames: int, height: int, width: int, metadata) -> torch.Tensor:
-        """The ids a video of sampled `num_frames` frames of `height` x `width` expands to, from those sizes alone
-        (the video processor's resize rule and the processor's replacement text; no pixels are processed)."""
-        processor = self.video_processor
-        self.check_frame_count(num_frames)
-        patches = processor.get_num_of_video_patches(num_frames, height, width, {"size": processor.size})
-        grid_t = -(-num_frames // processor.temporal_patch_size)
-        grid = torch.tensor([[grid_t, patches // grid_t, 1]])
-        text = self.processor.replace_video_token({"video_grid_thw": grid, "video_metadata": [metadata]}, video_idx=0)
-        return self.video_expansions([text])[0]
-
-    def _splice_videos(self, ids: torch.Tensor, supervised: torch.Tensor, expansions: list[torch.Tensor]):
-        """Each video placeholder token replaced by its expansion (never supervised)."""
-        if not expansions:
-            return ids, supervised
-        positions = (ids == self.video_token_id).nonzero().flatten().tolist()
-        id_parts, mask_parts, start = [], [], 0
-        for position, expansion in zip(positions, expansions):
-            id_parts += [ids[start:position], expansion]
-            mask_parts += [supervised[start:position], torch.zeros(len(expansion), dtype=torch.bool)]
-            start = position + 1
-        id_parts.append(ids[start:])
-        mask_parts.append(supervised[start:])
-        return torch.cat(id_parts), torch.cat(mask_parts)
+        self._init_rendering()
 
     # -- collation ---------------------------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -9,7 +10,9 @@ import math
 import os
 
 import torch
+from transformers import TrainingArguments
 from trl import SFTConfig
+from trl.trainer.utils import get_config_model_id
 
 from vlsft.packing import packing_enabled
 
@@ -55,6 +58,10 @@ class VLSFTConfig(SFTConfig):
             `padding_free` lays each micro-batch's rows end to end in one sequence without padding (implied by
             `packing`). Each row keeps its own (3D mRoPE) positions and never attends to another; the loss is
             unchanged. Only `packing_strategy="bfd"`; with `attn_implementation` "sdpa" or "eager".
+        loss_type (`str`, defaults to `"nll"`):
+            TRL's field: `"nll"`, the summed negative log-likelihood of the supervised tokens over the step's
+            supervised tokens; `"dft"` (Dynamic Fine-Tuning, TRL's meaning): each supervised token's NLL weighted by
+            its own probability (not differentiated through), on the same supervised tokens and divisor.
         bf16 (`bool`, *optional*):
             Mixed bf16 precision. Defaults to `True` where a bf16-capable GPU is present, `False` elsewhere (TRL
             defaults to `True` everywhere, which fails on CPU).
@@ -152,6 +159,7 @@ class VLSFTConfig(SFTConfig):
                 f"`video_min_frames` ({self.video_min_frames}) is above `video_max_frames` ({self.video_max_frames}); "
                 "lower the first or raise the second."
             )
+        self._refuse_sft_fields_vlsft_cannot_honour()
         if self.loss_chunk_size < 1:
             raise ValueError(f"`loss_chunk_size` must be >= 1, got {self.loss_chunk_size}.")
         # vlsft's collator renders, tokenizes and masks every row on the fly, so TRL's up-front tokenization is
@@ -177,6 +185,56 @@ class VLSFTConfig(SFTConfig):
         super().__post_init__()
         packing_enabled(self)  # an unsupported packing setting fails here, with the fix
 
+    def _refuse_sft_fields_vlsft_cannot_honour(self) -> None:
+        """`SFTConfig` fields that only act in TRL's dataset preparation or TRL's loss, both of which vlsft replaces:
+        a value that asks for something vlsft does not do is refused with the alternative, never ignored."""
+        problems = []
+        if self.loss_type not in ("nll", "dft", "chunked_nll"):  # TRL turns its deprecated "chunked_nll" into "nll"
+            problems.append(
+                f"`loss_type={self.loss_type!r}`: vlsft computes 'nll' (already chunked: `loss_chunk_size`) or 'dft'"
+            )
+        if self.use_liger_kernel:
+            problems.append(
+                "`use_liger_kernel=True`: Liger's fused cross-entropy would replace vlsft's supervised-token loss (which "
+                "already never builds the full logits) and TRL deprecates the flag; leave it False"
+            )
+        if self.completion_only_loss:
+            problems.append(
+                "`completion_only_loss=True`: vlsft trains conversation rows (`messages`), where the completion is the "
+                "assistant turns, supervised by `assistant_only_loss=True` (the default); convert prompt/completion rows "
+                "to `messages` and leave `completion_only_loss` unset"
+            )
+        if self.label_smoothing_factor:
+            problems.append(
+                f"`label_smoothing_factor={self.label_smoothing_factor}`: needs the full logits, which vlsft never builds; "
+                "set it to 0"
+            )
+        if self.dataset_text_field != "text":
+            problems.append(
+                f"`dataset_text_field={self.dataset_text_field!r}`: vlsft reads conversation rows from `messages`, not a "
+                "text column; map your rows to `messages` (recipes: a `format:` key converts known formats)"
+            )
+        if self.truncation_mode != "keep_start":
+            problems.append(
+                f"`truncation_mode={self.truncation_mode!r}`: vlsft truncates at `max_length` keeping the start (the "
+                "images and the prompt); leave `truncation_mode` at 'keep_start'"
+            )
+        if self.shuffle_dataset:
+            problems.append(
+                "`shuffle_dataset=True`: TRL shuffles while preparing the dataset, which vlsft skips (it collates rows on "
+                "the fly); the train sampler already shuffles each epoch (`seed`), or pass `dataset.shuffle(seed=...)`"
+            )
+        dataset_kwargs = self.dataset_kwargs or {}
+        if isinstance(dataset_kwargs, dict) and (
+            set(dataset_kwargs) - {"skip_prepare_dataset"} or dataset_kwargs.get("skip_prepare_dataset", True) is False
+        ):
+            problems.append(
+                f"`dataset_kwargs={dataset_kwargs!r}`: vlsft always skips TRL's dataset preparation (rows are rendered "
+                "and tokenized by its collator); leave `dataset_kwargs` unset"
+            )
+        if problems:
+            raise ValueError("; ".join(problems) + ".")
+
     def _check_ranges(self) -> None:
         """Values `TrainingArguments` accepts but training fails on only after the model and data are loaded (or, for
         a negative learning rate, trains on silently wrong): refused here, so a `--dry-run` refuses them too."""
@@ -199,3 +257,16 @@ class VLSFTConfig(SFTConfig):
             problems.append(f"`num_train_epochs` must be >= 0, got {self.num_train_epochs!r}")
         if problems:
             raise ValueError("; ".join(problems) + ".")
+
+
+def as_vlsft_config(args: TrainingArguments | None, model) -> VLSFTConfig:
+    """`args` as a `VLSFTConfig`: an `SFTConfig` or `TrainingArguments` keeps every field it sets."""
+    if isinstance(args, VLSFTConfig):
+        return args
+    if args is None:
+        name = model if isinstance(model, str) else get_config_model_id(model.config)
+        return VLSFTConfig(output_dir=f"{name.split('/')[-1]}-vlsft")
+    # Field values as set, not `to_dict()`, which masks every `*_token` field (hub_token, eos_token, pad_token).
+    known = VLSFTConfig.__dataclass_fields__
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init and f.name in known}
+    return VLSFTConfig(**values)

@@ -4,7 +4,8 @@
 `supervised_labels=...`, runs the backbone, gathers the hidden states whose next token is supervised, and projects
 only those through the LM head. It returns sums, not means, so the trainer can divide by the number of supervised
 tokens of the whole optimizer step. With `supervised_weights=...` (the collator's `label_weights`), each token's NLL
-is multiplied by its weight and the trainer divides by the summed weight instead. The forward is installed on the instance, as TRL installs its own fused head,
+is multiplied by its weight and the trainer divides by the summed weight instead. With `loss_type="dft"` (Dynamic
+Fine-Tuning), each token's NLL is also multiplied by the token's probability, held constant in the backward pass. The forward is installed on the instance, as TRL installs its own fused head,
 so that DDP, DeepSpeed and PEFT wrappers see a single ordinary forward call.
 """
 
@@ -67,6 +68,7 @@ def supervised_nll(
     num_chunks: int = 1,
     label_weights: torch.Tensor | None = None,
     softcap: float | None = None,
+    loss_type: str = "nll",
 ) -> SupervisedLossOutput:
     """Summed next-token NLL over the positions whose (shifted) label is not -100; with `label_weights` (aligned with
     `labels`), each token's NLL times its weight, and `weight_sum` their summed weight.
@@ -74,7 +76,8 @@ def supervised_nll(
     `head` is called as a module, so LoRA layers, PEFT `modules_to_save` copies and DeepSpeed ZeRO-3 parameter
     gathering all apply. Each chunk is checkpointed: its `[chunk, vocab]` float32 logits exist only while that chunk
     is computed, in the forward and again in the backward. At least `num_chunks` chunks run (empty ones after the
-    tokens), so that data-parallel ranks call the head equally often (`vlsft.distributed`).
+    tokens), so that data-parallel ranks call the head equally often (`vlsft.distributed`). `loss_type="dft"`: each
+    token's NLL times its probability `exp(-nll)`, detached (TRL's DFT, on the supervised tokens only).
     """
     targets = labels[:, 1:].to(hidden_states.device)
     mask = targets != IGNORE_INDEX
@@ -93,6 +96,8 @@ def supervised_nll(
             nll, correct = checkpoint(_chunk_nll, head, hidden[chunk], targets[chunk], softcap, use_reentrant=False)
         else:
             nll, correct = _chunk_nll(head, hidden[chunk], targets[chunk], softcap)
+        if loss_type == "dft":
+            nll = nll * torch.exp(-nll.detach())
         chunk_weights = torch.ones_like(nll) if weights is None else weights[chunk]
         if weights is not None:
             nll = nll * chunk_weights
@@ -108,11 +113,14 @@ def supervised_nll(
     )
 
 
-def attach_supervised_head(model: nn.Module, chunk_size: int = 256) -> None:
+def attach_supervised_head(model: nn.Module, chunk_size: int = 256, loss_type: str = "nll") -> None:
     """Let `model(..., supervised_labels=labels)` return a `SupervisedLossOutput`; other calls run the class's
     forward. Installed again by every trainer on the model, on top of whatever a trainer installed in between (TRL's
     fused head, whose closure holds the instance it was installed on and would run that instance in a deep copy)."""
+    if loss_type not in ("nll", "dft"):
+        raise ValueError(f"`loss_type` must be 'nll' or 'dft', got {loss_type!r}.")
     model._vlsft_loss_chunk_size = chunk_size
+    model._vlsft_loss_type = loss_type
     model._vlsft_logit_softcap = final_logit_softcap(model)
 
     @functools.wraps(type(model).forward)  # keep the signature: `generate` validates its kwargs against it
@@ -144,6 +152,7 @@ def attach_supervised_head(model: nn.Module, chunk_size: int = 256) -> None:
             num_chunks=num_chunks,
             label_weights=supervised_weights,
             softcap=self._vlsft_logit_softcap,
+            loss_type=self._vlsft_loss_type,
         )
         if getattr(backbone_output, "router_logits", None):
             # The model's own load-balancing loss, as its forward computes it (from the module that defines it).
@@ -167,3 +176,32 @@ def _load_balancing_loss_func(model_class: type):
         if function is not None:
             return function
     raise TypeError(f"{model_class.__name__} returns router logits but no module of its classes defines load_balancing_loss_func.")
+
+
+# -- sums of an optimizer step (used by `VLSFTTrainer`) ----------------------------------------------------------
+
+
+def step_sums_over_ranks(accelerator, outputs: SupervisedLossOutput, mode: str) -> torch.Tensor:
+    """[num_correct, num_tokens, summed (weighted) NLL, summed weight] of this micro-batch over every rank, exactly.
+
+    Training: an all-reduce. Evaluation: accelerate pads the last eval batch of each rank with duplicate rows (so
+    every rank runs the same forwards, which ZeRO-3 needs); the per-row sums are gathered and accelerate drops
+    exactly those duplicates (`gather_for_metrics` trims samples, and here a sample is a row)."""
+    if mode == "eval" and outputs.row_sums is not None:
+        return accelerator.gather_for_metrics(outputs.row_sums).sum(0).cpu()
+    stats = torch.stack(
+        [outputs.num_correct.double(), outputs.num_tokens.double(), outputs.nll_sum.double(), outputs.weight_sum.double()]
+    ).detach()
+    return accelerator.reduce(stats, reduction="sum").cpu()
+
+
+def summed_label_weight(batch) -> torch.Tensor:
+    """Summed weight of a micro-batch's supervised targets (labels shifted by one), in float64."""
+    if batch.get("label_weights") is not None:
+        return batch["label_weights"][..., 1:].double().sum()
+    return (batch["labels"][..., 1:] != IGNORE_INDEX).sum().double()
+
+
+def positive_or_one(divisor: torch.Tensor) -> torch.Tensor:
+    """The divisor, or 1 where it is 0 (a step or batch with nothing supervised gives an exact 0 loss)."""
+    return torch.where(divisor > 0, divisor, torch.ones_like(divisor))

@@ -5,7 +5,7 @@
 - `merger`: the projector into the language model (Qwen's `visual.merger` and Qwen3-VL's DeepStack mergers
   `visual.deepstack_merger_list`, which feed intermediate vision features into early decoder layers; Gemma 3's and
   LLaVA-NeXT's `multi_modal_projector` and LLaVA-NeXT's learned `image_newline`; Idefics3's and SmolVLM's
-  `connector`). `FAMILY_PARTS` lists them per family.
+  `connector`). Each family's `Family.parts` (`vlsft.families.FAMILIES`) names them.
 - `language_model`: everything else (`language_model` / `text_model`, `lm_head`).
 
 Parts are recognised by parameter *names*, matched anywhere in the name, so the same rules hold for a bare model, a
@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from torch import nn
 
-from vlsft.templates import QWEN3_5_FAMILIES, family_of_model
+from vlsft.families import FAMILIES, family_of_model
 
 VISION_TOWER = "vision_tower"
 MERGER = "merger"
@@ -29,51 +28,10 @@ LANGUAGE_MODEL = "language_model"
 COMPONENTS = (VISION_TOWER, MERGER, LANGUAGE_MODEL)
 
 
-@dataclass(frozen=True)
-class FamilyParts:
-    """Where one model family keeps its parts, as dotted module names below the model's `model.`."""
-
-    vision_tower: str
-    mergers: tuple[str, ...]  # modules (or parameters) between the vision tower and the language model
-    decoder_layers: str  # the language model's decoder layers
-    vision_lora_targets: str  # regex, below `vision_tower`, of the ViT's attention and MLP Linear layers
-    # The model's forward caps its logits with the text config's `final_logit_softcapping` (Gemma 4's does; Gemma 3's
-    # conditional-generation head does not): the supervised loss must cap them the same way.
-    caps_logits: bool = False
-
-
-_QWEN3_VL_VISION = r"blocks\.\d+\.(?:attn\.(?:qkv|proj)|mlp\.(?:linear_fc1|linear_fc2))"
-_QWEN2_5_VL_VISION = r"blocks\.\d+\.(?:attn\.(?:qkv|proj)|mlp\.(?:gate_proj|up_proj|down_proj))"
-# SigLIP (Gemma 3, Idefics3, SmolVLM) and CLIP (LLaVA-NeXT) encoders name their layers alike.
-_SIGLIP_CLIP_VISION = r"encoder\.layers\.\d+\.(?:self_attn\.(?:q_proj|k_proj|v_proj|out_proj)|mlp\.(?:fc1|fc2))"
-
-FAMILY_PARTS = {
-    "qwen3_vl": FamilyParts("visual", ("visual.merger", "visual.deepstack_merger_list"), "language_model.layers", _QWEN3_VL_VISION),
-    "qwen3_vl_moe": FamilyParts("visual", ("visual.merger", "visual.deepstack_merger_list"), "language_model.layers", _QWEN3_VL_VISION),
-    "qwen2_5_vl": FamilyParts("visual", ("visual.merger",), "language_model.layers", _QWEN2_5_VL_VISION),
-    "gemma3": FamilyParts("vision_tower", ("multi_modal_projector",), "language_model.layers", _SIGLIP_CLIP_VISION),
-    "idefics3": FamilyParts("vision_model", ("connector",), "text_model.layers", _SIGLIP_CLIP_VISION),
-    "smolvlm": FamilyParts("vision_model", ("connector",), "text_model.layers", _SIGLIP_CLIP_VISION),
-    "llava_next": FamilyParts("vision_tower", ("multi_modal_projector", "image_newline"), "language_model.layers", _SIGLIP_CLIP_VISION),
-}
-# Qwen3.5 / 3.6 / 3.8 (every template generation; dense and MoE alike): Qwen3-VL's vision tower without DeepStack
-# mergers. Keyed, like every entry, by the template family (`vlsft.templates.FAMILIES`).
-for _name in QWEN3_5_FAMILIES:
-    FAMILY_PARTS[_name] = FamilyParts("visual", ("visual.merger",), "language_model.layers", _QWEN3_VL_VISION)
-
-# Gemma 4 (every template revision): the vision encoder wraps each Linear in a `Gemma4ClippableLinear` (`.linear`);
-# `embed_vision` projects the pooled vision features into the language model.
-_GEMMA4_VISION = r"encoder\.layers\.\d+\.(?:self_attn\.(?:q_proj|k_proj|v_proj|o_proj)|mlp\.(?:gate_proj|up_proj|down_proj))\.linear"
-for _revision in ("gemma4_v2", "gemma4", "gemma4_v3", "gemma4_v4", "gemma4_v5"):
-    FAMILY_PARTS[_revision] = FamilyParts(
-        "vision_tower", ("embed_vision",), "language_model.layers", _GEMMA4_VISION, caps_logits=True
-    )
-
-
 def final_logit_softcap(model: nn.Module) -> float | None:
     """The cap the model's own forward applies to its logits (`tanh(logits / cap) * cap`), or None."""
     family = family_of_model(model)
-    if family is None or not FAMILY_PARTS[family].caps_logits:
+    if family is None or not FAMILIES[family].parts.caps_logits:
         return None
     return getattr(model.config.get_text_config(), "final_logit_softcapping", None)
 
@@ -84,10 +42,11 @@ def _alternatives(names) -> str:
 
 # The names of different families never collide (no Qwen module is called `connector`, no Gemma one `visual`), so one
 # rule recognises the parts of every family.
-_MERGER_NAMES = _alternatives(merger for family in FAMILY_PARTS.values() for merger in family.mergers)
+_PARTS = [family.parts for family in FAMILIES.values()]
+_MERGER_NAMES = _alternatives(merger for parts in _PARTS for merger in parts.mergers)
 _MERGER = re.compile(rf"(?:^|\.)(?:{_MERGER_NAMES})(?:\.|$)")
 _MERGER_MODULE = re.compile(rf"(?:^|\.)(?:{_MERGER_NAMES})$")
-_VISUAL = re.compile(rf"(?:^|\.)(?:{_alternatives(f.vision_tower for f in FAMILY_PARTS.values())})(?:\.|$)")
+_VISUAL = re.compile(rf"(?:^|\.)(?:{_alternatives(parts.vision_tower for parts in _PARTS)})(?:\.|$)")
 
 # LoRA targets, as one regex that PEFT matches against full module names (`re.fullmatch`). The language model's
 # attention and MLP projections; with `vision=True` also the vision blocks' attention and MLP. Never the merger (it is
@@ -95,14 +54,14 @@ _VISUAL = re.compile(rf"(?:^|\.)(?:{_alternatives(f.vision_tower for f in FAMILY
 # change the patch features under every image while adding almost no capacity. MoE experts (Qwen3-VL-MoE) are fused
 # parameters, not Linear layers, so only their attention is adapted (the router `mlp.gate` is never a target).
 _LANGUAGE_TARGETS = (
-    rf".*(?:{_alternatives(f.decoder_layers for f in FAMILY_PARTS.values())})\.\d+\."
+    rf".*(?:{_alternatives(parts.decoder_layers for parts in _PARTS)})\.\d+\."
     r"(?:self_attn\.(?:q_proj|k_proj|v_proj|o_proj)|mlp\.(?:gate_proj|up_proj|down_proj)"
     # Qwen3.5's hybrid stack: the GatedDeltaNet (linear attention) layers' projections, and the MoE's shared expert.
     r"|linear_attn\.(?:in_proj_qkv|in_proj_z|in_proj_b|in_proj_a|out_proj)"
     r"|mlp\.shared_expert\.(?:gate_proj|up_proj|down_proj))"
 )
 _VISION_TARGETS = "|".join(
-    sorted({rf".*{re.escape(f.vision_tower)}\.{f.vision_lora_targets}" for f in FAMILY_PARTS.values()})
+    sorted({rf".*{re.escape(parts.vision_tower)}\.{parts.vision_lora_targets}" for parts in _PARTS})
 )
 
 

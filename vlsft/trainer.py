@@ -7,18 +7,15 @@ What it changes, each in one overridden method:
   with per-turn weights (the collator's `label_weights`), `sum(w * nll) / sum(w)` over the same step;
 - `_get_num_items_in_batch`: counts those tokens even for models that declare `accepts_loss_kwargs = False`
   (Qwen3-VL does, so `Trainer` would otherwise average every micro-batch on its own);
-- `get_train_dataloader` / `get_eval_dataloader`: each row carries its dataset index, and a row that fails to collate
-  mid-run is skipped and counted (`invalid_rows="skip"`) or named by that index (`vlsft.data.training_rows`);
-- `_save_checkpoint` / `train`: checkpoints written atomically, resume from the newest complete one, a checkpoint and
-  a clean stop on SIGTERM (`vlsft.checkpoints`).
+- `get_train_dataloader` / `get_eval_dataloader` (mixin `vlsft.data.training_rows.RowsNamedByIndex`): each row
+  carries its dataset index, and a row that fails to collate mid-run is skipped and counted (`invalid_rows="skip"`)
+  or named by that index;
+- `_save_checkpoint` / `train` (mixin `vlsft.checkpoints.KillSafeCheckpoints`): checkpoints written atomically,
+  resume from the newest complete one, a checkpoint and a clean stop on SIGTERM.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import os
-import shutil
 from collections import Counter
 
 import torch
@@ -27,35 +24,28 @@ from transformers import AutoProcessor, ProcessorMixin, TrainingArguments
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.utils import get_config_model_id
 
-from vlsft.checkpoints import STAGING_DIR, PreemptionCallback, publish_checkpoint, resume_argument
+from vlsft.answer_eval import AnswerAccuracyCallback
+from vlsft.checked_datasets import CheckedDatasets
+from vlsft.checkpoints import KillSafeCheckpoints, PreemptionCallback
 from vlsft.collator import VisionChatCollator, training_collator
-from vlsft.config import VLSFTConfig
+from vlsft.config import VLSFTConfig, as_vlsft_config
+from vlsft.data.training_rows import RowsNamedByIndex
+from vlsft.data.validation import validate_datasets
 from vlsft.distributed import check_offload_keeps_optimizer
-from vlsft.loss import attach_supervised_head
+from vlsft.loss import (
+    attach_supervised_head,
+    positive_or_one,
+    step_sums_over_ranks,
+    summed_label_weight,
+)
 from vlsft.packing import check_packing_support, packing_enabled, packing_hidden_from_trl
 from vlsft.packing.attention import use_packed_attention
 from vlsft.packing.collator import PackedCollator
-from vlsft.packing.plan import PackedRows, pack_dataset
-from vlsft.templates import has_generation_markers
-from vlsft.tokens import IGNORE_INDEX
-from vlsft.data.training_rows import FaultTolerantCollator, IndexedRows
-from vlsft.data.validation import validate_datasets
+from vlsft.packing.plan import pack_dataset
+from vlsft.trl_compat import templates_shown_to_trl
 
 
-def as_vlsft_config(args: TrainingArguments | None, model) -> VLSFTConfig:
-    """`args` as a `VLSFTConfig`: an `SFTConfig` or `TrainingArguments` keeps every field it sets."""
-    if isinstance(args, VLSFTConfig):
-        return args
-    if args is None:
-        name = model if isinstance(model, str) else get_config_model_id(model.config)
-        return VLSFTConfig(output_dir=f"{name.split('/')[-1]}-vlsft")
-    # Field values as set, not `to_dict()`, which masks every `*_token` field (hub_token, eos_token, pad_token).
-    known = VLSFTConfig.__dataclass_fields__
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init and f.name in known}
-    return VLSFTConfig(**values)
-
-
-class VLSFTTrainer(SFTTrainer):
+class VLSFTTrainer(KillSafeCheckpoints, RowsNamedByIndex, SFTTrainer):
     """Drop-in `trl.SFTTrainer` for vision-language models (same constructor).
 
     Subclass it to change one thing: override `compute_loss` for another loss (call `self.supervised_sums(model,
@@ -83,18 +73,28 @@ class VLSFTTrainer(SFTTrainer):
         quantization_config=None,
         peft_config=None,
         formatting_func=None,
+        *,
+        checked_datasets: CheckedDatasets | None = None,
     ):
+        """`SFTTrainer`'s arguments; or, instead of `train_dataset` / `eval_dataset`, `checked_datasets`: rows already
+        validated by `vlsft.checked_datasets.check_datasets` for these `args` and processor (before the model
+        loaded), which the trainer then does not check again."""
         args = as_vlsft_config(args, model)
         # Per dataset (None: train, else the eval name), the index in the user's dataset of each row kept by
         # validation, so that a row failing mid-run is named by that index. Rows dropped mid-run, per dataset.
         self._original_row_indices: dict[str | None, list[int]] = {}
         self.rows_skipped_in_training: Counter = Counter()
-        self._staging_run_dir: str | None = None
         if compute_loss_func is not None or compute_metrics is not None or preprocess_logits_for_metrics is not None:
             raise ValueError(
                 "VLSFTTrainer never builds the full logits, so `compute_loss_func`, `compute_metrics` and "
                 "`preprocess_logits_for_metrics` are not supported. Subclass VLSFTTrainer and override "
                 "`compute_loss` for another loss; evaluate generations with `model.generate` for metrics."
+            )
+        if formatting_func is not None:
+            raise ValueError(
+                "`formatting_func` is not supported: TRL uses it to turn each row into plain text, which loses the turns "
+                "that assistant-only loss supervises (and the images). Map your rows to conversation rows first, e.g. "
+                "`dataset.map(lambda row: {'messages': [...], 'images': [...]})`."
             )
         if processing_class is None:
             name = model if isinstance(model, str) else get_config_model_id(model.config)
@@ -113,15 +113,24 @@ class VLSFTTrainer(SFTTrainer):
         self.training_chat_template = default_collator.chat_template
         if data_collator is None:
             data_collator = default_collator
-        if args.validate_rows:
+        if checked_datasets is not None:
+            if train_dataset is not None or eval_dataset is not None or data_collator is not default_collator:
+                raise ValueError(
+                    "`checked_datasets` holds rows validated with vlsft's own collator: pass it without "
+                    "`train_dataset`, `eval_dataset` or `data_collator` (or pass those, and the trainer checks them)."
+                )
+            train_dataset, eval_dataset = checked_datasets.train_dataset, checked_datasets.eval_dataset
+            self._original_row_indices.update(checked_datasets.kept_indices)
+        elif args.validate_rows:
             # Every row is checked now, so a bad one stops the run (or is skipped, with `invalid_rows="skip"`) by its
-            # index before the model loads, not in the middle of training. A custom collator is checked against ours.
+            # index before a model given by name loads, not in the middle of training. A custom collator is checked
+            # against ours.
             checker = data_collator if isinstance(data_collator, VisionChatCollator) else default_collator
             train_dataset, eval_dataset = validate_datasets(
                 train_dataset, eval_dataset, checker, args, kept_indices=self._original_row_indices
             )
 
-        with _templates_shown_to_trl(processing_class, self.training_chat_template, args), packing_hidden_from_trl(args):
+        with templates_shown_to_trl(processing_class, self.training_chat_template, args), packing_hidden_from_trl(args):
             super().__init__(
                 model=model,
                 args=args,
@@ -139,7 +148,7 @@ class VLSFTTrainer(SFTTrainer):
         if self.is_deepspeed_enabled:
             check_offload_keeps_optimizer(self.accelerator.state.deepspeed_plugin.deepspeed_config, args.optim)
         base_model = self.model.get_base_model() if is_peft_model(self.model) else self.model
-        attach_supervised_head(base_model, chunk_size=args.loss_chunk_size)
+        attach_supervised_head(base_model, chunk_size=args.loss_chunk_size, loss_type=args.loss_type)
         # [num_correct, num_supervised, summed (weighted) NLL, summed weight] since the last log, per mode; summed over
         # ranks.
         self._token_stats = {"train": torch.zeros(4, dtype=torch.float64), "eval": torch.zeros(4, dtype=torch.float64)}
@@ -147,8 +156,19 @@ class VLSFTTrainer(SFTTrainer):
         self._total_supervised_weight = 0.0
         self.preemption = PreemptionCallback(self.accelerator)
         self.add_callback(self.preemption)
+        self._hand_self_to_callbacks()
         if packing:
             self._use_packing(base_model)
+
+    def add_callback(self, callback) -> None:
+        super().add_callback(callback)
+        self._hand_self_to_callbacks()
+
+    def _hand_self_to_callbacks(self) -> None:
+        """Callbacks that log through the trainer (`AnswerAccuracyCallback`) get it: `transformers` gives none."""
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, AnswerAccuracyCallback):
+                callback.trainer = self
 
     def _use_packing(self, base_model) -> None:
         """Train on best-fit-decreasing packs of rows (`args.packing`) or on padding-free micro-batches
@@ -165,109 +185,6 @@ class VLSFTTrainer(SFTTrainer):
     def build_collator(self, processor: ProcessorMixin, args: VLSFTConfig) -> VisionChatCollator:
         """The collator used when none is passed; override to change it."""
         return training_collator(processor, args)
-
-    # -- rows that fail mid-run ----------------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _rows_named_by_index(self, attribute: str, entry: str | None, indices_key: str | None, label: str):
-        """While a dataloader is built: the dataset at `self.<attribute>` (its `entry` when that is a dict) as
-        `IndexedRows`, and the collator wrapped to skip or name a row that fails (`vlsft.data.training_rows`)."""
-        original_datasets, original_collator = getattr(self, attribute), self.data_collator
-        dataset = original_datasets[entry] if entry is not None else original_datasets
-        indexed = IndexedRows(dataset, self._original_row_indices.get(indices_key))
-        setattr(self, attribute, {**original_datasets, entry: indexed} if entry is not None else indexed)
-        self.data_collator = FaultTolerantCollator(
-            original_collator, label, self.args.invalid_rows, self.rows_skipped_in_training, self.args.validate_rows
-        )
-        try:
-            yield
-        finally:
-            setattr(self, attribute, original_datasets)
-            self.data_collator = original_collator
-
-    def get_train_dataloader(self):
-        # Packs (`packing=True`) are lists of rows: a row failing mid-run there stops the run with the collator's
-        # error (validation has checked every row before the first step).
-        if self.train_dataset is None or isinstance(self.train_dataset, (torch.utils.data.IterableDataset, PackedRows)):
-            return super().get_train_dataloader()
-        with self._rows_named_by_index("train_dataset", None, None, "train dataset"):
-            return super().get_train_dataloader()
-
-    def _get_train_sampler(self, train_dataset=None):
-        # Samplers read the dataset itself (`group_by_length` reads its `length` column): give them the dataset the
-        # `IndexedRows` view wraps, whose positions are the same.
-        return super()._get_train_sampler(train_dataset.dataset if isinstance(train_dataset, IndexedRows) else train_dataset)
-
-    def _get_eval_sampler(self, eval_dataset):
-        return super()._get_eval_sampler(eval_dataset.dataset if isinstance(eval_dataset, IndexedRows) else eval_dataset)
-
-    def get_eval_dataloader(self, eval_dataset=None):
-        # A dataset passed in directly is the caller's own; the trainer's eval datasets carry their indices.
-        if eval_dataset is not None and not isinstance(eval_dataset, str):
-            return super().get_eval_dataloader(eval_dataset)
-        if isinstance(eval_dataset, str):
-            target, entry, key = self.eval_dataset[eval_dataset], eval_dataset, eval_dataset
-        else:
-            target, entry, key = self.eval_dataset, None, "eval"
-        if target is None or isinstance(target, (dict, torch.utils.data.IterableDataset)):
-            return super().get_eval_dataloader(eval_dataset)
-        with self._rows_named_by_index("eval_dataset", entry, key, f"eval dataset '{key}'"):
-            return super().get_eval_dataloader(eval_dataset)
-
-    # -- checkpoints that survive a kill ----------------------------------------------------------------------
-
-    def _get_output_dir(self, trial) -> str:
-        # While a checkpoint is saved, `Trainer` writes it under the staging directory (see `_save_checkpoint`).
-        return self._staging_run_dir or super()._get_output_dir(trial)
-
-    def _save_checkpoint(self, model, trial) -> None:
-        """`Trainer._save_checkpoint`, written into a staging directory and renamed into place once every file (and
-        every rank's shard) is written: a run killed mid-save leaves no half-written `checkpoint-N`."""
-        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
-
-        run_dir = super()._get_output_dir(trial)
-        staging = os.path.join(run_dir, STAGING_DIR)
-        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        if self.args.should_save:
-            shutil.rmtree(staging, ignore_errors=True)  # what a killed save left behind
-        self.accelerator.wait_for_everyone()
-        self._staging_run_dir = staging
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self._staging_run_dir = None
-        self.accelerator.wait_for_everyone()  # every rank's files are in the staging directory
-        if self.args.should_save:
-            staged, final = os.path.join(staging, name), os.path.join(run_dir, name)
-            # `Trainer` looked for the best checkpoint where it was writing (the staging directory): name it where
-            # it lives once published, and store that in this checkpoint's state (still in staging: still atomic).
-            if self.state.best_global_step:
-                best = f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}"
-                if best == name or os.path.isdir(os.path.join(run_dir, best)):
-                    self.state.best_model_checkpoint = os.path.join(run_dir, best)
-                    if os.path.exists(os.path.join(staged, "trainer_state.json")):
-                        self.state.save_to_json(os.path.join(staged, "trainer_state.json"))
-            publish_checkpoint(staged, final)
-            shutil.rmtree(staging, ignore_errors=True)
-            rotate_checkpoints(
-                output_dir=run_dir,
-                save_total_limit=self.args.save_total_limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=True,
-            )
-        self.accelerator.wait_for_everyone()
-
-    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
-        """`Trainer.train`, resuming (`resume_from_checkpoint=True`) from the newest *complete* checkpoint, and saving
-        a checkpoint then stopping cleanly on SIGTERM (`self.preemption.stopped_at_step` says where)."""
-        resume_from_checkpoint = resume_argument(
-            resume_from_checkpoint, self.args.output_dir, needs_optimizer=not self.args.save_only_model
-        )
-        self.preemption.install()
-        try:
-            return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
-        finally:
-            self.preemption.uninstall()
 
     def create_optimizer(self, model=None):
         """`Trainer.create_optimizer`, with one parameter group per (component, weight decay or not) and the
@@ -313,12 +230,12 @@ class VLSFTTrainer(SFTTrainer):
             if inputs.get("label_weights") is None:
                 loss = outputs.nll_sum / outputs.num_tokens.clamp(min=1)
             else:
-                loss = outputs.nll_sum / _positive_or_one(outputs.weight_sum)
+                loss = outputs.nll_sum / positive_or_one(outputs.weight_sum)
         else:
             # The summed weight of the step (the token count when unweighted), as float32: an integer count gives the
             # same quotient as before, and a summed weight may be below 1.
             divisor = torch.as_tensor(num_items_in_batch, device=outputs.nll_sum.device).to(outputs.nll_sum.dtype)
-            loss = outputs.nll_sum / _positive_or_one(divisor)
+            loss = outputs.nll_sum / positive_or_one(divisor)
             # DDP and DeepSpeed average gradients over ranks; the divisor already counts every rank's tokens.
             if self.args.average_tokens_across_devices:
                 loss = loss * self.accelerator.num_processes
@@ -328,28 +245,15 @@ class VLSFTTrainer(SFTTrainer):
             steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss.to(loss.device) / steps
 
-        self._token_stats[mode] += self._sums_over_ranks(outputs, mode)
+        self._token_stats[mode] += step_sums_over_ranks(self.accelerator, outputs, mode)
         return (loss, outputs) if return_outputs else loss
-
-    def _sums_over_ranks(self, outputs, mode: str) -> torch.Tensor:
-        """[num_correct, num_tokens, summed (weighted) NLL, summed weight] of this micro-batch over every rank, exactly.
-
-        Training: an all-reduce. Evaluation: accelerate pads the last eval batch of each rank with duplicate rows (so
-        every rank runs the same forwards, which ZeRO-3 needs); the per-row sums are gathered and accelerate drops
-        exactly those duplicates (`gather_for_metrics` trims samples, and here a sample is a row)."""
-        if mode == "eval" and outputs.row_sums is not None:
-            return self.accelerator.gather_for_metrics(outputs.row_sums).sum(0).cpu()
-        stats = torch.stack(
-            [outputs.num_correct.double(), outputs.num_tokens.double(), outputs.nll_sum.double(), outputs.weight_sum.double()]
-        ).detach()
-        return self.accelerator.reduce(stats, reduction="sum").cpu()
 
     def _get_num_items_in_batch(self, batch_samples, device):
         """Summed weight of the supervised tokens (labels shifted by one; each weighs 1 without `label_weights`, so
         this is their count) over every micro-batch of the step and, with `average_tokens_across_devices`, over every
         rank. Counted whatever the model's `accepts_loss_kwargs`. float64 on every rank, weighted or not, so that
         ranks gather the same dtype."""
-        count = sum(_summed_label_weight(batch) for batch in batch_samples)
+        count = sum(summed_label_weight(batch) for batch in batch_samples)
         count = torch.as_tensor(count, dtype=torch.float64, device=device)
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             count = self.accelerator.gather(count).sum()
@@ -387,29 +291,3 @@ class VLSFTTrainer(SFTTrainer):
             self._metrics[mode]["supervised_weight"] = [self._total_supervised_weight]
         self._token_stats[mode].zero_()
         super().log(logs, start_time)
-
-
-@contextlib.contextmanager
-def _templates_shown_to_trl(processor: ProcessorMixin, training_template: str, args):
-    """While `SFTTrainer.__init__` runs, the processor carries vlsft's training template. TRL 1.16 refuses a stock
-    template it has no training copy of (Gemma 4's) although vlsft trains with its own; it accepts a template with
-    generation markers. The processor's own template is restored afterwards, so checkpoints save the stock one."""
-    stock = processor.chat_template
-    if args.assistant_only_loss and not has_generation_markers(stock):
-        processor.chat_template = training_template
-    try:
-        yield
-    finally:
-        processor.chat_template = stock
-
-
-def _summed_label_weight(batch) -> torch.Tensor:
-    """Summed weight of a micro-batch's supervised targets (labels shifted by one), in float64."""
-    if batch.get("label_weights") is not None:
-        return batch["label_weights"][..., 1:].double().sum()
-    return (batch["labels"][..., 1:] != IGNORE_INDEX).sum().double()
-
-
-def _positive_or_one(divisor: torch.Tensor) -> torch.Tensor:
-    """The divisor, or 1 where it is 0 (a step or batch with nothing supervised gives an exact 0 loss)."""
-    return torch.where(divisor > 0, divisor, torch.ones_like(divisor))

@@ -11,6 +11,7 @@ import argparse
 import subprocess
 import sys
 
+from vlsft.cli.console_logs import show_vlsft_logs
 from vlsft.recipes.launch import launch_argv, launch_command, runs_in_this_process
 from vlsft.recipes.loading import load_recipe
 from vlsft.recipes.schema import Recipe, RecipeError
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_argument("--accelerate_config", help="launch with this accelerate config instead of the layout's")
     cli.add_argument("--main_process_port", type=int, help="the launcher's rendezvous port (default 29500)")
     args, overrides = cli.parse_known_args(argv)
+    show_vlsft_logs()
     launch = {"accelerate_config": args.accelerate_config, "port": args.main_process_port}
     try:
         recipe = load_recipe(args.config, overrides)
@@ -56,6 +58,7 @@ def run_in_process(argv: list[str] | None = None) -> int:
     """The per-process entry point (`vlsft/train.py`, `python -m vlsft.train`): train the recipe in this process,
     whatever its layout (the launcher has already started the processes)."""
     args, overrides = parser("vlsft.train").parse_known_args(argv)
+    show_vlsft_logs()
     try:
         recipe = load_recipe(args.config, overrides)
         if args.dry_run:

@@ -9,7 +9,8 @@ from typing import Any
 
 from PIL import Image
 
-from vlsft.collator import RenderedRow, VisionChatCollator
+from vlsft.collation.rendering import RenderedRow
+from vlsft.collator import VisionChatCollator
 from vlsft.data.rows import (
     ImageLoadError,
     count_image_placeholders,

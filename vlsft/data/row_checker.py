@@ -11,11 +11,13 @@ from typing import Any
 import torch
 from datasets import Features, Image, LargeList, List
 
-from vlsft.collator import RenderedRow, RowError, VisionChatCollator
+from vlsft.collation.rendering import RenderedRow, RowError
+from vlsft.collator import VisionChatCollator
 from vlsft.data.formats import CONVERSION_ERROR
 from vlsft.data.media_checks import image_problems, image_rendering_problem, video_problems
 from vlsft.data.message_checks import message_problems, row_problems
-from vlsft.templates import FAMILIES, detect_family
+from vlsft.families import FAMILIES
+from vlsft.templates import detect_family
 from vlsft.tokens import IGNORE_INDEX
 from vlsft.weights import TurnWeightError, turn_weights
 

@@ -10,15 +10,19 @@ collates, and on a `RowError`:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
 from typing import Any, Callable
 
 import torch
 
-from vlsft.collator import RowError
+from vlsft.collation.rendering import RowError
+from vlsft.packing.plan import PackedRows
 from vlsft.tokens import IGNORE_INDEX
 
+# The standard logger, not accelerate's main-process one: each rank drops its own rows, so each rank says so (and a
+# collate may run in a DataLoader worker process, where accelerate's state is not set up).
 logger = logging.getLogger(__name__)
 
 ROW_INDEX_KEY = "vlsft_row_index"
@@ -96,3 +100,59 @@ class FaultTolerantCollator:
                 "batch to stand in; fix the data (see the warnings above)."
             )
         return {**self._fallback, "labels": torch.full_like(self._fallback["labels"], IGNORE_INDEX)}
+
+
+class RowsNamedByIndex:
+    """Mixin for a `Trainer` subclass (listed before it): while a dataloader is built, its dataset is seen as
+    `IndexedRows` and its collator is a `FaultTolerantCollator`, so a row failing mid-run is skipped and counted
+    (`invalid_rows="skip"`) or named by its index in the user's dataset.
+
+    The trainer sets `_original_row_indices` (per dataset: None for train, else the eval name, the original index of
+    each row validation kept) and `rows_skipped_in_training` (a `Counter`) before training.
+    """
+
+    @contextlib.contextmanager
+    def _rows_named_by_index(self, attribute: str, entry: str | None, indices_key: str | None, label: str):
+        """While a dataloader is built: the dataset at `self.<attribute>` (its `entry` when that is a dict) as
+        `IndexedRows`, and the collator wrapped to skip or name a row that fails (`vlsft.data.training_rows`)."""
+        original_datasets, original_collator = getattr(self, attribute), self.data_collator
+        dataset = original_datasets[entry] if entry is not None else original_datasets
+        indexed = IndexedRows(dataset, self._original_row_indices.get(indices_key))
+        setattr(self, attribute, {**original_datasets, entry: indexed} if entry is not None else indexed)
+        self.data_collator = FaultTolerantCollator(
+            original_collator, label, self.args.invalid_rows, self.rows_skipped_in_training, self.args.validate_rows
+        )
+        try:
+            yield
+        finally:
+            setattr(self, attribute, original_datasets)
+            self.data_collator = original_collator
+
+    def get_train_dataloader(self):
+        # Packs (`packing=True`) are lists of rows: a row failing mid-run there stops the run with the collator's
+        # error (validation has checked every row before the first step).
+        if self.train_dataset is None or isinstance(self.train_dataset, (torch.utils.data.IterableDataset, PackedRows)):
+            return super().get_train_dataloader()
+        with self._rows_named_by_index("train_dataset", None, None, "train dataset"):
+            return super().get_train_dataloader()
+
+    def _get_train_sampler(self, train_dataset=None):
+        # Samplers read the dataset itself (`group_by_length` reads its `length` column): give them the dataset the
+        # `IndexedRows` view wraps, whose positions are the same.
+        return super()._get_train_sampler(train_dataset.dataset if isinstance(train_dataset, IndexedRows) else train_dataset)
+
+    def _get_eval_sampler(self, eval_dataset):
+        return super()._get_eval_sampler(eval_dataset.dataset if isinstance(eval_dataset, IndexedRows) else eval_dataset)
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        # A dataset passed in directly is the caller's own; the trainer's eval datasets carry their indices.
+        if eval_dataset is not None and not isinstance(eval_dataset, str):
+            return super().get_eval_dataloader(eval_dataset)
+        if isinstance(eval_dataset, str):
+            target, entry, key = self.eval_dataset[eval_dataset], eval_dataset, eval_dataset
+        else:
+            target, entry, key = self.eval_dataset, None, "eval"
+        if target is None or isinstance(target, (dict, torch.utils.data.IterableDataset)):
+            return super().get_eval_dataloader(eval_dataset)
+        with self._rows_named_by_index("eval_dataset", entry, key, f"eval dataset '{key}'"):
+            return super().get_eval_dataloader(eval_dataset)

@@ -42,18 +42,11 @@ import contextlib
 from collections.abc import Iterator
 
 from vlsft.collator import VisionChatCollator
+from vlsft.families import FAMILIES, family_of_model
 from vlsft.packing.attention import PACKABLE_ATTENTION
-from vlsft.templates import FAMILIES, family_of_model
 
 # Families whose packed rows are proven isolated (tests/test_packing.py), and how their positions are built.
-PACKABLE_FAMILIES = {
-    "qwen3_vl": "mrope",
-    "qwen3_vl_moe": "mrope",
-    "qwen2_5_vl": "mrope",
-    "llava_next": "1d",
-    "idefics3": "1d",
-    "smolvlm": "1d",
-}
+PACKABLE_FAMILIES = {name: family.packed_positions for name, family in FAMILIES.items() if family.packed_positions}
 SUPPORTED_STRATEGIES = ("bfd",)
 
 

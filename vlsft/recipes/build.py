@@ -7,17 +7,22 @@ recipe names by a registered local name (`tiny-qwen3-vl`, `demo-shapes`) come fr
 
 from __future__ import annotations
 
-import os
-import sys
 import importlib.util
+import os
 import re
 from pathlib import Path
 from typing import Any
+
+from accelerate.logging import get_logger
 
 from vlsft.recipes.datasets import build_datasets
 from vlsft.recipes.launch import launch_command
 from vlsft.recipes.registry import build_local_model, is_local_model
 from vlsft.recipes.schema import Recipe, RecipeError
+
+# accelerate's logger: a message is emitted on the main process only. `vlsft train` shows vlsft's logs on stderr
+# (`vlsft.cli.console_logs`).
+logger = get_logger(__name__)
 
 # -- model and processor -----------------------------------------------------------------------------------------
 
@@ -233,7 +238,8 @@ def build_training_config(recipe: Recipe, check_only: bool = False):
 
 
 def build_trainer(recipe: Recipe):
-    """The `VLSFTTrainer` for a recipe: config, processor, datasets, model (+ LoRA) and callbacks."""
+    """The `VLSFTTrainer` for a recipe: config, processor, datasets (every row checked before the model loads),
+    model (+ LoRA) and callbacks."""
     from vlsft.trainer import VLSFTTrainer
 
     if recipe.lora is not None and recipe.lora.load_in_4bit:
@@ -243,21 +249,24 @@ def build_trainer(recipe: Recipe):
     # Rank 0 prepares the `datasets` cache first; the other ranks then read it.
     with args.main_process_first(desc="loading datasets"):
         train_dataset, eval_dataset = build_datasets(recipe)
+    from vlsft.checked_datasets import check_datasets
     from vlsft.distributed import start_deepspeed_comm
 
+    # Every row is checked before the model loads (minutes for a large model): a bad row fails now, named.
+    checked = check_datasets(train_dataset, eval_dataset, processor, args)
     start_deepspeed_comm(args)  # a ZeRO-3 load (`zero.Init`) needs it; on CPU accelerate does not start it
     model = build_model(recipe)
     callbacks = []
     if recipe.data.eval_answer_accuracy:
         from vlsft.answer_eval import AnswerAccuracyCallback
 
-        rows = [eval_dataset[i] for i in range(min(recipe.data.eval_answer_accuracy, len(eval_dataset)))]
+        eval_rows = checked.eval_dataset
+        rows = [eval_rows[i] for i in range(min(recipe.data.eval_answer_accuracy, len(eval_rows)))]
         callbacks.append(AnswerAccuracyCallback(rows, processor, every_evaluation=True, image_root=args.image_root))
     return VLSFTTrainer(
         model=model,
         args=args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
+        checked_datasets=checked,
         processing_class=processor,
         peft_config=build_peft_config(recipe, model),
         callbacks=callbacks,
@@ -272,13 +281,11 @@ def run(recipe: Recipe):
     if trainer.preemption.stopped_at_step is not None:
         # Stopped by SIGTERM: the checkpoint is the result; saving it as the final model would pass a partial run off
         # as a finished one.
-        if trainer.accelerator.is_main_process:
-            saved = trainer.args.save_strategy != "no"
-            print(
-                f"[vlsft] stopped by SIGTERM at step {trainer.state.global_step}"
-                + (f"; checkpoint saved in {trainer.args.output_dir}. Resume with `--resume_from_checkpoint true`." if saved else "; `save_strategy` is 'no', nothing saved."),
-                file=sys.stderr,
-            )
+        saved = trainer.args.save_strategy != "no"
+        logger.warning(
+            f"stopped by SIGTERM at step {trainer.state.global_step}"
+            + (f"; checkpoint saved in {trainer.args.output_dir}. Resume with `--resume_from_checkpoint true`." if saved else "; `save_strategy` is 'no', nothing saved.")
+        )
         return trainer
     trainer.save_model()
     trainer.save_state()
@@ -317,9 +324,8 @@ def _warn_on_layout_mismatch(recipe: Recipe, trainer) -> None:
     running = "deepspeed" if trainer.is_deepspeed_enabled else "fsdp" if trainer.is_fsdp_enabled else None
     if sharding != running:
         differences.append(f"{running or 'no sharding'} instead of {sharding or 'no sharding'}")
-    if differences and accelerator.is_main_process:
-        print(
-            f"[vlsft] note: this run differs from layout `{layout.strategy}`: {', '.join(differences)}. "
-            f"The layout's launch: {launch_command(recipe)}",
-            file=sys.stderr,
+    if differences:
+        logger.warning(
+            f"note: this run differs from layout `{layout.strategy}`: {', '.join(differences)}. "
+            f"The layout's launch: {launch_command(recipe)}"
         )

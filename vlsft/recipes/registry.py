@@ -14,14 +14,14 @@ from typing import Any, Callable
 # name -> "module:function" returning `(model, processor)` for the recipe's `model.tiny` keyword arguments.
 LOCAL_MODELS: dict[str, str] = {
     "tiny-qwen3-vl": "vlsft.testing.tiny_qwen3_vl:build_tiny_qwen3_vl",
-    "tiny-qwen3-vl-moe": "vlsft.testing.tiny_families:build_tiny_qwen3_vl_moe",
-    "tiny-qwen2.5-vl": "vlsft.testing.tiny_families:build_tiny_qwen2_5_vl",
-    "tiny-qwen3.5": "vlsft.testing.tiny_families:build_tiny_qwen3_5",
-    "tiny-gemma3": "vlsft.testing.tiny_families:build_tiny_gemma3",
-    "tiny-gemma4": "vlsft.testing.tiny_families:build_tiny_gemma4",
-    "tiny-idefics3": "vlsft.testing.tiny_families:build_tiny_idefics3",
-    "tiny-smolvlm": "vlsft.testing.tiny_families:build_tiny_smolvlm",
-    "tiny-llava-next": "vlsft.testing.tiny_families:build_tiny_llava_next",
+    "tiny-qwen3-vl-moe": "vlsft.testing.tiny_qwen:build_tiny_qwen3_vl_moe",
+    "tiny-qwen2.5-vl": "vlsft.testing.tiny_qwen:build_tiny_qwen2_5_vl",
+    "tiny-qwen3.5": "vlsft.testing.tiny_qwen:build_tiny_qwen3_5",
+    "tiny-gemma3": "vlsft.testing.tiny_gemma:build_tiny_gemma3",
+    "tiny-gemma4": "vlsft.testing.tiny_gemma:build_tiny_gemma4",
+    "tiny-idefics3": "vlsft.testing.tiny_idefics_llava:build_tiny_idefics3",
+    "tiny-smolvlm": "vlsft.testing.tiny_idefics_llava:build_tiny_smolvlm",
+    "tiny-llava-next": "vlsft.testing.tiny_idefics_llava:build_tiny_llava_next",
 }
 
 # name -> "module:function" returning a `datasets.Dataset` for `(split=..., rows=..., seed=..., cache_dir=...)`.

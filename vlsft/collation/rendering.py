@@ -1,0 +1,244 @@
+"""A row rendered with the training template and tokenized, with its assistant tokens marked.
+
+The template is rendered once per row; jinja reports the character span of every `{% generation %}` block. The text
+is cut at those spans (and, with `escape_control_tokens`, around each control token written in a message) and every
+piece of the batch is tokenized in one batched call. A mixin of `vlsft.collator.VisionChatCollator`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers.utils.chat_template_utils import render_jinja_template
+
+from vlsft.collation.template_kwargs import row_template_kwargs
+from vlsft.data.rows import normalize_messages, row_images
+from vlsft.families import FAMILIES
+from vlsft.templates import check_expressible, check_media, split_inline_reasoning
+
+# Stands in for an escaped control token in message text while the row is rendered (private-use characters, which no
+# tokenizer vocabulary gives a meaning): `\ue000<k>\ue001` is the k-th escaped token of the row.
+_ESCAPE_MARK = re.compile("\ue000(\\d+)\ue001")
+# Tokenized in front of a piece that continues the text before it, then dropped, for tokenizers that start every
+# string with a word-boundary marker (SentencePiece's `▁`): a private-use character, which such tokenizers spell in
+# byte tokens that merge with nothing.
+CONTINUATION_ANCHOR = "\ue000"
+
+
+class Continuation(str):
+    """A piece of text that continues the previous piece without a word boundary (an escaped control token cut out of
+    a message): tokenized without the boundary marker some tokenizers put at the start of every string."""
+
+
+class RowError(ValueError):
+    """A row of a batch cannot be collated; `index` is its position in the batch."""
+
+    def __init__(self, index: int, reason: str):
+        super().__init__(f"batch row {index}: {reason}")
+        self.index = index
+        self.reason = reason
+
+
+@dataclass
+class RenderedRow:
+    """One conversation rendered and tokenized, before its images are expanded (one placeholder token per image)."""
+
+    input_ids: list[int]
+    supervised: list[bool]  # inside an assistant turn
+    images: list[Any]
+    weights: list[float] | None = None  # per token (0 outside trained turns); None when every turn token weighs 1
+
+    @property
+    def trained(self) -> list[bool]:
+        """The tokens the loss sees: inside an assistant turn, with a weight > 0."""
+        if self.weights is None:
+            return self.supervised
+        return [s and w > 0 for s, w in zip(self.supervised, self.weights)]
+
+
+class RowRendering:
+    """How `VisionChatCollator` renders and tokenizes a row."""
+
+    def _init_rendering(self) -> None:
+        """The control tokens, the ids the tokenizer adds on encode, and how a continuing piece is tokenized."""
+        tokenizer = self.processor.tokenizer
+        self._bos_added, self._eos_added = self._tokens_added_on_encode()
+        # Every added token: the tokenizer cuts these out of any text before its vocabulary sees it, so their text in a
+        # message becomes the control token itself (a `<|im_end|>` in an answer would end the turn there).
+        self.control_tokens = tuple(
+            sorted({token.content for token in tokenizer.added_tokens_decoder.values() if token.content}, key=len, reverse=True)
+        )
+        self._control_pattern = re.compile("|".join(map(re.escape, self.control_tokens))) if self.control_tokens else None
+        # Control tokens the template itself parses out of an assistant message (a thinking template's
+        # `content.split('</think>')`), and the family's reasoning markers, which an assistant message may carry inline
+        # (`<think>...</think>`, what the model generates): there they are the data's structure, not text, and are
+        # neither refused nor escaped.
+        reasoning_markers = set(self.family.reasoning_markers or ())
+        self.template_parsed_tokens = frozenset(
+            token
+            for token in self.control_tokens
+            if token in reasoning_markers
+            or re.search(r"(split|replace)\(\s*['\"]" + re.escape(token), self.chat_template)
+            or re.search(r"['\"]" + re.escape(token) + r"['\"]\s+(not\s+)?in\s", self.chat_template)
+        )
+        first = tokenizer.convert_ids_to_tokens(tokenizer("a", add_special_tokens=False)["input_ids"][:1])
+        self._marks_string_start = bool(first) and first[0][:1] in ("▁", "Ġ")
+        self._anchor_ids = tokenizer(CONTINUATION_ANCHOR, add_special_tokens=False)["input_ids"]
+
+    def control_tokens_in(self, text: str, role: str | None = None) -> list[str]:
+        """The control tokens that `text` (of a `role` message) spells out, in order of appearance, each once; in an
+        assistant message, not those the template parses (`template_parsed_tokens`)."""
+        if self._control_pattern is None or not isinstance(text, str):
+            return []
+        found = dict.fromkeys(self._control_pattern.findall(text))
+        return [token for token in found if not (role == "assistant" and token in self.template_parsed_tokens)]
+
+    def _tokens_added_on_encode(self) -> tuple[list[int], list[int]]:
+        """The ids the tokenizer adds around a text when asked for special tokens (LLaVA-NeXT's `<s>`). The processor
+        adds them when the rendered text does not already start with the BOS token; so does this collator."""
+        tokenizer = self.processor.tokenizer
+        bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+        full = tokenizer("a", add_special_tokens=True)["input_ids"]
+        for start in range(len(full) - len(bare) + 1):
+            if full[start : start + len(bare)] == bare:
+                return full[:start], full[start + len(bare) :]
+        return [], []
+
+    def render(self, row: dict[str, Any]) -> tuple[str, list[tuple[int, int]]]:
+        """The rendered text of a row and the character spans of its assistant generation blocks."""
+        if not self.escape_control_tokens:
+            return self._render_marked(row)[:2]
+        text, spans = "", []
+        for piece, supervised in self.pieces(row):
+            if supervised:
+                spans.append((len(text), len(text) + len(piece)))
+            text += piece
+        return text, spans
+
+    def _render_marked(self, row: dict[str, Any]) -> tuple[str, list[tuple[int, int]], list[str]]:
+        """(text, generation spans, escaped control tokens): with `escape_control_tokens`, each control token in the
+        message text is rendered as a mark (`_ESCAPE_MARK`) that `pieces` turns back into plain text."""
+        messages = normalize_messages(row["messages"])
+        escaped: list[str] = []
+        if self.escape_control_tokens and self._control_pattern is not None:
+            messages = [self._mark_control_tokens(message, escaped) for message in messages]
+        tools = row.get("tools") or None
+        if self.template_family is not None:
+            check_expressible(self.template_family, messages, tools)
+            check_media(self.template_family, row, messages)
+            spec = FAMILIES[self.template_family]
+            if spec.reasoning_opening is not None:
+                messages = split_inline_reasoning(messages, spec.reasoning_opening, spec.reasoning_markers[1])
+        rendered, spans = render_jinja_template(
+            [messages],
+            tools=tools,
+            chat_template=self.chat_template,
+            return_assistant_tokens_mask=self.assistant_only_loss,
+            **self._template_kwargs,
+            **row_template_kwargs(self.template_kwargs, row),
+        )
+        return rendered[0], [tuple(span) for span in spans[0]] if self.assistant_only_loss else [], escaped
+
+    def _mark_control_tokens(self, message: dict[str, Any], escaped: list[str]) -> dict[str, Any]:
+        kept = self.template_parsed_tokens if message.get("role") == "assistant" else frozenset()
+
+        def mark(text: str) -> str:
+            def replace(match: re.Match) -> str:
+                if match.group(0) in kept:
+                    return match.group(0)
+                escaped.append(match.group(0))
+                return f"\ue000{len(escaped) - 1}\ue001"
+
+            return self._control_pattern.sub(replace, text)
+
+        message = dict(message)
+        for key in ("content", "reasoning_content"):
+            value = message.get(key)
+            if isinstance(value, str):
+                message[key] = mark(value)
+            elif isinstance(value, list):
+                message[key] = [
+                    {**item, "text": mark(item["text"])} if item.get("type") == "text" and isinstance(item.get("text"), str) else item
+                    for item in value
+                ]
+        return message
+
+    def pieces(self, row: dict[str, Any]) -> list[tuple[str, bool]]:
+        """The rendered row cut into (text, supervised) pieces at the generation-block boundaries (and, with
+        `escape_control_tokens`, around each escaped control token)."""
+        return self.weighted_pieces(row)[0]
+
+    def weighted_pieces(self, row: dict[str, Any]) -> tuple[list[tuple[str, bool]], list[float] | None]:
+        """`pieces(row)` and the weight of each supervised turn (one per non-empty assistant turn), or None when
+        every token of every turn weighs 1 (then nothing per token is computed: today's fast path)."""
+        text, spans, escaped = self._render_marked(row)
+        weights = self._turn_weights(row, spans)
+        pieces, cursor = [], 0
+        for start, end in spans:
+            if end == start:
+                continue  # an empty block (a context turn's): cutting there would change how its text tokenizes
+            if start > cursor:
+                pieces.append((text[cursor:start], False))
+            pieces.append((text[start:end], True))
+            cursor = end
+        if cursor < len(text):
+            pieces.append((text[cursor:], False))
+        return (self._unmark(pieces, escaped) if escaped else pieces), weights
+
+    @staticmethod
+    def _unmark(pieces: list[tuple[str, bool]], escaped: list[str]) -> list[tuple[str, bool]]:
+        """Each escaped control token back as text, cut after its first character and tokenized apart from its
+        neighbours, so that no tokenizer matches it as the control token (`<|im_end|>` -> `<` + `|im_end|>`). What
+        follows a cut continues the text (`Continuation`)."""
+        out = []
+        for text, supervised in pieces:
+            sub_pieces = []
+            for position, part in enumerate(_ESCAPE_MARK.split(text)):  # text, index, text, index, ..., text
+                sub_pieces += [part] if position % 2 == 0 else [escaped[int(part)][:1], escaped[int(part)][1:]]
+            sub_pieces = [part for part in sub_pieces if part]
+            out += [(part if i == 0 else Continuation(part), supervised) for i, part in enumerate(sub_pieces)]
+        return out
+
+    def tokenize_rows(self, rows: list[dict[str, Any]]) -> list[RenderedRow]:
+        """Render and tokenize rows, with all pieces of all rows in one batched tokenizer call. Images stay one
+        placeholder token each."""
+        weighted = [self.weighted_pieces(row) for row in rows]
+        rendered = self._tokenize_pieces([pieces for pieces, _ in weighted], [row_images(row) for row in rows])
+        for row, (_, weights) in zip(rendered, weighted):
+            if weights is not None:
+                ids, in_turn = torch.tensor(row.input_ids), torch.tensor(row.supervised, dtype=torch.bool)
+                row.weights = self.token_weights(ids, in_turn, weights).tolist()
+        return rendered
+
+    def _tokenize_pieces(self, row_pieces: list[list[tuple[str, bool]]], images: list[list[Any]]) -> list[RenderedRow]:
+        flat = [text for pieces in row_pieces for text, _ in pieces]
+        anchored = self._marks_string_start and any(isinstance(text, Continuation) for text in flat)
+        if anchored:
+            flat = [CONTINUATION_ANCHOR + text if isinstance(text, Continuation) else text for text in flat]
+        encoded = self.processor.tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
+        if anchored:
+            n = len(self._anchor_ids)
+            encoded = [
+                ids[n:] if text.startswith(CONTINUATION_ANCHOR) and ids[:n] == self._anchor_ids else ids
+                for text, ids in zip(flat, encoded)
+            ]
+        bos_token = self.processor.tokenizer.bos_token
+        out, position = [], 0
+        for pieces, row_images_ in zip(row_pieces, images):
+            ids, supervised = [], []
+            for _, is_supervised in pieces:
+                piece_ids = encoded[position]
+                position += 1
+                ids.extend(piece_ids)
+                supervised.extend([is_supervised or not self.assistant_only_loss] * len(piece_ids))
+            if self._bos_added or self._eos_added:
+                text_has_bos = bool(pieces) and bos_token is not None and pieces[0][0].startswith(bos_token)
+                if not text_has_bos:
+                    lm = not self.assistant_only_loss  # plain language modelling supervises every token
+                    ids = self._bos_added + ids + self._eos_added
+                    supervised = [lm] * len(self._bos_added) + supervised + [lm] * len(self._eos_added)
+            out.append(RenderedRow(ids, supervised, row_images_))
+        return out

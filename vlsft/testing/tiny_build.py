@@ -1,0 +1,35 @@
+"""What every tiny model of `vlsft.testing.tiny_families` shares: the sizes of its 2-layer language model, and how it
+is instantiated (seeded, built whole under ZeRO-3, generation config from its text config)."""
+
+from __future__ import annotations
+
+import torch
+
+from vlsft.distributed import whole_model_build
+
+HIDDEN = 64
+HEAD_DIM = 16
+
+
+def language_model_sizes(hidden_size: int) -> dict:
+    """The text config sizes of a 2-layer language model of width `hidden_size` (heads of HEAD_DIM)."""
+    return dict(
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=2,
+        num_attention_heads=hidden_size // HEAD_DIM,
+        num_key_value_heads=2,
+        head_dim=HEAD_DIM,
+        max_position_embeddings=4096,
+    )
+
+
+def instantiate(model_class, config, processor, seed: int):
+    """`(model_class(config), processor)`, the weights drawn from `seed`, generating until the text config's eos."""
+    torch.manual_seed(seed)
+    with whole_model_build():  # built whole even under a ZeRO-3 config; DeepSpeed partitions it when training starts
+        model = model_class(config)
+    text_config = config.get_text_config()
+    model.generation_config.eos_token_id = text_config.eos_token_id
+    model.generation_config.pad_token_id = text_config.pad_token_id
+    return model, processor
