@@ -1,17 +1,22 @@
-"""`vlsft train` on the DeepSpeed layouts, end to end on 2 CPU processes (gloo): the tiny model built while a ZeRO-3
-config is live, the embedded demo data (image, text-only, multi-turn and tool rows mixed), evaluation, saving, and
-LoRA with `save_merged` under ZeRO-3 (which used to hang). Each launch runs under a timeout that turns a hang into a
-failure showing the log tail."""
+"""`vlsft train` on the DeepSpeed layouts, end to end on 2 CPU processes (gloo): `vlsft train --config R` starts
+`accelerate launch` itself (the command its `--dry-run` prints), the tiny model built while a ZeRO-3 config is live,
+the embedded demo data (image, text-only, multi-turn and tool rows mixed), evaluation, saving, and LoRA with
+`save_merged` under ZeRO-3 (which used to hang). Each launch runs under a timeout that turns a hang into a failure
+showing the log tail."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.test_distributed import REPO, launch
+from tests.test_distributed import LAUNCH_TIMEOUT, REPO, free_port
 from tests.test_recipe import tiny_recipe, write_recipe
 from vlsft.distributed import check_offload_keeps_optimizer
 
@@ -28,19 +33,45 @@ def demo_recipe(tmp_path, strategy: str, **sections):
     return write_recipe(tmp_path / "recipe.yaml", raw)
 
 
+VLSFT = str(Path(sys.executable).parent / "vlsft")
+
+
+def vlsft_train(args: list[str], timeout: int = LAUNCH_TIMEOUT) -> subprocess.CompletedProcess:
+    """`vlsft train ARGS` as a user runs it; a hang fails with the log tail."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    try:
+        return subprocess.run([VLSFT, "train", *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
+    except subprocess.TimeoutExpired as error:
+        tail = [(text or b"")[-3000:] for text in (error.stdout, error.stderr)]
+        pytest.fail(f"hung for {timeout} s:\n" + "\n".join(t.decode() if isinstance(t, bytes) else t for t in tail))
+
+
 def train(tmp_path, recipe) -> dict:
-    result = launch(["vlsft/train.py", "--config", str(recipe)])
-    # Two processes running the layout's DeepSpeed stage (vlsft notes any difference from the layout).
+    """`vlsft train --config recipe` on this CPU: 2 processes over gloo, running the layout's DeepSpeed stage."""
+    port = ["--main_process_port", str(free_port())]
+    result = vlsft_train(["--config", str(recipe), *port])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    # It launched the command its dry run prints ...
+    plan = vlsft_train(["--config", str(recipe), *port, "--dry-run"], timeout=300)
+    launch_line = next(line for line in plan.stdout.splitlines() if line.startswith("launch "))
+    assert f"vlsft: launching {launch_line.split(None, 1)[1]}\n" in result.stderr
+    assert " --multi_gpu --num_processes 2 " in launch_line
+    # ... which ran two processes with the layout's DeepSpeed stage (vlsft notes any difference from the layout).
     assert "differs from layout" not in result.stderr, result.stderr[-3000:]
     state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
     assert state["global_step"] == 2
+    assert state["epoch"] == 1.0  # 2 steps x 2 ranks x 2 rows cover the 8 training rows (one process: half of them)
     assert any("eval_loss" in entry for entry in state["log_history"])
     return state
 
 
 def test_vlsft_train_zero2(tmp_path):
-    train(tmp_path, demo_recipe(tmp_path, "zero2"))
+    train(tmp_path, demo_recipe(tmp_path, "zero2", training={"save_strategy": "steps", "save_steps": 2}))
     assert (tmp_path / "out" / "model.safetensors").is_file()
+    # A DeepSpeed checkpoint: ZeRO-2 optimizer state partitioned over the two ranks.
+    shards = sorted(path.name for path in (tmp_path / "out" / "checkpoint-2" / "global_step2").iterdir())
+    for rank in (0, 1):
+        assert any(f"zero_pp_rank_{rank}_" in name and name.endswith("optim_states.pt") for name in shards), shards
 
 
 def test_vlsft_train_zero3_lora_save_merged(tmp_path):

@@ -482,7 +482,8 @@ def test_multi_node_launch_command():
 
     recipe = recipe_from_dict(minimal(layout={"strategy": "zero3", "gpus_per_node": 8, "nodes": 2}), path="recipes/x.yaml")
     command = launch_command(recipe, gpu=True)
-    assert "--num_processes 16 --num_machines 2 --machine_rank '$NODE_RANK' --main_process_ip '$MAIN_HOST'" in command
+    # Double-quoted, so the shell of each node fills them in when the printed command is pasted there.
+    assert '--num_processes 16 --num_machines 2 --machine_rank "$NODE_RANK" --main_process_ip "$MAIN_HOST"' in command
     assert command.endswith("-m vlsft.train --config recipes/x.yaml")
 
 
