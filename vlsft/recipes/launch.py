@@ -75,7 +75,7 @@ def launch_argv(
     tail = ["-m", "vlsft.train", "--config", recipe.path or "RECIPE.yaml", *overrides]
     if runs_in_this_process(recipe, gpu) and not accelerate_config:
         return [sys.executable, *tail]
-    command = [_accelerate_executable(), "launch"]
+    command = accelerate_launch()
     if gpu or accelerate_config:
         command += ["--config_file", accelerate_config or str(layout.accelerate_config)]
         if layout.deepspeed_config is not None and not accelerate_config:
@@ -113,10 +113,12 @@ def _node_value(variable: str, placeholders: bool) -> str:
     )
 
 
-def _accelerate_executable() -> str:
-    """The `accelerate` of this interpreter's environment (found even when that environment is not activated)."""
+def accelerate_launch() -> list[str]:
+    """`accelerate launch` of this interpreter's environment: its `accelerate` script (found even when that
+    environment is not activated), else the same command as a module of this interpreter. Never an `accelerate` from
+    elsewhere on PATH: its Python would start the training processes, with another environment's vlsft."""
     beside = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    return beside if os.path.isfile(beside) else "accelerate"
+    return [beside, "launch"] if os.path.isfile(beside) else [sys.executable, "-m", "accelerate.commands.launch"]
 
 
 def launch_command(recipe: Recipe, overrides: list[str] = (), **kwargs) -> str:
