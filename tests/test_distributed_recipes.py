@@ -111,3 +111,43 @@ def test_optimizer_offload_that_would_swap_the_optimizer_is_refused():
     check_offload_keeps_optimizer({"zero_optimization": {"stage": 3}}, "sgd")
     shipped = json.loads((REPO / "configs/ds_zero3_offload.json").read_text())
     check_offload_keeps_optimizer(shipped, "sgd")
+
+
+@pytest.mark.slow
+def test_sigterm_to_vlsft_train_saves_the_preemption_checkpoint_on_every_rank(tmp_path):
+    """A scheduler's SIGTERM to `vlsft train` alone reaches both DeepSpeed processes through the launcher: they save a
+    checkpoint at the end of the step (`vlsft.checkpoints.PreemptionCallback`) and stop; `vlsft train` ends with the
+    launcher's status, non-zero (the run did not finish, so a scheduler requeues it)."""
+    import signal
+    import time
+
+    recipe = demo_recipe(
+        tmp_path, "zero2",
+        training={"max_steps": 500, "save_strategy": "steps", "save_steps": 1000, "eval_strategy": "no"},
+    )
+    log = tmp_path / "run.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [VLSFT, "train", "--config", str(recipe), "--main_process_port", str(free_port())]
+    with open(log, "w") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
+    try:
+        deadline = time.monotonic() + LAUNCH_TIMEOUT
+        while "'loss'" not in log.read_text():  # the first step is logged: training is under way
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-5000:]
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        status = process.wait(timeout=180)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert status != 0, text[-3000:]
+    assert "SIGTERM: saving a checkpoint at step" in text, text[-5000:]
+    (checkpoint,) = (tmp_path / "out").glob("checkpoint-*")
+    step = int(checkpoint.name.split("-")[1])
+    assert 1 <= step < 500
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == step
+    shards = [path.name for path in (checkpoint / f"global_step{step}").iterdir()]
+    for rank in (0, 1):
+        assert any(f"zero_pp_rank_{rank}_" in name and name.endswith("optim_states.pt") for name in shards), shards
+    assert f"stopped by SIGTERM at step {step}" in text
