@@ -239,3 +239,19 @@ def test_the_launchers_exit_status_is_returned():
     assert run_launcher([sys.executable, "-c", "raise SystemExit(7)"]) == 7
     killed = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
     assert run_launcher([sys.executable, "-c", killed]) == 128 + 9  # as a shell reports a process killed by signal 9
+
+
+def test_the_layouts_launch_is_named_inside_launched_processes_too(monkeypatch):
+    """A run notes its layout's launch when it differs from it (`vlsft.recipes.build`); inside a launched process
+    (LOCAL_RANK set) that is still the layout's `accelerate launch`, and an `fsdp2` layout on a CPU names its GPU
+    launch instead of failing the run."""
+    from tests.test_recipe import minimal
+    from vlsft.recipes.launch import launch_command, runs_in_this_process
+    from vlsft.recipes.loading import recipe_from_dict
+
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    zero2 = recipe_from_dict(minimal(layout={"strategy": "zero2", "gpus_per_node": 2}), path="r.yaml")
+    assert runs_in_this_process(zero2)  # this process trains; it never launches again
+    assert " launch --multi_gpu --num_processes 2 " in launch_command(zero2, gpu=False)
+    fsdp = recipe_from_dict(minimal(layout={"strategy": "fsdp2", "gpus_per_node": 2}), path="r.yaml")
+    assert "fsdp2.yaml --num_processes 2 --num_machines 1 -m vlsft.train" in launch_command(fsdp, gpu=False)

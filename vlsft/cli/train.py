@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vlsft.recipes.launch import LaunchError, launch_argv, launch_command, run_launcher, runs_in_this_process
+from vlsft.recipes.launch import LaunchError, check_launchable, launch_argv, launch_command, run_launcher, runs_in_this_process
 from vlsft.recipes.loading import load_recipe, parse_overrides
 from vlsft.recipes.schema import Recipe, RecipeError
 
@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             print(describe_plan(recipe, overrides, **launch))
             return 0
         if args.accelerate_config or not runs_in_this_process(recipe):
+            check_launchable(recipe)
             command = launch_argv(recipe, overrides, **launch)
             print(f"vlsft: launching {launch_command(recipe, overrides, **launch)}", file=sys.stderr, flush=True)
             return run_launcher(command)

@@ -45,15 +45,30 @@ def has_gpu() -> bool:
 
 
 def runs_in_this_process(recipe: Recipe, gpu: bool | None = None) -> bool:
-    """Whether `vlsft train` trains in its own process (one process and nothing to shard, or already started by a
-    launcher) rather than through `accelerate launch`."""
-    if any(name in os.environ for name in _LAUNCHED_ENV):
-        return True
+    """Whether `vlsft train` trains in its own process (the layout runs one process with nothing to shard, or a
+    launcher already started this one) rather than through `accelerate launch`."""
+    return any(name in os.environ for name in _LAUNCHED_ENV) or _layout_runs_one_process(recipe, gpu)
+
+
+def _layout_runs_one_process(recipe: Recipe, gpu: bool | None = None) -> bool:
+    layout = recipe.layout
     gpu = has_gpu() if gpu is None else gpu
     if not gpu:
-        return recipe.layout.num_processes == 1  # a single CPU process has no process group to shard over
-    layout = recipe.layout
+        return layout.num_processes == 1  # a single CPU process has no process group to shard over
     return layout.num_processes == 1 and layout.deepspeed_config is None and layout.strategy != "fsdp2"
+
+
+def check_launchable(recipe: Recipe, gpu: bool | None = None) -> None:
+    """Raise `LaunchError` when the recipe's layout cannot run on this machine: FSDP over several processes without a
+    GPU (the dry run shows the GPU launch, and this reason)."""
+    layout = recipe.layout
+    gpu = has_gpu() if gpu is None else gpu
+    if layout.strategy == "fsdp2" and not gpu and not _layout_runs_one_process(recipe, gpu):
+        raise LaunchError(
+            f"layout `fsdp2` needs GPUs: accelerate 1.15 shards with FSDP only on GPU-type devices, so on this CPU "
+            f"the {layout.num_processes} processes would train unsharded DDP. Run it on GPUs, or pick a layout "
+            "with a CPU equivalent: `--layout.strategy zero3` (DeepSpeed over gloo), `zero2` or `ddp`."
+        )
 
 
 def launch_argv(
@@ -64,8 +79,9 @@ def launch_argv(
     port: int | None = None,
     placeholders: bool = False,
 ) -> list[str]:
-    """The command that runs `recipe` on its layout: `python -m vlsft.train ...` when it runs in one process, else
-    `accelerate launch ... -m vlsft.train ...`, with `overrides` passed on to every process.
+    """The command that runs `recipe` on its layout: `python -m vlsft.train ...` when the layout runs one process,
+    else `accelerate launch ... -m vlsft.train ...`, with `overrides` passed on to every process. Without a GPU that is
+    the layout's CPU equivalent; `fsdp2` has none, so its command is the GPU one (`check_launchable` refuses it here).
 
     Multi-node layouts take the machine rank and the main host from the `NODE_RANK` and `MAIN_HOST` environment
     variables of each node; without them this raises `LaunchError`, or with `placeholders` (a dry run, which shows the
@@ -73,10 +89,10 @@ def launch_argv(
     layout = recipe.layout
     gpu = has_gpu() if gpu is None else gpu
     tail = ["-m", "vlsft.train", "--config", recipe.path or "RECIPE.yaml", *overrides]
-    if runs_in_this_process(recipe, gpu) and not accelerate_config:
+    if _layout_runs_one_process(recipe, gpu) and not accelerate_config:
         return [sys.executable, *tail]
     command = accelerate_launch()
-    if gpu or accelerate_config:
+    if gpu or accelerate_config or layout.strategy == "fsdp2":
         command += ["--config_file", accelerate_config or str(layout.accelerate_config)]
         if layout.deepspeed_config is not None and not accelerate_config:
             command += ["--deepspeed_config_file", str(layout.deepspeed_config)]
@@ -87,12 +103,6 @@ def launch_argv(
         if layout.nodes > 1 or port:
             command += ["--main_process_port", str(port or DEFAULT_PORT)]
     else:
-        if layout.strategy == "fsdp2":
-            raise LaunchError(
-                f"layout `fsdp2` needs GPUs: accelerate 1.15 shards with FSDP only on GPU-type devices, so on this CPU "
-                f"the {layout.num_processes} processes would train unsharded DDP. Run it on GPUs, or pick a layout "
-                "with a CPU equivalent: `--layout.strategy zero3` (DeepSpeed over gloo), `zero2` or `ddp`."
-            )
         # The CPU equivalent: data parallel over gloo on this machine; the run adds the layout's DeepSpeed JSON itself.
         command += ["--multi_gpu", "--num_processes", str(layout.num_processes), "--num_machines", "1"]
         command += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port or DEFAULT_PORT)]

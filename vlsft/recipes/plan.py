@@ -11,7 +11,7 @@ import re
 
 from vlsft.recipes.build import build_training_config, check_model_source, lora_targets
 from vlsft.recipes.datasets import file_extension, held_out_rows, kept_rows, looks_local, mixture_counts
-from vlsft.recipes.launch import LaunchError, has_gpu, launch_command, runs_in_this_process
+from vlsft.recipes.launch import LaunchError, check_launchable, has_gpu, launch_argv, launch_command
 from vlsft.recipes.registry import build_local_model, is_local_dataset, is_local_model
 from vlsft.recipes.schema import DatasetSource, Recipe, RecipeError
 
@@ -66,18 +66,15 @@ def describe_plan(recipe: Recipe, overrides: list[str] = (), **launch) -> str:
     config = str(layout.accelerate_config)
     extra = f", DeepSpeed {layout.deepspeed_config}" if layout.deepspeed_config else ""
     lines.append(f"layout     {layout.strategy}: {where} ({config}{extra})")
-    notes = []
+    lines.append(f"launch     {launch_command(recipe, overrides, **launch)}")
     try:
-        command = launch_command(recipe, overrides, **launch)
-        if not has_gpu() and not runs_in_this_process(recipe, gpu=False):
-            notes.append("no GPU here: the layout's CPU equivalent, data parallel over gloo")
+        check_launchable(recipe)
+        if not has_gpu() and "--multi_gpu" in launch_argv(recipe, overrides, placeholders=True, **launch):
+            lines.append("           (no GPU here: the layout's CPU equivalent, data parallel over gloo)")
     except LaunchError as error:  # a layout for GPUs only (FSDP): the plan shows its GPU launch, and why not here
-        command = launch_command(recipe, overrides, **{**launch, "gpu": True})
-        notes.append(f"not on this machine: {error}")
+        lines.append(f"           (not on this machine: {error})")
     if layout.nodes > 1:
-        notes.append("run it on every node, with NODE_RANK and MAIN_HOST set there")
-    lines.append(f"launch     {command}")
-    lines += [f"           ({note})" for note in notes]
+        lines.append("           (run it on every node, with NODE_RANK and MAIN_HOST set there)")
     return "\n".join(lines)
 
 
