@@ -6,6 +6,8 @@ showing the log tail."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -18,6 +20,7 @@ from safetensors.torch import load_file
 
 from tests.test_distributed import LAUNCH_TIMEOUT, REPO, free_port
 from tests.test_recipe import tiny_recipe, write_recipe
+from vlsft.cli.train import main
 from vlsft.distributed import check_offload_keeps_optimizer
 
 
@@ -46,14 +49,16 @@ def vlsft_train(args: list[str], timeout: int = LAUNCH_TIMEOUT) -> subprocess.Co
         pytest.fail(f"hung for {timeout} s:\n" + "\n".join(t.decode() if isinstance(t, bytes) else t for t in tail))
 
 
-def train(tmp_path, recipe) -> dict:
-    """`vlsft train --config recipe` on this CPU: 2 processes over gloo, running the layout's DeepSpeed stage."""
-    port = ["--main_process_port", str(free_port())]
+def train(tmp_path, recipe, flags: list[str] = ()) -> dict:
+    """`vlsft train --config recipe FLAGS` on this CPU: 2 processes over gloo, running the layout's DeepSpeed stage."""
+    port = ["--main_process_port", str(free_port()), *flags]
     result = vlsft_train(["--config", str(recipe), *port])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     # It launched the command its dry run prints ...
-    plan = vlsft_train(["--config", str(recipe), *port, "--dry-run"], timeout=300)
-    launch_line = next(line for line in plan.stdout.splitlines() if line.startswith("launch "))
+    plan = io.StringIO()
+    with contextlib.redirect_stdout(plan):
+        assert main(["--config", str(recipe), *port, "--dry-run"]) == 0
+    launch_line = next(line for line in plan.getvalue().splitlines() if line.startswith("launch "))
     assert f"vlsft: launching {launch_line.split(None, 1)[1]}\n" in result.stderr
     assert " --multi_gpu --num_processes 2 " in launch_line
     # ... which ran two processes with the layout's DeepSpeed stage (vlsft notes any difference from the layout).
@@ -99,7 +104,10 @@ def test_vlsft_train_zero3_lora_save_merged(tmp_path):
 
 
 def test_vlsft_train_zero3_offload_with_the_recipe_optimizer(tmp_path):
-    train(tmp_path, demo_recipe(tmp_path, "zero3_offload", training={"optim": "sgd"}))
+    """Also `--num_processes 2` on a 1-GPU layout: it becomes the override every process applies (their recipe says 2
+    processes, so no "differs from layout" note)."""
+    recipe = demo_recipe(tmp_path, "zero3_offload", training={"optim": "sgd"}, layout={"gpus_per_node": 1})
+    train(tmp_path, recipe, ["--num_processes", "2"])
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
