@@ -255,3 +255,18 @@ def test_the_layouts_launch_is_named_inside_launched_processes_too(monkeypatch):
     assert " launch --multi_gpu --num_processes 2 " in launch_command(zero2, gpu=False)
     fsdp = recipe_from_dict(minimal(layout={"strategy": "fsdp2", "gpus_per_node": 2}), path="r.yaml")
     assert "fsdp2.yaml --num_processes 2 --num_machines 1 -m vlsft.train" in launch_command(fsdp, gpu=False)
+
+
+def test_accelerate_config_replaces_the_layouts_and_launches_even_one_process(tmp_path, capsys):
+    from vlsft.cli.train import main
+    from vlsft.recipes.launch import accelerate_launch
+
+    recipe = recipe_file(tmp_path)  # layout `cpu`: one process, trained in `vlsft train` itself ...
+    mine = tmp_path / "my_accelerate.yaml"
+    assert main(["--config", str(recipe), "--accelerate_config", str(mine), "--dry-run", "--max_steps", "3"]) == 0
+    launch_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("launch "))
+    # ... unless an accelerate config is given: then it is launched with that config (and no layout DeepSpeed JSON).
+    launcher = " ".join(accelerate_launch())
+    assert launch_line.split(None, 1)[1] == (
+        f"{launcher} --config_file {mine} --num_processes 1 --num_machines 1 -m vlsft.train --config {recipe} --max_steps 3"
+    )
