@@ -122,7 +122,7 @@ def test_every_shipped_recipe_passes_dry_run(recipe, capsys, monkeypatch):
 
 
 def test_dry_run_prints_the_plan_of_the_main_recipe(capsys, monkeypatch):
-    from vlsft.recipes.launch import _accelerate_executable, has_gpu, launch_command
+    from vlsft.recipes.launch import accelerate_launch, has_gpu, launch_command
     from vlsft.recipes.layouts import CONFIGS_DIR
 
     monkeypatch.chdir(REPO)
@@ -130,12 +130,12 @@ def test_dry_run_prints_the_plan_of_the_main_recipe(capsys, monkeypatch):
     out = capsys.readouterr().out
     launch = next(line for line in out.splitlines() if line.startswith("launch"))
     gpu_command = (
-        f"{_accelerate_executable()} launch --config_file {CONFIGS_DIR}/zero3.yaml --deepspeed_config_file "
+        f"{' '.join(accelerate_launch())} --config_file {CONFIGS_DIR}/zero3.yaml --deepspeed_config_file "
         f"{CONFIGS_DIR}/ds_zero3.json --num_processes 8 --num_machines 1 -m vlsft.train --config recipes/qwen3vl.yaml "
         "--max_steps 100"
     )
     cpu_command = (
-        f"{_accelerate_executable()} launch --multi_gpu --num_processes 8 --num_machines 1 --mixed_precision no "
+        f"{' '.join(accelerate_launch())} --multi_gpu --num_processes 8 --num_machines 1 --mixed_precision no "
         "--dynamo_backend no --main_process_port 29500 -m vlsft.train --config recipes/qwen3vl.yaml --max_steps 100"
     )
     assert launch.split(None, 1)[1] == (gpu_command if has_gpu() else cpu_command)
@@ -482,7 +482,8 @@ def test_multi_node_launch_command():
 
     recipe = recipe_from_dict(minimal(layout={"strategy": "zero3", "gpus_per_node": 8, "nodes": 2}), path="recipes/x.yaml")
     command = launch_command(recipe, gpu=True)
-    assert "--num_processes 16 --num_machines 2 --machine_rank '$NODE_RANK' --main_process_ip '$MAIN_HOST'" in command
+    # Double-quoted, so the shell of each node fills them in when the printed command is pasted there.
+    assert '--num_processes 16 --num_machines 2 --machine_rank "$NODE_RANK" --main_process_ip "$MAIN_HOST"' in command
     assert command.endswith("-m vlsft.train --config recipes/x.yaml")
 
 

@@ -3,17 +3,22 @@
 A layout of one process trains here. A layout that wants several processes, DeepSpeed or FSDP is started with
 `accelerate launch` (`vlsft.recipes.launch`), which runs `vlsft.train` in every process; without a GPU that is the
 layout's CPU equivalent over gloo. `--dry-run` prints the plan and the exact command, and loads nothing.
+
+Launcher flags: `--num_processes N` (processes in all; it becomes the override `--layout.gpus_per_node N/nodes`, so
+the dry run, the launcher and every process agree on it), `--accelerate_config FILE` (instead of the layout's) and
+`--main_process_port PORT`. Every other `--key value` overrides the recipe and is passed on to every process.
+The launcher's exit status is `vlsft train`'s, and SIGINT / SIGTERM reach the training processes
+(`vlsft.recipes.launch.run_launcher`).
 """
 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 
 from vlsft.cli.console_logs import show_vlsft_logs
-from vlsft.recipes.launch import launch_argv, launch_command, runs_in_this_process
-from vlsft.recipes.loading import load_recipe
+from vlsft.recipes.launch import LaunchError, check_launchable, launch_argv, launch_command, run_launcher, runs_in_this_process
+from vlsft.recipes.loading import load_recipe, parse_overrides
 from vlsft.recipes.schema import Recipe, RecipeError
 
 
@@ -23,6 +28,7 @@ def parser(prog: str) -> argparse.ArgumentParser:
         description="Fine-tune a vision-language model from a recipe. Extra `--key value` pairs override the "
         "recipe: a `training` field (`--max_steps 10`) or a dotted path (`--model.dtype float32`, "
         "`--layout.gpus_per_node 4`).",
+        allow_abbrev=False,  # an override such as `--dry 1` or `--config_x` is the recipe's, never one of these flags
     )
     parser.add_argument("--config", required=True, help="the recipe YAML file")
     parser.add_argument("--dry-run", "--dry_run", action="store_true", help="validate and print the plan; load nothing")
@@ -32,6 +38,11 @@ def parser(prog: str) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """`vlsft train`: train here, or start `accelerate launch` for the recipe's layout."""
     cli = parser("vlsft train")
+    cli.add_argument(
+        "--num_processes", type=int,
+        help="processes in all (`layout.gpus_per_node` x `layout.nodes`); sets `layout.gpus_per_node`, which every "
+        "process sees",
+    )
     cli.add_argument("--accelerate_config", help="launch with this accelerate config instead of the layout's")
     cli.add_argument("--main_process_port", type=int, help="the launcher's rendezvous port (default 29500)")
     args, overrides = cli.parse_known_args(argv)
@@ -39,19 +50,44 @@ def main(argv: list[str] | None = None) -> int:
     launch = {"accelerate_config": args.accelerate_config, "port": args.main_process_port}
     try:
         recipe = load_recipe(args.config, overrides)
+        if args.num_processes is not None and gpus_per_node(recipe, args.num_processes, overrides) != recipe.layout.gpus_per_node:
+            overrides = overrides + ["--layout.gpus_per_node", str(args.num_processes // recipe.layout.nodes)]
+            recipe = load_recipe(args.config, overrides)
         if args.dry_run:
             from vlsft.recipes.plan import describe_plan
 
             print(describe_plan(recipe, overrides, **launch))
             return 0
         if args.accelerate_config or not runs_in_this_process(recipe):
+            check_launchable(recipe)
             command = launch_argv(recipe, overrides, **launch)
             print(f"vlsft: launching {launch_command(recipe, overrides, **launch)}", file=sys.stderr, flush=True)
-            return subprocess.call(command)
+            return run_launcher(command)
         return run_reporting_bad_rows(recipe)
     except RecipeError as error:  # also raised while loading data: a column or file the recipe names is missing
         print(f"vlsft: invalid recipe: {error}", file=sys.stderr)
         return 2
+    except LaunchError as error:
+        print(f"vlsft: cannot launch: {error}", file=sys.stderr)
+        return 2
+
+
+def gpus_per_node(recipe: Recipe, num_processes: int, overrides: list[str]) -> int:
+    """`layout.gpus_per_node` for `--num_processes` processes in all over the layout's nodes (the override that
+    the dry run shows and every launched process applies)."""
+    nodes = recipe.layout.nodes
+    if num_processes < 1 or num_processes % nodes:
+        raise RecipeError(
+            f"`--num_processes {num_processes}`: the layout has {nodes} node(s); pass a multiple of {nodes} "
+            "(processes in all), or set `--layout.gpus_per_node` and `--layout.nodes`."
+        )
+    per_node = num_processes // nodes
+    if any(key == "layout.gpus_per_node" for key, _ in parse_overrides(overrides)) and recipe.layout.gpus_per_node != per_node:
+        raise RecipeError(
+            f"`--num_processes {num_processes}` and `--layout.gpus_per_node {recipe.layout.gpus_per_node}` disagree "
+            f"({nodes} node(s)); pass one of them."
+        )
+    return per_node
 
 
 def run_in_process(argv: list[str] | None = None) -> int:

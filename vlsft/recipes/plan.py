@@ -11,8 +11,8 @@ import re
 
 from vlsft.recipes.build import build_training_config, check_model_source, lora_targets
 from vlsft.recipes.datasets import file_extension, looks_local
+from vlsft.recipes.launch import LaunchError, check_launchable, has_gpu, launch_argv, launch_command
 from vlsft.recipes.mixture import held_out_rows, kept_rows, mixture_counts
-from vlsft.recipes.launch import has_gpu, launch_command, runs_in_this_process
 from vlsft.recipes.registry import build_local_model, is_local_dataset, is_local_model
 from vlsft.recipes.schema import DatasetSource, Recipe, RecipeError
 
@@ -63,12 +63,19 @@ def describe_plan(recipe: Recipe, overrides: list[str] = (), **launch) -> str:
         lines.append(f"resume     {resume}")
     layout = recipe.layout
     where = f"{layout.gpus_per_node} GPU(s) per node x {layout.nodes} node(s)" if layout.strategy != "cpu" else "CPU"
-    config = f"vlsft/configs/{layout.accelerate_config.name}"
-    extra = f", DeepSpeed vlsft/configs/{layout.deepspeed_config.name}" if layout.deepspeed_config else ""
+    # The shipped files by absolute path: where this installation of vlsft has them.
+    config = str(layout.accelerate_config)
+    extra = f", DeepSpeed {layout.deepspeed_config}" if layout.deepspeed_config else ""
     lines.append(f"layout     {layout.strategy}: {where} ({config}{extra})")
     lines.append(f"launch     {launch_command(recipe, overrides, **launch)}")
-    if not has_gpu() and not runs_in_this_process(recipe, launch.get("num_processes"), gpu=False):
-        lines.append("           (no GPU here: the layout's CPU equivalent, data parallel over gloo)")
+    try:
+        check_launchable(recipe)
+        if not has_gpu() and "--multi_gpu" in launch_argv(recipe, overrides, placeholders=True, **launch):
+            lines.append("           (no GPU here: the layout's CPU equivalent, data parallel over gloo)")
+    except LaunchError as error:  # a layout for GPUs only (FSDP): the plan shows its GPU launch, and why not here
+        lines.append(f"           (not on this machine: {error})")
+    if layout.nodes > 1:
+        lines.append("           (run it on every node, with NODE_RANK and MAIN_HOST set there)")
     return "\n".join(lines)
 
 
