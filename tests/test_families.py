@@ -358,7 +358,7 @@ def make_trainer(family, tmp_path, **config):
     defaults = dict(
         output_dir=str(tmp_path), report_to="none", max_steps=1, learning_rate=1.0, optim="sgd",
         lr_scheduler_type="constant", max_grad_norm=0.0, gradient_checkpointing=False, save_strategy="no",
-        logging_steps=1, seed=0, data_seed=0,
+        logging_steps=1, seed=0, data_seed=0, use_cpu=True,  # CPU batches, compared exactly on any machine
     )
     args = VLSFTConfig(**{**defaults, **config})
     dataset = Dataset.from_list(rows_of_different_lengths())

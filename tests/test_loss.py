@@ -44,6 +44,7 @@ def make_trainer(model, processor, tmp_path, rows=None, **config):
         logging_steps=1,
         seed=0,
         data_seed=0,
+        use_cpu=True,  # the batches these tests build are CPU tensors, compared bit for bit on any machine
     )
     args = VLSFTConfig(**{**defaults, **config})
     dataset = Dataset.from_list(rows or rows_of_different_lengths())
@@ -135,7 +136,7 @@ def test_lora_with_saved_lm_head_matches_the_reference(tiny, tmp_path):
     """The head is called as a module, so PEFT's `modules_to_save` copy of lm_head is the one used and trained."""
     model, processor = tiny
     peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], modules_to_save=["lm_head"])
-    args = VLSFTConfig(output_dir=str(tmp_path), report_to="none", gradient_checkpointing=False)
+    args = VLSFTConfig(output_dir=str(tmp_path), report_to="none", gradient_checkpointing=False, use_cpu=True)
     trainer = VLSFTTrainer(
         copy.deepcopy(model), args=args, train_dataset=Dataset.from_list(rows_of_different_lengths()),
         processing_class=processor, peft_config=peft_config,

@@ -25,7 +25,7 @@ def dataset():
 
 def quick(tmp_path, **extra):
     return dict(output_dir=str(tmp_path), report_to="none", max_steps=3, per_device_train_batch_size=2,
-                gradient_checkpointing=False, save_strategy="no", logging_steps=1, **extra)
+                gradient_checkpointing=False, save_strategy="no", logging_steps=1, use_cpu=True, **extra)
 
 
 def test_public_api():
