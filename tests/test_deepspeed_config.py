@@ -18,7 +18,7 @@ pytest.importorskip("deepspeed")
 
 CASES = [
     # (recipe, overrides, stage, offload)
-    ("zero2.yaml", [], 2, False),
+    ("qwen3_vl_2b_mixture_full_zero2.yaml", [], 2, False),
     ("qwen3vl.yaml", [], 3, False),
     ("qwen3vl.yaml", ["--layout.strategy", "zero3_offload", "--per_device_train_batch_size", "1"], 3, True),
     ("qwen3vl.yaml", ["--bf16", "false", "--gradient_accumulation_steps", "8", "--max_grad_norm", "0.5"], 3, False),
@@ -106,7 +106,7 @@ def test_accelerate_configs_load_and_point_to_existing_files(strategy):
 def test_fp16_recipe_resolves_fp16_not_bf16(tiny_model):
     from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
 
-    recipe = load_recipe(REPO / "recipes" / "zero2.yaml", ["--bf16", "false", "--fp16", "true"])
+    recipe = load_recipe(REPO / "recipes" / "qwen3_vl_2b_mixture_full_zero2.yaml", ["--bf16", "false", "--fp16", "true"])
     args = build_training_config(recipe, check_only=True)
     hf_config = HfTrainerDeepSpeedConfig(str(recipe.layout.deepspeed_config))
     hf_config.trainer_config_process(args)

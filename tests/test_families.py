@@ -454,13 +454,13 @@ def test_parts_and_default_lora_targets(family):
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = {
-    "qwen3_vl_moe": "qwen3_vl_moe_lora.yaml",
-    "qwen2_5_vl": "qwen2_5_vl_lora.yaml",
-    "gemma3": "gemma3_lora.yaml",
-    "idefics3": "idefics3_lora.yaml",
-    "smolvlm": "smolvlm_full.yaml",
-    "llava_next": "llava_next_lora.yaml",
-    "gemma4_v5": "gemma4_lora.yaml",
+    "qwen3_vl_moe": "qwen3_vl_30b_a3b_lora_zero3.yaml",
+    "qwen2_5_vl": "qwen2_5_vl_3b_lora_single_gpu.yaml",
+    "gemma3": "gemma3_4b_lora_single_gpu.yaml",
+    "idefics3": "idefics3_8b_lora_single_gpu.yaml",
+    "smolvlm": "smolvlm2_2b_full_single_gpu.yaml",
+    "llava_next": "llava_next_7b_lora_single_gpu.yaml",
+    "gemma4_v5": "gemma4_e4b_lora_single_gpu.yaml",
 }
 
 

@@ -691,7 +691,7 @@ def test_hybrid_lora_run_resumed_from_a_checkpoint_ends_with_the_uninterrupted_w
 
 # -- recipes -------------------------------------------------------------------------------------------------------
 
-RECIPES = {"qwen3_5_think": "qwen3_5_lora.yaml", "qwen3_5_moe": "qwen3_5_moe_lora.yaml"}
+RECIPES = {"qwen3_5_think": "qwen3_5_27b_lora_zero3.yaml", "qwen3_5_moe": "qwen3_5_35b_a3b_lora_zero3.yaml"}
 
 
 @pytest.mark.parametrize("family", ARCHITECTURES)

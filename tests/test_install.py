@@ -92,7 +92,7 @@ def test_installed_vlsft_dry_runs_a_copied_recipe_with_the_shipped_layouts(insta
     imported, fixtures = run([venv / "bin" / "python", "-c", probe], cwd=root).stdout.splitlines()
     assert Path(imported) == package / "__init__.py" and fixtures == "[]"
 
-    shutil.copy(REPO / "recipes" / "zero2.yaml", root / "my_recipe.yaml")
+    shutil.copy(REPO / "recipes" / "qwen3_vl_2b_mixture_full_zero2.yaml", root / "my_recipe.yaml")
     plan = run([venv / "bin" / "vlsft", "train", "--config", "my_recipe.yaml", "--dry-run"], cwd=root).stdout
     assert "recipe     my_recipe.yaml: valid" in plan
     layout = next(line for line in plan.splitlines() if line.startswith("layout "))

@@ -135,5 +135,5 @@ def test_qlora_without_bitsandbytes_fails_before_loading_anything(monkeypatch):
         monkeypatch.setattr(train_module, name, must_not_load)
     monkeypatch.chdir(REPO)
     with pytest.raises(RuntimeError, match="bitsandbytes") as error:
-        train_main(["--config", "recipes/qlora.yaml", "--max_steps", "1"])
+        train_main(["--config", "recipes/qwen3_vl_8b_qlora_single_gpu.yaml", "--max_steps", "1"])
     assert "lora.load_in_4bit: false" in str(error.value)

@@ -92,7 +92,7 @@ def check_error(raw: dict, *fragments: str):
 
 def test_at_least_three_recipes_ship():
     names = {path.name for path in RECIPES}
-    assert {"qwen3vl.yaml", "lora_24gb.yaml", "qlora.yaml", "zero2.yaml"} <= names
+    assert {"qwen3vl.yaml", "qwen3_vl_4b_lora_single_gpu.yaml", "qwen3_vl_8b_qlora_single_gpu.yaml", "qwen3_vl_2b_mixture_full_zero2.yaml"} <= names
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda path: path.name)

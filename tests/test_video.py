@@ -467,7 +467,7 @@ def write_video_jsonl(directory: Path, rows: int = 8) -> Path:
 
 
 def test_video_recipe_dry_runs_and_trains_on_the_tiny_model(tmp_path, capsys, monkeypatch):
-    """recipes/qwen3vl_video_lora.yaml: `--dry-run` passes as shipped; with the tiny Qwen3-VL and a local JSONL it
+    """recipes/qwen3_vl_2b_video_lora_single_gpu.yaml: `--dry-run` passes as shipped; with the tiny Qwen3-VL and a local JSONL it
     trains (LoRA, videos decoded in a dataloader worker) and the loss is finite."""
     import math
 
@@ -475,7 +475,7 @@ def test_video_recipe_dry_runs_and_trains_on_the_tiny_model(tmp_path, capsys, mo
     from vlsft.recipes import build as train_module
     from vlsft.recipes.loading import load_recipe
 
-    recipe_path = Path(__file__).resolve().parents[1] / "recipes" / "qwen3vl_video_lora.yaml"
+    recipe_path = Path(__file__).resolve().parents[1] / "recipes" / "qwen3_vl_2b_video_lora_single_gpu.yaml"
     assert train_main(["--config", str(recipe_path), "--dry-run"]) == 0
     data = write_video_jsonl(tmp_path / "data")
     recipe = load_recipe(
