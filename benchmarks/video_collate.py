@@ -50,12 +50,12 @@ def main(argv=None) -> int:
 
     from vlsft.collator import VisionChatCollator
     from vlsft.templates import stock_template, training_template
-    from vlsft.testing.tiny_qwen3_vl import build_processor
+    from vlsft.testing.tiny_qwen3_vl import build_tiny_qwen3_vl_processor
     from vlsft.testing.tiny_video import write_moving_shape
     from vlsft.data.video import LoadedVideo, load_video, probe_video
 
     torch.set_num_threads(args.threads)
-    processor = build_processor()
+    processor = build_tiny_qwen3_vl_processor()
     processor.video_processor = Qwen3VLVideoProcessor(cap_pixels_per_frame=False)
     collator = VisionChatCollator(processor, training_template("qwen3_vl"))
     workdir = Path(tempfile.mkdtemp(prefix="vlsft-video-bench-"))

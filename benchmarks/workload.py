@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
-from vlsft.testing.tiny_qwen3_vl import build_processor, build_tiny_qwen3_vl, qwen_vision_token_ids
+from vlsft.testing.tiny_qwen3_vl import build_tiny_qwen3_vl_processor, build_tiny_qwen3_vl, qwen_vision_token_ids
 
 # Words the tiny tokenizer was trained on, so a word is about one token and row lengths are predictable.
 _WORDS = (
@@ -115,7 +115,7 @@ def build_models(
     seed: int = 0,
 ):
     """(processor, model for vlsft, model for TRL): two instances with identical weights, dtype and device."""
-    processor = build_processor(max_pixels=image_size * image_size)
+    processor = build_tiny_qwen3_vl_processor(max_pixels=image_size * image_size)
     models = []
     for _ in range(2):
         with torch.device(device):  # initialise in place: a 2B model is slow to initialise on the CPU

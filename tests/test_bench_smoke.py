@@ -96,9 +96,9 @@ def test_gpu_model_is_qwen3_vl_2b_shaped(bench):
     from transformers import Qwen3VLForConditionalGeneration
     from workload import qwen3_vl_2b_config
 
-    from vlsft.testing.tiny_qwen3_vl import build_processor
+    from vlsft.testing.tiny_qwen3_vl import build_tiny_qwen3_vl_processor
 
     with torch.device("meta"):
-        model = Qwen3VLForConditionalGeneration(qwen3_vl_2b_config(build_processor()))
+        model = Qwen3VLForConditionalGeneration(qwen3_vl_2b_config(build_tiny_qwen3_vl_processor()))
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
     assert 2.0e9 < sum(p.numel() for p in model.parameters()) < 2.3e9

@@ -13,7 +13,7 @@ from vlsft.collator import VisionChatCollator
 from vlsft.tokens import IGNORE_INDEX
 from vlsft.data.rows import count_image_placeholders, load_image
 from vlsft.templates import training_template
-from vlsft.testing.tiny_qwen3_vl import build_processor
+from vlsft.testing.tiny_qwen3_vl import build_tiny_qwen3_vl_processor
 
 
 def png_bytes(image) -> bytes:
@@ -33,7 +33,7 @@ def rows():
 
 @pytest.fixture(scope="module")
 def demo_processor():
-    return build_processor(extra_text="demo-shapes")
+    return build_tiny_qwen3_vl_processor(extra_text="demo-shapes")
 
 
 def test_same_arguments_give_the_same_rows_and_pictures(rows):

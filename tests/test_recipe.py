@@ -447,9 +447,9 @@ def test_sources_with_different_message_schemas_concatenate(tmp_path):
         assert all(isinstance(item, dict) for message in row["messages"] for item in message["content"] or [])
     from vlsft.collator import VisionChatCollator
     from vlsft.templates import training_template
-    from vlsft.testing.tiny_qwen3_vl import build_processor
+    from vlsft.testing.tiny_qwen3_vl import build_tiny_qwen3_vl_processor
 
-    batch = VisionChatCollator(build_processor(), training_template("qwen3_vl"))([train[i] for i in range(len(train))])
+    batch = VisionChatCollator(build_tiny_qwen3_vl_processor(), training_template("qwen3_vl"))([train[i] for i in range(len(train))])
     assert batch["input_ids"].shape[0] == 10 and (batch["labels"] != -100).any()
 
 
@@ -470,9 +470,9 @@ def test_text_only_rows_and_the_training_image_root(tmp_path):
     assert train[1]["images"][0]["path"] == "images/train_0.png"
     from vlsft.collator import VisionChatCollator
     from vlsft.templates import training_template
-    from vlsft.testing.tiny_qwen3_vl import build_processor
+    from vlsft.testing.tiny_qwen3_vl import build_tiny_qwen3_vl_processor
 
-    collator = VisionChatCollator(build_processor(), training_template("qwen3_vl"), image_root=str(images.parent))
+    collator = VisionChatCollator(build_tiny_qwen3_vl_processor(), training_template("qwen3_vl"), image_root=str(images.parent))
     batch = collator([train[0], train[1]])
     assert batch["image_grid_thw"].shape[0] == 1
 

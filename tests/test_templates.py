@@ -99,10 +99,10 @@ def test_trainer_rejects_an_unknown_template_with_the_fix(tiny, tmp_path):
     from datasets import Dataset
 
     from vlsft import VLSFTConfig, VLSFTTrainer
-    from vlsft.testing.tiny_qwen3_vl import build_processor
+    from vlsft.testing.tiny_qwen3_vl import build_tiny_qwen3_vl_processor
 
     model, _ = tiny
-    processor = build_processor(chat_template="{% for m in messages %}{{ m.content }}{% endfor %}")
+    processor = build_tiny_qwen3_vl_processor(chat_template="{% for m in messages %}{{ m.content }}{% endfor %}")
     dataset = Dataset.from_list([{"messages": [user("Hi"), assistant("Yo")], "images": []}])
     args = VLSFTConfig(output_dir=str(tmp_path), report_to="none")
     with pytest.raises(ValueError, match="chat_template_path"):

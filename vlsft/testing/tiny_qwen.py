@@ -22,7 +22,12 @@ from transformers import (
 
 from vlsft.templates import stock_template
 from vlsft.testing.tiny_build import HEAD_DIM, HIDDEN, instantiate, language_model_sizes
-from vlsft.testing.tiny_qwen3_vl import build_processor, qwen_vision_token_ids, tiny_qwen3_vision_config, train_tokenizer
+from vlsft.testing.tiny_qwen3_vl import (
+    build_tiny_qwen3_vl_processor,
+    qwen_vision_token_ids,
+    tiny_qwen3_vision_config,
+    train_tokenizer,
+)
 from vlsft.testing.tiny_tokenizers import FAMILY_CORPUS, train_qwen3_5_tokenizer
 
 
@@ -67,7 +72,7 @@ def build_tiny_qwen2_5_vl(seed: int = 0, hidden_size: int = HIDDEN):
 def build_tiny_qwen3_vl_moe(seed: int = 0, hidden_size: int = HIDDEN):
     """Qwen3-VL-MoE: `Qwen3VLMoeForConditionalGeneration` (4 experts, 2 per token) with the Qwen3-VL processor and
     template, which the MoE checkpoints share."""
-    processor = build_processor()
+    processor = build_tiny_qwen3_vl_processor()
     tokenizer = processor.tokenizer
     ids = tokenizer.convert_tokens_to_ids
     sizes = language_model_sizes(hidden_size)

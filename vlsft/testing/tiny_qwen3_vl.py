@@ -92,7 +92,7 @@ def resolve_extra_text(extra_text: list[str] | str | None) -> list[str] | None:
     return extra_text
 
 
-def build_processor(
+def build_tiny_qwen3_vl_processor(
     tokenizer: PreTrainedTokenizerFast | None = None,
     chat_template: str | None = None,
     max_pixels: int = 64 * 64,
@@ -190,7 +190,7 @@ def build_tiny_qwen3_vl(
     """A random tiny Qwen3-VL and its processor. `vocab_size` can widen the vocabulary (e.g. to 151,936 for
     benchmarks, so that the LM head costs what it costs on the real model). `extra_text` is more tokenizer-training
     text (see `resolve_extra_text`);"""
-    processor = processor or build_processor(extra_text=extra_text)
+    processor = processor or build_tiny_qwen3_vl_processor(extra_text=extra_text)
     config = tiny_qwen3_vl_config(
         processor.tokenizer,
         hidden_size=hidden_size,
