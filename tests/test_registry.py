@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from vlsft.families import family_of_model, family_of_processor
-from vlsft.recipes.build import build_processor, check_model_source
+from vlsft.recipes.build import build_processor
 from vlsft.recipes.datasets import build_datasets
 from vlsft.recipes.loading import recipe_from_dict
+from vlsft.recipes.model_source import check_model_source
 from vlsft.recipes.registry import LOCAL_DATASETS, LOCAL_MODELS, build_local_model, register_dataset, register_model
 
 EXPECTED_FAMILY = {

@@ -22,7 +22,7 @@ from vlsft.recipes.schema import RecipeError
 from vlsft.recipes.datasets import build_datasets
 from vlsft.templates import resolve_training_template
 from vlsft.cli.train import main
-from vlsft.recipes.build import check_model_source
+from vlsft.recipes.model_source import check_model_source
 from vlsft.data.validation import validate_rows
 
 

@@ -9,10 +9,11 @@ import json
 import os
 import re
 
-from vlsft.recipes.build import build_training_config, check_model_source, lora_targets
+from vlsft.recipes.build import build_training_config, lora_targets
 from vlsft.recipes.datasets import file_extension, looks_local
 from vlsft.recipes.launch import LaunchError, check_launchable, has_gpu, launch_argv, launch_command
 from vlsft.recipes.mixture import held_out_rows, kept_rows, mixture_counts
+from vlsft.recipes.model_source import check_model_source
 from vlsft.recipes.registry import build_local_model, is_local_dataset, is_local_model
 from vlsft.recipes.schema import DatasetSource, Recipe, RecipeError
 

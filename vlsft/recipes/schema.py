@@ -30,7 +30,8 @@ Everything is checked when the recipe loads, before any model or dataset: an unk
 one, a wrong type names the expected type, and impossible combinations say what to change. `--key value` overrides
 (command line) go to the `training` section, or to any dotted path (`--model.dtype float32`, `--data.train.0.rows 100`).
 
-This module holds the sections, plain dataclasses; `vlsft.recipes.loading` reads and checks the YAML. Sections are plain dataclasses; `training` stays a dict until `vlsft.recipes.build` builds the `VLSFTConfig`.
+This module holds the sections, plain dataclasses (`training` stays a dict until `vlsft.recipes.build` builds the
+`VLSFTConfig`); `vlsft.recipes.loading` reads and checks the YAML, `vlsft.recipes.checks` the values.
 """
 
 from __future__ import annotations
