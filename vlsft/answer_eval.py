@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import re
 import string
+from collections import Counter
 from typing import Any
 
 import torch
+from accelerate.logging import get_logger
 from transformers import TrainerCallback
 
 from vlsft.data.rows import count_image_placeholders, load_image, normalize_messages, row_images
+
+logger = get_logger(__name__)
 
 _PUNCTUATION = string.punctuation + " \t\n"
 
@@ -120,6 +124,27 @@ def answer_accuracy(
     }
 
 
+def chance_by_kind(predictions: list[dict[str, Any]]) -> dict[str, float]:
+    """Per row kind, the share of its most common reference answer: the accuracy of always giving that answer, the
+    best a model that ignores the image can reach when the question itself does not give the answer away. Computed
+    from the scored rows, so it follows the data (1/4 for four colours drawn uniformly, more on a small sample)."""
+    answers: dict[str, list[str]] = {}
+    for p in predictions:
+        if p["kind"] is not None:
+            answers.setdefault(p["kind"], []).append(normalize_answer(p["reference"]))
+    return {kind: Counter(refs).most_common(1)[0][1] / len(refs) for kind, refs in sorted(answers.items())}
+
+
+def accuracy_table(result: dict[str, Any]) -> str:
+    """An `answer_accuracy` result as a small table: kind, accuracy, chance (`chance_by_kind`), rows."""
+    chance = chance_by_kind(result["predictions"])
+    rows = Counter(p["kind"] for p in result["predictions"] if p["kind"] is not None)
+    lines = [f"{'kind':<12}{'accuracy':>9}{'chance':>8}{'rows':>6}"]
+    lines += [f"{kind:<12}{result['by_kind'][kind]:>9.2f}{chance[kind]:>8.2f}{rows[kind]:>6}" for kind in chance]
+    lines.append(f"{'all':<12}{result['accuracy']:>9.2f}{'':>8}{result['total']:>6}")
+    return "\n".join(lines)
+
+
 class AnswerAccuracyCallback(TrainerCallback):
     """Logs held-out answer accuracy (`eval_answer_accuracy`, plus `eval_answer_accuracy_<kind>` per row kind) at the
     end of training and, with `every_evaluation=True`, after each evaluation.
@@ -130,7 +155,8 @@ class AnswerAccuracyCallback(TrainerCallback):
     (so `metric_for_best_model` may name them). A callback gets no trainer from `transformers`: `VLSFTTrainer` sets
     `trainer` when the callback is added; with another trainer, set `callback.trainer = trainer` yourself.
 
-    Every rank generates the same answers, which keeps ranks in step under sharded models (DeepSpeed ZeRO-3) without
+    At the end of training the last result is logged as a table by kind, next to chance (`accuracy_table`), on the
+    main process. Every rank generates the same answers, which keeps ranks in step under sharded models (DeepSpeed ZeRO-3) without
     any collective of its own.
     """
 
@@ -193,3 +219,10 @@ class AnswerAccuracyCallback(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if model is not None and self._last_step != state.global_step:
             self._log(self.measure(model, state))
+        if self.last_result is not None:
+            # The run's last word: the per-evaluation numbers have scrolled past by now.
+            logger.info(
+                f"held-out answer accuracy at step {state.global_step} (chance: always giving the kind's most common "
+                f"answer)
+{accuracy_table(self.last_result)}"
+            )

@@ -149,10 +149,13 @@ def tiny_qwen3_vl_config(
     num_hidden_layers: int = 2,
     vision_depth: int = 2,
     tie_word_embeddings: bool = False,
+    rope_theta: float = 10000.0,
 ):
     """A Qwen3-VL config of the real architecture with a 2-layer language model and a 2-block vision tower (by
     default; `num_hidden_layers` and `vision_depth` change the depths). `tie_word_embeddings` ties the LM head to the
-    input embeddings, as Qwen3-VL-2B and -4B do."""
+    input embeddings, as Qwen3-VL-2B and -4B do. `rope_theta` is the language model's RoPE base: with 16-dim heads,
+    M-RoPE's height and width get two frequencies each, which at the default 10,000 turn 0.32 and 0.1 rad per grid
+    cell; a base of 100 turns 0.56 and 0.32 (the demo uses it)."""
     ids = tokenizer.convert_tokens_to_ids
     head_dim = 16
     text_config = dict(
@@ -164,7 +167,7 @@ def tiny_qwen3_vl_config(
         num_key_value_heads=2,
         head_dim=head_dim,
         max_position_embeddings=4096,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2], "mrope_interleaved": True},
+        rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": [4, 2, 2], "mrope_interleaved": True},
         pad_token_id=ids("<|endoftext|>"),
         eos_token_id=ids("<|im_end|>"),
         bos_token_id=None,
@@ -186,10 +189,11 @@ def build_tiny_qwen3_vl(
     vision_depth: int = 2,
     extra_text: list[str] | str | None = None,
     tie_word_embeddings: bool = False,
+    rope_theta: float = 10000.0,
 ) -> tuple[Qwen3VLForConditionalGeneration, Qwen3VLProcessor]:
     """A random tiny Qwen3-VL and its processor. `vocab_size` can widen the vocabulary (e.g. to 151,936 for
     benchmarks, so that the LM head costs what it costs on the real model). `extra_text` is more tokenizer-training
-    text (see `resolve_extra_text`);"""
+    text (see `resolve_extra_text`); `rope_theta` see `tiny_qwen3_vl_config`."""
     processor = processor or build_tiny_qwen3_vl_processor(extra_text=extra_text)
     config = tiny_qwen3_vl_config(
         processor.tokenizer,
@@ -198,6 +202,7 @@ def build_tiny_qwen3_vl(
         num_hidden_layers=num_hidden_layers,
         vision_depth=vision_depth,
         tie_word_embeddings=tie_word_embeddings,
+        rope_theta=rope_theta,
     )
     torch.manual_seed(seed)
     with whole_model_build():  # built whole even under a ZeRO-3 config; DeepSpeed partitions it when training starts
