@@ -223,6 +223,5 @@ class AnswerAccuracyCallback(TrainerCallback):
             # The run's last word: the per-evaluation numbers have scrolled past by now.
             logger.info(
                 f"held-out answer accuracy at step {state.global_step} (chance: always giving the kind's most common "
-                f"answer)
-{accuracy_table(self.last_result)}"
+                f"answer)\n{accuracy_table(self.last_result)}"
             )
