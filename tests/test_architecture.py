@@ -103,9 +103,10 @@ def test_the_core_and_data_layers_never_import_recipes_or_the_command_line():
 
 
 def run_python(code: str, repo_on_path: bool = True) -> str:
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    if repo_on_path:
-        env["PYTHONPATH"] = str(REPO)
+    """Run `code` in a fresh interpreter outside the repository, with this checkout first on the path (or, with
+    `repo_on_path=False`, without it), keeping any other PYTHONPATH entries (where dependencies may live)."""
+    others = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry and Path(entry) != REPO]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(([str(REPO)] if repo_on_path else []) + others))
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd="/", env=env
     )
