@@ -9,6 +9,8 @@ from vlsft.distributed import whole_model_build
 
 HIDDEN = 64
 HEAD_DIM = 16
+# The sizes of every tiny ViT-style vision encoder (SigLIP, CLIP, Gemma 4's): 2 layers of width 32, 2 heads.
+VISION_ENCODER_SIZES = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
 
 
 def language_model_sizes(hidden_size: int) -> dict:

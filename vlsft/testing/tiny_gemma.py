@@ -18,7 +18,7 @@ from transformers import (
 )
 
 from vlsft.templates import stock_template
-from vlsft.testing.tiny_build import HEAD_DIM, HIDDEN, instantiate, language_model_sizes
+from vlsft.testing.tiny_build import HEAD_DIM, HIDDEN, VISION_ENCODER_SIZES, instantiate, language_model_sizes
 from vlsft.testing.tiny_tokenizers import train_gemma3_tokenizer, train_gemma4_tokenizer
 
 
@@ -47,10 +47,7 @@ def build_tiny_gemma3(seed: int = 0, hidden_size: int = HIDDEN):
             bos_token_id=tokenizer.bos_token_id,
         ),
         vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
+            **VISION_ENCODER_SIZES,
             image_size=32,
             patch_size=8,
             vision_use_head=False,
@@ -102,10 +99,7 @@ def build_tiny_gemma4(seed: int = 0, hidden_size: int = HIDDEN, template: str = 
             bos_token_id=tokenizer.bos_token_id,
         ),
         vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
+            **VISION_ENCODER_SIZES,
             num_key_value_heads=2,
             head_dim=16,
             patch_size=4,

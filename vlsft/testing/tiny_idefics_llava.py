@@ -20,7 +20,7 @@ from transformers import (
 )
 
 from vlsft.templates import stock_template
-from vlsft.testing.tiny_build import HIDDEN, instantiate, language_model_sizes
+from vlsft.testing.tiny_build import HIDDEN, VISION_ENCODER_SIZES, instantiate, language_model_sizes
 from vlsft.testing.tiny_tokenizers import train_llama3_tokenizer, train_mistral_tokenizer, train_smolvlm_tokenizer
 
 
@@ -36,8 +36,7 @@ def _idefics3_like_config(config_class, tokenizer, hidden_size: int):
             bos_token_id=tokenizer.bos_token_id,
         ),
         vision_config=dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
-            patch_size=8,
+            **VISION_ENCODER_SIZES, image_size=32, patch_size=8,
         ),
         scale_factor=2,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
@@ -105,10 +104,7 @@ def build_tiny_llava_next(seed: int = 0, hidden_size: int = HIDDEN):
         ),
         vision_config=dict(
             model_type="clip_vision_model",
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
+            **VISION_ENCODER_SIZES,
             image_size=32,
             patch_size=8,
             projection_dim=32,
