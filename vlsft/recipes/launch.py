@@ -139,10 +139,10 @@ def launch_command(recipe: Recipe, overrides: list[str] = (), **kwargs) -> str:
     return " ".join(f'"{word}"' if word in placeholders else shlex.quote(word) for word in argv)
 
 
-# Signals that stop a run. The launcher runs in its own session (as torchrun runs its training processes), so a Ctrl-C at the terminal (sent to the
-# foreground group: `vlsft train`) or a SIGTERM from a scheduler or container runtime (often sent to one process only)
-# reaches it exactly once, from here: a second one would cut short the launcher's shutdown of the training processes
-# (torchrun stops waiting for them and leaves them running).
+# Signals that stop a run. The launcher runs in its own session (as torchrun runs its training processes), so a
+# Ctrl-C at the terminal (sent to the foreground group: `vlsft train`) or a SIGTERM from a scheduler or container
+# runtime (often sent to one process only) reaches it exactly once, from here: a second one would cut short the
+# launcher's shutdown of the training processes (torchrun stops waiting for them and leaves them running).
 _FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
