@@ -63,8 +63,8 @@ class VLSFTConfig(SFTConfig):
             supervised tokens; `"dft"` (Dynamic Fine-Tuning, TRL's meaning): each supervised token's NLL weighted by
             its own probability (not differentiated through), on the same supervised tokens and divisor.
         bf16 (`bool`, *optional*):
-            Mixed bf16 precision. Defaults to `True` where a bf16-capable GPU is present, `False` elsewhere (TRL
-            defaults to `True` everywhere, which fails on CPU).
+            Mixed bf16 precision. Defaults to `True` where the run uses a bf16-capable GPU, `False` elsewhere and
+            with `use_cpu=True` (TRL defaults to `True` everywhere, which fails on CPU).
     """
 
     assistant_only_loss: bool = field(
@@ -167,9 +167,10 @@ class VLSFTConfig(SFTConfig):
         self.dataset_kwargs = {**(self.dataset_kwargs or {}), "skip_prepare_dataset": True}
         self.remove_unused_columns = False
         # TRL turns bf16 on whenever fp16 is off, which fails on a machine without a bf16 GPU. Default to bf16
-        # only where it can run; an explicit True/False is kept.
+        # only where the run uses such a GPU: a `use_cpu` run on a GPU machine trains in fp32 as on any CPU (bf16
+        # there would be CPU autocast, slower and about 3 significant digits); an explicit True/False is kept.
         if self.bf16 is None and not self.fp16:
-            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            self.bf16 = not self.use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         # `accelerate launch --multi_gpu --num_processes N` on a machine without GPUs starts N processes, but
         # accelerate runs them as one-process jobs unless asked for CPU; data parallelism over gloo needs use_cpu.
         # (`accelerate launch --cpu` starts a single process, whatever --num_processes says.)
