@@ -35,6 +35,7 @@ from tests.test_families import (
     test_loss_and_gradients_equal_the_full_logits_reference as family_loss_bar,
     test_one_batch_of_4_equals_4_accumulated_micro_batches_of_1 as family_accumulation_bar,
     tiny,
+    tiny_run_overrides,
 )
 from tests.test_weights import weighted_runs
 from vlsft import VLSFTConfig, VLSFTTrainer
@@ -718,19 +719,8 @@ def test_the_recipe_trains_the_tiny_hybrid_model_end_to_end(family, tmp_path, mo
     data = tmp_path / "train.jsonl"
     data.write_text("\n".join(lines) + "\n")
     recipe = load_recipe(REPO / "recipes" / RECIPES[family])
-    assert recipe.training.get("reasoning_history", "drop") in ("drop", "keep")
-    overrides = [
-        "--model.name_or_path", str(tmp_path / "model"), "--model.dtype", "float32",
-        "--model.attn_implementation", "eager", "--data.train.0.path", str(data), "--data.train.0.rows", "4",
-        "--output_dir", str(tmp_path / "out"), "--max_steps", "2", "--bf16", "false", "--max_length", "1024",
-        "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1", "--eval_steps", "1000",
-        "--save_steps", "1000", "--layout.strategy", "cpu", "--layout.gpus_per_node", "1",
-        "--lora.vision", "true", "--model.freeze_merger", "false",
-        # The look-alike row spells out template tokens in its reasoning: trained as plain text.
-        "--escape_control_tokens", "true",
-    ]
-    if recipe.data.eval:
-        overrides += ["--data.eval.0.path", str(data), "--data.eval.0.rows", "2", "--data.eval.0.split", "train"]
+    assert recipe.training.get("reasoning_history", "drop") in ("drop", "keep") and recipe.lora is not None
+    overrides = tiny_run_overrides(recipe, tmp_path / "model", data, tmp_path / "out")
     monkeypatch.chdir(REPO)
     assert main(["--config", f"recipes/{RECIPES[family]}", *overrides]) == 0
     out = tmp_path / "out"
