@@ -95,7 +95,7 @@ def _open_file(path: str | os.PathLike, image_root: str | None) -> Image.Image:
             f"{text} is a remote image, and vlsft does not fetch remote images: download it and pass its local path "
             "(or its bytes as `{'bytes': ...}`)"
         )
-    resolved = _resolve(text, image_root)
+    resolved = resolve_path(text, image_root)
     # `Image.open` on a FIFO or a device blocks or reads forever: only regular files (after symlinks) are images.
     mode = os.stat(resolved).st_mode  # FileNotFoundError for a missing file or a dangling link
     if not stat.S_ISREG(mode):
@@ -126,10 +126,11 @@ def _to_8_bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(scaled)  # 2-D uint8: mode L
 
 
-def _resolve(path: str | os.PathLike, image_root: str | None) -> str:
+def resolve_path(path: str | os.PathLike, root: str | None) -> str:
+    """`path` joined to `root` when it is relative and a root is given (images, videos, and their file stats)."""
     path = os.fspath(path)
-    if image_root and not os.path.isabs(path):
-        return os.path.join(image_root, path)
+    if root and not os.path.isabs(path):
+        return os.path.join(root, path)
     return path
 
 
@@ -182,11 +183,6 @@ def _count_content_items(messages: list[dict[str, Any]], is_kind) -> int:
 
 
 # -- videos (decoded in `vlsft.data.video`) ------------------------------------------------------------------------------
-
-
-def resolve_path(path: str | os.PathLike, root: str | None) -> str:
-    """`path` made absolute against `root` when it is relative and a root is given."""
-    return _resolve(path, root)
 
 
 def is_video_item(item: dict[str, Any]) -> bool:

@@ -13,6 +13,7 @@ from datasets import Dataset
 from datasets.fingerprint import Hasher
 
 from vlsft.collator import VisionChatCollator
+from vlsft.data.rows import resolve_path
 
 # The modules whose logic decides a row's verdict: a change to any of them invalidates cached results. They are every
 # vlsft module the row checker imports, directly or not (tests/test_validation.py checks that none is missing).
@@ -83,7 +84,7 @@ def image_file_stats(dataset: Dataset, image_root: str | None) -> list[tuple[str
     for column in ("images", "image"):
         if column in dataset.column_names:
             for path in _image_paths(dataset.data.column(column)):
-                resolved = os.path.join(image_root, path) if image_root and not os.path.isabs(path) else path
+                resolved = resolve_path(path, image_root)
                 try:
                     info = os.stat(resolved)
                     stats.append((resolved, (info.st_size, info.st_mtime_ns, info.st_mode)))

@@ -8,6 +8,7 @@ import os
 import re
 from typing import Any
 
+from vlsft.data.rows import resolve_path
 from vlsft.recipes.mixture import hold_out, limit_rows, mixture_counts, resample
 from vlsft.recipes.registry import is_local_dataset, load_local_dataset
 from vlsft.recipes.schema import DatasetSource, Recipe, RecipeError
@@ -193,21 +194,17 @@ def _resolve_video_paths(dataset, root: str | None):
     if root is None or not is_paths:
         return dataset
     return dataset.map(
-        lambda values: {"videos": [[_join(root, v) for v in videos or []] for videos in values]},
+        lambda values: {"videos": [[resolve_path(v, root) for v in videos or []] for videos in values]},
         input_columns=["videos"], batched=True, desc="video paths",
     )
 
 
 def _resolve_image(value, image_root: str | None):
     if isinstance(value, str):
-        return {"bytes": None, "path": _join(image_root, value)}
+        return {"bytes": None, "path": resolve_path(value, image_root)}
     if isinstance(value, dict) and value.get("path") and not value.get("bytes"):
-        return {"bytes": None, "path": _join(image_root, value["path"])}
+        return {"bytes": None, "path": resolve_path(value["path"], image_root)}
     return value
-
-
-def _join(root: str | None, path: str) -> str:
-    return os.path.join(root, path) if root and not os.path.isabs(path) else path
 
 
 def _limit_source(dataset, source: DatasetSource, seed: tuple[int, ...]):
