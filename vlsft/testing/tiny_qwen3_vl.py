@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     PreTrainedTokenizerFast,
@@ -20,9 +19,9 @@ from transformers import (
     Qwen3VLVideoProcessor,
 )
 
-from vlsft.distributed import whole_model_build
 from vlsft.templates import stock_template
 from vlsft.testing.demo_data import tokenizer_corpus
+from vlsft.testing.tiny_build import instantiate
 
 # The special and added tokens of the real Qwen3-VL tokenizer that its chat template and processor use.
 SPECIAL_TOKENS = [
@@ -204,12 +203,7 @@ def build_tiny_qwen3_vl(
         tie_word_embeddings=tie_word_embeddings,
         rope_theta=rope_theta,
     )
-    torch.manual_seed(seed)
-    with whole_model_build():  # built whole even under a ZeRO-3 config; DeepSpeed partitions it when training starts
-        model = Qwen3VLForConditionalGeneration(config)
-    model.generation_config.eos_token_id = config.text_config.eos_token_id
-    model.generation_config.pad_token_id = config.text_config.pad_token_id
-    return model, processor
+    return instantiate(Qwen3VLForConditionalGeneration, config, processor, seed)
 
 
 def save_tiny_qwen3_vl(path: str | os.PathLike, seed: int = 0, **kwargs) -> Path:
