@@ -50,26 +50,36 @@ def main(argv: list[str] | None = None) -> int:
     launch = {"accelerate_config": args.accelerate_config, "port": args.main_process_port}
     try:
         recipe = load_recipe(args.config, overrides)
-        if args.num_processes is not None and gpus_per_node(recipe, args.num_processes, overrides) != recipe.layout.gpus_per_node:
-            overrides = overrides + ["--layout.gpus_per_node", str(args.num_processes // recipe.layout.nodes)]
-            recipe = load_recipe(args.config, overrides)
-        if args.dry_run:
-            from vlsft.recipes.plan import describe_plan
+        if args.num_processes is not None:
+            per_node = gpus_per_node(recipe, args.num_processes, overrides)
+            if per_node != recipe.layout.gpus_per_node:
+                overrides = overrides + ["--layout.gpus_per_node", str(per_node)]
+                recipe = load_recipe(args.config, overrides)
+        return plan_or_train(recipe, overrides, args.dry_run, launch)
+    except (RecipeError, LaunchError) as error:  # RecipeError also while loading data: a column or file is missing
+        return _refused(error)
 
-            print(describe_plan(recipe, overrides, **launch))
-            return 0
-        if args.accelerate_config or not runs_in_this_process(recipe):
-            check_launchable(recipe)
-            command = launch_argv(recipe, overrides, **launch)
-            print(f"vlsft: launching {launch_command(recipe, overrides, **launch)}", file=sys.stderr, flush=True)
-            return run_launcher(command)
-        return run_reporting_bad_rows(recipe)
-    except RecipeError as error:  # also raised while loading data: a column or file the recipe names is missing
-        print(f"vlsft: invalid recipe: {error}", file=sys.stderr)
-        return 2
-    except LaunchError as error:
-        print(f"vlsft: cannot launch: {error}", file=sys.stderr)
-        return 2
+
+def plan_or_train(recipe: Recipe, overrides: list[str], dry_run: bool, launch: dict | None = None) -> int:
+    """The dry run's plan, or the run: through `accelerate launch` when `launch` (the launcher's options, which only
+    `vlsft train` passes) is given and the layout wants several processes or sharding, else in this process."""
+    if dry_run:
+        from vlsft.recipes.plan import describe_plan
+
+        print(describe_plan(recipe, overrides, **(launch or {})))
+        return 0
+    if launch is not None and (launch["accelerate_config"] or not runs_in_this_process(recipe)):
+        check_launchable(recipe)
+        command = launch_argv(recipe, overrides, **launch)
+        print(f"vlsft: launching {launch_command(recipe, overrides, **launch)}", file=sys.stderr, flush=True)
+        return run_launcher(command)
+    return run_reporting_bad_rows(recipe)
+
+
+def _refused(error: RecipeError | LaunchError) -> int:
+    reason = "invalid recipe" if isinstance(error, RecipeError) else "cannot launch"
+    print(f"vlsft: {reason}: {error}", file=sys.stderr)
+    return 2
 
 
 def gpus_per_node(recipe: Recipe, num_processes: int, overrides: list[str]) -> int:
@@ -96,16 +106,9 @@ def run_in_process(argv: list[str] | None = None) -> int:
     args, overrides = parser("vlsft.train").parse_known_args(argv)
     show_vlsft_logs()
     try:
-        recipe = load_recipe(args.config, overrides)
-        if args.dry_run:
-            from vlsft.recipes.plan import describe_plan
-
-            print(describe_plan(recipe, overrides))
-            return 0
-        return run_reporting_bad_rows(recipe)
-    except RecipeError as error:
-        print(f"vlsft: invalid recipe: {error}", file=sys.stderr)
-        return 2
+        return plan_or_train(load_recipe(args.config, overrides), overrides, args.dry_run)
+    except (RecipeError, LaunchError) as error:
+        return _refused(error)
 
 
 def run_reporting_bad_rows(recipe: Recipe) -> int:
