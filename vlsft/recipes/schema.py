@@ -128,8 +128,8 @@ class DatasetSource:
     rows / fraction: keep this many rows / this fraction of the rows (a seeded random sample; at most one of them).
     weight: mixture weight (train sources only; see `DataSection`).
     format: how conversations are stored: `messages` (default, TRL's conversational format), `sharegpt` or `llava`
-        (a `conversations` column of `from`/`value` turns, `<image>` markers in the text), converted on load
-        (`vlsft.data.formats`).
+        (a `conversations` column of `from`/`value` turns, `<image>` / `<video>` markers in the text, optional
+        per-turn `weight` / `train`), converted on load (`vlsft.data.formats`).
     """
 
     path: str
