@@ -328,7 +328,7 @@ def test_reasoning_weight_needs_a_family_with_reasoning_markers(tmp_path):
 
 
 BAD_ROWS = [
-    ({**assistant("Red."), "weight": -1.0}, "message 1 has weight -1.0; a weight is a finite number >= 0"),
+    ({**assistant("Red."), "weight": -1.0}, "message 1 has weight -1.0; a weight is 0 (context only) or a number from 1e-06 to 1e+06"),
     ({**assistant("Red."), "weight": "heavy"}, "message 1 has weight 'heavy'"),
     ({**assistant("Red."), "weight": float("nan")}, "message 1 has weight nan"),
     ({**assistant("Red."), "train": "no"}, "message 1 has train 'no'; train is true or false"),

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from vlsft.weights import TurnWeightError, turn_weights
+from vlsft.weights import TurnWeightError, turn_weights, weight_key_problems
 
 
 def message_blocks(spans: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
@@ -54,9 +54,13 @@ class TurnWeighting:
 
     def _turn_weights(self, row: dict[str, Any], spans: list[tuple[int, int]]) -> list[float] | None:
         """The weight of each non-empty generation block, or None when all tokens weigh 1. Raises `TurnWeightError`
-        for malformed `weight` / `train` keys, when no turn is left to train, or when the blocks cannot be told apart
+        for malformed `weight` / `train` keys (or, with `assistant_only_loss=False`, keys asking for a weight other
+        than 1), when no turn is left to train, or when the blocks cannot be told apart
         per assistant message."""
-        if not self.assistant_only_loss:
+        if not self.assistant_only_loss:  # every token weighs 1; a key asking for another weight is refused
+            problems = weight_key_problems(row["messages"], assistant_only_loss=False)
+            if problems:
+                raise TurnWeightError("; ".join(problems))
             return None
         weights = turn_weights(row["messages"], self.train_on_turns)
         if not self._weights_tokens and all(w == 1 for w in weights):

@@ -3,20 +3,28 @@ a data source, or `convert_conversations` from Python).
 
 Both store `conversations`, a list of turns `{"from": "human" | "gpt" | "system" | ..., "value": "text"}`; LLaVA marks
 where each image goes with `<image>` in the text and names the image in an `image` column (ShareGPT datasets use
-`images`). A converted row has `messages` in TRL's conversational format, each `<image>` marker turned, in place, into
-an image placeholder `{"type": "image"}`. A turn that cannot be mapped does not stop the load: the row gets
-`CONVERSION_ERROR` naming the field, and validation reports it as that row's reason (`row 4: conversations[1].from
-is 'bot' ...`).
+`images`). A converted row has `messages` in TRL's conversational format, each `<image>` / `<video>` marker turned, in
+place, into an image / video placeholder (`{"type": "image"}`, `{"type": "video"}`; the files are in the `images` /
+`videos` columns). A turn's `weight` and `train` keys (axolotl / OpenHermes style) are carried over to its message,
+where they mean what they mean on a native message (`vlsft.weights`) and are checked the same way. A turn that cannot
+be mapped does not stop the load: the row gets `CONVERSION_ERROR` naming the field, and validation reports it as that
+row's reason (`row 4: conversations[1].from is 'bot' ...`).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 FORMATS = ("messages", "sharegpt", "llava")
 CONVERSATION_COLUMN = "conversations"
 CONVERSION_ERROR = "vlsft_conversion_error"
 IMAGE_MARKER = "<image>"
+VIDEO_MARKER = "<video>"
+MARKERS = {IMAGE_MARKER: "image", VIDEO_MARKER: "video"}
+_MARKER_SPLIT = re.compile("(" + "|".join(re.escape(marker) for marker in MARKERS) + ")")
+# Per-turn keys a message keeps: their meaning and checks are those of native messages (`vlsft.weights`).
+CARRIED_KEYS = ("weight", "train")
 ROLES = {
     "human": "user",
     "user": "user",
@@ -46,18 +54,23 @@ def convert_row(conversations: Any) -> tuple[list[dict[str, Any]], str]:
             return [], f"{where}.from is {speaker!r}; the known speakers are {', '.join(ROLES)}"
         if not isinstance(value, str):
             return [], f"{where}.value must be a string, got {type(value).__name__}"
-        messages.append({"role": role, "content": _content(value)})
+        # Every key present is copied, None included: rows read from Arrow all have the same keys, so the converted
+        # messages do too.
+        carried = {key: turn[key] for key in CARRIED_KEYS if key in turn}
+        messages.append({"role": role, "content": _content(value), **carried})
     return messages, ""
 
 
 def _content(text: str) -> list[dict[str, Any]]:
-    """Text with `<image>` markers as content items, each marker an image placeholder where it stood. The newline
+    """Text with `<image>` / `<video>` markers as content items, each marker a placeholder where it stood. The newline
     LLaVA writes between a marker and the text (`<image>\nWhat is ...`) is dropped: the template separates them."""
-    parts = text.split(IMAGE_MARKER)
+    parts = _MARKER_SPLIT.split(text)  # text, marker, text, marker, ..., text
     items: list[dict[str, Any]] = []
     for number, part in enumerate(parts):
+        if number % 2:
+            items.append({"type": MARKERS[part], "text": None})
+            continue
         if number > 0:
-            items.append({"type": "image", "text": None})
             part = part.removeprefix("\n")
         if number < len(parts) - 1:
             part = part.removesuffix("\n")
@@ -80,7 +93,8 @@ def convert_conversations(dataset, format: str = "sharegpt"):
     if CONVERSATION_COLUMN not in dataset.column_names:
         raise ValueError(
             f"format {format!r} reads a `{CONVERSATION_COLUMN}` column, and the dataset has none (columns: "
-            f"{dataset.column_names}); map one with `columns: {{{CONVERSATION_COLUMN}: <column>}}`"
+            f"{dataset.column_names}); map one with `columns: {{{CONVERSATION_COLUMN}: <column>}}` in a recipe, or "
+            f"`dataset.rename_column(<column>, {CONVERSATION_COLUMN!r})` in Python"
         )
     drop = [CONVERSATION_COLUMN] + [c for c in ("messages", CONVERSION_ERROR) if c in dataset.column_names]
     return dataset.map(convert_batch, batched=True, remove_columns=drop, desc=f"converting {format} conversations")
@@ -95,7 +109,7 @@ def looks_like(column_names: list[str], first_row: dict[str, Any] | None) -> str
     if not isinstance(first, dict) or "from" not in first:
         return "sharegpt"
     text = " ".join(str(t.get("value")) for t in turns if isinstance(t, dict))
-    return "llava" if IMAGE_MARKER in text or "image" in column_names else "sharegpt"
+    return "llava" if any(m in text for m in MARKERS) or "image" in column_names else "sharegpt"
 
 
 def missing_messages_message(column_names: list[str], first_row: dict[str, Any] | None, where: str) -> str:

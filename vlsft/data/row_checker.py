@@ -19,7 +19,7 @@ from vlsft.data.message_checks import message_problems, row_problems
 from vlsft.families import FAMILIES
 from vlsft.templates import detect_family
 from vlsft.tokens import IGNORE_INDEX
-from vlsft.weights import TurnWeightError, turn_weights
+from vlsft.weights import TurnWeightError, turn_weights, weight_key_problems
 
 
 @dataclass
@@ -81,7 +81,7 @@ class RowChecker:
                     for i, message in enumerate(row["messages"])
                     if i > 0 and message.get("role") == "system"
                 ]
-            if not problems and getattr(self.collator, "assistant_only_loss", True):
+            if not problems:
                 problems = self._weight_problems(row["messages"])
             if problems:
                 verdicts[position] = RowVerdict("; ".join(problems))
@@ -100,7 +100,10 @@ class RowChecker:
         return verdicts
 
     def _weight_problems(self, messages: list[dict[str, Any]]) -> list[str]:
-        """Malformed `weight` / `train` keys, or no assistant turn left to train on."""
+        """Malformed `weight` / `train` keys, or no assistant turn left to train on; with `assistant_only_loss=False`,
+        keys asking for a weight other than 1 (that loss supervises every token alike)."""
+        if not getattr(self.collator, "assistant_only_loss", True):
+            return weight_key_problems(messages, assistant_only_loss=False)
         try:
             turn_weights(messages, getattr(self.collator, "train_on_turns", "all"))
         except TurnWeightError as error:

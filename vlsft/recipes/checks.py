@@ -73,6 +73,11 @@ def check_values(recipe: Recipe) -> None:
             if target not in SOURCE_COLUMNS:
                 unknown_key(target, SOURCE_COLUMNS, where=f"{where}.columns",
                          what="target column")
+            if target == "conversations" and source.format == "messages":
+                raise RecipeError(
+                    f"`{where}.columns.conversations` names ShareGPT / LLaVA turns, which only `format: sharegpt` or "
+                    f"`format: llava` reads; set `{where}.format`, or map a column of TRL messages to `messages`."
+                )
         if is_local_dataset(source.path) and source.rows is None:
             raise RecipeError(f"`{where}`: `{source.path}` is generated; say how many with `rows`.")
         if is_local_dataset(source.path) and source.fraction is not None:

@@ -12,6 +12,7 @@ data:
   train:
     - path: data/train.jsonl                 # Hub name, JSONL / JSON / Parquet file or glob, image folder
       columns: {messages: conversations}     # rename source columns to `messages` / `images` / `image` / `videos` / `tools`
+                                             # (or `conversations`, with `format: sharegpt` / `llava`)
       weight: 2
     - path: HuggingFaceH4/llava-instruct-mix-vsft
       split: train
@@ -45,7 +46,7 @@ from vlsft.recipes import layouts
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
 SOURCE_FORMATS = ("messages", "sharegpt", "llava")
-SOURCE_COLUMNS = ("messages", "images", "image", "videos", "tools")
+SOURCE_COLUMNS = ("messages", "images", "image", "videos", "tools", "conversations")  # conversations: sharegpt / llava
 
 
 class RecipeError(ValueError):
@@ -120,14 +121,15 @@ class DatasetSource:
     path: a `datasets` Hub name, a local .jsonl / .json / .parquet file (or a glob of them), a local directory
         (an image folder with a metadata.jsonl holding `messages`, or data files), or `demo-shapes`.
     name: the Hub dataset's configuration. split: which split (slicing such as `train[:1000]` works).
-    columns: `{target: source column}` to rename columns to `messages`, `images`, `image`, `videos`, `tools`.
+    columns: `{target: source column}` to rename columns to `messages`, `images`, `image`, `videos`, `tools`, or
+        `conversations` (the turns that `format: sharegpt` / `llava` converts).
     image_root: directory that relative image paths resolve against. Default: `training.image_root` if set, else
         the directory of a local data file.
     rows / fraction: keep this many rows / this fraction of the rows (a seeded random sample; at most one of them).
     weight: mixture weight (train sources only; see `DataSection`).
     format: how conversations are stored: `messages` (default, TRL's conversational format), `sharegpt` or `llava`
-        (a `conversations` column of `from`/`value` turns, `<image>` markers in the text), converted on load
-        (`vlsft.data.formats`).
+        (a `conversations` column of `from`/`value` turns, `<image>` / `<video>` markers in the text, optional
+        per-turn `weight` / `train`), converted on load (`vlsft.data.formats`).
     """
 
     path: str
