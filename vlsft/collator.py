@@ -185,8 +185,10 @@ class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, VideoExpan
         kept_ids = torch.tensor(self.image_feature_token_ids + ([self.video_token_id] if videos else []))
         for index, (ids, supervised) in enumerate(zip(sequences, masks)):
             if self.max_length is not None and len(ids) > self.max_length:
-                if bool(torch.isin(ids[self.max_length :], kept_ids).any()):
-                    what = "image or video" if videos else "image"
+                cut_off = ids[self.max_length :]
+                if bool(torch.isin(cut_off, kept_ids).any()):
+                    cuts = (("image", torch.isin(cut_off, feature_ids)), ("video", cut_off == self.video_token_id))
+                    what = " and ".join(kind for kind, cut in cuts if bool(cut.any()))
                     raise RowError(index, f"max_length={self.max_length} cuts {what} tokens (row has {len(ids)} tokens)")
                 ids, supervised = ids[: self.max_length], supervised[: self.max_length]
             # Vision tokens are inputs, never targets, whatever the template marked.
