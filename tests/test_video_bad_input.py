@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from datasets import Dataset, load_from_disk
 from PIL import Image
+from transformers.video_utils import load_video as transformers_load_video
 
 from tests.conftest import assistant
 from vlsft.collation.rendering import RowError
@@ -95,10 +96,13 @@ def test_a_phone_clip_decodes_upright_on_every_route(tmp_path, clockwise, hflip,
 
 @pytest.mark.parametrize("clockwise", [90, 180, 270])
 def test_a_seeking_h264_phone_clip_has_its_markers_in_the_upright_corners(tmp_path, clockwise):
-    """Frames reached by seeking to keyframes (H.264, a keyframe every 4 frames) carry the display matrix too."""
+    """Frames reached by seeking to keyframes (H.264, a keyframe every 4 frames) carry the display matrix too; they
+    are exactly transformers' own PyAV frames (stored orientation) turned clockwise."""
     path = phone_clip(tmp_path / "phone", clockwise, carrier=(".mp4", None), count=12, options={"g": "4", "bf": "0"})
     video = load_video(str(path), None, lambda metadata: [1, 6, 11], None)
     assert video.frames.shape == (3, 64, 48, 3) and video.decoded_frames < 12
+    stored, _ = transformers_load_video(str(path), backend="pyav", sample_indices_fn=lambda metadata, **_: np.array([1, 6, 11]))
+    assert np.array_equal(video.frames, np.rot90(stored, k=-clockwise // 90, axes=(1, 2)))
     corners = {RED: (slice(2, 14), slice(2, 14)), BLUE: (slice(2, 14), slice(-14, -2)),
                GREEN: (slice(-14, -2), slice(2, 14)), BACKGROUND: (slice(-14, -2), slice(-14, -2))}
     for color, (rows_, columns) in corners.items():

