@@ -121,6 +121,19 @@ def test_a_rotated_clip_collates_as_its_upright_twin(collator, tmp_path):
     assert validate_rows([row(str(phone))], collator).problems == []
 
 
+def test_a_frame_list_of_phone_photos_is_upright(tmp_path):
+    """The frame-list route: each frame, a path or a PIL image, gets its EXIF orientation like any photo."""
+    paths = []
+    for number, frame in enumerate(upright_frames()):
+        stored = Image.fromarray(np.ascontiguousarray(np.rot90(frame)))  # stored turned back, counter-clockwise
+        exif = stored.getexif()
+        exif[0x0112] = 6  # EXIF: turn 90 degrees clockwise to view
+        paths.append(tmp_path / f"{number}.png")
+        stored.save(paths[-1], exif=exif)
+    for frames in ([str(path) for path in paths], {"frames": [Image.open(path) for path in paths], "fps": 2.0}):
+        assert np.array_equal(load_video(frames, None, every_frame, None).frames, np.stack(upright_frames()))
+
+
 def test_an_unrotated_clip_is_decoded_untouched(tmp_path):
     """No display matrix and no tag: the frames are the stored ones (the processor-equality tests of test_video.py
     cover the rest)."""
