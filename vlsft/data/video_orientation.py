@@ -60,8 +60,7 @@ class Turn(NamedTuple):
 UPRIGHT = Turn()
 # Clockwise degrees of a `rotate` tag -> the turn it asks for.
 _CLOCKWISE = {0: UPRIGHT, 90: Turn(True, False, True), 180: Turn(False, True, True), 270: Turn(True, True, False)}
-
-
+# How refusals name a turn.
 _NAMES = {
     **{turn: f"{degrees} degrees clockwise" for degrees, turn in _CLOCKWISE.items()},
     UPRIGHT: "upright",
@@ -70,10 +69,6 @@ _NAMES = {
     Turn(True, False, False): "transposed",
     Turn(True, True, True): "transposed and turned 180 degrees",
 }
-
-
-def _describe(turn: Turn) -> str:
-    return _NAMES[turn]
 
 
 def rotate_tag_turn(metadata: dict[str, str]) -> Turn | None:
@@ -119,7 +114,7 @@ def frame_turn(side_data: bytes | None, tag: Turn | None) -> Turn:
     turn = display_matrix_turn(side_data)
     if tag is not None and tag != turn:
         raise UnsupportedOrientation(
-            f"has a display matrix ({_describe(turn)}) and a `rotate` tag ({_describe(tag)}) that disagree on how to "
+            f"has a display matrix ({_NAMES[turn]}) and a `rotate` tag ({_NAMES[tag]}) that disagree on how to "
             f"turn it upright; "
             f"{_REENCODE}, or remove the stale tag"
         )
