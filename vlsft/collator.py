@@ -182,12 +182,14 @@ class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, VideoExpan
         vision_ids = torch.tensor(sorted(self._vision_token_ids))
         feature_ids = torch.tensor(self.image_feature_token_ids)
         # Tokens that truncation must not cut: image features, and video features and their timestamps.
-        kept_ids = torch.tensor(self.image_feature_token_ids + ([self.video_token_id] if videos else []))
+        video_ids = torch.tensor([self.video_token_id] if videos else [], dtype=torch.long)
+        kept_ids = {"image": feature_ids, "video": video_ids}
         for index, (ids, supervised) in enumerate(zip(sequences, masks)):
             if self.max_length is not None and len(ids) > self.max_length:
-                if bool(torch.isin(ids[self.max_length :], kept_ids).any()):
-                    what = "image or video" if videos else "image"
-                    raise RowError(index, f"max_length={self.max_length} cuts {what} tokens (row has {len(ids)} tokens)")
+                cut_off = ids[self.max_length :]
+                cut = " and ".join(kind for kind, kind_ids in kept_ids.items() if torch.isin(cut_off, kind_ids).any())
+                if cut:
+                    raise RowError(index, f"max_length={self.max_length} cuts {cut} tokens (row has {len(ids)} tokens)")
                 ids, supervised = ids[: self.max_length], supervised[: self.max_length]
             # Vision tokens are inputs, never targets, whatever the template marked.
             sequences[index] = ids

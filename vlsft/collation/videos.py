@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from vlsft.collation.rendering import RowError
-from vlsft.data.rows import placeholder_mismatch, row_videos
+from vlsft.data.rows import VideosNotAListError, placeholder_mismatch, row_videos
 from vlsft.data.video import LoadedVideo, VideoLoadError, load_video
 from vlsft.families import FAMILIES
 
@@ -73,7 +73,10 @@ class VideoExpansion:
 
     def _row_videos(self, index: int, row: dict[str, Any], pieces: list[tuple[str, bool]]):
         """A row's videos, decoded, after checking they match its placeholders; errors name the row and video."""
-        values = row_videos(row)
+        try:
+            values = row_videos(row)
+        except VideosNotAListError as error:
+            raise RowError(index, str(error)) from error
         if self.video_token is None:
             if values:
                 raise RowError(index, f"{self.family.display_name} is not trained on videos by vlsft (video families: "

@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from vlsft.collator import VisionChatCollator
-from vlsft.data.rows import ImagesNotAListError, row_images
+from vlsft.data.rows import ImagesNotAListError, VideosNotAListError, row_images, row_videos
 
 KNOWN_ROLES = ("system", "user", "assistant", "tool")
 CONTENT_TYPES = ("text", "image", "video")
@@ -107,7 +107,7 @@ def _arguments_problem(arguments: Any) -> str:
 
 
 def row_problems(row: dict[str, Any], collator: VisionChatCollator) -> list[str]:
-    """Problems of a row beyond its messages' shape: `images` not a list, control-token text in a message."""
+    """Problems of a row beyond its messages' shape: `images` or `videos` not a list, control-token text in a message."""
     problems = []
     images = row.get("images")
     if images is not None and not isinstance(images, (list, tuple)):
@@ -115,6 +115,10 @@ def row_problems(row: dict[str, Any], collator: VisionChatCollator) -> list[str]
             row_images(row)
         except ImagesNotAListError as error:
             problems.append(str(error))
+    try:
+        row_videos(row)
+    except VideosNotAListError as error:
+        problems.append(str(error))
     if not collator.escape_control_tokens:
         problems.extend(control_token_problems(row["messages"], collator))
     problems.extend(tool_call_control_token_problems(row["messages"], collator))

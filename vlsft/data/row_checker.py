@@ -125,17 +125,19 @@ class RowChecker:
         image_end: int,
         supervised_positions: list[int],
         end_of_turn_positions: list[int] = (),
+        video_end: int = 0,
     ) -> RowVerdict:
-        """The verdict on a row of `length` tokens (images expanded, before truncation) whose image tokens end at
-        `image_end`, whose supervised targets sit at `supervised_positions` (all >= 1: labels are shifted) and whose
-        supervised end-of-turn tokens sit at `end_of_turn_positions`."""
+        """The verdict on a row of `length` tokens (images and videos expanded, before truncation) whose image
+        (video) tokens end at `image_end` (`video_end`), supervised targets at `supervised_positions` (>= 1: labels
+        are shifted), supervised end-of-turn tokens at `end_of_turn_positions`."""
         max_length = self.collator.max_length
         kept = length if max_length is None else min(length, max_length)
         num_supervised = sum(1 for p in supervised_positions if p < kept)
         verdict = RowVerdict("", length, num_supervised, len(supervised_positions) - num_supervised)
-        if max_length is not None and image_end > max_length:
-            verdict.reason = (
-                f"max_length={max_length} cuts image tokens (row is {length} tokens, image tokens end at {image_end})"
+        cut = [(kind, end) for kind, end in (("image", image_end), ("video", video_end)) if end > kept]
+        if cut:
+            verdict.reason = f"max_length={max_length} cuts {' and '.join(kind for kind, _ in cut)} tokens (row is " + (
+                f"{length} tokens, {', '.join(f'{kind} tokens end at {end}' for kind, end in cut)})"
             )
         elif num_supervised == 0 and max_length is not None and supervised_positions:
             verdict.reason = (
@@ -188,7 +190,7 @@ class RowChecker:
 
         vision_ids = self.collator._vision_token_ids
         # Walk the unexpanded ids with the position each token lands on once image pads are expanded.
-        position, image_end, supervised_positions, image_number, end_positions = 0, 0, [], 0, []
+        position, image_end, video_end, supervised_positions, image_number, end_positions = 0, 0, 0, [], 0, []
         for token, supervised in zip(rendered.input_ids, rendered.trained):
             if token == self.collator.image_token_id:
                 position += image_tokens[image_number]
@@ -197,14 +199,14 @@ class RowChecker:
                 continue
             if video_tokens and token == self.collator.video_token_id:
                 position += video_tokens.pop(0)
-                image_end = position  # truncation must not cut a video's tokens either
+                video_end = position  # truncation must not cut a video's tokens either
                 continue
             if supervised and token not in vision_ids and position > 0:
                 supervised_positions.append(position)
                 if token == self.end_of_turn_id:
                     end_positions.append(position)
             position += 1
-        return self._length_verdict(position, image_end, supervised_positions, end_positions)
+        return self._length_verdict(position, image_end, supervised_positions, end_positions, video_end)
 
     def image_token_count(self, height: int, width: int) -> int:
         """Tokens one image expands to, from its size alone, through the image processor's own resize rule."""
@@ -230,9 +232,11 @@ class RowChecker:
         feature_ids = getattr(self.collator, "image_feature_token_ids", None) or [self.collator.image_token_id]
         image_positions = torch.isin(ids, torch.tensor(feature_ids)).nonzero().flatten().tolist()
         image_end = image_positions[-1] + 1 if image_positions else 0
+        video_token_id = getattr(self.collator, "video_token_id", None)
+        video_end = int((ids == video_token_id).nonzero().max()) + 1 if video_token_id in ids.tolist() else 0
         supervised_positions = [p for p in (batch["labels"][0, :length] != IGNORE_INDEX).nonzero().flatten().tolist() if p > 0]
         end_positions = [p for p in supervised_positions if int(ids[p]) == self.end_of_turn_id]
-        return self._length_verdict(length, image_end, supervised_positions, end_positions)
+        return self._length_verdict(length, image_end, supervised_positions, end_positions, video_end)
 
     # -- as a `Dataset.map` function -----------------------------------------------------------------------------
 

@@ -32,6 +32,10 @@ class ImagesNotAListError(ValueError):
     """A row's `images` is a single value (a path, a PIL image) instead of a list of them."""
 
 
+class VideosNotAListError(ValueError):
+    """A row's `videos` is a single value (a path, a frame-list dict) instead of a list of them."""
+
+
 def row_images(row: dict[str, Any]) -> list[Any]:
     """The raw image values of a row, in placeholder order: the `images` column, a single `image`, or images given
     inline in the placeholders (`{"type": "image", "image": ...}`)."""
@@ -198,7 +202,14 @@ def row_videos(row: dict[str, Any]) -> list[Any]:
     """The raw video values of a row, in placeholder order: the `videos` column, a single `video`, or videos given
     inline in the placeholders (`{"type": "video", "video": ...}`)."""
     if row.get("videos") is not None:
-        return list(row["videos"])
+        videos = row["videos"]
+        if not isinstance(videos, (list, tuple)):
+            # `list("clip.mp4")` would be 8 one-letter paths, `list({"frames": ..., "fps": 2})` two: say what is wrong.
+            raise VideosNotAListError(
+                f"`videos` must be a list, got {type(videos).__name__} {repr(videos)[:60]}; write `videos: [value]` "
+                "for one video (a frame list `{frames: [...], fps: N}` is one video), or use the singular `video` column"
+            )
+        return list(videos)
     if row.get("video") is not None:
         return [row["video"]]
     return [

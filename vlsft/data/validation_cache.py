@@ -25,6 +25,8 @@ VERDICT_MODULES = (
     "vlsft.data.formats",
     "vlsft.data.rows",
     "vlsft.data.video",
+    "vlsft.data.video_values",
+    "vlsft.data.video_orientation",
     "vlsft.collator",
     "vlsft.collation.rendering",
     "vlsft.collation.weighting",
@@ -39,10 +41,11 @@ VERDICT_MODULES = (
 
 
 def validation_fingerprint(dataset: Dataset, collator: VisionChatCollator, allow_truncated_end_of_turn: bool = False) -> str:
-    """A fingerprint of everything a row's verdict depends on: the dataset's content, the image files it names (size
-    and modification time of each), the collator's settings, the tokenizer, the image processor, this check's code
-    and the versions of the libraries that decode and tokenize. Built from plain values so that it is the same in every
-    process (hashing the collator object itself would pickle the whole processor)."""
+    """A fingerprint of everything a row's verdict depends on: the dataset's content, the image and video files it
+    names (size and modification time of each), the collator's settings, the tokenizer, the image and video
+    processors, this check's code and the versions of the libraries that decode and tokenize. Built from plain values
+    so that it is the same in every process (hashing the collator object itself would pickle the whole processor)."""
+    import av
     import PIL
     import tokenizers
     import transformers
@@ -56,7 +59,7 @@ def validation_fingerprint(dataset: Dataset, collator: VisionChatCollator, allow
         [
             "vlsft-validate-rows",
             dataset._fingerprint,
-            image_file_stats(dataset, collator.image_root),
+            media_file_stats(dataset, collator.image_root, _video_root(collator)),
             collator.chat_template,
             collator.max_length,
             collator.image_root,
@@ -69,47 +72,68 @@ def validation_fingerprint(dataset: Dataset, collator: VisionChatCollator, allow
             allow_truncated_end_of_turn,
             type(collator).__qualname__,
             tokenizer_state,
-            image_processor.to_json_string() if hasattr(image_processor, "to_json_string") else repr(image_processor),
+            *(_processor_state(processor) for processor in (image_processor, getattr(collator, "video_processor", None))),
             sources,
-            [PIL.__version__, transformers.__version__, tokenizers.__version__, torch.__version__],
+            [PIL.__version__, av.__version__, transformers.__version__, tokenizers.__version__, torch.__version__],
         ]
     )
 
 
-def image_file_stats(dataset: Dataset, image_root: str | None) -> list[tuple[str, Any]]:
-    """(path, (size, mtime_ns, mode)) of every image file the dataset's `images` / `image` columns name by path: a
-    file emptied, replaced or deleted since a validated run changes the fingerprint, so its rows are checked again.
-    (Images stored as bytes are part of the dataset's own fingerprint; only the path column is read, not the bytes.)"""
+def _processor_state(processor) -> str:
+    return processor.to_json_string() if hasattr(processor, "to_json_string") else repr(processor)
+
+
+def _video_root(collator: VisionChatCollator) -> str | None:
+    """The directory relative video paths are read from (`VideoExpansion.load_videos`)."""
+    root = getattr(collator, "video_root", None)
+    return root if root is not None else collator.image_root
+
+
+def media_file_stats(dataset: Dataset, image_root: str | None, video_root: str | None) -> list[tuple[str, Any]]:
+    """(path, (size, mtime_ns, mode)) of every image and video file the dataset names by path: in the `images` /
+    `image` / `videos` / `video` columns (a frame list's frames included) and inline in the messages' image and video
+    items. A file emptied, replaced or deleted since a validated run changes the fingerprint, so its rows are checked
+    again. (Media stored as bytes are part of the dataset's own fingerprint; only path strings are read, not bytes.)"""
+    columns = [("images", image_root), ("image", image_root), ("videos", video_root), ("video", video_root)]
+    named = [(_media_paths(dataset.data.column(name)), root) for name, root in columns if name in dataset.column_names]
+    if "messages" in dataset.column_names:
+        for kind, root in (("image", image_root), ("video", video_root)):
+            named.append((_media_paths(dataset.data.column("messages"), inline=kind), root))
     stats = []
-    for column in ("images", "image"):
-        if column in dataset.column_names:
-            for path in _image_paths(dataset.data.column(column)):
-                resolved = resolve_path(path, image_root)
-                try:
-                    info = os.stat(resolved)
-                    stats.append((resolved, (info.st_size, info.st_mtime_ns, info.st_mode)))
-                except OSError as error:
-                    stats.append((resolved, type(error).__name__))
+    for paths, root in named:
+        for path in paths:
+            resolved = resolve_path(path, root)
+            try:
+                info = os.stat(resolved)
+                stats.append((resolved, (info.st_size, info.st_mtime_ns, info.st_mode)))
+            except OSError as error:
+                stats.append((resolved, type(error).__name__))
     return stats
 
 
-def _image_paths(column) -> list[str]:
-    """The file paths in an Arrow image column (paths, `{bytes, path}` structs, or lists of either), leaving out
-    images stored as bytes."""
+def _media_paths(column, inline: str | None = None) -> list[str]:
+    """The file paths in an Arrow column of media values: paths, `{bytes, path}` structs (leaving out those stored as
+    bytes), frame lists (`{frames, fps}` structs or lists), or lists of any of these. `inline`: the column holds
+    messages, and the paths are those of their content items' `inline` field ("image" or "video")."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     values = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     while pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
         values = pc.list_flatten(values)
-    if pa.types.is_struct(values.type):
-        names = [values.type.field(i).name for i in range(values.type.num_fields)]
-        if "path" not in names:
-            return []
-        paths = values.field("path")
-        if "bytes" in names:
-            paths = pc.filter(paths, pc.is_null(values.field("bytes")))
-        values = paths
-    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+    if inline is None and (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        return [path for path in values.to_pylist() if path]
+    if not pa.types.is_struct(values.type):
         return []
-    return [path for path in values.to_pylist() if path]
+    names = [values.type.field(i).name for i in range(values.type.num_fields)]
+    if inline is not None:  # messages -> content items (a string content has none) -> their `inline` field
+        if "content" in names:
+            return _media_paths(values.field("content"), inline)
+        return _media_paths(values.field(inline)) if inline in names else []
+    paths = []
+    if "path" in names:
+        stored = values.field("path")
+        paths += _media_paths(pc.filter(stored, pc.is_null(values.field("bytes"))) if "bytes" in names else stored)
+    if "frames" in names:
+        paths += _media_paths(values.field("frames"))
+    return paths

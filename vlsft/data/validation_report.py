@@ -81,6 +81,9 @@ def skip_summary(label: str, result: ValidationResult) -> str:
 def _reason_kind(reason: str) -> str:
     """A short category of a reason, for the skip summary."""
     for marker, kind in (
+        ("`videos` must be a list", "videos not a list"),
+        ("cuts video tokens", "video tokens truncated"),
+        ("cuts image and video tokens", "image and video tokens truncated"),
         ("video placeholder(s) but", "video/placeholder mismatch"),
         ("video placeholder(s)", "unrendered video"),
         ("frame(s) sampled", "too few video frames"),

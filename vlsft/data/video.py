@@ -1,4 +1,5 @@
-"""Videos in conversation rows: what a video value may be, and decoding only the frames the processor samples.
+"""Videos in conversation rows: what a video value may be (checked in `vlsft.data.video_values`), and decoding only
+the frames the processor samples.
 
 A video is
 - a file path (absolute, or relative to a video root) to an mp4, webm, mkv, avi, mov or gif file;
@@ -9,39 +10,37 @@ Files are decoded with PyAV (FFmpeg bundled in its wheels, the default backend o
 container is read twice: once without decoding (its packets' timestamps give the frame count and the keyframes), then
 the decoder seeks to the keyframe before each sampled frame and decodes from there up to that frame, so a long video
 costs about as many decoded frames as are sampled, not as many as it has. Frame `i` is the `i`-th frame in
-presentation order, as `transformers.video_utils.read_video_pyav` counts it.
+presentation order, as `transformers.video_utils.read_video_pyav` counts it. Frames are turned upright by the
+file's display matrix or `rotate` tag (`vlsft.data.video_orientation`), as players show them.
 """
 
 from __future__ import annotations
 
 import bisect
 import io
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from transformers.video_utils import VideoMetadata
 
-from vlsft.data.rows import ImageLoadError, load_image, resolve_path
-
-class VideoLoadError(ValueError):
-    """A video could not be read, decoded or sampled. The message reads on from "video N " (e.g. "not found: x.mp4",
-    "cannot be decoded (...)")."""
+from vlsft.data.video_values import VideoLoadError, frame_list, is_frame_list, load_frame, video_source
+from vlsft.data.video_orientation import Turn, UnsupportedOrientation, frame_turn, rotate_tag_turn
 
 
 @dataclass
 class VideoProbe:
     """What a video file says about itself without decoding a frame: its frames' timestamps (presentation order),
-    the timestamps of its keyframes, its frame rate and size."""
+    the timestamps of its keyframes, its frame rate, its stored size (before turning upright) and the turn its
+    `rotate` tag asks for (None without one)."""
 
     frame_pts: list[int]
     keyframe_pts: list[int]
     fps: float | None
     width: int
     height: int
+    rotate_tag: Turn | None = None
 
     @property
     def total_frames(self) -> int:
@@ -58,10 +57,6 @@ class LoadedVideo:
     decoded_frames: int = 0  # frames the decoder produced to reach them (a file's), which seeking keeps low
 
 
-def is_frame_list(value: Any) -> bool:
-    return isinstance(value, (list, tuple)) or (isinstance(value, dict) and value.get("frames") is not None)
-
-
 def load_video(
     value: Any, root: str | None, sample_indices: Callable[[VideoMetadata], Sequence[int]], default_fps: float | None
 ) -> LoadedVideo:
@@ -71,15 +66,15 @@ def load_video(
     at the rate the processor samples at, so by default all of them are kept.
     """
     if is_frame_list(value):
-        frames, fps = _frame_list(value)
+        frames, fps = frame_list(value)
         metadata = VideoMetadata(total_num_frames=len(frames), fps=fps if fps is not None else default_fps)
         indices = _indices(sample_indices, metadata)
-        pictures = [np.asarray(_load_frame(frames[i], root, i)) for i in indices]
+        pictures = [np.asarray(load_frame(frames[i], root, i)) for i in indices]
         if len({picture.shape for picture in pictures}) > 1:
             sizes = sorted({picture.shape[:2] for picture in pictures})
             raise VideoLoadError(f"has frames of different sizes ({sizes}); resize them alike")
         return _loaded(np.stack(pictures), metadata, indices)
-    source = _source(value, root)
+    source = video_source(value, root)
     probe = probe_video(value, root)
     metadata = VideoMetadata(
         total_num_frames=probe.total_frames,
@@ -94,8 +89,11 @@ def load_video(
         frames, decoded = _decode_frames(source, probe, indices)
     except VideoLoadError:
         raise
+    except UnsupportedOrientation as error:
+        raise VideoLoadError(str(error)) from error
     except Exception as error:  # FFmpeg errors: truncated or corrupt streams
         raise VideoLoadError(f"cannot be decoded ({type(error).__name__}: {error})") from error
+    metadata.height, metadata.width = frames.shape[1:3]  # as displayed: a quarter turn swaps them
     video = _loaded(frames, metadata, indices)
     video.decoded_frames = decoded
     return video
@@ -105,12 +103,16 @@ def probe_video(value: Any, root: str | None = None) -> VideoProbe:
     """Open a video file (path, bytes or dict) and read its packets without decoding them."""
     import av
 
-    source = _source(value, root)
+    source = video_source(value, root)
     try:
         with av.open(source) as container:
             if not container.streams.video:
-                raise VideoLoadError("has no frames (no video stream)")
+                others = sorted({stream.type for stream in container.streams})
+                raise VideoLoadError(
+                    f"has no video stream (only {', '.join(others)})" if others else "has no frames (an empty container)"
+                )
             stream = container.streams.video[0]
+            rotate_tag = rotate_tag_turn(dict(stream.metadata))
             frame_pts, keyframe_pts = [], []
             for packet in container.demux(stream):
                 if packet.pts is None or packet.size == 0:  # the flush packet at the end
@@ -123,50 +125,24 @@ def probe_video(value: Any, root: str | None = None) -> VideoProbe:
             width, height = stream.codec_context.width, stream.codec_context.height
     except VideoLoadError:
         raise
+    except UnsupportedOrientation as error:
+        raise VideoLoadError(str(error)) from error
+    except av.error.EOFError as error:  # Matroska with no frame ends before its first cluster
+        raise VideoLoadError("has no frames (the file ends before its first frame: empty or cut short)") from error
     except Exception as error:  # av.error.InvalidDataError and friends: not a video FFmpeg can read
         raise VideoLoadError(f"cannot be decoded ({type(error).__name__}: {error})") from error
     if not frame_pts:
         raise VideoLoadError("has no frames")
     _rewind(source)
-    return VideoProbe(sorted(frame_pts), sorted(keyframe_pts), fps, width, height)
+    return VideoProbe(sorted(frame_pts), sorted(keyframe_pts), fps, width, height, rotate_tag)
 
 
 # -- internals -----------------------------------------------------------------------------------------------------
 
 
-def _source(value: Any, root: str | None):
-    """What `av.open` takes for a video value: a path (checked to exist) or an in-memory file."""
-    if isinstance(value, (bytes, bytearray)):
-        return io.BytesIO(value)
-    if isinstance(value, dict) and value.get("bytes"):
-        return io.BytesIO(value["bytes"])
-    if isinstance(value, dict) and value.get("path"):
-        value = value["path"]
-    if isinstance(value, (str, os.PathLike)):
-        path = resolve_path(value, root)
-        if not os.path.isfile(path):
-            raise VideoLoadError(f"not found: {path}")
-        return path
-    raise VideoLoadError(f"is an unsupported value of type {type(value).__name__}")
-
-
 def _rewind(source) -> None:
     if isinstance(source, io.BytesIO):
         source.seek(0)
-
-
-def _frame_list(value: Any) -> tuple[list[Any], float | None]:
-    frames, fps = (value["frames"], value.get("fps")) if isinstance(value, dict) else (value, None)
-    if not frames:
-        raise VideoLoadError("is an empty frame list")
-    return list(frames), (float(fps) if fps else None)
-
-
-def _load_frame(frame: Any, root: str | None, index: int) -> Image.Image:
-    try:
-        return load_image(frame, root)
-    except ImageLoadError as error:
-        raise VideoLoadError(f"frame {index}: {error}") from error
 
 
 def _indices(sample_indices, metadata: VideoMetadata) -> list[int]:
@@ -210,7 +186,7 @@ def _decode_frames(source, probe: VideoProbe, indices: list[int]) -> tuple[np.nd
                     break  # no timestamps to seek by: decode sequentially below
                 position = frame.pts
                 if position in wanted_set and position not in found:
-                    found[position] = frame.to_ndarray(format="rgb24")
+                    found[position] = _upright(frame, probe)
                 if position >= target:
                     break
             if target not in found:
@@ -222,6 +198,13 @@ def _decode_frames(source, probe: VideoProbe, indices: list[int]) -> tuple[np.nd
     return np.stack([found[probe.frame_pts[i]] for i in indices]), decoded
 
 
+def _upright(frame, probe: VideoProbe) -> np.ndarray:
+    """A decoded frame as RGB pixels turned as players show it (its display matrix, else the stream's `rotate` tag)."""
+    matrix = frame.side_data.get("DISPLAYMATRIX")
+    turn = frame_turn(bytes(matrix) if matrix is not None else None, probe.rotate_tag)
+    return turn.rgb(frame)
+
+
 def _decode_sequentially(source, probe: VideoProbe, indices: list[int]) -> dict[int, np.ndarray]:
     """Fallback for streams whose frames carry no usable timestamps: decode from the start, counting frames."""
     import av
@@ -231,7 +214,7 @@ def _decode_sequentially(source, probe: VideoProbe, indices: list[int]) -> dict[
     with av.open(source) as container:
         for number, frame in enumerate(container.decode(video=0)):
             if number in wanted:
-                found[probe.frame_pts[number]] = frame.to_ndarray(format="rgb24")
+                found[probe.frame_pts[number]] = _upright(frame, probe)
             if number >= last:
                 break
     if len(found) < len(wanted):

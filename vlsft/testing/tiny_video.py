@@ -35,17 +35,34 @@ def moving_shape_frames(
     return frames
 
 
-def write_video(path: str | os.PathLike, frames: list[Image.Image], fps: int = 4, options: dict | None = None) -> Path:
-    """Encode `frames` into `path`; the container and codec follow the suffix (see `CODECS`). H.264 gets a keyframe
-    every 4 frames and no B-frames unless `options` (FFmpeg encoder options) say otherwise."""
+def write_video(
+    path: str | os.PathLike,
+    frames: list[Image.Image],
+    fps: int = 4,
+    options: dict | None = None,
+    codec: tuple[str, str] | None = None,
+    display_rotation: float | None = None,
+    hflip: bool = False,
+    tags: dict[str, str] | None = None,
+) -> Path:
+    """Encode `frames` into `path`; the container and codec follow the suffix (see `CODECS`) unless `codec` names
+    another (codec, pixel format), e.g. the lossless ("png", "rgb24") in .mov or ("ffv1", "bgr0") in .mkv. H.264 gets
+    a keyframe every 4 frames and no B-frames unless `options` (FFmpeg encoder options) say otherwise.
+
+    A phone's clip: `display_rotation` writes a display matrix that turns the stored frames counter-clockwise by that
+    many degrees for display (PyAV's convention), then mirrors them left to right with `hflip`; `tags` are stream
+    tags, e.g. `{"rotate": "90"}` (clockwise degrees), as older tools wrote them (Matroska keeps them)."""
     import av
 
     path = Path(path)
-    codec, pixel_format = CODECS[path.suffix]
+    codec, pixel_format = codec or CODECS[path.suffix]
     width, height = frames[0].size
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, pixel_format
+        if display_rotation is not None or hflip:
+            stream.set_display_rotation(display_rotation or 0, hflip=hflip)
+        stream.metadata.update(tags or {})
         if codec == "libx264":
             stream.options = options or {"g": "4", "bf": "0"}  # a keyframe every 4 frames: the decoder really seeks
         for image in frames:
