@@ -57,7 +57,10 @@ def calls_and_gradients(model, batch, dummy: bool):
 def test_dummy_vision_pass_calls_what_an_image_calls_and_changes_nothing(family):
     model, processor = build_tiny(family, seed=0)
     collate = training_collator(processor, VLSFTConfig(output_dir="unused", report_to="none"))
-    with_image = collate([{"messages": [user(IMAGE, "Describe it."), assistant("A blue box.")], "images": [image((0, 0, 200), (64, 80))]}])
+    image_row = {
+        "messages": [user(IMAGE, "Describe it."), assistant("A blue box.")], "images": [image((0, 0, 200), (64, 80))]
+    }
+    with_image = collate([image_row])
     text_only = collate([{"messages": [user("Question?"), assistant("An answer.")], "images": []}])
     assert "pixel_values" in with_image and "pixel_values" not in text_only
 
@@ -96,17 +99,21 @@ def test_a_model_without_a_dummy_vision_pass_is_refused_under_zero3(monkeypatch)
 
 
 @pytest.mark.parametrize(
-    "family",
-    ["gemma3", *(pytest.param(family, marks=pytest.mark.slow) for family in
-                 ("idefics3", "smolvlm", "llava_next", "gemma4_v5", "qwen3_5_think"))],
+    "family, per_device_batch, accumulation",
+    [("gemma3", 2, 1), *(pytest.param(family, 2, 1, marks=pytest.mark.slow) for family in
+                         ("idefics3", "smolvlm", "llava_next", "gemma4_v5", "qwen3_5_think")),
+     pytest.param("gemma3", 1, 2, marks=pytest.mark.slow)],
+    ids=["gemma3", "idefics3", "smolvlm", "llava_next", "gemma4", "qwen3_5", "gemma3-1rowx2"],
 )
-def test_zero3_text_only_rank_beside_an_image_rank(tmp_path, family):
-    """2 ranks x 2 rows of {one image row, three text-only rows}: one rank's micro-batch is text-only, and the ranks'
-    supervised counts span different numbers of LM-head chunks. Qwen3.5: Qwen3-VL's tower without DeepStack, a hybrid
+def test_zero3_text_only_rank_beside_an_image_rank(tmp_path, family, per_device_batch, accumulation):
+    """2 ranks, rows {one image row, three text-only rows}. 2 rows per rank: one rank's micro-batch is text-only, and
+    the ranks' supervised counts span different numbers of LM-head chunks. 1 row x 2 accumulated micro-batches: one
+    micro-step has the image on one rank only, the others none on any rank (every rank then runs the dummy pass, so
+    that each step's backward reaches every parameter). Qwen3.5: Qwen3-VL's tower without DeepStack, a hybrid
     GatedDeltaNet / attention language model."""
     distributed, reference = run_pair(
-        tmp_path, f"zero3_{family}", per_device_batch=2, rows="mixed", family=family, loss_chunk_size=CHUNK,
-        deepspeed=REPO / "configs/ds_zero3.json",
+        tmp_path, f"zero3_{family}_{per_device_batch}", per_device_batch=per_device_batch, accumulation=accumulation,
+        rows="mixed", family=family, loss_chunk_size=CHUNK, deepspeed=REPO / "configs/ds_zero3.json",
     )
     assert_ranks_out_of_step_without_the_fix(distributed)
     assert_same_step(distributed, reference)

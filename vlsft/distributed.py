@@ -94,8 +94,8 @@ def zero_factor_vision_passes(model: nn.Module, modalities: tuple[str, ...], dev
     A forward pre-hook on this instance's language model (removed after the call; no class is patched), put in front
     of the hooks DeepSpeed installs there, so the order of module calls is exactly a rank-with-images' order:
     `embed_tokens` (and Gemma 4's per-layer embeddings), the vision tower and merger (per modality), the language
-    model (`tests/test_distributed_families.py` checks this order for every family). In the backward, the zero gradient flows back through the
-    tower as the real features' gradient would.
+    model (`tests/test_distributed_families.py` checks this order for every family). In the backward, the zero
+    gradient flows back through the tower as the real features' gradient would.
     """
     if not modalities:
         yield

@@ -91,7 +91,8 @@ def _llava_next(model: nn.Module, device: torch.device) -> torch.Tensor:
     size = model.config.vision_config.image_size
     tiles = image_size_to_num_patches((size, size), model.config.image_grid_pinpoints, size)
     image_sizes = torch.tensor([[size, size]], dtype=torch.long, device=device)
-    return _summed(model.base_model.get_image_features(_square_image(model, device, 1, tiles), image_sizes).pooler_output)
+    pixels = _square_image(model, device, 1, tiles)
+    return _summed(model.base_model.get_image_features(pixels, image_sizes).pooler_output)
 
 
 # By `config.model_type`, the families whose image path is not Qwen-VL's `visual(patches, grid_thw)`.
