@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.conftest import assistant, user  # noqa: E402
 from vlsft import VLSFTConfig, VLSFTTrainer  # noqa: E402
-from vlsft.distributed import _dummy_vision_output, agree_on_step_shape  # noqa: E402
+from vlsft.distributed import agree_on_step_shape  # noqa: E402
+from vlsft.dummy_vision import dummy_vision_pass  # noqa: E402
 from vlsft.testing.tiny_qwen3_vl import build_tiny_qwen3_vl  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,7 +84,7 @@ def main():
 
     # The dummy pass alone, forward + backward, on a whole (unsharded) copy: its compute, without ZeRO's gathers.
     whole, _ = build_tiny_qwen3_vl(seed=0, hidden_size=cli.hidden_size)
-    dummy_ms = median_ms(lambda: (_dummy_vision_output(whole, torch.device("cpu")) * 0).backward(), cli.reps)
+    dummy_ms = median_ms(lambda: (dummy_vision_pass(whole)(whole, torch.device("cpu")) * 0).backward(), cli.reps)
 
     if trainer.accelerator.is_main_process:
         print(f"| 2 CPU processes, ZeRO-3, gloo, tiny Qwen3-VL hidden {cli.hidden_size} | median ms |")

@@ -6,11 +6,12 @@ modules, the same number of times, in the same order, even when one rank's micro
 or supervises fewer tokens than another's. Two things differ from rank to rank in vlsft's forward:
 
 - the vision tower runs once per modality present (Qwen-VL runs `visual` for the images, then again for the
-  videos). A rank missing a modality that another rank has runs the tower on a dummy input instead (and every rank
-  runs it once when no rank has pixels, see `agree_on_step_shape`), and ties its
-  output into the language model's `inputs_embeds` with a factor 0: the loss and every gradient are unchanged
-  (exact zeros added), and the tower sits where a real call would, between `embed_tokens` and the language model,
-  so its gathers come in the same order forward and backward (`zero_factor_vision_passes`);
+  videos). A rank missing a modality that another rank has runs the tower (and merger) on a dummy input instead,
+  through the family's own image path (`vlsft.dummy_vision`; every rank runs it once when no rank has pixels, see
+  `agree_on_step_shape`), and ties its output into the language model's `inputs_embeds` with a factor 0: the loss
+  and every gradient are unchanged (exact zeros added), and the tower sits where a real call would, between
+  `embed_tokens` and the language model, so its gathers come in the same order forward and backward
+  (`zero_factor_vision_passes`);
 - the LM head runs once per chunk of `loss_chunk_size` supervised tokens: every rank runs the largest chunk count
   of any rank, padding with empty chunks.
 
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vlsft.dummy_vision import dummy_vision_pass
 from vlsft.tokens import IGNORE_INDEX
 
 # The model inputs that carry each modality's pixels, in the order the model runs its vision tower on them.
@@ -80,31 +82,8 @@ def _has(model_inputs: dict, name: str) -> bool:
 
 
 def supports_dummy_vision_pass(model: nn.Module) -> bool:
-    """Qwen-VL families (Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE): a `visual` tower called as `visual(patches, grid_thw)`
-    on flattened patches, whose size the vision config gives."""
-    vision_config = getattr(model.config, "vision_config", None)
-    return hasattr(model.base_model, "visual") and all(
-        hasattr(vision_config, key) for key in ("patch_size", "temporal_patch_size", "spatial_merge_size")
-    )
-
-
-def _dummy_vision_output(model: nn.Module, device: torch.device) -> torch.Tensor:
-    """Run the vision tower on the smallest input it takes (one merged token of zero pixels) and return the sum of
-    the outputs the model feeds to its language model (the merged features and, for Qwen3-VL, the DeepStack
-    features), so that the same parameters and the same outputs get a gradient as on a rank with real pixels
-    (ZeRO-3 checks that the ranks' backward hooks fire alike)."""
-    visual = model.base_model.visual
-    config = model.config.vision_config
-    merge = config.spatial_merge_size
-    channels = getattr(config, "in_channels", getattr(config, "in_chans", 3))
-    patch_dim = channels * config.temporal_patch_size * config.patch_size**2
-    grid = torch.tensor([[1, merge, merge]], dtype=torch.long, device=device)
-    patches = torch.zeros(merge * merge, patch_dim, dtype=visual.dtype, device=device)
-    output = visual(patches, grid_thw=grid)
-    if isinstance(output, torch.Tensor):
-        return output.float().sum()
-    used = [output.pooler_output, *(getattr(output, "deepstack_features", None) or [])]
-    return sum(feature.float().sum() for feature in used)
+    """vlsft can run this model's vision tower on a dummy input (`vlsft.dummy_vision`)."""
+    return dummy_vision_pass(model) is not None
 
 
 @contextlib.contextmanager
@@ -114,18 +93,20 @@ def zero_factor_vision_passes(model: nn.Module, modalities: tuple[str, ...], dev
 
     A forward pre-hook on this instance's language model (removed after the call; no class is patched), put in front
     of the hooks DeepSpeed installs there, so the order of module calls is exactly a rank-with-images' order:
-    `embed_tokens`, `visual` (per modality), language model. In the backward, the zero gradient flows back through the
-    tower as the real features' gradient would.
+    `embed_tokens` (and Gemma 4's per-layer embeddings), the vision tower and merger (per modality), the language
+    model (`tests/test_distributed_families.py` checks this order for every family). In the backward, the zero
+    gradient flows back through the tower as the real features' gradient would.
     """
     if not modalities:
         yield
         return
-    language_model = model.base_model.language_model
+    language_model = model.base_model.get_decoder()
+    run_dummy_pass = dummy_vision_pass(model)
 
     def add_dummy_passes(module, args, kwargs):
         embeds = kwargs["inputs_embeds"]
         for _ in modalities:
-            embeds = embeds + (_dummy_vision_output(model, device) * 0).to(embeds.dtype)
+            embeds = embeds + (run_dummy_pass(model, device) * 0).to(embeds.dtype)
         kwargs["inputs_embeds"] = embeds
         return args, kwargs
 
@@ -144,8 +125,9 @@ def check_vision_in_step(model: nn.Module, shape: StepShape) -> None:
     if shape.mixed_modalities and is_deepspeed_zero3_enabled() and not supports_dummy_vision_pass(model):
         raise RuntimeError(
             f"Under ZeRO-3, some ranks' micro-batches have {'/'.join(shape.mixed_modalities)} inputs and others not, "
-            f"and vlsft has no dummy vision pass for {type(model).__name__} (only for the Qwen-VL families): the "
-            "ranks' parameter gathers would no longer match. Use ZeRO-2 or DDP, or give every micro-batch images."
+            f"and vlsft has no dummy vision pass for {type(model).__name__} (it has one for every family it knows: "
+            "Qwen-VL, Qwen3.5, Gemma 3/4, Idefics3, SmolVLM, LLaVA-NeXT; vlsft/dummy_vision.py): the ranks' parameter "
+            "gathers would no longer match. Use ZeRO-2 or DDP, or give every micro-batch images."
         )
 
 

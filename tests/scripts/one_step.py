@@ -5,7 +5,7 @@ by tests/test_distributed.py, which compares the two. `train_steps` is also call
 Flags cover several requirements per launch (each launch costs tens of seconds): `--rows mixed` puts text-only
 micro-batches on some ranks beside image ones, and with a small `--loss_chunk_size` the ranks' supervised counts
 span different numbers of head chunks; `--rows video_mixed` puts a video on one rank only (the other has an image
-or nothing); `--family` picks another tiny Qwen-VL model; `--deepspeed`, `--lora`, `--tie`, `--gradient_checkpointing`;
+or nothing); `--family` picks another tiny model (any family); `--deepspeed`, `--lora`, `--tie`, `--gradient_checkpointing`;
 `--steps 2 --resume` saves a checkpoint every step and resumes a second trainer from the first; `--eval` evaluates
 on 5 rows, an uneven last batch over 2 ranks.
 """
@@ -181,7 +181,7 @@ def parse(argv=None):
     parser.add_argument("--per_device_batch", type=int, required=True)
     parser.add_argument("--accumulation", type=int, default=1)
     parser.add_argument("--steps", type=int, default=1)
-    parser.add_argument("--family", default="qwen3_vl", help="a tiny model of vlsft.testing.tiny_families (Qwen-VL ones)")
+    parser.add_argument("--family", default="qwen3_vl", help="a tiny model of vlsft.testing.tiny_families")
     parser.add_argument("--rows", choices=["lengths", "mixed", "video_mixed", "weighted"], default="lengths",
                         help="weighted: tests.test_weights' rows with per-turn weights")
     parser.add_argument("--packing", type=int, default=None, metavar="MAX_LENGTH", help="pack rows into MAX_LENGTH tokens")
