@@ -1,6 +1,7 @@
 """The done-when check of the embedded demo: the exact command `make demo` runs trains the tiny Qwen3-VL on the
 generated shapes; its evaluation loss falls, and its greedy answers to held-out questions about colour and shape beat
-chance by a wide margin (it sees the pictures, not only the answer format), with the final table printed."""
+chance by a wide margin (it sees the pictures, not only the answer format), with the final table printed; it leaves
+its TensorBoard curves and the PNG of them in the output dir."""
 
 from __future__ import annotations
 
@@ -66,3 +67,9 @@ def test_demo_recipe_trains_and_answers_colour_and_shape_above_chance(tmp_path):
         assert accuracy >= chance + MARGIN, table
     # The progress bar is shown.
     assert "it/s]" in result.stderr or "s/it]" in result.stderr
+    # The run can be seen: TensorBoard event files (the recipe reports there) and the PNG of the eval loss and the
+    # answer accuracy by kind against steps, next to chance (vlsft/run_plot.py).
+    assert list((output_dir / "runs").glob("*/events.out.tfevents.*")), sorted(output_dir.rglob("*"))
+    curves = (output_dir / "eval_curves.png").read_bytes()
+    assert curves.startswith(b"\x89PNG") and len(curves) > 10_000
+    assert set(json.loads((output_dir / "answer_accuracy.json").read_text())["chance"]) == set(table)
