@@ -43,7 +43,7 @@ def test_demo_recipe_trains_and_answers_colour_and_shape_above_chance(tmp_path):
     accelerate = Path(sys.executable).with_name("accelerate")
     command = [str(accelerate), "launch", "--num_processes", "1", "--cpu", "vlsft/train.py"]
     command += ["--config", "recipes/demo.yaml", "--output_dir", str(output_dir)]
-    # No network: everything the demo needs is built here. One thread: the figures in the README and the recipe were
+    # No network: everything the demo needs is built here. One thread: the figures in docs/quickstart.md and the recipe were
     # measured so (CPU kernels sum in another order with more threads, and the run takes another path).
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env["OMP_NUM_THREADS"] = "1"
