@@ -3,11 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# Extras installed by `make install`; `make install EXTRAS=test` skips DeepSpeed (a ~5-10 min build).
-EXTRAS ?= test,deepspeed
+# Extras installed by `make install`; `make install EXTRAS=test` skips DeepSpeed (a ~5-10 min build) and the docs tools.
+EXTRAS ?= test,deepspeed,docs
 PYTEST_ARGS ?=
 
-.PHONY: install test test-slow demo demo-video bench clean
+.PHONY: install test test-slow demo demo-video bench docs docs-serve clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,5 +36,13 @@ demo-video: install
 bench: install
 	$(PY) benchmarks/bench.py
 
+# The documentation site (mkdocs.yml, docs/): strict, so a broken link, a page left out of the nav or a docstring
+# mkdocstrings cannot read fails the build. Offline: no fonts, social cards or inventories are fetched.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --clean
+
+docs-serve: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
+
 clean:
-	rm -rf outputs .pytest_cache
+	rm -rf outputs .pytest_cache site

@@ -162,6 +162,12 @@ def test_callback_logs_through_the_trainer(tiny_demo, rows, tmp_path):
     callback.on_train_end(args, state, control, model=model)
     assert [entry["step"] for entry in state.log_history] == [10, 12] and len(integration.logged) == 2
     assert trainer.model.training  # put back in train mode after logging at the end of training
+    # The end of training leaves the result with chance by kind, and the curves against steps, in output_dir.
+    saved = json.loads((tmp_path / "answer_accuracy.json").read_text())
+    assert saved["step"] == 12 and saved["accuracy"] == pytest.approx(6 / 8)
+    assert set(saved["chance"]) == set(saved["by_kind"]) and all(0 < value <= 1 for value in saved["chance"].values())
+    curves = (tmp_path / "eval_curves.png").read_bytes()
+    assert curves.startswith(b"\x89PNG") and len(curves) > 10_000
 
 
 def test_a_callback_without_a_trainer_says_how_to_give_it_one(tiny_demo, rows):

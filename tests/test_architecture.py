@@ -1,4 +1,4 @@
-"""The package's shape, checked: no import cycles (function-local imports included, since they only hide a cycle),
+"""The package's shape, checked: the layers exactly as docs/architecture.md draws them, no import cycles (function-local imports included, since they only hide a cycle),
 the core never imports the test fixtures, `import vlsft` loads no fixture, and the modules inside vlsft/ shadow
 nothing when `accelerate launch vlsft/train.py` puts that folder first on `sys.path`."""
 
@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -91,15 +92,95 @@ def test_nothing_outside_the_fixtures_imports_them():
     assert {name: targets for name, targets in offenders.items() if targets} == {}
 
 
-def test_the_core_and_data_layers_never_import_recipes_or_the_command_line():
-    """Layers: core + data <- recipes <- tools (the inspector, which reads recipes too) and cli. `vlsft/train.py` is
-    the entry point, so it sits on top."""
-    upper = ("vlsft.recipes", "vlsft.cli", "vlsft.testing", "vlsft.inspection")
-    lower = [name for name in GRAPH if not name.startswith(upper) and name != "vlsft.train"]
-    upward = {
-        name: sorted(t for t in GRAPH[name] if t.startswith(("vlsft.recipes", "vlsft.cli"))) for name in lower
-    }
-    assert {name: targets for name, targets in upward.items() if targets} == {}
+ARCHITECTURE_PAGE = REPO / "docs" / "architecture.md"
+LAYER_LINE = re.compile(r"^(\w+):\s+(\S.*)$")
+
+
+def drawn_layers(page: Path = ARCHITECTURE_PAGE) -> list[tuple[str, list[str]]]:
+    """The layers as docs/architecture.md draws them, top layer first: the text block after the `layers:` comment,
+    one `name: path path ...` line per layer (a path ending in `/` is a package with everything in it), continued
+    on the next line when it is indented to the paths' column and holds paths only."""
+    text = page.read_text()
+    block = text[text.index("<!-- layers:") :]
+    block = block[block.index("```text\n") + len("```text\n") :]
+    block = block[: block.index("```")]
+    layers: list[tuple[str, list[str]]] = []
+    column = None
+    for line in block.splitlines():
+        match = LAYER_LINE.match(line)
+        if match:
+            column = match.start(2)
+            layers.append((match.group(1), match.group(2).split()))
+        elif layers and column and line[:column].strip() == "" and line[column:column + 1].strip():
+            layers[-1][1].extend(line.split())  # a continuation of the paths (descriptions are indented deeper)
+    return layers
+
+
+def module_of_path(drawn: str) -> str:
+    """`cli/` -> `vlsft.cli`, `data/rows.py` -> `vlsft.data.rows`, `__init__.py` -> `vlsft`."""
+    parts = ["vlsft"] + [part for part in drawn.removesuffix(".py").strip("/").split("/") if part != "__init__"]
+    return ".".join(parts)
+
+
+def layer_of(module: str, layers: list[tuple[str, list[str]]]) -> list[str]:
+    """The names of the layers a module is drawn in (a package path covers its modules)."""
+    found = []
+    for name, paths in layers:
+        for drawn in paths:
+            target = module_of_path(drawn)
+            if module == target or (drawn.endswith("/") and module.startswith(target + ".")):
+                found.append(name)
+    return found
+
+
+def upward_imports(graph: dict[str, set[str]], layers: list[tuple[str, list[str]]]) -> dict[str, list[str]]:
+    """Per module, the modules it imports from a layer above its own (layers listed top first)."""
+    rank = {name: len(layers) - index for index, (name, _) in enumerate(layers)}  # the bottom layer is 1
+    found = {}
+    for module, targets in graph.items():
+        own = layer_of(module, layers)
+        if len(own) != 1:
+            continue  # reported by the test that every module is drawn once
+        above = sorted(
+            target for target in targets
+            if len(layer_of(target, layers)) == 1 and rank[layer_of(target, layers)[0]] > rank[own[0]]
+        )
+        if above:
+            found[module] = above
+    return found
+
+
+LAYERS = drawn_layers()
+DRAWN_MODULES = {name: targets for name, targets in GRAPH.items() if not name.startswith("vlsft.testing")}
+
+
+def test_the_layer_check_finds_an_upward_import():
+    layers = [("top", ["cli/"]), ("bottom", ["data/rows.py", "collator.py"])]
+    graph = {"vlsft.cli.train": {"vlsft.collator"}, "vlsft.collator": {"vlsft.data.rows", "vlsft.cli.train"}}
+    assert upward_imports(graph, layers) == {"vlsft.collator": ["vlsft.cli.train"]}
+    assert module_of_path("__init__.py") == "vlsft" and module_of_path("data/rows.py") == "vlsft.data.rows"
+
+
+def test_the_drawing_is_read():
+    names = [name for name, _ in LAYERS]
+    assert names == ["tools", "recipes", "training", "validation", "collation", "rows"], names
+    assert "data/validation_report.py" in dict(LAYERS)["validation"]  # a continuation line
+
+
+def test_every_module_is_drawn_in_exactly_one_layer():
+    """A new module goes into the drawing in docs/architecture.md (and every path drawn names a module)."""
+    misplaced = {name: layer_of(name, LAYERS) for name in DRAWN_MODULES if len(layer_of(name, LAYERS)) != 1}
+    assert misplaced == {}, f"draw each of these in exactly one layer of docs/architecture.md: {misplaced}"
+    drawn_nothing = [
+        drawn for _, paths in LAYERS for drawn in paths
+        if not any(name == module_of_path(drawn) or name.startswith(module_of_path(drawn) + ".") for name in GRAPH)
+    ]
+    assert drawn_nothing == []
+
+
+def test_no_module_imports_from_a_layer_above_its_own():
+    """The layers as drawn in docs/architecture.md, function-local imports included."""
+    assert upward_imports(DRAWN_MODULES, LAYERS) == {}
 
 
 def run_python(code: str, repo_on_path: bool = True) -> str:

@@ -1,6 +1,7 @@
 """The done-when check of the embedded demo: the exact command `make demo` runs trains the tiny Qwen3-VL on the
 generated shapes; its evaluation loss falls, and its greedy answers to held-out questions about colour and shape beat
-chance by a wide margin (it sees the pictures, not only the answer format), with the final table printed."""
+chance by a wide margin (it sees the pictures, not only the answer format), with the final table printed; it leaves
+its TensorBoard curves and the PNG of them in the output dir."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def test_demo_recipe_trains_and_answers_colour_and_shape_above_chance(tmp_path):
     accelerate = Path(sys.executable).with_name("accelerate")
     command = [str(accelerate), "launch", "--num_processes", "1", "--cpu", "vlsft/train.py"]
     command += ["--config", "recipes/demo.yaml", "--output_dir", str(output_dir)]
-    # No network: everything the demo needs is built here. One thread: the figures in the README and the recipe were
+    # No network: everything the demo needs is built here. One thread: the figures in docs/quickstart.md and the recipe were
     # measured so (CPU kernels sum in another order with more threads, and the run takes another path).
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env["OMP_NUM_THREADS"] = "1"
@@ -66,3 +67,9 @@ def test_demo_recipe_trains_and_answers_colour_and_shape_above_chance(tmp_path):
         assert accuracy >= chance + MARGIN, table
     # The progress bar is shown.
     assert "it/s]" in result.stderr or "s/it]" in result.stderr
+    # The run can be seen: TensorBoard event files (the recipe reports there) and the PNG of the eval loss and the
+    # answer accuracy by kind against steps, next to chance (vlsft/run_plot.py).
+    assert list((output_dir / "runs").glob("*/events.out.tfevents.*")), sorted(output_dir.rglob("*"))
+    curves = (output_dir / "eval_curves.png").read_bytes()
+    assert curves.startswith(b"\x89PNG") and len(curves) > 10_000
+    assert set(json.loads((output_dir / "answer_accuracy.json").read_text())["chance"]) == set(table)

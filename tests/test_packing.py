@@ -434,7 +434,7 @@ def test_packed_step_on_two_processes_equals_the_padded_step_on_one(layout, tmp_
 @pytest.mark.timeout(1500)
 def test_packed_demo_recipe_learns_as_well_as_the_padded_demo(tmp_path):
     """recipes/demo_packed.yaml: the demo's rows, optimizer and supervised-token budget, in packs. The padded demo
-    (tests/test_demo.py, README) reaches an eval loss of ~0.18 and ~50% exact answers from 6.53 and 0%."""
+    (tests/test_demo.py, docs/quickstart.md) reaches an eval loss of ~0.18 and ~50% exact answers from 6.53 and 0%."""
     import json
 
     repo = Path(__file__).resolve().parent.parent

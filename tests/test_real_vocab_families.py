@@ -251,7 +251,7 @@ def test_inputs_identical_to_the_processor(family, real_processor):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_answers_with_edge_whitespace_tokenize_as_the_processor_does(family, real_processor):
-    """Qwen's exception (README) does not arise here: Gemma 3's template trims the answer, and the Mistral and
+    """Qwen's exception (docs/what-trains.md) does not arise here: Gemma 3's template trims the answer, and the Mistral and
     Llama 3 cues end in a character (`]`, `:`) the pre-tokenizer never merges with the answer's leading whitespace,
     so cutting the text at the cue gives the whole-text tokens."""
     processor = real_processor(family)

@@ -1,4 +1,4 @@
-"""A recipe's rows are checked before its model loads (README, "Bad rows are found before training"), with the
+"""A recipe's rows are checked before its model loads (docs/validation.md, "Bad rows are found before training"), with the
 trainer's own check, and only once: the trainer takes the checked datasets as they are."""
 
 from __future__ import annotations

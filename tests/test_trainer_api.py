@@ -67,7 +67,7 @@ def test_lora_peft_config_trains_only_the_adapter(tiny, tmp_path):
 
 
 def test_subclass_changes_the_loss(tiny, tmp_path):
-    """The README's example: a subclass that reweights the loss through `supervised_sums`."""
+    """The example of docs/api.md: a subclass that reweights the loss through `supervised_sums`."""
 
     class HalfLossTrainer(VLSFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -442,7 +442,7 @@ def test_odd_sizes_and_frame_lists_of_odd_frames(qwen3, videos):
 
 
 def write_video_jsonl(directory: Path, rows: int = 8) -> Path:
-    """The README's layout: `train.jsonl` with `messages` + `videos` paths relative to it, clips under `clips/`;
+    """The layout of docs/data-format.md: `train.jsonl` with `messages` + `videos` paths relative to it, clips under `clips/`;
     one row also carries an image, one is text only."""
     import json
 
@@ -578,7 +578,7 @@ def test_video_demo_learns_which_way_the_square_moves(tmp_path):
 
     repo = Path(__file__).resolve().parents[1]
     data, output_dir = tmp_path / "data", tmp_path / "demo-video"
-    # One thread: the run is then the one the README's figures come from (CPU kernels sum in another order with
+    # One thread: the run is then the one the figures of docs/data-format.md come from (CPU kernels sum in another order with
     # another thread count, and 600 steps on a tiny model amplify that; with 2 threads one run reached 45%).
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "vlsft.testing.demo_video", str(data)], cwd=repo, env=env, check=True, timeout=300)

@@ -9,6 +9,8 @@ punctuation). Rows whose last assistant turn has no text (it only calls a tool) 
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import string
 from collections import Counter
@@ -19,6 +21,7 @@ from accelerate.logging import get_logger
 from transformers import TrainerCallback
 
 from vlsft.data.rows import count_image_placeholders, load_image, normalize_messages, row_images
+from vlsft.run_plot import CHANCE_FILE, CURVES_FILE, plot_run_curves
 
 logger = get_logger(__name__)
 
@@ -156,8 +159,10 @@ class AnswerAccuracyCallback(TrainerCallback):
     `trainer` when the callback is added; with another trainer, set `callback.trainer = trainer` yourself.
 
     At the end of training the last result is logged as a table by kind, next to chance (`accuracy_table`), on the
-    main process. Every rank generates the same answers, which keeps ranks in step under sharded models (DeepSpeed ZeRO-3) without
-    any collective of its own.
+    main process, which also writes into `output_dir` the result and chance by kind (`answer_accuracy.json`) and the
+    run's eval loss and accuracy by kind against steps, next to chance (`eval_curves.png`, `vlsft.run_plot`). Every
+    rank generates the same answers, which keeps ranks in step under sharded models (DeepSpeed ZeRO-3) without any
+    collective of its own.
     """
 
     def __init__(
@@ -225,3 +230,14 @@ class AnswerAccuracyCallback(TrainerCallback):
                 f"held-out answer accuracy at step {state.global_step} (chance: always giving the kind's most common "
                 f"answer)\n{accuracy_table(self.last_result)}"
             )
+            if state.is_world_process_zero and args.output_dir:
+                self._write_result_and_curves(args.output_dir, state)
+
+    def _write_result_and_curves(self, output_dir: str, state) -> None:
+        chance = chance_by_kind(self.last_result["predictions"])
+        os.makedirs(output_dir, exist_ok=True)
+        summary = {key: self.last_result[key] for key in ("accuracy", "correct", "total", "skipped", "by_kind")}
+        with open(os.path.join(output_dir, CHANCE_FILE), "w", encoding="utf-8") as file:
+            json.dump({"step": state.global_step, **summary, "chance": chance}, file, indent=2)
+        path = plot_run_curves(state.log_history, os.path.join(output_dir, CURVES_FILE), chance)
+        logger.info(f"eval loss and answer accuracy by kind against steps, next to chance: {path}")

@@ -1,6 +1,7 @@
 """`vlsft inspect`: see exactly what a row trains on: its tokens with the supervised ones highlighted, its images.
 
     vlsft inspect --config recipes/qwen3vl.yaml [--rows 0:5] [--split eval] [--html rows.html] [--key value ...]
+    vlsft inspect --config recipes/qwen3vl.yaml --summary summary.html [--summary_rows 0:10000]
 
     import vlsft
     vlsft.inspect(config="recipes/qwen3vl.yaml", rows="0:5", html="rows.html")
@@ -12,8 +13,11 @@ are wrapped in `[[` and `]]`. The HTML page shows the images inline where their 
 show each supervised run's weight (`{w=0.5}`) and their context-only assistant tokens (weight 0) apart, in
 `((` `))` or dimmed.
 
+`--summary PAGE` measures the whole split (or `--summary_rows`) instead: histograms of row length, supervised share,
+images per row and video length, and the packs packing would put together (`summary`, `summary_page`).
+
 The modules: `collated` (a row collated and cut into segments), `views` (the records and their text), `html_page`
-(the HTML page), and this one: row selection and `inspect`. The command line is `vlsft.cli.inspect`.
+(the HTML page), `summary` + `summary_page` (the dataset summary), and this one: row selection and `inspect`. The command line is `vlsft.cli.inspect`.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from typing import TextIO
 from vlsft.collator import VisionChatCollator, training_collator
 from vlsft.inspection.collated import view_row
 from vlsft.inspection.html_page import render_html
+from vlsft.inspection.summary import DatasetSummary, summarize, summary_text
+from vlsft.inspection.summary_page import render_summary_html
 from vlsft.inspection.views import CONTEXT_CLOSE, CONTEXT_OPEN, SUPERVISED_CLOSE, SUPERVISED_OPEN, RowView, render_text
 
 
@@ -77,7 +83,9 @@ def inspect(
     html: str | os.PathLike | None = None,
     color: bool | None = None,
     file: TextIO | None = None,
-) -> list[RowView]:
+    summary: str | os.PathLike | None = None,
+    summary_rows: str | int | slice | list[int] | None = None,
+) -> list[RowView] | DatasetSummary:
     """Show rows as the trainer trains on them, and return them as `RowView`s.
 
     Either `config` (a recipe: its processor, its `split` dataset and its `training` section, with `overrides` as on
@@ -89,6 +97,8 @@ def inspect(
         html: also write a self-contained HTML page with the images inline to this path.
         color: colour the terminal output; by default, when `file` is a terminal and `NO_COLOR` is unset.
         file: where the text goes (default stdout; pass `io.StringIO()` for none).
+        summary: instead of showing rows, measure the dataset (`summary_rows`, default every row) and write the
+            summary page (histograms, packs) to this path; returns the `DatasetSummary`.
     """
     if config is not None:
         from vlsft.recipes.build import build_datasets, build_processor, build_training_config
@@ -114,8 +124,16 @@ def inspect(
             args = VLSFTConfig(output_dir=os.devnull, report_to="none", use_cpu=True)
         collator = training_collator(processor, args)
 
-    views = [view_row(dict(dataset[index]), index, collator) for index in select_rows(rows, len(dataset))]
     file = sys.stdout if file is None else file
+    if summary is not None:
+        indices = None if summary_rows is None else select_rows(summary_rows, len(dataset))
+        measured = summarize(dataset, collator, indices, seed=args.seed if args is not None else 0)
+        name = os.path.basename(os.fspath(config)) if config else "dataset"
+        with open(summary, "w", encoding="utf-8") as out:
+            out.write(render_summary_html(measured, title=f"vlsft inspect: {name} ({split}) summary"))
+        file.write(summary_text(measured) + f"wrote {summary}\n")
+        return measured
+    views = [view_row(dict(dataset[index]), index, collator) for index in select_rows(rows, len(dataset))]
     if color is None:
         color = hasattr(file, "isatty") and file.isatty() and "NO_COLOR" not in os.environ
     if not color:

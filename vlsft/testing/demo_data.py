@@ -144,7 +144,7 @@ def make_row(rng: random.Random, kind: str) -> dict[str, Any]:
     """One conversation of the given kind about a fresh scene. Single colour and shape questions are asked about a
     picture of one shape: they test whether the model sees colour and shape. Binding a region or a colour named in the
     question to one of several shapes is what position questions, multi-turn rows (and zooming, which crops one shape
-    out) exercise; a tiny model from scratch hardly learns that binding in the demo's budget (README, "Try it")."""
+    out) exercise; a tiny model from scratch hardly learns that binding in the demo's budget (docs/quickstart.md, "Try it")."""
     image, content = draw_scene(rng, count=1 if kind in SEEING_KINDS else None)
     images, tools = [image], None
     if kind in ("colour", "shape", "count", "position"):
