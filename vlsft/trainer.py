@@ -178,8 +178,14 @@ class VLSFTTrainer(KillSafeCheckpoints, RowsNamedByIndex, SFTTrainer):
         if self.args.packing and self.train_dataset is not None:
             if not hasattr(self.train_dataset, "__len__"):
                 raise ValueError("packing=True plans packs over the whole train dataset; load it as a datasets.Dataset.")
-            budget, seed = self.args.max_length, self.args.seed
-            self.train_dataset = pack_dataset(self.train_dataset, self.data_collator, budget, seed)
+            self.train_dataset = pack_dataset(
+                self.train_dataset,
+                self.data_collator,
+                self.args.max_length,
+                self.args.seed,
+                allow_truncated_end_of_turn=self.args.allow_truncated_end_of_turn,
+                original_indices=self._original_row_indices.get(None),
+            )
         self.data_collator = PackedCollator(self.data_collator, model=base_model)
 
     def build_collator(self, processor: ProcessorMixin, args: VLSFTConfig) -> VisionChatCollator:

@@ -1,0 +1,99 @@
+"""Packing (`vlsft.packing`) on bad or changed input, as a user meets it: pack planning agrees with validation, a row
+failing mid-run inside a pack is skipped and counted (or named by its dataset index), the evaluation loss over an
+uneven last batch on 2 processes equals 1 process, a resumed run whose pack plan changed is refused with the fix, and
+a family that cannot pack is refused by the dry run."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import pytest
+from datasets import Dataset
+
+from tests.test_loss import make_trainer, rows_of_different_lengths
+from tests.test_validation_bad_input import picture_rows
+from vlsft import VLSFTConfig, VLSFTTrainer
+from vlsft.data.training_rows import TrainingRowError
+
+# -- pack planning judges rows as validation does -----------------------------------------------------------------
+
+
+def test_a_row_cut_under_allow_truncated_end_of_turn_is_planned_as_validation_passed_it(tiny, tmp_path):
+    """Rows of 29, 62, 25 and 50 tokens with `max_length=40`: validation lets the two long rows through with their
+    end-of-turn cut (`allow_truncated_end_of_turn`), so planning must too, counting each as 40 tokens (alone in a pack),
+    and one epoch trains every row."""
+    model, processor = tiny
+    trainer = make_trainer(
+        model, processor, tmp_path, packing=True, max_length=40, allow_truncated_end_of_turn=True,
+        per_device_train_batch_size=1, max_steps=-1, num_train_epochs=1,
+    )
+    assert sorted(trainer.train_dataset.plan) == [[0], [1], [2], [3]]  # 29 + 25 > 40: no two rows share a pack
+    trainer.train()
+    assert trainer.state.global_step == 4
+    # Without the option, validation (not planning) refuses the rows, naming them.
+    with pytest.raises(ValueError, match=r"row 1: max_length=40 cuts the final end-of-turn token"):
+        make_trainer(model, processor, tmp_path / "strict", packing=True, max_length=40)
+
+
+# -- a row failing mid-run inside a pack --------------------------------------------------------------------------
+
+
+def packed_picture_trainer(tiny, tmp_path, rows, **overrides):
+    model, processor = tiny
+    args = VLSFTConfig(
+        output_dir=str(tmp_path / "out"), report_to="none", per_device_train_batch_size=1, max_steps=-1,
+        num_train_epochs=1, save_strategy="no", logging_steps=1, gradient_checkpointing=False, disable_tqdm=True,
+        use_cpu=True, packing=True, max_length=80, **overrides,
+    )
+    return VLSFTTrainer(copy.deepcopy(model), args=args, train_dataset=Dataset.from_list(rows), processing_class=processor)
+
+
+def test_a_packed_row_failing_mid_run_is_skipped_and_counted(tiny, tmp_path, caplog):
+    rows = picture_rows(tmp_path / "images")
+    rows[2]["images"] = [str(tmp_path / "missing.png")]  # refused by validation: the kept rows shift by one
+    trainer = packed_picture_trainer(tiny, tmp_path, rows, invalid_rows="skip")
+    plan = trainer.train_dataset.plan
+    assert max(len(pack) for pack in plan) > 1  # row 5 shares its pack with other rows, which still train
+    (tmp_path / "images" / "5.png").unlink()  # deleted after validation
+    with caplog.at_level(logging.WARNING, logger="vlsft.data.training_rows"):
+        trainer.train()
+    assert trainer.state.global_step == len(plan)
+    assert trainer.rows_skipped_in_training == {"train dataset": 1}
+    assert "dropped train dataset row 5 during training: image file not found" in caplog.text
+    # Every other row trained: the supervised tokens of the epoch are those of the 6 rows left.
+    every_row = make_trainer(*tiny, tmp_path / "rows", rows=[r for n, r in enumerate(rows) if n not in (2, 5)])
+    batch = every_row.data_collator([every_row.train_dataset[i] for i in range(6)])
+    assert trainer.state.log_history[-1]["num_supervised_tokens"] == int((batch["labels"][:, 1:] != -100).sum())
+
+
+def test_a_packed_row_failing_mid_run_is_named_by_its_dataset_index(tiny, tmp_path):
+    rows = picture_rows(tmp_path / "images")
+    rows[2]["images"] = [str(tmp_path / "missing.png")]
+    trainer = packed_picture_trainer(tiny, tmp_path, rows, invalid_rows="skip")
+    (tmp_path / "images" / "5.png").write_bytes(b"")  # emptied after validation
+    trainer.args.invalid_rows = "raise"
+    with pytest.raises(TrainingRowError) as error:
+        trainer.train()
+    message = str(error.value)
+    assert message.startswith("train dataset row 5 failed in the middle of training: image cannot be decoded"), message
+    assert "set `invalid_rows: skip`" in message
+
+
+def test_a_batch_whose_every_row_fails_mid_run_weighs_nothing(tiny, tmp_path):
+    """When every row of a (packed) micro-batch fails, the step runs on the last good batch with nothing supervised:
+    its labels ignored and, for weighted rows, its weights 0 (the step's divisor sums the weights)."""
+    from tests.test_weights import rows_only
+    from vlsft.data.training_rows import FaultTolerantCollator
+    from vlsft.loss import summed_label_weight
+
+    model, processor = tiny
+    trainer = make_trainer(model, processor, tmp_path, rows=rows_only(), packing=True, max_length=4096)
+    collate = FaultTolerantCollator(trainer.data_collator, "train dataset", "skip", trainer.rows_skipped_in_training)
+    good = collate([[trainer.train_dataset.dataset[0]]])
+    assert summed_label_weight(good) > 0 and "label_weights" in good
+    broken = picture_rows(tmp_path / "images", count=1)
+    (tmp_path / "images" / "0.png").unlink()
+    fallback = collate([broken])
+    assert trainer.rows_skipped_in_training == {"train dataset": 1}
+    assert summed_label_weight(fallback) == 0 and (fallback["labels"] == -100).all()
