@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import copy
 import logging
+from pathlib import Path
 
 import pytest
+import torch
 from datasets import Dataset
 
 from tests.test_loss import make_trainer, rows_of_different_lengths
@@ -97,3 +99,40 @@ def test_a_batch_whose_every_row_fails_mid_run_weighs_nothing(tiny, tmp_path):
     fallback = collate([broken])
     assert trainer.rows_skipped_in_training == {"train dataset": 1}
     assert summed_label_weight(fallback) == 0 and (fallback["labels"] == -100).all()
+
+
+# -- evaluation over an uneven last batch --------------------------------------------------------------------------
+
+
+def test_packed_eval_sums_are_per_row_as_padded_ones(tiny, tmp_path):
+    """A packed eval batch gives one sum per packed row, equal to the padded batch's sum of that row: accelerate's
+    duplicate rows (the padding of an uneven last batch across ranks) are then dropped row by row, not pack by pack."""
+    model, processor = tiny
+    padded = make_trainer(model, processor, tmp_path / "padded")
+    packed = make_trainer(model, processor, tmp_path / "packed", packing=True, max_length=4096)
+    rows = rows_of_different_lengths()
+    with torch.no_grad():
+        padded_sums = padded.supervised_sums(padded.model, padded.data_collator(rows)).row_sums
+        packed_sums = packed.supervised_sums(packed.model, packed.data_collator(rows)).row_sums
+    assert packed_sums.shape == padded_sums.shape == (4, 4)
+    assert torch.allclose(packed_sums, padded_sums, rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["packing", "padding_free"])
+def test_packed_eval_loss_on_two_processes_equals_one_process(mode, tmp_path):
+    """Real `accelerate launch` over gloo: 5 eval rows, 2 per device on 2 ranks (the last batch: 1 real row, 3
+    duplicates). The eval loss equals the 1-process one (and the padded one) to float rounding; before the fix it was
+    off by 6e-4 (duplicates trimmed per pack)."""
+    from tests.scripts.packed_eval import evaluate
+    from tests.test_distributed import launch
+
+    script = Path(__file__).parent / "scripts" / "packed_eval.py"
+    out = tmp_path / "two.pt"
+    launch([str(script), "--out", str(out), "--mode", mode], timeout=300)
+    two = torch.load(out)
+    assert two["world_size"] == 2
+    one, _ = evaluate(str(tmp_path / "one"), mode)
+    padded, _ = evaluate(str(tmp_path / "padded"), "padded")
+    assert one == pytest.approx(padded, rel=1e-5)
+    assert two["eval_loss"] == pytest.approx(one, rel=1e-5)

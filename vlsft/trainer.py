@@ -40,7 +40,7 @@ from vlsft.loss import (
 )
 from vlsft.packing import check_packing_support, packing_enabled, packing_hidden_from_trl
 from vlsft.packing.attention import use_packed_attention
-from vlsft.packing.collator import PackedCollator
+from vlsft.packing.collator import PackedCollator, packed_row_ids
 from vlsft.packing.plan import pack_dataset
 from vlsft.trl_compat import templates_shown_to_trl
 
@@ -223,10 +223,14 @@ class VLSFTTrainer(KillSafeCheckpoints, RowsNamedByIndex, SFTTrainer):
 
     def supervised_sums(self, model, inputs):
         """Run the model and return the `SupervisedLossOutput` (summed NLL, token count, correct count, summed
-        weight). With the collator's `label_weights`, the NLL is weighted per token."""
+        weight). With the collator's `label_weights`, the NLL is weighted per token. A packed batch gets its sums per
+        packed row, as a padded batch gets them per batch row (evaluation drops accelerate's duplicate rows by row)."""
         model_inputs = {key: value for key, value in inputs.items() if key not in ("labels", "label_weights")}
         if inputs.get("label_weights") is not None:
             model_inputs["supervised_weights"] = inputs["label_weights"]
+        rows = packed_row_ids(inputs)
+        if rows is not None:
+            model_inputs["supervised_rows"] = rows
         return model(**model_inputs, supervised_labels=inputs["labels"])
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

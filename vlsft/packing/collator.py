@@ -150,3 +150,12 @@ class PackedCollator:
             pieces.append(torch.cat([text, spatial.cpu()], dim=0))
         return torch.cat(pieces, dim=-1)
 
+
+def packed_row_ids(batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """`[1, total]`: the row (0, 1, ...) of each token of a packed batch (no attention mask; rows found where the
+    text positions restart at 0, as the attention finds them), or None for a padded batch."""
+    positions = batch.get("position_ids")
+    if positions is None or batch.get("attention_mask") is not None:
+        return None
+    text = positions[0] if positions.dim() == 3 else positions  # Qwen-VL: the first of the 4 rows, per-row positions
+    return torch.cumsum(text == 0, dim=-1) - 1
