@@ -6,6 +6,7 @@ a family that cannot pack is refused by the dry run."""
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from pathlib import Path
 
@@ -136,3 +137,58 @@ def test_packed_eval_loss_on_two_processes_equals_one_process(mode, tmp_path):
     padded, _ = evaluate(str(tmp_path / "padded"), "padded")
     assert one == pytest.approx(padded, rel=1e-5)
     assert two["eval_loss"] == pytest.approx(one, rel=1e-5)
+
+
+# -- resuming on another pack plan ---------------------------------------------------------------------------------
+
+
+def test_resuming_a_packed_run_on_another_pack_plan_is_refused_with_the_fix(tiny, tmp_path, caplog):
+    """A checkpoint of a packed run (4 rows of 29, 62, 25 and 50 tokens, max_length 100: packs [0, 1], [2, 3])
+    resumed with another max_length, another dataset, or without packing is refused before training, naming what
+    changed and the fixes; the same plan resumes; `resume_with_new_pack_plan: true` resumes on the new plan with a
+    warning. A checkpoint of an unpacked run resumed with packing is refused too."""
+    from vlsft.packing.training import PLAN_FILE, PackPlanChangedError
+
+    model, processor = tiny
+    saving = dict(save_strategy="steps", save_steps=1, per_device_train_batch_size=1)
+    first = make_trainer(model, processor, tmp_path / "packed", packing=True, max_length=100, **saving)
+    first.train()
+    checkpoint = str(tmp_path / "packed" / "checkpoint-1")
+    assert (tmp_path / "packed" / "checkpoint-1" / PLAN_FILE).is_file()
+
+    def resume(max_length=100, rows=None, **config):
+        trainer = make_trainer(
+            model, processor, tmp_path / "resumed", rows=rows, max_steps=2, max_length=max_length, **{**saving, **config}
+        )
+        trainer.train(resume_from_checkpoint=checkpoint)
+        return trainer
+
+    assert resume(packing=True).state.global_step == 2  # the same plan
+    with pytest.raises(PackPlanChangedError) as error:
+        resume(max_length=70, packing=True)  # 62 + 25 > 70: three packs
+    message = str(error.value)
+    assert "another pack plan (2 packs of 4 rows, max_length 100) than this run makes (3 packs of 4 rows, " in message
+    assert "set `resume_with_new_pack_plan: true`" in message and "start a new run" in message
+    with pytest.raises(PackPlanChangedError, match=r"than this run makes \(3 packs of 5 rows"):
+        resume(rows=rows_of_different_lengths() + rows_of_different_lengths()[:1], packing=True)
+    with pytest.raises(PackPlanChangedError, match=r"than this run makes \(no packing\)"):
+        resume()
+    with caplog.at_level(logging.WARNING):
+        assert resume(max_length=70, packing=True, resume_with_new_pack_plan=True).state.global_step == 2
+    assert "`resume_with_new_pack_plan=True`: resuming on the new plan from checkpoint-1" in caplog.text
+    # The new plan is what the resumed run's checkpoints record.
+    resumed_record = json.loads((tmp_path / "resumed" / "checkpoint-2" / PLAN_FILE).read_text())
+    assert resumed_record["packs"] == 3
+
+    unpacked = make_trainer(model, processor, tmp_path / "unpacked", **saving)
+    unpacked.train()
+    checkpoint = str(tmp_path / "unpacked" / "checkpoint-1")
+    assert resume(max_length=None).state.global_step == 2  # unpacked on unpacked
+    with pytest.raises(PackPlanChangedError, match=r"another pack plan \(no packing\) than this run makes \(2 packs"):
+        resume(packing=True)
+
+
+def test_resume_with_new_pack_plan_must_be_a_boolean(tmp_path):
+    for bad in ("yes", 1, None):
+        with pytest.raises(ValueError, match="`resume_with_new_pack_plan` must be true or false"):
+            VLSFTConfig(output_dir=str(tmp_path), report_to="none", resume_with_new_pack_plan=bad)

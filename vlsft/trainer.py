@@ -11,7 +11,9 @@ What it changes, each in one overridden method:
   carries its dataset index, and a row that fails to collate mid-run is skipped and counted (`invalid_rows="skip"`)
   or named by that index;
 - `_save_checkpoint` / `train` (mixin `vlsft.checkpoints.KillSafeCheckpoints`): checkpoints written atomically,
-  resume from the newest complete one, a checkpoint and a clean stop on SIGTERM.
+  resume from the newest complete one, a checkpoint and a clean stop on SIGTERM;
+- packing (mixin `vlsft.packing.training.PackedTraining`): packs planned, the packed collator, and the pack plan
+  recorded in every checkpoint and checked on resume.
 """
 
 from __future__ import annotations
@@ -38,14 +40,13 @@ from vlsft.loss import (
     step_sums_over_ranks,
     summed_label_weight,
 )
-from vlsft.packing import check_packing_support, packing_enabled, packing_hidden_from_trl
-from vlsft.packing.attention import use_packed_attention
-from vlsft.packing.collator import PackedCollator, packed_row_ids
-from vlsft.packing.plan import pack_dataset
+from vlsft.packing import packing_enabled, packing_hidden_from_trl
+from vlsft.packing.collator import packed_row_ids
+from vlsft.packing.training import PackedTraining
 from vlsft.trl_compat import templates_shown_to_trl
 
 
-class VLSFTTrainer(KillSafeCheckpoints, RowsNamedByIndex, SFTTrainer):
+class VLSFTTrainer(KillSafeCheckpoints, PackedTraining, RowsNamedByIndex, SFTTrainer):
     """Drop-in `trl.SFTTrainer` for vision-language models (same constructor).
 
     Subclass it to change one thing: override `compute_loss` for another loss (call `self.supervised_sums(model,
@@ -169,24 +170,6 @@ class VLSFTTrainer(KillSafeCheckpoints, RowsNamedByIndex, SFTTrainer):
         for callback in self.callback_handler.callbacks:
             if isinstance(callback, AnswerAccuracyCallback):
                 callback.trainer = self
-
-    def _use_packing(self, base_model) -> None:
-        """Train on best-fit-decreasing packs of rows (`args.packing`) or on padding-free micro-batches
-        (`args.padding_free`), each row on its own positions and unseen by the others (`vlsft.packing`)."""
-        check_packing_support(base_model, self.data_collator)
-        use_packed_attention(base_model)
-        if self.args.packing and self.train_dataset is not None:
-            if not hasattr(self.train_dataset, "__len__"):
-                raise ValueError("packing=True plans packs over the whole train dataset; load it as a datasets.Dataset.")
-            self.train_dataset = pack_dataset(
-                self.train_dataset,
-                self.data_collator,
-                self.args.max_length,
-                self.args.seed,
-                allow_truncated_end_of_turn=self.args.allow_truncated_end_of_turn,
-                original_indices=self._original_row_indices.get(None),
-            )
-        self.data_collator = PackedCollator(self.data_collator, model=base_model)
 
     def build_collator(self, processor: ProcessorMixin, args: VLSFTConfig) -> VisionChatCollator:
         """The collator used when none is passed; override to change it."""
