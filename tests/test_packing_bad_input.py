@@ -192,3 +192,29 @@ def test_resume_with_new_pack_plan_must_be_a_boolean(tmp_path):
     for bad in ("yes", 1, None):
         with pytest.raises(ValueError, match="`resume_with_new_pack_plan` must be true or false"):
             VLSFTConfig(output_dir=str(tmp_path), report_to="none", resume_with_new_pack_plan=bad)
+
+
+# -- a family that does not pack is refused by the dry run ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["tiny-gemma3", "tiny-qwen3-vl"])
+def test_the_dry_run_refuses_packing_on_a_family_that_does_not_pack(model, tmp_path, capsys):
+    """The family is known from the processor (built without weights here): `--dry-run` refuses packing on Gemma 3,
+    whose record has no `packed_positions`, and the run refuses it before its datasets load (the data path does not
+    exist: a later refusal would be about the data)."""
+    from tests.test_recipe import tiny_recipe, write_recipe
+    from vlsft.cli.train import main
+
+    training = {"packing": True, "max_length": 512}
+    raw = tiny_recipe(tmp_path / "no-such-data.jsonl", tmp_path / "out", model={"name_or_path": model}, training=training)
+    path = write_recipe(tmp_path / "recipe.yaml", raw)
+    packs = model == "tiny-qwen3-vl"
+    assert main(["--config", str(path), "--dry-run"]) == (0 if packs else 2)
+    out, err = capsys.readouterr()
+    if packs:
+        assert "packing    rows best-fit decreasing into packs of 512 tokens" in out
+        return
+    assert "vlsft: invalid recipe: `training`: packing is not supported for the Gemma 3 family" in err
+    assert "Set `packing: false`" in err and "Traceback" not in err
+    assert main(["--config", str(path)]) == 2
+    assert "packing is not supported for the Gemma 3 family" in capsys.readouterr().err

@@ -40,7 +40,7 @@ from vlsft.loss import (
     step_sums_over_ranks,
     summed_label_weight,
 )
-from vlsft.packing import packing_enabled, packing_hidden_from_trl
+from vlsft.packing import check_family_packs, packing_enabled, packing_hidden_from_trl
 from vlsft.packing.collator import packed_row_ids
 from vlsft.packing.training import PackedTraining
 from vlsft.trl_compat import templates_shown_to_trl
@@ -111,6 +111,8 @@ class VLSFTTrainer(KillSafeCheckpoints, PackedTraining, RowsNamedByIndex, SFTTra
         packing = packing_enabled(args)
         if packing and data_collator is not None:
             raise ValueError("packing / padding_free collate with vlsft's own collator; do not pass `data_collator`.")
+        if packing:  # the family is known from the processor: refused before any row is checked
+            check_family_packs(default_collator.family)
         self.training_chat_template = default_collator.chat_template
         if data_collator is None:
             data_collator = default_collator
