@@ -218,3 +218,30 @@ def test_the_dry_run_refuses_packing_on_a_family_that_does_not_pack(model, tmp_p
     assert "Set `packing: false`" in err and "Traceback" not in err
     assert main(["--config", str(path)]) == 2
     assert "packing is not supported for the Gemma 3 family" in capsys.readouterr().err
+
+
+def test_a_row_of_the_single_eval_dataset_failing_mid_run_is_skipped_and_counted(tmp_path):
+    """`Trainer.evaluate` hands a single eval dataset (not a dict) to `get_eval_dataloader` itself: it is still the
+    trainer's, whose rows carry their index and are skipped and counted (it used to stop the evaluation)."""
+    from tests.scripts.packed_eval import evaluate
+
+    loss, trainer = evaluate(str(tmp_path), "packing", deleted=2)
+    assert trainer.rows_skipped_in_training == {"eval dataset 'eval'": 1} and loss > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["packing", "padded"])
+def test_an_eval_row_skipped_mid_run_on_one_rank_keeps_the_two_process_loss_exact(mode, tmp_path):
+    """5 picture rows, 2 per device on 2 ranks; row 2's image is deleted after validation, so rank 1 drops it (and
+    its duplicate) under `invalid_rows: skip` while rank 0 drops nothing. The ranks still gather as many per-row sums
+    (the dropped row keeps a place of zeros): no crash, and the loss equals 1 process's."""
+    from tests.scripts.packed_eval import evaluate
+    from tests.test_distributed import launch
+
+    script = Path(__file__).parent / "scripts" / "packed_eval.py"
+    out = tmp_path / "two.pt"
+    launch([str(script), "--out", str(out), "--mode", mode, "--deleted", "2"], timeout=300)
+    two = torch.load(out)
+    one, trainer = evaluate(str(tmp_path / "one"), mode, deleted=2)
+    assert trainer.rows_skipped_in_training == {"eval dataset 'eval'": 1}
+    assert two["eval_loss"] == pytest.approx(one, rel=1e-5)

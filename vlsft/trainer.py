@@ -31,7 +31,7 @@ from vlsft.checked_datasets import CheckedDatasets
 from vlsft.checkpoints import KillSafeCheckpoints, PreemptionCallback
 from vlsft.collator import VisionChatCollator, training_collator
 from vlsft.config import VLSFTConfig, as_vlsft_config
-from vlsft.data.training_rows import RowsNamedByIndex
+from vlsft.data.training_rows import KEPT_ROWS_KEY, RowsNamedByIndex, sums_at_batch_places
 from vlsft.data.validation import validate_datasets
 from vlsft.distributed import check_offload_keeps_optimizer
 from vlsft.loss import (
@@ -210,13 +210,16 @@ class VLSFTTrainer(KillSafeCheckpoints, PackedTraining, RowsNamedByIndex, SFTTra
         """Run the model and return the `SupervisedLossOutput` (summed NLL, token count, correct count, summed
         weight). With the collator's `label_weights`, the NLL is weighted per token. A packed batch gets its sums per
         packed row, as a padded batch gets them per batch row (evaluation drops accelerate's duplicate rows by row)."""
-        model_inputs = {key: value for key, value in inputs.items() if key not in ("labels", "label_weights")}
+        model_inputs = {key: value for key, value in inputs.items() if key not in ("labels", "label_weights", KEPT_ROWS_KEY)}
         if inputs.get("label_weights") is not None:
             model_inputs["supervised_weights"] = inputs["label_weights"]
         rows = packed_row_ids(inputs)
         if rows is not None:
             model_inputs["supervised_rows"] = rows
-        return model(**model_inputs, supervised_labels=inputs["labels"])
+        outputs = model(**model_inputs, supervised_labels=inputs["labels"])
+        # Rows dropped mid-run (`invalid_rows="skip"`) keep a place of zeros: every rank gathers the same row count.
+        outputs.row_sums = sums_at_batch_places(outputs.row_sums, inputs.get(KEPT_ROWS_KEY))
+        return outputs
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"

@@ -26,6 +26,10 @@ from vlsft.tokens import IGNORE_INDEX
 logger = logging.getLogger(__name__)
 
 ROW_INDEX_KEY = "vlsft_row_index"
+# In a batch some of whose rows were dropped: which places of the batch the sampler gave still hold a row (bool per
+# place). The trainer puts each row's evaluation sums back at its place (`sums_at_batch_places`), zeros where a row was
+# dropped, so every rank gathers as many rows as the others and accelerate's duplicates are dropped by place.
+KEPT_ROWS_KEY = "vlsft_kept_rows"
 
 
 class TrainingRowError(ValueError):
@@ -71,6 +75,7 @@ class FaultTolerantCollator:
         rows = [row for item in items for row in (item if isinstance(item, list) else [item])]
         indices = [row.get(ROW_INDEX_KEY) for row in rows]
         rows = [{k: v for k, v in row.items() if k != ROW_INDEX_KEY} for row in rows]
+        places, total = list(range(len(rows))), len(rows)
         while rows:
             try:
                 batch = self.collator(rows)
@@ -91,10 +96,14 @@ class FaultTolerantCollator:
                     ) from error
                 self.skipped[self.label] += 1
                 logger.warning(f"invalid_rows='skip': dropped {where} during training: {error.reason}")
-                del rows[error.index], indices[error.index]
+                del rows[error.index], indices[error.index], places[error.index]
                 continue
             self._fallback = batch
-            return batch
+            if len(places) == total:
+                return batch
+            kept = torch.zeros(total, dtype=torch.bool)
+            kept[places] = True
+            return {**batch, KEPT_ROWS_KEY: kept}
         # Every row of the batch failed. The step still runs (every rank makes the same collective calls), on the
         # last good batch with nothing supervised: zero tokens, zero loss, zero gradient.
         if self._fallback is None:
@@ -105,7 +114,19 @@ class FaultTolerantCollator:
         fallback = {**self._fallback, "labels": torch.full_like(self._fallback["labels"], IGNORE_INDEX)}
         if fallback.get("label_weights") is not None:  # the step's divisor sums these: nothing may weigh here
             fallback["label_weights"] = torch.zeros_like(fallback["label_weights"])
+        fallback[KEPT_ROWS_KEY] = torch.zeros(total, dtype=torch.bool)
         return fallback
+
+
+def sums_at_batch_places(row_sums: torch.Tensor, kept: torch.Tensor | None) -> torch.Tensor:
+    """Per-row sums of the rows collated, one per place of the batch the sampler gave (`kept`, the batch's
+    `KEPT_ROWS_KEY`): zeros where a row was dropped. Unchanged when no row was dropped (`kept` None)."""
+    if kept is None:
+        return row_sums
+    placed = row_sums.new_zeros(len(kept), row_sums.shape[1])
+    if kept.any():  # else the batch is the stand-in of a failed one, whose rows are not the sampler's
+        placed[kept.to(row_sums.device)] = row_sums
+    return placed
 
 
 class RowsNamedByIndex:
@@ -152,6 +173,9 @@ class RowsNamedByIndex:
         return super()._get_eval_sampler(eval_dataset.dataset if isinstance(eval_dataset, IndexedRows) else eval_dataset)
 
     def get_eval_dataloader(self, eval_dataset=None):
+        # `Trainer.evaluate` passes the trainer's single eval dataset itself, not None: it is the trainer's own.
+        if eval_dataset is not None and eval_dataset is self.eval_dataset:
+            eval_dataset = None
         # A dataset passed in directly is the caller's own; the trainer's eval datasets carry their indices.
         if eval_dataset is not None and not isinstance(eval_dataset, str):
             return super().get_eval_dataloader(eval_dataset)
