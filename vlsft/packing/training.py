@@ -32,11 +32,10 @@ class PackPlanChangedError(ValueError):
     """Resuming from a checkpoint trained on another pack plan; the message says what changed and the fixes."""
 
 
-def plan_record(plan: list[list[int]] | None, max_length: int | None) -> dict[str, Any]:
+def plan_record(plan: list[list[int]], max_length: int) -> dict[str, Any]:
     """What a checkpoint stores about its run's pack plan: a fingerprint of the packs (rows by index, in order) and,
-    to say what changed, their number, the rows they hold and the budget. No plan (no packing): a None fingerprint."""
-    if plan is None:
-        return {"fingerprint": None}
+    to say what changed, their number, the rows they hold and the budget. (A run without packing stores a None
+    fingerprint.)"""
     digest = hashlib.sha256(json.dumps(plan, separators=(",", ":")).encode()).hexdigest()
     return {"fingerprint": digest, "packs": len(plan), "rows": sum(len(pack) for pack in plan), "max_length": max_length}
 
@@ -83,7 +82,7 @@ class PackedTraining:
     checkpoint and has `_save_checkpoint` write into a staging directory): packing set up by `_use_packing`, the pack
     plan recorded in every checkpoint and checked on resume."""
 
-    _pack_plan_record: dict[str, Any] = {"fingerprint": None}
+    _pack_plan_record: dict[str, Any] = {"fingerprint": None}  # no packing (replaced, never mutated)
 
     def _use_packing(self, base_model) -> None:
         """Train on best-fit-decreasing packs of rows (`args.packing`) or on padding-free micro-batches
