@@ -58,6 +58,10 @@ class VLSFTConfig(SFTConfig):
             `padding_free` lays each micro-batch's rows end to end in one sequence without padding (implied by
             `packing`). Each row keeps its own (3D mRoPE) positions and never attends to another; the loss is
             unchanged. Only `packing_strategy="bfd"`; with `attn_implementation` "sdpa" or "eager".
+        resume_with_new_pack_plan (`bool`, defaults to `False`):
+            A checkpoint records its run's pack plan; resuming it with another one (another `max_length`, dataset,
+            `seed` or `packing`) is refused, as the checkpoint's step counts packs of its own plan. `True` resumes on
+            the new plan anyway, with a warning: in the current epoch some rows are then trained again, others not.
         loss_type (`str`, defaults to `"nll"`):
             TRL's field: `"nll"`, the summed negative log-likelihood of the supervised tokens over the step's
             supervised tokens; `"dft"` (Dynamic Fine-Tuning, TRL's meaning): each supervised token's NLL weighted by
@@ -131,6 +135,10 @@ class VLSFTConfig(SFTConfig):
     video_max_pixels: int | None = field(
         default=None, metadata={"help": "Video pixel budget, the video processor's size['longest_edge']."}
     )
+    resume_with_new_pack_plan: bool = field(
+        default=False,
+        metadata={"help": "Resume a checkpoint whose pack plan differs from this run's (refused by default)."},
+    )
 
     def __post_init__(self):
         if self.reasoning_history not in ("drop", "keep"):
@@ -149,6 +157,10 @@ class VLSFTConfig(SFTConfig):
                 "`assistant_only_loss=True`."
             )
         self._check_ranges()
+        if not isinstance(self.resume_with_new_pack_plan, bool):
+            raise ValueError(
+                f"`resume_with_new_pack_plan` must be true or false, got {self.resume_with_new_pack_plan!r}."
+            )
         if self.invalid_rows not in ("raise", "skip"):
             raise ValueError(f"`invalid_rows` must be 'raise' or 'skip', got {self.invalid_rows!r}.")
         for name in ("video_fps", "video_min_frames", "video_max_frames", "video_max_pixels"):

@@ -41,9 +41,9 @@ class SupervisedLossOutput(ModelOutput):
     num_correct: torch.Tensor | None = None  # argmax == target, for `mean_token_accuracy`
     weight_sum: torch.Tensor | None = None  # summed token weight (float32); the token count when unweighted
     aux_loss: torch.Tensor | None = None  # MoE load-balancing loss of the micro-batch, when the router logits are on
-    # [num_correct, num_tokens, summed (weighted) NLL, summed weight] of each row, float64, detached: per-sample sums
-    # for evaluation, whose
-    # last batch accelerate pads with duplicate rows that only per-sample sums can drop exactly.
+    # [num_correct, num_tokens, summed (weighted) NLL, summed weight] of each row (each packed row, in a packed
+    # batch), float64, detached: per-sample sums for evaluation, whose last batch accelerate pads with duplicate rows
+    # that only per-sample sums can drop exactly.
     row_sums: torch.Tensor | None = None
 
 
@@ -69,6 +69,7 @@ def supervised_nll(
     label_weights: torch.Tensor | None = None,
     softcap: float | None = None,
     loss_type: str = "nll",
+    row_ids: torch.Tensor | None = None,
 ) -> SupervisedLossOutput:
     """Summed next-token NLL over the positions whose (shifted) label is not -100; with `label_weights` (aligned with
     `labels`), each token's NLL times its weight, and `weight_sum` their summed weight.
@@ -78,14 +79,21 @@ def supervised_nll(
     is computed, in the forward and again in the backward. At least `num_chunks` chunks run (empty ones after the
     tokens), so that data-parallel ranks call the head equally often (`vlsft.distributed`). `loss_type="dft"`: each
     token's NLL times its probability `exp(-nll)`, detached (TRL's DFT, on the supervised tokens only).
+
+    `row_sums` has one entry per row: per batch row, or, for a packed batch (several rows end to end in one sequence),
+    per packed row, given by `row_ids` (aligned with `labels`: the row each token belongs to, 0, 1, ...).
     """
     targets = labels[:, 1:].to(hidden_states.device)
     mask = targets != IGNORE_INDEX
     hidden = hidden_states[:, :-1][mask]
     targets = targets[mask]
     weights = None if label_weights is None else label_weights[:, 1:].to(hidden_states.device, torch.float32)[mask]
-    rows = mask.nonzero()[:, 0]
-    row_sums = torch.zeros(labels.shape[0], 4, dtype=torch.float64, device=hidden_states.device)
+    if row_ids is None:
+        rows, num_rows = mask.nonzero()[:, 0], labels.shape[0]
+    else:  # a target belongs to the row of the token it predicts (never across rows: a row's first label is -100)
+        row_ids = row_ids.to(hidden_states.device)
+        rows, num_rows = row_ids[:, 1:][mask], int(row_ids.max()) + 1
+    row_sums = torch.zeros(num_rows, 4, dtype=torch.float64, device=hidden_states.device)
     nll_sum = hidden_states.new_zeros((), dtype=torch.float32)
     num_correct = torch.zeros((), dtype=torch.long, device=hidden_states.device)
     # At least one (possibly empty) chunk, so that a micro-batch without supervised tokens still gives a loss that is
@@ -124,7 +132,7 @@ def attach_supervised_head(model: nn.Module, chunk_size: int = 256, loss_type: s
     model._vlsft_logit_softcap = final_logit_softcap(model)
 
     @functools.wraps(type(model).forward)  # keep the signature: `generate` validates its kwargs against it
-    def forward(self, *args, supervised_labels=None, supervised_weights=None, **kwargs):
+    def forward(self, *args, supervised_labels=None, supervised_weights=None, supervised_rows=None, **kwargs):
         if supervised_labels is None:
             # The class's forward, called on `self`: nothing bound to this instance is captured, so a deep copy of
             # the model (whose bound `forward` deepcopy rebinds) runs the copy, not the original.
@@ -153,6 +161,7 @@ def attach_supervised_head(model: nn.Module, chunk_size: int = 256, loss_type: s
             label_weights=supervised_weights,
             softcap=self._vlsft_logit_softcap,
             loss_type=self._vlsft_loss_type,
+            row_ids=supervised_rows,
         )
         if getattr(backbone_output, "router_logits", None):
             # The model's own load-balancing loss, as its forward computes it (from the module that defines it).

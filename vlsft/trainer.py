@@ -11,7 +11,9 @@ What it changes, each in one overridden method:
   carries its dataset index, and a row that fails to collate mid-run is skipped and counted (`invalid_rows="skip"`)
   or named by that index;
 - `_save_checkpoint` / `train` (mixin `vlsft.checkpoints.KillSafeCheckpoints`): checkpoints written atomically,
-  resume from the newest complete one, a checkpoint and a clean stop on SIGTERM.
+  resume from the newest complete one, a checkpoint and a clean stop on SIGTERM;
+- packing (mixin `vlsft.packing.training.PackedTraining`): packs planned, the packed collator, and the pack plan
+  recorded in every checkpoint and checked on resume.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from vlsft.checked_datasets import CheckedDatasets
 from vlsft.checkpoints import KillSafeCheckpoints, PreemptionCallback
 from vlsft.collator import VisionChatCollator, training_collator
 from vlsft.config import VLSFTConfig, as_vlsft_config
-from vlsft.data.training_rows import RowsNamedByIndex
+from vlsft.data.training_rows import KEPT_ROWS_KEY, RowsNamedByIndex, sums_at_batch_places
 from vlsft.data.validation import validate_datasets
 from vlsft.distributed import check_offload_keeps_optimizer
 from vlsft.loss import (
@@ -38,14 +40,13 @@ from vlsft.loss import (
     step_sums_over_ranks,
     summed_label_weight,
 )
-from vlsft.packing import check_packing_support, packing_enabled, packing_hidden_from_trl
-from vlsft.packing.attention import use_packed_attention
-from vlsft.packing.collator import PackedCollator
-from vlsft.packing.plan import pack_dataset
+from vlsft.packing import check_family_packs, packing_enabled, packing_hidden_from_trl
+from vlsft.packing.collator import packed_row_ids
+from vlsft.packing.training import PackedTraining
 from vlsft.trl_compat import templates_shown_to_trl
 
 
-class VLSFTTrainer(KillSafeCheckpoints, RowsNamedByIndex, SFTTrainer):
+class VLSFTTrainer(KillSafeCheckpoints, PackedTraining, RowsNamedByIndex, SFTTrainer):
     """Drop-in `trl.SFTTrainer` for vision-language models (same constructor).
 
     Subclass it to change one thing: override `compute_loss` for another loss (call `self.supervised_sums(model,
@@ -110,6 +111,8 @@ class VLSFTTrainer(KillSafeCheckpoints, RowsNamedByIndex, SFTTrainer):
         packing = packing_enabled(args)
         if packing and data_collator is not None:
             raise ValueError("packing / padding_free collate with vlsft's own collator; do not pass `data_collator`.")
+        if packing:  # the family is known from the processor: refused before any row is checked
+            check_family_packs(default_collator.family)
         self.training_chat_template = default_collator.chat_template
         if data_collator is None:
             data_collator = default_collator
@@ -170,18 +173,6 @@ class VLSFTTrainer(KillSafeCheckpoints, RowsNamedByIndex, SFTTrainer):
             if isinstance(callback, AnswerAccuracyCallback):
                 callback.trainer = self
 
-    def _use_packing(self, base_model) -> None:
-        """Train on best-fit-decreasing packs of rows (`args.packing`) or on padding-free micro-batches
-        (`args.padding_free`), each row on its own positions and unseen by the others (`vlsft.packing`)."""
-        check_packing_support(base_model, self.data_collator)
-        use_packed_attention(base_model)
-        if self.args.packing and self.train_dataset is not None:
-            if not hasattr(self.train_dataset, "__len__"):
-                raise ValueError("packing=True plans packs over the whole train dataset; load it as a datasets.Dataset.")
-            budget, seed = self.args.max_length, self.args.seed
-            self.train_dataset = pack_dataset(self.train_dataset, self.data_collator, budget, seed)
-        self.data_collator = PackedCollator(self.data_collator, model=base_model)
-
     def build_collator(self, processor: ProcessorMixin, args: VLSFTConfig) -> VisionChatCollator:
         """The collator used when none is passed; override to change it."""
         return training_collator(processor, args)
@@ -217,11 +208,18 @@ class VLSFTTrainer(KillSafeCheckpoints, RowsNamedByIndex, SFTTrainer):
 
     def supervised_sums(self, model, inputs):
         """Run the model and return the `SupervisedLossOutput` (summed NLL, token count, correct count, summed
-        weight). With the collator's `label_weights`, the NLL is weighted per token."""
-        model_inputs = {key: value for key, value in inputs.items() if key not in ("labels", "label_weights")}
+        weight). With the collator's `label_weights`, the NLL is weighted per token. A packed batch gets its sums per
+        packed row, as a padded batch gets them per batch row (evaluation drops accelerate's duplicate rows by row)."""
+        model_inputs = {key: value for key, value in inputs.items() if key not in ("labels", "label_weights", KEPT_ROWS_KEY)}
         if inputs.get("label_weights") is not None:
             model_inputs["supervised_weights"] = inputs["label_weights"]
-        return model(**model_inputs, supervised_labels=inputs["labels"])
+        rows = packed_row_ids(inputs)
+        if rows is not None:
+            model_inputs["supervised_rows"] = rows
+        outputs = model(**model_inputs, supervised_labels=inputs["labels"])
+        # Rows dropped mid-run (`invalid_rows="skip"`) keep a place of zeros: every rank gathers the same row count.
+        outputs.row_sums = sums_at_batch_places(outputs.row_sums, inputs.get(KEPT_ROWS_KEY))
+        return outputs
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"

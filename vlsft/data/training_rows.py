@@ -2,8 +2,8 @@
 with a "batch row 1" traceback.
 
 The dataset index travels with each row: `IndexedRows` hands the collator each row with its index in the dataset the
-user gave (before any `invalid_rows="skip"` filtering) under `ROW_INDEX_KEY`. `FaultTolerantCollator` strips it,
-collates, and on a `RowError`:
+user gave (before any `invalid_rows="skip"` filtering) under `ROW_INDEX_KEY`; with `packing=True`, every row of every
+pack does (`PackedRows` over `IndexedRows`). `FaultTolerantCollator` strips it, collates, and on a `RowError`:
 - `invalid_rows="skip"`: drops that row, logs it and counts it (`skipped`), and collates the rest;
 - `invalid_rows="raise"`: raises `TrainingRowError` naming the dataset row and how to skip such rows.
 """
@@ -26,6 +26,10 @@ from vlsft.tokens import IGNORE_INDEX
 logger = logging.getLogger(__name__)
 
 ROW_INDEX_KEY = "vlsft_row_index"
+# In a batch some of whose rows were dropped: which places of the batch the sampler gave still hold a row (bool per
+# place). The trainer puts each row's evaluation sums back at its place (`sums_at_batch_places`), zeros where a row was
+# dropped, so every rank gathers as many rows as the others and accelerate's duplicates are dropped by place.
+KEPT_ROWS_KEY = "vlsft_kept_rows"
 
 
 class TrainingRowError(ValueError):
@@ -65,9 +69,13 @@ class FaultTolerantCollator:
         self.skipped = skipped  # shared with the trainer: skipped rows per dataset label
         self._fallback: dict[str, torch.Tensor] | None = None
 
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, items: list[dict[str, Any] | list[dict[str, Any]]]) -> dict[str, torch.Tensor]:
+        # A pack (`packing=True`) is a list of rows: the packed collator lays out every row of the micro-batch end to
+        # end whichever pack it came from, so the rows are handed to it flat, and a failing one is dropped alone.
+        rows = [row for item in items for row in (item if isinstance(item, list) else [item])]
         indices = [row.get(ROW_INDEX_KEY) for row in rows]
         rows = [{k: v for k, v in row.items() if k != ROW_INDEX_KEY} for row in rows]
+        places, total = list(range(len(rows))), len(rows)
         while rows:
             try:
                 batch = self.collator(rows)
@@ -88,10 +96,14 @@ class FaultTolerantCollator:
                     ) from error
                 self.skipped[self.label] += 1
                 logger.warning(f"invalid_rows='skip': dropped {where} during training: {error.reason}")
-                del rows[error.index], indices[error.index]
+                del rows[error.index], indices[error.index], places[error.index]
                 continue
             self._fallback = batch
-            return batch
+            if len(places) == total:
+                return batch
+            kept = torch.zeros(total, dtype=torch.bool)
+            kept[places] = True
+            return {**batch, KEPT_ROWS_KEY: kept}
         # Every row of the batch failed. The step still runs (every rank makes the same collective calls), on the
         # last good batch with nothing supervised: zero tokens, zero loss, zero gradient.
         if self._fallback is None:
@@ -99,7 +111,22 @@ class FaultTolerantCollator:
                 f"every row of the first {self.label} batch failed in the middle of training, and there is no good "
                 "batch to stand in; fix the data (see the warnings above)."
             )
-        return {**self._fallback, "labels": torch.full_like(self._fallback["labels"], IGNORE_INDEX)}
+        fallback = {**self._fallback, "labels": torch.full_like(self._fallback["labels"], IGNORE_INDEX)}
+        if fallback.get("label_weights") is not None:  # the step's divisor sums these: nothing may weigh here
+            fallback["label_weights"] = torch.zeros_like(fallback["label_weights"])
+        fallback[KEPT_ROWS_KEY] = torch.zeros(total, dtype=torch.bool)
+        return fallback
+
+
+def sums_at_batch_places(row_sums: torch.Tensor, kept: torch.Tensor | None) -> torch.Tensor:
+    """Per-row sums of the rows collated, one per place of the batch the sampler gave (`kept`, the batch's
+    `KEPT_ROWS_KEY`): zeros where a row was dropped. Unchanged when no row was dropped (`kept` None)."""
+    if kept is None:
+        return row_sums
+    placed = row_sums.new_zeros(len(kept), row_sums.shape[1])
+    if kept.any():  # else the batch is the stand-in of a failed one, whose rows are not the sampler's
+        placed[kept.to(row_sums.device)] = row_sums
+    return placed
 
 
 class RowsNamedByIndex:
@@ -117,7 +144,10 @@ class RowsNamedByIndex:
         `IndexedRows`, and the collator wrapped to skip or name a row that fails (`vlsft.data.training_rows`)."""
         original_datasets, original_collator = getattr(self, attribute), self.data_collator
         dataset = original_datasets[entry] if entry is not None else original_datasets
-        indexed = IndexedRows(dataset, self._original_row_indices.get(indices_key))
+        if isinstance(dataset, PackedRows):  # packs of the same rows, each row carrying its index
+            indexed = PackedRows(IndexedRows(dataset.dataset, self._original_row_indices.get(indices_key)), dataset.plan)
+        else:
+            indexed = IndexedRows(dataset, self._original_row_indices.get(indices_key))
         setattr(self, attribute, {**original_datasets, entry: indexed} if entry is not None else indexed)
         self.data_collator = FaultTolerantCollator(
             original_collator, label, self.args.invalid_rows, self.rows_skipped_in_training, self.args.validate_rows
@@ -129,9 +159,7 @@ class RowsNamedByIndex:
             self.data_collator = original_collator
 
     def get_train_dataloader(self):
-        # Packs (`packing=True`) are lists of rows: a row failing mid-run there stops the run with the collator's
-        # error (validation has checked every row before the first step).
-        if self.train_dataset is None or isinstance(self.train_dataset, (torch.utils.data.IterableDataset, PackedRows)):
+        if self.train_dataset is None or isinstance(self.train_dataset, torch.utils.data.IterableDataset):
             return super().get_train_dataloader()
         with self._rows_named_by_index("train_dataset", None, None, "train dataset"):
             return super().get_train_dataloader()
@@ -145,6 +173,9 @@ class RowsNamedByIndex:
         return super()._get_eval_sampler(eval_dataset.dataset if isinstance(eval_dataset, IndexedRows) else eval_dataset)
 
     def get_eval_dataloader(self, eval_dataset=None):
+        # `Trainer.evaluate` passes the trainer's single eval dataset itself, not None: it is the trainer's own.
+        if eval_dataset is not None and eval_dataset is self.eval_dataset:
+            eval_dataset = None
         # A dataset passed in directly is the caller's own; the trainer's eval datasets carry their indices.
         if eval_dataset is not None and not isinstance(eval_dataset, str):
             return super().get_eval_dataloader(eval_dataset)

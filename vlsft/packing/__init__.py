@@ -42,7 +42,7 @@ import contextlib
 from collections.abc import Iterator
 
 from vlsft.collator import VisionChatCollator
-from vlsft.families import FAMILIES, family_of_model
+from vlsft.families import FAMILIES, Family, family_of_model
 from vlsft.packing.attention import PACKABLE_ATTENTION
 
 # Families whose packed rows are proven isolated (tests/test_packing.py), and how their positions are built.
@@ -73,6 +73,17 @@ def packing_enabled(args) -> bool:
             "`train_sampling_strategy: group_by_length` (use the default `random`)."
         )
     return True
+
+
+def check_family_packs(family: Family) -> None:
+    """Raise a ValueError, with the fix, when vlsft does not pack `family` (known from the processor and its template,
+    before any row is checked or the model loads: `VLSFTTrainer`, `vlsft train` and its dry run call this)."""
+    if family.packed_positions is None:
+        raise ValueError(
+            f"packing is not supported for the {family.display_name} family; vlsft packs only "
+            f"{', '.join(PACKABLE_FAMILIES)}, whose rows are proven kept apart inside a pack. Set `packing: false` "
+            "(and `padding_free: false`)."
+        )
 
 
 @contextlib.contextmanager

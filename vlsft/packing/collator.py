@@ -11,7 +11,7 @@ import torch
 
 from vlsft.collator import VisionChatCollator
 from vlsft.data.rows import row_images, row_videos
-from vlsft.packing import PACKABLE_FAMILIES
+from vlsft.packing import PACKABLE_FAMILIES, check_family_packs
 from vlsft.tokens import IGNORE_INDEX, image_token_runs
 
 
@@ -23,12 +23,8 @@ class PackedCollator:
     def __init__(self, rows_collator: VisionChatCollator, model=None):
         self.rows_collator = rows_collator
         self.model = model
-        self.positions = PACKABLE_FAMILIES.get(rows_collator.family.name)
-        if self.positions is None:
-            raise ValueError(
-                f"packing is not supported for the {rows_collator.family.display_name} family; vlsft packs only "
-                f"{', '.join(PACKABLE_FAMILIES)}. Set `packing: false` (and `padding_free: false`)."
-            )
+        check_family_packs(rows_collator.family)
+        self.positions = rows_collator.family.packed_positions
         if self.positions == "mrope" and not hasattr(getattr(model, "model", None), "get_rope_index"):
             raise ValueError(
                 f"packed {rows_collator.family.display_name} rows need the model's own 3D rope positions: pass the "
@@ -150,3 +146,12 @@ class PackedCollator:
             pieces.append(torch.cat([text, spatial.cpu()], dim=0))
         return torch.cat(pieces, dim=-1)
 
+
+def packed_row_ids(batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """`[1, total]`: the row (0, 1, ...) of each token of a packed batch (no attention mask; rows found where the
+    text positions restart at 0, as the attention finds them), or None for a padded batch."""
+    positions = batch.get("position_ids")
+    if positions is None or batch.get("attention_mask") is not None:
+        return None
+    text = positions[0] if positions.dim() == 3 else positions  # Qwen-VL: the first of the 4 rows, per-row positions
+    return torch.cumsum(text == 0, dim=-1) - 1

@@ -39,16 +39,28 @@ def plan_packs(lengths: Sequence[int], budget: int, seed: int = 0) -> list[list[
     return [sorted(pack) for pack in packs]
 
 
-def row_lengths(dataset, collator: VisionChatCollator, batch_size: int = 256) -> list[int]:
+def row_lengths(
+    dataset,
+    collator: VisionChatCollator,
+    batch_size: int = 256,
+    allow_truncated_end_of_turn: bool = False,
+    original_indices: Sequence[int] | None = None,
+) -> list[int]:
     """Every row's token count with image tokens expanded, before truncation, as validation counts it (the training
-    collator's own rendering and tokenization; image token counts from the image sizes where the family allows)."""
-    checker = RowChecker(collator, getattr(dataset, "features", None))
+    collator's own rendering and tokenization; image token counts from the image sizes where the family allows).
+    The rows are judged by validation's own rule, `allow_truncated_end_of_turn` included: a row validation let
+    through is never refused here. A row that fails is named by its index in the user's dataset
+    (`original_indices[i]` for the dataset's row i, when validation dropped rows before)."""
+    checker = RowChecker(
+        collator, getattr(dataset, "features", None), allow_truncated_end_of_turn=allow_truncated_end_of_turn
+    )
     lengths = []
     for start in range(0, len(dataset), batch_size):
         rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         for offset, verdict in enumerate(checker.check(rows)):
             if verdict.reason:
-                raise ValueError(f"row {start + offset} cannot be packed: {verdict.reason}")
+                index = start + offset if original_indices is None else original_indices[start + offset]
+                raise ValueError(f"train dataset row {index} cannot be packed: {verdict.reason}")
             lengths.append(verdict.num_tokens)
     return lengths
 
@@ -67,7 +79,17 @@ class PackedRows(torch.utils.data.Dataset):
         return [self.dataset[i] for i in self.plan[index]]
 
 
-def pack_dataset(dataset, collator: VisionChatCollator, budget: int, seed: int) -> PackedRows:
-    """`dataset` planned into packs of at most `budget` tokens."""
-    return PackedRows(dataset, plan_packs(row_lengths(dataset, collator), budget, seed))
+def pack_dataset(
+    dataset,
+    collator: VisionChatCollator,
+    budget: int,
+    seed: int,
+    allow_truncated_end_of_turn: bool = False,
+    original_indices: Sequence[int] | None = None,
+) -> PackedRows:
+    """`dataset` planned into packs of at most `budget` tokens (see `row_lengths` for the other arguments)."""
+    lengths = row_lengths(
+        dataset, collator, allow_truncated_end_of_turn=allow_truncated_end_of_turn, original_indices=original_indices
+    )
+    return PackedRows(dataset, plan_packs(lengths, budget, seed))
 

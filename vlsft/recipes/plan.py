@@ -10,6 +10,7 @@ import os
 import re
 
 from vlsft.recipes.build import build_training_config, lora_targets
+from vlsft.recipes.family_checks import packing_plan
 from vlsft.recipes.datasets import file_extension, looks_local
 from vlsft.recipes.launch import LaunchError, check_launchable, has_gpu, launch_argv, launch_command
 from vlsft.recipes.mixture import held_out_rows, kept_rows, mixture_counts
@@ -27,6 +28,7 @@ def describe_plan(recipe: Recipe, overrides: list[str] = (), **launch) -> str:
     # A Hub id is not fetched (a dry run loads nothing); the real run checks the Hub answers before loading.
     source = check_model_source(recipe.model.name_or_path, recipe.model.revision, reach_hub=False)
     resume = _resume_plan(args)
+    packing = packing_plan(recipe, args)
     lines = [f"recipe     {recipe.path}: valid", ""]
     model = recipe.model
     detail = [f"dtype {model.dtype}"]
@@ -60,6 +62,8 @@ def describe_plan(recipe: Recipe, overrides: list[str] = (), **launch) -> str:
         f"training   {steps}, lr {args.learning_rate:g} ({args.lr_scheduler_type.value if hasattr(args.lr_scheduler_type, 'value') else args.lr_scheduler_type}), "
         f"{precision}, activation checkpointing {'on' if args.gradient_checkpointing else 'off'}, output {args.output_dir}"
     )
+    if packing:
+        lines.append(f"packing    {packing}")
     if resume:
         lines.append(f"resume     {resume}")
     layout = recipe.layout
