@@ -117,7 +117,8 @@ def _qwen3_5(name: str, display_name: str) -> Family:
         name=name, display_name=display_name, stock_template=name, training_template=f"{name}_training.jinja",
         processor_class="Qwen3VLProcessor", model_types=("qwen3_5", "qwen3_5_moe"),
         parts=ModelParts("visual", ("visual.merger",), "language_model.layers", _QWEN3_VL_VISION),
-        reasoning_markers=_QWEN3_THINK, **_QWEN_TOKENS,
+        # Packed rows restart the linear-attention layers' state at every row (vlsft.packing.linear_attention).
+        packed_positions="mrope", reasoning_markers=_QWEN3_THINK, **_QWEN_TOKENS,
     )
 
 

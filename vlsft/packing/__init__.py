@@ -43,7 +43,7 @@ from collections.abc import Iterator
 
 from vlsft.collator import VisionChatCollator
 from vlsft.families import FAMILIES, family_of_model
-from vlsft.packing.attention import PACKABLE_ATTENTION
+from vlsft.packing.attention import PACKABLE_ATTENTION, can_pack
 
 # Families whose packed rows are proven isolated (tests/test_packing.py), and how their positions are built.
 PACKABLE_FAMILIES = {name: family.packed_positions for name, family in FAMILIES.items() if family.packed_positions}
@@ -101,16 +101,21 @@ def check_packing_support(model, collator: VisionChatCollator) -> str:
         )
     attention = model.config._attn_implementation
     text_attention = model.config.get_text_config()._attn_implementation
-    if attention not in PACKABLE_ATTENTION or text_attention not in PACKABLE_ATTENTION:
+    if not (can_pack(attention) and can_pack(text_attention)):
         raise ValueError(
             f"packing is not supported with attn_implementation={text_attention!r}: vlsft packs with "
-            f"{' or '.join(PACKABLE_ATTENTION)}, whose separation of rows is tested. Load the model "
-            "with `attn_implementation='sdpa'`, or set `packing: false`."
+            f"{', '.join(PACKABLE_ATTENTION)} or a flash attention (flash_attention_2, flash_attention_3, "
+            "kernels-community/flash-attn2...), whose separation of rows is tested. Load the model with one of "
+            "these (e.g. `attn_implementation='sdpa'`), or set `packing: false`."
         )
     return PACKABLE_FAMILIES[family]
 
 
 def _same_collation(family: str) -> tuple[str, ...]:
-    """Families that share `family`'s processor and template (Qwen3-VL-MoE collates as Qwen3-VL)."""
+    """Families that collate `family`'s models: the same training template (Qwen3-VL-MoE collates as Qwen3-VL), or
+    the same model types (the Qwen3.5 / 3.6 / 3.8 templates all serve `qwen3_5` and `qwen3_5_moe`)."""
     spec = FAMILIES[family]
-    return tuple(name for name, other in FAMILIES.items() if other.training_template == spec.training_template)
+    return tuple(
+        name for name, other in FAMILIES.items()
+        if other.training_template == spec.training_template or other.model_types == spec.model_types
+    )
