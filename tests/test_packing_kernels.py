@@ -202,3 +202,18 @@ def test_flex_attention_forward_keeps_packed_rows_apart():
         )
         if index != 1:
             assert torch.equal(changed[0, span], packed[0, span]), f"row {index} changed with row 1"
+
+
+def test_which_attention_implementations_pack():
+    """Every flash kernel a GPU user sets, flex, sdpa and eager pack; continuous batching's paged attention does not."""
+    model, processor = build_tiny("qwen3_vl", seed=0)
+    model = copy.deepcopy(model)
+    collator = VisionChatCollator(processor, training_template("qwen3_vl"))
+    for implementation in ("flash_attention_2", "flash_attention_3", "kernels-community/flash-attn2", "flex_attention",
+                           "sdpa", "eager"):
+        model.config._attn_implementation = model.config.get_text_config()._attn_implementation = implementation
+        assert check_packing_support(model, collator) == "mrope", implementation
+    for implementation in ("paged|flash_attention_2", "paged|sdpa"):
+        model.config._attn_implementation = model.config.get_text_config()._attn_implementation = implementation
+        with pytest.raises(ValueError, match="packing is not supported with attn_implementation"):
+            check_packing_support(model, collator)

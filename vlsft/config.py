@@ -57,7 +57,8 @@ class VLSFTConfig(SFTConfig):
             best-fit decreasing into sequences of at most `max_length` tokens (image tokens counted);
             `padding_free` lays each micro-batch's rows end to end in one sequence without padding (implied by
             `packing`). Each row keeps its own (3D mRoPE) positions and never attends to another; the loss is
-            unchanged. Only `packing_strategy="bfd"`; with `attn_implementation` "sdpa" or "eager".
+            unchanged. Only `packing_strategy="bfd"`; with `attn_implementation` "sdpa", "eager", "flex_attention" or a
+            flash attention ("flash_attention_2", "flash_attention_3", "kernels-community/flash-attn2").
         loss_type (`str`, defaults to `"nll"`):
             TRL's field: `"nll"`, the summed negative log-likelihood of the supervised tokens over the step's
             supervised tokens; `"dft"` (Dynamic Fine-Tuning, TRL's meaning): each supervised token's NLL weighted by

@@ -63,7 +63,7 @@ class Family:
     # The processor and model take videos (`pixel_values_videos`, `video_grid_thw`) and vlsft collates them.
     video: bool = False
     # How the positions of packed rows are built ("mrope": Qwen's 3D rope, "1d"), for the families whose packed rows
-    # are proven kept apart (tests/test_packing.py); None where vlsft does not pack the family.
+    # are proven kept apart (tests/test_packing*.py); None where vlsft does not pack the family.
     packed_positions: str | None = None
     # (open, close) of a reasoning block inside an assistant turn, each one token of the family's tokenizer (Qwen3's
     # `<think>`, `</think>`): `reasoning_weight` scales the tokens from open to close, both included. None where the
