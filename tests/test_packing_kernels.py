@@ -217,3 +217,30 @@ def test_which_attention_implementations_pack():
         model.config._attn_implementation = model.config.get_text_config()._attn_implementation = implementation
         with pytest.raises(ValueError, match="packing is not supported with attn_implementation"):
             check_packing_support(model, collator)
+
+
+def test_liger_kernels_are_refused_on_the_cpu_and_never_replace_the_loss():
+    """Liger is Triton (GPU only): refused on the CPU with the reason; on a GPU its loss kernels stay off whatever the
+    config asks, and a config that asks for them is refused (what a GPU run would hand `Trainer`, checked here)."""
+    from vlsft import VLSFTConfig
+    from vlsft.liger import liger_layer_kernels
+
+    with pytest.raises(ValueError, match="Triton kernels, which run on GPUs only"):
+        VLSFTConfig(output_dir="unused", report_to="none", use_liger_kernel=True)
+    with pytest.raises(ValueError, match="Triton"):
+        liger_layer_kernels({"rms_norm": True}, on_gpu=False)
+    for asked in ({"fused_linear_cross_entropy": True}, {"cross_entropy": True, "rope": True}):
+        with pytest.raises(ValueError, match="would replace vlsft's supervised-token loss"):
+            liger_layer_kernels(asked, on_gpu=True)
+    for bad in ("rope", {"rope": "yes"}, {1: True}):
+        with pytest.raises(ValueError, match="must map kernel names to true/false"):
+            liger_layer_kernels(bad, on_gpu=True)
+    try:
+        import liger_kernel  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match="pip install liger-kernel"):
+            liger_layer_kernels({"rope": False}, on_gpu=True)
+    else:
+        assert liger_layer_kernels({"rope": False}, on_gpu=True) == {
+            "rope": False, "cross_entropy": False, "fused_linear_cross_entropy": False
+        }

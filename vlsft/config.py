@@ -14,6 +14,7 @@ from transformers import TrainingArguments
 from trl import SFTConfig
 from trl.trainer.utils import get_config_model_id
 
+from vlsft.liger import liger_layer_kernels
 from vlsft.packing import packing_enabled
 
 
@@ -161,6 +162,9 @@ class VLSFTConfig(SFTConfig):
                 "lower the first or raise the second."
             )
         self._refuse_sft_fields_vlsft_cannot_honour()
+        if self.use_liger_kernel:  # Liger's layer kernels, never its loss (`vlsft.liger`)
+            on_gpu = not self.use_cpu and torch.cuda.is_available()
+            self.liger_kernel_config = liger_layer_kernels(self.liger_kernel_config, on_gpu)
         if self.loss_chunk_size < 1:
             raise ValueError(f"`loss_chunk_size` must be >= 1, got {self.loss_chunk_size}.")
         # vlsft's collator renders, tokenizes and masks every row on the fly, so TRL's up-front tokenization is
@@ -194,11 +198,6 @@ class VLSFTConfig(SFTConfig):
         if self.loss_type not in ("nll", "dft", "chunked_nll"):  # TRL turns its deprecated "chunked_nll" into "nll"
             problems.append(
                 f"`loss_type={self.loss_type!r}`: vlsft computes 'nll' (already chunked: `loss_chunk_size`) or 'dft'"
-            )
-        if self.use_liger_kernel:
-            problems.append(
-                "`use_liger_kernel=True`: Liger's fused cross-entropy would replace vlsft's supervised-token loss (which "
-                "already never builds the full logits) and TRL deprecates the flag; leave it False"
             )
         if self.completion_only_loss:
             problems.append(
