@@ -29,7 +29,7 @@ pack budget, `padding_free`) trains on packs instead of padded batches:
   - eager and `flex_attention`: transformers' block-diagonal (document) mask from the rows' text positions
     (`find_packed_sequence_indices`, which runs only without an attention mask and without a KV cache: the collator
     sets `use_cache=False`). The Qwen-VL text models hand their first position row to it; given the 3 mRoPE rows
-    only they would not, and rows would attend to each other: hence the 4-row layout (a pack without it is refused).
+    only they would not, and rows would attend to each other: hence the 4-row layout.
   - the linear-attention (GatedDeltaNet) layers of the hybrid Qwen3.5 / 3.6 / 3.8 models restart their convolution
     and recurrent state at every row (`vlsft.packing.linear_attention`).
   `tests/test_packing.py`, `test_packing_hybrid.py` and `test_packing_kernels.py` check that no row's logits change

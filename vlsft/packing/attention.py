@@ -60,8 +60,6 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
     cu_seq_lens = kwargs.get("cu_seq_lens_q")
     if attention_mask is not None or cu_seq_lens is None or query.shape[2] != key.shape[2]:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    if query.shape[0] != 1:
-        raise ValueError("packed sequences are laid out as one batch row ([1, total]); got a batch of several.")
     kernel, dtypes = VARLEN_KERNELS.get(query.device.type, (None, ()))
     if kernel is not None and query.dtype in dtypes and not kwargs.get("dropout") and query.shape[-1] == value.shape[-1]:
         return _varlen_attention(kernel, query, key, value, kwargs), None

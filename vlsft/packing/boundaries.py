@@ -39,18 +39,16 @@ def text_model_of(model) -> torch.nn.Module:
 
 def row_boundaries(position_ids: torch.Tensor) -> dict | None:
     """`cu_seq_lens_q/k` (int32, as the flash kernels take them) and `max_length_q/k` of a pack `[1, total]` from its
-    text positions (`[1, total]`, or the first row of the `[4, 1, total]` mRoPE layout); None where the positions do
-    not start at 0 (a continuation, e.g. decoding)."""
+    text positions (`[1, total]`, or the first row of the `[4, 1, total]` mRoPE layout); None where there are no
+    text positions (the 3 mRoPE rows alone: what a Qwen-VL model computes itself for unpacked rows, where row starts
+    cannot be told from the rope rows), several batch rows (not a pack), or positions that do not start at 0 (a
+    continuation, e.g. decoding)."""
     if position_ids.dim() == 3:
         if position_ids.shape[0] != 4:
-            raise ValueError(
-                f"packed rows with mRoPE need the [4, 1, total] position ids PackedCollator builds (text positions "
-                f"over the 3 rope rows); got {list(position_ids.shape)}: without the text row the rows cannot be told "
-                "apart and would attend to each other."
-            )
+            return None
         position_ids = position_ids[0]
-    if position_ids.shape[0] != 1:
-        raise ValueError(f"packed sequences are laid out as one batch row ([1, total]); got {list(position_ids.shape)}.")
+    if position_ids.shape[0] != 1:  # several batch rows: not a pack, each batch row is one sequence
+        return None
     text = position_ids[0]
     starts = (text == 0).nonzero().flatten()
     if starts.numel() == 0 or int(starts[0]) != 0:
