@@ -153,7 +153,7 @@ def main(argv=None) -> None:
         model = copy.deepcopy(base_model)
         attach_supervised_head(model)
         if mode == "packed":
-            use_packed_attention(model)  # as VLSFTTrainer does with packing: sdpa (and linear attention) row by row
+            use_packed_attention(model)  # as VLSFTTrainer does with packing: sdpa and linear attention row by row
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
         collate = PackedCollator(collator, model=model) if mode == "packed" else collator
         groups = batches(mode, lengths, args.batch, budget, args.seed)

@@ -2,8 +2,8 @@
 linear-attention state restarts at its first token, so packed rows give exactly what padded rows give (losses,
 gradients, one training step), with gradient checkpointing on and off, and no row changes with another.
 
-On this CPU the layers run transformers' torch fallback, which vlsft runs row by row
-(`vlsft.packing.linear_attention`). A pack whose state ran across rows misses these bars: by up to 7e-5 of a
+On this CPU the layers run transformers' torch fallback, which vlsft runs on each row's slice, or (under DeepSpeed
+ZeRO-3) once on the pack's rows padded (`vlsft.packing.linear_attention`); both are checked. A pack whose state ran across rows misses these bars: by up to 7e-5 of a
 row's loss and 5e-2 of a gradient entry on the tiny models (checked by running the whole pack through the layers)."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from vlsft.packing import check_packing_support
 from vlsft.packing.attention import PACKED_SDPA, use_packed_attention
 from vlsft.packing.boundaries import ROW_BOUNDARY_KWARGS, row_boundaries
 from vlsft.packing.collator import PackedCollator
-from vlsft.packing.linear_attention import linear_attention_layers, row_index_per_token
+from vlsft.packing.linear_attention import linear_attention_layers, rows_and_offsets
 from vlsft.packing.plan import row_lengths
 from vlsft.templates import training_template
 from vlsft.testing.tiny_families import build_tiny
@@ -30,23 +30,26 @@ from vlsft.testing.tiny_families import build_tiny
 ARCHITECTURES = ["qwen3_5_think", "qwen3_5_moe"]  # the tiny dense and MoE hybrids (both with the think template)
 
 
-def hybrid(architecture, checkpointing=False):
-    """(packed-ready model copy in train mode, the rows collator)."""
+def hybrid(architecture, checkpointing=False, one_call=False):
+    """(packed-ready model copy in train mode, the rows collator). `one_call`: the linear-attention layers run once
+    per pack on its rows padded (as under DeepSpeed ZeRO-3), not once per row."""
     model, processor = build_tiny(architecture, seed=0)
     model = copy.deepcopy(model).train()
     if checkpointing:
         model.gradient_checkpointing_enable()
     collator = VisionChatCollator(processor, training_template("qwen3_5_think"))
-    use_packed_attention(model)
+    use_packed_attention(model, one_call_per_layer=one_call)
     return model, collator
 
 
+@pytest.mark.parametrize("one_call", [False, True], ids=["per_row", "one_call"])
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["no_checkpointing", "checkpointing"])
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_packed_hybrid_rows_equal_padded_rows(architecture, checkpointing):
+def test_packed_hybrid_rows_equal_padded_rows(architecture, checkpointing, one_call):
     """Per-row losses and all gradients (1e-5 relative); the text model runs PACKED_SDPA, its linear-attention layers
-    row by row; with checkpointing, the decoder layers are recomputed in the backward with the same rows."""
-    model, collator = hybrid(architecture, checkpointing)
+    per row or once on the rows padded; with checkpointing, the decoder layers are recomputed in the backward with
+    the same rows."""
+    model, collator = hybrid(architecture, checkpointing, one_call)
     text_model = model.model.language_model
     assert model.config.get_text_config()._attn_implementation == PACKED_SDPA
     assert len(linear_attention_layers(text_model)) == 1
@@ -57,7 +60,9 @@ def test_packed_hybrid_rows_equal_padded_rows(architecture, checkpointing):
     lengths = padded["attention_mask"].sum(-1).tolist()
     recomputed = []
     layer = text_model.layers[0]  # the linear-attention layer: count its forwards (twice with checkpointing)
-    handle = layer.linear_attn.register_forward_hook(lambda module, args, kwargs, out: recomputed.append(kwargs), with_kwargs=True)
+    handle = layer.linear_attn.register_forward_hook(
+        lambda module, args, kwargs, out: recomputed.append(kwargs), with_kwargs=True
+    )
     try:
         assert_packed_equals_padded(model, padded, packed, lengths)
     finally:
@@ -68,11 +73,12 @@ def test_packed_hybrid_rows_equal_padded_rows(architecture, checkpointing):
         assert kwargs["cu_seq_lens_q"].tolist() == [0, *torch.tensor(lengths).cumsum(0).tolist()]
 
 
+@pytest.mark.parametrize("one_call", [False, True], ids=["per_row", "one_call"])
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_changing_one_packed_hybrid_row_leaves_the_others_unchanged(architecture):
+def test_changing_one_packed_hybrid_row_leaves_the_others_unchanged(architecture, one_call):
     """Row 1's image or text changed: rows 0 and 2 keep their logits (to float rounding: the per-row slices are the
     same computation, but row 0's slice of a longer chunked delta-rule pass may round differently)."""
-    model, collator = hybrid(architecture)
+    model, collator = hybrid(architecture, one_call=one_call)
     model.eval()
     packer = PackedCollator(collator, model=model)
     base = packer(family_rows())
@@ -133,8 +139,9 @@ def test_varlen_kernels_get_the_rows_of_the_pack():
         boundaries = row_boundaries(layout)
         assert boundaries["cu_seq_lens_q"].tolist() == [0, 5, 8, 15] and boundaries["cu_seq_lens_q"].dtype == torch.int32
         assert boundaries["max_length_q"] == boundaries["max_length_k"] == 7
-    seq_idx = row_index_per_token(row_boundaries(positions)["cu_seq_lens_q"])
-    assert seq_idx.tolist() == [[0] * 5 + [1] * 3 + [2] * 7] and seq_idx.dtype == torch.int32
+    rows, offsets = rows_and_offsets(row_boundaries(positions)["cu_seq_lens_q"], 15)
+    assert rows.tolist() == [0] * 5 + [1] * 3 + [2] * 7  # seq_idx, as int32
+    assert offsets.tolist() == positions[0].tolist()
     assert row_boundaries(mrope[1:]) is None  # the 3 rope rows alone (a Qwen-VL model's own, for unpacked rows)
     assert row_boundaries(positions[:, 2:]) is None  # a continuation, not a pack
 

@@ -97,14 +97,14 @@ AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
 AttentionMaskInterface.register(PACKED_SDPA, packed_sdpa_mask)
 
 
-def use_packed_attention(model) -> None:
+def use_packed_attention(model, one_call_per_layer: bool = False) -> None:
     """Set `model` (bare, no wrapper) up to train on packs: its text model gets each pack's row boundaries, hybrid
-    linear-attention layers restart their state at every row, and a text model set to sdpa runs PACKED_SDPA (the
-    vision tower is left as it is)."""
+    linear-attention layers restart their state at every row (`one_call_per_layer`: called once per pack, for
+    DeepSpeed ZeRO-3), and a text model set to sdpa runs PACKED_SDPA (the vision tower is left as it is)."""
     hand_row_boundaries_to_text_model(model)
     text_model = text_model_of(model)
     if "linear_attention" in (getattr(text_model.config, "layer_types", None) or ()):
-        restart_linear_attention_per_row(text_model)
+        restart_linear_attention_per_row(text_model, one_call=one_call_per_layer)
     text_config = model.config.get_text_config()
     windowed = getattr(text_config, "use_sliding_window", False) or any(
         kind not in ("full_attention", "linear_attention") for kind in getattr(text_config, "layer_types", None) or ()
