@@ -3,8 +3,9 @@ linear-attention state restarts at its first token, so packed rows give exactly 
 gradients, one training step), with gradient checkpointing on and off, and no row changes with another.
 
 On this CPU the layers run transformers' torch fallback, which vlsft runs on each row's slice, or (under DeepSpeed
-ZeRO-3) once on the pack's rows padded (`vlsft.packing.linear_attention`); both are checked. A pack whose state ran across rows misses these bars: by up to 7e-5 of a
-row's loss and 5e-2 of a gradient entry on the tiny models (checked by running the whole pack through the layers)."""
+ZeRO-3) once on the pack's rows padded (`vlsft.packing.linear_attention`); both are checked. A pack whose state ran
+across rows misses these bars: by up to 7e-5 of a row's loss and 5e-2 of a gradient entry on the tiny models, and
+1.5e-2 of the update in one step (checked by running the whole pack through the layers)."""
 
 from __future__ import annotations
 
