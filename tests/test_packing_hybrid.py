@@ -167,3 +167,21 @@ def test_the_padded_step_is_not_what_the_pack_would_train_without_restarting_the
     difference = max((after_padded[n] - p).abs().max() for n, p in packed.model.named_parameters())
     assert difference > 1e-3 * update, float(difference / update)
 
+
+
+@pytest.mark.slow
+def test_packed_hybrid_step_under_zero3_on_two_processes_equals_the_padded_step_on_one(tmp_path):
+    """Real `accelerate launch` with DeepSpeed ZeRO-3 over gloo, packs of 3 rows and 1 row (33 + 68 + 54 and 30 tokens),
+    one per rank: the linear-attention layers run once per pack (every rank calls them equally often, whatever its
+    rows), and the step equals one process's padded batch of the 4 rows."""
+    from tests.scripts.one_step import parse, train_steps
+    from tests.test_distributed import REPO, assert_same_step, launch, one_step_args
+    from tests.test_packing import SCRIPT
+
+    flags = {"family": "qwen3_5_think", "gradient_checkpointing": True}
+    out = tmp_path / "packed_zero3.pt"
+    launch([str(SCRIPT), *one_step_args(out, 1, packing=160, deepspeed=REPO / "configs/ds_zero3.json", **flags)])
+    packed = torch.load(out)
+    assert packed["world_size"] == 2 and "DeepSpeedEngine" in packed["wrapper"]
+    padded, _ = train_steps(parse(one_step_args(tmp_path / "padded.pt", 4, **flags)))
+    assert_same_step(packed, padded)
