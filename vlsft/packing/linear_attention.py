@@ -85,7 +85,8 @@ def _forward_keeping_rows_apart(self, hidden_states, cache_params=None, attentio
         bounds = cu_seq_lens.tolist()
         slices = [hidden_states[:, start:end] for start, end in zip(bounds[:-1], bounds[1:])]
         return torch.cat([forward(self, row, None, None, **kwargs) for row in slices], dim=1)
-    # The rows right-padded into a batch `[rows, longest]` with their padding mask: the layer's own padded path.
+    # The rows right-padded into a batch `[rows, longest]` with their padding mask (the layer's own padded path),
+    # then laid back end to end.
     padded = hidden_states.new_zeros(len(cu_seq_lens) - 1, longest, hidden_states.shape[-1])
     padded = padded.index_put((rows, offsets), hidden_states[0])
     mask = torch.zeros(padded.shape[:2], dtype=torch.long, device=hidden_states.device)
