@@ -2,6 +2,7 @@
 
     python benchmarks/packing.py                 # defaults below, ~3 min on 2 cores
     python benchmarks/packing.py --rows 64       # quicker
+    python benchmarks/packing.py --model qwen3_5 # the hybrid Qwen3.5 (GatedDeltaNet + attention)
 
 Workload: row lengths drawn from a log-normal, the shape of public VLM SFT mixtures (a long tail of multi-image and
 multi-turn rows over many short single-image ones): at full scale a median of ~1,100 tokens, clipped to 0.5k-8k, with
@@ -11,7 +12,9 @@ log-normal(mu=ln(140), sigma=0.7) clipped to 64-1024 tokens, 1-4 images (weights
 collator (`vlsft.packing.plan.row_lengths`).
 
 Model: the tiny random Qwen3-VL of `vlsft.testing.tiny_qwen3_vl` made wider and deeper (hidden 256, 4 layers), float32, sdpa,
-with vlsft's supervised-only loss head. Each mode trains one epoch over the same rows (one forward, backward and SGD
+with vlsft's supervised-only loss head; with `--model qwen3_5`, the tiny hybrid Qwen3.5 of `vlsft.testing.tiny_qwen`
+(hidden 256: one GatedDeltaNet layer on transformers' torch fallback, which vlsft runs row by row in a pack, and one
+attention layer). Each mode trains one epoch over the same rows (one forward, backward and SGD
 step per batch, as `VLSFTTrainer` does; collation timed separately), after one untimed warm-up batch:
 - padded: random batches of `--batch` rows, padded to the longest (what `VLSFTTrainer` does by default);
 - group_by_length: transformers' length-grouped sampler (megabatches of 50 batches sorted by length), then padded;
@@ -43,6 +46,7 @@ from vlsft.loss import attach_supervised_head  # noqa: E402
 from vlsft.packing.attention import use_packed_attention  # noqa: E402
 from vlsft.packing.collator import PackedCollator  # noqa: E402
 from vlsft.packing.plan import plan_packs, row_lengths  # noqa: E402
+from vlsft.testing.tiny_qwen import build_tiny_qwen3_5  # noqa: E402
 from vlsft.testing.tiny_qwen3_vl import build_tiny_qwen3_vl  # noqa: E402
 
 IMAGE_TOKENS = 16  # a 128x128 image on the tiny Qwen3-VL (patch 16, 2x2 merge)
@@ -122,10 +126,14 @@ def main(argv=None) -> None:
     parser.add_argument("--min-row", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", choices=("qwen3_vl", "qwen3_5"), default="qwen3_vl")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    base_model, processor = build_tiny_qwen3_vl(seed=args.seed, hidden_size=256, num_hidden_layers=4)
+    if args.model == "qwen3_5":
+        base_model, processor = build_tiny_qwen3_5(seed=args.seed, hidden_size=256)
+    else:
+        base_model, processor = build_tiny_qwen3_vl(seed=args.seed, hidden_size=256, num_hidden_layers=4)
     base_model.set_attn_implementation("sdpa")
     config = VLSFTConfig(output_dir="unused", report_to="none", max_length=args.max_row)
     collator = training_collator(processor, config)
@@ -135,7 +143,7 @@ def main(argv=None) -> None:
     print("\n".join(machine_lines("cpu")))
     print(f"- load average before: {load_average()}")
     print(
-        f"Workload: {len(rows)} rows, lengths {min(lengths)}-{max(lengths)} tokens (median {int(np.median(lengths))}, "
+        f"Model: {args.model}. Workload: {len(rows)} rows, lengths {min(lengths)}-{max(lengths)} tokens (median {int(np.median(lengths))}, "
         f"mean {np.mean(lengths):.0f}), {sum(len(r['images']) for r in rows)} images; batch {args.batch} rows; "
         f"pack budget {budget} tokens"
     )
@@ -145,7 +153,7 @@ def main(argv=None) -> None:
         model = copy.deepcopy(base_model)
         attach_supervised_head(model)
         if mode == "packed":
-            use_packed_attention(model)  # as VLSFTTrainer does with packing: sdpa row by row
+            use_packed_attention(model)  # as VLSFTTrainer does with packing: sdpa and linear attention row by row
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
         collate = PackedCollator(collator, model=model) if mode == "packed" else collator
         groups = batches(mode, lengths, args.batch, budget, args.seed)

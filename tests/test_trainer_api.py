@@ -93,7 +93,7 @@ def test_logit_metrics_are_refused_with_the_reason(tiny, tmp_path):
     "field, value, named",
     [
         ("loss_type", "sigmoid", "vlsft computes 'nll'"),
-        ("use_liger_kernel", True, "leave it False"),
+        ("use_liger_kernel", True, "run on GPUs only"),
         ("completion_only_loss", True, "assistant_only_loss=True"),
         ("label_smoothing_factor", 0.1, "set it to 0"),
         ("dataset_text_field", "prompt", "map your rows to `messages`"),

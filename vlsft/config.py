@@ -14,6 +14,7 @@ from transformers import TrainingArguments
 from trl import SFTConfig
 from trl.trainer.utils import get_config_model_id
 
+from vlsft.liger import liger_layer_kernels
 from vlsft.packing import packing_enabled
 
 
@@ -57,7 +58,8 @@ class VLSFTConfig(SFTConfig):
             best-fit decreasing into sequences of at most `max_length` tokens (image tokens counted);
             `padding_free` lays each micro-batch's rows end to end in one sequence without padding (implied by
             `packing`). Each row keeps its own (3D mRoPE) positions and never attends to another; the loss is
-            unchanged. Only `packing_strategy="bfd"`; with `attn_implementation` "sdpa" or "eager".
+            unchanged. Only `packing_strategy="bfd"`; with `attn_implementation` "sdpa", "eager", "flex_attention" or a
+            flash attention ("flash_attention_2", "flash_attention_3", "kernels-community/flash-attn2").
         resume_with_new_pack_plan (`bool`, defaults to `False`):
             A checkpoint records its run's pack plan; resuming it with another one (another `max_length`, dataset,
             `seed` or `packing`) is refused, as the checkpoint's step counts packs of its own plan. `True` resumes on
@@ -172,6 +174,9 @@ class VLSFTConfig(SFTConfig):
                 "lower the first or raise the second."
             )
         self._refuse_sft_fields_vlsft_cannot_honour()
+        if self.use_liger_kernel:  # Liger's layer kernels, never its loss (`vlsft.liger`)
+            on_gpu = not self.use_cpu and torch.cuda.is_available()
+            self.liger_kernel_config = liger_layer_kernels(self.liger_kernel_config, on_gpu)
         if self.loss_chunk_size < 1:
             raise ValueError(f"`loss_chunk_size` must be >= 1, got {self.loss_chunk_size}.")
         # vlsft's collator renders, tokenizes and masks every row on the fly, so TRL's up-front tokenization is
@@ -205,11 +210,6 @@ class VLSFTConfig(SFTConfig):
         if self.loss_type not in ("nll", "dft", "chunked_nll"):  # TRL turns its deprecated "chunked_nll" into "nll"
             problems.append(
                 f"`loss_type={self.loss_type!r}`: vlsft computes 'nll' (already chunked: `loss_chunk_size`) or 'dft'"
-            )
-        if self.use_liger_kernel:
-            problems.append(
-                "`use_liger_kernel=True`: Liger's fused cross-entropy would replace vlsft's supervised-token loss (which "
-                "already never builds the full logits) and TRL deprecates the flag; leave it False"
             )
         if self.completion_only_loss:
             problems.append(

@@ -63,7 +63,7 @@ class Family:
     # The processor and model take videos (`pixel_values_videos`, `video_grid_thw`) and vlsft collates them.
     video: bool = False
     # How the positions of packed rows are built ("mrope": Qwen's 3D rope, "1d"), for the families whose packed rows
-    # are proven kept apart (tests/test_packing.py); None where vlsft does not pack the family.
+    # are proven kept apart (tests/test_packing*.py); None where vlsft does not pack the family.
     packed_positions: str | None = None
     # (open, close) of a reasoning block inside an assistant turn, each one token of the family's tokenizer (Qwen3's
     # `<think>`, `</think>`): `reasoning_weight` scales the tokens from open to close, both included. None where the
@@ -117,7 +117,8 @@ def _qwen3_5(name: str, display_name: str) -> Family:
         name=name, display_name=display_name, stock_template=name, training_template=f"{name}_training.jinja",
         processor_class="Qwen3VLProcessor", model_types=("qwen3_5", "qwen3_5_moe"),
         parts=ModelParts("visual", ("visual.merger",), "language_model.layers", _QWEN3_VL_VISION),
-        reasoning_markers=_QWEN3_THINK, **_QWEN_TOKENS,
+        # Packed rows restart the linear-attention layers' state at every row (vlsft.packing.linear_attention).
+        packed_positions="mrope", reasoning_markers=_QWEN3_THINK, **_QWEN_TOKENS,
     )
 
 

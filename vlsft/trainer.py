@@ -34,6 +34,7 @@ from vlsft.config import VLSFTConfig, as_vlsft_config
 from vlsft.data.training_rows import KEPT_ROWS_KEY, RowsNamedByIndex, sums_at_batch_places
 from vlsft.data.validation import validate_datasets
 from vlsft.distributed import check_offload_keeps_optimizer
+from vlsft.liger import check_liger_supports
 from vlsft.loss import (
     attach_supervised_head,
     positive_or_one,
@@ -151,6 +152,8 @@ class VLSFTTrainer(KillSafeCheckpoints, PackedTraining, RowsNamedByIndex, SFTTra
         if self.is_deepspeed_enabled:
             check_offload_keeps_optimizer(self.accelerator.state.deepspeed_plugin.deepspeed_config, args.optim)
         base_model = self.model.get_base_model() if is_peft_model(self.model) else self.model
+        if args.use_liger_kernel:  # `Trainer.train` applies Liger's layer kernels (`vlsft.liger`)
+            check_liger_supports(base_model)
         attach_supervised_head(base_model, chunk_size=args.loss_chunk_size, loss_type=args.loss_type)
         # [num_correct, num_supervised, summed (weighted) NLL, summed weight] since the last log, per mode; summed over
         # ranks.

@@ -17,23 +17,34 @@ pack budget, `padding_free`) trains on packs instead of padded batches:
   forward passes them for the row alone; the slices are cut by the image and video counts of the rows themselves,
   not by counting runs of vision tokens (Qwen3-VL writes each video as one run per temporal group, timestamps
   between them).
-- **Attention never crosses rows.** The rows are found where the (text) position ids restart. With eager attention,
-  transformers' `create_causal_mask` builds the block-diagonal causal mask from them (`find_packed_sequence_indices`,
-  which runs only without an attention mask and without a KV cache: the collator sets `use_cache=False`). With sdpa,
-  the text model runs `vlsft_packed_sdpa` (`vlsft.packing.attention`): sdpa on each row's slice, so no
-  `[total, total]` mask is built and attention costs each row's own length. The Qwen-VL text models hand their first position row to both; given
-  the 3 mRoPE rows only they would not, and rows would attend to each other: hence the 4-row layout.
-  `tests/test_packing.py` checks bit for bit that no row's logits change when another row's tokens or image
-  change, for every (family, attention) pair allowed below; any other pair is refused (`check_packing_support`), as
-  are families added later (hybrid linear-attention stacks need their recurrent state reset at row boundaries,
-  which this module does not do).
+- **Attention never crosses rows.** The text model gets each pack's row boundaries explicitly (`cu_seq_lens_q/k`,
+  `max_length_q/k`, from the text positions the collator writes: `vlsft.packing.boundaries`); the vision tower keeps
+  its own per-image ones. What each attention implementation does with them:
+  - sdpa: the text model runs `vlsft_packed_sdpa` (`vlsft.packing.attention`): on CUDA in fp16/bf16, one call of
+    torch's built-in FlashAttention varlen kernel per pack; elsewhere sdpa on each row's slice. No `[total, total]`
+    mask is built and attention costs each row's own length.
+  - `flash_attention_2`, `flash_attention_3`, the kernels hub's flash kernels (`kernels-community/flash-attn2`):
+    transformers' varlen branch on the explicit boundaries, never its guess from position ids (which has read 3D
+    mRoPE positions as rows and run across rows when the text positions were dropped).
+  - eager and `flex_attention`: transformers' block-diagonal (document) mask from the rows' text positions
+    (`find_packed_sequence_indices`, which runs only without an attention mask and without a KV cache: the collator
+    sets `use_cache=False`). The Qwen-VL text models hand their first position row to it; given the 3 mRoPE rows
+    only they would not, and rows would attend to each other: hence the 4-row layout.
+  - the linear-attention (GatedDeltaNet) layers of the hybrid Qwen3.5 / 3.6 / 3.8 models restart their convolution
+    and recurrent state at every row (`vlsft.packing.linear_attention`).
+  `tests/test_packing.py`, `test_packing_hybrid.py` and `test_packing_kernels.py` check that no row's logits change
+  when another row's tokens or image change, and that packed rows equal padded rows, for every (family, attention)
+  pair that runs on the CPU, and what the flash kernels are handed; any other pair is refused
+  (`check_packing_support`), as are families added later.
 - **The loss is unchanged.** The first token of every row gets the label -100: the loss predicts token t+1 from
   hidden state t, and a row's first token would otherwise be predicted from the previous row's last token. A padded
   batch never supervises a row's first token either, so the supervised targets, and the token count the trainer
   divides by, are the same.
 
 The modules: this one (which settings and models can pack), `plan` (lengths and packs), `collator` (`PackedCollator`:
-a pack as one sequence with its positions) and `attention` (`vlsft_packed_sdpa`).
+a pack as one sequence with its positions), `boundaries` (the row boundaries handed to the text model), `attention`
+(which attention implementations pack, `vlsft_packed_sdpa`, `use_packed_attention`) and `linear_attention` (the
+hybrid models' GatedDeltaNet layers).
 """
 
 from __future__ import annotations
@@ -43,7 +54,7 @@ from collections.abc import Iterator
 
 from vlsft.collator import VisionChatCollator
 from vlsft.families import FAMILIES, Family, family_of_model
-from vlsft.packing.attention import PACKABLE_ATTENTION
+from vlsft.packing.attention import PACKABLE_ATTENTION, can_pack
 
 # Families whose packed rows are proven isolated (tests/test_packing.py), and how their positions are built.
 PACKABLE_FAMILIES = {name: family.packed_positions for name, family in FAMILIES.items() if family.packed_positions}
@@ -112,16 +123,21 @@ def check_packing_support(model, collator: VisionChatCollator) -> str:
         )
     attention = model.config._attn_implementation
     text_attention = model.config.get_text_config()._attn_implementation
-    if attention not in PACKABLE_ATTENTION or text_attention not in PACKABLE_ATTENTION:
+    if not (can_pack(attention) and can_pack(text_attention)):
         raise ValueError(
             f"packing is not supported with attn_implementation={text_attention!r}: vlsft packs with "
-            f"{' or '.join(PACKABLE_ATTENTION)}, whose separation of rows is tested. Load the model "
-            "with `attn_implementation='sdpa'`, or set `packing: false`."
+            f"{', '.join(PACKABLE_ATTENTION)} or a flash attention (flash_attention_2, flash_attention_3, "
+            "kernels-community/flash-attn2...), whose separation of rows is tested. Load the model with one of "
+            "these (e.g. `attn_implementation='sdpa'`), or set `packing: false`."
         )
     return PACKABLE_FAMILIES[family]
 
 
 def _same_collation(family: str) -> tuple[str, ...]:
-    """Families that share `family`'s processor and template (Qwen3-VL-MoE collates as Qwen3-VL)."""
+    """Families that collate `family`'s models: the same training template (Qwen3-VL-MoE collates as Qwen3-VL), or
+    the same model types (the Qwen3.5 / 3.6 / 3.8 templates all serve `qwen3_5` and `qwen3_5_moe`)."""
     spec = FAMILIES[family]
-    return tuple(name for name, other in FAMILIES.items() if other.training_template == spec.training_template)
+    return tuple(
+        name for name, other in FAMILIES.items()
+        if other.training_template == spec.training_template or other.model_types == spec.model_types
+    )

@@ -88,7 +88,8 @@ class PackedTraining:
         """Train on best-fit-decreasing packs of rows (`args.packing`) or on padding-free micro-batches
         (`args.padding_free`), each row on its own positions and unseen by the others (`vlsft.packing`)."""
         check_packing_support(base_model, self.data_collator)
-        use_packed_attention(base_model)
+        zero3 = self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
+        use_packed_attention(base_model, one_call_per_layer=zero3)
         if self.args.packing and self.train_dataset is not None:
             if not hasattr(self.train_dataset, "__len__"):
                 raise ValueError("packing=True plans packs over the whole train dataset; load it as a datasets.Dataset.")
