@@ -26,6 +26,7 @@ VERDICT_MODULES = (
     "vlsft.data.rows",
     "vlsft.data.video",
     "vlsft.collator",
+    "vlsft.collation.reasoning",
     "vlsft.collation.rendering",
     "vlsft.collation.weighting",
     "vlsft.collation.images",
