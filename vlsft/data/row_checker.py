@@ -91,19 +91,16 @@ class RowChecker:
                 verdicts[position] = RowVerdict("; ".join(problems))
             else:
                 renderable.append(position)
-        if not self.fast:
-            for position in renderable:
-                verdicts[position] = self._check_by_collating(rows[position])
-        else:
-            tokenized = self._tokenize(rows, renderable)
-            for position in renderable:
-                result = tokenized[position]
-                verdicts[position] = (
-                    RowVerdict(result) if isinstance(result, str) else self._check_rendered(rows[position], result)
-                )
+        tokenized = self._tokenize(rows, renderable) if self.fast else {}
         for position in renderable:
-            if verdicts[position].reason == NOTHING_SUPERVISED:
-                verdicts[position].reason = history_rule_problem(self.collator, rows[position]) or NOTHING_SUPERVISED
+            row, result = rows[position], tokenized.get(position)
+            verdict = (
+                self._check_by_collating(row) if not self.fast
+                else RowVerdict(result) if isinstance(result, str) else self._check_rendered(row, result)
+            )
+            if verdict.reason == NOTHING_SUPERVISED:  # a thinking template's history rule, named where it is the cause
+                verdict.reason = history_rule_problem(self.collator, row) or NOTHING_SUPERVISED
+            verdicts[position] = verdict
         return verdicts
 
     def _weight_problems(self, messages: list[dict[str, Any]]) -> list[str]:
