@@ -194,3 +194,134 @@ def test_accuracy_reaches_integrations_and_trainer_state_once_per_evaluation(tin
     recorded = accuracy_entries(integration.logged)
     assert [step for step, _ in recorded] == evaluation_steps
     assert accuracy_entries((entry["step"], entry) for entry in saved) == recorded
+
+
+# -- prompts and answers as in training (issue 23, items 10 and 14) -------------------------------------------------
+
+
+class TrainedTextModel(torch.nn.Module):
+    """Stands in for a model that generates exactly what it was trained on: for each prompt, in order, the supervised
+    ids of its row's final turn (`outputs`); it records each prompt (unpadded ids) and what it was given besides."""
+
+    def __init__(self, pad_token_id: int, outputs: list[list[int]]):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.pad_token_id, self.outputs = pad_token_id, list(outputs)
+        self.prompts: list[list[int]] = []
+        self.inputs: list[dict] = []
+
+    def generate(self, input_ids, attention_mask, max_new_tokens=32, **kwargs):
+        assert bool(attention_mask[:, -1].all()), "prompts must be left-padded"
+        self.inputs.append(kwargs)
+        rows = []
+        for ids, mask in zip(input_ids, attention_mask):
+            self.prompts.append(ids[mask.bool()].tolist())
+            rows.append(torch.cat([ids, torch.tensor(self.outputs.pop(0)[:max_new_tokens], dtype=ids.dtype)]))
+        width = max(len(row) for row in rows)
+        return torch.stack([torch.nn.functional.pad(row, (0, width - len(row)), value=self.pad_token_id) for row in rows])
+
+
+def as_trained(collator, row):
+    """(the row's ids before its first supervised token, its supervised ids): the training prompt of its final turn
+    and what training teaches the model to generate there (rows with one trained turn)."""
+    batch = collator([row])
+    ids, labels = batch["input_ids"][0], batch["labels"][0]
+    supervised = (labels != -100).nonzero().flatten()
+    return ids[: int(supervised[0])].tolist(), ids[supervised].tolist(), batch
+
+
+def thinking_rows():
+    from tests.conftest import IMAGE, image, user
+
+    def answer(text, **fields):
+        return {"role": "assistant", "content": [{"type": "text", "text": text}], **fields}
+
+    question = user(IMAGE, "What colour is it?")
+    return [
+        {"messages": [question, answer("Red.", reasoning_content="The picture is red all over.")], "images": [image()]},
+        {"messages": [question, answer("<think>\nAll red.\n</think>\n\nRed.")], "images": [image()]},  # inline
+        {"messages": [question, answer("Red.")], "images": [image()]},  # an empty reasoning block, then the answer
+        {"messages": [question, answer("Red.")], "images": [image()], "chat_template_kwargs": {"enable_thinking": False}},
+    ]
+
+
+@pytest.mark.parametrize("recipe_kwargs", [None, {"enable_thinking": False}])
+def test_a_thinking_model_that_generates_its_training_text_scores_every_answer(recipe_kwargs):
+    """Qwen3.5: the prompt is the training text before the final turn (with the recipe's and the row's
+    `enable_thinking`), and the final answer is what follows the reasoning block."""
+    from tests.test_families import tiny
+    from vlsft.collator import VisionChatCollator
+    from vlsft.templates import training_template
+
+    processor = tiny("qwen3_5_think")[1]
+    collator = VisionChatCollator(processor, training_template("qwen3_5_think"), template_kwargs=recipe_kwargs)
+    rows = thinking_rows()
+    if recipe_kwargs:
+        rows = [rows[2], rows[3]]  # thinking off: no reasoning to train
+    trained = [as_trained(collator, row) for row in rows]
+    model = TrainedTextModel(processor.tokenizer.pad_token_id, [generated for _, generated, _ in trained])
+    result = answer_accuracy(model, processor, rows, batch_size=3, collator=collator)
+    assert model.prompts == [prompt for prompt, _, _ in trained]
+    assert [p["prediction"].strip() for p in result["predictions"]] == ["Red."] * len(rows)
+    assert [p["reference"].strip() for p in result["predictions"]] == ["Red."] * len(rows)
+    assert result["accuracy"] == 1.0
+    if not recipe_kwargs:
+        assert "The picture is red all over.\n</think>" in result["predictions"][0]["generated"]
+        off = processor.tokenizer.decode(model.prompts[3])
+        assert off.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")  # the row's enable_thinking: false
+
+
+def test_reasoning_that_never_closes_has_no_final_answer():
+    from vlsft.answer_eval import final_answer_ids
+
+    opening, closing, stop = 5, 6, {9}
+    assert final_answer_ids([1, opening], [7, 8], stop, (opening, closing)) == []  # cut off mid-thought
+    assert final_answer_ids([1, opening], [7, closing, 3, 9, 4], stop, (opening, closing)) == [3]
+    assert final_answer_ids([1, opening, closing], [3, 9], stop, (opening, closing)) == [3]  # thinking off
+    assert final_answer_ids([opening, 2, closing, 1], [opening, 7, closing, 3], stop, (opening, closing)) == [3]
+    assert final_answer_ids([1], [3, 9, 4], stop, None) == [3]
+
+
+def test_the_callback_prompts_with_the_trainers_template_variables(tiny_demo, rows, tmp_path):
+    """The trainer's `chat_template_kwargs` reach the prompts: Qwen3.5 with `enable_thinking: false`."""
+    from vlsft.testing.tiny_qwen import build_tiny_qwen3_5
+
+    model, processor = build_tiny_qwen3_5(seed=0)
+    train = thinking_rows()[2:3]
+    args = VLSFTConfig(output_dir=str(tmp_path), report_to="none", chat_template_kwargs={"enable_thinking": False})
+    callback = AnswerAccuracyCallback(train, processor)
+    trainer = VLSFTTrainer(model, args=args, train_dataset=Dataset.from_list(train), processing_class=processor,
+                           callbacks=[callback])
+    prompt, generated, _ = as_trained(trainer.rendering_collator, train[0])
+    scripted = TrainedTextModel(processor.tokenizer.pad_token_id, [generated])
+    assert callback.measure(scripted, trainer.state) == {"eval_answer_accuracy": 1.0}
+    assert scripted.prompts == [prompt]
+    assert processor.tokenizer.decode(prompt).endswith("<think>\n\n</think>\n\n")
+
+
+def test_video_rows_are_prompted_with_their_videos_as_in_training(tmp_path):
+    """The tiny Qwen3-VL on the video demo's clips (one row with an image too): the prompt ids and the video and
+    image tensors are the training collator's, and the real model generates for every row."""
+    from PIL import Image
+
+    from vlsft.collator import VisionChatCollator
+    from vlsft.templates import resolve_training_template
+    from vlsft.testing import demo_video
+
+    demo_video.write_split(tmp_path, "eval", rows=3)
+    video_rows = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
+    video_rows[0]["messages"][0]["content"].insert(0, {"type": "image"})
+    video_rows[0]["images"] = [Image.new("RGB", (96, 64), (255, 0, 0))]
+    model, processor = build_tiny_qwen3_vl(seed=0)
+    collator = VisionChatCollator(processor, resolve_training_template(processor.chat_template),
+                                  video_root=str(tmp_path), video_max_pixels=2000)
+    for row in video_rows:
+        prompt, generated, batch = as_trained(collator, row)
+        recorder = TrainedTextModel(processor.tokenizer.pad_token_id, [generated])
+        assert answer_accuracy(recorder, processor, [row], collator=collator)["accuracy"] == 1.0
+        assert recorder.prompts == [prompt]
+        given = recorder.inputs[0]
+        for key in ("pixel_values_videos", "video_grid_thw") + (("pixel_values", "image_grid_thw") if "images" in row else ()):
+            assert torch.equal(given[key], batch[key]), key
+    result = answer_accuracy(model, processor, video_rows, max_new_tokens=3, batch_size=2, collator=collator)
+    assert result["total"] == 3

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 from datasets import Dataset
@@ -261,12 +262,16 @@ def test_reasoning_in_history_under_drop_and_keep():
 
 def test_an_earlier_revision_supervises_what_it_renders():
     """The revisions before v5 render reasoning on tool-call turns only (and after the last user turn): an answer's
-    reasoning is not rendered even in the last turn, so under drop it is not supervised; keep supervises it."""
-    assert supervised("gemma4", rows()["reasoning_answer"]) == ["Red.<turn|>\n"]
+    reasoning is not rendered even in the last turn, so under drop the row is refused (its answer would train without
+    the reasoning it was given with, issue 23); keep renders and supervises it."""
+    with pytest.raises(RowError, match=r"message 1 has `reasoning_content`, but .* does not render it.*set `reasoning_history: keep`"):
+        supervised("gemma4", rows()["reasoning_answer"])
     assert supervised("gemma4", rows()["reasoning_answer"], reasoning_history="keep") == [
         thought("It looks red.") + "Red.<turn|>\n"
     ]
-    assert supervised("gemma4", rows()["reasoning_tool_call"], chat_template_kwargs=THINKING) == [
+    row = rows()["reasoning_tool_call"]
+    row["messages"][-1].pop("reasoning_content")  # an answer's: not rendered under drop (above)
+    assert supervised("gemma4", row, chat_template_kwargs=THINKING) == [
         thought("Zoom first.") + CALL.format("left"),
         "It is a red dot.<turn|>\n",
     ]
@@ -276,11 +281,16 @@ def test_the_release_revision_supervises_tool_calls_as_their_own_turn():
     """The release template renders no reasoning and closes a tool-call turn with `<turn|>`; the tool's response is
     a `<|turn>tool` turn of its own (prompt)."""
     call = '<|tool_call>call:zoom{region:<|"|>left<|"|>}<tool_call|>'
-    assert supervised("gemma4_v2", rows()["reasoning_tool_call"]) == [
+    row = rows()["reasoning_tool_call"]
+    for message in row["messages"]:
+        message.pop("reasoning_content", None)
+    assert supervised("gemma4_v2", row) == [
         call + "<turn|>\n",
         "It is a red dot.<turn|>\n",
     ]
-    assert supervised("gemma4_v2", rows()["reasoning_answer"], reasoning_history="keep") == ["Red.<turn|>\n"]
+    # It renders no reasoning: a row with some is refused, not trained as its answer alone.
+    with pytest.raises(RowError, match=r"message 1 has `reasoning_content`, but .*release template.* does not render it"):
+        supervised("gemma4_v2", rows()["reasoning_answer"], reasoning_history="keep")
 
 
 def test_reasoning_that_imitates_the_template_is_supervised_verbatim():
@@ -329,6 +339,18 @@ def weighted(family, row, reasoning_history, chat_template_kwargs=None, **weight
     plain = VisionChatCollator(processor, training_template(family), template_kwargs=template_kwargs)([row])
     assert torch.equal(batch["input_ids"], plain["input_ids"])
     return weighted_runs(processor.tokenizer, batch, 0)
+
+
+def without_unrendered_reasoning(family, row, chat_template_kwargs, reasoning_history):
+    """The row less the reasoning that `family`'s template does not render in a trained turn (the earlier revisions:
+    an answer's; the release revision: all), which the collator refuses (issue 23); the rest of the row as it is."""
+    row = copy.deepcopy(row)
+    try:
+        collate(family, [row], chat_template_kwargs, reasoning_history)
+    except RowError as error:
+        for position in re.findall(r"message (\d+) has `reasoning_content`, but", str(error)):
+            row["messages"][int(position)].pop("reasoning_content")
+    return row
 
 
 def with_weights(row, *weights):
@@ -386,10 +408,10 @@ def test_every_revision_weighs_one_weight_per_assistant_message(family):
     carry `reasoning_weight`; message weights 2, 1, 0.5, ... appear in message order."""
     tokenizer = tiny(family)[1].tokenizer
     for name in ("history", "history_tool_call", "reasoning_tool_call", "tool_call_with_text"):
-        row = rows()[name]
         for history in ("drop", "keep"):
             for thinking in ({"enable_thinking": False}, THINKING):
                 where = (name, history, thinking)
+                row = without_unrendered_reasoning(family, rows()[name], thinking, history)
                 batch = collate(family, [row], chat_template_kwargs=thinking, reasoning_history=history)
                 plain = supervised_texts(tokenizer, batch["input_ids"][0], batch["labels"][0])
                 runs = weighted(family, row, history, thinking, train_on_turns="last")

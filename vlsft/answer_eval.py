@@ -1,10 +1,14 @@
 """Held-out answer accuracy: does the model generate the final answer of a conversation it has not trained on?
 
 The eval loss says how well the model predicts the reference tokens; this says whether greedy decoding actually
-produces the answer. For each row, the conversation before its last assistant turn is rendered with the processor's
-own (stock) chat template and `add_generation_prompt=True` (exactly what inference does), the model generates
-greedily, and the result is compared with the reference after normalisation (case, surrounding whitespace and
-punctuation). Rows whose last assistant turn has no text (it only calls a tool) are skipped and counted.
+produces the answer. For each row, the conversation before its last assistant turn is rendered as in training (the
+training template, which renders the stock template's text, with the recipe's and the row's `chat_template_kwargs`,
+so `enable_thinking: false` prompts as it trains) and `add_generation_prompt=True`, its images and videos are
+processed as in training, the model generates greedily, and the final answer is compared with the reference after
+normalisation (case, surrounding whitespace and punctuation). On a thinking template the final answer is what the
+template's parser keeps: the text after the reasoning block (`</think>`, Gemma 4's `<channel|>`), none when the
+block never closes; the reference likewise, when it carries its reasoning inline. Rows whose last assistant turn has
+no text (it only calls a tool) are skipped and counted.
 """
 
 from __future__ import annotations
@@ -20,8 +24,17 @@ import torch
 from accelerate.logging import get_logger
 from transformers import TrainerCallback
 
-from vlsft.data.rows import count_image_placeholders, load_image, normalize_messages, row_images
+from vlsft.collator import VisionChatCollator
+from vlsft.data.rows import (
+    count_image_placeholders,
+    count_video_placeholders,
+    load_image,
+    normalize_messages,
+    row_images,
+    row_videos,
+)
 from vlsft.run_plot import CHANCE_FILE, CURVES_FILE, plot_run_curves
+from vlsft.templates import resolve_training_template
 
 logger = get_logger(__name__)
 
@@ -54,15 +67,69 @@ def split_final_answer(row: dict[str, Any]) -> tuple[list[dict[str, Any]], list[
     return prompt, images, reference
 
 
+def final_answer_ids(
+    prompt: list[int], generated: list[int], stop_ids: set[int], reasoning_ids: tuple[int, int] | None
+) -> list[int]:
+    """The generated ids of the final answer: up to the end of the turn, and after the reasoning block where the
+    family has one (the block opens in the generation prompt or in the generated text; an answer that never closes
+    it has no final answer)."""
+    end = next((i for i, token in enumerate(generated) if token in stop_ids), len(generated))
+    generated = generated[:end]
+    if reasoning_ids is None:
+        return generated
+    opening, closing = reasoning_ids
+    ids = prompt + generated
+    last_open = max((i for i, token in enumerate(ids) if token == opening), default=-1)
+    last_close = max((i for i, token in enumerate(ids) if token == closing), default=-1)
+    if last_open > last_close:
+        return []
+    return ids[max(last_close + 1, len(prompt)) :]
+
+
+def _reasoning_ids(collator: VisionChatCollator) -> tuple[int, int] | None:
+    """The ids of the family's reasoning markers, when each is one token of the tokenizer."""
+    markers = collator.family.reasoning_markers
+    tokenizer = collator.processor.tokenizer
+    ids = tokenizer.convert_tokens_to_ids(list(markers)) if markers else []
+    if not ids or any(i is None or i == tokenizer.unk_token_id for i in ids):
+        return None
+    return ids[0], ids[1]
+
+
+def _processor_videos(collator: VisionChatCollator, videos: list) -> dict[str, Any]:
+    """The processor's arguments for videos decoded by the collator: their sampled frames, their metadata (Qwen3-VL's
+    timestamps) and this run's pixel budget, as training passes them."""
+    if not videos:
+        return {}
+    # The collator's own video arguments (frames already sampled, this run's size), for the videos only: given at
+    # the top level, `size` would resize the images too.
+    videos_kwargs = {key: value for key, value in collator._videos_kwargs.items() if not key.startswith("return_")}
+    videos_kwargs["video_metadata"] = [video.metadata for video in videos]
+    return {"videos": [video.frames for video in videos], "videos_kwargs": videos_kwargs}
+
+
 @torch.no_grad()
 def answer_accuracy(
-    model, processor, rows, max_new_tokens: int = 32, batch_size: int = 16, image_root: str | None = None
+    model,
+    processor,
+    rows,
+    max_new_tokens: int = 32,
+    batch_size: int = 16,
+    image_root: str | None = None,
+    collator: VisionChatCollator | None = None,
 ) -> dict[str, Any]:
     """Greedy-generate the final assistant answer of each row and score exact matches after normalisation.
 
+    `collator` renders the prompts and decodes the videos as training does (`VLSFTTrainer`'s; by default one with the
+    processor's training template and no template variables).
+
     Returns `accuracy`, `correct`, `total`, `skipped` (rows without a text answer), `by_kind` (accuracy per value of
-    the rows' optional `kind` column) and `predictions` (one dict per scored row: kind, reference, prediction).
+    the rows' optional `kind` column) and `predictions` (one dict per scored row: kind, reference, prediction (the
+    final answer scored), generated (all the generated text, reasoning included)).
     """
+    if collator is None:
+        collator = VisionChatCollator(processor, resolve_training_template(processor.chat_template))
+    closing = collator.family.reasoning_markers[1] if collator.family.reasoning_markers else None
     examples = []
     skipped = 0
     for row in rows:
@@ -71,8 +138,11 @@ def answer_accuracy(
             skipped += 1
             continue
         prompt, images, reference = split
-        text = processor.apply_chat_template(prompt, tools=row.get("tools") or None, add_generation_prompt=True)
-        examples.append((text, [load_image(image, image_root) for image in images], reference, row.get("kind")))
+        if closing is not None:
+            reference = reference.split(closing)[-1]  # inline reasoning: the answer is what follows the block
+        text = collator.render_prompt(row, prompt)
+        videos = collator.load_videos(row_videos(row)[: count_video_placeholders(prompt)])
+        examples.append((text, [load_image(image, image_root) for image in images], videos, reference, row.get("kind")))
 
     tokenizer = processor.tokenizer
     was_training = model.training
@@ -82,15 +152,23 @@ def answer_accuracy(
     model.eval()
     parameter = next(model.parameters())
     predictions = []
+    reasoning_ids = _reasoning_ids(collator)
+    stop_ids = {tokenizer.convert_tokens_to_ids(collator.family.end_of_turn), tokenizer.eos_token_id, tokenizer.pad_token_id}
     try:
         for start in range(0, len(examples), batch_size):
             batch = examples[start : start + batch_size]
-            images = [image for _, row_images_, _, _ in batch for image in row_images_]
+            images = [image for _, row_images_, _, _, _ in batch for image in row_images_]
+            videos = [video for _, _, row_videos_, _, _ in batch for video in row_videos_]
             inputs = processor(
-                text=[text for text, _, _, _ in batch], images=images or None, padding=True, return_tensors="pt"
+                text=[text for text, _, _, _, _ in batch],
+                images=images or None,
+                padding=True,
+                return_tensors="pt",
+                **_processor_videos(collator, videos),
             ).to(parameter.device)
-            if "pixel_values" in inputs and parameter.is_floating_point():
-                inputs["pixel_values"] = inputs["pixel_values"].to(parameter.dtype)
+            for key in ("pixel_values", "pixel_values_videos"):
+                if key in inputs and parameter.is_floating_point():
+                    inputs[key] = inputs[key].to(parameter.dtype)
             output = model.generate(
                 **inputs,
                 max_new_tokens=max_new_tokens,
@@ -98,13 +176,18 @@ def answer_accuracy(
                 use_cache=True,
                 pad_token_id=tokenizer.pad_token_id,
             )
-            generated = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-            for (_, _, reference, kind), prediction in zip(batch, generated):
+            width = inputs["input_ids"].shape[1]
+            for row_number, (_, _, _, reference, kind) in enumerate(batch):
+                prompt = inputs["input_ids"][row_number][inputs["attention_mask"][row_number].bool()].tolist()
+                generated = output[row_number, width:].tolist()
+                answer = final_answer_ids(prompt, generated, stop_ids, reasoning_ids)
+                prediction = tokenizer.decode(answer, skip_special_tokens=True)
                 predictions.append(
                     {
                         "kind": kind,
                         "reference": reference,
                         "prediction": prediction,
+                        "generated": tokenizer.decode(generated, skip_special_tokens=False),
                         "correct": normalize_answer(prediction) == normalize_answer(reference),
                     }
                 )
@@ -156,7 +239,8 @@ class AnswerAccuracyCallback(TrainerCallback):
     `trainer_state.json`), reach every `report_to` integration (TensorBoard, W&B, trackio: each writes on the main
     process) and the progress bar; after an evaluation they are also added to the metrics `Trainer.evaluate` returns
     (so `metric_for_best_model` may name them). A callback gets no trainer from `transformers`: `VLSFTTrainer` sets
-    `trainer` when the callback is added; with another trainer, set `callback.trainer = trainer` yourself.
+    `trainer` when the callback is added; with another trainer, set `callback.trainer = trainer` yourself. Prompts are
+    rendered by `collator`, by default the trainer's `rendering_collator` (its template and `chat_template_kwargs`).
 
     At the end of training the last result is logged as a table by kind, next to chance (`accuracy_table`), on the
     main process, which also writes into `output_dir` the result and chance by kind (`answer_accuracy.json`) and the
@@ -174,6 +258,7 @@ class AnswerAccuracyCallback(TrainerCallback):
         batch_size: int = 16,
         image_root: str | None = None,
         trainer=None,
+        collator: VisionChatCollator | None = None,
     ):
         # Decoded once: a `datasets.Dataset` would decode every image again at each evaluation.
         self.rows = [dict(row) for row in rows]
@@ -183,13 +268,17 @@ class AnswerAccuracyCallback(TrainerCallback):
         self.batch_size = batch_size
         self.image_root = image_root
         self.trainer = trainer
+        self.collator = collator
         self._last_step = None
         self.last_result: dict[str, Any] | None = None
 
     def measure(self, model, state) -> dict[str, float]:
         """Generate and score the answers; returns the metrics (logged by the caller)."""
+        # The trainer's collator renders the prompts as its rows train (template, `chat_template_kwargs`, videos).
+        collator = self.collator or getattr(self.trainer, "rendering_collator", None)
         result = answer_accuracy(
-            model, self.processor, self.rows, self.max_new_tokens, batch_size=self.batch_size, image_root=self.image_root
+            model, self.processor, self.rows, self.max_new_tokens, batch_size=self.batch_size,
+            image_root=self.image_root, collator=collator,
         )
         self.last_result = result
         self._last_step = state.global_step

@@ -36,7 +36,7 @@ from transformers import ProcessorMixin
 
 from vlsft.collation.images import ImageExpansion
 from vlsft.collation.rendering import RowError, RowRendering
-from vlsft.collation.template_kwargs import TemplateKwargsError
+from vlsft.collation.template_kwargs import TemplateKwargsError, boolean_switches, template_kwargs_problems
 from vlsft.collation.videos import VideoExpansion
 from vlsft.collation.weighting import TurnWeighting
 from vlsft.data.rows import ImagesNotAListError, load_image, placeholder_mismatch, row_images
@@ -119,6 +119,12 @@ class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, VideoExpan
         # Templates read special tokens (Gemma 3 starts with `{{ bos_token }}`), as in `processor.apply_chat_template`;
         # only those a template names are passed, as every variable passed costs time on every render.
         self._template_kwargs = {k: v for k, v in tokenizer.special_tokens_map.items() if k in self.chat_template}
+        # The variables this template tests as true/false: each must be passed as a bool (recipe-wide here, per row in
+        # `row_template_kwargs`).
+        self.boolean_switches = boolean_switches(self.chat_template)
+        problems = template_kwargs_problems(self.template_kwargs, self.boolean_switches, "chat_template_kwargs")
+        if problems:
+            raise ValueError("; ".join(problems) + ".")
         # The processor's own image defaults (LLaVA-NeXT pads tiles, Idefics3 returns the tile grid, ...).
         merged = self.processor._merge_kwargs(tokenizer_init_kwargs=tokenizer.init_kwargs)
         self._images_kwargs = {**merged["images_kwargs"], "return_tensors": "pt"}

@@ -14,6 +14,7 @@ from transformers import TrainingArguments
 from trl import SFTConfig
 from trl.trainer.utils import get_config_model_id
 
+from vlsft.collation.template_kwargs import KNOWN_BOOLEAN_SWITCHES, template_kwargs_problems
 from vlsft.liger import liger_layer_kernels
 from vlsft.packing import packing_enabled
 
@@ -145,6 +146,12 @@ class VLSFTConfig(SFTConfig):
     def __post_init__(self):
         if self.reasoning_history not in ("drop", "keep"):
             raise ValueError(f"`reasoning_history` must be 'drop' or 'keep', got {self.reasoning_history!r}.")
+        if self.chat_template_kwargs is not None and not isinstance(self.chat_template_kwargs, dict):
+            raise ValueError(f"`chat_template_kwargs` must be a dict, got {type(self.chat_template_kwargs).__name__}.")
+        # Before anything loads: the switches of the templates vlsft ships (the collator checks its own template's).
+        problems = template_kwargs_problems(self.chat_template_kwargs, KNOWN_BOOLEAN_SWITCHES, "chat_template_kwargs")
+        if problems:
+            raise ValueError("; ".join(problems) + ".")
         if self.train_on_turns not in ("all", "last"):
             raise ValueError(f"`train_on_turns` must be 'all' or 'last', got {self.train_on_turns!r}.")
         if isinstance(self.reasoning_weight, bool) or not isinstance(self.reasoning_weight, (int, float)) or not (

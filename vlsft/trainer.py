@@ -117,6 +117,8 @@ class VLSFTTrainer(KillSafeCheckpoints, PackedTraining, RowsNamedByIndex, SFTTra
         self.training_chat_template = default_collator.chat_template
         if data_collator is None:
             data_collator = default_collator
+        # How rows render in training: `AnswerAccuracyCallback` prompts the model the same way.
+        self.rendering_collator = data_collator if isinstance(data_collator, VisionChatCollator) else default_collator
         if checked_datasets is not None:
             if train_dataset is not None or eval_dataset is not None or data_collator is not default_collator:
                 raise ValueError(

@@ -14,6 +14,16 @@ from typing import Any
 import torch
 from transformers.utils.chat_template_utils import render_jinja_template
 
+from vlsft.collation.reasoning import (
+    REASONING_FIELDS,
+    ReasoningError,
+    content_text,
+    dropped_reasoning_fixes,
+    dropped_reasoning_problems,
+    has_reasoning_field,
+    is_one_leading_block,
+    reasoning_field_problems,
+)
 from vlsft.collation.template_kwargs import row_template_kwargs
 from vlsft.data.rows import normalize_messages, row_images
 from vlsft.families import FAMILIES
@@ -74,7 +84,8 @@ class RowRendering:
         self._control_pattern = re.compile("|".join(map(re.escape, self.control_tokens))) if self.control_tokens else None
         # Control tokens the template itself parses out of an assistant message (a thinking template's
         # `content.split('</think>')`), and the family's reasoning markers, which an assistant message may carry inline
-        # (`<think>...</think>`, what the model generates): there they are the data's structure, not text, and are
+        # (`<think>...</think>`, what the model generates): there, as one block at the start of the content of a
+        # message without a reasoning field (`structure_tokens`), they are the data's structure, not text, and are
         # neither refused nor escaped.
         reasoning_markers = set(self.family.reasoning_markers or ())
         self.template_parsed_tokens = frozenset(
@@ -88,13 +99,24 @@ class RowRendering:
         self._marks_string_start = bool(first) and first[0][:1] in ("▁", "Ġ")
         self._anchor_ids = tokenizer(CONTINUATION_ANCHOR, add_special_tokens=False)["input_ids"]
 
-    def control_tokens_in(self, text: str, role: str | None = None) -> list[str]:
-        """The control tokens that `text` (of a `role` message) spells out, in order of appearance, each once; in an
-        assistant message, not those the template parses (`template_parsed_tokens`)."""
+    def control_tokens_in(self, text: str, kept: frozenset[str] = frozenset()) -> list[str]:
+        """The control tokens that `text` spells out, in order of appearance, each once, but those `kept` (the
+        structure of the text: `structure_tokens`)."""
         if self._control_pattern is None or not isinstance(text, str):
             return []
         found = dict.fromkeys(self._control_pattern.findall(text))
-        return [token for token in found if not (role == "assistant" and token in self.template_parsed_tokens)]
+        return [token for token in found if token not in kept]
+
+    def structure_tokens(self, message: dict[str, Any]) -> frozenset[str]:
+        """The control tokens the content of `message` carries as the data's structure: in an assistant message
+        without a reasoning field, the tokens the template parses (`template_parsed_tokens`) when they form one
+        reasoning block at the start of the content. Anywhere else (a reasoning field, the content next to one, a
+        second block, a block after the answer) they are text that the tokenizer would make control tokens of."""
+        if message.get("role") != "assistant" or not self.template_parsed_tokens or has_reasoning_field(message):
+            return frozenset()
+        if not is_one_leading_block(content_text(message), self.template_parsed_tokens, self.family.reasoning_markers):
+            return frozenset()
+        return self.template_parsed_tokens
 
     def _tokens_added_on_encode(self) -> tuple[list[int], list[int]]:
         """The ids the tokenizer adds around a text when asked for special tokens (LLaVA-NeXT's `<s>`). The processor
@@ -118,10 +140,23 @@ class RowRendering:
             text += piece
         return text, spans
 
-    def _render_marked(self, row: dict[str, Any]) -> tuple[str, list[tuple[int, int]], list[str]]:
+    def render_prompt(self, row: dict[str, Any], messages: list[dict[str, Any]]) -> str:
+        """The text a model is prompted with to generate the assistant turn that follows `messages` (the leading
+        messages of `row`): rendered as in training (this template, the recipe's and the row's template variables)
+        and ending with the generation prompt."""
+        text, _, escaped = self._render_marked({**row, "messages": messages}, add_generation_prompt=True)
+        return "".join(piece for piece, _ in self._unmark([(text, False)], escaped)) if escaped else text
+
+    def _render_marked(
+        self, row: dict[str, Any], add_generation_prompt: bool = False
+    ) -> tuple[str, list[tuple[int, int]], list[str]]:
         """(text, generation spans, escaped control tokens): with `escape_control_tokens`, each control token in the
-        message text is rendered as a mark (`_ESCAPE_MARK`) that `pieces` turns back into plain text."""
+        message text is rendered as a mark (`_ESCAPE_MARK`) that `pieces` turns back into plain text. Raises
+        `ReasoningError` where the row's reasoning would not be trained as written (`vlsft.collation.reasoning`)."""
         messages = normalize_messages(row["messages"])
+        problems = reasoning_field_problems(messages)
+        if problems:
+            raise ReasoningError("; ".join(problems))
         escaped: list[str] = []
         if self.escape_control_tokens and self._control_pattern is not None:
             messages = [self._mark_control_tokens(message, escaped) for message in messages]
@@ -132,20 +167,40 @@ class RowRendering:
             spec = FAMILIES[self.template_family]
             if spec.reasoning_opening is not None:
                 messages = split_inline_reasoning(messages, spec.reasoning_opening, spec.reasoning_markers[1])
+        template_kwargs = row_template_kwargs(self.template_kwargs, row, self.boolean_switches)
         rendered, spans = render_jinja_template(
             [messages],
             tools=tools,
             chat_template=self.chat_template,
             return_assistant_tokens_mask=self.assistant_only_loss,
+            add_generation_prompt=add_generation_prompt,
             **self._template_kwargs,
-            **row_template_kwargs(self.template_kwargs, row),
+            **template_kwargs,
         )
-        return rendered[0], [tuple(span) for span in spans[0]] if self.assistant_only_loss else [], escaped
+        spans = [tuple(span) for span in spans[0]] if self.assistant_only_loss else []
+        if not add_generation_prompt:
+            problems = dropped_reasoning_problems(messages, rendered[0], spans, self.family)
+            if problems:
+                fixes = dropped_reasoning_fixes(self.family, self._keep_renders_reasoning(row, template_kwargs))
+                raise ReasoningError(f"{'; '.join(problems)}: {fixes}")
+        return rendered[0], spans, escaped
+
+    def _keep_renders_reasoning(self, row: dict[str, Any], template_kwargs: dict[str, Any]) -> bool:
+        """Whether `reasoning_history: keep` would render the reasoning this row's template drops (a vlsft training
+        template reads it)."""
+        if "reasoning_history" not in self.chat_template or template_kwargs.get("reasoning_history") == "keep":
+            return False
+        own = {**(row.get("chat_template_kwargs") or {}), "reasoning_history": "keep"}
+        try:
+            self._render_marked({**row, "chat_template_kwargs": own})
+        except ReasoningError:
+            return False
+        return True
 
     def _mark_control_tokens(self, message: dict[str, Any], escaped: list[str]) -> dict[str, Any]:
-        kept = self.template_parsed_tokens if message.get("role") == "assistant" else frozenset()
+        structure = self.structure_tokens(message)
 
-        def mark(text: str) -> str:
+        def mark(text: str, kept: frozenset[str]) -> str:
             def replace(match: re.Match) -> str:
                 if match.group(0) in kept:
                     return match.group(0)
@@ -155,13 +210,14 @@ class RowRendering:
             return self._control_pattern.sub(replace, text)
 
         message = dict(message)
-        for key in ("content", "reasoning_content"):
+        for key in ("content", *REASONING_FIELDS):
+            kept = structure if key == "content" else frozenset()  # a reasoning field's markers are always text
             value = message.get(key)
             if isinstance(value, str):
-                message[key] = mark(value)
+                message[key] = mark(value, kept)
             elif isinstance(value, list):
                 message[key] = [
-                    {**item, "text": mark(item["text"])} if item.get("type") == "text" and isinstance(item.get("text"), str) else item
+                    {**item, "text": mark(item["text"], kept)} if item.get("type") == "text" and isinstance(item.get("text"), str) else item
                     for item in value
                 ]
         return message

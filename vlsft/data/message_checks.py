@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from vlsft.collation.reasoning import REASONING_FIELDS, has_reasoning_field, reasoning_field_problems
+from vlsft.collation.template_kwargs import TemplateKwargsError, row_template_kwargs
 from vlsft.collator import VisionChatCollator
 from vlsft.data.rows import ImagesNotAListError, VideosNotAListError, row_images, row_videos
 
@@ -36,7 +38,7 @@ def message_problems(messages: Any) -> list[str]:
         tool_calls = message.get("tool_calls")
         if tool_calls is not None:
             problems.extend(_tool_call_problems(position, role, tool_calls))
-    return problems + _orphan_tool_problems(messages)
+    return problems + _orphan_tool_problems(messages) + reasoning_field_problems(messages)
 
 
 def _orphan_tool_problems(messages: list) -> list[str]:
@@ -107,8 +109,13 @@ def _arguments_problem(arguments: Any) -> str:
 
 
 def row_problems(row: dict[str, Any], collator: VisionChatCollator) -> list[str]:
-    """Problems of a row beyond its messages' shape: `images` or `videos` not a list, control-token text in a message."""
+    """Problems of a row beyond its messages' shape: `images` or `videos` not a list, its template variables,
+    control-token text in a message."""
     problems = []
+    try:
+        row_template_kwargs(collator.template_kwargs, row, collator.boolean_switches)
+    except TemplateKwargsError as error:
+        problems.append(str(error))
     images = row.get("images")
     if images is not None and not isinstance(images, (list, tuple)):
         try:
@@ -144,24 +151,59 @@ def tool_call_control_token_problems(messages: list[dict[str, Any]], collator: V
     return problems
 
 
+_ESCAPE_HINT = "train on it as plain text with `escape_control_tokens: true` (`VLSFTConfig(escape_control_tokens=True)`)"
+
+
 def control_token_problems(messages: list[dict[str, Any]], collator: VisionChatCollator) -> list[str]:
-    """One problem per message whose text spells out a control token of the collator's tokenizer."""
+    """One problem per message whose text spells out a control token of the collator's tokenizer, but the reasoning
+    block it carries as structure (`VisionChatCollator.structure_tokens`); reasoning markers out of place are named
+    as such."""
     problems = []
+    markers = collator.template_parsed_tokens
     for position, message in enumerate(messages):
         content = message.get("content")
         texts = [content] if isinstance(content, str) else [
             item.get("text") for item in content or [] if isinstance(item, dict) and item.get("type") == "text"
         ]
-        texts.append(message.get("reasoning_content"))
-        role = message.get("role")
-        tokens = list(dict.fromkeys(token for text in texts for token in collator.control_tokens_in(text, role)))
-        if tokens:
+        kept = collator.structure_tokens(message)
+        in_content = [token for text in texts for token in collator.control_tokens_in(text, kept)]
+        in_fields = {field: collator.control_tokens_in(message.get(field)) for field in REASONING_FIELDS}
+        assistant = message.get("role") == "assistant"
+        misplaced = list(dict.fromkeys(token for token in in_content if assistant and token in markers))
+        for field, tokens in in_fields.items():
+            field_markers = [token for token in tokens if token in markers]
+            if field_markers:
+                problems.append(
+                    f"message {position} `{field}` contains {_named(field_markers)}, the reasoning block's own "
+                    "marker: the template writes the field verbatim, so the block would end there and the model "
+                    f"learn to close its reasoning mid-thought; remove it, or {_ESCAPE_HINT}"
+                )
+        if misplaced:
+            where = (
+                "its content next to a reasoning field (the reasoning would be given twice, and the content's markers "
+                "written as control tokens inside the answer)"
+                if has_reasoning_field(message) else
+                "its content, but not as one reasoning block at the start of it (the template would drop the text "
+                "around it or write the markers as control tokens inside the answer)"
+            )
             problems.append(
-                f"message {position} contains the control token{'s' if len(tokens) > 1 else ''} {', '.join(tokens)}, "
-                "which would be tokenized as the token itself; remove it, or train on it as plain text with "
-                "`escape_control_tokens: true` (`VLSFTConfig(escape_control_tokens=True)`)"
+                f"message {position} contains {_named(misplaced)} in {where}; write the reasoning once, as one block at "
+                f"the start of the content or in `reasoning_content`, or {_ESCAPE_HINT}"
+            )
+        others = list(dict.fromkeys(
+            [token for token in in_content if token not in misplaced]
+            + [token for tokens in in_fields.values() for token in tokens if token not in markers]
+        ))
+        if others:
+            problems.append(
+                f"message {position} contains the control token{'s' if len(others) > 1 else ''} {', '.join(others)}, "
+                f"which would be tokenized as the token itself; remove it, or {_ESCAPE_HINT}"
             )
     return problems
+
+
+def _named(tokens: list[str]) -> str:
+    return f"the control token{'s' if len(tokens) > 1 else ''} {', '.join(tokens)}"
 
 
 def _describe(value: Any) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from datasets import Features, Image, LargeList, List
 
+from vlsft.collation.reasoning import ReasoningError, history_rule_problem
 from vlsft.collation.rendering import RenderedRow, RowError
 from vlsft.collator import VisionChatCollator
 from vlsft.data.formats import CONVERSION_ERROR
@@ -20,6 +21,9 @@ from vlsft.families import FAMILIES
 from vlsft.templates import detect_family
 from vlsft.tokens import IGNORE_INDEX
 from vlsft.weights import TurnWeightError, turn_weights, weight_key_problems
+
+
+NOTHING_SUPERVISED = "no supervised token (the assistant turns render empty)"
 
 
 @dataclass
@@ -87,16 +91,16 @@ class RowChecker:
                 verdicts[position] = RowVerdict("; ".join(problems))
             else:
                 renderable.append(position)
-        if not self.fast:
-            for position in renderable:
-                verdicts[position] = self._check_by_collating(rows[position])
-            return verdicts
-        tokenized = self._tokenize(rows, renderable)
+        tokenized = self._tokenize(rows, renderable) if self.fast else {}
         for position in renderable:
-            result = tokenized[position]
-            verdicts[position] = (
-                RowVerdict(result) if isinstance(result, str) else self._check_rendered(rows[position], result)
+            row, result = rows[position], tokenized.get(position)
+            verdict = (
+                self._check_by_collating(row) if not self.fast
+                else RowVerdict(result) if isinstance(result, str) else self._check_rendered(row, result)
             )
+            if verdict.reason == NOTHING_SUPERVISED:  # a thinking template's history rule, named where it is the cause
+                verdict.reason = history_rule_problem(self.collator, row) or NOTHING_SUPERVISED
+            verdicts[position] = verdict
         return verdicts
 
     def _weight_problems(self, messages: list[dict[str, Any]]) -> list[str]:
@@ -145,7 +149,7 @@ class RowChecker:
                 f"supervised token is at {supervised_positions[0]})"
             )
         elif num_supervised == 0:
-            verdict.reason = "no supervised token (the assistant turns render empty)"
+            verdict.reason = NOTHING_SUPERVISED
         elif end_of_turn_positions and end_of_turn_positions[-1] >= kept and not self.allow_truncated_end_of_turn:
             verdict.reason = (
                 f"max_length={max_length} cuts the final end-of-turn token {self.end_of_turn} (row is {length} "
@@ -166,6 +170,8 @@ class RowChecker:
             for position in positions:
                 try:
                     results[position] = self.collator.tokenize_rows([rows[position]])[0]
+                except ReasoningError as error:  # the template renders it, but not as the row says
+                    results[position] = str(error)
                 except Exception as error:
                     results[position] = f"the chat template cannot render it ({type(error).__name__}: {error})"
             return results

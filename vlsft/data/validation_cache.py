@@ -28,6 +28,7 @@ VERDICT_MODULES = (
     "vlsft.data.video_values",
     "vlsft.data.video_orientation",
     "vlsft.collator",
+    "vlsft.collation.reasoning",
     "vlsft.collation.rendering",
     "vlsft.collation.weighting",
     "vlsft.collation.images",
