@@ -14,7 +14,8 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from vlsft import VLSFTConfig, VLSFTTrainer
 from vlsft.testing import demo_data
-from vlsft.answer_eval import AnswerAccuracyCallback, answer_accuracy, normalize_answer, split_final_answer
+from vlsft.answer_eval import AnswerAccuracyCallback, answer_accuracy
+from vlsft.final_answer import normalize_answer, split_final_answer
 from vlsft.loss import attach_supervised_head
 from vlsft.testing.tiny_qwen3_vl import build_tiny_qwen3_vl
 
@@ -272,7 +273,7 @@ def test_a_thinking_model_that_generates_its_training_text_scores_every_answer(r
 
 
 def test_reasoning_that_never_closes_has_no_final_answer():
-    from vlsft.answer_eval import final_answer_ids
+    from vlsft.final_answer import final_answer_ids
 
     opening, closing, stop = 5, 6, {9}
     assert final_answer_ids([1, opening], [7, 8], stop, (opening, closing)) == []  # cut off mid-thought

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import string
 from collections import Counter
 from typing import Any
 
@@ -25,76 +23,12 @@ from accelerate.logging import get_logger
 from transformers import TrainerCallback
 
 from vlsft.collator import VisionChatCollator
-from vlsft.data.rows import (
-    count_image_placeholders,
-    count_video_placeholders,
-    load_image,
-    normalize_messages,
-    row_images,
-    row_videos,
-)
+from vlsft.data.rows import count_video_placeholders, load_image, row_videos
+from vlsft.final_answer import final_answer_ids, normalize_answer, reasoning_ids, split_final_answer
 from vlsft.run_plot import CHANCE_FILE, CURVES_FILE, plot_run_curves
 from vlsft.templates import resolve_training_template
 
 logger = get_logger(__name__)
-
-_PUNCTUATION = string.punctuation + " \t\n"
-
-
-def normalize_answer(text: str) -> str:
-    """Lower case, single spaces, no punctuation or whitespace at either end."""
-    return re.sub(r"\s+", " ", text.strip().lower()).strip(_PUNCTUATION)
-
-
-def _message_text(message: dict[str, Any]) -> str:
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    return "".join(item.get("text") or "" for item in content or [] if item.get("type", "text") == "text")
-
-
-def split_final_answer(row: dict[str, Any]) -> tuple[list[dict[str, Any]], list[Any], str] | None:
-    """(prompt messages, their images, reference answer) of a row, or None if its last assistant turn has no text."""
-    messages = normalize_messages(row["messages"])
-    last = max((i for i, message in enumerate(messages) if message["role"] == "assistant"), default=None)
-    if last is None:
-        return None
-    reference = _message_text(messages[last])
-    if not reference.strip():
-        return None
-    prompt = messages[:last]
-    images = row_images(row)[: count_image_placeholders(prompt)]
-    return prompt, images, reference
-
-
-def final_answer_ids(
-    prompt: list[int], generated: list[int], stop_ids: set[int], reasoning_ids: tuple[int, int] | None
-) -> list[int]:
-    """The generated ids of the final answer: up to the end of the turn, and after the reasoning block where the
-    family has one (the block opens in the generation prompt or in the generated text; an answer that never closes
-    it has no final answer)."""
-    end = next((i for i, token in enumerate(generated) if token in stop_ids), len(generated))
-    generated = generated[:end]
-    if reasoning_ids is None:
-        return generated
-    opening, closing = reasoning_ids
-    ids = prompt + generated
-    last_open = max((i for i, token in enumerate(ids) if token == opening), default=-1)
-    last_close = max((i for i, token in enumerate(ids) if token == closing), default=-1)
-    if last_open > last_close:
-        return []
-    return ids[max(last_close + 1, len(prompt)) :]
-
-
-def _reasoning_ids(collator: VisionChatCollator) -> tuple[int, int] | None:
-    """The ids of the family's reasoning markers, when each is one token of the tokenizer."""
-    markers = collator.family.reasoning_markers
-    tokenizer = collator.processor.tokenizer
-    ids = tokenizer.convert_tokens_to_ids(list(markers)) if markers else []
-    if not ids or any(i is None or i == tokenizer.unk_token_id for i in ids):
-        return None
-    return ids[0], ids[1]
-
 
 def _processor_videos(collator: VisionChatCollator, videos: list) -> dict[str, Any]:
     """The processor's arguments for videos decoded by the collator: their sampled frames, their metadata (Qwen3-VL's
@@ -152,7 +86,7 @@ def answer_accuracy(
     model.eval()
     parameter = next(model.parameters())
     predictions = []
-    reasoning_ids = _reasoning_ids(collator)
+    markers = reasoning_ids(collator)
     stop_ids = {tokenizer.convert_tokens_to_ids(collator.family.end_of_turn), tokenizer.eos_token_id, tokenizer.pad_token_id}
     try:
         for start in range(0, len(examples), batch_size):
@@ -180,7 +114,7 @@ def answer_accuracy(
             for row_number, (_, _, _, reference, kind) in enumerate(batch):
                 prompt = inputs["input_ids"][row_number][inputs["attention_mask"][row_number].bool()].tolist()
                 generated = output[row_number, width:].tolist()
-                answer = final_answer_ids(prompt, generated, stop_ids, reasoning_ids)
+                answer = final_answer_ids(prompt, generated, stop_ids, markers)
                 prediction = tokenizer.decode(answer, skip_special_tokens=True)
                 predictions.append(
                     {
