@@ -62,6 +62,11 @@ class VLSFTConfig(SFTConfig):
             TRL's field: `"nll"`, the summed negative log-likelihood of the supervised tokens over the step's
             supervised tokens; `"dft"` (Dynamic Fine-Tuning, TRL's meaning): each supervised token's NLL weighted by
             its own probability (not differentiated through), on the same supervised tokens and divisor.
+        sequence_parallel_size (`int`, defaults to `1`):
+            Ranks that split one sequence (Ulysses sequence parallelism through DeepSpeed's all-to-all attention,
+            `vlsft.sequence_parallel`): the N ranks of a group train the same rows, each running the language model
+            on 1/N of the sequence; the vision tower runs whole on each. Must divide the number of processes; needs a
+            DeepSpeed layout and Qwen3-VL; refused with packing. The loss is that of one process.
         bf16 (`bool`, *optional*):
             Mixed bf16 precision. Defaults to `True` where the run uses a bf16-capable GPU, `False` elsewhere and
             with `use_cpu=True` (TRL defaults to `True` everywhere, which fails on CPU).
@@ -131,6 +136,10 @@ class VLSFTConfig(SFTConfig):
     video_max_pixels: int | None = field(
         default=None, metadata={"help": "Video pixel budget, the video processor's size['longest_edge']."}
     )
+    sequence_parallel_size: int = field(
+        default=1,
+        metadata={"help": "Ranks that split one sequence (Ulysses, DeepSpeed layouts, Qwen3-VL); divides the world size."},
+    )
 
     def __post_init__(self):
         if self.reasoning_history not in ("drop", "keep"):
@@ -185,6 +194,32 @@ class VLSFTConfig(SFTConfig):
             self.use_cpu = True
         super().__post_init__()
         packing_enabled(self)  # an unsupported packing setting fails here, with the fix
+        self._check_sequence_parallel()
+
+    def _check_sequence_parallel(self) -> None:
+        """`sequence_parallel_size`: an integer >= 1 dividing the world size; > 1 only where vlsft splits exactly
+        (the model family is checked when the trainer starts, `vlsft.sequence_parallel`)."""
+        size = self.sequence_parallel_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"`sequence_parallel_size` must be an integer >= 1, got {size!r}.")
+        if size == 1:
+            return
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size % size:
+            raise ValueError(
+                f"`sequence_parallel_size={size}` must divide the number of processes ({world_size}): each group of "
+                f"{size} ranks splits one sequence. Launch a multiple of {size} processes."
+            )
+        if self.packing or self.padding_free:
+            raise ValueError(
+                "`sequence_parallel_size > 1` with packing / padding_free is not supported yet (the packed rows' "
+                "boundaries are not carried through the gathered attention); turn packing off."
+            )
+        if not self.average_tokens_across_devices:
+            raise ValueError(
+                "`sequence_parallel_size > 1` needs `average_tokens_across_devices=True`: a rank holds part of a row, "
+                "so the loss must be divided by the supervised tokens of every rank."
+            )
 
     def _refuse_sft_fields_vlsft_cannot_honour(self) -> None:
         """`SFTConfig` fields that only act in TRL's dataset preparation or TRL's loss, both of which vlsft replaces:
