@@ -158,6 +158,7 @@ class VLSFTConfig(SFTConfig):
                 "`assistant_only_loss=True`."
             )
         self._check_ranges()
+        self._check_sequence_parallel()  # before `TrainingArguments` starts the process group from WORLD_SIZE
         if self.invalid_rows not in ("raise", "skip"):
             raise ValueError(f"`invalid_rows` must be 'raise' or 'skip', got {self.invalid_rows!r}.")
         for name in ("video_fps", "video_min_frames", "video_max_frames", "video_max_pixels"):
@@ -194,7 +195,6 @@ class VLSFTConfig(SFTConfig):
             self.use_cpu = True
         super().__post_init__()
         packing_enabled(self)  # an unsupported packing setting fails here, with the fix
-        self._check_sequence_parallel()
 
     def _check_sequence_parallel(self) -> None:
         """`sequence_parallel_size`: an integer >= 1 dividing the world size; > 1 only where vlsft splits exactly
