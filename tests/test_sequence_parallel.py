@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from tests.scripts.one_step import parse, train_steps
+from tests.test_recipe import check_error, minimal
 from tests.test_distributed import REPO, SCRIPT, assert_same_step, launch, one_step_args
 from vlsft import VLSFTConfig
 from vlsft.sequence_parallel import SequenceParallel, check_sequence_parallel_model
@@ -77,6 +78,22 @@ def _model_with(model_type, heads=4, kv_heads=2, attention="sdpa"):
 def test_unsupported_models_refused_with_the_reason(model, message):
     with pytest.raises(ValueError, match=message):
         check_sequence_parallel_model(model, types.SimpleNamespace(sequence_parallel_size=4))
+
+
+@pytest.mark.parametrize(
+    "sections, message",
+    [
+        ({"layout": {"strategy": "ddp", "gpus_per_node": 4}}, "runs on DeepSpeed's engine"),
+        ({"layout": {"strategy": "zero3", "gpus_per_node": 6}}, "must divide the 6 processes"),
+        ({"layout": {"strategy": "zero3", "gpus_per_node": 8}, "data": {"eval_fraction": 0.1}}, "Evaluation"),
+        ({"layout": {"strategy": "zero2", "gpus_per_node": 8}, "training": {"sequence_parallel_size": "4"}},
+         "sequence_parallel_size` must be an integer"),
+    ],
+    ids=["ddp", "indivisible", "eval", "string"],
+)
+def test_recipe_refusals(sections, message):
+    training = {"sequence_parallel_size": 4, **sections.pop("training", {})}
+    check_error(minimal(training=training, **sections), message)
 
 
 # -- the split --------------------------------------------------------------------------------------------------

@@ -204,7 +204,9 @@ class VLSFTConfig(SFTConfig):
             raise ValueError(f"`sequence_parallel_size` must be an integer >= 1, got {size!r}.")
         if size == 1:
             return
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        # Checked here when launched (WORLD_SIZE set); a recipe's `--dry-run` checks its layout's process count, and
+        # the trainer checks the process group's size.
+        world_size = int(os.environ.get("WORLD_SIZE", size))
         if world_size % size:
             raise ValueError(
                 f"`sequence_parallel_size={size}` must divide the number of processes ({world_size}): each group of "

@@ -271,6 +271,13 @@ def use_sequence_parallel(trainer, model) -> None:
             "Evaluation under `sequence_parallel_size > 1` is not supported yet; drop the eval set (or evaluate in a "
             "separate run with `sequence_parallel_size: 1`)."
         )
+    size = trainer.args.sequence_parallel_size
+    world_size = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    if world_size % size:
+        raise ValueError(
+            f"`sequence_parallel_size={size}` must divide the number of processes ({world_size}); launch a multiple "
+            f"of {size} processes (`accelerate launch --num_processes ...`)."
+        )
     check_sequence_parallel_model(model, trainer.args)
     parallel = enable_sequence_parallel(model, trainer.args.sequence_parallel_size)
     shard_data_by_data_parallel_rank(trainer.accelerator, parallel)
