@@ -205,3 +205,12 @@ def test_zero3_all_supervised_tokens_on_one_shard(tmp_path):
     boundary = batch["shard"][1] if batch["shard"][1] else batch["shard"][2]
     assert all(position >= boundary for _, position in batch["targets"]), (boundary, batch["targets"])
     assert_same_step(distributed, reference)
+
+
+@pytest.mark.slow
+def test_zero2_video_and_image_rows_equals_one_process(tmp_path):
+    """SP=2 on ZeRO-2, a micro-batch of a video row, an image row and two text rows: the DeepStack features of both
+    modalities (joined in the model's order) are split with their positions; the step equals the 1-process step."""
+    distributed, reference = run_sequence_parallel(tmp_path, "sp2_video", "configs/ds_zero2.json", "video_mixed", batch=4)
+    assert all(batch["videos"] for batch in distributed["micro_batches"][0])
+    assert_same_step(distributed, reference)
