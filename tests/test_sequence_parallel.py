@@ -17,7 +17,7 @@ from tests.scripts.one_step import parse, train_steps
 from tests.test_recipe import check_error, minimal
 from tests.test_distributed import REPO, SCRIPT, assert_same_step, launch, one_step_args
 from vlsft import VLSFTConfig
-from vlsft.sequence_parallel import SequenceParallel, check_sequence_parallel_model
+from vlsft.sequence_parallel import SPLIT_KWARG, SequenceParallel, check_sequence_parallel_model
 from vlsft.tokens import IGNORE_INDEX
 
 
@@ -140,7 +140,7 @@ def test_split_inputs_slice_positions_and_deepstack_features_per_shard():
         kwargs = {"inputs_embeds": embeds, "position_ids": positions, "attention_mask": mask,
                   "visual_pos_masks": visual, "deepstack_visual_embeds": [features, features + 100]}
         parts.append(parallel._split_inputs(None, (), kwargs)[1])
-    assert all(part["attention_mask"] is None for part in parts)
+    assert all(part["attention_mask"] is None and part[SPLIT_KWARG] is True for part in parts)
     assert torch.equal(torch.cat([p["inputs_embeds"] for p in parts], 1)[:, :length], embeds)
     assert torch.equal(torch.cat([p["inputs_embeds"] for p in parts], 1)[:, length:], torch.zeros(batch, 1, hidden))
     gathered = torch.cat([p["position_ids"] for p in parts], -1)
@@ -169,9 +169,9 @@ def test_left_padding_refused():
 # -- one step over 2 processes ----------------------------------------------------------------------------------
 
 
-def run_sequence_parallel(tmp_path, name, deepspeed, rows, batch):
+def run_sequence_parallel(tmp_path, name, deepspeed, rows, batch, **flags):
     out = tmp_path / f"{name}.pt"
-    flags = {"rows": rows, "loss_chunk_size": 4}
+    flags = {"rows": rows, "loss_chunk_size": 4, **flags}
     launch([str(SCRIPT), *one_step_args(out, batch, sequence_parallel=2, deepspeed=REPO / deepspeed, **flags)])
     distributed = torch.load(out)
     assert distributed["world_size"] == 2 and distributed["wrapper"] == "DeepSpeedEngine"
@@ -198,9 +198,12 @@ def test_zero2_images_equals_one_process(tmp_path):
 
 @pytest.mark.slow
 def test_zero3_all_supervised_tokens_on_one_shard(tmp_path):
-    """SP=2 on ZeRO-3, rows whose supervised tokens all fall on the second shard: the first rank supervises nothing
-    and still takes part in every collective; the step equals the 1-process step."""
-    distributed, reference = run_sequence_parallel(tmp_path, "sp2_zero3", "configs/ds_zero3.json", "one_shard", batch=2)
+    """SP=2 on ZeRO-3 with gradient checkpointing, rows whose supervised tokens all fall on the second shard: the
+    first rank supervises nothing and still takes part in every collective; the layers recomputed in the backward
+    pass go through Ulysses again; the step equals the 1-process step."""
+    distributed, reference = run_sequence_parallel(
+        tmp_path, "sp2_zero3", "configs/ds_zero3.json", "one_shard", batch=2, gradient_checkpointing=True
+    )
     batch = distributed["micro_batches"][0][0]
     boundary = batch["shard"][1] if batch["shard"][1] else batch["shard"][2]
     assert all(position >= boundary for _, position in batch["targets"]), (boundary, batch["targets"])

@@ -35,6 +35,7 @@ from vlsft.tokens import IGNORE_INDEX
 
 ULYSSES_ATTENTION = "vlsft_ulysses"
 SUPPORTED_MODEL_TYPES = ("qwen3_vl",)
+SPLIT_KWARG = "vlsft_sequence_split"  # set on the language model's call whose inputs are split
 
 
 def check_sequence_parallel_model(model, args) -> None:
@@ -76,7 +77,6 @@ class SequenceParallel:
     data_parallel_rank: int
     data_parallel_size: int
     core_attention: str  # the attention the gathered sequence runs ("sdpa" or "eager")
-    active: bool = False  # a split forward is running: the text attention goes through Ulysses
     _ulysses: dict = field(default_factory=dict)  # one DeepSpeed attention per batch size (its shapes are fixed)
 
     def bounds(self, length: int) -> tuple[int, int, int]:
@@ -129,11 +129,9 @@ class SequenceParallel:
         """For one model call: slice the language model's inputs to this rank's shard and route its attention
         through Ulysses."""
         handle = model.base_model.language_model.register_forward_pre_hook(self._split_inputs, with_kwargs=True)
-        self.active = True
         try:
             yield
         finally:
-            self.active = False
             handle.remove()
 
     def _split_inputs(self, module, args, kwargs):
@@ -162,6 +160,9 @@ class SequenceParallel:
         kwargs["inputs_embeds"] = embeds[:, start:end]
         kwargs["position_ids"] = positions[..., start:end]
         kwargs["attention_mask"] = None
+        # Reaches each text attention call through the layers' kwargs, also when gradient checkpointing recomputes a
+        # layer in the backward pass (after this call has returned).
+        kwargs[SPLIT_KWARG] = True
         visual = kwargs.get("visual_pos_masks")
         if visual is not None:
             visual = F.pad(visual, (0, extra), value=False)
@@ -185,7 +186,7 @@ def _ulysses_attention(module, query, key, value, attention_mask, **kwargs):
     """The text layers' attention under sequence parallelism: DeepSpeed's Ulysses around the core attention while a
     split forward runs; the core attention alone otherwise (generation, a forward without labels)."""
     parallel: SequenceParallel = module.__dict__["_vlsft_sequence_parallel"]
-    if not parallel.active:
+    if not kwargs.pop(SPLIT_KWARG, False):
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
         core = ALL_ATTENTION_FUNCTIONS[parallel.core_attention] if parallel.core_attention != "eager" else _eager_attention(module)
