@@ -169,18 +169,28 @@ def test_left_padding_refused():
 # -- one step over 2 processes ----------------------------------------------------------------------------------
 
 
-def run_sequence_parallel(tmp_path, name, deepspeed, rows, batch, **flags):
+def rows_seen(rank_batches):
+    return [{k: v for k, v in batch.items() if k != "shard"} for batch in rank_batches]
+
+
+def run_sequence_parallel(tmp_path, name, deepspeed, rows, batch, processes=2, **flags):
+    """SP=2 over `processes` ranks (SP groups [0, 1], [2, 3]), `batch` rows per rank; the 1-process reference trains
+    the global batch (`batch` x data-parallel groups) in one micro-batch."""
     out = tmp_path / f"{name}.pt"
     flags = {"rows": rows, "loss_chunk_size": 4, **flags}
-    launch([str(SCRIPT), *one_step_args(out, batch, sequence_parallel=2, deepspeed=REPO / deepspeed, **flags)])
+    launch([str(SCRIPT), *one_step_args(out, batch, sequence_parallel=2, deepspeed=REPO / deepspeed, **flags)],
+           processes=processes)
     distributed = torch.load(out)
-    assert distributed["world_size"] == 2 and distributed["wrapper"] == "DeepSpeedEngine"
-    reference, _ = train_steps(parse(one_step_args(tmp_path / f"{name}_reference.pt", batch, **flags)))
+    assert distributed["world_size"] == processes and distributed["wrapper"] == "DeepSpeedEngine"
+    reference_batch = batch * processes // 2
+    reference, _ = train_steps(parse(one_step_args(tmp_path / f"{name}_reference.pt", reference_batch, **flags)))
     ranks = distributed["micro_batches"]
-    # Both ranks trained the same rows (sharded by data-parallel rank), each on its own half of the sequence.
-    assert [{k: v for k, v in b.items() if k != "shard"} for b in ranks[0]] == [
-        {k: v for k, v in b.items() if k != "shard"} for b in ranks[1]]
-    assert [b["shard"] for b in ranks[0]] != [b["shard"] for b in ranks[1]]
+    for first in range(0, processes, 2):
+        # The ranks of an SP group trained the same rows (sharded by data-parallel rank), each on its own half.
+        assert rows_seen(ranks[first]) == rows_seen(ranks[first + 1])
+        assert [b["shard"] for b in ranks[first]] != [b["shard"] for b in ranks[first + 1]]
+    if processes > 2:  # the data-parallel groups trained different rows
+        assert rows_seen(ranks[0]) != rows_seen(ranks[2])
     assert ranks[0] and all(b["images"] for b in ranks[0])
     return distributed, reference
 
@@ -216,4 +226,13 @@ def test_zero2_video_and_image_rows_equals_one_process(tmp_path):
     modalities (joined in the model's order) are split with their positions; the step equals the 1-process step."""
     distributed, reference = run_sequence_parallel(tmp_path, "sp2_video", "configs/ds_zero2.json", "video_mixed", batch=4)
     assert all(batch["videos"] for batch in distributed["micro_batches"][0])
+    assert_same_step(distributed, reference)
+
+
+@pytest.mark.slow
+def test_zero2_sp2_by_dp2_four_processes(tmp_path):
+    """SP=2 x DP=2 (4 processes) on ZeRO-2, 2 image rows per data-parallel group: each group reads its own rows,
+    each supervised token counts once over the 4 ranks; the step equals the 1-process step on the 4 rows."""
+    distributed, reference = run_sequence_parallel(tmp_path, "sp2_dp2", "configs/ds_zero2.json", "lengths", batch=2,
+                                                   processes=4)
     assert_same_step(distributed, reference)
