@@ -166,6 +166,21 @@ def test_left_padding_refused():
         shards(2)[0]._split_inputs(None, (), kwargs)
 
 
+def test_evaluation_refused_on_a_split_model():
+    """A model set up for sequence parallelism refuses a forward with labels in eval mode (its per-row sums would be
+    those of one shard), before any collective."""
+    from vlsft.loss import attach_supervised_head
+    from vlsft.testing.tiny_qwen3_vl import build_tiny_qwen3_vl
+
+    model, _ = build_tiny_qwen3_vl(seed=0)
+    attach_supervised_head(model)
+    model._vlsft_sequence_parallel = shards(2)[0]
+    model.eval()
+    ids = torch.ones(1, 6, dtype=torch.long)
+    with pytest.raises(NotImplementedError, match="Evaluation under `sequence_parallel_size > 1`"):
+        model(input_ids=ids, attention_mask=torch.ones_like(ids), supervised_labels=ids)
+
+
 # -- one step over 2 processes ----------------------------------------------------------------------------------
 
 

@@ -139,6 +139,11 @@ def attach_supervised_head(model: nn.Module, chunk_size: int = 256, loss_type: s
         # Sequence parallelism (vlsft.sequence_parallel): this rank's shard of the labels, shifted before the split.
         sequence_parallel = getattr(self, "_vlsft_sequence_parallel", None)
         if sequence_parallel is not None:
+            if not self.training:  # every rank of the group raises alike: none is left waiting in a collective
+                raise NotImplementedError(
+                    "Evaluation under `sequence_parallel_size > 1` is not supported yet; evaluate in a separate run "
+                    "with `sequence_parallel_size: 1`."
+                )
             supervised_labels, supervised_weights = sequence_parallel.local_targets(supervised_labels, supervised_weights)
         if is_distributed():  # make this rank's module calls those of every other rank (vlsft.distributed)
             shape = agree_on_step_shape(kwargs, supervised_labels, self._vlsft_loss_chunk_size)
