@@ -69,6 +69,11 @@ class VLSFTConfig(SFTConfig):
             TRL's field: `"nll"`, the summed negative log-likelihood of the supervised tokens over the step's
             supervised tokens; `"dft"` (Dynamic Fine-Tuning, TRL's meaning): each supervised token's NLL weighted by
             its own probability (not differentiated through), on the same supervised tokens and divisor.
+        sequence_parallel_size (`int`, defaults to `1`):
+            Ranks that split one sequence (Ulysses sequence parallelism through DeepSpeed's all-to-all attention,
+            `vlsft.sequence_parallel`): the N ranks of a group train the same rows, each running the language model
+            on 1/N of the sequence; the vision tower runs whole on each. Must divide the number of processes; needs a
+            DeepSpeed layout and Qwen3-VL; refused with packing. The loss is that of one process.
         bf16 (`bool`, *optional*):
             Mixed bf16 precision. Defaults to `True` where the run uses a bf16-capable GPU, `False` elsewhere and
             with `use_cpu=True` (TRL defaults to `True` everywhere, which fails on CPU).
@@ -142,6 +147,10 @@ class VLSFTConfig(SFTConfig):
         default=False,
         metadata={"help": "Resume a checkpoint whose pack plan differs from this run's (refused by default)."},
     )
+    sequence_parallel_size: int = field(
+        default=1,
+        metadata={"help": "Ranks that split one sequence (Ulysses, DeepSpeed layouts, Qwen3-VL); divides the world size."},
+    )
 
     def __post_init__(self):
         if self.reasoning_history not in ("drop", "keep"):
@@ -170,6 +179,7 @@ class VLSFTConfig(SFTConfig):
             raise ValueError(
                 f"`resume_with_new_pack_plan` must be true or false, got {self.resume_with_new_pack_plan!r}."
             )
+        self._check_sequence_parallel()  # before `TrainingArguments` starts the process group from WORLD_SIZE
         if self.invalid_rows not in ("raise", "skip"):
             raise ValueError(f"`invalid_rows` must be 'raise' or 'skip', got {self.invalid_rows!r}.")
         for name in ("video_fps", "video_min_frames", "video_max_frames", "video_max_pixels"):
@@ -209,6 +219,33 @@ class VLSFTConfig(SFTConfig):
             self.use_cpu = True
         super().__post_init__()
         packing_enabled(self)  # an unsupported packing setting fails here, with the fix
+
+    def _check_sequence_parallel(self) -> None:
+        """`sequence_parallel_size`: an integer >= 1 dividing the world size; > 1 only where vlsft splits exactly
+        (the model family is checked when the trainer starts, `vlsft.sequence_parallel`)."""
+        size = self.sequence_parallel_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"`sequence_parallel_size` must be an integer >= 1, got {size!r}.")
+        if size == 1:
+            return
+        # Checked here when launched (WORLD_SIZE set); a recipe's `--dry-run` checks its layout's process count, and
+        # the trainer checks the process group's size.
+        world_size = int(os.environ.get("WORLD_SIZE", size))
+        if world_size % size:
+            raise ValueError(
+                f"`sequence_parallel_size={size}` must divide the number of processes ({world_size}): each group of "
+                f"{size} ranks splits one sequence. Launch a multiple of {size} processes."
+            )
+        if self.packing or self.padding_free:
+            raise ValueError(
+                "`sequence_parallel_size > 1` with packing / padding_free is not supported yet (the packed rows' "
+                "boundaries are not carried through the gathered attention); turn packing off."
+            )
+        if not self.average_tokens_across_devices:
+            raise ValueError(
+                "`sequence_parallel_size > 1` needs `average_tokens_across_devices=True`: a rank holds part of a row, "
+                "so the loss must be divided by the supervised tokens of every rank."
+            )
 
     def _refuse_sft_fields_vlsft_cannot_honour(self) -> None:
         """`SFTConfig` fields that only act in TRL's dataset preparation or TRL's loss, both of which vlsft replaces:

@@ -11,6 +11,7 @@ so that DDP, DeepSpeed and PEFT wrappers see a single ordinary forward call.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import types
@@ -143,6 +144,15 @@ def attach_supervised_head(model: nn.Module, chunk_size: int = 256, loss_type: s
         if getattr(text_config, "output_router_logits", False):  # MoE with its load-balancing loss on
             kwargs.setdefault("output_router_logits", True)
         num_chunks, missing_modalities = 1, ()
+        # Sequence parallelism (vlsft.sequence_parallel): this rank's shard of the labels, shifted before the split.
+        sequence_parallel = getattr(self, "_vlsft_sequence_parallel", None)
+        if sequence_parallel is not None:
+            if not self.training:  # every rank of the group raises alike: none is left waiting in a collective
+                raise NotImplementedError(
+                    "Evaluation under `sequence_parallel_size > 1` is not supported yet; evaluate in a separate run "
+                    "with `sequence_parallel_size: 1`."
+                )
+            supervised_labels, supervised_weights = sequence_parallel.local_targets(supervised_labels, supervised_weights)
         if is_distributed():  # make this rank's module calls those of every other rank (vlsft.distributed)
             shape = agree_on_step_shape(kwargs, supervised_labels, self._vlsft_loss_chunk_size)
             check_vision_in_step(self, shape)
@@ -150,10 +160,14 @@ def attach_supervised_head(model: nn.Module, chunk_size: int = 256, loss_type: s
             if supports_dummy_vision_pass(self):
                 missing_modalities = shape.missing_modalities
         # The backbone and the head are looked up on every call: PEFT, DeepSpeed and FSDP replace them after this.
-        with zero_factor_vision_passes(self, missing_modalities, supervised_labels.device):
+        split = sequence_parallel.split_language_model(self) if sequence_parallel is not None else contextlib.nullcontext()
+        with zero_factor_vision_passes(self, missing_modalities, supervised_labels.device), split:
             backbone_output = self.base_model(*args, **kwargs)
+        hidden_states = backbone_output.last_hidden_state
+        if sequence_parallel is not None:
+            hidden_states = sequence_parallel.hidden_for_local_targets(hidden_states)
         output = supervised_nll(
-            backbone_output.last_hidden_state,
+            hidden_states,
             supervised_labels,
             self.get_output_embeddings(),
             self._vlsft_loss_chunk_size,

@@ -167,6 +167,10 @@ class VLSFTTrainer(KillSafeCheckpoints, PackedTraining, RowsNamedByIndex, SFTTra
         self._hand_self_to_callbacks()
         if packing:
             self._use_packing(base_model)
+        if args.sequence_parallel_size > 1:
+            from vlsft.sequence_parallel import use_sequence_parallel
+
+            use_sequence_parallel(self, base_model)
 
     def add_callback(self, callback) -> None:
         super().add_callback(callback)
@@ -259,7 +263,8 @@ class VLSFTTrainer(KillSafeCheckpoints, PackedTraining, RowsNamedByIndex, SFTTra
         count = sum(summed_label_weight(batch) for batch in batch_samples)
         count = torch.as_tensor(count, dtype=torch.float64, device=device)
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
-            count = self.accelerator.gather(count).sum()
+            # The ranks of a sequence-parallel group hold the same rows: their count is counted once.
+            count = self.accelerator.gather(count).sum() / self.args.sequence_parallel_size
         return count
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):

@@ -57,6 +57,16 @@ def video_mixed_rows():
     return [video_row, image_row, *text_rows]
 
 
+def one_shard_rows():
+    """Two rows of a large image and a long question, and a short answer at the end: split in two, every supervised
+    token of the batch falls on the second shard (the first shard's rank supervises nothing)."""
+    question = "Look closely at the whole picture and tell me, in one word, which colour fills most of it?"
+    return [
+        {"messages": [user(IMAGE, question), assistant(answer)], "images": [image((200, 0, 0), size)]}
+        for answer, size in (("Red.", (160, 192)), ("Red", (160, 176)))
+    ]
+
+
 def eval_rows():
     """5 rows: over 2 ranks with 2 rows per device, the last eval batch holds 1 real row and 3 padding duplicates."""
     return mixed_rows() + [rows_of_different_lengths()[3]]
@@ -70,8 +80,13 @@ class RecordingTrainer(VLSFTTrainer):
         if model.training:
             self.micro_batches.append(
                 {"images": inputs.get("pixel_values") is not None, "videos": inputs.get("pixel_values_videos") is not None,
-                 "supervised": int((inputs["labels"][:, 1:] != -100).sum())}
+                 "supervised": int((inputs["labels"][:, 1:] != -100).sum()),
+                 # (row, position) of each supervised target in the shifted labels, and the batch's length
+                 "targets": (inputs["labels"][:, 1:] != -100).nonzero().tolist(), "length": inputs["labels"].shape[1]}
             )
+            parallel = getattr(self.accelerator.unwrap_model(model), "_vlsft_sequence_parallel", None)
+            if parallel is not None:  # this rank's (padded length, start, end) of the split sequence
+                self.micro_batches[-1]["shard"] = parallel.bounds(inputs["labels"].shape[1])
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 
@@ -120,9 +135,11 @@ def build(cli, output_dir, max_steps, save_every_step=False):
         logging_steps=1,
         seed=0,
         deepspeed=cli.deepspeed,
+        sequence_parallel_size=cli.sequence_parallel,
         **({"packing": True, "max_length": cli.packing} if cli.packing else {}),
     )
-    rows = {"mixed": mixed_rows, "video_mixed": video_mixed_rows, "weighted": weighted_rows, "lengths": rows_of_different_lengths}[cli.rows]()
+    rows = {"mixed": mixed_rows, "video_mixed": video_mixed_rows, "weighted": weighted_rows, "lengths": rows_of_different_lengths,
+            "one_shard": one_shard_rows}[cli.rows]()
     trainer = RecordingTrainer(
         model,
         args=args,
@@ -182,10 +199,11 @@ def parse(argv=None):
     parser.add_argument("--accumulation", type=int, default=1)
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--family", default="qwen3_vl", help="a tiny model of vlsft.testing.tiny_families")
-    parser.add_argument("--rows", choices=["lengths", "mixed", "video_mixed", "weighted"], default="lengths",
+    parser.add_argument("--rows", choices=["lengths", "mixed", "video_mixed", "weighted", "one_shard"], default="lengths",
                         help="weighted: tests.test_weights' rows with per-turn weights")
     parser.add_argument("--packing", type=int, default=None, metavar="MAX_LENGTH", help="pack rows into MAX_LENGTH tokens")
     parser.add_argument("--deepspeed", default=None, help="a DeepSpeed JSON (configs/ds_zero*.json)")
+    parser.add_argument("--sequence_parallel", type=int, default=1, help="sequence_parallel_size")
     parser.add_argument("--lora", action="store_true")
     parser.add_argument("--tie", action="store_true", help="tie the LM head to the input embeddings")
     parser.add_argument("--gradient_checkpointing", action="store_true")

@@ -122,3 +122,27 @@ def check_values(recipe: Recipe) -> None:
     eval_strategy = str(recipe.training.get("eval_strategy", "no"))
     if eval_strategy != "no" and data.eval is None and data.eval_fraction is None:
         raise RecipeError(f"`training.eval_strategy: {eval_strategy}` needs `data.eval` or `data.eval_fraction`.")
+    _check_sequence_parallel(recipe)
+
+
+def _check_sequence_parallel(recipe: Recipe) -> None:
+    """`training.sequence_parallel_size` (the field itself is checked by `VLSFTConfig`): a DeepSpeed layout whose
+    process count it divides, and no evaluation set (not supported under sequence parallelism yet)."""
+    size, layout, data = recipe.training.get("sequence_parallel_size", 1), recipe.layout, recipe.data
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 1:
+        return
+    if layout.deepspeed_config is None:
+        raise RecipeError(
+            f"`training.sequence_parallel_size: {size}` runs on DeepSpeed's engine: use `layout.strategy: zero2`, "
+            f"`zero3` or `zero3_offload`, not `{layout.strategy}`."
+        )
+    if layout.num_processes % size:
+        raise RecipeError(
+            f"`training.sequence_parallel_size: {size}` must divide the {layout.num_processes} processes of the layout "
+            "(`gpus_per_node * nodes`)."
+        )
+    if data.eval is not None or data.eval_fraction is not None:
+        raise RecipeError(
+            "Evaluation under `training.sequence_parallel_size > 1` is not supported yet: drop `data.eval` / "
+            "`data.eval_fraction` (and `training.eval_strategy`)."
+        )
