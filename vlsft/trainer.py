@@ -32,6 +32,7 @@ from vlsft.config import VLSFTConfig, as_vlsft_config
 from vlsft.data.training_rows import RowsNamedByIndex
 from vlsft.data.validation import validate_datasets
 from vlsft.distributed import check_offload_keeps_optimizer
+from vlsft.model_parts import check_model_parts
 from vlsft.loss import (
     attach_supervised_head,
     positive_or_one,
@@ -148,6 +149,7 @@ class VLSFTTrainer(KillSafeCheckpoints, RowsNamedByIndex, SFTTrainer):
         if self.is_deepspeed_enabled:
             check_offload_keeps_optimizer(self.accelerator.state.deepspeed_plugin.deepspeed_config, args.optim)
         base_model = self.model.get_base_model() if is_peft_model(self.model) else self.model
+        check_model_parts(base_model)  # a model without a family record: its parts found by transformers' names
         attach_supervised_head(base_model, chunk_size=args.loss_chunk_size, loss_type=args.loss_type)
         # [num_correct, num_supervised, summed (weighted) NLL, summed weight] since the last log, per mode; summed over
         # ranks.

@@ -16,8 +16,15 @@ from transformers.utils.chat_template_utils import render_jinja_template
 
 from vlsft.collation.template_kwargs import row_template_kwargs
 from vlsft.data.rows import normalize_messages, row_images
-from vlsft.families import FAMILIES
-from vlsft.templates import check_expressible, check_media, split_inline_reasoning
+from vlsft.families import FAMILIES, Family
+from vlsft.generic_family import added_tokens
+from vlsft.generic_masks import assistant_spans
+from vlsft.templates import (
+    UnsupportedConversationError,
+    check_expressible,
+    check_media,
+    split_inline_reasoning,
+)
 
 # Stands in for an escaped control token in message text while the row is rendered (private-use characters, which no
 # tokenizer vocabulary gives a meaning): `\ue000<k>\ue001` is the k-th escaped token of the row.
@@ -26,6 +33,32 @@ _ESCAPE_MARK = re.compile("\ue000(\\d+)\ue001")
 # string with a word-boundary marker (SentencePiece's `▁`): a private-use character, which such tokenizers spell in
 # byte tokens that merge with nothing.
 CONTINUATION_ANCHOR = "\ue000"
+
+
+def refuse_uncollated_media(family: Family, messages: list[dict]) -> None:
+    """Raise `UnsupportedConversationError` for a content item of a type `family` renders but vlsft does not collate
+    (on the generic path: videos and audio), naming the message."""
+    for position, message in enumerate(messages):
+        content = message.get("content")
+        for item in content if isinstance(content, list) else ():
+            if isinstance(item, dict) and item.get("type") in family.unsupported_media:
+                raise UnsupportedConversationError(
+                    f"message {position} has a {item['type']!r} item: vlsft trains {family.display_name} on text and "
+                    "images only; drop it (a video can be given as its frames, as images) or skip such rows with "
+                    "`invalid_rows='skip'`"
+                )
+
+
+def as_content_items(messages: list[dict]) -> list[dict]:
+    """`messages` with each string content as one text item, as TRL's data path hands conversations to a stock
+    template (many index `content[0]` or loop over items and render nothing of a string). The empty content of a
+    tool-call turn stays empty (TRL leaves its None alone): an empty text item would render as a blank line."""
+    return [
+        {**message, "content": [{"type": "text", "text": message["content"]}]}
+        if isinstance(message.get("content"), str) and (message["content"] or not message.get("tool_calls"))
+        else message
+        for message in messages
+    ]
 
 
 class Continuation(str):
@@ -68,9 +101,7 @@ class RowRendering:
         self._bos_added, self._eos_added = self._tokens_added_on_encode()
         # Every added token: the tokenizer cuts these out of any text before its vocabulary sees it, so their text in a
         # message becomes the control token itself (a `<|im_end|>` in an answer would end the turn there).
-        self.control_tokens = tuple(
-            sorted({token.content for token in tokenizer.added_tokens_decoder.values() if token.content}, key=len, reverse=True)
-        )
+        self.control_tokens = added_tokens(tokenizer)
         self._control_pattern = re.compile("|".join(map(re.escape, self.control_tokens))) if self.control_tokens else None
         # Control tokens the template itself parses out of an assistant message (a thinking template's
         # `content.split('</think>')`), and the family's reasoning markers, which an assistant message may carry inline
@@ -132,15 +163,39 @@ class RowRendering:
             spec = FAMILIES[self.template_family]
             if spec.reasoning_opening is not None:
                 messages = split_inline_reasoning(messages, spec.reasoning_opening, spec.reasoning_markers[1])
+        kwargs = row_template_kwargs(self.template_kwargs, row)
+        if self.generic_masks:
+            refuse_uncollated_media(self.family, messages)
+            messages = as_content_items(messages)
+
+            def render(prefix: list[dict], add_generation_prompt: bool) -> str:
+                return self.render_stock(prefix, add_generation_prompt, tools, kwargs)
+
+            text, spans = assistant_spans(render, messages, self.control_tokens)
+            return text, spans, escaped
         rendered, spans = render_jinja_template(
             [messages],
             tools=tools,
             chat_template=self.chat_template,
             return_assistant_tokens_mask=self.assistant_only_loss,
             **self._template_kwargs,
-            **row_template_kwargs(self.template_kwargs, row),
+            **kwargs,
         )
         return rendered[0], [tuple(span) for span in spans[0]] if self.assistant_only_loss else [], escaped
+
+    def render_stock(
+        self, messages: list[dict], add_generation_prompt: bool, tools: list | None = None, kwargs: dict | None = None
+    ) -> str:
+        """`messages` rendered with the chat template as `processor.apply_chat_template` renders them."""
+        rendered, _ = render_jinja_template(
+            [messages],
+            tools=tools,
+            chat_template=self.chat_template,
+            add_generation_prompt=add_generation_prompt,
+            **self._template_kwargs,
+            **((self.template_kwargs or {}) if kwargs is None else kwargs),
+        )
+        return rendered[0]
 
     def _mark_control_tokens(self, message: dict[str, Any], escaped: list[str]) -> dict[str, Any]:
         kept = self.template_parsed_tokens if message.get("role") == "assistant" else frozenset()
