@@ -35,6 +35,7 @@ from jinja2 import TemplateError
 from transformers import ProcessorMixin
 
 from vlsft.collation.images import ImageExpansion
+from vlsft.collation.processor_expansion import ProcessorExpansion
 from vlsft.collation.rendering import RowError, RowRendering
 from vlsft.collation.template_kwargs import TemplateKwargsError
 from vlsft.collation.videos import VideoExpansion
@@ -55,7 +56,7 @@ from vlsft.weights import TurnWeightError
 
 
 @dataclass
-class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, VideoExpansion):
+class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, ProcessorExpansion, VideoExpansion):
     """Collates conversational vision rows into `input_ids`, `attention_mask`, `labels` (-100 where not supervised)
     and whatever the model's processor returns for them (`pixel_values`, `image_grid_thw`, `image_sizes`,
     `pixel_attention_mask`, the image-token map...).
@@ -117,7 +118,9 @@ class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, VideoExpan
         if self.generic_masks or name is None:
             # Found now from the template's rendering, so a template that writes none fails before training.
             end_of_turn = end_of_turn_token(self.render_stock, added_tokens(tokenizer))
-        # A processor outside the records takes the generic path, its record read off the processor and template.
+        # A processor outside the records takes the generic path: its record read off the processor and template,
+        # its images expanded by the processor itself (`vlsft.collation.processor_expansion`).
+        self.generic_family = name is None
         self.family = FAMILIES[name] if name is not None else generic_family(self.processor, end_of_turn)
         self.image_token = self.family.image_token
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)  # the placeholder, one per image
@@ -165,7 +168,7 @@ class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, VideoExpan
             videos_per_row.append(len(row_videos_))
             row_pieces.append(pieces)
 
-        vision = self._process_images(images)
+        vision = {} if self.generic_family else self._process_images(images)
         video_outputs, video_texts = self._process_videos(videos)
         expansions = self.video_expansions(video_texts)
         num_images = sum(len(row) for row in images)
@@ -181,6 +184,14 @@ class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, VideoExpan
                 video_cursor += n_videos
                 sequences.append(ids)
                 masks.append(supervised)
+        elif self.generic_family:
+            vision, replacements, reference = self._processor_batch(row_pieces, images)
+            expanded = self._expand_in_text(row_pieces, replacements)
+            for index, row in enumerate(self._tokenize_pieces(expanded, images)):
+                sequences.append(torch.tensor(row.input_ids, dtype=torch.long))
+                masks.append(torch.tensor(row.supervised, dtype=torch.bool))
+                if not self.escape_control_tokens:  # escaped tokens are text the processor would read as controls
+                    self._check_against_processor(index, expanded[index], sequences[-1], reference[index])
         else:
             expanded = self._expand_in_text(row_pieces, self._image_texts(vision, num_images))
             for row in self._tokenize_pieces(expanded, images):

@@ -1,0 +1,96 @@
+"""Tiny models of families vlsft has no record for, trained on the generic exact path (`vlsft.generic_masks`): the
+family's real model class, built from its config class with random weights (2-layer language model, small vision
+tower), and its real processor class with a tokenizer trained in-process (`vlsft.testing.tiny_tokenizers`). Their
+chat templates are the stock ones TRL ships where it ships one; otherwise a template of the family's chat format
+written for these tests (named so in each builder), since no checkpoint's template can be downloaded here.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+
+from tokenizers import Tokenizer
+from transformers import (
+    Lfm2VlConfig,
+    Lfm2VlForConditionalGeneration,
+    Lfm2VlImageProcessor,
+    Lfm2VlProcessor,
+    PreTrainedTokenizerFast,
+)
+
+from vlsft.testing.tiny_build import HIDDEN, VISION_ENCODER_SIZES, instantiate, language_model_sizes
+from vlsft.testing.tiny_tokenizers import FAMILY_CORPUS
+from vlsft.testing.tiny_qwen3_vl import _CORPUS, train_byte_level_bpe
+
+
+_GENERATION_TAG = re.compile(r"\{%(-?)\s*(end)?generation\s*(-?)%\}")
+
+
+def trl_template(name: str) -> str:
+    """A stock chat template as TRL ships it (trl/chat_templates/<name>.jinja), without the `{% generation %}`
+    markers TRL adds to some (LFM2.5-VL's): the template as the checkpoint ships it, which renders the same text.
+    Each marker becomes an `{% if true %}` block with the same whitespace control, so not one character changes."""
+    text = resources.files("trl").joinpath("chat_templates", f"{name}.jinja").read_text()
+    return _GENERATION_TAG.sub(lambda m: "{%" + m[1] + (" endif " if m[2] else " if true ") + m[3] + "%}", text)
+
+
+def _byte_level_tokenizer(special: list[str], named: dict[str, str], **tokens) -> PreTrainedTokenizerFast:
+    """A byte-level BPE over the test corpus with `special` tokens (control tokens, added whole) and `named` token
+    attributes (`image_token`...) that the family's processor reads."""
+    trained: Tokenizer = train_byte_level_bpe((_CORPUS + FAMILY_CORPUS) * 20, special, vocab_size=800)
+    return PreTrainedTokenizerFast(tokenizer_object=trained, extra_special_tokens=named, **tokens)
+
+
+# -- LFM2-VL -------------------------------------------------------------------------------------------------------
+
+_LFM2_VL_TILE_TAGS = [f"<|img_row_{i}_col_{j}|>" for i in range(1, 4) for j in range(1, 4)]
+
+
+def build_tiny_lfm2_vl(seed: int = 0, hidden_size: int = HIDDEN):
+    """LFM2-VL / LFM2.5-VL: `Lfm2VlForConditionalGeneration` (an LFM2 hybrid conv/attention language model, a
+    SigLIP2 NaFlex tower) + `Lfm2VlProcessor`, with TRL's stock LFM2.5-VL template. Images of up to 64 px make one
+    tile of 8 px patches, downsampled by 2."""
+    named = {
+        "image_token": "<image>",
+        "image_start_token": "<|image_start|>",
+        "image_end_token": "<|image_end|>",
+        "image_thumbnail_token": "<|img_thumbnail|>",
+    }
+    special = [
+        "<|pad|>", "<|startoftext|>", "<|im_start|>", "<|im_end|>", *named.values(), *_LFM2_VL_TILE_TAGS,
+        "<think>", "</think>", "<|tool_call_start|>", "<|tool_call_end|>",
+    ]
+    tokenizer = _byte_level_tokenizer(
+        special, named, bos_token="<|startoftext|>", eos_token="<|im_end|>", pad_token="<|pad|>"
+    )
+    image_processor = Lfm2VlImageProcessor(
+        tile_size=32, encoder_patch_size=8, min_image_tokens=4, max_image_tokens=16, do_image_splitting=False,
+        max_num_patches=64,
+    )
+    processor = Lfm2VlProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=trl_template("lfm2_2_5_vl")
+    )
+    sizes = language_model_sizes(hidden_size)
+    config = Lfm2VlConfig(
+        text_config=dict(
+            model_type="lfm2",
+            vocab_size=len(tokenizer),
+            hidden_size=hidden_size,
+            intermediate_size=sizes["intermediate_size"],
+            num_hidden_layers=2,
+            num_attention_heads=sizes["num_attention_heads"],
+            num_key_value_heads=2,
+            layer_types=["conv", "full_attention"],
+            max_position_embeddings=4096,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+        ),
+        vision_config=dict(model_type="siglip2_vision_model", **VISION_ENCODER_SIZES, patch_size=8, num_patches=64),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        projector_hidden_size=32,
+        downsample_factor=2,
+        tie_word_embeddings=False,
+    )
+    return instantiate(Lfm2VlForConditionalGeneration, config, processor, seed)
