@@ -111,7 +111,7 @@ GLM4V_FORMAT_TEMPLATE = (
     "[gMASK]<sop>"
     "{%- for message in messages -%}"
     "{%- set content = message.content -%}"
-    "<|{{ message.role }}|>\n"
+    "<|{{ 'observation' if message.role == 'tool' else message.role }}|>\n"
     "{%- if content is string -%}{{ content }}"
     "{%- else -%}{%- for item in content -%}"
     "{%- if item.type == 'image' -%}<|begin_of_image|><|image|><|end_of_image|>"
@@ -165,3 +165,7 @@ def build_tiny_glm4v(seed: int = 0, hidden_size: int = HIDDEN):
         tie_word_embeddings=False,
     )
     return instantiate(Glm4vForConditionalGeneration, config, processor, seed)
+
+
+# Every tiny builder of this module, by `config.model_type`.
+GENERIC_BUILDERS = {"lfm2_vl": build_tiny_lfm2_vl, "glm4v": build_tiny_glm4v}
