@@ -21,6 +21,10 @@ from transformers import (
     Lfm2VlForConditionalGeneration,
     Lfm2VlImageProcessor,
     Lfm2VlProcessor,
+    Mistral3Config,
+    Mistral3ForConditionalGeneration,
+    PixtralImageProcessor,
+    PixtralProcessor,
     PreTrainedTokenizerFast,
 )
 
@@ -167,5 +171,61 @@ def build_tiny_glm4v(seed: int = 0, hidden_size: int = HIDDEN):
     return instantiate(Glm4vForConditionalGeneration, config, processor, seed)
 
 
+# -- Mistral 3 -----------------------------------------------------------------------------------------------------
+
+# Mistral 3.1's chat format, written for these tests (the checkpoint's own template cannot be downloaded here): the
+# system prompt where it stands, `[INST] ... [/INST]` around each user turn, images as `[IMG]` (which the processor
+# expands to rows of patches ended by `[IMG_BREAK]` and `[IMG_END]`), and an assistant turn ended by `</s>`.
+MISTRAL3_FORMAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- for message in messages -%}"
+    "{%- set content = message.content -%}"
+    "{%- set ns = namespace(text='') -%}"
+    "{%- if content is string -%}{%- set ns.text = content -%}"
+    "{%- else -%}{%- for item in content -%}"
+    "{%- set ns.text = ns.text + ('[IMG]' if item.type == 'image' else item.text) -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{%- if message.role == 'system' -%}[SYSTEM_PROMPT]{{ ns.text }}[/SYSTEM_PROMPT]"
+    "{%- elif message.role == 'user' -%}[INST]{{ ns.text }}[/INST]"
+    "{%- elif message.role == 'assistant' -%}{{ ns.text }}{{ eos_token }}"
+    "{%- else -%}{{ raise_exception('Only system, user and assistant messages are supported.') }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)
+
+
+def build_tiny_mistral3(seed: int = 0, hidden_size: int = HIDDEN):
+    """Mistral 3 (Mistral Small 3.1): `Mistral3ForConditionalGeneration` (a Pixtral vision tower, a patch merger and a
+    Mistral language model) + `PixtralProcessor`, with `MISTRAL3_FORMAT_TEMPLATE`. 8 px patches, merged 2x2."""
+    special = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[IMG]", "[IMG_BREAK]", "[IMG_END]", "[SYSTEM_PROMPT]",
+               "[/SYSTEM_PROMPT]"]
+    tokenizer = _byte_level_tokenizer(special, {}, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                      pad_token="<unk>")
+    processor = PixtralProcessor(
+        image_processor=PixtralImageProcessor(size={"longest_edge": 64}, patch_size={"height": 8, "width": 8}),
+        tokenizer=tokenizer,
+        patch_size=8,
+        spatial_merge_size=2,
+        chat_template=MISTRAL3_FORMAT_TEMPLATE,
+    )
+    config = Mistral3Config(
+        text_config=dict(
+            model_type="mistral",
+            vocab_size=len(tokenizer),
+            **language_model_sizes(hidden_size),
+            sliding_window=None,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+        ),
+        vision_config=dict(model_type="pixtral", **VISION_ENCODER_SIZES, image_size=64, patch_size=8, head_dim=16),
+        image_token_index=tokenizer.convert_tokens_to_ids("[IMG]"),
+        spatial_merge_size=2,
+        vision_feature_layer=-1,
+        tie_word_embeddings=False,
+    )
+    return instantiate(Mistral3ForConditionalGeneration, config, processor, seed)
+
+
 # Every tiny builder of this module, by `config.model_type`.
-GENERIC_BUILDERS = {"lfm2_vl": build_tiny_lfm2_vl, "glm4v": build_tiny_glm4v}
+GENERIC_BUILDERS = {"lfm2_vl": build_tiny_lfm2_vl, "glm4v": build_tiny_glm4v, "mistral3": build_tiny_mistral3}
