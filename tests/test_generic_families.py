@@ -169,3 +169,23 @@ def test_a_model_without_the_conventional_parts_is_refused_naming_what_is_missin
     with pytest.raises(ValueError, match=r"no a vision tower .*`visual` / `vision_tower` / `vision_model`.*no a projector"):
         check_model_parts(Unknown())
     check_model_parts(tiny(FAMILIES[0])[0])  # a generic family's model has them all
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_one_batch_of_2_equals_2_accumulated_micro_batches_of_1(family, tmp_path):
+    """Exact gradient accumulation on the generic path: one SGD step on a batch of 2 rows of different lengths moves
+    the weights as 2 accumulated micro-batches of 1 do."""
+    weights = []
+    for batch_size, accumulation in ((2, 1), (1, 2)):
+        trainer = make_trainer(
+            family, tmp_path / f"{batch_size}x{accumulation}", per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation, learning_rate=1.0, max_grad_norm=0.0, data_seed=0,
+            lr_scheduler_type="constant",
+        )
+        trainer.train()
+        weights.append({n: p.detach().clone() for n, p in trainer.model.named_parameters()})
+    start = dict(tiny(family)[0].named_parameters())
+    update = max(float((weights[0][n] - start[n]).abs().max()) for n in start)
+    difference = max(float((weights[0][n] - weights[1][n]).abs().max()) for n in start)
+    assert update > 1e-3
+    assert difference <= 1e-4 * update
