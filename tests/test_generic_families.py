@@ -189,3 +189,21 @@ def test_one_batch_of_2_equals_2_accumulated_micro_batches_of_1(family, tmp_path
     difference = max(float((weights[0][n] - weights[1][n]).abs().max()) for n in start)
     assert update > 1e-3
     assert difference <= 1e-4 * update
+
+
+def test_trls_generation_marked_lfm2_5_vl_template_supervises_what_the_rule_gives():
+    """TRL ships LFM2.5-VL's template with generation markers: on every test conversation it supervises what the rule
+    gives on the unmarked template (the newline after `<|im_end|>` aside, which the markers also enclose)."""
+    from importlib import resources
+
+    _, processor = tiny("lfm2_vl")
+    marked_template = resources.files("trl").joinpath("chat_templates", "lfm2_2_5_vl.jinja").read_text()
+    marked = VisionChatCollator(processor, marked_template)
+    rule = VisionChatCollator(processor, processor.chat_template)
+    assert not marked.generic_masks and rule.generic_masks
+    for name, (row, _) in _shapes().items():
+        ours, reference = marked([row]), rule([row])
+        assert torch.equal(ours["input_ids"], reference["input_ids"]), name
+        by_markers = supervised_texts(processor.tokenizer, ours["input_ids"][0], ours["labels"][0])
+        by_rule = supervised_texts(processor.tokenizer, reference["input_ids"][0], reference["labels"][0])
+        assert [text.rstrip("\n") for text in by_markers] == by_rule, name
