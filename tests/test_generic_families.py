@@ -207,3 +207,4 @@ def test_trls_generation_marked_lfm2_5_vl_template_supervises_what_the_rule_give
         by_markers = supervised_texts(processor.tokenizer, ours["input_ids"][0], ours["labels"][0])
         by_rule = supervised_texts(processor.tokenizer, reference["input_ids"][0], reference["labels"][0])
         assert [text.rstrip("\n") for text in by_markers] == by_rule, name
+
