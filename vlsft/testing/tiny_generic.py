@@ -12,6 +12,11 @@ from importlib import resources
 
 from tokenizers import Tokenizer
 from transformers import (
+    GotOcr2ImageProcessor,
+    InternVLConfig,
+    InternVLForConditionalGeneration,
+    InternVLProcessor,
+    InternVLVideoProcessor,
     Glm4vConfig,
     Glm4vForConditionalGeneration,
     Glm4vImageProcessor,
@@ -227,5 +232,67 @@ def build_tiny_mistral3(seed: int = 0, hidden_size: int = HIDDEN):
     return instantiate(Mistral3ForConditionalGeneration, config, processor, seed)
 
 
+# -- InternVL ------------------------------------------------------------------------------------------------------
+
+# InternVL3.5's chat format (ChatML, as its Qwen language model's), written for these tests (the checkpoint's own
+# template cannot be downloaded here): each image is `<IMG_CONTEXT>` on its own line, which the processor expands to
+# `<img>` + the image's context tokens + `</img>`.
+INTERNVL_FORMAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "<|im_start|>{{ message.role }}\n"
+    "{%- if message.content is string -%}{{ message.content }}"
+    "{%- else -%}{%- for item in message.content -%}"
+    "{%- if item.type == 'image' -%}<IMG_CONTEXT>\n{%- elif item.type == 'text' -%}{{ item.text }}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "<|im_end|>\n"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|im_start|>assistant\n{%- endif -%}"
+)
+
+
+def build_tiny_internvl(seed: int = 0, hidden_size: int = HIDDEN):
+    """InternVL3.5: `InternVLForConditionalGeneration` (InternViT, a pixel-shuffle projector, a Qwen2 language model)
+    + `InternVLProcessor`, with `INTERNVL_FORMAT_TEMPLATE`. One 32 px tile of 8 px patches, shuffled by 0.5: 4 tokens."""
+    named = {
+        "start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+        "video_token": "<video>",
+    }
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *named.values()]
+    tokenizer = _byte_level_tokenizer(special, named, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    for name, token in named.items():  # the processor reads each token's id as an attribute too
+        setattr(tokenizer, f"{name}_id", tokenizer.convert_tokens_to_ids(token))
+    tile = dict(size={"height": 32, "width": 32}, crop_to_patches=False)
+    processor = InternVLProcessor(
+        image_processor=GotOcr2ImageProcessor(**tile),
+        tokenizer=tokenizer,
+        video_processor=InternVLVideoProcessor(size={"height": 32, "width": 32}),
+        image_seq_length=4,
+        chat_template=INTERNVL_FORMAT_TEMPLATE,
+    )
+    config = InternVLConfig(
+        text_config=dict(
+            model_type="qwen2",
+            vocab_size=len(tokenizer),
+            **language_model_sizes(hidden_size),
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        ),
+        vision_config=dict(
+            model_type="internvl_vision", **VISION_ENCODER_SIZES, image_size=[32, 32], patch_size=[8, 8],
+        ),
+        image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"),
+        image_seq_length=4,
+        downsample_ratio=0.5,
+        vision_feature_layer=-1,
+        tie_word_embeddings=False,
+    )
+    return instantiate(InternVLForConditionalGeneration, config, processor, seed)
+
+
 # Every tiny builder of this module, by `config.model_type`.
-GENERIC_BUILDERS = {"lfm2_vl": build_tiny_lfm2_vl, "glm4v": build_tiny_glm4v, "mistral3": build_tiny_mistral3}
+GENERIC_BUILDERS = {
+    "lfm2_vl": build_tiny_lfm2_vl,
+    "glm4v": build_tiny_glm4v,
+    "mistral3": build_tiny_mistral3,
+    "internvl": build_tiny_internvl,
+}
