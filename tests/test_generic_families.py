@@ -1,5 +1,5 @@
 """Families vlsft has no record for, trained on the generic exact path, each on a tiny random model of its real
-architecture with its real processor class (`vlsft.testing.tiny_generic`):
+architecture with its real processor class (`vlsft.testing.tiny_generic_families`):
 - the supervised tokens decode to exactly what the incremental-rendering rule gives, computed here independently with
   `processor.apply_chat_template` on each prefix of the conversation;
 - `input_ids` and pixel tensors equal `processor.apply_chat_template(tokenize=True)`'s (plus the stop token appended
@@ -27,7 +27,7 @@ from vlsft.collation.rendering import RowError, as_content_items
 from vlsft.collator import VisionChatCollator
 from vlsft.data.validation import InvalidRowsError
 from vlsft.model_parts import check_model_parts, lora_target_modules, named_parameters_by_component
-from vlsft.testing.tiny_generic import GENERIC_BUILDERS
+from vlsft.testing.tiny_generic_families import GENERIC_BUILDERS
 
 FAMILIES = list(GENERIC_BUILDERS)
 # Shapes TRL's data path cannot hand to a processor (an image inside a tool response).

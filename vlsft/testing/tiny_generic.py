@@ -288,11 +288,3 @@ def build_tiny_internvl(seed: int = 0, hidden_size: int = HIDDEN):
     )
     return instantiate(InternVLForConditionalGeneration, config, processor, seed)
 
-
-# Every tiny builder of this module, by `config.model_type`.
-GENERIC_BUILDERS = {
-    "lfm2_vl": build_tiny_lfm2_vl,
-    "glm4v": build_tiny_glm4v,
-    "mistral3": build_tiny_mistral3,
-    "internvl": build_tiny_internvl,
-}
