@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -164,15 +165,13 @@ class RowRendering:
             if spec.reasoning_opening is not None:
                 messages = split_inline_reasoning(messages, spec.reasoning_opening, spec.reasoning_markers[1])
         kwargs = row_template_kwargs(self.template_kwargs, row)
-        if self.generic_masks:
+        if self.generic_family:  # a family without a record renders videos and audio vlsft does not collate
             refuse_uncollated_media(self.family, messages)
+        if self.generic_family or self.generic_masks:  # a stock template gets the content as TRL's data path gives it
             messages = as_content_items(messages)
-
-            def render(prefix: list[dict], add_generation_prompt: bool) -> str:
-                return self.render_stock(prefix, add_generation_prompt, tools, kwargs)
-
-            text, spans = assistant_spans(render, messages, self.control_tokens)
-            return text, spans, escaped
+        if self.generic_masks:
+            render = partial(self.render_stock, tools=tools, kwargs=kwargs)  # (messages, add_generation_prompt)
+            return (*assistant_spans(render, messages, self.control_tokens), escaped)
         rendered, spans = render_jinja_template(
             [messages],
             tools=tools,
