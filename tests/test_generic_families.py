@@ -208,3 +208,16 @@ def test_trls_generation_marked_lfm2_5_vl_template_supervises_what_the_rule_give
         by_rule = supervised_texts(processor.tokenizer, reference["input_ids"][0], reference["labels"][0])
         assert [text.rstrip("\n") for text in by_markers] == by_rule, name
 
+
+
+def test_videos_are_refused_by_row_on_the_generic_path():
+    """The generic path collates images only: a video item (or a `videos` column) fails by name, never trains on a
+    placeholder with no features behind it."""
+    _, processor = tiny("glm4v")  # its processor and template take videos
+    collate = VisionChatCollator(processor, processor.chat_template)
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "A dot."}]}]
+    with pytest.raises(RowError, match=r"message 0 has a 'video' item: vlsft trains Glm4vProcessor \(generic path\)"):
+        collate([{"messages": messages, "images": []}])
+    with pytest.raises(RowError, match="not trained on videos"):
+        collate([{"messages": [{"role": "user", "content": "What?"}, messages[1]], "images": [], "videos": ["clip.mp4"]}])
