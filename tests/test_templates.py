@@ -91,8 +91,11 @@ def test_template_resolution():
     assert resolve_training_template(TRAINING) == TRAINING
     custom = "{% for m in messages %}{% generation %}{{ m.content }}{% endgeneration %}{% endfor %}"
     assert has_generation_markers(custom) and resolve_training_template(custom) == custom
+    # A template vlsft has no marked copy of is trained as it is, masked by the incremental-rendering rule.
+    unknown = "{% for m in messages %}{{ m.content }}{% endfor %}"
+    assert resolve_training_template(unknown) == unknown
     with pytest.raises(ValueError, match="chat_template_path"):
-        resolve_training_template("{% for m in messages %}{{ m.content }}{% endfor %}")
+        resolve_training_template(None)
 
 
 def test_trainer_rejects_an_unknown_template_with_the_fix(tiny, tmp_path):

@@ -35,27 +35,37 @@ from jinja2 import TemplateError
 from transformers import ProcessorMixin
 
 from vlsft.collation.images import ImageExpansion
+from vlsft.collation.processor_expansion import ProcessorExpansion
 from vlsft.collation.rendering import RowError, RowRendering
 from vlsft.collation.template_kwargs import TemplateKwargsError, boolean_switches, template_kwargs_problems
 from vlsft.collation.videos import VideoExpansion
 from vlsft.collation.weighting import TurnWeighting
 from vlsft.data.rows import ImagesNotAListError, load_image, placeholder_mismatch, row_images
 from vlsft.families import FAMILIES, family_of_processor
-from vlsft.templates import UnsupportedConversationError, detect_family, resolve_training_template
+from vlsft.generic_family import added_tokens, generic_family
+from vlsft.generic_masks import PrefixRuleError, end_of_turn_token
+from vlsft.templates import (
+    UnsupportedConversationError,
+    detect_family,
+    has_generation_markers,
+    resolve_training_template,
+)
 from vlsft.tokens import IGNORE_INDEX
 from vlsft.weights import TurnWeightError
 
 
 
 @dataclass
-class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, VideoExpansion):
+class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, ProcessorExpansion, VideoExpansion):
     """Collates conversational vision rows into `input_ids`, `attention_mask`, `labels` (-100 where not supervised)
     and whatever the model's processor returns for them (`pixel_values`, `image_grid_thw`, `image_sizes`,
     `pixel_attention_mask`, the image-token map...).
 
     Args:
-        processor: the model's processor (tokenizer + image processor), of a family in `vlsft.families.FAMILIES`.
-        chat_template: a template with `{% generation %}` markers (see `vlsft.templates`).
+        processor: the model's processor (tokenizer + image processor), of a family in `vlsft.families.FAMILIES`, or
+            of any other family (the generic path, `vlsft.generic_family`).
+        chat_template: a template with `{% generation %}` markers (see `vlsft.templates`), or a stock template,
+            masked by the incremental-rendering rule (`vlsft.generic_masks`).
         max_length: truncate longer rows (from the end); a row whose truncation would cut image tokens raises.
         image_root: directory for relative image paths.
         assistant_only_loss: if False, every non-padding token is supervised (plain language modelling).
@@ -98,24 +108,6 @@ class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, VideoExpan
         # The template says which family's features to check (a custom template is its author's call); the template
         # or else the processor says how to expand images.
         self.template_family = detect_family(self.chat_template)
-        name = self.template_family or family_of_processor(self.processor)
-        if name is None:
-            known = ", ".join(f"{f.processor_class} ({f.name})" for f in FAMILIES.values())
-            raise ValueError(
-                f"vlsft does not know the processor {type(self.processor).__name__}: it collates the families in "
-                f"`vlsft.families.FAMILIES`, whose processors are {known}. A new family is a `Family` entry in that "
-                "table, a training template, a tiny builder and a test."
-            )
-        self.family = FAMILIES[name]
-        self.image_token = self.family.image_token
-        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)  # the placeholder, one per image
-        # (A checkpoint may lack some of the family's vision tokens, e.g. fewer tile tags: those map to nothing.)
-        vision_ids = tokenizer.convert_tokens_to_ids(list(self.family.vision_tokens))
-        self._vision_token_ids = {i for i in vision_ids if i not in (None, tokenizer.unk_token_id)}
-        # The tokens the model replaces with image features (Gemma 3: the soft tokens, not the placeholder).
-        self.image_feature_token_ids = [i for i in self.processor.image_token_ids if i is not None]
-        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.merge_length = getattr(self.processor.image_processor, "merge_size", 1) ** 2
         # Templates read special tokens (Gemma 3 starts with `{{ bos_token }}`), as in `processor.apply_chat_template`;
         # only those a template names are passed, as every variable passed costs time on every render.
         self._template_kwargs = {k: v for k, v in tokenizer.special_tokens_map.items() if k in self.chat_template}
@@ -125,6 +117,26 @@ class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, VideoExpan
         problems = template_kwargs_problems(self.template_kwargs, self.boolean_switches, "chat_template_kwargs")
         if problems:
             raise ValueError("; ".join(problems) + ".")
+        # A template without generation markers (a stock template vlsft has no marked copy of) is masked by the
+        # incremental-rendering rule (`vlsft.generic_masks`).
+        self.generic_masks = self.assistant_only_loss and not has_generation_markers(self.chat_template)
+        name = self.template_family or family_of_processor(self.processor)
+        if self.generic_masks or name is None:
+            # Found now from the template's rendering, so a template that writes none fails before training.
+            end_of_turn = end_of_turn_token(self.render_stock, added_tokens(tokenizer))
+        # A processor outside the records takes the generic path: its record read off the processor and template,
+        # its images expanded by the processor itself (`vlsft.collation.processor_expansion`).
+        self.generic_family = name is None
+        self.family = FAMILIES[name] if name is not None else generic_family(self.processor, end_of_turn)
+        self.image_token = self.family.image_token
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)  # the placeholder, one per image
+        # (A checkpoint may lack some of the family's vision tokens, e.g. fewer tile tags: those map to nothing.)
+        vision_ids = tokenizer.convert_tokens_to_ids(list(self.family.vision_tokens))
+        self._vision_token_ids = {i for i in vision_ids if i not in (None, tokenizer.unk_token_id)}
+        # The tokens the model replaces with image features (Gemma 3: the soft tokens, not the placeholder).
+        self.image_feature_token_ids = [i for i in self.processor.image_token_ids if i is not None]
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.merge_length = getattr(self.processor.image_processor, "merge_size", 1) ** 2
         # The processor's own image defaults (LLaVA-NeXT pads tiles, Idefics3 returns the tile grid, ...).
         merged = self.processor._merge_kwargs(tokenizer_init_kwargs=tokenizer.init_kwargs)
         self._images_kwargs = {**merged["images_kwargs"], "return_tensors": "pt"}
@@ -140,7 +152,9 @@ class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, VideoExpan
         for index, row in enumerate(rows):
             try:
                 pieces, weights = self.weighted_pieces(row)
-            except (UnsupportedConversationError, TemplateError, TemplateKwargsError, TurnWeightError) as error:
+            except (
+                UnsupportedConversationError, PrefixRuleError, TemplateError, TemplateKwargsError, TurnWeightError
+            ) as error:
                 raise RowError(index, str(error)) from error  # the row cannot be rendered or weighed
             row_weights.append(weights)
             try:
@@ -160,7 +174,7 @@ class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, VideoExpan
             videos_per_row.append(len(row_videos_))
             row_pieces.append(pieces)
 
-        vision = self._process_images(images)
+        vision = {} if self.generic_family else self._process_images(images)
         video_outputs, video_texts = self._process_videos(videos)
         expansions = self.video_expansions(video_texts)
         num_images = sum(len(row) for row in images)
@@ -176,6 +190,14 @@ class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, VideoExpan
                 video_cursor += n_videos
                 sequences.append(ids)
                 masks.append(supervised)
+        elif self.generic_family:
+            vision, replacements, reference = self._processor_batch(row_pieces, images)
+            expanded = self._expand_in_text(row_pieces, replacements)
+            for index, row in enumerate(self._tokenize_pieces(expanded, images)):
+                sequences.append(torch.tensor(row.input_ids, dtype=torch.long))
+                masks.append(torch.tensor(row.supervised, dtype=torch.bool))
+                if not self.escape_control_tokens:  # escaped tokens are text the processor would read as controls
+                    self._check_against_processor(index, expanded[index], sequences[-1], reference[index])
         else:
             expanded = self._expand_in_text(row_pieces, self._image_texts(vision, num_images))
             for row in self._tokenize_pieces(expanded, images):

@@ -40,13 +40,22 @@ def _alternatives(names) -> str:
     return "|".join(sorted({re.escape(name) for name in names}))
 
 
+# transformers 5's names of the parts of a vision-language model, by which the parts of a model without a record
+# (the generic path) are found: e.g. GLM-4.1V's `visual` and `visual.merger`, LFM2-VL's `vision_tower` and
+# `multi_modal_projector`, Idefics3's `vision_model` and `connector`.
+VISION_TOWER_NAMES = ("visual", "vision_tower", "vision_model")
+PROJECTOR_NAMES = ("multi_modal_projector", "merger", "connector")
+LANGUAGE_MODEL_NAMES = ("language_model", "text_model")
+
 # The names of different families never collide (no Qwen module is called `connector`, no Gemma one `visual`), so one
 # rule recognises the parts of every family.
 _PARTS = [family.parts for family in FAMILIES.values()]
-_MERGER_NAMES = _alternatives(merger for parts in _PARTS for merger in parts.mergers)
+_MERGER_NAMES = _alternatives([*(merger for parts in _PARTS for merger in parts.mergers), *PROJECTOR_NAMES])
 _MERGER = re.compile(rf"(?:^|\.)(?:{_MERGER_NAMES})(?:\.|$)")
 _MERGER_MODULE = re.compile(rf"(?:^|\.)(?:{_MERGER_NAMES})$")
-_VISUAL = re.compile(rf"(?:^|\.)(?:{_alternatives(parts.vision_tower for parts in _PARTS)})(?:\.|$)")
+_VISUAL_NAMES = _alternatives([*(parts.vision_tower for parts in _PARTS), *VISION_TOWER_NAMES])
+_VISUAL = re.compile(rf"(?:^|\.)(?:{_VISUAL_NAMES})(?:\.|$)")
+_LANGUAGE_MODEL = re.compile(rf"(?:^|\.)(?:{_alternatives(LANGUAGE_MODEL_NAMES)})$")
 
 # LoRA targets, as one regex that PEFT matches against full module names (`re.fullmatch`). The language model's
 # attention and MLP projections; with `vision=True` also the vision blocks' attention and MLP. Never the merger (it is
@@ -72,6 +81,32 @@ def component_of(name: str) -> str:
     if _VISUAL.search(name):
         return VISION_TOWER
     return LANGUAGE_MODEL
+
+
+def check_model_parts(model: nn.Module) -> None:
+    """Raise `ValueError` naming what is missing if a model without a family record lacks a vision tower, a projector
+    or a language model under transformers 5's names (`VISION_TOWER_NAMES`, `PROJECTOR_NAMES`,
+    `LANGUAGE_MODEL_NAMES`): its parts could not be frozen, given learning rates or LoRA targets."""
+    if family_of_model(model) is not None:
+        return
+    names = [name for name, _ in model.named_modules()]
+    searched = {
+        "vision tower": (_VISUAL, VISION_TOWER_NAMES),
+        "projector": (_MERGER_MODULE, PROJECTOR_NAMES),
+        "language model": (_LANGUAGE_MODEL, LANGUAGE_MODEL_NAMES),
+    }
+    missing = [
+        f"a {part} (a module named {' / '.join(f'`{n}`' for n in accepted)})"
+        for part, (pattern, accepted) in searched.items()
+        if not any(pattern.search(name) for name in names)
+    ]
+    if missing:
+        model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+        raise ValueError(
+            f"{model_type}: vlsft finds the parts of a model it has no record for by transformers 5's module names, "
+            f"and this model has no {'; no '.join(missing)}. Its parts cannot be frozen, given learning rates or "
+            "LoRA targets; a record for the family in `vlsft.families.FAMILIES` says where they are."
+        )
 
 
 def named_parameters_by_component(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:

@@ -152,17 +152,14 @@ def detect_family(template: str | None) -> str | None:
 
 def resolve_training_template(template: str | None) -> str:
     """The template to train with: ours for a known stock template, the given one if it already has
-    `{% generation %}` markers, else an error saying how to pass one."""
+    `{% generation %}` markers, else the stock template itself, which the collator masks by the
+    incremental-rendering rule (`vlsft.generic_masks`); an error only when there is no template at all."""
     family = detect_family(template)
     if family is not None:
         return training_template(family)
-    if has_generation_markers(template):
+    if template:
         return template
-    known = ", ".join(sorted(FAMILIES))
     raise ValueError(
-        "assistant_only_loss=True needs a chat template with {% generation %} / {% endgeneration %} markers around "
-        f"the assistant turns, and the processor's template is not one vlsft knows (known stock templates: {known}). "
-        "Write a copy of your template with the assistant body (text, tool calls, end-of-turn token) wrapped in "
-        "{% generation %} ... {% endgeneration %} and pass its path as `VLSFTConfig(chat_template_path='my.jinja')` "
-        "(or `training.chat_template_path` in a recipe)."
+        "assistant_only_loss=True needs the processor's chat template, and this processor has none. Pass one with "
+        "`VLSFTConfig(chat_template_path='my.jinja')` (or `training.chat_template_path` in a recipe)."
     )

@@ -35,6 +35,7 @@ from vlsft.data.training_rows import KEPT_ROWS_KEY, RowsNamedByIndex, sums_at_ba
 from vlsft.data.validation import validate_datasets
 from vlsft.distributed import check_offload_keeps_optimizer
 from vlsft.liger import check_liger_supports
+from vlsft.model_parts import check_model_parts
 from vlsft.loss import (
     attach_supervised_head,
     positive_or_one,
@@ -156,6 +157,7 @@ class VLSFTTrainer(KillSafeCheckpoints, PackedTraining, RowsNamedByIndex, SFTTra
         base_model = self.model.get_base_model() if is_peft_model(self.model) else self.model
         if args.use_liger_kernel:  # `Trainer.train` applies Liger's layer kernels (`vlsft.liger`)
             check_liger_supports(base_model)
+        check_model_parts(base_model)  # a model without a family record: its parts found by transformers' names
         attach_supervised_head(base_model, chunk_size=args.loss_chunk_size, loss_type=args.loss_type)
         # [num_correct, num_supervised, summed (weighted) NLL, summed weight] since the last log, per mode; summed over
         # ranks.

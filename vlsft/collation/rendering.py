@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -27,6 +28,8 @@ from vlsft.collation.reasoning import (
 from vlsft.collation.template_kwargs import row_template_kwargs
 from vlsft.data.rows import normalize_messages, row_images
 from vlsft.families import FAMILIES
+from vlsft.generic_family import added_tokens
+from vlsft.generic_masks import as_content_items, assistant_spans, refuse_uncollated_media
 from vlsft.templates import check_expressible, check_media, split_inline_reasoning
 
 # Stands in for an escaped control token in message text while the row is rendered (private-use characters, which no
@@ -78,9 +81,7 @@ class RowRendering:
         self._bos_added, self._eos_added = self._tokens_added_on_encode()
         # Every added token: the tokenizer cuts these out of any text before its vocabulary sees it, so their text in a
         # message becomes the control token itself (a `<|im_end|>` in an answer would end the turn there).
-        self.control_tokens = tuple(
-            sorted({token.content for token in tokenizer.added_tokens_decoder.values() if token.content}, key=len, reverse=True)
-        )
+        self.control_tokens = added_tokens(tokenizer)
         self._control_pattern = re.compile("|".join(map(re.escape, self.control_tokens))) if self.control_tokens else None
         # Control tokens the template itself parses out of an assistant message (a thinking template's
         # `content.split('</think>')`), and the family's reasoning markers, which an assistant message may carry inline
@@ -168,22 +169,32 @@ class RowRendering:
             if spec.reasoning_opening is not None:
                 messages = split_inline_reasoning(messages, spec.reasoning_opening, spec.reasoning_markers[1])
         template_kwargs = row_template_kwargs(self.template_kwargs, row, self.boolean_switches)
-        rendered, spans = render_jinja_template(
-            [messages],
-            tools=tools,
-            chat_template=self.chat_template,
-            return_assistant_tokens_mask=self.assistant_only_loss,
-            add_generation_prompt=add_generation_prompt,
-            **self._template_kwargs,
-            **template_kwargs,
-        )
-        spans = [tuple(span) for span in spans[0]] if self.assistant_only_loss else []
+        if self.generic_family:  # a family without a record renders videos and audio vlsft does not collate
+            refuse_uncollated_media(self.family, messages)
+        if self.generic_family or self.generic_masks:  # a stock template gets the content as TRL's data path gives it
+            messages = as_content_items(messages)
+        if self.generic_masks and not add_generation_prompt:
+            render = partial(self.render_stock, tools=tools, kwargs=template_kwargs)  # (messages, add_generation_prompt)
+            text, spans = assistant_spans(render, messages, self.control_tokens)
+        elif self.generic_masks:
+            text, spans = self.render_stock(messages, True, tools, template_kwargs), []
+        else:
+            rendered, marked = render_jinja_template(
+                [messages],
+                tools=tools,
+                chat_template=self.chat_template,
+                return_assistant_tokens_mask=self.assistant_only_loss,
+                add_generation_prompt=add_generation_prompt,
+                **self._template_kwargs,
+                **template_kwargs,
+            )
+            text, spans = rendered[0], [tuple(span) for span in marked[0]] if self.assistant_only_loss else []
         if not add_generation_prompt:
-            problems = dropped_reasoning_problems(messages, rendered[0], spans, self.family)
+            problems = dropped_reasoning_problems(messages, text, spans, self.family)
             if problems:
                 fixes = dropped_reasoning_fixes(self.family, self._keep_renders_reasoning(row, template_kwargs))
                 raise ReasoningError(f"{'; '.join(problems)}: {fixes}")
-        return rendered[0], spans, escaped
+        return text, spans, escaped
 
     def _keep_renders_reasoning(self, row: dict[str, Any], template_kwargs: dict[str, Any]) -> bool:
         """Whether `reasoning_history: keep` would render the reasoning this row's template drops (a vlsft training
@@ -196,6 +207,20 @@ class RowRendering:
         except ReasoningError:
             return False
         return True
+
+    def render_stock(
+        self, messages: list[dict], add_generation_prompt: bool, tools: list | None = None, kwargs: dict | None = None
+    ) -> str:
+        """`messages` rendered with the chat template as `processor.apply_chat_template` renders them."""
+        rendered, _ = render_jinja_template(
+            [messages],
+            tools=tools,
+            chat_template=self.chat_template,
+            add_generation_prompt=add_generation_prompt,
+            **self._template_kwargs,
+            **((self.template_kwargs or {}) if kwargs is None else kwargs),
+        )
+        return rendered[0]
 
     def _mark_control_tokens(self, message: dict[str, Any], escaped: list[str]) -> dict[str, Any]:
         structure = self.structure_tokens(message)

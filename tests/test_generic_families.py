@@ -1,0 +1,224 @@
+"""Families vlsft has no record for, trained on the generic exact path, each on a tiny random model of its real
+architecture with its real processor class (`vlsft.testing.tiny_generic_families`):
+- the supervised tokens decode to exactly what the incremental-rendering rule gives, computed here independently with
+  `processor.apply_chat_template` on each prefix of the conversation;
+- `input_ids` and pixel tensors equal `processor.apply_chat_template(tokenize=True)`'s (plus the stop token appended
+  after a final turn, for a template that writes no end-of-turn marker);
+- one training step and a LoRA step run, and the model's parts are found by transformers 5's names;
+- a row whose template rewrites history (LFM2.5-VL drops earlier reasoning) is refused by validation naming it.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+from torch import nn
+from trl.data_utils import prepare_multimodal_messages
+
+from tests.conftest import _shapes
+from tests.test_families import rows_of_different_lengths, supervised_texts
+from vlsft import VLSFTConfig, VLSFTTrainer
+from vlsft.collation.rendering import RowError
+from vlsft.generic_masks import as_content_items
+from vlsft.collator import VisionChatCollator
+from vlsft.data.validation import InvalidRowsError
+from vlsft.model_parts import check_model_parts, lora_target_modules, named_parameters_by_component
+from vlsft.testing.tiny_generic_families import GENERIC_BUILDERS
+
+FAMILIES = list(GENERIC_BUILDERS)
+# Shapes TRL's data path cannot hand to a processor (an image inside a tool response).
+NOT_FOR_PROCESSOR = {"tool_response_with_image"}
+# Shapes a family's template refuses to render (raise_exception): the row fails by name.
+TEMPLATE_REFUSES = {"mistral3": {"tool_call_with_text", "tool_call_without_text"}}
+
+
+@lru_cache
+def tiny(family):
+    return GENERIC_BUILDERS[family](seed=0)
+
+
+def rule_texts(processor, messages, tools=None) -> list[str]:
+    """What the rule supervises, independently of vlsft: for each assistant message k, the rendering of
+    `messages[:k+1]` beyond that of `messages[:k]` with the generation prompt, through the last control token in it,
+    or, where the turn has none, through the control token the template writes next."""
+    control = sorted({t.content for t in processor.tokenizer.added_tokens_decoder.values()}, key=len, reverse=True)
+
+    def render(prefix, prompt=False):
+        return processor.apply_chat_template(prefix, tools=tools, tokenize=False, add_generation_prompt=prompt)
+
+    texts = []
+    for k, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before, through = render(messages[:k], True), render(messages[: k + 1])
+        turn = through[len(before) :].rstrip()
+        if not any(turn.endswith(token) for token in control):  # what follows: the next message, or a new user one
+            after = messages[k + 1 :] or [{"role": "user", "content": [{"type": "text", "text": "x"}]}]
+            following = render([*messages[: k + 1], *after])
+            turn += next(t for t in control if following[len(through) :].startswith(t))
+        texts.append(turn)
+    return texts
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_masks_are_the_rule_and_inputs_are_the_processors(family):
+    model, processor = tiny(family)
+    collate = VisionChatCollator(processor, processor.chat_template)
+    assert collate.generic_family and collate.generic_masks
+    checked = 0
+    for name, (row, _) in _shapes().items():
+        if name in NOT_FOR_PROCESSOR:
+            continue
+        if name in TEMPLATE_REFUSES.get(family, ()):
+            with pytest.raises(RowError, match="batch row 0: Only system, user and assistant"):
+                collate([row])
+            continue
+        conversation = prepare_multimodal_messages(row["messages"], images=row["images"])
+        batch = collate([row])
+        texts = supervised_texts(processor.tokenizer, batch["input_ids"][0], batch["labels"][0])
+        assert texts == rule_texts(processor, as_content_items(conversation), row.get("tools")), name
+        reference = processor.apply_chat_template(
+            [conversation], tools=row.get("tools"), tokenize=True, return_dict=True, return_tensors="pt"
+        )
+        appended = batch["input_ids"].shape[1] - reference["input_ids"].shape[1]
+        assert appended in (0, 1) and (appended == 0 or texts[-1].endswith(processor.tokenizer.decode(batch["input_ids"][0, -1:])))
+        for key, value in reference.items():
+            ours = batch[key][:, : value.shape[1]] if key in ("input_ids", "attention_mask", "mm_token_type_ids") else batch[key]
+            assert torch.equal(ours, value), (name, key)
+        checked += 1
+    assert checked >= 6
+
+
+def make_trainer(family, tmp_path, **config):
+    model, processor = tiny(family)
+    defaults = dict(
+        output_dir=str(tmp_path), report_to="none", max_steps=1, learning_rate=1e-2, optim="sgd",
+        per_device_train_batch_size=2, save_strategy="no", logging_steps=1, seed=0, use_cpu=True,
+    )
+    dataset = Dataset.from_list(rows_of_different_lengths()[:2])
+    return VLSFTTrainer(
+        copy.deepcopy(model), args=VLSFTConfig(**{**defaults, **config}), train_dataset=dataset,
+        processing_class=processor, peft_config=config.pop("peft_config", None),
+    )
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_one_training_step_moves_every_part(family, tmp_path):
+    trainer = make_trainer(family, tmp_path)
+    start = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert torch.isfinite(torch.tensor(trainer.state.log_history[0]["loss"]))
+    for component, parameters in named_parameters_by_component(trainer.model).items():
+        assert parameters, component  # the vision tower, projector and language model are found by name
+        assert any(not torch.equal(p, start[n]) for n, p in parameters), component
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lora_step_trains_only_the_adapters(family, tmp_path):
+    model, _ = tiny(family)
+    targets = lora_target_modules(model=model)
+    assert targets  # the language model's attention projections
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=targets)
+    trainer = VLSFTTrainer(
+        copy.deepcopy(model),
+        args=VLSFTConfig(output_dir=str(tmp_path), report_to="none", max_steps=1, learning_rate=1e-2, optim="sgd",
+                         per_device_train_batch_size=2, save_strategy="no", use_cpu=True),
+        train_dataset=Dataset.from_list(rows_of_different_lengths()[:2]),
+        processing_class=tiny(family)[1],
+        peft_config=config,
+    )
+    start = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert start and all("lora_" in n for n in start)
+    trainer.train()
+    assert any(not torch.equal(p, start[n]) for n, p in trainer.model.named_parameters() if n in start)
+
+
+def test_lfm2_5_vl_rows_whose_earlier_reasoning_the_template_drops_are_refused_naming_the_message(tmp_path):
+    """LFM2.5-VL's template renders an assistant turn's reasoning only after the last user message: a row with
+    reasoning in an earlier turn has no exact mask on the generic path, and says so; the same row without it trains."""
+    _, processor = tiny("lfm2_vl")
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "Hello"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Hi."}], "reasoning_content": "A greeting."},
+        {"role": "user", "content": [{"type": "text", "text": "Colour?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Red."}], "reasoning_content": "It is red."},
+    ]
+    rows = [{"messages": copy.deepcopy(messages[2:]), "images": []}, {"messages": messages, "images": []}]
+    args = VLSFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    with pytest.raises(InvalidRowsError, match=r"(?s)row 1.*message 1 \(assistant\): its rendering changes"):
+        VLSFTTrainer(copy.deepcopy(tiny("lfm2_vl")[0]), args=args, train_dataset=Dataset.from_list(rows),
+                     processing_class=processor)
+    kept = copy.deepcopy(messages)
+    kept[1].pop("reasoning_content")
+    batch = VisionChatCollator(processor, processor.chat_template)([{"messages": kept, "images": []}])
+    texts = supervised_texts(processor.tokenizer, batch["input_ids"][0], batch["labels"][0])
+    assert texts == ["Hi.<|im_end|>", "<think>It is red.</think>Red.<|im_end|>"]
+
+
+def test_a_model_without_the_conventional_parts_is_refused_naming_what_is_missing():
+    class Unknown(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = nn.Linear(2, 2)
+            self.language_model = nn.Linear(2, 2)
+
+    with pytest.raises(ValueError, match=r"no a vision tower .*`visual` / `vision_tower` / `vision_model`.*no a projector"):
+        check_model_parts(Unknown())
+    check_model_parts(tiny(FAMILIES[0])[0])  # a generic family's model has them all
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_one_batch_of_2_equals_2_accumulated_micro_batches_of_1(family, tmp_path):
+    """Exact gradient accumulation on the generic path: one SGD step on a batch of 2 rows of different lengths moves
+    the weights as 2 accumulated micro-batches of 1 do."""
+    weights = []
+    for batch_size, accumulation in ((2, 1), (1, 2)):
+        trainer = make_trainer(
+            family, tmp_path / f"{batch_size}x{accumulation}", per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation, learning_rate=1.0, max_grad_norm=0.0, data_seed=0,
+            lr_scheduler_type="constant",
+        )
+        trainer.train()
+        weights.append({n: p.detach().clone() for n, p in trainer.model.named_parameters()})
+    start = dict(tiny(family)[0].named_parameters())
+    update = max(float((weights[0][n] - start[n]).abs().max()) for n in start)
+    difference = max(float((weights[0][n] - weights[1][n]).abs().max()) for n in start)
+    assert update > 1e-3
+    assert difference <= 1e-4 * update
+
+
+def test_trls_generation_marked_lfm2_5_vl_template_supervises_what_the_rule_gives():
+    """TRL ships LFM2.5-VL's template with generation markers: on every test conversation it supervises what the rule
+    gives on the unmarked template (the newline after `<|im_end|>` aside, which the markers also enclose)."""
+    from importlib import resources
+
+    _, processor = tiny("lfm2_vl")
+    marked_template = resources.files("trl").joinpath("chat_templates", "lfm2_2_5_vl.jinja").read_text()
+    marked = VisionChatCollator(processor, marked_template)
+    rule = VisionChatCollator(processor, processor.chat_template)
+    assert not marked.generic_masks and rule.generic_masks
+    for name, (row, _) in _shapes().items():
+        ours, reference = marked([row]), rule([row])
+        assert torch.equal(ours["input_ids"], reference["input_ids"]), name
+        by_markers = supervised_texts(processor.tokenizer, ours["input_ids"][0], ours["labels"][0])
+        by_rule = supervised_texts(processor.tokenizer, reference["input_ids"][0], reference["labels"][0])
+        assert [text.rstrip("\n") for text in by_markers] == by_rule, name
+
+
+
+def test_videos_are_refused_by_row_on_the_generic_path():
+    """The generic path collates images only: a video item (or a `videos` column) fails by name, never trains on a
+    placeholder with no features behind it."""
+    _, processor = tiny("glm4v")  # its processor and template take videos
+    collate = VisionChatCollator(processor, processor.chat_template)
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "A dot."}]}]
+    with pytest.raises(RowError, match=r"message 0 has a 'video' item: vlsft trains Glm4vProcessor \(generic path\)"):
+        collate([{"messages": messages, "images": []}])
+    with pytest.raises(RowError, match="not trained on videos"):
+        collate([{"messages": [{"role": "user", "content": "What?"}, messages[1]], "images": [], "videos": ["clip.mp4"]}])
