@@ -5,6 +5,9 @@ real sizes) has not been run: no GPU was lent."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -123,3 +126,26 @@ def test_dry_run_prints_the_estimate(tmp_path):
     plan = describe_plan(_recipe(tmp_path, "lora: {r: 8}\n", ", activation_checkpointing: true"))
     assert "memory     expected peak on one GPU:" in plan
     assert "checkpointing every layer" in plan and "LM head chunks" in plan
+
+
+CARD_RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*_single_gpu_*gb.yaml"))
+
+
+@pytest.mark.parametrize("path", CARD_RECIPES, ids=lambda path: path.stem)
+def test_card_recipe_states_its_estimate_and_fits_its_card(path):
+    """Each per-card recipe's comment states the peak its dry run prints, and that peak leaves 10% of the card."""
+    plan = describe_plan(load_recipe(str(path)))
+    printed = re.search(r"expected peak on one GPU: ([\d.]+) GiB", plan)
+    assert printed, plan
+    stated = re.search(r"Expected peak GPU memory: ([\d.]+) GiB", path.read_text())
+    assert stated and stated.group(1) == printed.group(1)
+    card = int(re.search(r"_(\d+)gb$", path.stem).group(1))
+    assert float(printed.group(1)) <= 0.9 * card
+
+
+def test_six_card_recipes_ship():
+    assert {p.stem for p in CARD_RECIPES} == {
+        f"{model}_{method}_single_gpu_{card}gb"
+        for model in ("qwen3_vl_8b", "qwen3_5_9b")
+        for method, card in (("qlora", 24), ("lora", 48), ("lora", 80))
+    }
