@@ -151,8 +151,8 @@ def run(args) -> str:
     torch.set_num_threads(args.threads)
     base_model, processor = build_tiny_qwen3_vl(seed=args.seed, hidden_size=args.hidden_size, num_hidden_layers=args.layers)
     base_model.set_attn_implementation("sdpa")
-    # No truncation: a row's template, tool schema and media can take it a little over `--max-row`.
-    config = VLSFTConfig(output_dir="unused", report_to="none", max_length=2 * args.max_row, use_cpu=True)
+    # No truncation: a row's template, tool schema and media (four 192 px images: 144 tokens) can take it over `--max-row`.
+    config = VLSFTConfig(output_dir="unused", report_to="none", max_length=8 * args.max_row, use_cpu=True)
     collator = training_collator(processor, config)
     clips = tempfile.TemporaryDirectory(prefix="vlsft-mixed-")
     rows = make_rows(args.rows, args.seed, args.median, args.sigma, args.min_row, args.max_row, Path(clips.name))
