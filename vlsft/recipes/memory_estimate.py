@@ -19,8 +19,8 @@ peak = weights + trainable + gradients + optimizer + activations + LM head + con
   c = 1.5a with LoRA dropout (the dropped-out input is kept too), a without.
   With activation checkpointing, a checkpointed layer keeps only its input (b x h per token), plus one layer's
   full activations while it is recomputed; `every_n_layers: n` checkpoints layers 0, n, 2n...; `offload: true`
-  moves the kept inputs to pinned host memory (counted as host memory, not GPU). The vision tower is counted the same
-  way per patch (image tokens x merge^2 patches; image tokens per row: max_pixels / (patch x merge)^2, at most
+  moves the kept inputs to pinned host memory (counted as host memory, not GPU). The vision tower (the Qwen
+  families' `visual.blocks`; other families' vision encoders are not counted) is counted the same way per patch (image tokens x merge^2 patches; image tokens per row: max_pixels / (patch x merge)^2, at most
   max_length; without max_pixels, half of max_length).
 - LM head (vlsft/loss.py): the supervised positions go through the head `loss_chunk_size` at a time, recomputed in
   the backward: chunk x vocab x 16 B (bf16 logits, their fp32 copy, log-softmax, its gradient) plus the final
@@ -87,14 +87,6 @@ def quantized_bytes(numel: int, double_quant: bool) -> int:
     return math.ceil(numel / 2) + scales
 
 
-def _matches(targets, name: str) -> bool:
-    import re
-
-    if isinstance(targets, str):
-        return re.fullmatch(targets, name) is not None
-    return any(name == t or name.endswith("." + t) for t in targets or ())
-
-
 def estimate(model, settings: Settings, trainable_params: int) -> MemoryEstimate:
     """The estimate for `model` (on the meta device) trained as `settings` say, `trainable_params` counted as the
     dry run counts them (LoRA adapters, or the unfrozen weights of a full fine-tune)."""
@@ -152,6 +144,8 @@ def _stack_bytes(layers, config, settings: Settings, tokens: int, linear_types: 
     tokens."""
     import torch
 
+    from vlsft.recipes.plan import lora_matches
+
     if not tokens or not layers:
         return 0, 0
     full = []
@@ -159,7 +153,7 @@ def _stack_bytes(layers, config, settings: Settings, tokens: int, linear_types: 
         adapted = []
         if settings.lora_rank is not None:
             for name, module in layer.named_modules():
-                if isinstance(module, torch.nn.Linear) and _matches(settings.lora_targets, f"{prefix}.{name}"):
+                if isinstance(module, torch.nn.Linear) and lora_matches(settings.lora_targets, f"{prefix}.{name}"):
                     adapted.append(module.in_features)
         full.append(layer_activation_bytes(config, settings, adapted, linear) * tokens)
     every = settings.every_n_layers

@@ -148,7 +148,7 @@ def _meta_parameter_counts(recipe: Recipe, model, source: str):
     trainable = dict.fromkeys(totals, 0)
     targets = lora_targets(recipe)
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and _lora_matches(targets, name):
+        if isinstance(module, torch.nn.Linear) and lora_matches(targets, name):
             trainable[component_of(name)] += recipe.lora.r * (module.in_features + module.out_features)
     saved = list(recipe.lora.modules_to_save or []) + ([] if recipe.freeze_merger else merger_module_names(model))
     for name, module in model.named_modules():
@@ -157,7 +157,8 @@ def _meta_parameter_counts(recipe: Recipe, model, source: str):
     return {c: (trainable[c], totals[c]) for c in totals}, f"LoRA adapters, counted on the meta device, {source}"
 
 
-def _lora_matches(targets: str | list[str], name: str) -> bool:
+def lora_matches(targets: str | list[str], name: str) -> bool:
+    """Whether PEFT adapts the module `name` for `target_modules` (a full-match regex, or name suffixes)."""
     if isinstance(targets, str):
         return re.fullmatch(targets, name) is not None
     return any(name == t or name.endswith("." + t) for t in targets)
