@@ -52,7 +52,10 @@ def meta_model(recipe: Recipe):
 
     spec = recipe.model
     if is_local_model(spec.name_or_path):
-        model, _ = build_local_model(spec.name_or_path, spec.tiny, meta=True)
+        try:
+            model, _ = build_local_model(spec.name_or_path, spec.tiny, meta=True)
+        except Exception as error:  # e.g. `model.tiny` keyword arguments the builder does not take
+            return None, f"the local model could not be built ({type(error).__name__}: {error})"
         return model, "built locally"
     from transformers import AutoConfig, AutoModelForImageTextToText
 
