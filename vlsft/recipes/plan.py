@@ -130,13 +130,16 @@ def _describe_parameters(recipe: Recipe, args, model, source: str) -> tuple[list
     return lines, counts
 
 
-def _meta_parameter_counts(recipe: Recipe, model, source: str):
+def _meta_parameter_counts(recipe: Recipe, model=None, source: str | None = None):
     """({component: (trainable, total)}, note) counted on the model built on the meta device (no weights, no
-    memory), or (None, reason) when it could not be built without a download."""
+    memory; built here unless given with its `source`), or (None, reason) when it could not be built without a
+    download."""
     import torch
 
     from vlsft.model_parts import component_of, merger_module_names, parameter_counts
 
+    if source is None:
+        model, source = meta_model(recipe)
     if model is None:
         return None, f"no counts: {source}"
     if recipe.lora is None:
