@@ -14,6 +14,7 @@ from transformers import TrainingArguments
 from trl import SFTConfig
 from trl.trainer.utils import get_config_model_id
 
+from vlsft.activation_checkpointing import check_checkpointing_kwargs
 from vlsft.collation.template_kwargs import KNOWN_BOOLEAN_SWITCHES, template_kwargs_problems
 from vlsft.liger import liger_layer_kernels
 from vlsft.packing import packing_enabled
@@ -218,6 +219,10 @@ class VLSFTConfig(SFTConfig):
                 )
             self.use_cpu = True
         super().__post_init__()
+        # After TrainingArguments resolved the `gradient_checkpointing_kwargs` alias and parsed a JSON string.
+        problems = check_checkpointing_kwargs(self.activation_checkpointing_kwargs)
+        if problems:
+            raise ValueError("; ".join(problems) + ".")
         packing_enabled(self)  # an unsupported packing setting fails here, with the fix
 
     def _check_sequence_parallel(self) -> None:

@@ -15,7 +15,9 @@ from vlsft.recipes.datasets import file_extension, looks_local
 from vlsft.recipes.launch import LaunchError, check_launchable, has_gpu, launch_argv, launch_command
 from vlsft.recipes.mixture import held_out_rows, kept_rows, mixture_counts
 from vlsft.recipes.model_source import check_model_source
-from vlsft.recipes.registry import build_local_model, is_local_dataset, is_local_model
+from vlsft.recipes.memory_estimate import describe_memory_estimate
+from vlsft.recipes.model_shapes import meta_model
+from vlsft.recipes.registry import is_local_dataset
 from vlsft.recipes.schema import DatasetSource, Recipe, RecipeError
 
 # -- dry run -----------------------------------------------------------------------------------------------------
@@ -48,7 +50,9 @@ def describe_plan(recipe: Recipe, overrides: list[str] = (), **launch) -> str:
         lines.append(f"method     {kind} r={lora.r} alpha={lora.alpha} dropout={lora.dropout} on {where}")
         if lora.load_in_4bit and importlib.util.find_spec("bitsandbytes") is None:
             lines.append("           (bitsandbytes is not installed here: training needs it and a CUDA GPU)")
-    lines += _describe_parameters(recipe, args)
+    model_on_meta, source = meta_model(recipe)
+    parameter_lines, counts = _describe_parameters(recipe, args, model_on_meta, source)
+    lines += parameter_lines
     lines += _describe_data(recipe)
     world = recipe.layout.num_processes
     per_device, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
@@ -66,6 +70,7 @@ def describe_plan(recipe: Recipe, overrides: list[str] = (), **launch) -> str:
         lines.append(f"packing    {packing}")
     if resume:
         lines.append(f"resume     {resume}")
+    lines += describe_memory_estimate(recipe, args, model_on_meta, counts, source)
     layout = recipe.layout
     where = f"{layout.gpus_per_node} GPU(s) per node x {layout.nodes} node(s)" if layout.strategy != "cpu" else "CPU"
     # The shipped files by absolute path: where this installation of vlsft has them.
@@ -96,7 +101,7 @@ def _resume_plan(args) -> str | None:
         raise RecipeError(f"`training.resume_from_checkpoint`: {error}") from error
 
 
-def _describe_parameters(recipe: Recipe, args) -> list[str]:
+def _describe_parameters(recipe: Recipe, args, model, source: str) -> tuple[list[str], dict | None]:
     """Trainable parameters and learning rate per component, counted on a meta-device model when the model's config
     is available without a download."""
     from vlsft.model_parts import COMPONENTS
@@ -109,7 +114,7 @@ def _describe_parameters(recipe: Recipe, args) -> list[str]:
         "merger": not recipe.freeze_merger,
         "language_model": True,
     }
-    counts, note = _meta_parameter_counts(recipe)
+    counts, note = _meta_parameter_counts(recipe, model, source)
     lines = ["parameters (trainable / total, learning rate)" + (f" [{note}]" if note else "")]
     for component in COMPONENTS:
         if counts is not None:
@@ -126,52 +131,41 @@ def _describe_parameters(recipe: Recipe, args) -> list[str]:
         else:
             rate = "frozen"
         lines.append(f"  {component:<15} {amount:>20}  {rate}")
-    return lines
+    return lines, counts
 
 
-def _meta_parameter_counts(recipe: Recipe):
-    """({component: (trainable, total)}, note) from a model built on the meta device (no weights, no memory), or
-    (None, reason) when the config cannot be read without a download."""
+def _meta_parameter_counts(recipe: Recipe, model=None, source: str | None = None):
+    """({component: (trainable, total)}, note) counted on the model built on the meta device (no weights, no
+    memory; built here unless given with its `source`), or (None, reason) when it could not be built without a
+    download."""
     import torch
 
     from vlsft.model_parts import component_of, merger_module_names, parameter_counts
 
-    try:
-        if is_local_model(recipe.model.name_or_path):
-            model, _ = build_local_model(recipe.model.name_or_path, recipe.model.tiny, meta=True)
-        else:
-            from transformers import AutoConfig, AutoModelForImageTextToText
-
-            name = recipe.model.name_or_path
-            config = AutoConfig.from_pretrained(
-                name,
-                revision=recipe.model.revision,
-                trust_remote_code=recipe.model.trust_remote_code,
-                local_files_only=not os.path.isdir(name),
-            )
-            with torch.device("meta"):
-                model = AutoModelForImageTextToText.from_config(config, trust_remote_code=recipe.model.trust_remote_code)
-    except Exception as error:  # offline without a cached config, a custom architecture, ...
-        return None, f"no counts: the model config is not available offline ({type(error).__name__})"
+    if source is None:
+        model, source = meta_model(recipe)
+    if model is None:
+        return None, f"no counts: {source}"
     if recipe.lora is None:
         from vlsft.model_parts import freeze_components
 
         freeze_components(model, vision_tower=recipe.freeze_vision_tower, merger=recipe.freeze_merger)
-        return parameter_counts(model), "counted on the meta device"
+        return parameter_counts(model), f"counted on the meta device, {source}"
     totals = {component: total for component, (_, total) in parameter_counts(model).items()}
     trainable = dict.fromkeys(totals, 0)
     targets = lora_targets(recipe)
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and _lora_matches(targets, name):
+        if isinstance(module, torch.nn.Linear) and lora_matches(targets, name):
             trainable[component_of(name)] += recipe.lora.r * (module.in_features + module.out_features)
     saved = list(recipe.lora.modules_to_save or []) + ([] if recipe.freeze_merger else merger_module_names(model))
     for name, module in model.named_modules():
         if any(name == s or name.endswith("." + s) for s in saved):
             trainable[component_of(name)] += sum(p.numel() for p in module.parameters())
-    return {c: (trainable[c], totals[c]) for c in totals}, "LoRA adapters, counted on the meta device"
+    return {c: (trainable[c], totals[c]) for c in totals}, f"LoRA adapters, counted on the meta device, {source}"
 
 
-def _lora_matches(targets: str | list[str], name: str) -> bool:
+def lora_matches(targets: str | list[str], name: str) -> bool:
+    """Whether PEFT adapts the module `name` for `target_modules` (a full-match regex, or name suffixes)."""
     if isinstance(targets, str):
         return re.fullmatch(targets, name) is not None
     return any(name == t or name.endswith("." + t) for t in targets)
