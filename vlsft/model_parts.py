@@ -186,3 +186,10 @@ def parameter_groups(
             if selected:
                 groups.append({"params": selected, "lr": lr, "weight_decay": weight_decay if decays else 0.0})
     return groups
+
+
+def lora_matches(targets: str | list[str], name: str) -> bool:
+    """Whether PEFT adapts the module `name` for `target_modules` (a full-match regex, or name suffixes)."""
+    if isinstance(targets, str):
+        return re.fullmatch(targets, name) is not None
+    return any(name == t or name.endswith("." + t) for t in targets)

@@ -144,7 +144,7 @@ def _stack_bytes(layers, config, settings: Settings, tokens: int, linear_types: 
     tokens."""
     import torch
 
-    from vlsft.recipes.plan import lora_matches
+    from vlsft.model_parts import lora_matches
 
     if not tokens or not layers:
         return 0, 0

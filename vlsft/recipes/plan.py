@@ -7,7 +7,6 @@ import glob
 import importlib.util
 import json
 import os
-import re
 
 from vlsft.recipes.build import build_training_config, lora_targets
 from vlsft.recipes.family_checks import packing_plan
@@ -140,7 +139,7 @@ def _meta_parameter_counts(recipe: Recipe, model=None, source: str | None = None
     download."""
     import torch
 
-    from vlsft.model_parts import component_of, merger_module_names, parameter_counts
+    from vlsft.model_parts import component_of, lora_matches, merger_module_names, parameter_counts
 
     if source is None:
         model, source = meta_model(recipe)
@@ -162,13 +161,6 @@ def _meta_parameter_counts(recipe: Recipe, model=None, source: str | None = None
         if any(name == s or name.endswith("." + s) for s in saved):
             trainable[component_of(name)] += sum(p.numel() for p in module.parameters())
     return {c: (trainable[c], totals[c]) for c in totals}, f"LoRA adapters, counted on the meta device, {source}"
-
-
-def lora_matches(targets: str | list[str], name: str) -> bool:
-    """Whether PEFT adapts the module `name` for `target_modules` (a full-match regex, or name suffixes)."""
-    if isinstance(targets, str):
-        return re.fullmatch(targets, name) is not None
-    return any(name == t or name.endswith("." + t) for t in targets)
 
 
 def _describe_data(recipe: Recipe) -> list[str]:
