@@ -8,7 +8,8 @@ Launcher flags: `--num_processes N` (processes in all; it becomes the override `
 the dry run, the launcher and every process agree on it), `--accelerate_config FILE` (instead of the layout's) and
 `--main_process_port PORT`. Every other `--key value` overrides the recipe and is passed on to every process.
 The launcher's exit status is `vlsft train`'s, and SIGINT / SIGTERM reach the training processes
-(`vlsft.recipes.launch.run_launcher`).
+(`vlsft.recipes.launch.run_launcher`). A run stopped by SIGTERM saves its checkpoint and exits 143 (128 + 15), on one
+process or several, so that a scheduler does not take the partial run for a finished one.
 """
 
 from __future__ import annotations
@@ -127,6 +128,8 @@ def run_reporting_bad_rows(recipe: Recipe) -> int:
         print(f"vlsft: {error}", file=sys.stderr)
         return 1
     # Every rank leaves together, with its process group shut down (and, on several processes, without the
-    # interpreter teardown that can abort a finished run: `leave_distributed_run`).
-    leave_distributed_run(trainer.accelerator)
-    return 0
+    # interpreter teardown that can abort a finished run: `leave_distributed_run`). A run SIGTERM stopped exits 143
+    # on every rank and every entry path, its checkpoint saved: a scheduler must not take it for a finished one.
+    status = trainer.preemption.exit_status
+    leave_distributed_run(trainer.accelerator, status)
+    return status
