@@ -89,3 +89,119 @@ def test_sigterm_to_the_process_group_with_dataloader_workers_saves_a_resumable_
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
     assert state["global_step"] == step + 1
+
+
+# A DataLoader with 2 workers, prepared by accelerate as the trainer's are, in a process of its own, made as the
+# trainer makes it (`leave_stop_signals_to_main`). It handles SIGTERM as the preemption callback does (a flag) and
+# goes on; `ready` is written once the workers serve batches, `survived` once 20 batches came after the signal.
+WORKERS_SCRIPT = """
+import os, signal, sys, time
+import torch
+from accelerate.data_loader import DataLoaderShard
+from vlsft.worker_signals import leave_stop_signals_to_main
+
+class Slow(torch.utils.data.Dataset):
+    def __len__(self):
+        return 10**6
+    def __getitem__(self, index):
+        time.sleep(0.01)
+        return index
+
+stop = []
+signal.signal(signal.SIGTERM, lambda signum, frame: stop.append(signum))
+loader = DataLoaderShard(Slow(), batch_size=2, num_workers=2)
+leave_stop_signals_to_main(loader)
+after = 0
+for number, batch in enumerate(loader):
+    if number == 5:
+        open(os.path.join(sys.argv[1], "ready"), "w").close()
+    after += bool(stop)
+    if after == 20:
+        open(os.path.join(sys.argv[1], "survived"), "w").close()
+        break
+"""
+
+
+def test_dataloader_workers_leave_a_process_group_sigterm_to_the_main_process(tmp_path):
+    log = tmp_path / "workers.log"
+    process = start([sys.executable, "-c", WORKERS_SCRIPT, str(tmp_path)], log)
+    deadline = time.monotonic() + TIMEOUT
+    while not (tmp_path / "ready").exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            os.killpg(process.pid, signal.SIGKILL)
+            pytest.fail(f"the DataLoader did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGTERM)  # the main process and both workers
+    status = finish(process, log)
+    assert status == 0 and (tmp_path / "survived").exists(), log.read_text()[-3000:]
+
+
+def test_the_dataloader_still_ends_its_own_workers_with_sigterm():
+    """The DataLoader ends a worker that does not shut down in time with SIGTERM (`Process.terminate`), and
+    `multiprocessing` does at exit: that SIGTERM, sent by the main process, still ends the worker."""
+    import torch
+
+    from vlsft.worker_signals import WorkersLeaveSignalsToMain, leave_stop_signals_to_main
+
+    loader = torch.utils.data.DataLoader(list(range(100)), batch_size=2, num_workers=2)
+    leave_stop_signals_to_main(loader)
+    leave_stop_signals_to_main(loader)  # idempotent: one wrapper
+    assert isinstance(loader.worker_init_fn, WorkersLeaveSignalsToMain) and loader.worker_init_fn.worker_init_fn is None
+    iterator = iter(loader)
+    next(iterator)
+    worker = iterator._workers[0]
+    worker.terminate()
+    worker.join(timeout=30)
+    assert worker.exitcode == SIGTERM_STATUS
+    del iterator
+
+
+def test_a_run_stopped_by_sigterm_has_exit_status_143():
+    """The status every entry path returns (`vlsft.cli.train.run_reporting_bad_rows`) once SIGTERM stopped the run."""
+    from transformers import TrainerControl, TrainerState
+
+    from tests.scripts.checkpoint_run import config
+    from vlsft.checkpoints import PreemptionCallback
+
+    class OneProcess:
+        num_processes = 1
+
+    callback = PreemptionCallback(OneProcess())
+    args = config("unused", max_steps=5, save_steps=1)
+    callback.on_step_end(args, TrainerState(global_step=2), TrainerControl())
+    assert callback.exit_status == 0  # a run that finishes
+    callback._on_sigterm(signal.SIGTERM, None)
+    callback.on_step_end(args, TrainerState(global_step=3), TrainerControl())
+    assert callback.exit_status == SIGTERM_STATUS
+
+
+def training_child(process: subprocess.Popen) -> int:
+    """The one child of the launcher `process` (`accelerate launch` runs the script as its child)."""
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+@pytest.mark.slow  # a tiny run per entry path, ~40 s each here
+@pytest.mark.parametrize("entry", ["python -m vlsft.train", "accelerate launch vlsft/train.py"])
+def test_every_entry_path_exits_non_zero_after_sigterm(tmp_path, entry):
+    """`python -m vlsft.train` exits 143 itself; `accelerate launch` reports its training process's 143 and exits
+    non-zero (accelerate's status for a failed child). `vlsft train`: the process-group test above."""
+    recipe = long_run_recipe(tmp_path)
+    log = tmp_path / "run.log"
+    if entry.startswith("python"):
+        process = start([sys.executable, "-m", "vlsft.train", "--config", str(recipe)], log)
+    else:
+        process = start([str(BIN / "accelerate"), "launch", "--num_processes", "1", "--cpu", "vlsft/train.py",
+                         "--config", str(recipe)], log)
+    wait_for_training(process, log)
+    # The training process alone, as a launcher passes the signal on.
+    os.kill(process.pid if entry.startswith("python") else training_child(process), signal.SIGTERM)
+    status = finish(process, log)
+    output = log.read_text()
+    assert "stopped by SIGTERM at step" in output, output[-3000:]
+    if entry.startswith("python"):
+        assert status == SIGTERM_STATUS, output[-3000:]
+    else:
+        assert status != 0 and f"non-zero exit status {SIGTERM_STATUS}" in output, output[-3000:]
+    assert 1 <= saved_step(tmp_path / "out") < 500
