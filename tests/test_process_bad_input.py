@@ -205,3 +205,109 @@ def test_every_entry_path_exits_non_zero_after_sigterm(tmp_path, entry):
     else:
         assert status != 0 and f"non-zero exit status {SIGTERM_STATUS}" in output, output[-3000:]
     assert 1 <= saved_step(tmp_path / "out") < 500
+
+
+# -- launcher numbers out of range ---------------------------------------------------------------------------------
+
+
+def tiny_layout_recipe(tmp_path: Path, **layout) -> Path:
+    raw = tiny_recipe(tmp_path / "data.jsonl", tmp_path / "out", layout=layout)
+    raw["data"] = {"train": [{"path": "demo-shapes", "split": "train", "rows": 8}]}
+    return write_recipe(tmp_path / "recipe.yaml", raw)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--num_processes", "0"], "`--num_processes 0` must be at least 1"),
+        (["--num_processes", "-1"], "`--num_processes -1` must be at least 1"),
+        (["--num_processes", "two"], "invalid int value: 'two'"),
+        (["--main_process_port", "0"], "`--main_process_port 0` is not a TCP port: pass one from 1 to 65535"),
+        (["--main_process_port", "-5"], "`--main_process_port -5` is not a TCP port"),
+        (["--main_process_port", "70000"], "`--main_process_port 70000` is not a TCP port"),
+        (["--layout.gpus_per_node", "0"], "`layout.gpus_per_node` and `layout.nodes` must be >= 1"),
+        (["--layout.nodes", "-1"], "`layout.gpus_per_node` and `layout.nodes` must be >= 1"),
+        (["--layout.gpus_per_node", "two"], "`layout.gpus_per_node` must be an integer"),
+    ],
+)
+def test_launcher_numbers_out_of_range_are_refused_with_their_range(tmp_path, capsys, flags, message):
+    from vlsft.cli.train import main
+
+    recipe = tiny_layout_recipe(tmp_path, strategy="ddp", gpus_per_node=2)
+    try:
+        status = main(["--config", str(recipe), *flags, "--dry-run"])
+    except SystemExit as exit:  # argparse refuses a number that is no integer
+        status = exit.code
+    assert status == 2
+    error = capsys.readouterr().err
+    assert message in error and "multiple of" not in error, error
+
+
+def test_more_processes_than_this_machine_has_devices_for_are_refused_before_launching(tmp_path, capsys):
+    """A huge `--num_processes` (or `layout.gpus_per_node`) is refused before it starts anything; the dry run says
+    why it cannot run here."""
+    from vlsft.cli.train import main
+    from vlsft.recipes.launch import LaunchError, check_launchable, has_gpu
+    from vlsft.recipes.loading import load_recipe
+
+    recipe = tiny_layout_recipe(tmp_path, strategy="ddp", gpus_per_node=2)
+    assert main(["--config", str(recipe), "--num_processes", "100000000000", "--dry-run"]) == 0
+    assert "(not on this machine: the layout starts 100000000000 process(es) on this machine" in capsys.readouterr().out
+    assert main(["--config", str(recipe), "--num_processes", "100000000000"]) == 2
+    assert "vlsft: cannot launch: the layout starts 100000000000 process(es)" in capsys.readouterr().err
+    huge = load_recipe(str(recipe), ["--layout.gpus_per_node", str(10**9)])
+    with pytest.raises(LaunchError, match="GPU" if has_gpu() else "CPU core"):
+        check_launchable(huge)
+    check_launchable(load_recipe(str(recipe), ["--layout.gpus_per_node", "1"]))
+
+
+def test_node_rank_must_be_a_rank_of_the_layout(monkeypatch):
+    from tests.test_recipe import minimal
+    from vlsft.recipes.launch import LaunchError, launch_argv
+    from vlsft.recipes.loading import recipe_from_dict
+
+    recipe = recipe_from_dict(minimal(layout={"strategy": "zero3", "gpus_per_node": 8, "nodes": 2}), path="r.yaml")
+    monkeypatch.setenv("MAIN_HOST", "10.0.0.1")
+    for rank in ("2", "-1", "one", "1.0"):
+        monkeypatch.setenv("NODE_RANK", rank)
+        with pytest.raises(LaunchError, match=f"NODE_RANK='{rank}': this node's rank must be a whole number from 0"):
+            launch_argv(recipe, gpu=True)
+    monkeypatch.setenv("NODE_RANK", "1")
+    command = launch_argv(recipe, gpu=True)
+    assert command[command.index("--machine_rank") + 1] == "1"
+
+
+# -- family-dependent refusals in the dry run ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dry_run", [["--dry-run"], []])
+def test_reasoning_weight_on_a_family_without_reasoning_is_refused_before_anything_loads(tmp_path, capsys, dry_run):
+    """Qwen2.5-VL has no reasoning markers: `--dry-run` refuses `reasoning_weight`, and so does the run, with the same
+    message, before the datasets and the model load (no traceback)."""
+    from vlsft.cli.train import main
+
+    raw = tiny_recipe(tmp_path / "missing.jsonl", tmp_path / "out", model={"name_or_path": "tiny-qwen2.5-vl"})
+    raw["data"] = {"train": [{"path": "demo-shapes", "split": "train", "rows": 8}]}
+    raw["training"]["reasoning_weight"] = 0.5
+    recipe = write_recipe(tmp_path / "recipe.yaml", raw)
+    assert main(["--config", str(recipe), *dry_run]) == 2
+    error = capsys.readouterr().err
+    assert "vlsft: invalid recipe: `training`: `reasoning_weight` needs a family whose reasoning block" in error, error
+    assert "Qwen2.5-VL has no reasoning format" in error and "Traceback" not in error
+    assert not (tmp_path / "out").exists()
+    # A family with reasoning markers takes it, and the plan names the family.
+    raw["model"]["name_or_path"] = "tiny-qwen3.5"
+    assert main(["--config", str(write_recipe(tmp_path / "qwen3_5.yaml", raw)), "--dry-run"]) == 0
+    assert "family     Qwen3.5" in capsys.readouterr().out
+
+
+def test_a_chat_template_without_generation_markers_is_refused_by_the_dry_run(tmp_path, capsys):
+    from vlsft.cli.train import main
+
+    template = tmp_path / "plain.jinja"
+    template.write_text("{% for message in messages %}{{ message['content'] }}{% endfor %}")
+    raw = tiny_recipe(tmp_path / "missing.jsonl", tmp_path / "out")
+    raw["data"] = {"train": [{"path": "demo-shapes", "split": "train", "rows": 8}]}
+    raw["training"]["chat_template_path"] = str(template)
+    assert main(["--config", str(write_recipe(tmp_path / "recipe.yaml", raw)), "--dry-run"]) == 2
+    assert "needs a chat template with {% generation %} / {% endgeneration %} markers" in capsys.readouterr().err

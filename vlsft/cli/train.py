@@ -18,7 +18,15 @@ import argparse
 import sys
 
 from vlsft.cli.console_logs import show_vlsft_logs
-from vlsft.recipes.launch import LaunchError, check_launchable, launch_argv, launch_command, run_launcher, runs_in_this_process
+from vlsft.recipes.launch import (
+    LaunchError,
+    check_launchable,
+    check_port,
+    launch_argv,
+    launch_command,
+    run_launcher,
+    runs_in_this_process,
+)
 from vlsft.recipes.loading import load_recipe, parse_overrides
 from vlsft.recipes.schema import Recipe, RecipeError
 
@@ -50,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     show_vlsft_logs()
     launch = {"accelerate_config": args.accelerate_config, "port": args.main_process_port}
     try:
+        check_port(args.main_process_port)
         recipe = load_recipe(args.config, overrides)
         if args.num_processes is not None:
             per_node = gpus_per_node(recipe, args.num_processes, overrides)
@@ -87,7 +96,9 @@ def gpus_per_node(recipe: Recipe, num_processes: int, overrides: list[str]) -> i
     """`layout.gpus_per_node` for `--num_processes` processes in all over the layout's nodes (the override that
     the dry run shows and every launched process applies)."""
     nodes = recipe.layout.nodes
-    if num_processes < 1 or num_processes % nodes:
+    if num_processes < 1:
+        raise RecipeError(f"`--num_processes {num_processes}` must be at least 1 (the processes of the run, in all).")
+    if num_processes % nodes:
         raise RecipeError(
             f"`--num_processes {num_processes}`: the layout has {nodes} node(s); pass a multiple of {nodes} "
             "(processes in all), or set `--layout.gpus_per_node` and `--layout.nodes`."

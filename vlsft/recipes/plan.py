@@ -11,6 +11,7 @@ import re
 
 from vlsft.recipes.build import build_training_config, lora_targets
 from vlsft.recipes.datasets import file_extension, looks_local
+from vlsft.recipes.family_checks import processor_available_offline, refuse_unsupported_for_family
 from vlsft.recipes.launch import LaunchError, check_launchable, has_gpu, launch_argv, launch_command
 from vlsft.recipes.mixture import held_out_rows, kept_rows, mixture_counts
 from vlsft.recipes.model_source import check_model_source
@@ -27,6 +28,7 @@ def describe_plan(recipe: Recipe, overrides: list[str] = (), **launch) -> str:
     # A Hub id is not fetched (a dry run loads nothing); the real run checks the Hub answers before loading.
     source = check_model_source(recipe.model.name_or_path, recipe.model.revision, reach_hub=False)
     resume = _resume_plan(args)
+    family = _family_plan(recipe, args)
     lines = [f"recipe     {recipe.path}: valid", ""]
     model = recipe.model
     detail = [f"dtype {model.dtype}"]
@@ -35,6 +37,7 @@ def describe_plan(recipe: Recipe, overrides: list[str] = (), **launch) -> str:
     if model.max_pixels:
         detail.append(f"max_pixels {model.max_pixels}")
     lines.append(f"model      {model.name_or_path} ({source}; {', '.join(detail)})")
+    lines.append(f"family     {family}")
     lora = recipe.lora
     if lora is None:
         lines.append("method     full fine-tune")
@@ -78,6 +81,15 @@ def describe_plan(recipe: Recipe, overrides: list[str] = (), **launch) -> str:
     if layout.nodes > 1:
         lines.append("           (run it on every node, with NODE_RANK and MAIN_HOST set there)")
     return "\n".join(lines)
+
+
+def _family_plan(recipe: Recipe, args) -> str:
+    """The model's family, once the settings it cannot train are refused as the run refuses them
+    (`refuse_unsupported_for_family`), from the processor when it is available without a download."""
+    processor = processor_available_offline(recipe)
+    if processor is None:
+        return "not known here (the processor is not available offline): the run checks it before loading data"
+    return refuse_unsupported_for_family(processor, args).display_name
 
 
 def _resume_plan(args) -> str | None:

@@ -1,0 +1,47 @@
+"""Refusals that depend on the model's family, made from the processor alone, in one place used by the dry run
+(`vlsft.recipes.plan.describe_plan`) and by the run (`vlsft.recipes.build.build_trainer`, before the datasets and
+the model load): a setting the family cannot train is refused by `--dry-run`, not after validation and the model
+load with a traceback.
+
+The rules themselves stay in the core, where the Python API (`VLSFTTrainer`) applies them too; this module runs them
+ahead of time and turns their refusal into a `RecipeError`.
+"""
+
+from __future__ import annotations
+
+from vlsft.families import Family
+from vlsft.recipes.registry import build_local_model, is_local_model
+from vlsft.recipes.schema import Recipe, RecipeError
+
+
+def refuse_unsupported_for_family(processor, args) -> Family:
+    """The family the run trains as (from the training template, else the processor), or a `RecipeError` naming the
+    setting of `args` (a `VLSFTConfig`) that the family cannot train and the fix:
+    - a processor or a chat template vlsft does not know (no family, no `{% generation %}` markers);
+    - `reasoning_weight` on a family without single-token reasoning markers (Qwen2.5-VL, Qwen3-VL, Gemma 3, ...).
+    These are the checks the trainer's collator makes when it is built (`vlsft.collator.training_collator`)."""
+    from vlsft.collator import training_collator
+
+    try:
+        return training_collator(processor, args).family
+    except ValueError as error:
+        raise RecipeError(f"`training`: {error}") from error
+
+
+def processor_available_offline(recipe: Recipe):
+    """The recipe's processor when it can be had without a download (a registered local model, a model directory,
+    a Hub id in the cache), else None: a dry run fetches nothing."""
+    model = recipe.model
+    if is_local_model(model.name_or_path):
+        try:
+            return build_local_model(model.name_or_path, model.tiny, meta=True)[1]
+        except TypeError as error:  # `model.tiny` holds an argument this builder does not take
+            raise RecipeError(f"`model.tiny`: {error}") from error
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(
+            model.name_or_path, revision=model.revision, trust_remote_code=model.trust_remote_code, local_files_only=True
+        )
+    except Exception:  # not in the cache (or no network to ask): the run checks the family once it has it
+        return None
