@@ -60,17 +60,18 @@ def _layout_runs_one_process(recipe: Recipe, gpu: bool | None = None) -> bool:
 
 def check_launchable(recipe: Recipe, gpu: bool | None = None) -> None:
     """Raise `LaunchError` when the recipe's layout cannot run on this machine: FSDP over several processes without a
-    GPU (the dry run shows the GPU launch, and this reason)."""
+    GPU, or more processes than this machine has GPUs (or, for the CPU equivalent, cores) for. The dry run shows the
+    launch, and this reason."""
     layout = recipe.layout
     gpu = has_gpu() if gpu is None else gpu
-    if not _layout_runs_one_process(recipe, gpu):
-        _check_processes_fit(recipe, gpu)
     if layout.strategy == "fsdp2" and not gpu and not _layout_runs_one_process(recipe, gpu):
         raise LaunchError(
             f"layout `fsdp2` needs GPUs: accelerate 1.15 shards with FSDP only on GPU-type devices, so on this CPU "
             f"the {layout.num_processes} processes would train unsharded DDP. Run it on GPUs, or pick a layout "
             "with a CPU equivalent: `--layout.strategy zero3` (DeepSpeed over gloo), `zero2` or `ddp`."
         )
+    if not _layout_runs_one_process(recipe, gpu):
+        _check_processes_fit(recipe, gpu)
 
 
 def check_port(port: int | None) -> None:
@@ -88,7 +89,8 @@ def _check_processes_fit(recipe: Recipe, gpu: bool) -> None:
 
         here, what, wanted = torch.cuda.device_count(), "GPU(s)", layout.gpus_per_node
     else:
-        here, what, wanted = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, "CPU core(s)", layout.num_processes
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        here, what, wanted = cores, "CPU core(s)", layout.num_processes
     if wanted > here:
         raise LaunchError(
             f"the layout starts {wanted} process(es) on this machine, which has {here} {what}: pass "
