@@ -41,7 +41,10 @@ def processor_available_offline(recipe: Recipe):
 
     try:
         return AutoProcessor.from_pretrained(
-            model.name_or_path, revision=model.revision, trust_remote_code=model.trust_remote_code, local_files_only=True
+            model.name_or_path,
+            revision=model.revision,
+            trust_remote_code=model.trust_remote_code,
+            local_files_only=True,
         )
     except Exception:  # not in the cache (or no network to ask): the run checks the family once it has it
         return None

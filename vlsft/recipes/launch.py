@@ -77,7 +77,9 @@ def check_launchable(recipe: Recipe, gpu: bool | None = None) -> None:
 def check_port(port: int | None) -> None:
     """`--main_process_port`: a TCP port (1 to 65535), or None for the default."""
     if port is not None and not 1 <= port <= 65535:
-        raise LaunchError(f"`--main_process_port {port}` is not a TCP port: pass one from 1 to 65535 (default {DEFAULT_PORT}).")
+        raise LaunchError(
+            f"`--main_process_port {port}` is not a TCP port: pass one from 1 to 65535 (default {DEFAULT_PORT})."
+        )
 
 
 def _check_processes_fit(recipe: Recipe, gpu: bool) -> None:
