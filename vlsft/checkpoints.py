@@ -6,7 +6,8 @@
 - `resume_checkpoint` picks the newest *complete* checkpoint for `resume_from_checkpoint=True`, with a warning naming
   any incomplete newer one it skips (one written by another tool, or copied half-way) and the one it uses.
 - `PreemptionCallback` turns SIGTERM (spot instances, cluster preemption) into "save a checkpoint at the end of this
-  step, then stop": the run then ends normally instead of dying mid-step.
+  step, then stop": the run then ends normally instead of dying mid-step. The DataLoader workers leave the signal to
+  the main process (`vlsft.worker_signals`), so a SIGTERM to the whole process group does not kill them mid-run.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import torch
 from accelerate.logging import get_logger
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+from vlsft.worker_signals import leave_stop_signals_to_main
 
 # accelerate's logger: emitted on the main process only (every rank reaches the same messages).
 logger = get_logger(__name__)
@@ -160,6 +163,12 @@ class PreemptionCallback(TrainerCallback):
             signal.signal(signal.SIGTERM, self._previous_handler)
             self._previous_handler = None
 
+    @property
+    def exit_status(self) -> int:
+        """The exit status of a run that ends here: 128 + SIGTERM (143, as a shell reports a process SIGTERM ended)
+        once SIGTERM stopped it, so a scheduler never takes the partial run for a finished one; else 0."""
+        return 0 if self.stopped_at_step is None else 128 + signal.SIGTERM
+
     def _on_sigterm(self, signum, frame) -> None:
         self.requested = True
 
@@ -192,6 +201,14 @@ class KillSafeCheckpoints:
     def _get_output_dir(self, trial) -> str:
         # While a checkpoint is saved, `Trainer` writes it under the staging directory (see `_save_checkpoint`).
         return self._staging_run_dir or super()._get_output_dir(trial)
+
+    def _get_dataloader(self, *args, **kwargs):
+        """`Trainer._get_dataloader` (every train, eval and test DataLoader), whose workers leave SIGTERM and SIGINT to
+        this process: a scheduler's SIGTERM to the whole process group must reach the preemption callback, not kill
+        a worker (whose death the DataLoader raises mid-step)."""
+        dataloader = super()._get_dataloader(*args, **kwargs)
+        leave_stop_signals_to_main(dataloader)
+        return dataloader
 
     def _save_checkpoint(self, model, trial) -> None:
         """`Trainer._save_checkpoint`, written into a staging directory and renamed into place once every file (and

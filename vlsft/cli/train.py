@@ -8,7 +8,8 @@ Launcher flags: `--num_processes N` (processes in all; it becomes the override `
 the dry run, the launcher and every process agree on it), `--accelerate_config FILE` (instead of the layout's) and
 `--main_process_port PORT`. Every other `--key value` overrides the recipe and is passed on to every process.
 The launcher's exit status is `vlsft train`'s, and SIGINT / SIGTERM reach the training processes
-(`vlsft.recipes.launch.run_launcher`).
+(`vlsft.recipes.launch.run_launcher`). A run stopped by SIGTERM saves its checkpoint and exits 143 (128 + 15), on one
+process or several, so that a scheduler does not take the partial run for a finished one.
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ import argparse
 import sys
 
 from vlsft.cli.console_logs import show_vlsft_logs
-from vlsft.recipes.launch import LaunchError, check_launchable, launch_argv, launch_command, run_launcher, runs_in_this_process
+from vlsft.recipes.launch import (
+    LaunchError,
+    check_launchable,
+    check_port,
+    launch_argv,
+    launch_command,
+    run_launcher,
+    runs_in_this_process,
+)
 from vlsft.recipes.loading import load_recipe, parse_overrides
 from vlsft.recipes.schema import Recipe, RecipeError
 
@@ -49,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     show_vlsft_logs()
     launch = {"accelerate_config": args.accelerate_config, "port": args.main_process_port}
     try:
+        check_port(args.main_process_port)
         recipe = load_recipe(args.config, overrides)
         if args.num_processes is not None:
             per_node = gpus_per_node(recipe, args.num_processes, overrides)
@@ -86,7 +96,9 @@ def gpus_per_node(recipe: Recipe, num_processes: int, overrides: list[str]) -> i
     """`layout.gpus_per_node` for `--num_processes` processes in all over the layout's nodes (the override that
     the dry run shows and every launched process applies)."""
     nodes = recipe.layout.nodes
-    if num_processes < 1 or num_processes % nodes:
+    if num_processes < 1:
+        raise RecipeError(f"`--num_processes {num_processes}` must be at least 1 (the processes of the run, in all).")
+    if num_processes % nodes:
         raise RecipeError(
             f"`--num_processes {num_processes}`: the layout has {nodes} node(s); pass a multiple of {nodes} "
             "(processes in all), or set `--layout.gpus_per_node` and `--layout.nodes`."
@@ -127,6 +139,8 @@ def run_reporting_bad_rows(recipe: Recipe) -> int:
         print(f"vlsft: {error}", file=sys.stderr)
         return 1
     # Every rank leaves together, with its process group shut down (and, on several processes, without the
-    # interpreter teardown that can abort a finished run: `leave_distributed_run`).
-    leave_distributed_run(trainer.accelerator)
-    return 0
+    # interpreter teardown that can abort a finished run: `leave_distributed_run`). A run SIGTERM stopped exits 143
+    # on every rank and every entry path, its checkpoint saved: a scheduler must not take it for a finished one.
+    status = trainer.preemption.exit_status
+    leave_distributed_run(trainer.accelerator, status)
+    return status

@@ -15,7 +15,7 @@ from typing import Any
 from accelerate.logging import get_logger
 
 from vlsft.recipes.datasets import build_datasets
-from vlsft.recipes.family_checks import check_family_packs_in_recipe
+from vlsft.recipes.family_checks import refuse_unsupported_for_family
 from vlsft.recipes.launch import launch_command
 from vlsft.recipes.model_source import check_model_source
 from vlsft.recipes.registry import build_local_model, is_local_model
@@ -200,7 +200,8 @@ def build_trainer(recipe: Recipe):
         check_qlora_available()
     args = build_training_config(recipe)
     processor = build_processor(recipe)
-    check_family_packs_in_recipe(processor, args)  # before the datasets load and every row is checked
+    # What the family cannot train is refused now, as the dry run refuses it, before any data or weights load.
+    refuse_unsupported_for_family(processor, args)
     # Rank 0 prepares the `datasets` cache first; the other ranks then read it.
     with args.main_process_first(desc="loading datasets"):
         train_dataset, eval_dataset = build_datasets(recipe)

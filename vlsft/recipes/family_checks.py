@@ -1,53 +1,55 @@
-"""Refusals that the model's family decides, made from the processor before the datasets load or the model loads:
-by `vlsft train` (`recipes.build`) right after the processor loads, and by its dry run (`recipes.plan`) when the
-processor is available without a download."""
+"""Refusals that depend on the model's family, made from the processor alone, in one place used by the dry run
+(`vlsft.recipes.plan.describe_plan`) and by the run (`vlsft.recipes.build.build_trainer`, before the datasets and
+the model load): a setting the family cannot train is refused by `--dry-run`, not after validation and the model
+load with a traceback.
+
+The rules themselves stay in the core, where the Python API (`VLSFTTrainer`) applies them too; this module runs them
+ahead of time and turns their refusal into a `RecipeError`.
+"""
 
 from __future__ import annotations
 
+from vlsft.families import Family
 from vlsft.recipes.registry import build_local_model, is_local_model
 from vlsft.recipes.schema import Recipe, RecipeError
 
 
-def check_family_packs_in_recipe(processor, args) -> None:
-    """With `packing` or `padding_free`, a `RecipeError` (with the fix) when vlsft does not pack the processor's
-    family (`Family.packed_positions`)."""
+def refuse_unsupported_for_family(processor, args) -> Family:
+    """The family the run trains as (from the training template, else the processor), or a `RecipeError` naming the
+    setting of `args` (a `VLSFTConfig`) that the family cannot train and the fix:
+    - a processor or a chat template vlsft cannot mask (`vlsft.collator.training_collator` refuses it);
+    - `reasoning_weight` on a family without single-token reasoning markers (Qwen2.5-VL, Qwen3-VL, Gemma 3, ...);
+    - `packing` / `padding_free` on a family vlsft does not pack (`Family.packed_positions`).
+    These are the checks the trainer makes when it builds its collator and sets up packing."""
     from vlsft.collator import training_collator
     from vlsft.packing import check_family_packs, packing_enabled
 
-    if not packing_enabled(args):
-        return
-    family = training_collator(processor, args).family
     try:
-        check_family_packs(family)
+        family = training_collator(processor, args).family
+        if packing_enabled(args):
+            check_family_packs(family)
     except ValueError as error:
         raise RecipeError(f"`training`: {error}") from error
+    return family
 
 
-def offline_processor(recipe: Recipe):
-    """The model's processor when it is available without a download (a registered tiny model, a local directory,
-    the Hub cache), else None."""
+def processor_available_offline(recipe: Recipe):
+    """The recipe's processor when it can be had without a download (a registered local model, a model directory,
+    a Hub id in the cache), else None: a dry run fetches nothing."""
     model = recipe.model
-    try:
-        if is_local_model(model.name_or_path):
+    if is_local_model(model.name_or_path):
+        try:
             return build_local_model(model.name_or_path, model.tiny, meta=True)[1]
-        from transformers import AutoProcessor
+        except TypeError as error:  # `model.tiny` holds an argument this builder does not take
+            raise RecipeError(f"`model.tiny`: {error}") from error
+    from transformers import AutoProcessor
 
+    try:
         return AutoProcessor.from_pretrained(
-            model.name_or_path, revision=model.revision, trust_remote_code=model.trust_remote_code, local_files_only=True
+            model.name_or_path,
+            revision=model.revision,
+            trust_remote_code=model.trust_remote_code,
+            local_files_only=True,
         )
-    except Exception:  # offline without a cached processor, a custom processor class, ...
+    except Exception:  # not in the cache (or no network to ask): the run checks the family once it has it
         return None
-
-
-def packing_plan(recipe: Recipe, args) -> str | None:
-    """The dry run's line on packing (None without it); a `RecipeError` when vlsft does not pack the family."""
-    from vlsft.packing import packing_enabled
-
-    if not packing_enabled(args):
-        return None
-    what = f"rows best-fit decreasing into packs of {args.max_length} tokens" if args.packing else "padding-free batches"
-    processor = offline_processor(recipe)
-    if processor is None:
-        return f"{what} (the model family is checked once the processor loads: it is not available offline)"
-    check_family_packs_in_recipe(processor, args)
-    return what

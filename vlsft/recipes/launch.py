@@ -60,7 +60,8 @@ def _layout_runs_one_process(recipe: Recipe, gpu: bool | None = None) -> bool:
 
 def check_launchable(recipe: Recipe, gpu: bool | None = None) -> None:
     """Raise `LaunchError` when the recipe's layout cannot run on this machine: FSDP over several processes without a
-    GPU (the dry run shows the GPU launch, and this reason)."""
+    GPU, or more processes than this machine has GPUs (or, for the CPU equivalent, cores) for. The dry run shows the
+    launch, and this reason."""
     layout = recipe.layout
     gpu = has_gpu() if gpu is None else gpu
     if layout.strategy == "fsdp2" and not gpu and not _layout_runs_one_process(recipe, gpu):
@@ -68,6 +69,41 @@ def check_launchable(recipe: Recipe, gpu: bool | None = None) -> None:
             f"layout `fsdp2` needs GPUs: accelerate 1.15 shards with FSDP only on GPU-type devices, so on this CPU "
             f"the {layout.num_processes} processes would train unsharded DDP. Run it on GPUs, or pick a layout "
             "with a CPU equivalent: `--layout.strategy zero3` (DeepSpeed over gloo), `zero2` or `ddp`."
+        )
+    if not _layout_runs_one_process(recipe, gpu):
+        _check_processes_fit(recipe, gpu)
+
+
+def check_port(port: int | None) -> None:
+    """`--main_process_port`: a TCP port (1 to 65535), or None for the default."""
+    if port is not None and not 1 <= port <= 65535:
+        raise LaunchError(
+            f"`--main_process_port {port}` is not a TCP port: pass one from 1 to 65535 (default {DEFAULT_PORT})."
+        )
+
+
+# On the CPU equivalent, processes share the cores (gloo tests run 4 processes on 2 cores): a few per core is a test
+# setup, more is a mistyped count that would start a model replica per process on this machine.
+PROCESSES_PER_CORE = 4
+
+
+def _check_processes_fit(recipe: Recipe, gpu: bool) -> None:
+    """The processes this node would start must have a device each: a GPU (two ranks cannot share one), or on the
+    CPU equivalent, which starts every process of the layout here, a share of a core (`PROCESSES_PER_CORE`)."""
+    layout = recipe.layout
+    if gpu:
+        import torch
+
+        here, what, wanted = torch.cuda.device_count(), "GPU(s)", layout.gpus_per_node
+        most = here
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        here, what, wanted = cores, "CPU core(s)", layout.num_processes
+        most = cores * PROCESSES_PER_CORE
+    if wanted > most:
+        raise LaunchError(
+            f"the layout starts {wanted} process(es) on this machine, which has {here} {what}: pass "
+            f"`--num_processes` (or `--layout.gpus_per_node`) of at most {most}" + (" per node" if gpu else "") + "."
         )
 
 
@@ -99,7 +135,7 @@ def launch_argv(
         command += ["--num_processes", str(layout.num_processes), "--num_machines", str(layout.nodes)]
         if layout.nodes > 1:
             for variable, flag in NODE_ENV.items():
-                command += [flag, _node_value(variable, placeholders)]
+                command += [flag, _node_value(variable, placeholders, layout.nodes)]
         if layout.nodes > 1 or port:
             command += ["--main_process_port", str(port or DEFAULT_PORT)]
     else:
@@ -109,8 +145,13 @@ def launch_argv(
     return command + tail
 
 
-def _node_value(variable: str, placeholders: bool) -> str:
+def _node_value(variable: str, placeholders: bool, nodes: int) -> str:
     value = os.environ.get(variable)
+    if value and variable == "NODE_RANK" and not (value.strip().isdigit() and int(value) < nodes):
+        raise LaunchError(
+            f"NODE_RANK={value!r}: this node's rank must be a whole number from 0 (the main node) to {nodes - 1} "
+            f"(the layout has {nodes} nodes)."
+        )
     if value:
         return value
     if placeholders:

@@ -9,8 +9,8 @@ import json
 import os
 
 from vlsft.recipes.build import build_training_config, lora_targets
-from vlsft.recipes.family_checks import packing_plan
 from vlsft.recipes.datasets import file_extension, looks_local
+from vlsft.recipes.family_checks import processor_available_offline, refuse_unsupported_for_family
 from vlsft.recipes.launch import LaunchError, check_launchable, has_gpu, launch_argv, launch_command
 from vlsft.recipes.mixture import held_out_rows, kept_rows, mixture_counts
 from vlsft.recipes.model_source import check_model_source
@@ -29,7 +29,7 @@ def describe_plan(recipe: Recipe, overrides: list[str] = (), **launch) -> str:
     # A Hub id is not fetched (a dry run loads nothing); the real run checks the Hub answers before loading.
     source = check_model_source(recipe.model.name_or_path, recipe.model.revision, reach_hub=False)
     resume = _resume_plan(args)
-    packing = packing_plan(recipe, args)
+    family, packing = _family_plan(recipe, args)
     lines = [f"recipe     {recipe.path}: valid", ""]
     model = recipe.model
     detail = [f"dtype {model.dtype}"]
@@ -38,6 +38,7 @@ def describe_plan(recipe: Recipe, overrides: list[str] = (), **launch) -> str:
     if model.max_pixels:
         detail.append(f"max_pixels {model.max_pixels}")
     lines.append(f"model      {model.name_or_path} ({source}; {', '.join(detail)})")
+    lines.append(f"family     {family}")
     lora = recipe.lora
     if lora is None:
         lines.append("method     full fine-tune")
@@ -86,6 +87,22 @@ def describe_plan(recipe: Recipe, overrides: list[str] = (), **launch) -> str:
     if layout.nodes > 1:
         lines.append("           (run it on every node, with NODE_RANK and MAIN_HOST set there)")
     return "\n".join(lines)
+
+
+def _family_plan(recipe: Recipe, args) -> tuple[str, str | None]:
+    """The model's family, once the settings it cannot train are refused as the run refuses them
+    (`refuse_unsupported_for_family`), from the processor when it is available without a download; and the packing
+    line (None without packing)."""
+    from vlsft.packing import packing_enabled
+
+    packing = None
+    if packing_enabled(args):
+        packing = f"rows best-fit decreasing into packs of {args.max_length} tokens" if args.packing else "padding-free batches"
+    processor = processor_available_offline(recipe)
+    if processor is None:
+        unknown = "not known here (the processor is not available offline): the run checks it before loading data"
+        return unknown, packing and f"{packing} (the model family is checked once the processor loads)"
+    return refuse_unsupported_for_family(processor, args).display_name, packing
 
 
 def _resume_plan(args) -> str | None:
