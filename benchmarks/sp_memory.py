@@ -91,11 +91,10 @@ def measure_step(cli) -> None:
     class MeasuredTrainer(VLSFTTrainer):
         def training_step(self, model, inputs, num_items_in_batch=None):
             self.saved = SavedActivations(model)
-            self.tokens = int(inputs["input_ids"].shape[1])
             memory = CpuStepMemory()
             memory.start()
             loss = super().training_step(model, inputs, num_items_in_batch)
-            self.peak_rss = memory.stop()
+            self.steps.append({"tokens": int(inputs["input_ids"].shape[1]), "saved": self.saved.bytes, "rss": memory.stop()})
             return loss
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -104,15 +103,20 @@ def measure_step(cli) -> None:
 
     model, processor = build_tiny_qwen3_vl(seed=0, hidden_size=HIDDEN, num_hidden_layers=LAYERS)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    lengths = [int(x) for x in cli.lengths.split(",")]
+    # One step per length (the whole group trains the same row), and the shortest once more: the first step also
+    # allocates DeepSpeed's buffers, so each length's RSS figure is the smallest of its steps.
+    rows = [row_of_length(processor, length) for length in [*lengths, min(lengths)]]
     args = VLSFTConfig(
         output_dir=tempfile.mkdtemp(prefix="vlsft-sp-memory-"), report_to="none", per_device_train_batch_size=1,
-        max_steps=1, learning_rate=1e-4, optim="sgd", save_strategy="no", logging_steps=1, disable_tqdm=True,
+        max_steps=len(rows), learning_rate=1e-4, optim="sgd", save_strategy="no", logging_steps=1, disable_tqdm=True,
         max_length=None, seed=0, deepspeed=str(REPO / "configs/ds_zero2.json"), sequence_parallel_size=world_size,
+        gradient_checkpointing=False,  # checkpointed layers save through their own hooks, hidden from ours
     )
-    rows = [row_of_length(processor, cli.length)] * world_size
     trainer = MeasuredTrainer(model, args=args, train_dataset=Dataset.from_list(rows), processing_class=processor)
+    trainer.steps = []
     trainer.train()
-    mine = {"saved": trainer.saved.bytes, "rss": trainer.peak_rss, "tokens": trainer.tokens}
+    mine = trainer.steps
     ranks = [None] * world_size
     if torch.distributed.is_initialized():
         torch.distributed.all_gather_object(ranks, mine)
@@ -126,19 +130,19 @@ def measure_step(cli) -> None:
 # -- the sweep -----------------------------------------------------------------------------------------------------
 
 
-def launch(length: int, processes: int, out: Path, timeout: int) -> list[dict]:
+def launch(lengths: str, processes: int, out: Path, timeout: int) -> list[list[dict]]:
     accelerate = Path(sys.executable).with_name("accelerate")
     port = str(29500 + os.getpid() % 1000 + processes)
     command = [str(accelerate), "launch", *(["--multi_gpu"] if processes > 1 else []), "--num_processes", str(processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port,
-               str(Path(__file__).resolve()), "--worker", "--length", str(length), "--out", str(out)]
+               str(Path(__file__).resolve()), "--worker", "--lengths", lengths, "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     if processes == 1:  # a plain process: DeepSpeed would otherwise look for MPI to find its (single-rank) group
         env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
     if result.returncode:
-        raise SystemExit(f"SP={processes}, length {length} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+        raise SystemExit(f"SP={processes} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
     return json.loads(out.read_text())
 
 
@@ -151,29 +155,41 @@ def fit(points: list[tuple[int, float]]) -> tuple[float, float]:
     return slope, mean_y - slope * mean_x
 
 
+def per_length(ranks: list[list[dict]]) -> dict[int, dict]:
+    """{tokens: saved bytes and peak RSS growth of the largest rank}; a length trained twice keeps its smaller RSS."""
+    table = {}
+    for steps in zip(*ranks):  # the ranks of a group train the same row at each step
+        tokens = steps[0]["tokens"]
+        saved, rss = max(step["saved"] for step in steps), max(step["rss"] for step in steps)
+        if tokens in table:
+            saved, rss = max(saved, table[tokens]["saved"]), min(rss, table[tokens]["rss"])
+        table[tokens] = {"saved": saved, "rss": rss}
+    return table
+
+
 def report(results: dict, lengths: list[int], sizes: list[int], seconds: float, load: str) -> str:
-    largest = {key: {m: max(rank[m] for rank in ranks) for m in ("saved", "rss", "tokens")} for key, ranks in results.items()}
-    fits = {size: fit([(largest[(length, size)]["tokens"], largest[(length, size)]["saved"]) for length in lengths])
-            for size in sizes}
+    tables = {size: per_length(results[size]) for size in sizes}
+    tokens = sorted(tables[sizes[0]])
+    fits = {size: fit([(n, tables[size][n]["saved"]) for n in tokens]) for size in sizes}
     lines = [
         "| target length | tokens | SP | saved activations / rank (MiB) | ratio to SP=1 | 0.6 / N | peak RSS growth / rank (MiB) |",
         "|---|---|---|---|---|---|---|",
     ]
-    for length in lengths:
-        base = largest[(length, sizes[0])]["saved"]
+    for length, n in zip(sorted(lengths), tokens):
+        base = tables[sizes[0]][n]["saved"]
         for size in sizes:
-            cell = largest[(length, size)]
-            lines.append(f"| {length} | {cell['tokens']} | {size} | {cell['saved'] / MIB:.1f} | {cell['saved'] / base:.2f} | "
+            cell = tables[size][n]
+            lines.append(f"| {length} | {n} | {size} | {cell['saved'] / MIB:.2f} | {cell['saved'] / base:.3f} | "
                          f"{0.6 / size:.2f} | {cell['rss'] / MIB:.1f} |")
-    lines += ["", "| SP | slope (KiB / token) | intercept (MiB) | slope ratio to SP=1 | goal <= 0.6 / N | met |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "| SP | slope (KiB / token) | intercept (MiB) | slope ratio to SP=1 | goal: slope ratio <= 0.6 / N |",
+              "|---|---|---|---|---|"]
     for size in sizes:
         slope, intercept = fits[size]
         ratio = slope / fits[sizes[0]][0]
-        lines.append(f"| {size} | {slope / 1024:.1f} | {intercept / MIB:.1f} | {ratio:.3f} | {0.6 / size:.2f} | "
-                     f"{'yes' if ratio <= 0.6 / size else 'no'} |")
-    lines += ["", f"Tiny Qwen3-VL, hidden {HIDDEN}, {LAYERS} layers, 1 image; ZeRO-2, float32, gloo, 1 thread per rank; "
-              f"{seconds:.0f} s in all; load average before the runs: {load}."]
+        goal = "(base)" if size == sizes[0] else f"{0.6 / size:.2f}: {'met' if ratio <= 0.6 / size else 'not met'}"
+        lines.append(f"| {size} | {slope / 1024:.2f} | {intercept / MIB:.2f} | {ratio:.3f} | {goal} |")
+    lines += ["", f"Tiny Qwen3-VL (hidden {HIDDEN}, {LAYERS} layers, 8 heads, 1 image), no gradient checkpointing; ZeRO-2, "
+              f"float32, gloo, 1 thread per rank; {seconds:.0f} s in all; load average before the runs: {load} (2 cores)."]
     return "\n".join(lines)
 
 
@@ -184,20 +200,18 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default=None, help="also write the table to this file")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per launch")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     cli = parser.parse_args(argv)
     if cli.worker:
         measure_step(cli)
         return 0
-    lengths, sizes = [int(x) for x in cli.lengths.split(",")], [int(x) for x in cli.sizes.split(",")]
+    sizes = [int(x) for x in cli.sizes.split(",")]
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     start, results = time.perf_counter(), {}
     with tempfile.TemporaryDirectory() as scratch:
-        for length in lengths:
-            for size in sizes:
-                results[(length, size)] = launch(length, size, Path(scratch) / f"{length}_{size}.json", cli.timeout)
-    table = report(results, lengths, sizes, time.perf_counter() - start, load)
+        for size in sizes:
+            results[size] = launch(cli.lengths, size, Path(scratch) / f"sp{size}.json", cli.timeout)
+    table = report(results, [int(x) for x in cli.lengths.split(",")], sizes, time.perf_counter() - start, load)
     print(table)
     if cli.output:
         Path(cli.output).write_text(table + "\n")
