@@ -102,3 +102,58 @@ def test_gpu_model_is_qwen3_vl_2b_shaped(bench):
         model = Qwen3VLForConditionalGeneration(qwen3_vl_2b_config(build_tiny_qwen3_vl_processor()))
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
     assert 2.0e9 < sum(p.numel() for p in model.parameters()) < 2.3e9
+
+
+# -- benchmarks/sp_memory.py ----------------------------------------------------------------------------------------
+
+SP_MEMORY = BENCH.with_name("sp_memory.py")
+
+
+@pytest.fixture(scope="module")
+def sp_memory():
+    spec = importlib.util.spec_from_file_location("vlsft_sp_memory", SP_MEMORY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_saved_activations_count_each_storage_once_without_parameters(sp_memory):
+    """Views of one saved storage count once; the weights autograd saves for a matmul do not count."""
+    import torch
+
+    layer = torch.nn.Linear(8, 16)
+    saved = sp_memory.SavedActivations(layer)
+    x = torch.randn(4, 8, requires_grad=True)
+    with saved.hooks():
+        hidden = layer(x)  # saves x (and the weight, a parameter)
+        out = (hidden * hidden[:, :16]).sum()  # saves `hidden` twice, through a view
+    out.backward()
+    assert saved.bytes == x.numel() * 4 + hidden.numel() * 4
+
+
+def test_sp_memory_table_and_goal_from_synthetic_runs(sp_memory):
+    """The table's ratios and the slope fit: SP=2 at exactly half of SP=1's per-token bytes plus a constant has slope
+    ratio 0.5 (goal 0.3 not met); SP=4 at a tenth meets 0.15. The largest rank counts; a repeated length keeps its
+    smaller RSS."""
+    def run(per_token, constant, ranks):
+        steps = [{"tokens": n, "saved": per_token * n + constant, "rss": 100 * n} for n in (100, 200, 100)]
+        steps[2] = {**steps[2], "rss": 1}
+        return [steps] + [[{**s, "saved": s["saved"] - 1} for s in steps]] * (ranks - 1)
+
+    report = sp_memory.report({1: run(1000, 0, 1), 2: run(500, 4096, 2), 4: run(100, 4096, 4)}, [512, 1024], [1, 2, 4],
+                              1.0, "0 0 0")
+    rows = _table(report, "target length")
+    assert [r[:3] for r in rows[1:]] == [["512", "100", "1"], ["512", "100", "2"], ["512", "100", "4"],
+                                         ["1024", "200", "1"], ["1024", "200", "2"], ["1024", "200", "4"]]
+    assert rows[2][4] == f"{(500 * 100 + 4096) / 100000:.3f}" and rows[1][6] == "0.0"
+    fits = _table(report, "SP")
+    assert [r[3:] for r in fits[1:]] == [["1.000", "(base)"], ["0.500", "0.30: not met"], ["0.100", "0.15: met"]]
+
+
+@pytest.mark.slow
+def test_sp_memory_runs_sp_1_and_2(sp_memory, capsys):
+    """Two real launches (1 and 2 processes, ~1 min on 2 cores): every cell comes out, SP=2 saves less per rank."""
+    assert sp_memory.main(["--lengths", "128,256", "--sizes", "1,2"]) == 0
+    rows = _table(capsys.readouterr().out, "target length")
+    assert len(rows) == 5
+    assert all(float(r[4]) < 1 for r in rows[1:] if r[2] == "2")
