@@ -301,7 +301,9 @@ def test_reasoning_weight_on_a_family_without_reasoning_is_refused_before_anythi
     assert "family     Qwen3.5" in capsys.readouterr().out
 
 
-def test_a_chat_template_without_generation_markers_is_refused_by_the_dry_run(tmp_path, capsys):
+def test_a_chat_template_the_generic_rule_cannot_mask_is_refused_by_the_dry_run(tmp_path, capsys):
+    """An unmarked template takes the generic path (`vlsft.generic_masks`); one that writes no control token after
+    an assistant turn could never teach the model to stop, and the dry run refuses it, as the run would."""
     from vlsft.cli.train import main
 
     template = tmp_path / "plain.jinja"
@@ -310,4 +312,6 @@ def test_a_chat_template_without_generation_markers_is_refused_by_the_dry_run(tm
     raw["data"] = {"train": [{"path": "demo-shapes", "split": "train", "rows": 8}]}
     raw["training"]["chat_template_path"] = str(template)
     assert main(["--config", str(write_recipe(tmp_path / "recipe.yaml", raw)), "--dry-run"]) == 2
-    assert "needs a chat template with {% generation %} / {% endgeneration %} markers" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "the chat template ends an assistant turn with no control token" in error
+    assert "chat_template_path" in error  # the fix
