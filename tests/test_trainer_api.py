@@ -14,6 +14,7 @@ from trl import SFTConfig, SFTTrainer
 
 from tests.conftest import IMAGE, assistant, image, user
 from vlsft import VLSFTConfig, VLSFTTrainer
+from vlsft.collator import training_collator
 from vlsft.testing.tiny_qwen3_vl import save_tiny_qwen3_vl
 
 
@@ -138,3 +139,20 @@ def test_a_cpu_run_on_a_gpu_machine_defaults_to_fp32(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
     assert VLSFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True).bf16 is False
     assert VLSFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=True).bf16 is True  # asked for
+
+
+@pytest.mark.parametrize("padding_free", [False, True])
+def test_the_supervised_share_of_each_logged_step_is_logged(tiny, tmp_path, padding_free):
+    """`supervised_share`: the supervised targets over the real (non-padding) tokens since the last log, so a run's
+    curves show how much of each batch trains; padded and padding-free batches of the same rows log the same share."""
+    model, processor = tiny
+    args = VLSFTConfig(**quick(tmp_path, padding_free=padding_free) | {
+        "max_steps": 2, "per_device_train_batch_size": 4})
+    trainer = VLSFTTrainer(copy.deepcopy(model), args=args, train_dataset=dataset(), processing_class=processor)
+    trainer.train()
+    padded = training_collator(processor, VLSFTConfig(**quick(tmp_path)))([dataset()[i] for i in range(4)])
+    expected = int((padded["labels"][:, 1:] != -100).sum()) / int(padded["attention_mask"].sum())
+    shares = [entry["supervised_share"] for entry in trainer.state.log_history if "supervised_share" in entry]
+    assert len(shares) == 2
+    assert shares == pytest.approx([expected, expected], rel=1e-9)
+    assert 0 < expected < 0.5  # the prompt and the image tokens outnumber the answers

@@ -204,18 +204,35 @@ def _load_balancing_loss_func(model_class: type):
 # -- sums of an optimizer step (used by `VLSFTTrainer`) ----------------------------------------------------------
 
 
-def step_sums_over_ranks(accelerator, outputs: SupervisedLossOutput, mode: str) -> torch.Tensor:
-    """[num_correct, num_tokens, summed (weighted) NLL, summed weight] of this micro-batch over every rank, exactly.
+def step_sums_over_ranks(accelerator, outputs: SupervisedLossOutput, mode: str, input_tokens: int = 0) -> torch.Tensor:
+    """[num_correct, num_tokens, summed (weighted) NLL, summed weight, input tokens] of this micro-batch over every
+    rank, exactly; `input_tokens` is the micro-batch's real (non-padding) tokens on this rank.
 
     Training: an all-reduce. Evaluation: accelerate pads the last eval batch of each rank with duplicate rows (so
     every rank runs the same forwards, which ZeRO-3 needs); the per-row sums are gathered and accelerate drops
-    exactly those duplicates (`gather_for_metrics` trims samples, and here a sample is a row)."""
+    exactly those duplicates (`gather_for_metrics` trims samples, and here a sample is a row); input tokens are not
+    counted there (0)."""
     if mode == "eval" and outputs.row_sums is not None:
-        return accelerator.gather_for_metrics(outputs.row_sums).sum(0).cpu()
+        sums = accelerator.gather_for_metrics(outputs.row_sums).sum(0).cpu()
+        return torch.cat([sums.double(), sums.new_zeros(1, dtype=torch.float64)])
+    device = outputs.nll_sum.device
     stats = torch.stack(
-        [outputs.num_correct.double(), outputs.num_tokens.double(), outputs.nll_sum.double(), outputs.weight_sum.double()]
+        [
+            outputs.num_correct.double(),
+            outputs.num_tokens.double(),
+            outputs.nll_sum.double(),
+            outputs.weight_sum.double(),
+            torch.tensor(float(input_tokens), dtype=torch.float64, device=device),
+        ]
     ).detach()
     return accelerator.reduce(stats, reduction="sum").cpu()
+
+
+def real_token_count(inputs) -> int:
+    """The real (non-padding) tokens of a collated micro-batch: its attention mask's ones, or every token of a pack
+    (packed and padding-free batches have no padding and no mask)."""
+    mask = inputs.get("attention_mask")
+    return int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
 
 
 def summed_label_weight(batch) -> torch.Tensor:

@@ -39,6 +39,7 @@ from vlsft.model_parts import check_model_parts
 from vlsft.loss import (
     attach_supervised_head,
     positive_or_one,
+    real_token_count,
     step_sums_over_ranks,
     summed_label_weight,
 )
@@ -159,9 +160,9 @@ class VLSFTTrainer(KillSafeCheckpoints, PackedTraining, RowsNamedByIndex, SFTTra
             check_liger_supports(base_model)
         check_model_parts(base_model)  # a model without a family record: its parts found by transformers' names
         attach_supervised_head(base_model, chunk_size=args.loss_chunk_size, loss_type=args.loss_type)
-        # [num_correct, num_supervised, summed (weighted) NLL, summed weight] since the last log, per mode; summed over
-        # ranks.
-        self._token_stats = {"train": torch.zeros(4, dtype=torch.float64), "eval": torch.zeros(4, dtype=torch.float64)}
+        # [num_correct, num_supervised, summed (weighted) NLL, summed weight, input tokens] since the last log, per
+        # mode; summed over ranks.
+        self._token_stats = {"train": torch.zeros(5, dtype=torch.float64), "eval": torch.zeros(5, dtype=torch.float64)}
         self._total_supervised_tokens = 0
         self._total_supervised_weight = 0.0
         self.preemption = PreemptionCallback(self.accelerator)
@@ -254,7 +255,9 @@ class VLSFTTrainer(KillSafeCheckpoints, PackedTraining, RowsNamedByIndex, SFTTra
             steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss.to(loss.device) / steps
 
-        self._token_stats[mode] += step_sums_over_ranks(self.accelerator, outputs, mode)
+        # The ranks of a sequence-parallel group hold the same rows, each whole before the model splits it.
+        input_tokens = real_token_count(inputs) / self.args.sequence_parallel_size
+        self._token_stats[mode] += step_sums_over_ranks(self.accelerator, outputs, mode, input_tokens)
         return (loss, outputs) if return_outputs else loss
 
     def _get_num_items_in_batch(self, batch_samples, device):
@@ -278,9 +281,11 @@ class VLSFTTrainer(KillSafeCheckpoints, PackedTraining, RowsNamedByIndex, SFTTra
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
-        correct, total, nll_sum, weight_sum = self._token_stats[mode].tolist()
+        correct, total, nll_sum, weight_sum, input_tokens = self._token_stats[mode].tolist()
         if total > 0:
             self._metrics[mode]["mean_token_accuracy"] = [correct / total]
+        if input_tokens > 0:  # the share of the real tokens trained on since the last log (training only)
+            self._metrics[mode]["supervised_share"] = [total / input_tokens]
         if mode == "eval" and total > 0:
             # `Trainer` averages per-batch losses; the eval loss is the token-weighted mean over the whole eval set,
             # the same quantity the training loss is for a step.
