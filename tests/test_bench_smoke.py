@@ -12,12 +12,17 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
 
 
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("vlsft_bench", BENCH)
+def load_script(name: str, path: Path):
+    """The benchmark script at `path` imported as module `name` (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_script("vlsft_bench", BENCH)
 
 
 def _table(report: str, first_header: str) -> list[list[str]]:
@@ -111,10 +116,7 @@ SP_MEMORY = BENCH.with_name("sp_memory.py")
 
 @pytest.fixture(scope="module")
 def sp_memory():
-    spec = importlib.util.spec_from_file_location("vlsft_sp_memory", SP_MEMORY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("vlsft_sp_memory", SP_MEMORY)
 
 
 def test_saved_activations_count_each_storage_once_without_parameters(sp_memory):

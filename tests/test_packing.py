@@ -99,6 +99,14 @@ def assert_packed_equals_padded(model, padded, packed, lengths):
     return packed_logits
 
 
+def assert_same_sgd_step(start, padded, packed):
+    """The packed trainer's weights after its step equal the padded trainer's (1e-4 of the update, which is real)."""
+    after_padded = dict(padded.model.named_parameters())
+    update = max((after_padded[n] - start[n]).abs().max() for n in start)
+    difference = max((after_padded[n] - p).abs().max() for n, p in packed.model.named_parameters())
+    assert update > 1e-3 and difference <= 1e-4 * update, float(difference / update)
+
+
 # -- the plan ------------------------------------------------------------------------------------------------------
 
 
@@ -314,10 +322,7 @@ def test_packed_video_step_equals_the_padded_step(tiny, clips, tmp_path):
     padded.train()
     packed.train()
     assert packed.state.log_history[0]["num_supervised_tokens"] == padded.state.log_history[0]["num_supervised_tokens"]
-    after_padded = dict(padded.model.named_parameters())
-    update = max((after_padded[n] - start[n]).abs().max() for n in start)
-    difference = max((after_padded[n] - p).abs().max() for n, p in packed.model.named_parameters())
-    assert update > 1e-3 and difference <= 1e-4 * update, float(difference / update)
+    assert_same_sgd_step(start, padded, packed)
 
 
 # -- refusals ------------------------------------------------------------------------------------------------------
@@ -359,10 +364,7 @@ def test_one_packed_sgd_step_equals_the_padded_step(tiny, tmp_path):
     batch = next(iter(packed.get_train_dataloader()))  # what the packed step trained on: both packs, one sequence
     assert batch["input_ids"].shape == (1, 29 + 62 + 25 + 50) and batch["position_ids"].shape == (4, 1, 166)
     assert packed.state.log_history[0]["num_supervised_tokens"] == padded.state.log_history[0]["num_supervised_tokens"]
-    after_padded = dict(padded.model.named_parameters())
-    update = max((after_padded[n] - start[n]).abs().max() for n in start)
-    difference = max((after_padded[n] - p).abs().max() for n, p in packed.model.named_parameters())
-    assert update > 1e-3 and difference <= 1e-4 * update, float(difference / update)
+    assert_same_sgd_step(start, padded, packed)
 
 
 def test_packed_weighted_step_equals_the_padded_weighted_step(tiny, tmp_path):
@@ -383,10 +385,7 @@ def test_packed_weighted_step_equals_the_padded_weighted_step(tiny, tmp_path):
     padded.train()
     packed.train()
     assert packed.state.log_history[0]["loss"] == pytest.approx(padded.state.log_history[0]["loss"], rel=1e-5)
-    after_padded = dict(padded.model.named_parameters())
-    update = max((after_padded[n] - start[n]).abs().max() for n in start)
-    difference = max((after_padded[n] - p).abs().max() for n, p in packed.model.named_parameters())
-    assert update > 1e-3 and difference <= 1e-4 * update, float(difference / update)
+    assert_same_sgd_step(start, padded, packed)
 
 
 def test_padding_free_step_equals_the_padded_step_and_unsupported_models_are_refused(tiny, tmp_path):
@@ -399,10 +398,7 @@ def test_padding_free_step_equals_the_padded_step_and_unsupported_models_are_ref
     assert next(iter(free.get_train_dataloader()))["input_ids"].shape == (1, 166)
     padded.train()
     free.train()
-    after = dict(padded.model.named_parameters())
-    update = max((after[n] - start[n]).abs().max() for n in start)
-    difference = max((after[n] - p).abs().max() for n, p in free.model.named_parameters())
-    assert update > 1e-3 and difference <= 1e-4 * update, float(difference / update)
+    assert_same_sgd_step(start, padded, free)
 
     gemma, gemma_processor = tiny_family("gemma3")
     with pytest.raises(ValueError, match="packing is not supported for the Gemma 3 family"):  # from the processor

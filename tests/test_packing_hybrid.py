@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from tests.test_loss import make_trainer
-from tests.test_packing import assert_packed_equals_padded, family_rows, forward, spans
+from tests.test_packing import assert_packed_equals_padded, assert_same_sgd_step, family_rows, forward, spans
 from vlsft.collator import VisionChatCollator
 from vlsft.families import QWEN3_5_FAMILIES
 from vlsft.packing import check_packing_support
@@ -117,10 +117,7 @@ def test_one_packed_hybrid_step_equals_the_padded_step(architecture, tmp_path):
     padded.train()
     packed.train()
     assert packed.state.log_history[0]["num_supervised_tokens"] == padded.state.log_history[0]["num_supervised_tokens"]
-    after_padded = dict(padded.model.named_parameters())
-    update = max((after_padded[n] - start[n]).abs().max() for n in start)
-    difference = max((after_padded[n] - p).abs().max() for n, p in packed.model.named_parameters())
-    assert update > 1e-3 and difference <= 1e-4 * update, float(difference / update)
+    assert_same_sgd_step(start, padded, packed)
 
 
 def test_every_qwen3_5_template_packs_its_models():

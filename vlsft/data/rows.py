@@ -92,13 +92,18 @@ def load_image(value: Any, image_root: str | None = None) -> Image.Image:
     return image if image.mode == "RGB" else Image.fromarray(convert_to_rgb(image, return_numpy=True))
 
 
-def _open_file(path: str | os.PathLike, image_root: str | None) -> Image.Image:
-    text = os.fspath(path)
+def refuse_remote(text: str | bytes, kind: str, error: type[ValueError]) -> None:
+    """Raise `error` if the path `text` names a remote `kind` ("image", "video"): vlsft never fetches one."""
     if isinstance(text, str) and text.lower().startswith(REMOTE_PREFIXES):
-        raise ImageLoadError(
-            f"{text} is a remote image, and vlsft does not fetch remote images: download it and pass its local path "
+        raise error(
+            f"{text} is a remote {kind}, and vlsft does not fetch remote {kind}s: download it and pass its local path "
             "(or its bytes as `{'bytes': ...}`)"
         )
+
+
+def _open_file(path: str | os.PathLike, image_root: str | None) -> Image.Image:
+    text = os.fspath(path)
+    refuse_remote(text, "image", ImageLoadError)
     resolved = resolve_path(text, image_root)
     # `Image.open` on a FIFO or a device blocks or reads forever: only regular files (after symlinks) are images.
     mode = os.stat(resolved).st_mode  # FileNotFoundError for a missing file or a dangling link

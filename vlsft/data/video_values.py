@@ -13,7 +13,7 @@ from typing import Any
 
 from PIL import Image
 
-from vlsft.data.rows import REMOTE_PREFIXES, ImageLoadError, load_image, resolve_path
+from vlsft.data.rows import ImageLoadError, load_image, refuse_remote, resolve_path
 
 # The keys a video dict may hold: a file (`datasets` style) or a frame list. Any other key would be ignored, so it is
 # refused (None values are Arrow's union of keys across rows).
@@ -48,11 +48,7 @@ def video_source(value: Any, root: str | None):
 def _video_file(value: str | os.PathLike, root: str | None) -> str:
     """A local regular file's path, or why the value is not one (the same rules as an image path's)."""
     text = os.fspath(value)
-    if isinstance(text, str) and text.lower().startswith(REMOTE_PREFIXES):
-        raise VideoLoadError(
-            f"{text} is a remote video, and vlsft does not fetch remote videos: download it and pass its local path "
-            "(or its bytes as `{'bytes': ...}`)"
-        )
+    refuse_remote(text, "video", VideoLoadError)
     path = resolve_path(text, root)
     try:
         mode = os.stat(path).st_mode

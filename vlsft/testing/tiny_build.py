@@ -35,3 +35,17 @@ def instantiate(model_class, config, processor, seed: int):
     model.generation_config.eos_token_id = text_config.eos_token_id
     model.generation_config.pad_token_id = text_config.pad_token_id
     return model, processor
+
+
+def mistral_text_config(tokenizer, hidden_size: int) -> dict:
+    """The text config of a tiny Mistral language model (full attention) over `tokenizer`, as Mistral 3 and LLaVA-NeXT
+    both use it."""
+    return dict(
+        model_type="mistral",
+        vocab_size=len(tokenizer),
+        **language_model_sizes(hidden_size),
+        sliding_window=None,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )

@@ -33,7 +33,13 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from vlsft.testing.tiny_build import HIDDEN, VISION_ENCODER_SIZES, instantiate, language_model_sizes
+from vlsft.testing.tiny_build import (
+    HIDDEN,
+    VISION_ENCODER_SIZES,
+    instantiate,
+    language_model_sizes,
+    mistral_text_config,
+)
 from vlsft.testing.tiny_tokenizers import FAMILY_CORPUS
 from vlsft.testing.tiny_qwen3_vl import _CORPUS, train_byte_level_bpe
 
@@ -214,15 +220,7 @@ def build_tiny_mistral3(seed: int = 0, hidden_size: int = HIDDEN):
         chat_template=MISTRAL3_FORMAT_TEMPLATE,
     )
     config = Mistral3Config(
-        text_config=dict(
-            model_type="mistral",
-            vocab_size=len(tokenizer),
-            **language_model_sizes(hidden_size),
-            sliding_window=None,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-        ),
+        text_config=mistral_text_config(tokenizer, hidden_size),
         vision_config=dict(model_type="pixtral", **VISION_ENCODER_SIZES, image_size=64, patch_size=8, head_dim=16),
         image_token_index=tokenizer.convert_tokens_to_ids("[IMG]"),
         spatial_merge_size=2,

@@ -20,7 +20,13 @@ from transformers import (
 )
 
 from vlsft.templates import stock_template
-from vlsft.testing.tiny_build import HIDDEN, VISION_ENCODER_SIZES, instantiate, language_model_sizes
+from vlsft.testing.tiny_build import (
+    HIDDEN,
+    VISION_ENCODER_SIZES,
+    instantiate,
+    language_model_sizes,
+    mistral_text_config,
+)
 from vlsft.testing.tiny_tokenizers import train_llama3_tokenizer, train_mistral_tokenizer, train_smolvlm_tokenizer
 
 
@@ -93,15 +99,7 @@ def build_tiny_llava_next(seed: int = 0, hidden_size: int = HIDDEN):
         chat_template=stock_template("llava_next"),
     )
     config = LlavaNextConfig(
-        text_config=dict(
-            model_type="mistral",
-            vocab_size=len(tokenizer),
-            **language_model_sizes(hidden_size),
-            sliding_window=None,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-        ),
+        text_config=mistral_text_config(tokenizer, hidden_size),
         vision_config=dict(
             model_type="clip_vision_model",
             **VISION_ENCODER_SIZES,
