@@ -91,3 +91,22 @@ def test_a_template_that_writes_no_stop_token_at_all_is_refused_with_the_fix():
     template = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
     with pytest.raises(ValueError, match="no control token.*chat_template_path"):
         end_of_turn_token(renderer(template), CONTROL)
+
+
+# Mistral's Pixtral-style templates: the system prompt is written into the user message that is the last message.
+SYSTEM_IN_LAST_USER = (
+    "{% if messages[0].role == 'system' %}{% set system = messages[0].content %}{% set rest = messages[1:] %}"
+    "{% else %}{% set rest = messages %}{% endif %}"
+    "{% for m in rest %}{% if m.role == 'user' %}[INST]{% if loop.last and system is defined %}{{ system }}\n\n"
+    "{% endif %}{{ m.content }}[/INST]{% else %}{{ m.content }}</s>{% endif %}{% endfor %}"
+)
+
+
+def test_a_template_that_moves_the_system_prompt_to_the_last_user_message_is_refused_naming_the_message():
+    """At inference the system prompt sits in the prompt the first answer follows; in the whole conversation it has
+    moved on, so the first answer has no rendering that is both: the row is refused, never masked by guess."""
+    control = ("[INST]", "[/INST]", "</s>")
+    with pytest.raises(PrefixRuleError, match=r"message 2 \(assistant\)"):
+        assistant_spans(renderer(SYSTEM_IN_LAST_USER), CONVERSATION, control)
+    text, spans = assistant_spans(renderer(SYSTEM_IN_LAST_USER), CONVERSATION[1:], control)  # no system prompt
+    assert turns(text, spans) == ["Hi there.</s>", "Red.</s>"]
