@@ -9,9 +9,15 @@ from transformers import (
     Cohere2VisionForConditionalGeneration,
     Cohere2VisionImageProcessor,
     Cohere2VisionProcessor,
+    Lfm3VlConfig,
+    Lfm3VlForConditionalGeneration,
+    Lfm3VlProcessor,
+    Qwen2VLImageProcessor,
+    Qwen3VLVideoProcessor,
 )
 
-from vlsft.testing.tiny_build import HIDDEN, VISION_ENCODER_SIZES, instantiate
+from vlsft.testing.tiny_build import HIDDEN, VISION_ENCODER_SIZES, instantiate, language_model_sizes
+from vlsft.testing.tiny_generic import _byte_level_tokenizer, trl_template
 from vlsft.testing.tiny_generic_aya import (
     COHERE_IMAGE_TOKENS,
     cohere2_text_config,
@@ -51,3 +57,65 @@ def build_tiny_cohere2_vision(seed: int = 0, hidden_size: int = HIDDEN):
         tie_word_embeddings=False,
     )
     return instantiate(Cohere2VisionForConditionalGeneration, config, processor, seed)
+
+
+# -- LFM3-VL -------------------------------------------------------------------------------------------------------
+
+def lfm3_vl_format_template() -> str:
+    """LFM3-VL's chat format, written for these tests (TRL ships no LFM3 template, and the checkpoint's cannot be
+    downloaded here): Liquid AI's LFM2.5-VL template as TRL ships it (ChatML turns, `<think>` reasoning kept only after
+    the last user message, Pythonic tool calls), its image item written as LFM3-VL's Qwen-style
+    `<|vision_start|><|image_pad|><|vision_end|>` (`Lfm3VlProcessor` expands only the pad), and a video item as
+    `<|video_pad|>` (the processor writes each frame's `<|vision_start|>` ... `<|vision_end|>` itself)."""
+    text = trl_template("lfm2_2_5_vl")
+    image, text_item = '+ "<image>" -%}', '{%- elif item is mapping and item.get("type") == "text" -%}'
+    assert text.count(image) == 1 and text.count(text_item) == 1, "TRL's LFM2.5-VL template changed its media items"
+    video_item = '{%- elif item is mapping and item.get("type") == "video" -%}{%- set _ns.result = _ns.result + "<|video_pad|>" -%}'
+    return text.replace(image, '+ "<|vision_start|><|image_pad|><|vision_end|>" -%}').replace(text_item, video_item + text_item)
+
+
+def build_tiny_lfm3_vl(seed: int = 0, hidden_size: int = HIDDEN):
+    """LFM3-VL: `Lfm3VlForConditionalGeneration` (a conv/attention ViT over Qwen-style flattened patches, a merging
+    projector, an LFM3 hybrid language model) + `Lfm3VlProcessor` (Qwen2-VL's image processor, Qwen3-VL's video
+    processor) with `lfm3_vl_format_template()`. 8 px patches merged 2x2: a 64 px image makes 16 tokens at most."""
+    named = {
+        "image_token": "<|image_pad|>", "video_token": "<|video_pad|>", "vision_start_token": "<|vision_start|>",
+        "vision_end_token": "<|vision_end|>",
+    }
+    special = [
+        "<|pad|>", "<|startoftext|>", "<|im_start|>", "<|im_end|>", *named.values(), "<think>", "</think>",
+        "<|tool_call_start|>", "<|tool_call_end|>",
+    ]
+    tokenizer = _byte_level_tokenizer(
+        special, named, bos_token="<|startoftext|>", eos_token="<|im_end|>", pad_token="<|pad|>"
+    )
+    vision = dict(patch_size=8, merge_size=2, temporal_patch_size=2, size={"shortest_edge": 16 * 16, "longest_edge": 64 * 64})
+    processor = Lfm3VlProcessor(
+        image_processor=Qwen2VLImageProcessor(**vision),
+        tokenizer=tokenizer,
+        video_processor=Qwen3VLVideoProcessor(**vision),
+        chat_template=lfm3_vl_format_template(),
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    config = Lfm3VlConfig(
+        text_config=dict(
+            model_type="lfm3",
+            vocab_size=len(tokenizer),
+            **language_model_sizes(hidden_size),
+            layer_types=["conv", "full_attention"],
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+        ),
+        vision_config=dict(
+            **VISION_ENCODER_SIZES, num_key_value_heads=2, patch_size=8, spatial_merge_size=2, temporal_patch_size=2,
+            layer_types=["conv", "full_attention"],
+        ),
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+        projector_hidden_size=32,
+        tie_word_embeddings=False,
+    )
+    return instantiate(Lfm3VlForConditionalGeneration, config, processor, seed)
