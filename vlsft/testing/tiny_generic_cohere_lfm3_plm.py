@@ -12,6 +12,11 @@ from transformers import (
     Lfm3VlConfig,
     Lfm3VlForConditionalGeneration,
     Lfm3VlProcessor,
+    PerceptionLMConfig,
+    PerceptionLMForConditionalGeneration,
+    PerceptionLMImageProcessor,
+    PerceptionLMProcessor,
+    PerceptionLMVideoProcessor,
     Qwen2VLImageProcessor,
     Qwen3VLVideoProcessor,
 )
@@ -119,3 +124,74 @@ def build_tiny_lfm3_vl(seed: int = 0, hidden_size: int = HIDDEN):
         tie_word_embeddings=False,
     )
     return instantiate(Lfm3VlForConditionalGeneration, config, processor, seed)
+
+
+# -- Perception LM -------------------------------------------------------------------------------------------------
+
+# Perception LM's chat format (Llama 3's header tokens), as the checkpoint's template renders it (transformers'
+# PerceptionLM processor tests carry that template; it cannot be downloaded here): a system turn always (the default
+# vision-assistant prompt when the conversation has none), then each message's images, its videos, and its text
+# items trimmed, in that order, each turn ended by `<|eot_id|>`.
+PERCEPTION_LM_FORMAT_TEMPLATE = (
+    "{{- bos_token -}}"
+    "{%- if messages[0].role == 'system' -%}"
+    "{%- set system_message = messages[0].content | trim -%}{%- set messages = messages[1:] -%}"
+    "{%- else -%}"
+    "{%- set system_message = 'You are a helpful language and vision assistant. You are able to understand the visual "
+    "content that the user provides, and assist the user with a variety of tasks using natural language.' -%}"
+    "{%- endif -%}"
+    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' + system_message + '<|eot_id|>' -}}"
+    "{%- for message in messages -%}"
+    "{{- '<|start_header_id|>' + message.role + '<|end_header_id|>\\n\\n' -}}"
+    "{%- for item in message.content | selectattr('type', 'equalto', 'image') -%}<|image|>{%- endfor -%}"
+    "{%- for item in message.content | selectattr('type', 'equalto', 'video') -%}<|video|>{%- endfor -%}"
+    "{%- for item in message.content | selectattr('type', 'equalto', 'text') -%}{{ item.text | trim }}{%- endfor -%}"
+    "<|eot_id|>"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}{%- endif -%}"
+)
+
+
+def build_tiny_perception_lm(seed: int = 0, hidden_size: int = HIDDEN):
+    """Perception LM: `PerceptionLMForConditionalGeneration` (a Perception Encoder ViT through timm, an MLP projector
+    with 2x2 average pooling, a Llama language model) + `PerceptionLMProcessor` with `PERCEPTION_LM_FORMAT_TEMPLATE`.
+    Tiles of 32 px (a thumbnail, plus 2 tiles for a wide or tall image) of 8 px patches, pooled 2x2: 4 tokens a tile.
+    Needs `timm` (the test extra), as the checkpoint's vision tower does."""
+    named = {"image_token": "<|image|>", "video_token": "<|video|>"}
+    special = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+               *named.values()]
+    tokenizer = _byte_level_tokenizer(
+        special, named, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", pad_token="<|end_of_text|>"
+    )
+    processor = PerceptionLMProcessor(
+        video_processor=PerceptionLMVideoProcessor(size={"height": 32, "width": 32}),
+        image_processor=PerceptionLMImageProcessor(tile_size=32, max_num_tiles=2, size={"height": 32, "width": 32}),
+        tokenizer=tokenizer,
+        patch_size=8,
+        pooling_ratio=2,
+        chat_template=PERCEPTION_LM_FORMAT_TEMPLATE,
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    config = PerceptionLMConfig(
+        text_config=dict(
+            model_type="llama",
+            vocab_size=len(tokenizer),
+            **language_model_sizes(hidden_size),
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+        ),
+        # The checkpoint's PE-core ViT (a class token, 2D rope), 2 layers of width 32 over 32 px tiles.
+        vision_config=dict(
+            model_type="timm_wrapper",
+            architecture="vit_pe_core_tiny_patch16_384",
+            model_args=dict(embed_dim=32, depth=2, num_heads=2, patch_size=8, img_size=32, ref_feat_shape=(4, 4),
+                            global_pool=""),
+        ),
+        vision_use_cls_token=True,
+        projector_pooling_ratio=2,
+        image_token_id=ids("<|image|>"),
+        video_token_id=ids("<|video|>"),
+        tie_word_embeddings=False,
+    )
+    return instantiate(PerceptionLMForConditionalGeneration, config, processor, seed)

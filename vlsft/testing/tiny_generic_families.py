@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from vlsft.testing.tiny_generic import build_tiny_glm4v, build_tiny_internvl, build_tiny_lfm2_vl, build_tiny_mistral3
 from vlsft.testing.tiny_generic_aya import build_tiny_aya_vision
-from vlsft.testing.tiny_generic_cohere_lfm3_plm import build_tiny_cohere2_vision, build_tiny_lfm3_vl
+from vlsft.testing.tiny_generic_cohere_lfm3_plm import (
+    build_tiny_cohere2_vision,
+    build_tiny_lfm3_vl,
+    build_tiny_perception_lm,
+)
 
 GENERIC_BUILDERS = {
     "lfm2_vl": build_tiny_lfm2_vl,
@@ -15,4 +19,5 @@ GENERIC_BUILDERS = {
     "aya_vision": build_tiny_aya_vision,
     "cohere2_vision": build_tiny_cohere2_vision,
     "lfm3_vl": build_tiny_lfm3_vl,
+    "perception_lm": build_tiny_perception_lm,
 }
