@@ -152,6 +152,19 @@ PERCEPTION_LM_FORMAT_TEMPLATE = (
 )
 
 
+def perception_lm_processor(tokenizer) -> PerceptionLMProcessor:
+    """`PerceptionLMProcessor` over `tokenizer` (which names `image_token` and `video_token`), with
+    `PERCEPTION_LM_FORMAT_TEMPLATE`: 32 px tiles of 8 px patches, pooled 2x2."""
+    return PerceptionLMProcessor(
+        video_processor=PerceptionLMVideoProcessor(size={"height": 32, "width": 32}),
+        image_processor=PerceptionLMImageProcessor(tile_size=32, max_num_tiles=2, size={"height": 32, "width": 32}),
+        tokenizer=tokenizer,
+        patch_size=8,
+        pooling_ratio=2,
+        chat_template=PERCEPTION_LM_FORMAT_TEMPLATE,
+    )
+
+
 def build_tiny_perception_lm(seed: int = 0, hidden_size: int = HIDDEN):
     """Perception LM: `PerceptionLMForConditionalGeneration` (a Perception Encoder ViT through timm, an MLP projector
     with 2x2 average pooling, a Llama language model) + `PerceptionLMProcessor` with `PERCEPTION_LM_FORMAT_TEMPLATE`.
@@ -163,14 +176,7 @@ def build_tiny_perception_lm(seed: int = 0, hidden_size: int = HIDDEN):
     tokenizer = _byte_level_tokenizer(
         special, named, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", pad_token="<|end_of_text|>"
     )
-    processor = PerceptionLMProcessor(
-        video_processor=PerceptionLMVideoProcessor(size={"height": 32, "width": 32}),
-        image_processor=PerceptionLMImageProcessor(tile_size=32, max_num_tiles=2, size={"height": 32, "width": 32}),
-        tokenizer=tokenizer,
-        patch_size=8,
-        pooling_ratio=2,
-        chat_template=PERCEPTION_LM_FORMAT_TEMPLATE,
-    )
+    processor = perception_lm_processor(tokenizer)
     ids = tokenizer.convert_tokens_to_ids
     config = PerceptionLMConfig(
         text_config=dict(
