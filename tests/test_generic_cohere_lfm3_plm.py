@@ -66,7 +66,8 @@ def test_videos_are_refused_by_row(family):
     collate = VisionChatCollator(processor, processor.chat_template)
     name = type(processor).__name__
     messages = [user({"type": "video"}, "What happens?"), assistant("A dot moves.")]
-    with pytest.raises(RowError, match=rf"batch row 0: message 0 has a 'video' item: vlsft trains {name} \(generic path\)"):
+    refused = rf"batch row 0: message 0 has a 'video' item: vlsft trains {name} \(generic path\)"
+    with pytest.raises(RowError, match=refused):
         collate([{"messages": messages, "images": []}])
     with pytest.raises(RowError, match=rf"{name} \(generic path\) is not trained on videos by vlsft"):
         collate([{"messages": [user("What happens?"), messages[1]], "images": [], "videos": ["clip.mp4"]}])

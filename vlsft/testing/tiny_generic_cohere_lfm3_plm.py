@@ -46,7 +46,6 @@ def build_tiny_cohere2_vision(seed: int = 0, hidden_size: int = HIDDEN):
     2, plus the thumbnail when there are 2) of 8 px patches, pixel-shuffled by 2: 2x2 tokens a tile."""
     named = dict(zip(("boi_token", "eoi_token", "image_token", "img_line_break_token"), COHERE_IMAGE_TOKENS))
     tokenizer = cohere_tokenizer([*COHERE_IMAGE_TOKENS, "<|START_RESPONSE|>", "<|END_RESPONSE|>"], named)
-    tokenizer.image_token_id = tokenizer.convert_tokens_to_ids(named["image_token"])  # the processor reads it
     processor = Cohere2VisionProcessor(
         # `patch_size`: the tokens along a tile's side after the pixel shuffle (the checkpoint's 512 / 16 / 2 = 16).
         image_processor=Cohere2VisionImageProcessor(size={"height": 32, "width": 32}, max_patches=2, patch_size=2),
@@ -75,8 +74,12 @@ def lfm3_vl_format_template() -> str:
     text = trl_template("lfm2_2_5_vl")
     image, text_item = '+ "<image>" -%}', '{%- elif item is mapping and item.get("type") == "text" -%}'
     assert text.count(image) == 1 and text.count(text_item) == 1, "TRL's LFM2.5-VL template changed its media items"
-    video_item = '{%- elif item is mapping and item.get("type") == "video" -%}{%- set _ns.result = _ns.result + "<|video_pad|>" -%}'
-    return text.replace(image, '+ "<|vision_start|><|image_pad|><|vision_end|>" -%}').replace(text_item, video_item + text_item)
+    video_item = (
+        '{%- elif item is mapping and item.get("type") == "video" -%}'
+        '{%- set _ns.result = _ns.result + "<|video_pad|>" -%}'
+    )
+    image_item = '+ "<|vision_start|><|image_pad|><|vision_end|>" -%}'
+    return text.replace(image, image_item).replace(text_item, video_item + text_item)
 
 
 def build_tiny_lfm3_vl(seed: int = 0, hidden_size: int = HIDDEN):
@@ -94,7 +97,8 @@ def build_tiny_lfm3_vl(seed: int = 0, hidden_size: int = HIDDEN):
     tokenizer = _byte_level_tokenizer(
         special, named, bos_token="<|startoftext|>", eos_token="<|im_end|>", pad_token="<|pad|>"
     )
-    vision = dict(patch_size=8, merge_size=2, temporal_patch_size=2, size={"shortest_edge": 16 * 16, "longest_edge": 64 * 64})
+    size = {"shortest_edge": 16 * 16, "longest_edge": 64 * 64}
+    vision = dict(patch_size=8, merge_size=2, temporal_patch_size=2, size=size)
     processor = Lfm3VlProcessor(
         image_processor=Qwen2VLImageProcessor(**vision),
         tokenizer=tokenizer,
