@@ -25,6 +25,7 @@ from vlsft.collation.reasoning import (
     is_one_leading_block,
     reasoning_field_problems,
 )
+from vlsft.collation.template_clock import refuse_clock_reading, without_clock
 from vlsft.collation.template_kwargs import row_template_kwargs
 from vlsft.data.rows import normalize_messages, row_images
 from vlsft.families import FAMILIES
@@ -182,13 +183,14 @@ class RowRendering:
             rendered, marked = render_jinja_template(
                 [messages],
                 tools=tools,
-                chat_template=self.chat_template,
+                chat_template=without_clock(self.chat_template),
                 return_assistant_tokens_mask=self.assistant_only_loss,
                 add_generation_prompt=add_generation_prompt,
                 **self._template_kwargs,
                 **template_kwargs,
             )
             text, spans = rendered[0], [tuple(span) for span in marked[0]] if self.assistant_only_loss else []
+        refuse_clock_reading(text, self.chat_template)  # a row must render the same on every day
         if not add_generation_prompt:
             problems = dropped_reasoning_problems(messages, text, spans, self.family)
             if problems:
@@ -215,7 +217,7 @@ class RowRendering:
         rendered, _ = render_jinja_template(
             [messages],
             tools=tools,
-            chat_template=self.chat_template,
+            chat_template=without_clock(self.chat_template),
             add_generation_prompt=add_generation_prompt,
             **self._template_kwargs,
             **((self.template_kwargs or {}) if kwargs is None else kwargs),
