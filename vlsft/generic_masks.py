@@ -48,6 +48,23 @@ def _leading_control_token(text: str, control_tokens: tuple[str, ...]) -> str | 
     return next((token for token in control_tokens if stripped.startswith(token)), None)
 
 
+def _how_it_changes(through: str, text: str, control_tokens: tuple[str, ...], position: int) -> str:
+    """What changes in the rendering of message `position` once the later messages follow: its end-of-turn token
+    alone (Muse Glimmer ends a tool call with `<|eot|>` as the last message, `<|eom|>` before another assistant
+    message), or else its text."""
+    own_end = _ending_control_token(through, control_tokens)
+    if own_end is not None:
+        stem = through.rstrip()[: -len(own_end)]
+        later_end = _leading_control_token(text[len(stem) :], control_tokens) if text.startswith(stem) else None
+        if later_end is not None and later_end != own_end:
+            return (
+                f"the template ends it with {own_end} as the last message but with {later_end} once message "
+                f"{position + 1} follows (its end token depends on the next message; e.g. merge consecutive "
+                "assistant messages into one, with all its tool calls)"
+            )
+    return "its rendering changes once the later messages follow"
+
+
 def _refusal(position: int, what: str) -> PrefixRuleError:
     return PrefixRuleError(
         f"message {position} (assistant): {what}, so the incremental-rendering rule cannot tell what the model "
@@ -78,7 +95,7 @@ def assistant_spans(
         if not through.startswith(prompt):
             raise _refusal(position, "the template renders the turn without the generation prompt it gives at inference")
         if not text.startswith(through):
-            raise _refusal(position, "its rendering changes once the later messages follow")
+            raise _refusal(position, _how_it_changes(through, text, control_tokens, position))
         turn = through[len(prompt) :]
         end = len(through)
         end_token = _ending_control_token(turn, control_tokens)
