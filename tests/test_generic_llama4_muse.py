@@ -4,6 +4,7 @@ of `tests/test_generic_families.py`.
   that pins it (`vlsft.collation.template_clock`); pinned, or with a system message of its own, it trains.
 - Muse Glimmer ends a tool call with `<|eom|>` or `<|eot|>` depending on the next message: such a row is refused naming
   the message and both tokens; Llama 4 ends every tool call with `<|eot|>`, so the same row trains there.
+- Given tools, Llama 4's template writes the first user message's items as Python text: refused with the fix.
 - Llama 4's language model is a causal LM holding the LM head: the loss reads its decoder's hidden states and equals
   the model's own full-logits loss; its bfloat16 pixels go into a float32 model.
 """
@@ -18,7 +19,7 @@ from datasets import Dataset
 from transformers.utils.chat_template_utils import render_jinja_template
 from trl.data_utils import prepare_multimodal_messages
 
-from tests.conftest import IMAGE, assistant, image, tool, user, zoom_call
+from tests.conftest import IMAGE, TOOLS, assistant, image, tool, user, zoom_call
 from tests.test_families import rows_of_different_lengths, supervised_texts
 from tests.test_generic_families import rule_texts, tiny
 from vlsft import VLSFTConfig, VLSFTTrainer
@@ -99,6 +100,24 @@ def test_llama4_ends_every_tool_call_with_eot_so_a_tool_call_before_more_text_tr
     assert texts == rule_texts(processor, conversation)
     assert texts == ['<|python_start|><|python_end|>{"name": "zoom", "parameters": {"region": "left"}}<|eot|>',
                      "Zoomed.<|eot|>"]
+
+
+def test_llama4_rows_whose_content_its_template_writes_as_python_text_are_refused_with_the_fix():
+    """Given tools, Llama 4's template writes the first user message with `|trim`: a list of content items (as TRL's
+    data path gives every message) becomes `[{'type': 'text', ...}]`. Refused naming the message; with a system
+    message and `tools_in_user_message: false` the tools go to the system message and the row trains exactly."""
+    _, processor = tiny("llama4")
+    messages = [user("Zoom?"), assistant("", [zoom_call("left")]), tool("done"), assistant("A dot.")]
+    with pytest.raises(RowError, match=r"message 0: the chat template writes its content as Python text.*"
+                                       r"tools_in_user_message: false"):
+        VisionChatCollator(processor, processor.chat_template)([{**_row(*copy.deepcopy(messages)), "tools": TOOLS}])
+    kwargs = {"tools_in_user_message": False}
+    collate = VisionChatCollator(processor, processor.chat_template, template_kwargs=kwargs)
+    with_system = [{"role": "system", "content": "Use the tools."}, *copy.deepcopy(messages)]
+    batch = collate([{**_row(*copy.deepcopy(with_system)), "tools": TOOLS}])
+    texts = supervised_texts(processor.tokenizer, batch["input_ids"][0], batch["labels"][0])
+    assert texts == rule_texts(processor, as_content_items(with_system), TOOLS, **kwargs)
+    assert "zoom" in processor.tokenizer.decode(batch["input_ids"][0]).split("<|header_start|>user")[0]
 
 
 def test_muse_glimmer_videos_are_refused_by_row():

@@ -149,6 +149,34 @@ def refuse_uncollated_media(family: Family, messages: list[dict]) -> None:
                 )
 
 
+# How a content item reads where a template writes a message's list of items as a string (Python's text of it).
+_ITEM_AS_TEXT = "{'type': '"
+
+
+def refuse_content_as_python_text(text: str, messages: list[dict]) -> None:
+    """Raise `UnsupportedConversationError` if the template wrote a message's list of content items as Python text
+    (it reads that content as a string: Llama 4's writes the first user message with `|trim` when `tools` are given),
+    naming the message: the row would train on `[{'type': 'text', ...}]` and lose its images' placeholders."""
+    if _ITEM_AS_TEXT not in text:
+        return
+    items = [
+        (position, item)
+        for position, message in enumerate(messages)
+        for item in (message.get("content") if isinstance(message.get("content"), list) else ())
+        if isinstance(item, dict)
+    ]
+    if any(_ITEM_AS_TEXT in str(item.get("text") or "") for _, item in items):
+        return  # the data spells it out itself
+    position = next((position for position, item in items if repr(item) in text), None)
+    raise UnsupportedConversationError(
+        f"{'a message' if position is None else f'message {position}'}: the chat template writes its content as "
+        f"Python text ({_ITEM_AS_TEXT}...): it reads the content as a string where vlsft gives a list of items, as "
+        "TRL's data path does (Llama 4's template does so for the first user message when `tools` are given: give "
+        "the row a system message and set `tools_in_user_message: false` in `chat_template_kwargs`, which writes the "
+        "tools there)"
+    )
+
+
 def as_content_items(messages: list[dict]) -> list[dict]:
     """`messages` with each string content as one text item, as TRL's data path hands conversations to a stock
     template (many index `content[0]` or loop over items and render nothing of a string). The empty content of a

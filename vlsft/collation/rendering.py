@@ -30,7 +30,12 @@ from vlsft.collation.template_kwargs import row_template_kwargs
 from vlsft.data.rows import normalize_messages, row_images
 from vlsft.families import FAMILIES
 from vlsft.generic_family import added_tokens
-from vlsft.generic_masks import as_content_items, assistant_spans, refuse_uncollated_media
+from vlsft.generic_masks import (
+    as_content_items,
+    assistant_spans,
+    refuse_content_as_python_text,
+    refuse_uncollated_media,
+)
 from vlsft.templates import check_expressible, check_media, split_inline_reasoning
 
 # Stands in for an escaped control token in message text while the row is rendered (private-use characters, which no
@@ -177,6 +182,7 @@ class RowRendering:
         if self.generic_masks and not add_generation_prompt:
             render = partial(self.render_stock, tools=tools, kwargs=template_kwargs)  # (messages, add_generation_prompt)
             text, spans = assistant_spans(render, messages, self.control_tokens)
+            refuse_content_as_python_text(text, messages)
         elif self.generic_masks:
             text, spans = self.render_stock(messages, True, tools, template_kwargs), []
         else:
