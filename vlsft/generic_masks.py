@@ -48,6 +48,23 @@ def _leading_control_token(text: str, control_tokens: tuple[str, ...]) -> str | 
     return next((token for token in control_tokens if stripped.startswith(token)), None)
 
 
+def _how_it_changes(through: str, text: str, control_tokens: tuple[str, ...], position: int) -> str:
+    """What changes in the rendering of message `position` once the later messages follow: its end-of-turn token
+    alone (Muse Glimmer ends a tool call with `<|eot|>` as the last message, `<|eom|>` before another assistant
+    message), or else its text."""
+    own_end = _ending_control_token(through, control_tokens)
+    if own_end is not None:
+        stem = through.rstrip()[: -len(own_end)]
+        later_end = _leading_control_token(text[len(stem) :], control_tokens) if text.startswith(stem) else None
+        if later_end is not None and later_end != own_end:
+            return (
+                f"the template ends it with {own_end} as the last message but with {later_end} once message "
+                f"{position + 1} follows (its end token depends on the next message; e.g. merge consecutive "
+                "assistant messages into one, with all its tool calls)"
+            )
+    return "its rendering changes once the later messages follow"
+
+
 def _refusal(position: int, what: str) -> PrefixRuleError:
     return PrefixRuleError(
         f"message {position} (assistant): {what}, so the incremental-rendering rule cannot tell what the model "
@@ -78,7 +95,7 @@ def assistant_spans(
         if not through.startswith(prompt):
             raise _refusal(position, "the template renders the turn without the generation prompt it gives at inference")
         if not text.startswith(through):
-            raise _refusal(position, "its rendering changes once the later messages follow")
+            raise _refusal(position, _how_it_changes(through, text, control_tokens, position))
         turn = through[len(prompt) :]
         end = len(through)
         end_token = _ending_control_token(turn, control_tokens)
@@ -130,6 +147,34 @@ def refuse_uncollated_media(family: Family, messages: list[dict]) -> None:
                     "images only; drop it (a video can be given as its frames, as images) or skip such rows with "
                     "`invalid_rows='skip'`"
                 )
+
+
+# How a content item reads where a template writes a message's list of items as a string (Python's text of it).
+_ITEM_AS_TEXT = "{'type': '"
+
+
+def refuse_content_as_python_text(text: str, messages: list[dict]) -> None:
+    """Raise `UnsupportedConversationError` if the template wrote a message's list of content items as Python text
+    (it reads that content as a string: Llama 4's writes the first user message with `|trim` when `tools` are given),
+    naming the message: the row would train on `[{'type': 'text', ...}]` and lose its images' placeholders."""
+    if _ITEM_AS_TEXT not in text:
+        return
+    items = [
+        (position, item)
+        for position, message in enumerate(messages)
+        for item in (message.get("content") if isinstance(message.get("content"), list) else ())
+        if isinstance(item, dict)
+    ]
+    if any(_ITEM_AS_TEXT in str(item.get("text") or "") for _, item in items):
+        return  # the data spells it out itself
+    position = next((position for position, item in items if repr(item) in text), None)
+    raise UnsupportedConversationError(
+        f"{'a message' if position is None else f'message {position}'}: the chat template writes its content as "
+        f"Python text ({_ITEM_AS_TEXT}...): it reads the content as a string where vlsft gives a list of items, as "
+        "TRL's data path does (Llama 4's template does so for the first user message when `tools` are given: give "
+        "the row a system message and set `tools_in_user_message: false` in `chat_template_kwargs`, which writes the "
+        "tools there)"
+    )
 
 
 def as_content_items(messages: list[dict]) -> list[dict]:

@@ -16,10 +16,12 @@ import functools
 import sys
 import types
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from vlsft.distributed import (
@@ -162,7 +164,10 @@ def attach_supervised_head(model: nn.Module, chunk_size: int = 256, loss_type: s
         # The backbone and the head are looked up on every call: PEFT, DeepSpeed and FSDP replace them after this.
         split = sequence_parallel.split_language_model(self) if sequence_parallel is not None else contextlib.nullcontext()
         with zero_factor_vision_passes(self, missing_modalities, supervised_labels.device), split:
-            backbone_output = self.base_model(*args, **kwargs)
+            if self.base_model is self:  # no backbone apart from the head (Llama 4: the head is in `language_model`)
+                backbone_output = _decoder_output_without_logits(self, args, kwargs, supervised_labels.device)
+            else:
+                backbone_output = self.base_model(*args, **kwargs)
         hidden_states = backbone_output.last_hidden_state
         if sequence_parallel is not None:
             hidden_states = sequence_parallel.hidden_for_local_targets(hidden_states)
@@ -177,9 +182,10 @@ def attach_supervised_head(model: nn.Module, chunk_size: int = 256, loss_type: s
             loss_type=self._vlsft_loss_type,
             row_ids=supervised_rows,
         )
-        if getattr(backbone_output, "router_logits", None):
-            # The model's own load-balancing loss, as its forward computes it (from the module that defines it).
-            load_balancing_loss = _load_balancing_loss_func(type(self))
+        # The model's own load-balancing loss, as its forward computes it (from the module that defines it). A model
+        # whose module defines none adds none in its own forward either (Llama 4), and gets none here.
+        load_balancing_loss = _load_balancing_loss_func(type(self))
+        if getattr(backbone_output, "router_logits", None) and load_balancing_loss is not None:
             output.aux_loss = load_balancing_loss(
                 backbone_output.router_logits,
                 text_config.num_experts,
@@ -191,14 +197,40 @@ def attach_supervised_head(model: nn.Module, chunk_size: int = 256, loss_type: s
     model.forward = types.MethodType(forward, model)
 
 
+def _decoder_output_without_logits(model: nn.Module, args, kwargs, device) -> Any:
+    """The decoder's output (final hidden states, router logits) of a model whose language model holds its own LM
+    head, so that no module returns hidden states without logits: its forward is run keeping the logits of no
+    position (`logits_to_keep`, an empty index), and the decoder's output is taken by a forward hook."""
+    captured = []
+    handle = _decoder_apart_from_head(model).register_forward_hook(lambda module, inputs, output: captured.append(output))
+    try:
+        type(model).forward(model, *args, **kwargs, logits_to_keep=torch.empty(0, dtype=torch.long, device=device))
+    finally:
+        handle.remove()
+    return captured[-1]
+
+
+def _decoder_apart_from_head(model: nn.Module) -> nn.Module:
+    """The outermost model inside `model` that holds its input embeddings but not its LM head (Llama 4's
+    `language_model.model`; `get_decoder()` returns the causal LM itself there)."""
+    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    for module in model.modules():
+        if module is model or not isinstance(module, PreTrainedModel):
+            continue
+        inside = list(module.modules())
+        if any(m is embeddings for m in inside) and not any(m is head for m in inside):
+            return module
+    raise ValueError(f"{type(model).__name__}: no decoder apart from its LM head, so its hidden states cannot be read")
+
+
 def _load_balancing_loss_func(model_class: type):
-    """The `load_balancing_loss_func` of the transformers module that defines the model's class. Looked up along the
-    class's MRO: FSDP2's `fully_shard` swaps the instance's class for a subclass created in a torch module."""
+    """The `load_balancing_loss_func` of the transformers module that defines the model's class, or None. Looked up
+    along the class's MRO: FSDP2's `fully_shard` swaps the instance's class for a subclass created in a torch module."""
     for cls in model_class.__mro__:
         function = getattr(sys.modules.get(cls.__module__), "load_balancing_loss_func", None)
         if function is not None:
             return function
-    raise TypeError(f"{model_class.__name__} returns router logits but no module of its classes defines load_balancing_loss_func.")
+    return None
 
 
 # -- sums of an optimizer step (used by `VLSFTTrainer`) ----------------------------------------------------------

@@ -42,9 +42,10 @@ def _alternatives(names) -> str:
 
 # transformers 5's names of the parts of a vision-language model, by which the parts of a model without a record
 # (the generic path) are found: e.g. GLM-4.1V's `visual` and `visual.merger`, LFM2-VL's `vision_tower` and
-# `multi_modal_projector`, Idefics3's `vision_model` and `connector`.
+# `multi_modal_projector`, Idefics3's `vision_model` and `connector`, Muse Glimmer's `vision_adapter` (an MLP) and
+# `vision_projection` (Llama 4's pixel-shuffle MLP is a `vision_adapter` too, inside its `vision_model`: a projector).
 VISION_TOWER_NAMES = ("visual", "vision_tower", "vision_model")
-PROJECTOR_NAMES = ("multi_modal_projector", "merger", "connector")
+PROJECTOR_NAMES = ("multi_modal_projector", "merger", "connector", "vision_adapter", "vision_projection")
 LANGUAGE_MODEL_NAMES = ("language_model", "text_model")
 
 # The names of different families never collide (no Qwen module is called `connector`, no Gemma one `visual`), so one
@@ -62,12 +63,15 @@ _LANGUAGE_MODEL = re.compile(rf"(?:^|\.)(?:{_alternatives(LANGUAGE_MODEL_NAMES)}
 # trained fully, via `modules_to_save`, when asked) and never the patch embedding: a LoRA on that convolution would
 # change the patch features under every image while adding almost no capacity. MoE experts (Qwen3-VL-MoE) are fused
 # parameters, not Linear layers, so only their attention is adapted (the router `mlp.gate` is never a target).
+# A language model that is a causal LM holds its layers one level down (Llama 4's `language_model.model.layers`), and
+# Llama 4 names its MLP `feed_forward` (its router, a Linear named `router`, is never a target).
+_DECODER_LAYERS = [parts.decoder_layers for parts in _PARTS]
 _LANGUAGE_TARGETS = (
-    rf".*(?:{_alternatives(parts.decoder_layers for parts in _PARTS)})\.\d+\."
-    r"(?:self_attn\.(?:q_proj|k_proj|v_proj|o_proj)|mlp\.(?:gate_proj|up_proj|down_proj)"
+    rf".*(?:{_alternatives([*_DECODER_LAYERS, *(d.replace('.layers', '.model.layers') for d in _DECODER_LAYERS)])})"
+    r"\.\d+\.(?:self_attn\.(?:q_proj|k_proj|v_proj|o_proj)|(?:mlp|feed_forward)\.(?:gate_proj|up_proj|down_proj)"
     # Qwen3.5's hybrid stack: the GatedDeltaNet (linear attention) layers' projections, and the MoE's shared expert.
     r"|linear_attn\.(?:in_proj_qkv|in_proj_z|in_proj_b|in_proj_a|out_proj)"
-    r"|mlp\.shared_expert\.(?:gate_proj|up_proj|down_proj))"
+    r"|(?:mlp|feed_forward)\.shared_expert\.(?:gate_proj|up_proj|down_proj))"
 )
 _VISION_TARGETS = "|".join(
     sorted({rf".*{re.escape(parts.vision_tower)}\.{parts.vision_lora_targets}" for parts in _PARTS})

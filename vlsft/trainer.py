@@ -34,6 +34,7 @@ from vlsft.config import VLSFTConfig, as_vlsft_config
 from vlsft.data.training_rows import KEPT_ROWS_KEY, RowsNamedByIndex, sums_at_batch_places
 from vlsft.data.validation import validate_datasets
 from vlsft.distributed import check_offload_keeps_optimizer
+from vlsft.input_dtypes import raise_input_precision
 from vlsft.liger import check_liger_supports
 from vlsft.model_parts import check_model_parts
 from vlsft.loss import (
@@ -223,6 +224,7 @@ class VLSFTTrainer(KillSafeCheckpoints, PackedTraining, RowsNamedByIndex, SFTTra
         weight). With the collator's `label_weights`, the NLL is weighted per token. A packed batch gets its sums per
         packed row, as a padded batch gets them per batch row (evaluation drops accelerate's duplicate rows by row)."""
         model_inputs = {key: value for key, value in inputs.items() if key not in ("labels", "label_weights", KEPT_ROWS_KEY)}
+        model_inputs = raise_input_precision(model_inputs, model)  # Llama 4's bfloat16 pixels into a float32 model
         if inputs.get("label_weights") is not None:
             model_inputs["supervised_weights"] = inputs["label_weights"]
         rows = packed_row_ids(inputs)

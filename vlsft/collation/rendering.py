@@ -25,11 +25,17 @@ from vlsft.collation.reasoning import (
     is_one_leading_block,
     reasoning_field_problems,
 )
+from vlsft.collation.template_clock import refuse_clock_reading, without_clock
 from vlsft.collation.template_kwargs import row_template_kwargs
 from vlsft.data.rows import normalize_messages, row_images
 from vlsft.families import FAMILIES
 from vlsft.generic_family import added_tokens
-from vlsft.generic_masks import as_content_items, assistant_spans, refuse_uncollated_media
+from vlsft.generic_masks import (
+    as_content_items,
+    assistant_spans,
+    refuse_content_as_python_text,
+    refuse_uncollated_media,
+)
 from vlsft.templates import check_expressible, check_media, split_inline_reasoning
 
 # Stands in for an escaped control token in message text while the row is rendered (private-use characters, which no
@@ -176,19 +182,21 @@ class RowRendering:
         if self.generic_masks and not add_generation_prompt:
             render = partial(self.render_stock, tools=tools, kwargs=template_kwargs)  # (messages, add_generation_prompt)
             text, spans = assistant_spans(render, messages, self.control_tokens)
+            refuse_content_as_python_text(text, messages)
         elif self.generic_masks:
             text, spans = self.render_stock(messages, True, tools, template_kwargs), []
         else:
             rendered, marked = render_jinja_template(
                 [messages],
                 tools=tools,
-                chat_template=self.chat_template,
+                chat_template=without_clock(self.chat_template),
                 return_assistant_tokens_mask=self.assistant_only_loss,
                 add_generation_prompt=add_generation_prompt,
                 **self._template_kwargs,
                 **template_kwargs,
             )
             text, spans = rendered[0], [tuple(span) for span in marked[0]] if self.assistant_only_loss else []
+        refuse_clock_reading(text, self.chat_template)  # a row must render the same on every day
         if not add_generation_prompt:
             problems = dropped_reasoning_problems(messages, text, spans, self.family)
             if problems:
@@ -215,7 +223,7 @@ class RowRendering:
         rendered, _ = render_jinja_template(
             [messages],
             tools=tools,
-            chat_template=self.chat_template,
+            chat_template=without_clock(self.chat_template),
             add_generation_prompt=add_generation_prompt,
             **self._template_kwargs,
             **((self.template_kwargs or {}) if kwargs is None else kwargs),

@@ -1,5 +1,5 @@
-"""Every tiny model of a family trained on the generic exact path (`vlsft.testing.tiny_generic`,
-`vlsft.testing.tiny_generic_aya`, `vlsft.testing.tiny_generic_cohere_lfm3_plm`), by `config.model_type`."""
+"""Every tiny model of a family trained on the generic exact path (the `vlsft.testing.tiny_generic*` modules), by
+`config.model_type`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from vlsft.testing.tiny_generic_cohere_lfm3_plm import (
     build_tiny_lfm3_vl,
     build_tiny_perception_lm,
 )
+from vlsft.testing.tiny_generic_llama4_muse import build_tiny_llama4, build_tiny_muse_glimmer
 
 GENERIC_BUILDERS = {
     "lfm2_vl": build_tiny_lfm2_vl,
@@ -20,4 +21,6 @@ GENERIC_BUILDERS = {
     "cohere2_vision": build_tiny_cohere2_vision,
     "lfm3_vl": build_tiny_lfm3_vl,
     "perception_lm": build_tiny_perception_lm,
+    "llama4": build_tiny_llama4,
+    "muse_glimmer": build_tiny_muse_glimmer,
 }
