@@ -39,6 +39,9 @@ TEMPLATE_REFUSES = {"mistral3": {"tool_call_with_text", "tool_call_without_text"
 # message with `|trim`, so a list of content items becomes its Python text (and the image placeholder is lost).
 REFUSALS = {"llama4": r"batch row 0: message 0: the chat template writes its content as Python text"}
 TEMPLATE_REFUSES["llama4"] = {"tool_call_with_text", "tool_call_without_text"}
+# Perception LM's writes the system message's content with `|trim`: the same refusal, for the system prompt.
+REFUSALS["perception_lm"] = REFUSALS["llama4"]
+TEMPLATE_REFUSES["perception_lm"] = {"system_string", "system_list"}
 # Template variables a family's rows need: Muse Glimmer's default system prompt writes today's date unless
 # `current_date` pins it (vlsft refuses a row holding the clock's date: `vlsft.collation.template_clock`).
 TEMPLATE_KWARGS = {"muse_glimmer": {"current_date": "2026-01-04"}}

@@ -171,9 +171,10 @@ def refuse_content_as_python_text(text: str, messages: list[dict]) -> None:
     raise UnsupportedConversationError(
         f"{'a message' if position is None else f'message {position}'}: the chat template writes its content as "
         f"Python text ({_ITEM_AS_TEXT}...): it reads the content as a string where vlsft gives a list of items, as "
-        "TRL's data path does (Llama 4's template does so for the first user message when `tools` are given: give "
-        "the row a system message and set `tools_in_user_message: false` in `chat_template_kwargs`, which writes the "
-        "tools there)"
+        "TRL's data path does. Pass a template that reads the content's items with `chat_template_path`, or drop "
+        "that message (Llama 4's template does so for the first user message when `tools` are given: give the row a "
+        "system message and set `tools_in_user_message: false` in `chat_template_kwargs`, which writes the tools "
+        "there; Perception LM's does so for a system message)"
     )
 
 
