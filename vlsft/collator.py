@@ -133,8 +133,10 @@ class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, ProcessorE
         # (A checkpoint may lack some of the family's vision tokens, e.g. fewer tile tags: those map to nothing.)
         vision_ids = tokenizer.convert_tokens_to_ids(list(self.family.vision_tokens))
         self._vision_token_ids = {i for i in vision_ids if i not in (None, tokenizer.unk_token_id)}
-        # The tokens the model replaces with image features (Gemma 3: the soft tokens, not the placeholder).
-        self.image_feature_token_ids = [i for i in self.processor.image_token_ids if i is not None]
+        # The tokens the model replaces with image features (Gemma 3: the soft tokens, not the placeholder). A processor
+        # whose placeholder is plain text names none (Ovis2): its image is the vision tokens of its replacement text.
+        feature_ids = [i for i in self.processor.image_token_ids if i not in (None, tokenizer.unk_token_id)]
+        self.image_feature_token_ids = feature_ids or sorted(self._vision_token_ids)
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.merge_length = getattr(self.processor.image_processor, "merge_size", 1) ** 2
         # The processor's own image defaults (LLaVA-NeXT pads tiles, Idefics3 returns the tile grid, ...).

@@ -1,10 +1,12 @@
 """Every tiny model of a family trained on the generic exact path (`vlsft.testing.tiny_generic`,
-`vlsft.testing.tiny_generic_aya`), by `config.model_type`."""
+`vlsft.testing.tiny_generic_aya`,
+`vlsft.testing.tiny_generic_molmo_ovis_minicpm`), by `config.model_type`."""
 
 from __future__ import annotations
 
 from vlsft.testing.tiny_generic import build_tiny_glm4v, build_tiny_internvl, build_tiny_lfm2_vl, build_tiny_mistral3
 from vlsft.testing.tiny_generic_aya import build_tiny_aya_vision
+from vlsft.testing.tiny_generic_molmo_ovis_minicpm import build_tiny_ovis2
 
 GENERIC_BUILDERS = {
     "lfm2_vl": build_tiny_lfm2_vl,
@@ -12,4 +14,5 @@ GENERIC_BUILDERS = {
     "mistral3": build_tiny_mistral3,
     "internvl": build_tiny_internvl,
     "aya_vision": build_tiny_aya_vision,
+    "ovis2": build_tiny_ovis2,
 }

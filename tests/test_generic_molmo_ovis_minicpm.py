@@ -1,0 +1,40 @@
+"""Ovis2, Molmo2 and MiniCPM-V 4.6 on the generic exact path (`vlsft.testing.tiny_generic_molmo_ovis_minicpm`): what
+each family needs of the generic code beyond the parametrized tests of `tests/test_generic_families.py`."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import IMAGE, assistant, image, user
+from tests.test_generic_families import tiny
+from vlsft.collation.rendering import RowError
+from vlsft.collator import VisionChatCollator
+from vlsft.model_parts import MERGER, check_model_parts, component_of
+
+
+def test_ovis2_plain_text_placeholder_its_replacement_tokens_are_the_image():
+    """Ovis2's placeholder `<image>` is plain text (not a token of its vocabulary); the processor replaces it, in
+    text, with `<IMG_START>`, the `<IMG_ATOM>`s and the indicators. Those are the image's tokens: never supervised,
+    and a `max_length` that would cut them refuses the row instead of truncating an image the model then cannot
+    fill."""
+    _, processor = tiny("ovis2")
+    assert processor.tokenizer.convert_tokens_to_ids("<image>") is None
+    row = {"messages": [user(IMAGE, "Colour?"), assistant("Red.")], "images": [image()]}
+    collate = VisionChatCollator(processor, processor.chat_template)
+    ids = processor.tokenizer.convert_tokens_to_ids
+    assert set(collate.image_feature_token_ids) >= {ids("<IMG_ATOM>"), ids("<IMG_START>"), ids("<IMG_END>")}
+    batch = collate([row])
+    atoms = (batch["input_ids"][0] == ids("<IMG_ATOM>")).nonzero().flatten()
+    assert len(atoms) == 4 and (batch["labels"][0, atoms] == -100).all()
+    cut = VisionChatCollator(processor, processor.chat_template, max_length=int(atoms[1]) + 1)
+    with pytest.raises(RowError, match="cuts image tokens"):
+        cut([row])
+
+
+def test_ovis2_visual_embedding_table_is_the_projector():
+    """Ovis2 maps the vision tower's probabilities over its visual vocabulary into the language model through
+    `visual_embeddings_table`: the projector, found by name (frozen, given its learning rate, saved whole under
+    LoRA as the other families' projectors)."""
+    model, _ = tiny("ovis2")
+    check_model_parts(model)
+    assert component_of("model.visual_embeddings_table.weight") == MERGER
