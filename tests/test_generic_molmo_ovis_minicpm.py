@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import IMAGE, assistant, image, user
+from tests.test_families import supervised_texts
 from tests.test_generic_families import tiny
 from vlsft.collation.rendering import RowError
 from vlsft.collator import VisionChatCollator
@@ -38,3 +39,25 @@ def test_ovis2_visual_embedding_table_is_the_projector():
     model, _ = tiny("ovis2")
     check_model_parts(model)
     assert component_of("model.visual_embeddings_table.weight") == MERGER
+
+
+def test_molmo2_the_bos_its_processor_writes_before_each_row_is_in_the_row_unsupervised():
+    """Molmo2's processor writes the checkpoint's BOS (`<|im_end|>`: its tokenizer has none) as text before each row,
+    which its template does not write: the row starts with it, as the model sees it at inference, never supervised;
+    the turn ends with the `<|im_end|>` the template writes before the next user turn (appended after a final turn)."""
+    _, processor = tiny("molmo2")
+    row = {"messages": [user(IMAGE, "Colour?"), assistant("Red.")], "images": [image()]}
+    batch = VisionChatCollator(processor, processor.chat_template)([row])
+    end = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert int(batch["input_ids"][0, 0]) == end and int(batch["labels"][0, 0]) == -100
+    assert supervised_texts(processor.tokenizer, batch["input_ids"][0], batch["labels"][0]) == ["Red.<|im_end|>"]
+
+
+def test_molmo2_videos_are_refused_by_row():
+    """Molmo2's processor takes videos (frames with timestamps); the generic path does not build them: a video item
+    fails by name, never trains on a placeholder with no features behind it."""
+    _, processor = tiny("molmo2")
+    row = {"messages": [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What?"}]},
+                        assistant("A dot.")], "images": []}
+    with pytest.raises(RowError, match=r"message 0 has a 'video' item: vlsft trains Molmo2Processor \(generic path\)"):
+        VisionChatCollator(processor, processor.chat_template)([row])

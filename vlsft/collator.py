@@ -35,7 +35,7 @@ from jinja2 import TemplateError
 from transformers import ProcessorMixin
 
 from vlsft.collation.images import ImageExpansion
-from vlsft.collation.processor_expansion import ProcessorExpansion
+from vlsft.collation.processor_expansion import ProcessorExpansion, processor_prefix
 from vlsft.collation.rendering import RowError, RowRendering
 from vlsft.collation.template_kwargs import TemplateKwargsError, boolean_switches, template_kwargs_problems
 from vlsft.collation.videos import VideoExpansion
@@ -128,6 +128,7 @@ class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, ProcessorE
         # its images expanded by the processor itself (`vlsft.collation.processor_expansion`).
         self.generic_family = name is None
         self.family = FAMILIES[name] if name is not None else generic_family(self.processor, end_of_turn)
+        self._processor_prefix = processor_prefix(self.processor) if self.generic_family else ""
         self.image_token = self.family.image_token
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)  # the placeholder, one per image
         # (A checkpoint may lack some of the family's vision tokens, e.g. fewer tile tags: those map to nothing.)
@@ -154,6 +155,8 @@ class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, ProcessorE
         for index, row in enumerate(rows):
             try:
                 pieces, weights = self.weighted_pieces(row)
+                if self.generic_family:
+                    pieces = self._with_processor_prefix(pieces)
             except (
                 UnsupportedConversationError, PrefixRuleError, TemplateError, TemplateKwargsError, TurnWeightError
             ) as error:

@@ -15,8 +15,30 @@ import torch
 from vlsft.collation.rendering import RowError
 
 
+_PROBE_TEXT = "probe"
+
+
+def processor_prefix(processor) -> str:
+    """The text the processor writes before each row of its own, found on a probe text ("" for most): Molmo2's
+    writes its BOS (its tokenizer has none, so `<|im_end|>`), which its checkpoints' templates do not write."""
+    try:
+        ids = processor(text=[_PROBE_TEXT], add_special_tokens=False)["input_ids"][0]
+    except (ValueError, TypeError):  # a processor that takes no text alone adds nothing that could be found here
+        return ""
+    text = processor.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    return text[: -len(_PROBE_TEXT)] if text.endswith(_PROBE_TEXT) else ""
+
+
 class ProcessorExpansion:
     """How `VisionChatCollator` expands images on the generic path."""
+
+    def _with_processor_prefix(self, pieces: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
+        """The row's pieces after the text the processor writes before each row (`processor_prefix`), unsupervised:
+        the model sees what it sees at inference, and the row's tokens are the processor's."""
+        prefix = self._processor_prefix
+        if not prefix or (pieces and pieces[0][0].startswith(prefix)):
+            return pieces
+        return [(prefix, False), *pieces]
 
     def _processor_batch(self, row_pieces: list[list[tuple[str, bool]]], images: list[list[Any]]):
         """(the processor's outputs, the replacement text of each image in order, each row's `input_ids` as the

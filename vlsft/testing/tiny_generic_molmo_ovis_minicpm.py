@@ -5,6 +5,11 @@ random weights, and its real processor class with a tokenizer trained in-process
 from __future__ import annotations
 
 from transformers import (
+    Molmo2Config,
+    Molmo2ForConditionalGeneration,
+    Molmo2ImageProcessor,
+    Molmo2Processor,
+    Molmo2VideoProcessor,
     Ovis2Config,
     Ovis2ForConditionalGeneration,
     Ovis2ImageProcessor,
@@ -68,3 +73,83 @@ def build_tiny_ovis2(seed: int = 0, hidden_size: int = HIDDEN):
         tie_word_embeddings=False,
     )
     return instantiate(Ovis2ForConditionalGeneration, config, processor, seed)
+
+
+# -- Molmo2 --------------------------------------------------------------------------------------------------------
+
+# Molmo2's chat template as its checkpoints ship it (allenai/Molmo2-4B's chat_template.jinja), less its `subtitle`
+# role and its per-item `style` prefixes, which no test row uses. What it does that the generic path must handle:
+# - every image of the conversation is written once, before the first message (`<|image|>`, or `Image i<|image|>`
+#   for each of several), whichever message holds it: a row with an image after an assistant turn renders its
+#   prefix differently from the whole, and is refused by the rule, naming the turn;
+# - user and assistant must alternate, starting with the user (no system or tool message: raise_exception);
+# - an assistant turn ends with its text: `<|im_end|>` is written before the next user turn, and is the stop token
+#   (the checkpoint's `eos_token_id`), supervised and appended after a final turn;
+# - the processor writes the checkpoint's BOS (its tokenizer has none: `<|im_end|>`) as text before each row.
+MOLMO2_TEMPLATE = (
+    "{%- set image_count = namespace(value=0) -%}{%- set video_count = namespace(value=0) -%}"
+    "{%- for message in messages -%}{%- if message['content'] is not string -%}"
+    "{%- for content in message['content'] -%}"
+    "{%- if content['type'] == 'image' -%}{%- set image_count.value = image_count.value + 1 -%}"
+    "{%- elif content['type'] == 'video' -%}{%- set video_count.value = video_count.value + 1 -%}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}{%- endfor -%}"
+    "{%- if image_count.value == 1 -%}{{ '<|image|>' }}"
+    "{%- elif image_count.value > 1 -%}"
+    "{%- for i in range(image_count.value) -%}{{ 'Image ' ~ (i + 1) ~ '<|image|>' }}{%- endfor -%}{%- endif -%}"
+    "{%- for _ in range(video_count.value) -%}{{ '<|video|>' }}{%- endfor -%}"
+    "{%- for message in messages -%}{%- set role = message['role'].lower() -%}"
+    "{%- if (loop.index % 2 == 1 and role != 'user') or (loop.index % 2 == 0 and role != 'assistant') -%}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{%- endif -%}"
+    "{%- if message['content'] is string -%}{%- set text_content = message['content'] -%}"
+    "{%- else -%}{%- set m = namespace(text='') -%}"
+    "{%- for content in message['content'] -%}{%- if content['type'] == 'text' -%}"
+    "{%- set m.text = m.text ~ ('' if not m.text else ' ') ~ content['text'] -%}{%- endif -%}{%- endfor -%}"
+    "{%- set text_content = m.text -%}{%- endif -%}"
+    "{%- if role == 'user' -%}{%- if not loop.first -%}{{ '<|im_end|>\\n' }}{%- endif -%}"
+    "{{ '<|im_start|>user\\n' }}{{ text_content }}{{ '<|im_end|>\\n' }}"
+    "{%- else -%}{{ '<|im_start|>assistant\\n' }}{{ text_content }}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+_MOLMO2_IMAGE_TOKENS = [
+    "<im_start>", "<im_end>", "<im_patch>", "<im_col>", "<low_res_im_start>", "<im_low>", "<frame_start>", "<frame_end>",
+]
+
+
+def build_tiny_molmo2(seed: int = 0, hidden_size: int = HIDDEN):
+    """Molmo2: `Molmo2ForConditionalGeneration` (a SigLIP-style ViT, an adapter that pools 2x2 patches by attention
+    and projects them, a Qwen3-style language model) + `Molmo2Processor` with `MOLMO2_TEMPLATE`. 28 px crops of 7 px
+    patches: an image is its low-resolution view (2x2 tokens) plus up to 2 overlapping crops."""
+    named = {"image_token": "<|image|>", "video_token": "<|video|>"}
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *named.values(), *_MOLMO2_IMAGE_TOKENS]
+    tokenizer = _byte_level_tokenizer(special, named, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    crops = dict(size={"height": 28, "width": 28}, patch_size=7)
+    processor = Molmo2Processor(
+        image_processor=Molmo2ImageProcessor(**crops, max_crops=2, overlap_margins=[1, 1]),
+        video_processor=Molmo2VideoProcessor(**crops),
+        tokenizer=tokenizer,
+        chat_template=MOLMO2_TEMPLATE,
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    heads = dict(num_attention_heads=2, num_key_value_heads=2, head_dim=16)
+    config = Molmo2Config(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            additional_vocab_size=0,  # the tiny vocabulary holds the image tokens itself
+            **language_model_sizes(hidden_size),
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        ),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, **heads, image_size=[28, 28],
+                           patch_size=7),
+        adapter_config=dict(vision_feature_layer=[-1], hidden_size=32, intermediate_size=64, **heads,
+                            text_hidden_size=hidden_size),
+        image_start_token_id=ids("<im_start>"),
+        low_res_image_start_token_id=ids("<low_res_im_start>"),
+        image_end_token_id=ids("<im_end>"),
+        image_patch_id=ids("<im_patch>"),
+        frame_start_token_id=ids("<frame_start>"),
+        frame_end_token_id=ids("<frame_end>"),
+        tie_word_embeddings=False,
+    )
+    return instantiate(Molmo2ForConditionalGeneration, config, processor, seed)
