@@ -53,11 +53,17 @@ def test_molmo2_the_bos_its_processor_writes_before_each_row_is_in_the_row_unsup
     assert supervised_texts(processor.tokenizer, batch["input_ids"][0], batch["labels"][0]) == ["Red.<|im_end|>"]
 
 
-def test_molmo2_videos_are_refused_by_row():
-    """Molmo2's processor takes videos (frames with timestamps); the generic path does not build them: a video item
-    fails by name, never trains on a placeholder with no features behind it."""
-    _, processor = tiny("molmo2")
+@pytest.mark.parametrize("family", ["molmo2", "minicpmv4_6"])
+def test_videos_are_refused_by_row(family):
+    """Molmo2's and MiniCPM-V 4.6's processors take videos (Molmo2: frames with timestamps; MiniCPM-V: frames with
+    their slices); the generic path does not build them: a video item fails by name, and so does a `videos` column,
+    never training on a placeholder with no features behind it."""
+    _, processor = tiny(family)
+    collate = VisionChatCollator(processor, processor.chat_template)
+    name = type(processor).__name__
     row = {"messages": [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What?"}]},
                         assistant("A dot.")], "images": []}
-    with pytest.raises(RowError, match=r"message 0 has a 'video' item: vlsft trains Molmo2Processor \(generic path\)"):
-        VisionChatCollator(processor, processor.chat_template)([row])
+    with pytest.raises(RowError, match=rf"message 0 has a 'video' item: vlsft trains {name} \(generic path\)"):
+        collate([row])
+    with pytest.raises(RowError, match="not trained on videos"):
+        collate([{"messages": [user("What?"), assistant("A dot.")], "images": [], "videos": ["clip.mp4"]}])

@@ -5,6 +5,11 @@ random weights, and its real processor class with a tokenizer trained in-process
 from __future__ import annotations
 
 from transformers import (
+    MiniCPMV4_6Config,
+    MiniCPMV4_6ForConditionalGeneration,
+    MiniCPMV4_6ImageProcessor,
+    MiniCPMV4_6Processor,
+    MiniCPMV4_6VideoProcessor,
     Molmo2Config,
     Molmo2ForConditionalGeneration,
     Molmo2ImageProcessor,
@@ -18,6 +23,7 @@ from transformers import (
 
 from vlsft.testing.tiny_build import HIDDEN, VISION_ENCODER_SIZES, instantiate, language_model_sizes
 from vlsft.testing.tiny_generic import _byte_level_tokenizer
+from vlsft.testing.tiny_qwen import qwen3_5_text_config
 
 # -- Ovis2 ---------------------------------------------------------------------------------------------------------
 
@@ -153,3 +159,56 @@ def build_tiny_molmo2(seed: int = 0, hidden_size: int = HIDDEN):
         tie_word_embeddings=False,
     )
     return instantiate(Molmo2ForConditionalGeneration, config, processor, seed)
+
+
+# -- MiniCPM-V 4.6 -------------------------------------------------------------------------------------------------
+
+# MiniCPM-V 4.6's chat format (ChatML, as its Qwen3.5 language model's), written for these tests: the checkpoint's own
+# template could not be found offline (it follows Qwen3.5's, whose thinking variants render an empty reasoning block
+# only on the last turn: the rule refuses such rows by name). Each image is the tokenizer's `<|image_pad|>` in place,
+# which the processor replaces with `<image_id>i</image_id>`, the image's tokens between `<image>` and `</image>`
+# and its slices, each between `<slice>` and `</slice>`, rows of slices separated by plain newlines.
+MINICPMV4_6_FORMAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message.role + '\\n' }}"
+    "{%- if message.content is string -%}{{ message.content }}"
+    "{%- else -%}{%- for item in message.content -%}"
+    "{%- if item.type == 'image' -%}{{ '<|image_pad|>' }}{%- elif item.type == 'text' -%}{{ item.text }}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{ '<|im_end|>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+
+
+def build_tiny_minicpmv4_6(seed: int = 0, hidden_size: int = HIDDEN):
+    """MiniCPM-V 4.6: `MiniCPMV4_6ForConditionalGeneration` (a SigLIP-style ViT with a window-attention merger
+    inserted after its first layer, an MLP merger, a Qwen3.5 hybrid language model: one GatedDeltaNet layer and one
+    full-attention layer) + `MiniCPMV4_6Processor` with `MINICPMV4_6_FORMAT_TEMPLATE`. Images are scaled to about
+    56 px in 14 px patches, merged 4x; an image that is not square is also cut into up to 2 slices."""
+    named = {
+        "image_token": "<|image_pad|>", "video_token": "<|video_pad|>", "image_start_token": "<image>",
+        "image_end_token": "</image>", "slice_start_token": "<slice>", "slice_end_token": "</slice>",
+        "image_id_start_token": "<image_id>", "image_id_end_token": "</image_id>",
+    }
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *named.values(), "<think>", "</think>"]
+    tokenizer = _byte_level_tokenizer(special, named, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    for name, token in named.items():  # the processor reads each token's id as an attribute too
+        setattr(tokenizer, f"{name}_id", tokenizer.convert_tokens_to_ids(token))
+    scaling = dict(scale_resolution=56, max_slice_nums=2, patch_size=14, downsample_mode="4x")
+    processor = MiniCPMV4_6Processor(
+        image_processor=MiniCPMV4_6ImageProcessor(**scaling),
+        video_processor=MiniCPMV4_6VideoProcessor(**scaling),
+        tokenizer=tokenizer,
+        chat_template=MINICPMV4_6_FORMAT_TEMPLATE,
+    )
+    config = MiniCPMV4_6Config(
+        text_config=dict(model_type="qwen3_5_text", **qwen3_5_text_config(tokenizer, hidden_size)),
+        vision_config=dict(**VISION_ENCODER_SIZES, image_size=56, patch_size=14),
+        insert_layer_id=0,
+        image_size=56,
+        downsample_mode="4x",
+        image_token_id=tokenizer.image_token_id,
+        video_token_id=tokenizer.video_token_id,
+    )
+    return instantiate(MiniCPMV4_6ForConditionalGeneration, config, processor, seed)
