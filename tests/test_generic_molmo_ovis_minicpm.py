@@ -1,5 +1,6 @@
-"""Ovis2, Molmo2 and MiniCPM-V 4.6 on the generic exact path (`vlsft.testing.tiny_generic_molmo_ovis_minicpm`): what
-each family needs of the generic code beyond the parametrized tests of `tests/test_generic_families.py`."""
+"""Ovis2, Molmo2, MiniCPM-V 4.6 and LLaVA-NeXT-Video on the generic exact path
+(`vlsft.testing.tiny_generic_molmo_ovis_minicpm`): what each family needs of the generic code beyond the parametrized
+tests of `tests/test_generic_families.py`."""
 
 from __future__ import annotations
 
@@ -53,11 +54,12 @@ def test_molmo2_the_bos_its_processor_writes_before_each_row_is_in_the_row_unsup
     assert supervised_texts(processor.tokenizer, batch["input_ids"][0], batch["labels"][0]) == ["Red.<|im_end|>"]
 
 
-@pytest.mark.parametrize("family", ["molmo2", "minicpmv4_6"])
+@pytest.mark.parametrize("family", ["molmo2", "minicpmv4_6", "llava_next_video"])
 def test_videos_are_refused_by_row(family):
-    """Molmo2's and MiniCPM-V 4.6's processors take videos (Molmo2: frames with timestamps; MiniCPM-V: frames with
-    their slices); the generic path does not build them: a video item fails by name, and so does a `videos` column,
-    never training on a placeholder with no features behind it."""
+    """Molmo2's, MiniCPM-V 4.6's and LLaVA-NeXT-Video's processors take videos (Molmo2: frames with timestamps;
+    MiniCPM-V: frames with their slices; LLaVA-NeXT-Video: pooled frames); the generic path does not build them: a
+    video item fails by name, and so does a `videos` column, never training on a placeholder with no features behind
+    it."""
     _, processor = tiny(family)
     collate = VisionChatCollator(processor, processor.chat_template)
     name = type(processor).__name__

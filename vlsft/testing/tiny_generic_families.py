@@ -7,6 +7,7 @@ from __future__ import annotations
 from vlsft.testing.tiny_generic import build_tiny_glm4v, build_tiny_internvl, build_tiny_lfm2_vl, build_tiny_mistral3
 from vlsft.testing.tiny_generic_aya import build_tiny_aya_vision
 from vlsft.testing.tiny_generic_molmo_ovis_minicpm import (
+    build_tiny_llava_next_video,
     build_tiny_minicpmv4_6,
     build_tiny_molmo2,
     build_tiny_ovis2,
@@ -21,4 +22,5 @@ GENERIC_BUILDERS = {
     "ovis2": build_tiny_ovis2,
     "molmo2": build_tiny_molmo2,
     "minicpmv4_6": build_tiny_minicpmv4_6,
+    "llava_next_video": build_tiny_llava_next_video,
 }
