@@ -39,6 +39,8 @@ TEMPLATE_REFUSES = {"mistral3": {"tool_call_with_text", "tool_call_without_text"
 # from the user (no system or tool message).
 REFUSALS = {"molmo2": "batch row 0: Conversation roles must alternate"}
 TEMPLATE_REFUSES["molmo2"] = {"system_string", "system_list", "tool_call_with_text", "tool_call_without_text"}
+# Video-LLaVA's Vicuna format has only USER and ASSISTANT turns (and a system prompt): no tool message.
+TEMPLATE_REFUSES["video_llava"] = {"tool_call_with_text", "tool_call_without_text"}
 # Shapes the rule refuses by name, the template rewriting history: Molmo2's writes every image of the conversation
 # before its first message, so an image after an assistant turn changes that turn's prompt.
 RULE_REFUSES = {"molmo2": {"multi_turn_later_images"}}

@@ -1,6 +1,6 @@
-"""Ovis2, Molmo2, MiniCPM-V 4.6 and LLaVA-NeXT-Video on the generic exact path
-(`vlsft.testing.tiny_generic_molmo_ovis_minicpm`): what each family needs of the generic code beyond the parametrized
-tests of `tests/test_generic_families.py`."""
+"""Ovis2, Molmo2, MiniCPM-V 4.6, LLaVA-NeXT-Video and Video-LLaVA on the generic exact path
+(`vlsft.testing.tiny_generic_molmo_ovis_minicpm`, `vlsft.testing.tiny_generic_molmo_ovis_minicpm_llava`): what each
+family needs of the generic code beyond the parametrized tests of `tests/test_generic_families.py`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from tests.test_families import supervised_texts
 from tests.test_generic_families import tiny
 from vlsft.collation.rendering import RowError
 from vlsft.collator import VisionChatCollator
-from vlsft.model_parts import MERGER, check_model_parts, component_of
+from vlsft.model_parts import MERGER, VISION_TOWER, check_model_parts, component_of
 
 
 def test_ovis2_plain_text_placeholder_its_replacement_tokens_are_the_image():
@@ -54,10 +54,11 @@ def test_molmo2_the_bos_its_processor_writes_before_each_row_is_in_the_row_unsup
     assert supervised_texts(processor.tokenizer, batch["input_ids"][0], batch["labels"][0]) == ["Red.<|im_end|>"]
 
 
-@pytest.mark.parametrize("family", ["molmo2", "minicpmv4_6", "llava_next_video"])
+@pytest.mark.parametrize("family", ["molmo2", "minicpmv4_6", "llava_next_video", "video_llava"])
 def test_videos_are_refused_by_row(family):
-    """Molmo2's, MiniCPM-V 4.6's and LLaVA-NeXT-Video's processors take videos (Molmo2: frames with timestamps;
-    MiniCPM-V: frames with their slices; LLaVA-NeXT-Video: pooled frames); the generic path does not build them: a
+    """Molmo2's, MiniCPM-V 4.6's, LLaVA-NeXT-Video's and Video-LLaVA's processors take videos (Molmo2: frames with
+    timestamps; MiniCPM-V: frames with their slices; LLaVA-NeXT-Video: pooled frames; Video-LLaVA: a tower of their
+    own); the generic path does not build them: a
     video item fails by name, and so does a `videos` column, never training on a placeholder with no features behind
     it."""
     _, processor = tiny(family)
@@ -69,3 +70,17 @@ def test_videos_are_refused_by_row(family):
         collate([row])
     with pytest.raises(RowError, match="not trained on videos"):
         collate([{"messages": [user("What?"), assistant("A dot.")], "images": [], "videos": ["clip.mp4"]}])
+
+
+def test_video_llava_images_reach_the_model_under_the_name_its_processor_gives_them():
+    """Video-LLaVA's image processor lists `pixel_values` as its output but returns `pixel_values_images` (its model
+    takes both): on the generic path every image tensor the processor returns goes to the model, never dropped for a
+    name it does not list (the images would silently not be seen). Its two towers are found by name."""
+    model, processor = tiny("video_llava")
+    assert "pixel_values_images" not in processor.model_input_names
+    row = {"messages": [user(IMAGE, "Colour?"), assistant("Red.")], "images": [image()]}
+    batch = VisionChatCollator(processor, processor.chat_template)([row])
+    assert batch["pixel_values_images"].shape == (1, 3, 32, 32)
+    check_model_parts(model)
+    assert component_of("model.image_tower.vision_model.embeddings.patch_embedding.weight") == VISION_TOWER
+    assert component_of("model.video_tower.vision_model.embeddings.patch_embedding.weight") == VISION_TOWER

@@ -208,8 +208,13 @@ class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, ProcessorE
             for row in self._tokenize_pieces(expanded, images):
                 sequences.append(torch.tensor(row.input_ids, dtype=torch.long))
                 masks.append(torch.tensor(row.supervised, dtype=torch.bool))
-        # What the model takes (not, e.g., Idefics3's tile grid, which only `replace_image_token` reads).
-        batch = {key: value for key, value in {**vision, **video_outputs}.items() if key in self._model_input_names}
+        # What the model takes (not, e.g., Idefics3's tile grid, which only `replace_image_token` reads). On the generic
+        # path, every image tensor the processor returns: it drops those its model does not take itself
+        # (`unused_input_names`), and some name theirs otherwise than they list (Video-LLaVA's `pixel_values_images`).
+        batch = {
+            key: value for key, value in {**vision, **video_outputs}.items()
+            if key in self._model_input_names or (self.generic_family and key in vision)
+        }
 
         token_weights = self._row_token_weights(sequences, masks, row_weights)
         vision_ids = torch.tensor(sorted(self._vision_token_ids))

@@ -1,16 +1,12 @@
-"""Tiny Ovis2, Molmo2, MiniCPM-V 4.6 and LLaVA-NeXT-Video models on the generic exact path
-(`vlsft.testing.tiny_generic` holds the other families and the shared tokenizer helper): each family's real model
+"""Tiny Ovis2, Molmo2 and MiniCPM-V 4.6 models on the generic exact path (`vlsft.testing.tiny_generic` holds the
+other families and the shared tokenizer helper; `vlsft.testing.tiny_generic_molmo_ovis_minicpm_llava` the video
+LLaVAs): each family's real model
 class built from its config class with random weights, and its real processor class with a tokenizer trained
 in-process."""
 
 from __future__ import annotations
 
 from transformers import (
-    LlavaNextImageProcessor,
-    LlavaNextVideoConfig,
-    LlavaNextVideoForConditionalGeneration,
-    LlavaNextVideoProcessor,
-    LlavaNextVideoVideoProcessor,
     MiniCPMV4_6Config,
     MiniCPMV4_6ForConditionalGeneration,
     MiniCPMV4_6ImageProcessor,
@@ -220,60 +216,3 @@ def build_tiny_minicpmv4_6(seed: int = 0, hidden_size: int = HIDDEN):
     )
     return instantiate(MiniCPMV4_6ForConditionalGeneration, config, processor, seed)
 
-
-# -- LLaVA-NeXT-Video ----------------------------------------------------------------------------------------------
-
-# LLaVA-NeXT-Video-34B's chat format (ChatML, as its Yi language model's), written for these tests (the checkpoint's
-# own template cannot be downloaded here): in each message its images first, each `<image>` on its own line, then its
-# videos (`<video>`), then its text; each turn ended by `<|im_end|>`.
-LLAVA_NEXT_VIDEO_FORMAT_TEMPLATE = (
-    "{%- for message in messages -%}{{ '<|im_start|>' + message['role'] + '\\n' }}"
-    "{%- if message['content'] is string -%}{{ message['content'] }}{%- else -%}"
-    "{%- for item in message['content'] | selectattr('type', 'equalto', 'image') -%}{{ '<image>\\n' }}{%- endfor -%}"
-    "{%- for item in message['content'] | selectattr('type', 'equalto', 'video') -%}{{ '<video>\\n' }}{%- endfor -%}"
-    "{%- for item in message['content'] | selectattr('type', 'equalto', 'text') -%}{{ item['text'] }}{%- endfor -%}"
-    "{%- endif -%}{{ '<|im_end|>\\n' }}{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
-)
-
-
-def build_tiny_llava_next_video(seed: int = 0, hidden_size: int = HIDDEN):
-    """LLaVA-NeXT-Video: `LlavaNextVideoForConditionalGeneration` (a CLIP tower, LLaVA-NeXT's any-resolution tiles and
-    projector, a pooler for video frames, a Llama-style language model) + `LlavaNextVideoProcessor` with
-    `LLAVA_NEXT_VIDEO_FORMAT_TEMPLATE`. A 32 px base view of 8 px patches is 16 tokens, plus the tiles."""
-    named = {"image_token": "<image>", "video_token": "<video>"}
-    special = ["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", *named.values()]
-    tokenizer = _byte_level_tokenizer(special, named, eos_token="<|im_end|>", pad_token="<unk>", unk_token="<unk>")
-    pinpoints = [[32, 64], [64, 32], [64, 64]]
-    view = dict(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    processor = LlavaNextVideoProcessor(
-        video_processor=LlavaNextVideoVideoProcessor(**view),
-        image_processor=LlavaNextImageProcessor(**view, image_grid_pinpoints=pinpoints),
-        tokenizer=tokenizer,
-        patch_size=8,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,  # CLIP's CLS token, dropped by the "default" strategy
-        chat_template=LLAVA_NEXT_VIDEO_FORMAT_TEMPLATE,
-    )
-    ids = tokenizer.convert_tokens_to_ids
-    config = LlavaNextVideoConfig(
-        text_config=dict(
-            model_type="llama",
-            vocab_size=len(tokenizer),
-            **language_model_sizes(hidden_size),
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        ),
-        vision_config=dict(
-            model_type="clip_vision_model", **VISION_ENCODER_SIZES, image_size=32, patch_size=8, projection_dim=32
-        ),
-        image_token_index=ids("<image>"),
-        video_token_index=ids("<video>"),
-        image_grid_pinpoints=pinpoints,
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-1,
-        image_seq_length=16,
-        video_seq_length=4,
-        tie_word_embeddings=False,
-    )
-    return instantiate(LlavaNextVideoForConditionalGeneration, config, processor, seed)
