@@ -35,7 +35,7 @@ from jinja2 import TemplateError
 from transformers import ProcessorMixin
 
 from vlsft.collation.images import ImageExpansion
-from vlsft.collation.processor_expansion import ProcessorExpansion
+from vlsft.collation.processor_expansion import ProcessorExpansion, processor_prefix
 from vlsft.collation.rendering import RowError, RowRendering
 from vlsft.collation.template_kwargs import TemplateKwargsError, boolean_switches, template_kwargs_problems
 from vlsft.collation.videos import VideoExpansion
@@ -128,13 +128,16 @@ class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, ProcessorE
         # its images expanded by the processor itself (`vlsft.collation.processor_expansion`).
         self.generic_family = name is None
         self.family = FAMILIES[name] if name is not None else generic_family(self.processor, end_of_turn)
+        self._processor_prefix = processor_prefix(self.processor) if self.generic_family else ""
         self.image_token = self.family.image_token
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)  # the placeholder, one per image
         # (A checkpoint may lack some of the family's vision tokens, e.g. fewer tile tags: those map to nothing.)
         vision_ids = tokenizer.convert_tokens_to_ids(list(self.family.vision_tokens))
         self._vision_token_ids = {i for i in vision_ids if i not in (None, tokenizer.unk_token_id)}
-        # The tokens the model replaces with image features (Gemma 3: the soft tokens, not the placeholder).
-        self.image_feature_token_ids = [i for i in self.processor.image_token_ids if i is not None]
+        # The tokens the model replaces with image features (Gemma 3: the soft tokens, not the placeholder). A processor
+        # whose placeholder is plain text names none (Ovis2): its image is the vision tokens of its replacement text.
+        feature_ids = [i for i in self.processor.image_token_ids if i not in (None, tokenizer.unk_token_id)]
+        self.image_feature_token_ids = feature_ids or sorted(self._vision_token_ids)
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.merge_length = getattr(self.processor.image_processor, "merge_size", 1) ** 2
         # The processor's own image defaults (LLaVA-NeXT pads tiles, Idefics3 returns the tile grid, ...).
@@ -152,6 +155,8 @@ class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, ProcessorE
         for index, row in enumerate(rows):
             try:
                 pieces, weights = self.weighted_pieces(row)
+                if self.generic_family:
+                    pieces = self._with_processor_prefix(pieces)
             except (
                 UnsupportedConversationError, PrefixRuleError, TemplateError, TemplateKwargsError, TurnWeightError
             ) as error:
@@ -203,8 +208,13 @@ class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, ProcessorE
             for row in self._tokenize_pieces(expanded, images):
                 sequences.append(torch.tensor(row.input_ids, dtype=torch.long))
                 masks.append(torch.tensor(row.supervised, dtype=torch.bool))
-        # What the model takes (not, e.g., Idefics3's tile grid, which only `replace_image_token` reads).
-        batch = {key: value for key, value in {**vision, **video_outputs}.items() if key in self._model_input_names}
+        # What the model takes (not, e.g., Idefics3's tile grid, which only `replace_image_token` reads). On the generic
+        # path, every image tensor the processor returns: it drops those its model does not take itself
+        # (`unused_input_names`), and some name theirs otherwise than they list (Video-LLaVA's `pixel_values_images`).
+        batch = {
+            key: value for key, value in {**vision, **video_outputs}.items()
+            if key in self._model_input_names or (self.generic_family and key in vision)
+        }
 
         token_weights = self._row_token_weights(sequences, masks, row_weights)
         vision_ids = torch.tensor(sorted(self._vision_token_ids))

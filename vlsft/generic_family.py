@@ -11,6 +11,8 @@ Videos are not collated on this path: a row with one is refused by name.
 
 from __future__ import annotations
 
+from PIL import Image
+
 from vlsft.families import Family, ModelParts
 from vlsft.model_parts import PROJECTOR_NAMES, VISION_TOWER_NAMES
 
@@ -36,6 +38,21 @@ def added_tokens(tokenizer) -> tuple[str, ...]:
     )
 
 
+def replacement_tokens(processor) -> tuple[str, ...]:
+    """The control tokens of the text the processor puts in place of one image's placeholder, found on a probe
+    image. They stand for the image when the placeholder itself is plain text, not a token of the vocabulary (Ovis2's
+    `<image>`, replaced in text by `<IMG_START>`, `<IMG_ATOM>`...): then no token id of the processor names them."""
+    outputs = processor(
+        images=[Image.new("RGB", (64, 64))], text=[processor.image_token], return_tensors="pt",
+        return_text_replacement_offsets=True,
+    )
+    replacement = "".join(item["replacement"] for item in outputs["text_replacement_offsets"][0])
+    tokenizer = processor.tokenizer
+    control = set(added_tokens(tokenizer))
+    pieces = tokenizer.convert_ids_to_tokens(tokenizer(replacement, add_special_tokens=False)["input_ids"])
+    return tuple(dict.fromkeys(piece for piece in pieces if piece in control))
+
+
 def generic_family(processor, end_of_turn: str) -> Family:
     """The record of `processor`'s family for the generic path; `end_of_turn` is the token that ends an assistant
     turn of its chat template (`vlsft.generic_masks.end_of_turn_token`)."""
@@ -48,6 +65,8 @@ def generic_family(processor, end_of_turn: str) -> Family:
             "processor conventions."
         )
     media = [getattr(processor, attribute, None) for attribute in _MEDIA_TOKEN_ATTRIBUTES]
+    if processor.tokenizer.convert_tokens_to_ids(image_token) in (None, processor.tokenizer.unk_token_id):
+        media += replacement_tokens(processor)  # the placeholder is plain text: the image is its replacement's tokens
     vision_tokens = tuple(dict.fromkeys([*processor.all_special_multimodal_tokens, *(t for t in media if isinstance(t, str))]))
     # The map of image tokens some models take (3D rope positions); never `token_type_ids`, which many tokenizers
     # list for segment ids.

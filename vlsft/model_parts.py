@@ -43,9 +43,13 @@ def _alternatives(names) -> str:
 # transformers 5's names of the parts of a vision-language model, by which the parts of a model without a record
 # (the generic path) are found: e.g. GLM-4.1V's `visual` and `visual.merger`, LFM2-VL's `vision_tower` and
 # `multi_modal_projector`, Idefics3's `vision_model` and `connector`, Muse Glimmer's `vision_adapter` (an MLP) and
-# `vision_projection` (Llama 4's pixel-shuffle MLP is a `vision_adapter` too, inside its `vision_model`: a projector).
-VISION_TOWER_NAMES = ("visual", "vision_tower", "vision_model")
-PROJECTOR_NAMES = ("multi_modal_projector", "merger", "connector", "vision_adapter", "vision_projection")
+# `vision_projection` (Llama 4's pixel-shuffle MLP is a `vision_adapter` too, inside its `vision_model`: a projector);
+# Ovis2's projector is its `visual_embeddings_table`, which maps the vision tower's probabilities over a visual
+# vocabulary into embeddings; Video-LLaVA has two towers, `image_tower` and `video_tower`.
+VISION_TOWER_NAMES = ("visual", "vision_tower", "vision_model", "image_tower", "video_tower")
+PROJECTOR_NAMES = (
+    "multi_modal_projector", "merger", "connector", "vision_adapter", "vision_projection", "visual_embeddings_table",
+)
 LANGUAGE_MODEL_NAMES = ("language_model", "text_model")
 
 # The names of different families never collide (no Qwen module is called `connector`, no Gemma one `visual`), so one

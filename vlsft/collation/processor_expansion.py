@@ -15,12 +15,36 @@ import torch
 from vlsft.collation.rendering import RowError
 
 
+_PROBE_TEXT = "probe"
+# The processor's outputs for the text, which the collator builds itself from the row's pieces.
+_TEXT_OUTPUTS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
+
+
+def processor_prefix(processor) -> str:
+    """The text the processor writes before each row of its own, found on a probe text ("" for most): Molmo2's
+    writes its BOS (its tokenizer has none, so `<|im_end|>`), which its checkpoints' templates do not write."""
+    try:
+        ids = processor(text=[_PROBE_TEXT], add_special_tokens=False)["input_ids"][0]
+    except (ValueError, TypeError):  # a processor that takes no text alone adds nothing that could be found here
+        return ""
+    text = processor.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    return text[: -len(_PROBE_TEXT)] if text.endswith(_PROBE_TEXT) else ""
+
+
 class ProcessorExpansion:
     """How `VisionChatCollator` expands images on the generic path."""
 
+    def _with_processor_prefix(self, pieces: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
+        """The row's pieces after the text the processor writes before each row (`processor_prefix`), unsupervised:
+        the model sees what it sees at inference, and the row's tokens are the processor's."""
+        prefix = self._processor_prefix
+        if not prefix or (pieces and pieces[0][0].startswith(prefix)):
+            return pieces
+        return [(prefix, False), *pieces]
+
     def _processor_batch(self, row_pieces: list[list[tuple[str, bool]]], images: list[list[Any]]):
-        """(the processor's outputs, the replacement text of each image in order, each row's `input_ids` as the
-        processor tokenizes its whole text) for the rendered rows."""
+        """(the processor's outputs for the images, the replacement text of each image in order, each row's
+        `input_ids` as the processor tokenizes its whole text) for the rendered rows."""
         texts = ["".join(text for text, _ in pieces) for pieces in row_pieces]
         outputs = self.processor(
             images=images if any(images) else None,
@@ -41,7 +65,8 @@ class ProcessorExpansion:
         replacements = [item["replacement"] for row in offsets for item in row if item["type"] == "image"]
         lengths = outputs["attention_mask"].sum(-1).tolist()
         reference = [ids[:length].tolist() for ids, length in zip(outputs["input_ids"], lengths)]
-        return dict(outputs), replacements, reference
+        media = {key: value for key, value in outputs.items() if key not in _TEXT_OUTPUTS}
+        return media, replacements, reference
 
     def _check_against_processor(self, index: int, pieces, ids: torch.Tensor, reference: list[int]) -> None:
         """Raise `RowError` if the row's tokens (tokenized piece by piece, before the BOS/EOS the tokenizer adds) are

@@ -11,6 +11,8 @@ from vlsft.testing.tiny_generic_cohere_lfm3_plm import (
     build_tiny_perception_lm,
 )
 from vlsft.testing.tiny_generic_llama4_muse import build_tiny_llama4, build_tiny_muse_glimmer
+from vlsft.testing.tiny_generic_molmo_ovis_minicpm import build_tiny_minicpmv4_6, build_tiny_molmo2, build_tiny_ovis2
+from vlsft.testing.tiny_generic_molmo_ovis_minicpm_llava import build_tiny_llava_next_video, build_tiny_video_llava
 
 GENERIC_BUILDERS = {
     "lfm2_vl": build_tiny_lfm2_vl,
@@ -23,4 +25,9 @@ GENERIC_BUILDERS = {
     "perception_lm": build_tiny_perception_lm,
     "llama4": build_tiny_llama4,
     "muse_glimmer": build_tiny_muse_glimmer,
+    "ovis2": build_tiny_ovis2,
+    "molmo2": build_tiny_molmo2,
+    "minicpmv4_6": build_tiny_minicpmv4_6,
+    "llava_next_video": build_tiny_llava_next_video,
+    "video_llava": build_tiny_video_llava,
 }
