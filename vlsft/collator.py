@@ -123,7 +123,7 @@ class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, ProcessorE
         name = self.template_family or family_of_processor(self.processor)
         if self.generic_masks or name is None:
             # Found now from the template's rendering, so a template that writes none fails before training.
-            end_of_turn = end_of_turn_token(self.render_stock, added_tokens(tokenizer))
+            end_of_turn = end_of_turn_token(self.render_stock, added_tokens(tokenizer), tokenizer.eos_token)
         # A processor outside the records takes the generic path: its record read off the processor and template,
         # its images expanded by the processor itself (`vlsft.collation.processor_expansion`).
         self.generic_family = name is None

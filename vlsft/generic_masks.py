@@ -14,7 +14,11 @@ naming the message (`PrefixRuleError`), never given a wrong mask.
 End of turn: the control token (a token the tokenizer adds whole) that ends the turn's text, trailing whitespace
 aside. Some templates write none (GLM-4.1V: the turn ends with its text, and the model stops by generating the next
 `<|user|>`, one of its `eos_token_id`s): there the control token the template writes next is supervised as the
-turn's stop token, and appended to the row after a final turn, so that the model learns to stop.
+turn's stop token, and appended to the row after a final turn, so that the model learns to stop. Some write no
+control token between turns at all (LLaVA-1.5: `... ASSISTANT: Red. USER: ...`; the model stops by generating its
+eos, which the history never shows): there the tokenizer's eos token is the stop token, appended after a final turn
+and supervised there; an earlier turn is supervised through its text only, since a stop token there would change
+the history the template renders (and the model sees at inference).
 """
 
 from __future__ import annotations
@@ -59,10 +63,11 @@ def _refusal(position: int, what: str) -> PrefixRuleError:
 
 
 def assistant_spans(
-    render: Render, messages: list[dict], control_tokens: tuple[str, ...]
+    render: Render, messages: list[dict], control_tokens: tuple[str, ...], eos_token: str | None = None
 ) -> tuple[str, list[tuple[int, int]]]:
     """(text, spans): the conversation as the template renders it, and the character span of what the model must
-    generate for each assistant message, in order. `control_tokens`: the tokenizer's added tokens, longest first.
+    generate for each assistant message, in order. `control_tokens`: the tokenizer's added tokens, longest first;
+    `eos_token`: the tokenizer's, the stop token of a template that writes no control token between turns.
 
     The text is the whole rendering, plus the stop token after a final turn whose template writes no end-of-turn
     marker (see the module docstring). Raises `PrefixRuleError` naming the first message the rule cannot apply to.
@@ -94,25 +99,32 @@ def assistant_spans(
                 end = len(through) + following.index(stop) + len(stop)
                 if position + 1 == len(messages):
                     appended = following[: end - len(through)]
+            elif eos_token in control_tokens:
+                # No control token between turns: the eos stops generation, and only a final turn can show it.
+                if position + 1 == len(messages):
+                    appended, end = eos_token, len(through) + len(eos_token)
+                else:
+                    end = len(prompt) + len(turn.rstrip())  # its trailing space is the next turn's first token
         spans.append((len(prompt), end))
     return text + appended, spans
 
 
-def end_of_turn_token(render: Render, control_tokens: tuple[str, ...]) -> str:
-    """The token that ends an assistant turn of this template (its end-of-turn marker, or the stop token that
-    follows a turn without one), found on a probe conversation. Raises `ValueError` if it writes neither: the model
-    would never learn to stop."""
+def end_of_turn_token(render: Render, control_tokens: tuple[str, ...], eos_token: str | None = None) -> str:
+    """The token that ends an assistant turn of this template (its end-of-turn marker, the stop token that follows a
+    turn without one, or else `eos_token`), found on a probe conversation. Raises `ValueError` if there is none: the
+    model would never learn to stop."""
     messages = [
         {"role": "user", "content": [{"type": "text", "text": "Hello"}]},
         {"role": "assistant", "content": [{"type": "text", "text": "Hi"}]},
     ]
-    text, spans = assistant_spans(render, messages, control_tokens)
+    text, spans = assistant_spans(render, messages, control_tokens, eos_token)
     start, end = spans[0]
     token = _ending_control_token(text[start:end], control_tokens)
     if token is None:
         raise ValueError(
-            "the chat template ends an assistant turn with no control token and writes none after it, so vlsft "
-            "cannot tell which token stops generation (the model would never learn to stop). Pass a template with "
+            "the chat template ends an assistant turn with no control token and writes none after it, and the "
+            "tokenizer has no eos token, so vlsft cannot tell which token stops generation (the model would never "
+            "learn to stop). Set the tokenizer's `eos_token`, or pass a template with "
             "{% generation %} markers around each assistant turn and its end-of-turn token with `chat_template_path`."
         )
     return token
