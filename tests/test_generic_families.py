@@ -57,6 +57,10 @@ def rule_texts(processor, messages, tools=None) -> list[str]:
         if message["role"] != "assistant":
             continue
         before, through = render(messages[:k], True), render(messages[: k + 1])
+        if not through.startswith(before):  # a prompt whose trailing whitespace differs from the history's
+            stem = before.rstrip()
+            assert through.startswith(stem)
+            before = stem + through[len(stem) :][: -len(through[len(stem) :].lstrip()) or None]
         turn = through[len(before) :].rstrip()
         if not any(turn.endswith(token) for token in control):  # what follows: the next message, or a new user one
             after = messages[k + 1 :] or [{"role": "user", "content": [{"type": "text", "text": "x"}]}]

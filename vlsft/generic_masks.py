@@ -6,7 +6,7 @@ what the template renders for `messages[:k+1]` beyond that prompt, up to and inc
 newline a template writes after that token is the next turn's, never generated).
 
 The rule is exact only where each rendering is a prefix of the next: the prompt of message k a prefix of the
-rendering through message k, and that a prefix of the whole conversation's rendering. A template that rewrites
+rendering through message k (its trailing whitespace aside: `_turn_start`), and that a prefix of the whole conversation's rendering. A template that rewrites
 history (drops the reasoning of earlier turns, moves the system prompt into the last user message, ends a turn with a
 token that depends on the next message) breaks it; every row is checked, on its own text, and such a row is refused
 naming the message (`PrefixRuleError`), never given a wrong mask.
@@ -62,6 +62,21 @@ def _refusal(position: int, what: str) -> PrefixRuleError:
     )
 
 
+def _turn_start(prompt: str, through: str) -> int | None:
+    """Where the generated text of a turn starts in `through` (the rendering through the turn): after `prompt` (the
+    generation prompt's rendering), or None if the turn is not rendered after that prompt. A prompt that differs from
+    the history in its trailing whitespace only (LLaVA-OneVision: `<|im_start|>assistant\n` at inference,
+    `<|im_start|>assistant \n` in the history) counts: the turn starts after the whitespace that follows the
+    prompt's last word, where the model starts generating at inference."""
+    if through.startswith(prompt):
+        return len(prompt)
+    stem = prompt.rstrip()
+    if stem == prompt or not through.startswith(stem):
+        return None
+    rest = through[len(stem) :]
+    return len(through) - len(rest.lstrip())
+
+
 def assistant_spans(
     render: Render, messages: list[dict], control_tokens: tuple[str, ...], eos_token: str | None = None
 ) -> tuple[str, list[tuple[int, int]]]:
@@ -78,17 +93,17 @@ def assistant_spans(
     for position, message in enumerate(messages):
         if message.get("role") != "assistant":
             continue
-        prompt = render(messages[:position], True)
         through = render(messages[: position + 1], False)
-        if not through.startswith(prompt):
+        start = _turn_start(render(messages[:position], True), through)
+        if start is None:
             raise _refusal(position, "the template renders the turn without the generation prompt it gives at inference")
         if not text.startswith(through):
             raise _refusal(position, "its rendering changes once the later messages follow")
-        turn = through[len(prompt) :]
+        turn = through[start:]
         end = len(through)
         end_token = _ending_control_token(turn, control_tokens)
         if end_token is not None:
-            end = len(prompt) + len(turn.rstrip())
+            end = start + len(turn.rstrip())
         else:
             # No end-of-turn marker: the model stops by generating the control token the template writes next.
             following = text[len(through) :] if position + 1 < len(messages) else render(
@@ -104,8 +119,8 @@ def assistant_spans(
                 if position + 1 == len(messages):
                     appended, end = eos_token, len(through) + len(eos_token)
                 else:
-                    end = len(prompt) + len(turn.rstrip())  # its trailing space is the next turn's first token
-        spans.append((len(prompt), end))
+                    end = start + len(turn.rstrip())  # its trailing space is the next turn's first token
+        spans.append((start, end))
     return text + appended, spans
 
 
