@@ -58,8 +58,12 @@ def test_a_template_with_no_control_token_between_turns_stops_on_the_eos_after_t
     # The earlier turn through its text (its trailing space starts the next `USER`), the final one through the eos.
     assert turns(text, spans) == [" Hi there.", " Red. </s>"]
     assert end_of_turn_token(render, CONTROL, "</s>") == "</s>"
-    with pytest.raises(ValueError, match="no eos token"):  # no stop token at all: still refused with the fix
+    with pytest.raises(ValueError, match="no control token.*chat_template_path"):  # no eos: refused with the fix
         end_of_turn_token(render, CONTROL)
+    # Nor does the eos stand in for a template without a generation prompt (no chat format: nothing cues the turn).
+    uncued = renderer(VICUNA.replace("ASSISTANT:", ""))
+    with pytest.raises(ValueError, match="only for a template that writes a generation prompt"):
+        end_of_turn_token(uncued, CONTROL, "</s>")
 
 
 def test_a_prompt_differing_from_the_history_in_trailing_whitespace_only_starts_the_turn_after_it():

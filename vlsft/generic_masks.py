@@ -132,14 +132,17 @@ def end_of_turn_token(render: Render, control_tokens: tuple[str, ...], eos_token
         {"role": "user", "content": [{"type": "text", "text": "Hello"}]},
         {"role": "assistant", "content": [{"type": "text", "text": "Hi"}]},
     ]
-    text, spans = assistant_spans(render, messages, control_tokens, eos_token)
+    # The eos stands in for a stop token the template never writes only where it cues the assistant's turn with a
+    # generation prompt: a template without one is no chat format, and nothing says the model stops there.
+    cues_the_turn = render(messages[:1], True) != render(messages[:1], False)
+    text, spans = assistant_spans(render, messages, control_tokens, eos_token if cues_the_turn else None)
     start, end = spans[0]
     token = _ending_control_token(text[start:end], control_tokens)
     if token is None:
         raise ValueError(
-            "the chat template ends an assistant turn with no control token and writes none after it, and the "
-            "tokenizer has no eos token, so vlsft cannot tell which token stops generation (the model would never "
-            "learn to stop). Set the tokenizer's `eos_token`, or pass a template with "
+            "the chat template ends an assistant turn with no control token and writes none after it, so vlsft "
+            "cannot tell which token stops generation (the model would never learn to stop; the tokenizer's eos "
+            "stands in only for a template that writes a generation prompt). Pass a template with "
             "{% generation %} markers around each assistant turn and its end-of-turn token with `chat_template_path`."
         )
     return token
