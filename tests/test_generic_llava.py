@@ -5,6 +5,7 @@ the tests every generic family gets (`tests/test_generic_families.py`): what the
 - ViP-LLaVA's turns meet inside a word (`Red.###Human:`): what follows the cut tokenizes as a continuation.
 - LLaVA-OneVision's generation prompt (`<|im_start|>assistant\\n`) differs from its history (`<|im_start|>assistant
   \\n`) in whitespace only: the turn starts after the history's whitespace; any other difference is still refused.
+- The checkpoints' templates, whose generation markers leave the stop token out, are masked by the rule.
 - LLaVA-OneVision's videos are refused by row on the generic path.
 """
 
@@ -20,6 +21,7 @@ from tests.conftest import IMAGE, _shapes, assistant, image, user
 from vlsft.collation.rendering import Continuation, RowError
 from vlsft.collator import VisionChatCollator
 from vlsft.generic_masks import PrefixRuleError, assistant_spans, end_of_turn_token
+from vlsft.testing.tiny_generic_llava import LLAVA_1_5_CHECKPOINT_TEMPLATE, LLAVA_ONEVISION_CHECKPOINT_TEMPLATE
 
 CONTROL = ("<|im_start|>", "<|im_end|>", "<s>", "</s>")
 # The turn structure of LLaVA-1.5's template: role prefixes in plain text, no control token anywhere.
@@ -100,6 +102,25 @@ def test_vipllava_turns_that_meet_inside_a_word_tokenize_as_the_processor_does()
     assert batch["input_ids"][0, :-1].tolist() == reference["input_ids"][0].tolist()  # + the appended eos
     texts = supervised_texts(processor.tokenizer, batch["input_ids"][0], batch["labels"][0])
     assert texts == [" Red.", " Blue.</s>"]
+
+
+@pytest.mark.parametrize(
+    ("family", "template", "expected"),
+    [
+        ("llava", LLAVA_1_5_CHECKPOINT_TEMPLATE, [" Yes, send one.", " A square.", " A circle on the left. </s>"]),
+        ("llava_onevision", LLAVA_ONEVISION_CHECKPOINT_TEMPLATE,
+         ["Yes, send one.<|im_end|>", "A square.<|im_end|>", "A circle on the left.<|im_end|>"]),
+    ],
+)
+def test_checkpoint_templates_whose_markers_leave_out_the_stop_are_masked_by_the_rule(family, template, expected):
+    """The llava-hf checkpoints ship these templates with generation markers around the answer text only: by their
+    markers a model never learns to stop (and LLaVA-1.5's cut after `ASSISTANT: ` splits a token). A family without a
+    record is masked by the rule instead, on the template as shipped."""
+    _, processor = tiny(family)
+    collate = VisionChatCollator(processor, template)
+    assert collate.generic_masks
+    batch = collate([_shapes()["multi_turn_later_images"][0]])
+    assert supervised_texts(processor.tokenizer, batch["input_ids"][0], batch["labels"][0]) == expected
 
 
 def test_llava_onevision_videos_are_refused_by_row():

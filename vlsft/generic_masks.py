@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from transformers.utils.chat_template_utils import render_jinja_template
+
 from vlsft.families import Family
 from vlsft.templates import UnsupportedConversationError
 
@@ -33,6 +35,11 @@ Render = Callable[[list[dict], bool], str]  # (messages, add_generation_prompt) 
 # The message appended to find which control token a template writes after an assistant turn that has no end-of-turn
 # marker of its own.
 _PROBE_USER = {"role": "user", "content": [{"type": "text", "text": "next"}]}
+# The conversation a template's end-of-turn token is found on.
+_PROBE = [
+    {"role": "user", "content": [{"type": "text", "text": "Hello"}]},
+    {"role": "assistant", "content": [{"type": "text", "text": "Hi"}]},
+]
 
 
 class PrefixRuleError(ValueError):
@@ -124,14 +131,21 @@ def assistant_spans(
     return text + appended, spans
 
 
+def markers_leave_out_the_stop(template: str, end_of_turn: str, **template_kwargs) -> bool:
+    """Whether the `{% generation %}` blocks of `template` leave `end_of_turn` (the stop token the rule supervises)
+    out of the assistant turn of a probe conversation. The llava-hf checkpoints' LLaVA-1.5 and LLaVA-OneVision
+    templates mark the answer text only: trained by their markers, a model never learns to stop."""
+    rendered, marked = render_jinja_template(
+        [_PROBE], chat_template=template, return_assistant_tokens_mask=True, **template_kwargs
+    )
+    return not any(end_of_turn in rendered[0][start:end] for start, end in marked[0])
+
+
 def end_of_turn_token(render: Render, control_tokens: tuple[str, ...], eos_token: str | None = None) -> str:
     """The token that ends an assistant turn of this template (its end-of-turn marker, the stop token that follows a
     turn without one, or else `eos_token`), found on a probe conversation. Raises `ValueError` if there is none: the
     model would never learn to stop."""
-    messages = [
-        {"role": "user", "content": [{"type": "text", "text": "Hello"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "Hi"}]},
-    ]
+    messages = _PROBE
     # The eos stands in for a stop token the template never writes only where it cues the assistant's turn with a
     # generation prompt: a template without one is no chat format, and nothing says the model stops there.
     cues_the_turn = render(messages[:1], True) != render(messages[:1], False)

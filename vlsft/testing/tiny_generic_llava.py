@@ -29,8 +29,9 @@ from vlsft.testing.tiny_tokenizers import train_mistral_tokenizer
 
 # llava-hf/llava-1.5-*-hf's template (Vicuna v1 format): `USER: ` / `ASSISTANT: ` role prefixes, images first as
 # `<image>\n`, every text followed by a space; a system message writes its text with no prefix. It writes no
-# end-of-turn marker and no control token between turns: the model stops by generating `</s>`, its eos.
-LLAVA_1_5_TEMPLATE = without_generation_markers(
+# end-of-turn marker and no control token between turns: the model stops by generating `</s>`, its eos. As shipped,
+# with generation markers around the answer text only (`LLAVA_1_5_TEMPLATE`: without them).
+LLAVA_1_5_CHECKPOINT_TEMPLATE = (
     "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
     "{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
     "{{ '<image>\n' }}{% endfor %}"
@@ -40,6 +41,7 @@ LLAVA_1_5_TEMPLATE = without_generation_markers(
     "{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 )
+LLAVA_1_5_TEMPLATE = without_generation_markers(LLAVA_1_5_CHECKPOINT_TEMPLATE)
 
 # llava-hf/vip-llava-*-hf's template: `###Human: ` / `###Assistant: ` role prefixes, the system text first as it is,
 # images first as `<image>\n`, texts joined with nothing. No end-of-turn marker either: the model stops on `</s>`.
@@ -56,8 +58,8 @@ VIPLLAVA_TEMPLATE = (
 
 # llava-hf/llava-onevision-qwen2-*-hf's template (ChatML over its Qwen2 language model, as transformers' processor
 # tests spell it): `<|im_start|>role ` then images, videos, and each text after a newline, each turn ended by
-# `<|im_end|>`.
-LLAVA_ONEVISION_TEMPLATE = without_generation_markers(
+# `<|im_end|>`. As shipped, with generation markers around the answer text only (`LLAVA_ONEVISION_TEMPLATE`: without).
+LLAVA_ONEVISION_CHECKPOINT_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + ' '}}"
     "{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
     "{{ '<image>' }}{% endfor %}"
@@ -69,6 +71,7 @@ LLAVA_ONEVISION_TEMPLATE = without_generation_markers(
     "{% generation %}{{ '\n' + content['text'] }}{% endgeneration %}{% endfor %}{% endif %}{{'<|im_end|>'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+LLAVA_ONEVISION_TEMPLATE = without_generation_markers(LLAVA_ONEVISION_CHECKPOINT_TEMPLATE)
 
 # A 32 px CLIP view of 8 px patches: 16 image tokens (the CLS token dropped by the "default" feature strategy).
 _CLIP_VIEW = dict(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
