@@ -6,10 +6,11 @@ what the template renders for `messages[:k+1]` beyond that prompt, up to and inc
 newline a template writes after that token is the next turn's, never generated).
 
 The rule is exact only where each rendering is a prefix of the next: the prompt of message k a prefix of the
-rendering through message k (its trailing whitespace aside: `_turn_start`), and that a prefix of the whole conversation's rendering. A template that rewrites
-history (drops the reasoning of earlier turns, moves the system prompt into the last user message, ends a turn with a
-token that depends on the next message) breaks it; every row is checked, on its own text, and such a row is refused
-naming the message (`PrefixRuleError`), never given a wrong mask.
+rendering through message k (its trailing whitespace aside: `_turn_start`), and that a prefix of the whole
+conversation's rendering. A template that rewrites history (drops the reasoning of earlier turns, moves the system
+prompt into the last user message, ends a turn with a token that depends on the next message) breaks it; every row
+is checked, on its own text, and such a row is refused naming the message (`PrefixRuleError`), never given a wrong
+mask.
 
 End of turn: the control token (a token the tokenizer adds whole) that ends the turn's text, trailing whitespace
 aside. Some templates write none (GLM-4.1V: the turn ends with its text, and the model stops by generating the next
@@ -145,11 +146,10 @@ def end_of_turn_token(render: Render, control_tokens: tuple[str, ...], eos_token
     """The token that ends an assistant turn of this template (its end-of-turn marker, the stop token that follows a
     turn without one, or else `eos_token`), found on a probe conversation. Raises `ValueError` if there is none: the
     model would never learn to stop."""
-    messages = _PROBE
     # The eos stands in for a stop token the template never writes only where it cues the assistant's turn with a
     # generation prompt: a template without one is no chat format, and nothing says the model stops there.
-    cues_the_turn = render(messages[:1], True) != render(messages[:1], False)
-    text, spans = assistant_spans(render, messages, control_tokens, eos_token if cues_the_turn else None)
+    cues_the_turn = render(_PROBE[:1], True) != render(_PROBE[:1], False)
+    text, spans = assistant_spans(render, _PROBE, control_tokens, eos_token if cues_the_turn else None)
     start, end = spans[0]
     token = _ending_control_token(text[start:end], control_tokens)
     if token is None:

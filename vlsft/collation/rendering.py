@@ -175,7 +175,8 @@ class RowRendering:
             messages = as_content_items(messages)
         if self.generic_masks and not add_generation_prompt:
             render = partial(self.render_stock, tools=tools, kwargs=template_kwargs)  # (messages, add_generation_prompt)
-            text, spans = assistant_spans(render, messages, self.control_tokens, self.processor.tokenizer.eos_token)
+            eos_token = self.processor.tokenizer.eos_token  # the stop of a template with no control token between turns
+            text, spans = assistant_spans(render, messages, self.control_tokens, eos_token)
         elif self.generic_masks:
             text, spans = self.render_stock(messages, True, tools, template_kwargs), []
         else:
@@ -289,7 +290,7 @@ class RowRendering:
             sub_pieces = [part for part in sub_pieces if part]
             continues = isinstance(text, Continuation)  # the piece itself may continue the one before it
             out += [
-                (part if i == 0 and not continues else Continuation(part), supervised) for i, part in enumerate(sub_pieces)
+                (Continuation(part) if i or continues else part, supervised) for i, part in enumerate(sub_pieces)
             ]
         return out
 

@@ -75,7 +75,9 @@ LLAVA_ONEVISION_TEMPLATE = without_generation_markers(LLAVA_ONEVISION_CHECKPOINT
 
 # A 32 px CLIP view of 8 px patches: 16 image tokens (the CLS token dropped by the "default" feature strategy).
 _CLIP_VIEW = dict(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-_CLIP_TOWER = dict(model_type="clip_vision_model", **VISION_ENCODER_SIZES, image_size=32, patch_size=8, projection_dim=32)
+_CLIP_TOWER = dict(
+    model_type="clip_vision_model", **VISION_ENCODER_SIZES, image_size=32, patch_size=8, projection_dim=32
+)
 
 
 def _llama_text_config(tokenizer, hidden_size: int) -> dict:
