@@ -65,7 +65,8 @@ def tiny(family):
 def rule_texts(processor, messages, tools=None, **kwargs) -> list[str]:
     """What the rule supervises, independently of vlsft: for each assistant message k, the rendering of
     `messages[:k+1]` beyond that of `messages[:k]` with the generation prompt, through the last control token in it,
-    or, where the turn has none, through the control token the template writes next."""
+    or, where the turn has none, through the control token the template writes next; where it writes none there
+    either, the turn's text, and after a final turn its whole rendering and the tokenizer's eos token."""
     control = sorted({t.content for t in processor.tokenizer.added_tokens_decoder.values()}, key=len, reverse=True)
 
     def render(prefix, prompt=False):
@@ -76,12 +77,21 @@ def rule_texts(processor, messages, tools=None, **kwargs) -> list[str]:
         if message["role"] != "assistant":
             continue
         before, through = render(messages[:k], True), render(messages[: k + 1])
+        if not through.startswith(before):  # a prompt whose trailing whitespace differs from the history's
+            stem = before.rstrip()
+            assert through.startswith(stem)
+            before = stem + through[len(stem) :][: -len(through[len(stem) :].lstrip()) or None]
         turn = through[len(before) :].rstrip()
         if not any(turn.endswith(token) for token in control):  # what follows: the next message, or a new user one
             after = messages[k + 1 :] or [{"role": "user", "content": [{"type": "text", "text": "x"}]}]
             following = render([*messages[: k + 1], *after])
-            turn += next(t for t in control if following[len(through) :].startswith(t))
-        texts.append(turn)
+            stop = next((t for t in control if following[len(through) :].startswith(t)), None)
+            if stop is not None:
+                turn += stop
+            elif k + 1 == len(messages):  # no control token between turns: the eos stops generation
+                turn = through[len(before) :] + processor.tokenizer.eos_token
+        if turn:  # an earlier turn the template renders as nothing but whitespace has nothing to supervise
+            texts.append(turn)
     return texts
 
 

@@ -43,7 +43,7 @@ from vlsft.collation.weighting import TurnWeighting
 from vlsft.data.rows import ImagesNotAListError, load_image, placeholder_mismatch, row_images
 from vlsft.families import FAMILIES, family_of_processor
 from vlsft.generic_family import added_tokens, generic_family
-from vlsft.generic_masks import PrefixRuleError, end_of_turn_token
+from vlsft.generic_masks import PrefixRuleError, end_of_turn_token, markers_leave_out_the_stop
 from vlsft.templates import (
     UnsupportedConversationError,
     detect_family,
@@ -123,7 +123,11 @@ class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, ProcessorE
         name = self.template_family or family_of_processor(self.processor)
         if self.generic_masks or name is None:
             # Found now from the template's rendering, so a template that writes none fails before training.
-            end_of_turn = end_of_turn_token(self.render_stock, added_tokens(tokenizer))
+            end_of_turn = end_of_turn_token(self.render_stock, added_tokens(tokenizer), tokenizer.eos_token)
+        if name is None and self.assistant_only_loss and not self.generic_masks:
+            # A checkpoint's markers that leave the stop token out would train a model that never stops: the rule
+            # masks a family without a record instead (its markers render their text unchanged).
+            self.generic_masks = markers_leave_out_the_stop(self.chat_template, end_of_turn, **self._template_kwargs)
         # A processor outside the records takes the generic path: its record read off the processor and template,
         # its images expanded by the processor itself (`vlsft.collation.processor_expansion`).
         self.generic_family = name is None

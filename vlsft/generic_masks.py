@@ -6,20 +6,27 @@ what the template renders for `messages[:k+1]` beyond that prompt, up to and inc
 newline a template writes after that token is the next turn's, never generated).
 
 The rule is exact only where each rendering is a prefix of the next: the prompt of message k a prefix of the
-rendering through message k, and that a prefix of the whole conversation's rendering. A template that rewrites
-history (drops the reasoning of earlier turns, moves the system prompt into the last user message, ends a turn with a
-token that depends on the next message) breaks it; every row is checked, on its own text, and such a row is refused
-naming the message (`PrefixRuleError`), never given a wrong mask.
+rendering through message k (its trailing whitespace aside: `_turn_start`), and that a prefix of the whole
+conversation's rendering. A template that rewrites history (drops the reasoning of earlier turns, moves the system
+prompt into the last user message, ends a turn with a token that depends on the next message) breaks it; every row
+is checked, on its own text, and such a row is refused naming the message (`PrefixRuleError`), never given a wrong
+mask.
 
 End of turn: the control token (a token the tokenizer adds whole) that ends the turn's text, trailing whitespace
 aside. Some templates write none (GLM-4.1V: the turn ends with its text, and the model stops by generating the next
 `<|user|>`, one of its `eos_token_id`s): there the control token the template writes next is supervised as the
-turn's stop token, and appended to the row after a final turn, so that the model learns to stop.
+turn's stop token, and appended to the row after a final turn, so that the model learns to stop. Some write no
+control token between turns at all (LLaVA-1.5: `... ASSISTANT: Red. USER: ...`; the model stops by generating its
+eos, which the history never shows): there the tokenizer's eos token is the stop token, appended after a final turn
+and supervised there; an earlier turn is supervised through its text only, since a stop token there would change
+the history the template renders (and the model sees at inference).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+
+from transformers.utils.chat_template_utils import render_jinja_template
 
 from vlsft.families import Family
 from vlsft.templates import UnsupportedConversationError
@@ -29,6 +36,11 @@ Render = Callable[[list[dict], bool], str]  # (messages, add_generation_prompt) 
 # The message appended to find which control token a template writes after an assistant turn that has no end-of-turn
 # marker of its own.
 _PROBE_USER = {"role": "user", "content": [{"type": "text", "text": "next"}]}
+# The conversation a template's end-of-turn token is found on.
+_PROBE = [
+    {"role": "user", "content": [{"type": "text", "text": "Hello"}]},
+    {"role": "assistant", "content": [{"type": "text", "text": "Hi"}]},
+]
 
 
 class PrefixRuleError(ValueError):
@@ -75,11 +87,27 @@ def _refusal(position: int, what: str) -> PrefixRuleError:
     )
 
 
+def _turn_start(prompt: str, through: str) -> int | None:
+    """Where the generated text of a turn starts in `through` (the rendering through the turn): after `prompt` (the
+    generation prompt's rendering), or None if the turn is not rendered after that prompt. A prompt that differs from
+    the history in its trailing whitespace only (LLaVA-OneVision: `<|im_start|>assistant\n` at inference,
+    `<|im_start|>assistant \n` in the history) counts: the turn starts after the whitespace that follows the
+    prompt's last word, where the model starts generating at inference."""
+    if through.startswith(prompt):
+        return len(prompt)
+    stem = prompt.rstrip()
+    if stem == prompt or not through.startswith(stem):
+        return None
+    rest = through[len(stem) :]
+    return len(through) - len(rest.lstrip())
+
+
 def assistant_spans(
-    render: Render, messages: list[dict], control_tokens: tuple[str, ...]
+    render: Render, messages: list[dict], control_tokens: tuple[str, ...], eos_token: str | None = None
 ) -> tuple[str, list[tuple[int, int]]]:
     """(text, spans): the conversation as the template renders it, and the character span of what the model must
-    generate for each assistant message, in order. `control_tokens`: the tokenizer's added tokens, longest first.
+    generate for each assistant message, in order. `control_tokens`: the tokenizer's added tokens, longest first;
+    `eos_token`: the tokenizer's, the stop token of a template that writes no control token between turns.
 
     The text is the whole rendering, plus the stop token after a final turn whose template writes no end-of-turn
     marker (see the module docstring). Raises `PrefixRuleError` naming the first message the rule cannot apply to.
@@ -90,17 +118,17 @@ def assistant_spans(
     for position, message in enumerate(messages):
         if message.get("role") != "assistant":
             continue
-        prompt = render(messages[:position], True)
         through = render(messages[: position + 1], False)
-        if not through.startswith(prompt):
+        start = _turn_start(render(messages[:position], True), through)
+        if start is None:
             raise _refusal(position, "the template renders the turn without the generation prompt it gives at inference")
         if not text.startswith(through):
             raise _refusal(position, _how_it_changes(through, text, control_tokens, position))
-        turn = through[len(prompt) :]
+        turn = through[start:]
         end = len(through)
         end_token = _ending_control_token(turn, control_tokens)
         if end_token is not None:
-            end = len(prompt) + len(turn.rstrip())
+            end = start + len(turn.rstrip())
         else:
             # No end-of-turn marker: the model stops by generating the control token the template writes next.
             following = text[len(through) :] if position + 1 < len(messages) else render(
@@ -111,25 +139,41 @@ def assistant_spans(
                 end = len(through) + following.index(stop) + len(stop)
                 if position + 1 == len(messages):
                     appended = following[: end - len(through)]
-        spans.append((len(prompt), end))
+            elif eos_token in control_tokens:
+                # No control token between turns: the eos stops generation, and only a final turn can show it.
+                if position + 1 == len(messages):
+                    appended, end = eos_token, len(through) + len(eos_token)
+                else:
+                    end = start + len(turn.rstrip())  # its trailing space is the next turn's first token
+        spans.append((start, end))
     return text + appended, spans
 
 
-def end_of_turn_token(render: Render, control_tokens: tuple[str, ...]) -> str:
-    """The token that ends an assistant turn of this template (its end-of-turn marker, or the stop token that
-    follows a turn without one), found on a probe conversation. Raises `ValueError` if it writes neither: the model
-    would never learn to stop."""
-    messages = [
-        {"role": "user", "content": [{"type": "text", "text": "Hello"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "Hi"}]},
-    ]
-    text, spans = assistant_spans(render, messages, control_tokens)
+def markers_leave_out_the_stop(template: str, end_of_turn: str, **template_kwargs) -> bool:
+    """Whether the `{% generation %}` blocks of `template` leave `end_of_turn` (the stop token the rule supervises)
+    out of the assistant turn of a probe conversation. The llava-hf checkpoints' LLaVA-1.5 and LLaVA-OneVision
+    templates mark the answer text only: trained by their markers, a model never learns to stop."""
+    rendered, marked = render_jinja_template(
+        [_PROBE], chat_template=template, return_assistant_tokens_mask=True, **template_kwargs
+    )
+    return not any(end_of_turn in rendered[0][start:end] for start, end in marked[0])
+
+
+def end_of_turn_token(render: Render, control_tokens: tuple[str, ...], eos_token: str | None = None) -> str:
+    """The token that ends an assistant turn of this template (its end-of-turn marker, the stop token that follows a
+    turn without one, or else `eos_token`), found on a probe conversation. Raises `ValueError` if there is none: the
+    model would never learn to stop."""
+    # The eos stands in for a stop token the template never writes only where it cues the assistant's turn with a
+    # generation prompt: a template without one is no chat format, and nothing says the model stops there.
+    cues_the_turn = render(_PROBE[:1], True) != render(_PROBE[:1], False)
+    text, spans = assistant_spans(render, _PROBE, control_tokens, eos_token if cues_the_turn else None)
     start, end = spans[0]
     token = _ending_control_token(text[start:end], control_tokens)
     if token is None:
         raise ValueError(
             "the chat template ends an assistant turn with no control token and writes none after it, so vlsft "
-            "cannot tell which token stops generation (the model would never learn to stop). Pass a template with "
+            "cannot tell which token stops generation (the model would never learn to stop; the tokenizer's eos "
+            "stands in only for a template that writes a generation prompt). Pass a template with "
             "{% generation %} markers around each assistant turn and its end-of-turn token with `chat_template_path`."
         )
     return token

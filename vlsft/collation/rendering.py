@@ -181,7 +181,8 @@ class RowRendering:
             messages = as_content_items(messages)
         if self.generic_masks and not add_generation_prompt:
             render = partial(self.render_stock, tools=tools, kwargs=template_kwargs)  # (messages, add_generation_prompt)
-            text, spans = assistant_spans(render, messages, self.control_tokens)
+            eos_token = self.processor.tokenizer.eos_token  # the stop of a template with no control token between turns
+            text, spans = assistant_spans(render, messages, self.control_tokens, eos_token)
             refuse_content_as_python_text(text, messages)
         elif self.generic_masks:
             text, spans = self.render_stock(messages, True, tools, template_kwargs), []
@@ -266,15 +267,22 @@ class RowRendering:
         text, spans, escaped = self._render_marked(row)
         weights = self._turn_weights(row, spans)
         pieces, cursor = [], 0
+
+        def piece(start: int, end: int) -> str:
+            # A cut inside a word (ViP-LLaVA's `Red.###Human:`): what follows continues it, without the word-boundary
+            # marker a tokenizer puts at the start of a string.
+            inside_word = 0 < start and not text[start - 1].isspace() and not text[start].isspace()
+            return Continuation(text[start:end]) if inside_word else text[start:end]
+
         for start, end in spans:
             if end == start:
                 continue  # an empty block (a context turn's): cutting there would change how its text tokenizes
             if start > cursor:
-                pieces.append((text[cursor:start], False))
-            pieces.append((text[start:end], True))
+                pieces.append((piece(cursor, start), False))
+            pieces.append((piece(start, end), True))
             cursor = end
         if cursor < len(text):
-            pieces.append((text[cursor:], False))
+            pieces.append((piece(cursor, len(text)), False))
         return (self._unmark(pieces, escaped) if escaped else pieces), weights
 
     @staticmethod
@@ -288,7 +296,10 @@ class RowRendering:
             for position, part in enumerate(_ESCAPE_MARK.split(text)):  # text, index, text, index, ..., text
                 sub_pieces += [part] if position % 2 == 0 else [escaped[int(part)][:1], escaped[int(part)][1:]]
             sub_pieces = [part for part in sub_pieces if part]
-            out += [(part if i == 0 else Continuation(part), supervised) for i, part in enumerate(sub_pieces)]
+            continues = isinstance(text, Continuation)  # the piece itself may continue the one before it
+            out += [
+                (Continuation(part) if i or continues else part, supervised) for i, part in enumerate(sub_pieces)
+            ]
         return out
 
     def tokenize_rows(self, rows: list[dict[str, Any]]) -> list[RenderedRow]:

@@ -51,8 +51,14 @@ def trl_template(name: str) -> str:
     """A stock chat template as TRL ships it (trl/chat_templates/<name>.jinja), without the `{% generation %}`
     markers TRL adds to some (LFM2.5-VL's): the template as the checkpoint ships it, which renders the same text.
     Each marker becomes an `{% if true %}` block with the same whitespace control, so not one character changes."""
-    text = resources.files("trl").joinpath("chat_templates", f"{name}.jinja").read_text()
-    return _GENERATION_TAG.sub(lambda m: "{%" + m[1] + (" endif " if m[2] else " if true ") + m[3] + "%}", text)
+    return without_generation_markers(resources.files("trl").joinpath("chat_templates", f"{name}.jinja").read_text())
+
+
+def without_generation_markers(template: str) -> str:
+    """`template` with each `{% generation %}` / `{% endgeneration %}` marker made an `{% if true %}` block with the
+    same whitespace control: the same rendered text, without the markers (a checkpoint's marked template, e.g.
+    LLaVA-1.5's, then takes the incremental-rendering rule)."""
+    return _GENERATION_TAG.sub(lambda m: "{%" + m[1] + (" endif " if m[2] else " if true ") + m[3] + "%}", template)
 
 
 def _byte_level_tokenizer(special: list[str], named: dict[str, str], **tokens) -> PreTrainedTokenizerFast:

@@ -13,6 +13,7 @@ from vlsft.testing.tiny_generic_cohere_lfm3_plm import (
 from vlsft.testing.tiny_generic_llama4_muse import build_tiny_llama4, build_tiny_muse_glimmer
 from vlsft.testing.tiny_generic_molmo_ovis_minicpm import build_tiny_minicpmv4_6, build_tiny_molmo2, build_tiny_ovis2
 from vlsft.testing.tiny_generic_molmo_ovis_minicpm_llava import build_tiny_llava_next_video, build_tiny_video_llava
+from vlsft.testing.tiny_generic_llava import build_tiny_llava, build_tiny_llava_onevision, build_tiny_vipllava
 
 GENERIC_BUILDERS = {
     "lfm2_vl": build_tiny_lfm2_vl,
@@ -30,4 +31,7 @@ GENERIC_BUILDERS = {
     "minicpmv4_6": build_tiny_minicpmv4_6,
     "llava_next_video": build_tiny_llava_next_video,
     "video_llava": build_tiny_video_llava,
+    "llava": build_tiny_llava,
+    "vipllava": build_tiny_vipllava,
+    "llava_onevision": build_tiny_llava_onevision,
 }
