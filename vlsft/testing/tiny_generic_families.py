@@ -1,10 +1,12 @@
 """Every tiny model of a family trained on the generic exact path (`vlsft.testing.tiny_generic`,
-`vlsft.testing.tiny_generic_aya`), by `config.model_type`."""
+`vlsft.testing.tiny_generic_aya`,
+`vlsft.testing.tiny_generic_qwen2_glm`), by `config.model_type`."""
 
 from __future__ import annotations
 
-from vlsft.testing.tiny_generic import build_tiny_glm4v, build_tiny_internvl, build_tiny_lfm2_vl, build_tiny_mistral3
+from vlsft.testing.tiny_generic import build_tiny_internvl, build_tiny_lfm2_vl, build_tiny_mistral3
 from vlsft.testing.tiny_generic_aya import build_tiny_aya_vision
+from vlsft.testing.tiny_generic_qwen2_glm import build_tiny_glm4v, build_tiny_glm4v_moe, build_tiny_glm46v
 
 GENERIC_BUILDERS = {
     "lfm2_vl": build_tiny_lfm2_vl,
@@ -12,4 +14,6 @@ GENERIC_BUILDERS = {
     "mistral3": build_tiny_mistral3,
     "internvl": build_tiny_internvl,
     "aya_vision": build_tiny_aya_vision,
+    "glm4v_moe": build_tiny_glm4v_moe,
+    "glm46v": build_tiny_glm46v,
 }
