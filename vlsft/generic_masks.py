@@ -59,13 +59,16 @@ def _refusal(position: int, what: str) -> PrefixRuleError:
 
 
 def assistant_spans(
-    render: Render, messages: list[dict], control_tokens: tuple[str, ...]
+    render: Render, messages: list[dict], control_tokens: tuple[str, ...], stop_token: str | None = None
 ) -> tuple[str, list[tuple[int, int]]]:
     """(text, spans): the conversation as the template renders it, and the character span of what the model must
     generate for each assistant message, in order. `control_tokens`: the tokenizer's added tokens, longest first.
 
     The text is the whole rendering, plus the stop token after a final turn whose template writes no end-of-turn
-    marker (see the module docstring). Raises `PrefixRuleError` naming the first message the rule cannot apply to.
+    marker (see the module docstring). That token is what the template writes when a user message follows; where the
+    template rewrites the turn once one follows (GLM-4.5V drops the reasoning of turns before the last user message),
+    it is `stop_token`, the template's stop token found on a plain turn (`end_of_turn_token`), and without one the row
+    is refused. Raises `PrefixRuleError` naming the first message the rule cannot apply to.
     """
     text = render(messages, False)
     spans: list[tuple[int, int]] = []
@@ -86,9 +89,9 @@ def assistant_spans(
             end = len(prompt) + len(turn.rstrip())
         else:
             # No end-of-turn marker: the model stops by generating the control token the template writes next.
-            following = text[len(through) :] if position + 1 < len(messages) else render(
-                [*messages[: position + 1], _PROBE_USER], False
-            )[len(through) :]
+            following = text[len(through) :] if position + 1 < len(messages) else _after_final_turn(
+                render, messages, through, position, stop_token
+            )
             stop = _leading_control_token(following, control_tokens)
             if stop is not None:
                 end = len(through) + following.index(stop) + len(stop)
@@ -96,6 +99,17 @@ def assistant_spans(
                     appended = following[: end - len(through)]
         spans.append((len(prompt), end))
     return text + appended, spans
+
+
+def _after_final_turn(render: Render, messages: list[dict], through: str, position: int, stop_token: str | None) -> str:
+    """What the template writes after the final assistant turn (`through`, its rendering) when a user message
+    follows: the stop token the model must learn to generate there."""
+    probe = render([*messages, _PROBE_USER], False)
+    if probe.startswith(through):
+        return probe[len(through) :]
+    if stop_token is None:  # the turn renders otherwise once a user message follows: its stop token is unknown
+        raise _refusal(position, "its rendering changes once a user message follows it")
+    return stop_token
 
 
 def end_of_turn_token(render: Render, control_tokens: tuple[str, ...]) -> str:

@@ -175,7 +175,7 @@ class RowRendering:
             messages = as_content_items(messages)
         if self.generic_masks and not add_generation_prompt:
             render = partial(self.render_stock, tools=tools, kwargs=template_kwargs)  # (messages, add_generation_prompt)
-            text, spans = assistant_spans(render, messages, self.control_tokens)
+            text, spans = assistant_spans(render, messages, self.control_tokens, self.family.end_of_turn)
         elif self.generic_masks:
             text, spans = self.render_stock(messages, True, tools, template_kwargs), []
         else:
