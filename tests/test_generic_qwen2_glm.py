@@ -13,6 +13,7 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 from datasets import Dataset
 from transformers.utils.chat_template_utils import render_jinja_template
 from trl.data_utils import prepare_multimodal_messages
@@ -31,6 +32,7 @@ from vlsft.data.validation import InvalidRowsError
 from vlsft.families import family_of_model
 from vlsft.generic_masks import PrefixRuleError, as_content_items, assistant_spans
 from vlsft.loss import attach_supervised_head
+from vlsft.model_parts import lora_target_modules
 from vlsft.templates import resolve_training_template, training_template
 from vlsft.testing.tiny_generic_families import GENERIC_BUILDERS
 from vlsft.testing.tiny_generic_qwen2_glm import build_tiny_qwen2_vl
@@ -167,6 +169,21 @@ def test_glm4_5v_load_balancing_loss_is_the_models_own():
     attach_supervised_head(model)
     ours = model(**inputs, supervised_labels=batch["labels"]).aux_loss
     assert expected is not None and torch.allclose(ours, expected)
+
+
+# -- LoRA targets ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "glm4v_moe", "glm46v"])
+def test_lora_adapts_every_linear_layer_of_the_decoder_layers_and_vision_blocks(family, qwen2_vl):
+    """GLM-4's fused `mlp.gate_up_proj`, GLM-4.5's `mlp.shared_experts` and Qwen2-VL's vision `mlp.fc1`/`fc2` are
+    adapted like the other families' projections (the MoE's routed experts are fused parameters, not Linear layers)."""
+    model, _ = tiny(family)
+    linear = {name for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    decoder = {name for name in linear if ".language_model.layers." in name}
+    vision = {name for name in linear if ".visual.blocks." in name}
+    assert set(lora_target_modules(model=model)) == decoder
+    assert set(lora_target_modules(vision=True, model=model)) == decoder | vision
 
 
 # -- Videos ---------------------------------------------------------------------------------------------------------
