@@ -36,6 +36,7 @@ from vlsft.model_parts import lora_target_modules
 from vlsft.templates import resolve_training_template, training_template
 from vlsft.testing.tiny_generic_families import GENERIC_BUILDERS
 from vlsft.testing.tiny_generic_qwen2_glm import build_tiny_qwen2_vl
+from vlsft.testing.tiny_video import write_moving_shape
 
 
 def user(text):
@@ -196,3 +197,21 @@ def test_glm_videos_are_refused_by_row(family):
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What?"}]}, answer("A dot.")]
     with pytest.raises(RowError, match=rf"message 0 has a 'video' item: vlsft trains {type(processor).__name__}"):
         VisionChatCollator(processor, processor.chat_template)([{"messages": messages, "images": []}])
+
+
+def test_qwen2_vl_video_equals_the_processor_and_its_model_takes_it(qwen2_vl, tmp_path):
+    """Qwen2.5-VL's record collates videos: for Qwen2-VL's processor too the batch is the processor's own (it returns
+    no `second_per_grid_ts`, and its model takes none) and the model's forward gives the same logits."""
+    from tests.test_video import _decoded, assert_same, processor_reference, video_row
+
+    model, processor = qwen2_vl
+    clip = write_moving_shape(tmp_path / "left.gif", num_frames=9, fps=3, size=(65, 47), direction="left")
+    rows = [video_row(str(clip), answer="left")]
+    batch = VisionChatCollator(processor, training_template("qwen2_5_vl"))(rows)
+    reference = processor_reference(processor, "qwen2_5_vl", rows, [_decoded(clip)])
+    assert_same(batch, reference)
+    assert "pixel_values_videos" in batch and "second_per_grid_ts" not in batch
+    assert supervised_texts(processor.tokenizer, batch["input_ids"][0], batch["labels"][0]) == ["left<|im_end|>\n"]
+    with torch.no_grad():
+        ours, theirs = model(**batch), model(**reference)
+    assert torch.isfinite(ours.loss) and torch.equal(ours.logits, theirs.logits)
