@@ -3,6 +3,7 @@
   are the incremental-rendering rule, the inputs the processor's, and a step, a LoRA step and exact accumulation run;
 - GLM-4.5V's thinking format: a final turn's reasoning is supervised with the stop token after it; a row whose
   earlier reasoning the template drops, or whose reasoning `enable_thinking=False` cannot render, fails by name;
+- GLM-4.5V's tool call is supervised through the `<|observation|>` that stops it, after its `</tool_call>` tag;
 - GLM-4.5V's mixture of experts: the load-balancing loss is the model's own;
 - videos, which their processors take, are refused by row.
 """
@@ -128,6 +129,21 @@ def test_glm4_5v_rows_whose_reasoning_the_template_cannot_keep_are_refused_namin
     kept = copy.deepcopy(earlier)
     kept[1].pop("reasoning_content")
     assert supervised(processor, kept) == ["\n<think></think>\nHi.<|user|>", "\n<think>It is red.</think>\nRed.<|user|>"]
+
+
+def test_glm4_5v_tool_call_is_supervised_through_the_observation_token_that_stops_it():
+    """GLM-4.5V writes no end-of-turn marker: a tool-call turn ends with the `</tool_call>` tag (a token its tokenizer
+    adds whole), and the model stops by generating the `<|observation|>` the template writes next, which is
+    supervised like the `<|user|>` after a text turn."""
+    _, processor = tiny("glm4v_moe")
+    row, _ = _shapes()["tool_call_with_text"]
+    batch = VisionChatCollator(processor, processor.chat_template)([row])
+    texts = supervised_texts(processor.tokenizer, batch["input_ids"][0], batch["labels"][0])
+    assert texts == [
+        "\n<think></think>\nZooming in.\n<tool_call>zoom\n<arg_key>region</arg_key>\n<arg_value>left</arg_value>\n"
+        "</tool_call><|observation|>",
+        "\n<think></think>\nIt is a red dot.<|user|>",
+    ]
 
 
 # A template with no end-of-turn marker that drops an assistant turn's reasoning once a user message follows it.

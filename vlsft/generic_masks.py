@@ -14,7 +14,9 @@ naming the message (`PrefixRuleError`), never given a wrong mask.
 End of turn: the control token (a token the tokenizer adds whole) that ends the turn's text, trailing whitespace
 aside. Some templates write none (GLM-4.1V: the turn ends with its text, and the model stops by generating the next
 `<|user|>`, one of its `eos_token_id`s): there the control token the template writes next is supervised as the
-turn's stop token, and appended to the row after a final turn, so that the model learns to stop.
+turn's stop token, and appended to the row after a final turn, so that the model learns to stop. In such a template
+every turn ends so, even one whose text ends with a tag the tokenizer adds whole (GLM-4.5V's `</tool_call>`, after
+which the model stops by generating `<|observation|>`).
 """
 
 from __future__ import annotations
@@ -64,11 +66,13 @@ def assistant_spans(
     """(text, spans): the conversation as the template renders it, and the character span of what the model must
     generate for each assistant message, in order. `control_tokens`: the tokenizer's added tokens, longest first.
 
-    The text is the whole rendering, plus the stop token after a final turn whose template writes no end-of-turn
-    marker (see the module docstring). That token is what the template writes when a user message follows; where the
-    template rewrites the turn once one follows (GLM-4.5V drops the reasoning of turns before the last user message),
-    it is `stop_token`, the template's stop token found on a plain turn (`end_of_turn_token`), and without one the row
-    is refused. Raises `PrefixRuleError` naming the first message the rule cannot apply to.
+    `stop_token`: for a template that writes no end-of-turn marker, the token that stops its plain turns
+    (`stop_token_after_turns`). Every turn of such a template is supervised through the control token it writes next,
+    whatever its own text ends with: GLM-4.5V's tool call ends with the `</tool_call>` tag, and the model stops by
+    generating the `<|observation|>` after it. The text is the whole rendering, plus the stop token after a final turn
+    of a template without markers: what it writes when a user message follows, or `stop_token` where the turn renders
+    otherwise once one follows (GLM-4.5V drops the reasoning of turns before the last user message); without
+    `stop_token` such a row is refused. Raises `PrefixRuleError` naming the first message the rule cannot apply to.
     """
     text = render(messages, False)
     spans: list[tuple[int, int]] = []
@@ -84,7 +88,7 @@ def assistant_spans(
             raise _refusal(position, "its rendering changes once the later messages follow")
         turn = through[len(prompt) :]
         end = len(through)
-        end_token = _ending_control_token(turn, control_tokens)
+        end_token = _ending_control_token(turn, control_tokens) if stop_token is None else None
         if end_token is not None:
             end = len(prompt) + len(turn.rstrip())
         else:
@@ -112,15 +116,26 @@ def _after_final_turn(render: Render, messages: list[dict], through: str, positi
     return stop_token
 
 
+_PROBE_CONVERSATION = [
+    {"role": "user", "content": [{"type": "text", "text": "Hello"}]},
+    {"role": "assistant", "content": [{"type": "text", "text": "Hi"}]},
+]
+
+
+def stop_token_after_turns(render: Render, control_tokens: tuple[str, ...]) -> str | None:
+    """The control token that stops a plain assistant turn of a template that writes no end-of-turn marker (GLM's
+    `<|user|>`), or None for a template whose turns end with a marker of their own."""
+    prompt, through = render(_PROBE_CONVERSATION[:1], True), render(_PROBE_CONVERSATION, False)
+    if _ending_control_token(through[len(prompt) :], control_tokens) is not None:
+        return None
+    return _leading_control_token(render([*_PROBE_CONVERSATION, _PROBE_USER], False)[len(through) :], control_tokens)
+
+
 def end_of_turn_token(render: Render, control_tokens: tuple[str, ...]) -> str:
     """The token that ends an assistant turn of this template (its end-of-turn marker, or the stop token that
     follows a turn without one), found on a probe conversation. Raises `ValueError` if it writes neither: the model
     would never learn to stop."""
-    messages = [
-        {"role": "user", "content": [{"type": "text", "text": "Hello"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "Hi"}]},
-    ]
-    text, spans = assistant_spans(render, messages, control_tokens)
+    text, spans = assistant_spans(render, _PROBE_CONVERSATION, control_tokens)
     start, end = spans[0]
     token = _ending_control_token(text[start:end], control_tokens)
     if token is None:
