@@ -73,7 +73,11 @@ def test_qwen2_vl_is_trained_by_qwen2_5_vl_record_with_masks_that_are_the_rule(q
     assert collate.family.name == "qwen2_5_vl" and not collate.generic_family
     checked = 0
     for name, (row, _) in _shapes().items():
-        if name in NOT_FOR_PROCESSOR or row.get("tools"):  # Qwen2-VL's template renders no tools (refused by name)
+        if name in NOT_FOR_PROCESSOR:
+            continue
+        if row.get("tools"):  # Qwen2-VL's template renders no tools: refused by name, never dropped silently
+            with pytest.raises(RowError, match="batch row 0: qwen2_5_vl .*cannot express tool definitions"):
+                collate([row])
             continue
         conversation = prepare_multimodal_messages(row["messages"], images=row["images"])
         batch = collate([row])
