@@ -34,24 +34,24 @@ from vlsft.testing.tiny_tokenizers import FAMILY_CORPUS
 
 # -- What the GLM-4.xV families share ------------------------------------------------------------------------------
 
-# The control tokens of GLM-4.xV's tokenizer that these tests use: role tokens, image and video markers, the reasoning
-# block, and the tool-call tags (added whole in the checkpoints' tokenizer, as here).
+# The control tokens of GLM-4.xV's tokenizer that these tests use: role tokens, image and video markers and the
+# reasoning block; GLM-4.5V and 4.6V also add whole the `/nothink` switch and the tool-call tags (`_GLM_4_5_TOKENS`).
 _GLM_SPECIAL = [
     "<|endoftext|>", "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>",
     "<|begin_of_image|>", "<|image|>", "<|end_of_image|>", "<|begin_of_video|>", "<|video|>", "<|end_of_video|>",
     "<think>", "</think>",
 ]
-_GLM_TOOL_TOKENS = ["/nothink", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<arg_key>",
+_GLM_4_5_TOKENS = ["/nothink", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<arg_key>",
                     "</arg_key>", "<arg_value>", "</arg_value>"]
 # Images of 28 to 56 px a side: 14 px patches merged 2x2, as in the checkpoints.
 _GLM_VISION = dict(patch_size=14, merge_size=2, temporal_patch_size=2,
                    size={"shortest_edge": 28 * 28, "longest_edge": 56 * 56})
 
 
-def glm_processor(processor_class, image_processor_class, video_processor_class, chat_template: str, tools=False):
-    """A GLM-4.xV processor over a tokenizer with GLM's control tokens (and its tool-call tags, with `tools`)."""
+def glm_processor(processor_class, image_processor_class, video_processor_class, chat_template: str, glm4_5=False):
+    """A GLM-4.xV processor over a tokenizer with GLM's control tokens (and GLM-4.5's, with `glm4_5`)."""
     named = {"image_token": "<|image|>", "video_token": "<|video|>"}
-    special = _GLM_SPECIAL + (_GLM_TOOL_TOKENS if tools else [])
+    special = _GLM_SPECIAL + (_GLM_4_5_TOKENS if glm4_5 else [])
     tokenizer = _byte_level_tokenizer(special, named, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
     return processor_class(
         image_processor=image_processor_class(**_GLM_VISION),
@@ -146,7 +146,7 @@ def build_tiny_glm4v_moe(seed: int = 0, hidden_size: int = HIDDEN):
     model: one dense layer, then one of 4 routed experts, 2 per token, and a shared expert) + `Glm4vProcessor`, with
     `glm4_5v_format_template()`."""
     processor = glm_processor(
-        Glm4vProcessor, Glm4vImageProcessor, Glm4vVideoProcessor, glm4_5v_format_template(), tools=True
+        Glm4vProcessor, Glm4vImageProcessor, Glm4vVideoProcessor, glm4_5v_format_template(), glm4_5=True
     )
     config = glm_config(
         Glm4vMoeConfig, processor.tokenizer, hidden_size, moe_intermediate_size=hidden_size, n_routed_experts=4,
@@ -160,7 +160,7 @@ def build_tiny_glm46v(seed: int = 0, hidden_size: int = HIDDEN):
     `Glm46VProcessor` and image processor, with GLM-4.5V's chat format (`glm4_5v_format_template()`: the thinking
     format GLM-4.6V shares; its checkpoint's own template cannot be downloaded here)."""
     processor = glm_processor(
-        Glm46VProcessor, Glm46VImageProcessor, Glm46VVideoProcessor, glm4_5v_format_template(), tools=True
+        Glm46VProcessor, Glm46VImageProcessor, Glm46VVideoProcessor, glm4_5v_format_template(), glm4_5=True
     )
     config = glm_config(Glm46VConfig, processor.tokenizer, hidden_size)
     return instantiate(Glm46VForConditionalGeneration, config, processor, seed)
