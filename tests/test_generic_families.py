@@ -66,12 +66,17 @@ def rule_texts(processor, messages, tools=None, **kwargs) -> list[str]:
     """What the rule supervises, independently of vlsft: for each assistant message k, the rendering of
     `messages[:k+1]` beyond that of `messages[:k]` with the generation prompt, through the last control token in it,
     or, where the turn has none, through the control token the template writes next; where it writes none there
-    either, the turn's text, and after a final turn its whole rendering and the tokenizer's eos token."""
+    either, the turn's text, and after a final turn its whole rendering and the tokenizer's eos token. A template whose
+    plain turn ends with no control token (no end-of-turn marker: GLM) has every turn end with the control token it
+    writes next, even one whose text ends with a tag (GLM-4.5V's `</tool_call>`, then `<|observation|>`)."""
     control = sorted({t.content for t in processor.tokenizer.added_tokens_decoder.values()}, key=len, reverse=True)
 
     def render(prefix, prompt=False):
         return processor.apply_chat_template(prefix, tools=tools, tokenize=False, add_generation_prompt=prompt, **kwargs)
 
+    plain = [{"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+             {"role": "assistant", "content": [{"type": "text", "text": "Hello"}]}]
+    no_marker = not render(plain).rstrip().endswith(tuple(control))
     texts = []
     for k, message in enumerate(messages):
         if message["role"] != "assistant":
@@ -82,7 +87,7 @@ def rule_texts(processor, messages, tools=None, **kwargs) -> list[str]:
             assert through.startswith(stem)
             before = stem + through[len(stem) :][: -len(through[len(stem) :].lstrip()) or None]
         turn = through[len(before) :].rstrip()
-        if not any(turn.endswith(token) for token in control):  # what follows: the next message, or a new user one
+        if no_marker or not turn.endswith(tuple(control)):  # what follows: the next message, or a new user one
             after = messages[k + 1 :] or [{"role": "user", "content": [{"type": "text", "text": "x"}]}]
             following = render([*messages[: k + 1], *after])
             stop = next((t for t in control if following[len(through) :].startswith(t)), None)

@@ -15,11 +15,13 @@ mask.
 End of turn: the control token (a token the tokenizer adds whole) that ends the turn's text, trailing whitespace
 aside. Some templates write none (GLM-4.1V: the turn ends with its text, and the model stops by generating the next
 `<|user|>`, one of its `eos_token_id`s): there the control token the template writes next is supervised as the
-turn's stop token, and appended to the row after a final turn, so that the model learns to stop. Some write no
-control token between turns at all (LLaVA-1.5: `... ASSISTANT: Red. USER: ...`; the model stops by generating its
-eos, which the history never shows): there the tokenizer's eos token is the stop token, appended after a final turn
-and supervised there; an earlier turn is supervised through its text only, since a stop token there would change
-the history the template renders (and the model sees at inference).
+turn's stop token, and appended to the row after a final turn, so that the model learns to stop. In such a template
+every turn ends so, even one whose text ends with a tag the tokenizer adds whole (GLM-4.5V's `</tool_call>`, after
+which the model stops by generating `<|observation|>`). Some write no control token between turns at all
+(LLaVA-1.5: `... ASSISTANT: Red. USER: ...`; the model stops by generating its eos, which the history never
+shows): there the tokenizer's eos token is the stop token, appended after a final turn and supervised there; an
+earlier turn is supervised through its text only, since a stop token there would change the history the template
+renders (and the model sees at inference).
 """
 
 from __future__ import annotations
@@ -103,14 +105,23 @@ def _turn_start(prompt: str, through: str) -> int | None:
 
 
 def assistant_spans(
-    render: Render, messages: list[dict], control_tokens: tuple[str, ...], eos_token: str | None = None
+    render: Render,
+    messages: list[dict],
+    control_tokens: tuple[str, ...],
+    stop_token: str | None = None,
+    eos_token: str | None = None,
 ) -> tuple[str, list[tuple[int, int]]]:
     """(text, spans): the conversation as the template renders it, and the character span of what the model must
     generate for each assistant message, in order. `control_tokens`: the tokenizer's added tokens, longest first;
     `eos_token`: the tokenizer's, the stop token of a template that writes no control token between turns.
 
-    The text is the whole rendering, plus the stop token after a final turn whose template writes no end-of-turn
-    marker (see the module docstring). Raises `PrefixRuleError` naming the first message the rule cannot apply to.
+    `stop_token`: for a template that writes no end-of-turn marker, the token that stops its plain turns
+    (`stop_token_after_turns`). Every turn of such a template is supervised through the control token it writes next,
+    whatever its own text ends with: GLM-4.5V's tool call ends with the `</tool_call>` tag, and the model stops by
+    generating the `<|observation|>` after it. The text is the whole rendering, plus the stop token after a final turn
+    of a template without markers: what it writes when a user message follows, or `stop_token` where the turn renders
+    otherwise once one follows (GLM-4.5V drops the reasoning of turns before the last user message); without
+    `stop_token` such a row is refused. Raises `PrefixRuleError` naming the first message the rule cannot apply to.
     """
     text = render(messages, False)
     spans: list[tuple[int, int]] = []
@@ -126,14 +137,14 @@ def assistant_spans(
             raise _refusal(position, _how_it_changes(through, text, control_tokens, position))
         turn = through[start:]
         end = len(through)
-        end_token = _ending_control_token(turn, control_tokens)
+        end_token = _ending_control_token(turn, control_tokens) if stop_token is None else None
         if end_token is not None:
             end = start + len(turn.rstrip())
         else:
             # No end-of-turn marker: the model stops by generating the control token the template writes next.
-            following = text[len(through) :] if position + 1 < len(messages) else render(
-                [*messages[: position + 1], _PROBE_USER], False
-            )[len(through) :]
+            following = text[len(through) :] if position + 1 < len(messages) else _after_final_turn(
+                render, messages, through, position, stop_token
+            )
             stop = _leading_control_token(following, control_tokens)
             if stop is not None:
                 end = len(through) + following.index(stop) + len(stop)
@@ -147,6 +158,27 @@ def assistant_spans(
                     end = start + len(turn.rstrip())  # its trailing space is the next turn's first token
         spans.append((start, end))
     return text + appended, spans
+
+
+def _after_final_turn(render: Render, messages: list[dict], through: str, position: int, stop_token: str | None) -> str:
+    """What the template writes after the final assistant turn (`through`, its rendering) when a user message
+    follows: the stop token the model must learn to generate there."""
+    probe = render([*messages, _PROBE_USER], False)
+    if probe.startswith(through):
+        return probe[len(through) :]
+    if stop_token is None:  # the turn renders otherwise once a user message follows: its stop token is unknown
+        raise _refusal(position, "its rendering changes once a user message follows it")
+    return stop_token
+
+
+def stop_token_after_turns(render: Render, control_tokens: tuple[str, ...]) -> str | None:
+    """The control token that stops a plain assistant turn of a template that writes no end-of-turn marker (GLM's
+    `<|user|>`), or None for a template whose turns end with a marker of their own."""
+    through = render(_PROBE, False)
+    start = _turn_start(render(_PROBE[:1], True), through)
+    if start is None or _ending_control_token(through[start:], control_tokens) is not None:
+        return None
+    return _leading_control_token(render([*_PROBE, _PROBE_USER], False)[len(through) :], control_tokens)
 
 
 def markers_leave_out_the_stop(template: str, end_of_turn: str, **template_kwargs) -> bool:
@@ -166,7 +198,7 @@ def end_of_turn_token(render: Render, control_tokens: tuple[str, ...], eos_token
     # The eos stands in for a stop token the template never writes only where it cues the assistant's turn with a
     # generation prompt: a template without one is no chat format, and nothing says the model stops there.
     cues_the_turn = render(_PROBE[:1], True) != render(_PROBE[:1], False)
-    text, spans = assistant_spans(render, _PROBE, control_tokens, eos_token if cues_the_turn else None)
+    text, spans = assistant_spans(render, _PROBE, control_tokens, eos_token=eos_token if cues_the_turn else None)
     start, end = spans[0]
     token = _ending_control_token(text[start:end], control_tokens)
     if token is None:

@@ -183,12 +183,14 @@ def attach_supervised_head(model: nn.Module, chunk_size: int = 256, loss_type: s
             row_ids=supervised_rows,
         )
         # The model's own load-balancing loss, as its forward computes it (from the module that defines it). A model
-        # whose module defines none adds none in its own forward either (Llama 4), and gets none here.
+        # whose module defines none adds none in its own forward either (Llama 4), and gets none here. The number of
+        # routed experts is the width of the router's logits: configs name it `num_experts` (Qwen3-VL-MoE),
+        # `n_routed_experts` (GLM-4.5V) or `num_local_experts`.
         load_balancing_loss = _load_balancing_loss_func(type(self))
         if getattr(backbone_output, "router_logits", None) and load_balancing_loss is not None:
             output.aux_loss = load_balancing_loss(
                 backbone_output.router_logits,
-                text_config.num_experts,
+                backbone_output.router_logits[0].shape[-1],
                 text_config.num_experts_per_tok,
                 kwargs.get("attention_mask"),
             )

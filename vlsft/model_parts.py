@@ -72,13 +72,19 @@ _LANGUAGE_MODEL = re.compile(rf"(?:^|\.)(?:{_alternatives(LANGUAGE_MODEL_NAMES)}
 _DECODER_LAYERS = [parts.decoder_layers for parts in _PARTS]
 _LANGUAGE_TARGETS = (
     rf".*(?:{_alternatives([*_DECODER_LAYERS, *(d.replace('.layers', '.model.layers') for d in _DECODER_LAYERS)])})"
-    r"\.\d+\.(?:self_attn\.(?:q_proj|k_proj|v_proj|o_proj)|(?:mlp|feed_forward)\.(?:gate_proj|up_proj|down_proj)"
-    # Qwen3.5's hybrid stack: the GatedDeltaNet (linear attention) layers' projections, and the MoE's shared expert.
+    # GLM-4's MLP fuses the gate and up projections (`gate_up_proj`).
+    r"\.\d+\.(?:self_attn\.(?:q_proj|k_proj|v_proj|o_proj)"
+    r"|(?:mlp|feed_forward)\.(?:gate_proj|up_proj|gate_up_proj|down_proj)"
+    # Qwen3.5's hybrid stack: the GatedDeltaNet (linear attention) layers' projections, and the MoE's shared expert
+    # (GLM-4.5's: `shared_experts`).
     r"|linear_attn\.(?:in_proj_qkv|in_proj_z|in_proj_b|in_proj_a|out_proj)"
-    r"|(?:mlp|feed_forward)\.shared_expert\.(?:gate_proj|up_proj|down_proj))"
+    r"|(?:mlp|feed_forward)\.shared_experts?\.(?:gate_proj|up_proj|down_proj))"
 )
+# The vision blocks of the families with a record, and of transformers 5's `visual.blocks` ViTs whose MLP is
+# `fc1`/`fc2` (Qwen2-VL's), which no record names.
 _VISION_TARGETS = "|".join(
     sorted({rf".*{re.escape(parts.vision_tower)}\.{parts.vision_lora_targets}" for parts in _PARTS})
+    + [r".*visual\.blocks\.\d+\.mlp\.(?:fc1|fc2)"]
 )
 
 

@@ -35,6 +35,7 @@ from vlsft.generic_masks import (
     assistant_spans,
     refuse_content_as_python_text,
     refuse_uncollated_media,
+    stop_token_after_turns,
 )
 from vlsft.templates import check_expressible, check_media, split_inline_reasoning
 
@@ -101,6 +102,10 @@ class RowRendering:
             if token in reasoning_markers
             or re.search(r"(split|replace)\(\s*['\"]" + re.escape(token), self.chat_template)
             or re.search(r"['\"]" + re.escape(token) + r"['\"]\s+(not\s+)?in\s", self.chat_template)
+        )
+        # A template that writes no end-of-turn marker (GLM): the token that stops its turns (`vlsft.generic_masks`).
+        self._stop_token_after_turns = (
+            stop_token_after_turns(self.render_stock, self.control_tokens) if self.generic_masks else None
         )
         first = tokenizer.convert_ids_to_tokens(tokenizer("a", add_special_tokens=False)["input_ids"][:1])
         self._marks_string_start = bool(first) and first[0][:1] in ("▁", "Ġ")
@@ -181,8 +186,10 @@ class RowRendering:
             messages = as_content_items(messages)
         if self.generic_masks and not add_generation_prompt:
             render = partial(self.render_stock, tools=tools, kwargs=template_kwargs)  # (messages, add_generation_prompt)
-            eos_token = self.processor.tokenizer.eos_token  # the stop of a template with no control token between turns
-            text, spans = assistant_spans(render, messages, self.control_tokens, eos_token)
+            text, spans = assistant_spans(
+                render, messages, self.control_tokens, self._stop_token_after_turns,
+                eos_token=self.processor.tokenizer.eos_token,  # the stop of a template with no control token between turns
+            )
             refuse_content_as_python_text(text, messages)
         elif self.generic_masks:
             text, spans = self.render_stock(messages, True, tools, template_kwargs), []

@@ -17,11 +17,6 @@ from transformers import (
     InternVLForConditionalGeneration,
     InternVLProcessor,
     InternVLVideoProcessor,
-    Glm4vConfig,
-    Glm4vForConditionalGeneration,
-    Glm4vImageProcessor,
-    Glm4vProcessor,
-    Glm4vVideoProcessor,
     Lfm2VlConfig,
     Lfm2VlForConditionalGeneration,
     Lfm2VlImageProcessor,
@@ -120,72 +115,6 @@ def build_tiny_lfm2_vl(seed: int = 0, hidden_size: int = HIDDEN):
         tie_word_embeddings=False,
     )
     return instantiate(Lfm2VlForConditionalGeneration, config, processor, seed)
-
-
-# -- GLM-4.1V ------------------------------------------------------------------------------------------------------
-
-# GLM-4.1V's chat format, written for these tests (the checkpoint's own template cannot be downloaded here): the
-# `[gMASK]<sop>` prefix, role tokens that open each turn, images as `<|begin_of_image|><|image|><|end_of_image|>`, and
-# an assistant turn that ends with its text: no end-of-turn marker, the model stops by generating `<|user|>` (one of
-# the checkpoint's `eos_token_id`s). What the generic path must handle: it supervises that `<|user|>`.
-GLM4V_FORMAT_TEMPLATE = (
-    "[gMASK]<sop>"
-    "{%- for message in messages -%}"
-    "{%- set content = message.content -%}"
-    "<|{{ 'observation' if message.role == 'tool' else message.role }}|>\n"
-    "{%- if content is string -%}{{ content }}"
-    "{%- else -%}{%- for item in content -%}"
-    "{%- if item.type == 'image' -%}<|begin_of_image|><|image|><|end_of_image|>"
-    "{%- elif item.type == 'text' -%}{{ item.text }}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|assistant|>\n{%- endif -%}"
-)
-
-
-def build_tiny_glm4v(seed: int = 0, hidden_size: int = HIDDEN):
-    """GLM-4.1V: `Glm4vForConditionalGeneration` (its ViT with a merger, a GLM-4 language model with 3D rope) +
-    `Glm4vProcessor`, with `GLM4V_FORMAT_TEMPLATE`. Images are 14 px patches merged 2x2, as in the checkpoint; the
-    generation config stops on `<|endoftext|>` and `<|user|>`, as the checkpoint's does."""
-    named = {"image_token": "<|image|>", "video_token": "<|video|>"}
-    special = [
-        "<|endoftext|>", "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>",
-        "<|begin_of_image|>", "<|image|>", "<|end_of_image|>", "<|begin_of_video|>", "<|video|>", "<|end_of_video|>",
-        "<think>", "</think>",
-    ]
-    tokenizer = _byte_level_tokenizer(special, named, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-    size = {"shortest_edge": 28 * 28, "longest_edge": 56 * 56}
-    vision = dict(patch_size=14, merge_size=2, temporal_patch_size=2, size=size)
-    processor = Glm4vProcessor(
-        image_processor=Glm4vImageProcessor(**vision),
-        tokenizer=tokenizer,
-        video_processor=Glm4vVideoProcessor(**vision),
-        chat_template=GLM4V_FORMAT_TEMPLATE,
-    )
-    ids = tokenizer.convert_tokens_to_ids
-    config = Glm4vConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            **language_model_sizes(hidden_size),
-            # Half of each 16-wide head is rotated, as in the checkpoint: 4 frequencies, split over (t, h, w).
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1],
-                             "partial_rotary_factor": 0.5},
-            pad_token_id=ids("<|endoftext|>"),
-            eos_token_id=[ids("<|endoftext|>"), ids("<|user|>")],
-        ),
-        vision_config=dict(
-            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14, spatial_merge_size=2,
-            temporal_patch_size=2, out_hidden_size=hidden_size, image_size=56,
-        ),
-        image_token_id=ids("<|image|>"),
-        video_token_id=ids("<|video|>"),
-        image_start_token_id=ids("<|begin_of_image|>"),
-        image_end_token_id=ids("<|end_of_image|>"),
-        video_start_token_id=ids("<|begin_of_video|>"),
-        video_end_token_id=ids("<|end_of_video|>"),
-        tie_word_embeddings=False,
-    )
-    return instantiate(Glm4vForConditionalGeneration, config, processor, seed)
 
 
 # -- Mistral 3 -----------------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from vlsft.testing.tiny_generic import build_tiny_glm4v, build_tiny_internvl, build_tiny_lfm2_vl, build_tiny_mistral3
+from vlsft.testing.tiny_generic import build_tiny_internvl, build_tiny_lfm2_vl, build_tiny_mistral3
 from vlsft.testing.tiny_generic_aya import build_tiny_aya_vision
 from vlsft.testing.tiny_generic_cohere_lfm3_plm import (
     build_tiny_cohere2_vision,
@@ -14,6 +14,7 @@ from vlsft.testing.tiny_generic_llama4_muse import build_tiny_llama4, build_tiny
 from vlsft.testing.tiny_generic_molmo_ovis_minicpm import build_tiny_minicpmv4_6, build_tiny_molmo2, build_tiny_ovis2
 from vlsft.testing.tiny_generic_molmo_ovis_minicpm_llava import build_tiny_llava_next_video, build_tiny_video_llava
 from vlsft.testing.tiny_generic_llava import build_tiny_llava, build_tiny_llava_onevision, build_tiny_vipllava
+from vlsft.testing.tiny_generic_qwen2_glm import build_tiny_glm4v, build_tiny_glm4v_moe, build_tiny_glm46v
 
 GENERIC_BUILDERS = {
     "lfm2_vl": build_tiny_lfm2_vl,
@@ -34,4 +35,6 @@ GENERIC_BUILDERS = {
     "llava": build_tiny_llava,
     "vipllava": build_tiny_vipllava,
     "llava_onevision": build_tiny_llava_onevision,
+    "glm4v_moe": build_tiny_glm4v_moe,
+    "glm46v": build_tiny_glm46v,
 }
