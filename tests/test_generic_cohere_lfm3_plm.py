@@ -19,7 +19,7 @@ from trl.data_utils import prepare_multimodal_messages
 
 from tests.test_families import supervised_texts
 from tests.conftest import _shapes
-from tests.test_generic_families import NOT_FOR_PROCESSOR, REFUSALS, TEMPLATE_REFUSES, rule_texts, tiny
+from tests.test_generic_families import NOT_FOR_PROCESSOR, as_the_template_reads, rule_texts, tiny
 from tests.test_real_vocab_families import llama3_files
 from vlsft import VLSFTConfig, VLSFTTrainer
 from vlsft.collation.rendering import RowError
@@ -113,14 +113,10 @@ def test_perception_lm_on_its_real_vocabulary_masks_the_rule_and_inputs_are_the_
     for name, (row, _) in _shapes().items():
         if name in NOT_FOR_PROCESSOR:
             continue
-        if name in TEMPLATE_REFUSES["perception_lm"]:  # the system prompt, written as Python text: refused by row
-            with pytest.raises(RowError, match=REFUSALS["perception_lm"]):
-                collate([row])
-            continue
-        conversation = prepare_multimodal_messages(row["messages"], images=row["images"])
+        conversation = as_the_template_reads(processor, row)
         batch = collate([row])
         texts = supervised_texts(tokenizer, batch["input_ids"][0], batch["labels"][0])
-        assert texts == rule_texts(processor, as_content_items(conversation), row.get("tools")), name
+        assert texts == rule_texts(processor, conversation, row.get("tools")), name
         assert all(text.endswith("<|eot_id|>") for text in texts), name
         reference = processor.apply_chat_template(
             [conversation], tools=row.get("tools"), tokenize=True, return_dict=True, return_tensors="pt"

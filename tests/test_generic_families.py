@@ -24,7 +24,7 @@ from tests.conftest import _shapes
 from tests.test_families import rows_of_different_lengths, supervised_texts
 from vlsft import VLSFTConfig, VLSFTTrainer
 from vlsft.collation.rendering import RowError
-from vlsft.generic_masks import as_content_items
+from vlsft.generic_masks import as_content_items, strings_where_the_template_reads_strings
 from vlsft.collator import VisionChatCollator
 from vlsft.data.validation import InvalidRowsError
 from vlsft.model_parts import check_model_parts, lora_target_modules, named_parameters_by_component
@@ -39,9 +39,6 @@ TEMPLATE_REFUSES = {"mistral3": {"tool_call_with_text", "tool_call_without_text"
 # message with `|trim`, so a list of content items becomes its Python text (and the image placeholder is lost).
 REFUSALS = {"llama4": r"batch row 0: message 0: the chat template writes its content as Python text"}
 TEMPLATE_REFUSES["llama4"] = {"tool_call_with_text", "tool_call_without_text"}
-# Perception LM's writes the system message's content with `|trim`: the same refusal, for the system prompt.
-REFUSALS["perception_lm"] = REFUSALS["llama4"]
-TEMPLATE_REFUSES["perception_lm"] = {"system_string", "system_list"}
 # Template variables a family's rows need: Muse Glimmer's default system prompt writes today's date unless
 # `current_date` pins it (vlsft refuses a row holding the clock's date: `vlsft.collation.template_clock`).
 TEMPLATE_KWARGS = {"muse_glimmer": {"current_date": "2026-01-04"}}
@@ -55,6 +52,14 @@ TEMPLATE_REFUSES["video_llava"] = {"tool_call_with_text", "tool_call_without_tex
 RULE_REFUSES = {"molmo2": {"multi_turn_later_images"}}
 # How many shapes a family must render exactly: 6, and Molmo2 the 5 its template renders (the others fail by name).
 MIN_CHECKED = {"molmo2": 5}
+
+
+def as_the_template_reads(processor, row, **kwargs) -> list[dict]:
+    """The row's conversation as TRL's data path hands it to a stock template (a list of items per message), except
+    text-only content the template would write as Python text: given as its string, as at inference."""
+    conversation = as_content_items(prepare_multimodal_messages(row["messages"], images=row["images"]))
+    rendered = processor.apply_chat_template(conversation, tools=row.get("tools"), tokenize=False, **kwargs)
+    return strings_where_the_template_reads_strings(rendered, conversation)
 
 
 @lru_cache
@@ -118,10 +123,10 @@ def test_masks_are_the_rule_and_inputs_are_the_processors(family):
             with pytest.raises(RowError, match=r"batch row 0: message \d+ \(assistant\): its rendering changes"):
                 collate([row])
             continue
-        conversation = prepare_multimodal_messages(row["messages"], images=row["images"])
+        conversation = as_the_template_reads(processor, row, **kwargs)
         batch = collate([row])
         texts = supervised_texts(processor.tokenizer, batch["input_ids"][0], batch["labels"][0])
-        assert texts == rule_texts(processor, as_content_items(conversation), row.get("tools"), **kwargs), name
+        assert texts == rule_texts(processor, conversation, row.get("tools"), **kwargs), name
         reference = processor.apply_chat_template(
             [conversation], tools=row.get("tools"), tokenize=True, return_dict=True, return_tensors="pt", **kwargs
         )

@@ -104,19 +104,30 @@ def test_llama4_ends_every_tool_call_with_eot_so_a_tool_call_before_more_text_tr
 
 def test_llama4_rows_whose_content_its_template_writes_as_python_text_are_refused_with_the_fix():
     """Given tools, Llama 4's template writes the first user message with `|trim`: a list of content items (as TRL's
-    data path gives every message) becomes `[{'type': 'text', ...}]`. Refused naming the message; with a system
-    message and `tools_in_user_message: false` the tools go to the system message and the row trains exactly."""
+    data path gives every message) would become `[{'type': 'text', ...}]`. A text-only message is given as its
+    string, as at inference; one with an image (whose placeholder the template would lose) is refused naming the
+    message. With a system message and `tools_in_user_message: false` the tools go to the system message and the
+    row trains exactly."""
     _, processor = tiny("llama4")
     messages = [user("Zoom?"), assistant("", [zoom_call("left")]), tool("done"), assistant("A dot.")]
+    collate = VisionChatCollator(processor, processor.chat_template)
+    batch = collate([{**_row(*copy.deepcopy(messages)), "tools": TOOLS}])
+    text = processor.tokenizer.decode(batch["input_ids"][0])
+    assert "'type'" not in text and "Zoom?" in text.split("<|header_start|>assistant")[0]
+    texts = supervised_texts(processor.tokenizer, batch["input_ids"][0], batch["labels"][0])
+    as_read = [{**messages[0], "content": "Zoom?"}, *as_content_items(messages[1:])]
+    assert texts == rule_texts(processor, as_read, TOOLS)
+    with_image = [user(IMAGE, "Zoom?"), *messages[1:]]
     with pytest.raises(RowError, match=r"message 0: the chat template writes its content as Python text.*"
                                        r"tools_in_user_message: false"):
-        VisionChatCollator(processor, processor.chat_template)([{**_row(*copy.deepcopy(messages)), "tools": TOOLS}])
+        collate([{**_row(*copy.deepcopy(with_image), images=[image()]), "tools": TOOLS}])
     kwargs = {"tools_in_user_message": False}
     collate = VisionChatCollator(processor, processor.chat_template, template_kwargs=kwargs)
-    with_system = [{"role": "system", "content": "Use the tools."}, *copy.deepcopy(messages)]
-    batch = collate([{**_row(*copy.deepcopy(with_system)), "tools": TOOLS}])
+    with_system = [{"role": "system", "content": "Use the tools."}, *copy.deepcopy(with_image)]
+    batch = collate([{**_row(*copy.deepcopy(with_system), images=[image()]), "tools": TOOLS}])
     texts = supervised_texts(processor.tokenizer, batch["input_ids"][0], batch["labels"][0])
-    assert texts == rule_texts(processor, as_content_items(with_system), TOOLS, **kwargs)
+    conversation = as_content_items(prepare_multimodal_messages(copy.deepcopy(with_system), images=[image()]))
+    assert texts == rule_texts(processor, conversation, TOOLS, **kwargs)
     assert "zoom" in processor.tokenizer.decode(batch["input_ids"][0]).split("<|header_start|>user")[0]
 
 

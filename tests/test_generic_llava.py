@@ -56,7 +56,7 @@ def turns(text, spans):
 
 def test_a_template_with_no_control_token_between_turns_stops_on_the_eos_after_the_final_turn():
     render = renderer(VICUNA)
-    text, spans = assistant_spans(render, CONVERSATION, CONTROL, "</s>")
+    text, spans = assistant_spans(render, CONVERSATION, CONTROL, eos_token="</s>")
     assert text == render(CONVERSATION, False) + "</s>"
     # The earlier turn through its text (its trailing space starts the next `USER`), the final one through the eos.
     assert turns(text, spans) == [" Hi there.", " Red. </s>"]

@@ -229,6 +229,28 @@ def refuse_uncollated_media(family: Family, messages: list[dict]) -> None:
 _ITEM_AS_TEXT = "{'type': '"
 
 
+def strings_where_the_template_reads_strings(text: str, messages: list[dict]) -> list[dict]:
+    """`messages`, with each text-only content that the template wrote as Python text (`text`: its rendering) given
+    as its string: the template reads a string there (GLM-4.5's tool responses, Perception LM's system prompt), as
+    it gets one at inference, and would otherwise train on `[{'type': 'text', ...}]`. Content with images stays a
+    list (`refuse_content_as_python_text` names it)."""
+    if _ITEM_AS_TEXT not in text:
+        return messages
+    read_as_strings = []
+    for message in messages:
+        content = message.get("content")
+        if (
+            isinstance(content, list)
+            and content
+            and all(isinstance(item, dict) and item.get("type") == "text" for item in content)
+            and any(repr(item) in text for item in content)
+            and not any(_ITEM_AS_TEXT in str(item.get("text") or "") for item in content)  # unless it spells that out
+        ):
+            message = {**message, "content": "".join(str(item.get("text") or "") for item in content)}
+        read_as_strings.append(message)
+    return read_as_strings
+
+
 def refuse_content_as_python_text(text: str, messages: list[dict]) -> None:
     """Raise `UnsupportedConversationError` if the template wrote a message's list of content items as Python text
     (it reads that content as a string: Llama 4's writes the first user message with `|trim` when `tools` are given),
@@ -250,7 +272,7 @@ def refuse_content_as_python_text(text: str, messages: list[dict]) -> None:
         "TRL's data path does. Pass a template that reads the content's items with `chat_template_path`, or drop "
         "that message (Llama 4's template does so for the first user message when `tools` are given: give the row a "
         "system message and set `tools_in_user_message: false` in `chat_template_kwargs`, which writes the tools "
-        "there; Perception LM's does so for a system message)"
+        "there)"
     )
 
 

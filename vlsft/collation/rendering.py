@@ -36,6 +36,7 @@ from vlsft.generic_masks import (
     refuse_content_as_python_text,
     refuse_uncollated_media,
     stop_token_after_turns,
+    strings_where_the_template_reads_strings,
 )
 from vlsft.templates import check_expressible, check_media, split_inline_reasoning
 
@@ -184,6 +185,9 @@ class RowRendering:
             refuse_uncollated_media(self.family, messages)
         if self.generic_family or self.generic_masks:  # a stock template gets the content as TRL's data path gives it
             messages = as_content_items(messages)
+            # ... except text the template reads as a string (it would write the list's Python text).
+            rendered = self.render_stock(messages, add_generation_prompt, tools, template_kwargs)
+            messages = strings_where_the_template_reads_strings(rendered, messages)
         if self.generic_masks and not add_generation_prompt:
             render = partial(self.render_stock, tools=tools, kwargs=template_kwargs)  # (messages, add_generation_prompt)
             text, spans = assistant_spans(
