@@ -34,7 +34,13 @@ FAMILIES = list(GENERIC_BUILDERS)
 # Shapes TRL's data path cannot hand to a processor (an image inside a tool response).
 NOT_FOR_PROCESSOR = {"tool_response_with_image"}
 # Shapes a family's template refuses to render (raise_exception): the row fails by name.
-TEMPLATE_REFUSES = {"mistral3": {"tool_call_with_text", "tool_call_without_text"}}
+TEMPLATE_REFUSES = {
+    "mistral3": {"tool_call_with_text", "tool_call_without_text"},
+    # Gemma 3n's template raises unless roles alternate user/assistant: a tool message breaks that.
+    "gemma3n": {"tool_call_with_text", "tool_call_without_text"},
+}
+# What each of those templates says when it refuses (its raise_exception message).
+TEMPLATE_REFUSAL = {"mistral3": "Only system, user and assistant", "gemma3n": "Conversation roles must alternate"}
 
 
 @lru_cache
@@ -75,7 +81,7 @@ def test_masks_are_the_rule_and_inputs_are_the_processors(family):
         if name in NOT_FOR_PROCESSOR:
             continue
         if name in TEMPLATE_REFUSES.get(family, ()):
-            with pytest.raises(RowError, match="batch row 0: Only system, user and assistant"):
+            with pytest.raises(RowError, match=f"batch row 0: {TEMPLATE_REFUSAL[family]}"):
                 collate([row])
             continue
         conversation = prepare_multimodal_messages(row["messages"], images=row["images"])

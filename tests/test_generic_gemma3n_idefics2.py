@@ -1,0 +1,68 @@
+"""Gemma 3n and Idefics2 on the generic exact path, beyond the parametrized tests of tests/test_generic_families.py:
+- Gemma 3n's audio (an audio item, or an `audio` / `audios` column) is refused by row with the reason, never trained
+  on a placeholder with no features behind it;
+- the loss of a model without a record whose forward caps its logits (Gemma 3n's `final_logit_softcapping`) is the
+  model's own loss, capped as its forward caps it.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from datasets import Dataset
+
+from tests.test_families import rows_of_different_lengths
+from tests.test_loss import reference_loss
+from vlsft import VLSFTConfig, VLSFTTrainer
+from vlsft.collation.rendering import RowError
+from vlsft.collator import VisionChatCollator
+from vlsft.model_parts import final_logit_softcap
+from vlsft.testing.tiny_generic_families import GENERIC_BUILDERS
+from tests.test_generic_families import tiny
+
+_ANSWER = {"role": "assistant", "content": [{"type": "text", "text": "A dot."}]}
+
+
+def test_gemma3n_audio_is_refused_by_row_with_the_reason():
+    """Gemma 3n's template renders an audio item as `<audio_soft_token>`, which its processor expands to 188 audio
+    tokens: vlsft does not collate audio features, so such a row fails by name, as does a row with an audio column."""
+    _, processor = tiny("gemma3n")
+    collate = VisionChatCollator(processor, processor.chat_template)
+    audio_item = [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "What?"}]}, _ANSWER]
+    with pytest.raises(RowError, match=r"message 0 has a 'audio' item: vlsft trains Gemma3nProcessor \(generic path\) "
+                                       "on text and images only"):
+        collate([{"messages": audio_item, "images": []}])
+    text_only = [{"role": "user", "content": "What?"}, _ANSWER]
+    for column in ("audio", "audios"):
+        with pytest.raises(RowError, match=rf"batch row 0: the row has a `{column}` column: vlsft trains "
+                                           r"Gemma3nProcessor \(generic path\) on text and images only"):
+            collate([{"messages": text_only, "images": [], column: ["clip.wav"]}])
+    collate([{"messages": text_only, "images": []}])  # the same row without audio trains
+
+
+def test_gemma3n_loss_is_the_models_own_capped_loss(tmp_path):
+    """Gemma 3n's forward caps its logits (`tanh(logits / 30) * 30`); vlsft runs the LM head itself, so it must cap
+    them alike, though Gemma 3n has no record saying so: the loss and gradients equal those of the model's logits."""
+    model, processor = tiny("gemma3n")
+    assert final_logit_softcap(model) == 30.0
+    # A tiny random model's logits are far below 30, where the cap changes almost nothing: a cap of 0.5 changes them all.
+    model = copy.deepcopy(model)
+    model.config.get_text_config().final_logit_softcapping = 0.5
+    args = VLSFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, max_steps=1, save_strategy="no")
+    trainer = VLSFTTrainer(copy.deepcopy(model), args=args, processing_class=processor,
+                           train_dataset=Dataset.from_list(rows_of_different_lengths()[:2]))
+    batch = trainer.data_collator(rows_of_different_lengths()[:2])
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    torch.testing.assert_close(loss, reference_loss(copy.deepcopy(model), batch), rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_whose_forward_does_not_cap_has_no_cap():
+    """A model without a record whose forward never reads `final_logit_softcapping` is not capped, whatever its
+    config says (the generic families proven here: none of their forwards caps)."""
+    for family in ("lfm2_vl", "mistral3"):
+        model, _ = tiny(family)
+        model = copy.deepcopy(model)
+        model.config.get_text_config().final_logit_softcapping = 30.0
+        assert final_logit_softcap(model) is None, family
