@@ -66,3 +66,15 @@ def test_a_model_whose_forward_does_not_cap_has_no_cap():
         model = copy.deepcopy(model)
         model.config.get_text_config().final_logit_softcapping = 30.0
         assert final_logit_softcap(model) is None, family
+
+
+def test_gemma3n_token_type_map_follows_the_rows_tokens():
+    """Gemma3nProcessor returns its token-type map (1 on image soft tokens) as `token_type_ids`: the collator lays it
+    on its own tokens, as it lays `input_ids`, so truncation and padding to a multiple keep the two aligned."""
+    _, processor = tiny("gemma3n")
+    rows = rows_of_different_lengths()[:2]
+    image_id = processor.tokenizer.image_token_id
+    for options in (dict(max_length=30), dict(pad_to_multiple_of=64)):
+        batch = VisionChatCollator(processor, processor.chat_template, **options)(rows)
+        assert batch["token_type_ids"].shape == batch["input_ids"].shape, options
+        assert torch.equal(batch["token_type_ids"], (batch["input_ids"] == image_id).long() * batch["attention_mask"])

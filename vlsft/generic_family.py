@@ -49,9 +49,12 @@ def generic_family(processor, end_of_turn: str) -> Family:
         )
     media = [getattr(processor, attribute, None) for attribute in _MEDIA_TOKEN_ATTRIBUTES]
     vision_tokens = tuple(dict.fromkeys([*processor.all_special_multimodal_tokens, *(t for t in media if isinstance(t, str))]))
-    # The map of image tokens some models take (3D rope positions); never `token_type_ids`, which many tokenizers
-    # list for segment ids.
-    image_map_key = "mm_token_type_ids" if "mm_token_type_ids" in set(processor.model_input_names) else None
+    # The map of image tokens some models take (3D rope positions); `token_type_ids` only where the processor returns
+    # its token-type map under that name (Gemma 3n renames it), never where it is a tokenizer's segment ids.
+    inputs = set(processor.model_input_names)
+    image_map_key = "mm_token_type_ids" if "mm_token_type_ids" in inputs else None
+    if image_map_key is None and "token_type_ids" in inputs and getattr(processor, "return_mm_token_type_ids", False):
+        image_map_key = "token_type_ids"
     return Family(
         name=f"generic:{name}",
         display_name=f"{name} (generic path)",
