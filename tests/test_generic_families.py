@@ -38,9 +38,15 @@ TEMPLATE_REFUSES = {
     "mistral3": {"tool_call_with_text", "tool_call_without_text"},
     # Gemma 3n's template raises unless roles alternate user/assistant: a tool message breaks that.
     "gemma3n": {"tool_call_with_text", "tool_call_without_text"},
+    # Idefics2's template reads `content[0]` of every message: a tool-call turn without text has none.
+    "idefics2": {"tool_call_without_text"},
 }
-# What each of those templates says when it refuses (its raise_exception message).
-TEMPLATE_REFUSAL = {"mistral3": "Only system, user and assistant", "gemma3n": "Conversation roles must alternate"}
+# What each of those templates says when it refuses (its raise_exception message, or the error it fails with).
+TEMPLATE_REFUSAL = {
+    "mistral3": "Only system, user and assistant",
+    "gemma3n": "Conversation roles must alternate",
+    "idefics2": "str object has no element 0",
+}
 
 
 @lru_cache

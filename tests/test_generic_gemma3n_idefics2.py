@@ -2,7 +2,11 @@
 - Gemma 3n's audio (an audio item, or an `audio` / `audios` column) is refused by row with the reason, never trained
   on a placeholder with no features behind it;
 - the loss of a model without a record whose forward caps its logits (Gemma 3n's `final_logit_softcapping`) is the
-  model's own loss, capped as its forward caps it.
+  model's own loss, capped as its forward caps it;
+- Gemma 3n's token-type map stays aligned with the collated tokens;
+- Idefics2's processor reports no expansion: its own tokens are used, the supervision aligned onto them, and a row
+  whose supervised text it rewrites is refused;
+- PaliGemma, a prefix-LM trained on (prefix, suffix) pairs, is refused with what to do instead.
 """
 
 from __future__ import annotations
@@ -78,3 +82,41 @@ def test_gemma3n_token_type_map_follows_the_rows_tokens():
         batch = VisionChatCollator(processor, processor.chat_template, **options)(rows)
         assert batch["token_type_ids"].shape == batch["input_ids"].shape, options
         assert torch.equal(batch["token_type_ids"], (batch["input_ids"] == image_id).long() * batch["attention_mask"])
+
+
+def test_idefics2_rows_its_processor_rewrites_inside_an_answer_are_refused():
+    """Idefics2's processor reports no expansion and writes a space after an image followed by a word: in a user
+    turn that only changes the context (the row trains, on the processor's own tokens), but inside an answer it
+    changes the supervised text, so the row is refused, naming what changed, never masked wrongly."""
+    from PIL import Image
+
+    _, processor = tiny("idefics2")
+    collate = VisionChatCollator(processor, processor.chat_template)
+    red = Image.new("RGB", (32, 32), (255, 0, 0))
+    user = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]}
+    batch = collate([{"messages": [user, _ANSWER], "images": [red]}])
+    reference = processor.apply_chat_template([[user, _ANSWER]], tokenize=True, return_dict=True, return_tensors="pt")
+    assert torch.equal(batch["input_ids"], reference["input_ids"])  # the space after the image is the processor's
+    answer = {"role": "assistant", "content": [{"type": "image"}, {"type": "text", "text": "Red."}]}
+    with pytest.raises(RowError, match=r"batch row 0: Idefics2Processor rewrites supervised text of the row \(the "
+                                       r"template's \[.*\] became \[.*'▁Red\.'\] at token \d+\)"):
+        collate([{"messages": [user, answer], "images": [red, red]}])
+
+
+def test_paligemma_is_refused_with_what_to_do(tmp_path):
+    """PaliGemma has no chat template and attends bidirectionally over the prefix its processor marks with
+    `token_type_ids`; on the conversation path every token would be prefix, so the answer would see itself. The
+    trainer refuses it when it starts, with the fix, and so does a collator given a chat template for it."""
+    from vlsft.collator import training_collator
+    from vlsft.testing.tiny_generic_gemma3n_idefics2 import IDEFICS2_TEMPLATE, build_tiny_paligemma
+
+    model, processor = build_tiny_paligemma()
+    args = VLSFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    fix = r"PaliGemmaProcessor: PaliGemma / PaliGemma 2 is a prefix-LM .* `processor\(images=..., text=prefix, suffix=answer\)`"
+    with pytest.raises(ValueError, match=fix):
+        VLSFTTrainer(model, args=args, processing_class=processor,
+                     train_dataset=Dataset.from_list(rows_of_different_lengths()[:2]))
+    with pytest.raises(ValueError, match=fix):
+        training_collator(processor, VLSFTConfig(output_dir=str(tmp_path), chat_template_path=None))
+    with pytest.raises(ValueError, match=fix):
+        VisionChatCollator(processor, IDEFICS2_TEMPLATE)

@@ -36,6 +36,26 @@ def added_tokens(tokenizer) -> tuple[str, ...]:
     )
 
 
+# Processors of prefix-LM families, trained on (prefix, suffix) pairs rather than conversations: the model attends
+# bidirectionally over the prefix (`token_type_ids` 0) and causally over the suffix (1). A chat rendering has no such
+# split, and the all-zero `token_type_ids` the processor returns for it would let every token see the answer.
+PREFIX_LM_PROCESSORS = {"PaliGemmaProcessor": "PaliGemma / PaliGemma 2"}
+
+
+def refuse_prefix_lm(processor) -> None:
+    """Raise `ValueError`, with what to do instead, for a processor of a prefix-LM family (`PREFIX_LM_PROCESSORS`)."""
+    name = type(processor).__name__
+    if name in PREFIX_LM_PROCESSORS:
+        raise ValueError(
+            f"{name}: {PREFIX_LM_PROCESSORS[name]} is a prefix-LM trained on (prefix, suffix) pairs, not a chat model: "
+            "it has no chat template, and its model attends bidirectionally over the prefix by `token_type_ids`, which "
+            "vlsft's conversation path does not build (with a chat template the processor marks every token as "
+            "prefix, so the answer would be visible to itself). vlsft does not train it; fine-tune it on "
+            "`processor(images=..., text=prefix, suffix=answer)`, which returns the `labels` and `token_type_ids` "
+            "the model needs (e.g. with transformers' `Trainer`), or train a chat vision-language family instead."
+        )
+
+
 def generic_family(processor, end_of_turn: str) -> Family:
     """The record of `processor`'s family for the generic path; `end_of_turn` is the token that ends an assistant
     turn of its chat template (`vlsft.generic_masks.end_of_turn_token`)."""

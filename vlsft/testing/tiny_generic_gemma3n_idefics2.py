@@ -1,4 +1,4 @@
-"""Tiny Gemma 3n and Idefics2 models on the generic exact path (`vlsft.testing.tiny_generic` holds the other families
+"""Tiny Gemma 3n and Idefics2 models on the generic exact path, and a tiny PaliGemma, which vlsft refuses (`vlsft.testing.tiny_generic` holds the other families
 and the shared tokenizer helpers): each family's real model class built from its config class with random weights,
 and its real processor class with a tokenizer trained in-process.
 
@@ -16,11 +16,18 @@ from transformers import (
     Gemma3nForConditionalGeneration,
     Gemma3nProcessor,
     GemmaTokenizer,
+    Idefics2Config,
+    Idefics2ForConditionalGeneration,
+    Idefics2ImageProcessor,
+    Idefics2Processor,
+    PaliGemmaConfig,
+    PaliGemmaForConditionalGeneration,
+    PaliGemmaProcessor,
     SiglipImageProcessor,
 )
 
-from vlsft.testing.tiny_build import HIDDEN, instantiate, language_model_sizes
-from vlsft.testing.tiny_tokenizers import _train_sentencepiece_style
+from vlsft.testing.tiny_build import HIDDEN, VISION_ENCODER_SIZES, instantiate, language_model_sizes, mistral_text_config
+from vlsft.testing.tiny_tokenizers import _train_sentencepiece_style, train_mistral_tokenizer
 
 # -- Gemma 3n ------------------------------------------------------------------------------------------------------
 
@@ -160,3 +167,70 @@ def build_tiny_gemma3n(seed: int = 0, hidden_size: int = HIDDEN):
         audio_token_id=tokenizer.audio_token_id,
     )
     return instantiate(Gemma3nForConditionalGeneration, config, processor, seed)
+
+
+# -- Idefics2 ------------------------------------------------------------------------------------------------------
+
+# Idefics2's chat template as HuggingFaceM4/idefics2-8b(-chatty) ship it: Idefics3's format without a written BOS
+# (its Mistral tokenizer adds `<s>`), each turn `Role:` + content + `<end_of_utterance>` and a newline.
+IDEFICS2_TEMPLATE = (
+    "{% for message in messages %}{{message['role'].capitalize()}}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+_IDEFICS2_LATENTS = 4  # the perceiver resampler's latents: the image tokens of each image
+
+
+def build_tiny_idefics2(seed: int = 0, hidden_size: int = HIDDEN):
+    """Idefics2: `Idefics2ForConditionalGeneration` (a SigLIP tower, a perceiver-resampler connector, a Mistral
+    language model) + `Idefics2Processor` (a Mistral-style `LlamaTokenizer`), with `IDEFICS2_TEMPLATE`. An image is
+    resized to 32 px (8 px patches) and resampled to 4 latents between `<fake_token_around_image>` markers. Its
+    processor expands placeholders with a `__call__` of its own, which reports no replacement offsets and rewrites
+    the text around images (a space after each image followed by a word)."""
+    tokenizer = train_mistral_tokenizer()
+    processor = Idefics2Processor(  # adds `<fake_token_around_image>` and `<end_of_utterance>` to the tokenizer
+        image_processor=Idefics2ImageProcessor(size={"shortest_edge": 32, "longest_edge": 32}, do_image_splitting=False),
+        tokenizer=tokenizer,
+        image_seq_len=_IDEFICS2_LATENTS,
+        chat_template=IDEFICS2_TEMPLATE,
+    )
+    end_of_utterance = tokenizer.convert_tokens_to_ids("<end_of_utterance>")
+    text_config = mistral_text_config(tokenizer, hidden_size)
+    config = Idefics2Config(
+        text_config={**text_config, "eos_token_id": [tokenizer.eos_token_id, end_of_utterance]},
+        vision_config=dict(**VISION_ENCODER_SIZES, image_size=32, patch_size=8),
+        perceiver_config=dict(
+            hidden_size=hidden_size, resampler_n_latents=_IDEFICS2_LATENTS, resampler_depth=1, resampler_n_heads=2,
+            resampler_head_dim=16, num_key_value_heads=1,
+        ),
+        image_token_id=processor.image_token_id,
+        tie_word_embeddings=False,
+    )
+    return instantiate(Idefics2ForConditionalGeneration, config, processor, seed)
+
+
+# -- PaliGemma (refused) -------------------------------------------------------------------------------------------
+
+
+def build_tiny_paligemma(seed: int = 0, hidden_size: int = HIDDEN):
+    """PaliGemma: `PaliGemmaForConditionalGeneration` (SigLIP, a linear projector, a Gemma language model) +
+    `PaliGemmaProcessor`, without a chat template, as the checkpoints ship. A prefix-LM that vlsft refuses
+    (`vlsft.generic_family.PREFIX_LM_PROCESSORS`): built to test that refusal."""
+    vocab, merges = _train_sentencepiece_style(["<pad>", "<eos>", "<bos>", "<unk>"])
+    tokenizer = GemmaTokenizer(vocab=vocab, merges=merges)
+    processor = PaliGemmaProcessor(  # adds `<image>` and the 1,152 location and segmentation tokens
+        image_processor=SiglipImageProcessor(size={"height": 32, "width": 32}, image_seq_length=16),
+        tokenizer=tokenizer,
+    )
+    config = PaliGemmaConfig(
+        text_config=dict(
+            model_type="gemma", vocab_size=len(tokenizer), **language_model_sizes(hidden_size),
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+        ),
+        vision_config=dict(**VISION_ENCODER_SIZES, image_size=32, patch_size=8, projection_dim=hidden_size),
+        image_token_id=processor.image_token_id,
+        projection_dim=hidden_size,
+    )
+    return instantiate(PaliGemmaForConditionalGeneration, config, processor, seed)
