@@ -120,3 +120,15 @@ def test_paligemma_is_refused_with_what_to_do(tmp_path):
         training_collator(processor, VLSFTConfig(output_dir=str(tmp_path), chat_template_path=None))
     with pytest.raises(ValueError, match=fix):
         VisionChatCollator(processor, IDEFICS2_TEMPLATE)
+
+
+@pytest.mark.parametrize(
+    "family, tokens",
+    [("gemma3n", {"<start_of_image>", "<image_soft_token>", "<end_of_image>", "<start_of_audio>", "<end_of_audio>"}),
+     ("idefics2", {"<image>", "<fake_token_around_image>"})],
+)
+def test_every_media_token_is_never_supervised(family, tokens):
+    """The media markers the processor writes around an image (Gemma 3n's tokenizer names its end-of-image and audio
+    markers, Idefics2's processor its `<fake_token_around_image>`) are vision tokens: never supervised."""
+    _, processor = tiny(family)
+    assert tokens <= set(VisionChatCollator(processor, processor.chat_template).family.vision_tokens)

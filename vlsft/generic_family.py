@@ -14,10 +14,11 @@ from __future__ import annotations
 from vlsft.families import Family, ModelParts
 from vlsft.model_parts import PROJECTOR_NAMES, VISION_TOWER_NAMES
 
-# The processor attributes that name a token around or inside an image or video (begin/end of image markers).
+# The processor (or tokenizer) attributes that name a token around or inside an image, video or audio clip (begin/end
+# markers; Gemma 3n's processor names its begin-of-image marker, its tokenizer the end one).
 _MEDIA_TOKEN_ATTRIBUTES = (
     "boi_token", "eoi_token", "image_start_token", "image_end_token", "start_image_token", "end_image_token",
-    "image_break_token", "video_start_token", "video_end_token",
+    "image_break_token", "fake_image_token", "video_start_token", "video_end_token", "boa_token", "eoa_token",
 )
 # The names a model's parts are searched under (`vlsft.model_parts`), recorded for display: the model is matched by
 # them, not by this record.
@@ -67,7 +68,10 @@ def generic_family(processor, end_of_turn: str) -> Family:
             "placeholder and `replace_image_token`; this processor does not follow transformers 5's multimodal "
             "processor conventions."
         )
-    media = [getattr(processor, attribute, None) for attribute in _MEDIA_TOKEN_ATTRIBUTES]
+    media = [
+        getattr(processor, attribute, None) or getattr(processor.tokenizer, attribute, None)
+        for attribute in _MEDIA_TOKEN_ATTRIBUTES
+    ]
     vision_tokens = tuple(dict.fromkeys([*processor.all_special_multimodal_tokens, *(t for t in media if isinstance(t, str))]))
     # The map of image tokens some models take (3D rope positions); `token_type_ids` only where the processor returns
     # its token-type map under that name (Gemma 3n renames it), never where it is a tokenizer's segment ids.
