@@ -132,3 +132,34 @@ def test_every_media_token_is_never_supervised(family, tokens):
     markers, Idefics2's processor its `<fake_token_around_image>`) are vision tokens: never supervised."""
     _, processor = tiny(family)
     assert tokens <= set(VisionChatCollator(processor, processor.chat_template).family.vision_tokens)
+
+
+def test_idefics2_with_the_checkpoints_image_splitting_keeps_exact_masks():
+    """With the checkpoint's settings (each image split into 4 crops plus the whole, 64 tokens each: 5 runs between
+    `<fake_token_around_image>` markers, merged where images are adjacent), the masks are still the rule's and the
+    tokens and pixels the processor's, on every test conversation its template renders."""
+    from trl.data_utils import prepare_multimodal_messages
+
+    from tests.conftest import _shapes
+    from tests.test_families import supervised_texts
+    from tests.test_generic_families import rule_texts
+    from vlsft.generic_masks import as_content_items
+    from vlsft.testing.tiny_generic_gemma3n_idefics2 import build_tiny_idefics2
+
+    _, processor = build_tiny_idefics2()
+    processor.image_processor.do_image_splitting, processor.image_seq_len = True, 64
+    collate = VisionChatCollator(processor, processor.chat_template)
+    for name, (row, _) in _shapes().items():
+        if name in ("tool_response_with_image", "tool_call_without_text"):  # see tests/test_generic_families.py
+            continue
+        batch = collate([row])
+        conversation = prepare_multimodal_messages(row["messages"], images=row["images"])
+        texts = supervised_texts(processor.tokenizer, batch["input_ids"][0], batch["labels"][0])
+        assert texts == rule_texts(processor, as_content_items(conversation), row.get("tools")), name
+        reference = processor.apply_chat_template(
+            [conversation], tools=row.get("tools"), tokenize=True, return_dict=True, return_tensors="pt"
+        )
+        for key, value in reference.items():
+            assert torch.equal(batch[key], value), (name, key)
+        if name == "one_image_one_turn":  # the image is 5 runs of 64 tokens
+            assert int((batch["input_ids"] == processor.image_token_id).sum()) == 5 * 64
