@@ -98,8 +98,10 @@ def test_idefics2_rows_its_processor_rewrites_inside_an_answer_are_refused():
     reference = processor.apply_chat_template([[user, _ANSWER]], tokenize=True, return_dict=True, return_tensors="pt")
     assert torch.equal(batch["input_ids"], reference["input_ids"])  # the space after the image is the processor's
     answer = {"role": "assistant", "content": [{"type": "image"}, {"type": "text", "text": "Red."}]}
-    with pytest.raises(RowError, match=r"batch row 0: Idefics2Processor rewrites supervised text of the row \(the "
-                                       r"template's \[.*\] became \[.*'▁Red\.'\] at token \d+\)"):
+    with pytest.raises(RowError, match=r"batch row 0: Idefics2Processor's tokens of the whole text differ from the "
+                                       r"row's inside an assistant turn \(the template's \[.*\] became \[.*'▁Red\.'\] "
+                                       r"at token \d+\): a turn boundary falls inside one of its tokens, or the "
+                                       "processor rewrites the supervised text"):
         collate([{"messages": [user, answer], "images": [red, red]}])
 
 
@@ -163,3 +165,49 @@ def test_idefics2_with_the_checkpoints_image_splitting_keeps_exact_masks():
             assert torch.equal(batch[key], value), (name, key)
         if name == "one_image_one_turn":  # the image is 5 runs of 64 tokens
             assert int((batch["input_ids"] == processor.image_token_id).sum()) == 5 * 64
+
+
+def test_a_tokenizer_marking_each_string_start_keeps_exact_masks_on_multi_turn_rows():
+    """A Llama/Mistral SentencePiece tokenizer marks the start of every string it tokenizes with '▁': the row cut at
+    its turns and tokenized piece by piece then differs from the processor's tokens of the whole text by a '▁' at
+    each unsupervised piece after the first (here on LLaVA-1.5's processor, which reports its expansion). Such rows
+    used to be refused as if a turn boundary fell inside a token; they train on the processor's tokens, with the
+    rule's masks."""
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    from tests.test_families import supervised_texts
+    from tests.test_generic_families import rule_texts
+    from vlsft.testing.tiny_tokenizers import train_mistral_tokenizer
+
+    template = (
+        "{% for message in messages %}{{ 'USER: ' if message['role'] == 'user' else 'ASSISTANT: ' }}"
+        "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n{% else %}{{ item['text'] }}"
+        "{% endif %}{% endfor %}{{ '</s>' if message['role'] == 'assistant' else ' ' }}{% endfor %}"
+        "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+    )  # LLaVA-1.5's format
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=train_mistral_tokenizer(), patch_size=8, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, chat_template=template,
+    )
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Red."}]},
+        {"role": "user", "content": [{"type": "text", "text": "Shape?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "A square."}]},
+    ]
+    batch = VisionChatCollator(processor, template)([{"messages": messages, "images": [_red()]}])
+    assert supervised_texts(processor.tokenizer, batch["input_ids"][0], batch["labels"][0]) == rule_texts(
+        processor, messages
+    ) == [" Red.</s>", " A square.</s>"]
+    conversation = copy.deepcopy(messages)
+    conversation[0]["content"][0]["image"] = _red()
+    reference = processor.apply_chat_template([conversation], tokenize=True, return_dict=True, return_tensors="pt")
+    assert torch.equal(batch["input_ids"], reference["input_ids"])
+    assert torch.equal(batch["pixel_values"], reference["pixel_values"])
+
+
+def _red():
+    from PIL import Image
+
+    return Image.new("RGB", (32, 32), (255, 0, 0))

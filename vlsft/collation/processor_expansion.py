@@ -3,8 +3,9 @@ run on the batch's rendered rows and images. Its tensors are the batch's. Then, 
 
 - A processor that reports the text it put in place of each image's placeholder (`return_text_replacement_offsets`,
   transformers' shared `__call__`): its replacement texts expand the row's pieces, which are then tokenized piece by
-  piece (so the mask boundaries fall between tokens), and each row's tokens are checked against the processor's own
-  `input_ids` for the whole text, so that a mask is never put on tokens the processor would not produce.
+  piece (so the mask boundaries fall between tokens), and each row's tokens are compared with the processor's own
+  `input_ids` for the whole text. Where they differ (at a piece boundary), the processor's tokens are used with the
+  supervision aligned onto them, as below, so that a mask is never put on tokens the processor would not produce.
 - A processor with a `__call__` of its own that reports nothing (Idefics2's, which also rewrites the text around an
   image): the row's tokens are the processor's own, and the supervision is carried onto them from the row tokenized
   piece by piece (placeholders unexpanded) through a token alignment. Every supervised token must be found, in
@@ -29,19 +30,19 @@ class ProcessorExpansion:
     def _generic_sequences(self, row_pieces: list[list[tuple[str, bool]]], images: list[list[Any]]):
         """(the processor's outputs, each row's token ids, each row's supervised mask)."""
         vision, replacements, reference = self._processor_batch(row_pieces, images)
+        expanded = row_pieces if replacements is None else self._expand_in_text(row_pieces, replacements)
         sequences, masks = [], []
-        if replacements is None:  # no expansion reported: the processor's tokens, the supervision aligned onto them
-            for index, row in enumerate(self._tokenize_pieces(row_pieces, images)):
-                ids, supervised = self._aligned_to_processor(index, row_pieces[index], row, reference[index])
-                sequences.append(torch.tensor(ids, dtype=torch.long))
-                masks.append(torch.tensor(supervised, dtype=torch.bool))
-            return vision, sequences, masks
-        expanded = self._expand_in_text(row_pieces, replacements)
         for index, row in enumerate(self._tokenize_pieces(expanded, images)):
-            sequences.append(torch.tensor(row.input_ids, dtype=torch.long))
-            masks.append(torch.tensor(row.supervised, dtype=torch.bool))
-            if not self.escape_control_tokens:  # escaped tokens are text the processor would read as controls
-                self._check_against_processor(index, expanded[index], sequences[-1], reference[index])
+            ids, supervised = row.input_ids, row.supervised
+            # Escaped tokens are text the processor would read as controls: there the row's own tokens stand. Else
+            # where the row, tokenized piece by piece, differs from the processor's tokens (placeholders it does not
+            # report, or a piece boundary: a tokenizer that marks each string's start with '▁' adds one to every
+            # piece), the processor's tokens are used, the supervision aligned onto them.
+            checked = not self.escape_control_tokens
+            if replacements is None or (checked and not self._same_as_processor(expanded[index], ids, reference[index])):
+                ids, supervised = self._aligned_to_processor(index, expanded[index], row, reference[index])
+            sequences.append(torch.tensor(ids, dtype=torch.long))
+            masks.append(torch.tensor(supervised, dtype=torch.bool))
         return vision, sequences, masks
 
     def _processor_batch(self, row_pieces: list[list[tuple[str, bool]]], images: list[list[Any]]):
@@ -73,28 +74,18 @@ class ProcessorExpansion:
             return 0, 0
         return len(self._bos_added), len(self._eos_added)
 
-    def _check_against_processor(self, index: int, pieces, ids: torch.Tensor, reference: list[int]) -> None:
-        """Raise `RowError` if the row's tokens (tokenized piece by piece, before the BOS/EOS the tokenizer adds) are
-        not the processor's tokens of the whole text: a mask boundary would then fall inside a token."""
+    def _same_as_processor(self, pieces, ids: list[int], reference: list[int]) -> bool:
+        """Whether the row's tokens (tokenized piece by piece, before the BOS/EOS the tokenizer adds) are the
+        processor's tokens of the whole text."""
         head, tail = self._added_on_encode(pieces)
-        ours = ids.tolist()
-        ours = ours[head : len(ours) - tail]
-        if ours == reference:
-            return
-        at = next((i for i, (a, b) in enumerate(zip(ours, reference)) if a != b), min(len(ours), len(reference)))
-        decode = self.processor.tokenizer.convert_ids_to_tokens
-        raise RowError(
-            index,
-            f"cut at the assistant turns, the row tokenizes differently from the processor's tokens of the whole "
-            f"text (at token {at}: {decode(ours[at : at + 3])} vs {decode(reference[at : at + 3])}); a turn boundary "
-            "falls inside a token, so no exact mask exists for it on this template",
-        )
+        return ids[head : len(ids) - tail] == reference
 
     def _aligned_to_processor(self, index: int, pieces, row, reference: list[int]) -> tuple[list[int], list[bool]]:
         """The processor's tokens of the row (with the BOS/EOS the tokenizer adds) and which of them are supervised:
         those aligned with the supervised tokens of the row tokenized piece by piece. Raise `RowError` where a
         supervised token has no counterpart or the processor put tokens inside a supervised run: its text differs
-        there from what the template renders, so no exact mask exists."""
+        there from what the template renders (or a turn boundary falls inside one of its tokens), so no exact mask
+        exists."""
         head, tail = self._added_on_encode(pieces)
         ids, supervised = row.input_ids, row.supervised
         ours, ours_supervised = ids[head : len(ids) - tail], supervised[head : len(ids) - tail]
@@ -108,8 +99,9 @@ class ProcessorExpansion:
                 decode = self.processor.tokenizer.convert_ids_to_tokens
                 raise RowError(
                     index,
-                    f"{type(self.processor).__name__} rewrites supervised text of the row (the template's "
-                    f"{decode(ours[i1:i2])} became {decode(reference[j1:j2])} at token {j1}), so no exact mask exists "
-                    "for it",
+                    f"{type(self.processor).__name__}'s tokens of the whole text differ from the row's inside an "
+                    f"assistant turn (the template's {decode(ours[i1:i2])} became {decode(reference[j1:j2])} at token "
+                    f"{j1}): a turn boundary falls inside one of its tokens, or the processor rewrites the supervised "
+                    "text, so no exact mask exists for it on this template",
                 )
         return ids[:head] + reference + ids[len(ids) - tail :], supervised[:head] + aligned + supervised[len(ids) - tail :]
