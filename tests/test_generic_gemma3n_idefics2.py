@@ -23,7 +23,6 @@ from vlsft import VLSFTConfig, VLSFTTrainer
 from vlsft.collation.rendering import RowError
 from vlsft.collator import VisionChatCollator
 from vlsft.model_parts import final_logit_softcap
-from vlsft.testing.tiny_generic_families import GENERIC_BUILDERS
 from tests.test_generic_families import tiny
 
 _ANSWER = {"role": "assistant", "content": [{"type": "text", "text": "A dot."}]}
@@ -51,7 +50,7 @@ def test_gemma3n_loss_is_the_models_own_capped_loss(tmp_path):
     them alike, though Gemma 3n has no record saying so: the loss and gradients equal those of the model's logits."""
     model, processor = tiny("gemma3n")
     assert final_logit_softcap(model) == 30.0
-    # A tiny random model's logits are far below 30, where the cap changes almost nothing: a cap of 0.5 changes them all.
+    # A tiny random model's logits are far below 30, where the cap changes almost nothing: 0.5 changes them all.
     model = copy.deepcopy(model)
     model.config.get_text_config().final_logit_softcapping = 0.5
     args = VLSFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, max_steps=1, save_strategy="no")
@@ -98,10 +97,12 @@ def test_idefics2_rows_its_processor_rewrites_inside_an_answer_are_refused():
     reference = processor.apply_chat_template([[user, _ANSWER]], tokenize=True, return_dict=True, return_tensors="pt")
     assert torch.equal(batch["input_ids"], reference["input_ids"])  # the space after the image is the processor's
     answer = {"role": "assistant", "content": [{"type": "image"}, {"type": "text", "text": "Red."}]}
-    with pytest.raises(RowError, match=r"batch row 0: Idefics2Processor's tokens of the whole text differ from the "
-                                       r"row's inside an assistant turn \(the template's \[.*\] became \[.*'▁Red\.'\] "
-                                       r"at token \d+\): a turn boundary falls inside one of its tokens, or the "
-                                       "processor rewrites the supervised text"):
+    refusal = (
+        r"batch row 0: Idefics2Processor's tokens of the whole text differ from the row's inside an assistant turn "
+        r"\(the template's \[.*\] became \[.*'▁Red\.'\] at token \d+\): a turn boundary falls inside one of its "
+        "tokens, or the processor rewrites the supervised text"
+    )
+    with pytest.raises(RowError, match=refusal):
         collate([{"messages": [user, answer], "images": [red, red]}])
 
 
@@ -114,7 +115,10 @@ def test_paligemma_is_refused_with_what_to_do(tmp_path):
 
     model, processor = build_tiny_paligemma()
     args = VLSFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True)
-    fix = r"PaliGemmaProcessor: PaliGemma / PaliGemma 2 is a prefix-LM .* `processor\(images=..., text=prefix, suffix=answer\)`"
+    fix = (
+        r"PaliGemmaProcessor: PaliGemma / PaliGemma 2 is a prefix-LM .* "
+        r"`processor\(images=..., text=prefix, suffix=answer\)`"
+    )
     with pytest.raises(ValueError, match=fix):
         VLSFTTrainer(model, args=args, processing_class=processor,
                      train_dataset=Dataset.from_list(rows_of_different_lengths()[:2]))

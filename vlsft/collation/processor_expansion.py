@@ -32,15 +32,15 @@ class ProcessorExpansion:
         vision, replacements, reference = self._processor_batch(row_pieces, images)
         expanded = row_pieces if replacements is None else self._expand_in_text(row_pieces, replacements)
         sequences, masks = [], []
-        for index, row in enumerate(self._tokenize_pieces(expanded, images)):
+        for index, (pieces, row) in enumerate(zip(expanded, self._tokenize_pieces(expanded, images))):
             ids, supervised = row.input_ids, row.supervised
             # Escaped tokens are text the processor would read as controls: there the row's own tokens stand. Else
             # where the row, tokenized piece by piece, differs from the processor's tokens (placeholders it does not
             # report, or a piece boundary: a tokenizer that marks each string's start with '▁' adds one to every
             # piece), the processor's tokens are used, the supervision aligned onto them.
-            checked = not self.escape_control_tokens
-            if replacements is None or (checked and not self._same_as_processor(expanded[index], ids, reference[index])):
-                ids, supervised = self._aligned_to_processor(index, expanded[index], row, reference[index])
+            differs = not self.escape_control_tokens and not self._same_as_processor(pieces, ids, reference[index])
+            if replacements is None or differs:
+                ids, supervised = self._aligned_to_processor(index, pieces, row, reference[index])
             sequences.append(torch.tensor(ids, dtype=torch.long))
             masks.append(torch.tensor(supervised, dtype=torch.bool))
         return vision, sequences, masks
@@ -104,4 +104,5 @@ class ProcessorExpansion:
                     f"{j1}): a turn boundary falls inside one of its tokens, or the processor rewrites the supervised "
                     "text, so no exact mask exists for it on this template",
                 )
-        return ids[:head] + reference + ids[len(ids) - tail :], supervised[:head] + aligned + supervised[len(ids) - tail :]
+        end = len(ids) - tail
+        return ids[:head] + reference + ids[end:], supervised[:head] + aligned + supervised[end:]

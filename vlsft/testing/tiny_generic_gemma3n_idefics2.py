@@ -1,6 +1,7 @@
-"""Tiny Gemma 3n and Idefics2 models on the generic exact path, and a tiny PaliGemma, which vlsft refuses (`vlsft.testing.tiny_generic` holds the other families
-and the shared tokenizer helpers): each family's real model class built from its config class with random weights,
-and its real processor class with a tokenizer trained in-process.
+"""Tiny Gemma 3n and Idefics2 models on the generic exact path, and a tiny PaliGemma, which vlsft refuses
+(`vlsft.testing.tiny_generic` holds the other families and the shared tokenizer helpers): each family's real model
+class built from its config class with random weights, and its real processor class with a tokenizer trained
+in-process.
 
 Gemma 3n's vision tower is timm's MobileNet-v5 (`TimmWrapperModel`, created with `pretrained=False`: no weights are
 fetched from a hub); the `timm` package must be installed. The tiny tower is the same encoder class with a 4-block
@@ -26,7 +27,13 @@ from transformers import (
     SiglipImageProcessor,
 )
 
-from vlsft.testing.tiny_build import HIDDEN, VISION_ENCODER_SIZES, instantiate, language_model_sizes, mistral_text_config
+from vlsft.testing.tiny_build import (
+    HIDDEN,
+    VISION_ENCODER_SIZES,
+    instantiate,
+    language_model_sizes,
+    mistral_text_config,
+)
 from vlsft.testing.tiny_tokenizers import _train_sentencepiece_style, train_mistral_tokenizer
 
 # -- Gemma 3n ------------------------------------------------------------------------------------------------------
@@ -93,7 +100,10 @@ GEMMA3N_MEDIA_TOKENS = {
 }
 # A 4-block MobileNet-v5 (timm's block notation): an edge residual, then a stage of a universal inverted residual, a
 # Mobile-MQA block and the inverted residual that ends every stage of the checkpoint's encoder.
-_MOBILENET_V5_BLOCKS = [["er_r1_k3_s2_e2_c8"], ["uir_r1_a3_k5_s2_e2_c16", "mqa_r1_k3_h2_v2_s1_d8_c16", "uir_r1_a0_k0_s1_e2_c16"]]
+_MOBILENET_V5_BLOCKS = [
+    ["er_r1_k3_s2_e2_c8"],
+    ["uir_r1_a3_k5_s2_e2_c16", "mqa_r1_k3_h2_v2_s1_d8_c16", "uir_r1_a0_k0_s1_e2_c16"],
+]
 _GEMMA3N_SOFT_TOKENS = 4  # the encoder's fusion adapter pools a 32 px image to 2x2
 
 
@@ -103,7 +113,9 @@ def train_gemma3n_tokenizer() -> GemmaTokenizer:
     vocab, merges = _train_sentencepiece_style(["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"])
     turns = ["<start_of_turn>", "<end_of_turn>"]
     vocab = {**vocab, **{token: len(vocab) + i for i, token in enumerate(turns)}}
-    tokenizer = GemmaTokenizer(vocab=vocab, merges=merges, add_bos_token=True, extra_special_tokens=GEMMA3N_MEDIA_TOKENS)
+    tokenizer = GemmaTokenizer(
+        vocab=vocab, merges=merges, add_bos_token=True, extra_special_tokens=GEMMA3N_MEDIA_TOKENS
+    )
     tokenizer.add_special_tokens({"additional_special_tokens": turns}, replace_extra_special_tokens=False)
     return tokenizer
 
@@ -191,7 +203,9 @@ def build_tiny_idefics2(seed: int = 0, hidden_size: int = HIDDEN):
     the text around images (a space after each image followed by a word)."""
     tokenizer = train_mistral_tokenizer()
     processor = Idefics2Processor(  # adds `<fake_token_around_image>` and `<end_of_utterance>` to the tokenizer
-        image_processor=Idefics2ImageProcessor(size={"shortest_edge": 32, "longest_edge": 32}, do_image_splitting=False),
+        image_processor=Idefics2ImageProcessor(
+            size={"shortest_edge": 32, "longest_edge": 32}, do_image_splitting=False
+        ),
         tokenizer=tokenizer,
         image_seq_len=_IDEFICS2_LATENTS,
         chat_template=IDEFICS2_TEMPLATE,
@@ -227,7 +241,9 @@ def build_tiny_paligemma(seed: int = 0, hidden_size: int = HIDDEN):
     config = PaliGemmaConfig(
         text_config=dict(
             model_type="gemma", vocab_size=len(tokenizer), **language_model_sizes(hidden_size),
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.bos_token_id,
         ),
         vision_config=dict(**VISION_ENCODER_SIZES, image_size=32, patch_size=8, projection_dim=hidden_size),
         image_token_id=processor.image_token_id,
