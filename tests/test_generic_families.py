@@ -38,6 +38,12 @@ TEMPLATE_REFUSES = {"mistral3": {"tool_call_with_text", "tool_call_without_text"
 # How a family's template refuses them, where not by raise_exception: Llama 4's, given tools, writes the first user
 # message with `|trim`, so a list of content items becomes its Python text (and the image placeholder is lost).
 REFUSALS = {"llama4": r"batch row 0: message 0: the chat template writes its content as Python text"}
+# Gemma 3n's template raises unless roles alternate user/assistant: a tool message breaks that.
+REFUSALS["gemma3n"] = "batch row 0: Conversation roles must alternate"
+TEMPLATE_REFUSES["gemma3n"] = {"tool_call_with_text", "tool_call_without_text"}
+# Idefics2's template reads `content[0]` of every message: a tool-call turn without text has none.
+REFUSALS["idefics2"] = "batch row 0: str object has no element 0"
+TEMPLATE_REFUSES["idefics2"] = {"tool_call_without_text"}
 TEMPLATE_REFUSES["llama4"] = {"tool_call_with_text", "tool_call_without_text"}
 # Template variables a family's rows need: Muse Glimmer's default system prompt writes today's date unless
 # `current_date` pins it (vlsft refuses a row holding the clock's date: `vlsft.collation.template_clock`).

@@ -42,7 +42,7 @@ from vlsft.collation.videos import VideoExpansion
 from vlsft.collation.weighting import TurnWeighting
 from vlsft.data.rows import ImagesNotAListError, load_image, placeholder_mismatch, row_images
 from vlsft.families import FAMILIES, family_of_processor
-from vlsft.generic_family import added_tokens, generic_family
+from vlsft.generic_family import added_tokens, generic_family, refuse_prefix_lm
 from vlsft.generic_masks import PrefixRuleError, end_of_turn_token, markers_leave_out_the_stop
 from vlsft.templates import (
     UnsupportedConversationError,
@@ -104,6 +104,7 @@ class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, ProcessorE
     _vision_token_ids: set[int] = field(init=False, repr=False)
 
     def __post_init__(self):
+        refuse_prefix_lm(self.processor)  # whatever the template: a prefix-LM family trains on other inputs
         tokenizer = self.processor.tokenizer
         # The template says which family's features to check (a custom template is its author's call); the template
         # or else the processor says how to expand images.
@@ -199,14 +200,8 @@ class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, ProcessorE
                 video_cursor += n_videos
                 sequences.append(ids)
                 masks.append(supervised)
-        elif self.generic_family:
-            vision, replacements, reference = self._processor_batch(row_pieces, images)
-            expanded = self._expand_in_text(row_pieces, replacements)
-            for index, row in enumerate(self._tokenize_pieces(expanded, images)):
-                sequences.append(torch.tensor(row.input_ids, dtype=torch.long))
-                masks.append(torch.tensor(row.supervised, dtype=torch.bool))
-                if not self.escape_control_tokens:  # escaped tokens are text the processor would read as controls
-                    self._check_against_processor(index, expanded[index], sequences[-1], reference[index])
+        elif self.generic_family:  # the processor expands the images (`vlsft.collation.processor_expansion`)
+            vision, sequences, masks = self._generic_sequences(row_pieces, images)
         else:
             expanded = self._expand_in_text(row_pieces, self._image_texts(vision, num_images))
             for row in self._tokenize_pieces(expanded, images):
@@ -291,6 +286,7 @@ class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, ProcessorE
 def training_collator(processor: ProcessorMixin, args) -> VisionChatCollator:
     """The collator `VLSFTTrainer` trains with for `processor` and `args` (a `VLSFTConfig`): the training template
     (resolved from the processor's, or read from `args.chat_template_path`), `max_length`, `image_root`..."""
+    refuse_prefix_lm(processor)  # before the template: a prefix-LM family has none, and one would not help
     template = processor.chat_template
     if args.chat_template_path is not None and args.chat_template_path.endswith((".jinja", ".j2")):
         with open(args.chat_template_path, encoding="utf-8") as file:

@@ -16,10 +16,11 @@ from PIL import Image
 from vlsft.families import Family, ModelParts
 from vlsft.model_parts import PROJECTOR_NAMES, VISION_TOWER_NAMES
 
-# The processor attributes that name a token around or inside an image or video (begin/end of image markers).
+# The processor (or tokenizer) attributes that name a token around or inside an image, video or audio clip (begin/end
+# markers; Gemma 3n's processor names its begin-of-image marker, its tokenizer the end one).
 _MEDIA_TOKEN_ATTRIBUTES = (
     "boi_token", "eoi_token", "image_start_token", "image_end_token", "start_image_token", "end_image_token",
-    "image_break_token", "video_start_token", "video_end_token",
+    "image_break_token", "fake_image_token", "video_start_token", "video_end_token", "boa_token", "eoa_token",
 )
 # The names a model's parts are searched under (`vlsft.model_parts`), recorded for display: the model is matched by
 # them, not by this record.
@@ -53,6 +54,26 @@ def replacement_tokens(processor) -> tuple[str, ...]:
     return tuple(dict.fromkeys(piece for piece in pieces if piece in control))
 
 
+# Processors of prefix-LM families, trained on (prefix, suffix) pairs rather than conversations: the model attends
+# bidirectionally over the prefix (`token_type_ids` 0) and causally over the suffix (1). A chat rendering has no such
+# split, and the all-zero `token_type_ids` the processor returns for it would let every token see the answer.
+PREFIX_LM_PROCESSORS = {"PaliGemmaProcessor": "PaliGemma / PaliGemma 2"}
+
+
+def refuse_prefix_lm(processor) -> None:
+    """Raise `ValueError`, with what to do instead, for a processor of a prefix-LM family (`PREFIX_LM_PROCESSORS`)."""
+    name = type(processor).__name__
+    if name in PREFIX_LM_PROCESSORS:
+        raise ValueError(
+            f"{name}: {PREFIX_LM_PROCESSORS[name]} is a prefix-LM trained on (prefix, suffix) pairs, not a chat model: "
+            "it has no chat template, and its model attends bidirectionally over the prefix by `token_type_ids`, which "
+            "vlsft's conversation path does not build (with a chat template the processor marks every token as "
+            "prefix, so the answer would be visible to itself). vlsft does not train it; fine-tune it on "
+            "`processor(images=..., text=prefix, suffix=answer)`, which returns the `labels` and `token_type_ids` "
+            "the model needs (e.g. with transformers' `Trainer`), or train a chat vision-language family instead."
+        )
+
+
 def generic_family(processor, end_of_turn: str) -> Family:
     """The record of `processor`'s family for the generic path; `end_of_turn` is the token that ends an assistant
     turn of its chat template (`vlsft.generic_masks.end_of_turn_token`)."""
@@ -64,13 +85,19 @@ def generic_family(processor, end_of_turn: str) -> Family:
             "placeholder and `replace_image_token`; this processor does not follow transformers 5's multimodal "
             "processor conventions."
         )
-    media = [getattr(processor, attribute, None) for attribute in _MEDIA_TOKEN_ATTRIBUTES]
+    media = [
+        getattr(processor, attribute, None) or getattr(processor.tokenizer, attribute, None)
+        for attribute in _MEDIA_TOKEN_ATTRIBUTES
+    ]
     if processor.tokenizer.convert_tokens_to_ids(image_token) in (None, processor.tokenizer.unk_token_id):
         media += replacement_tokens(processor)  # the placeholder is plain text: the image is its replacement's tokens
     vision_tokens = tuple(dict.fromkeys([*processor.all_special_multimodal_tokens, *(t for t in media if isinstance(t, str))]))
-    # The map of image tokens some models take (3D rope positions); never `token_type_ids`, which many tokenizers
-    # list for segment ids.
-    image_map_key = "mm_token_type_ids" if "mm_token_type_ids" in set(processor.model_input_names) else None
+    # The map of image tokens some models take (3D rope positions); `token_type_ids` only where the processor returns
+    # its token-type map under that name (Gemma 3n renames it), never where it is a tokenizer's segment ids.
+    inputs = set(processor.model_input_names)
+    image_map_key = "mm_token_type_ids" if "mm_token_type_ids" in inputs else None
+    if image_map_key is None and "token_type_ids" in inputs and getattr(processor, "return_mm_token_type_ids", False):
+        image_map_key = "token_type_ids"
     return Family(
         name=f"generic:{name}",
         display_name=f"{name} (generic path)",

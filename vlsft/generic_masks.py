@@ -211,9 +211,16 @@ def end_of_turn_token(render: Render, control_tokens: tuple[str, ...], eos_token
     return token
 
 
-def refuse_uncollated_media(family: Family, messages: list[dict]) -> None:
+def refuse_uncollated_media(family: Family, row: dict, messages: list[dict]) -> None:
     """Raise `UnsupportedConversationError` for a content item of a type `family` renders but vlsft does not collate
-    (on the generic path: videos and audio), naming the message."""
+    (on the generic path: videos and audio), naming the message, and for a row with an audio column (a row's videos
+    are refused where they are read: `vlsft.collation.videos`)."""
+    for column in ("audio", "audios"):
+        if row.get(column):  # the processor would expand audio placeholders with no features behind them
+            raise UnsupportedConversationError(
+                f"the row has a `{column}` column: vlsft trains {family.display_name} on text and images only; drop "
+                "the column or skip such rows with `invalid_rows='skip'`"
+            )
     for position, message in enumerate(messages):
         content = message.get("content")
         for item in content if isinstance(content, list) else ():

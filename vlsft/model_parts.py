@@ -15,6 +15,7 @@ prefixes). Names are matched on whole dotted segments: `visual.merger` never mat
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Iterable
 
@@ -30,10 +31,22 @@ COMPONENTS = (VISION_TOWER, MERGER, LANGUAGE_MODEL)
 
 def final_logit_softcap(model: nn.Module) -> float | None:
     """The cap the model's own forward applies to its logits (`tanh(logits / cap) * cap`), or None."""
+    cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
     family = family_of_model(model)
-    if family is None or not FAMILIES[family].parts.caps_logits:
-        return None
-    return getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+    if family is not None:
+        return cap if FAMILIES[family].parts.caps_logits else None
+    # A model without a record: its forward's code says whether it caps. The config alone cannot (Gemma 3's
+    # conditional-generation head ignores the cap its config holds; Gemma 3n's and PaliGemma's apply it).
+    return cap if cap is not None and _forward_reads_softcap(type(model)) else None
+
+
+def _forward_reads_softcap(model_class: type) -> bool:
+    """Whether `model_class.forward` reads `final_logit_softcapping`; True where its source cannot be read, as a
+    config that sets a cap most likely means it."""
+    try:
+        return "final_logit_softcapping" in inspect.getsource(model_class.forward)
+    except (OSError, TypeError):
+        return True
 
 
 def _alternatives(names) -> str:

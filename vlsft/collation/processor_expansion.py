@@ -1,13 +1,22 @@
 """Images expanded by the processor itself, for a family vlsft has no record for (the generic path): the processor is
-run on the batch's rendered rows and images, and reports the text it put in place of each image's placeholder
-(`return_text_replacement_offsets`). Its tensors are the batch's; its replacement texts expand the row's pieces, which
-are then tokenized piece by piece (so the mask boundaries fall between tokens); and each row's tokens are checked
-against the processor's own `input_ids` for the whole text, so that a mask is never put on tokens the processor would
-not produce. A mixin of `vlsft.collator.VisionChatCollator`.
+run on the batch's rendered rows and images. Its tensors are the batch's. Then, two ways:
+
+- A processor that reports the text it put in place of each image's placeholder (`return_text_replacement_offsets`,
+  transformers' shared `__call__`): its replacement texts expand the row's pieces, which are then tokenized piece by
+  piece (so the mask boundaries fall between tokens), and each row's tokens are compared with the processor's own
+  `input_ids` for the whole text. Where they differ (at a piece boundary), the processor's tokens are used with the
+  supervision aligned onto them, as below, so that a mask is never put on tokens the processor would not produce.
+- A processor with a `__call__` of its own that reports nothing (Idefics2's, which also rewrites the text around an
+  image): the row's tokens are the processor's own, and the supervision is carried onto them from the row tokenized
+  piece by piece (placeholders unexpanded) through a token alignment. Every supervised token must be found, in
+  order, with nothing the processor added inside a supervised run; otherwise the row is refused.
+
+A mixin of `vlsft.collator.VisionChatCollator`.
 """
 
 from __future__ import annotations
 
+from difflib import SequenceMatcher
 from typing import Any
 
 import torch
@@ -42,9 +51,27 @@ class ProcessorExpansion:
             return pieces
         return [(prefix, False), *pieces]
 
+    def _generic_sequences(self, row_pieces: list[list[tuple[str, bool]]], images: list[list[Any]]):
+        """(the processor's outputs, each row's token ids, each row's supervised mask)."""
+        vision, replacements, reference = self._processor_batch(row_pieces, images)
+        expanded = row_pieces if replacements is None else self._expand_in_text(row_pieces, replacements)
+        sequences, masks = [], []
+        for index, (pieces, row) in enumerate(zip(expanded, self._tokenize_pieces(expanded, images))):
+            ids, supervised = row.input_ids, row.supervised
+            # Escaped tokens are text the processor would read as controls: there the row's own tokens stand. Else
+            # where the row, tokenized piece by piece, differs from the processor's tokens (placeholders it does not
+            # report, or a piece boundary: a tokenizer that marks each string's start with '▁' adds one to every
+            # piece), the processor's tokens are used, the supervision aligned onto them.
+            differs = not self.escape_control_tokens and not self._same_as_processor(pieces, ids, reference[index])
+            if replacements is None or differs:
+                ids, supervised = self._aligned_to_processor(index, pieces, row, reference[index])
+            sequences.append(torch.tensor(ids, dtype=torch.long))
+            masks.append(torch.tensor(supervised, dtype=torch.bool))
+        return vision, sequences, masks
+
     def _processor_batch(self, row_pieces: list[list[tuple[str, bool]]], images: list[list[Any]]):
-        """(the processor's outputs for the images, the replacement text of each image in order, each row's
-        `input_ids` as the processor tokenizes its whole text) for the rendered rows."""
+        """(the processor's outputs, the replacement text of each image in order or None where the processor does
+        not report them, each row's `input_ids` as the processor tokenizes its whole text)."""
         texts = ["".join(text for text, _ in pieces) for pieces in row_pieces]
         outputs = self.processor(
             images=images if any(images) else None,
@@ -56,34 +83,51 @@ class ProcessorExpansion:
             return_text_replacement_offsets=True,
         )
         offsets = outputs.pop("text_replacement_offsets", None)
-        if offsets is None:
-            raise ValueError(
-                f"{type(self.processor).__name__} does not report how it expands image placeholders "
-                "(`return_text_replacement_offsets`), which vlsft's generic path needs; this family needs a record "
-                "of its own in `vlsft.families.FAMILIES`."
-            )
-        replacements = [item["replacement"] for row in offsets for item in row if item["type"] == "image"]
+        replacements = None
+        if offsets is not None:
+            replacements = [item["replacement"] for row in offsets for item in row if item["type"] == "image"]
         lengths = outputs["attention_mask"].sum(-1).tolist()
         reference = [ids[:length].tolist() for ids, length in zip(outputs["input_ids"], lengths)]
         media = {key: value for key, value in outputs.items() if key not in _TEXT_OUTPUTS}
         return media, replacements, reference
 
-    def _check_against_processor(self, index: int, pieces, ids: torch.Tensor, reference: list[int]) -> None:
-        """Raise `RowError` if the row's tokens (tokenized piece by piece, before the BOS/EOS the tokenizer adds) are
-        not the processor's tokens of the whole text: a mask boundary would then fall inside a token."""
-        ours = ids.tolist()
-        starts_with_bos = bool(pieces) and self.processor.tokenizer.bos_token is not None and pieces[0][0].startswith(
-            self.processor.tokenizer.bos_token
-        )
-        if not starts_with_bos:
-            ours = ours[len(self._bos_added) : len(ours) - len(self._eos_added)]
-        if ours == reference:
-            return
-        at = next((i for i, (a, b) in enumerate(zip(ours, reference)) if a != b), min(len(ours), len(reference)))
-        decode = self.processor.tokenizer.convert_ids_to_tokens
-        raise RowError(
-            index,
-            f"cut at the assistant turns, the row tokenizes differently from the processor's tokens of the whole "
-            f"text (at token {at}: {decode(ours[at : at + 3])} vs {decode(reference[at : at + 3])}); a turn boundary "
-            "falls inside a token, so no exact mask exists for it on this template",
-        )
+    def _added_on_encode(self, pieces) -> tuple[int, int]:
+        """How many tokens the tokenizer put before and after the row's own (its BOS/EOS, unless the text writes the
+        BOS itself): the processor was run without them."""
+        bos = self.processor.tokenizer.bos_token
+        if bool(pieces) and bos is not None and pieces[0][0].startswith(bos):
+            return 0, 0
+        return len(self._bos_added), len(self._eos_added)
+
+    def _same_as_processor(self, pieces, ids: list[int], reference: list[int]) -> bool:
+        """Whether the row's tokens (tokenized piece by piece, before the BOS/EOS the tokenizer adds) are the
+        processor's tokens of the whole text."""
+        head, tail = self._added_on_encode(pieces)
+        return ids[head : len(ids) - tail] == reference
+
+    def _aligned_to_processor(self, index: int, pieces, row, reference: list[int]) -> tuple[list[int], list[bool]]:
+        """The processor's tokens of the row (with the BOS/EOS the tokenizer adds) and which of them are supervised:
+        those aligned with the supervised tokens of the row tokenized piece by piece. Raise `RowError` where a
+        supervised token has no counterpart or the processor put tokens inside a supervised run: its text differs
+        there from what the template renders (or a turn boundary falls inside one of its tokens), so no exact mask
+        exists."""
+        head, tail = self._added_on_encode(pieces)
+        ids, supervised = row.input_ids, row.supervised
+        ours, ours_supervised = ids[head : len(ids) - tail], supervised[head : len(ids) - tail]
+        aligned = [False] * len(reference)
+        for tag, i1, i2, j1, j2 in SequenceMatcher(None, ours, reference, autojunk=False).get_opcodes():
+            if tag == "equal":
+                aligned[j1:j2] = ours_supervised[i1:i2]
+                continue
+            inside_run = 0 < i1 < len(ours) and ours_supervised[i1 - 1] and ours_supervised[i1]
+            if any(ours_supervised[i1:i2]) or (j2 > j1 and inside_run):
+                decode = self.processor.tokenizer.convert_ids_to_tokens
+                raise RowError(
+                    index,
+                    f"{type(self.processor).__name__}'s tokens of the whole text differ from the row's inside an "
+                    f"assistant turn (the template's {decode(ours[i1:i2])} became {decode(reference[j1:j2])} at token "
+                    f"{j1}): a turn boundary falls inside one of its tokens, or the processor rewrites the supervised "
+                    "text, so no exact mask exists for it on this template",
+                )
+        end = len(ids) - tail
+        return ids[:head] + reference + ids[end:], supervised[:head] + aligned + supervised[end:]

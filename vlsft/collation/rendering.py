@@ -182,7 +182,7 @@ class RowRendering:
                 messages = split_inline_reasoning(messages, spec.reasoning_opening, spec.reasoning_markers[1])
         template_kwargs = row_template_kwargs(self.template_kwargs, row, self.boolean_switches)
         if self.generic_family:  # a family without a record renders videos and audio vlsft does not collate
-            refuse_uncollated_media(self.family, messages)
+            refuse_uncollated_media(self.family, row, messages)
         if self.generic_family or self.generic_masks:  # a stock template gets the content as TRL's data path gives it
             messages = as_content_items(messages)
             # ... except text the template reads as a string (it would write the list's Python text).
