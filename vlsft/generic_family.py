@@ -29,6 +29,15 @@ GENERIC_PARTS = ModelParts(
 )
 
 
+# The name of every generic record starts with this (`generic:InternVLProcessor`).
+GENERIC_PREFIX = "generic:"
+
+
+def is_generic_family(family: Family) -> bool:
+    """Whether `family` is a record read off a processor (the generic path), not one of `FAMILIES`."""
+    return family.name.startswith(GENERIC_PREFIX)
+
+
 def added_tokens(tokenizer) -> tuple[str, ...]:
     """Every token the tokenizer adds whole (control tokens), longest first."""
     return tuple(
@@ -53,7 +62,7 @@ def generic_family(processor, end_of_turn: str) -> Family:
     # list for segment ids.
     image_map_key = "mm_token_type_ids" if "mm_token_type_ids" in set(processor.model_input_names) else None
     return Family(
-        name=f"generic:{name}",
+        name=f"{GENERIC_PREFIX}{name}",
         display_name=f"{name} (generic path)",
         stock_template="",
         training_template="",
