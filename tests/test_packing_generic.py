@@ -125,6 +125,30 @@ def test_packed_rows_losses_and_gradients_equal_padded_rows(family):
         torch.testing.assert_close(packed_grads[name], grad, rtol=1e-5, atol=atol, msg=lambda m: f"{name}: {m}")
 
 
+@pytest.mark.parametrize("family", ["mistral3", "aya_vision"])
+def test_a_sliding_window_shorter_than_the_rows_is_kept_inside_each_packed_row(family):
+    """Mistral (one window for every layer, from `sliding_window` alone) and Cohere2 (windowed layers) with a window
+    of 6 tokens: packed rows run sdpa under transformers' packed windowed mask (not the row-sliced sdpa, which has no
+    window), and each row's logits equal the padded batch's."""
+    model, processor = generic_model(family)
+    config = copy.deepcopy(model.config)
+    config.get_text_config().sliding_window = 6
+    windowed = type(model)(config).eval()
+    windowed.load_state_dict(model.state_dict())
+    use_packed_attention(windowed)
+    assert windowed.config.get_text_config()._attn_implementation == "sdpa"
+    collator = PackedCollator(VisionChatCollator(processor, processor.chat_template), model=windowed)
+    padded_batch = collator.rows_collator(family_rows())
+    lengths = [int(n) for n in padded_batch["attention_mask"].sum(-1)]
+    assert min(lengths) > 2 * 6
+    with torch.no_grad():
+        packed, padded = forward(windowed, collator(family_rows())), forward(windowed, padded_batch)
+        unwindowed = forward(model, padded_batch)
+    assert not torch.allclose(padded[0, : lengths[0]], unwindowed[0, : lengths[0]], atol=1e-3)  # the window is real
+    for index, span in enumerate(spans(lengths)):
+        torch.testing.assert_close(packed[0, span], padded[index, : lengths[index]], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("family", ["internvl", "mistral3", "aya_vision"])
 def test_one_packed_sgd_step_equals_the_padded_step(family, tmp_path):
     """Through `VLSFTTrainer` (the model passed as an object: its language model is checked before any row is): two
