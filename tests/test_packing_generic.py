@@ -1,8 +1,9 @@
 """Packing on the generic exact path (`vlsft.packing.generic_models`): models without a family record whose language
-model keeps packed rows apart with the 1D scheme (InternVL's Qwen2 / Qwen3, Mistral 3's Mistral, Aya Vision's Cohere2
-with its sliding-window layers) pack: no row's logits change when another row changes (bit for bit), packed rows'
-losses and gradients equal padded rows', and one packed SGD step equals the padded step. Models whose rows cannot be
-kept apart this way are refused, naming the reason (LFM2-VL's short convolutions, GLM-4.1V's 3D rope)."""
+model keeps packed rows apart pack (InternVL's Qwen2 / Qwen3, Mistral 3's Mistral, Aya Vision's Cohere2 with its
+sliding-window layers, on 1D positions per row; GLM-4.1V on 3D rope positions from its own `get_rope_index` per row):
+no row's logits change when another row changes (bit for bit), packed rows' losses and gradients equal padded rows',
+and one packed SGD step equals the padded step. Models whose rows cannot be kept apart are refused, naming the reason
+(LFM2-VL's short convolutions; 3D rope or a language model type not proven)."""
 
 from __future__ import annotations
 
@@ -25,11 +26,13 @@ from vlsft.packing.collator import PackedCollator
 from vlsft.packing.generic_models import generic_packing_refusal
 from vlsft.testing.tiny_generic import build_tiny_internvl
 
-# InternVL with Qwen2 (`internvl`) and with Qwen3 (most InternVL3.5 checkpoints), Mistral 3, Aya Vision.
-PACKABLE = ["internvl", "internvl_qwen3", "mistral3", "aya_vision"]
+# InternVL with Qwen2 (`internvl`) and with Qwen3 (most InternVL3.5 checkpoints), Mistral 3, Aya Vision, GLM-4.1V;
+# their position schemes.
+SCHEMES = {"internvl": "1d", "internvl_qwen3": "1d", "mistral3": "1d", "aya_vision": "1d", "glm4v": "mrope"}
+PACKABLE = list(SCHEMES)
 # What each packable family's text model runs as packed (`use_packed_attention`): Aya Vision's Cohere2 has sliding-
 # window layers, so it keeps sdpa with transformers' packed (block-diagonal, windowed) mask.
-PACKED_ATTENTION = {"internvl": PACKED_SDPA, "internvl_qwen3": PACKED_SDPA, "mistral3": PACKED_SDPA, "aya_vision": "sdpa"}
+PACKED_ATTENTION = {family: PACKED_SDPA for family in PACKABLE} | {"aya_vision": "sdpa"}
 
 
 @lru_cache
@@ -52,7 +55,7 @@ def packed_model_and_collator(family: str, attention: str):
         use_packed_attention(model)  # the row boundaries; eager keeps transformers' block-diagonal mask
     rows_collator = VisionChatCollator(processor, processor.chat_template)
     assert rows_collator.generic_family
-    assert check_packing_support(model, rows_collator) == "1d"
+    assert check_packing_support(model, rows_collator) == SCHEMES[family]
     return model, PackedCollator(rows_collator, model=model)
 
 
@@ -64,7 +67,8 @@ def test_changing_one_packed_row_leaves_every_other_row_bit_for_bit_unchanged(fa
     other_image = collator(family_rows(second_image=(0, 0, 255)))  # row 1's picture, same size
     padded_batch = collator.rows_collator(family_rows())
     lengths = [int(n) for n in padded_batch["attention_mask"].sum(-1)]
-    assert base["input_ids"].shape == (1, sum(lengths)) and base["position_ids"].shape == (1, sum(lengths))
+    assert base["input_ids"].shape == (1, sum(lengths))
+    assert base["position_ids"].shape == ((1, sum(lengths)) if SCHEMES[family] == "1d" else (4, 1, sum(lengths)))
     row1 = list(spans(lengths))[1]
     assert not torch.equal(other_image["pixel_values"], base["pixel_values"])
     # Row 1's text tokens reversed in place (its image tokens stay where they are): other tokens, same length.
@@ -110,7 +114,18 @@ def test_packed_rows_losses_and_gradients_equal_padded_rows(family):
     packed = collator(rows)
     lengths = padded["attention_mask"].sum(-1).tolist()
     assert "attention_mask" not in packed
-    assert packed["position_ids"][0].tolist() == [p for n in lengths for p in range(n)]  # 1D, restarting per row
+    text_positions = packed["position_ids"][0].flatten().tolist()  # 1D (mrope: the first row), restarting per row
+    assert text_positions == [p for n in lengths for p in range(n)]
+    if SCHEMES[family] == "mrope":  # each row's 3D positions are the model's own for the row alone
+        for index, (row, span) in enumerate(zip(rows, spans(lengths))):
+            alone = collator.rows_collator([row])
+            expected = model.model.compute_3d_position_ids(
+                input_ids=alone["input_ids"], inputs_embeds=None, image_grid_thw=alone.get("image_grid_thw"),
+                attention_mask=alone["attention_mask"], mm_token_type_ids=alone["mm_token_type_ids"],
+            )
+            if expected is None:  # text only: the model's default positions
+                expected = torch.arange(lengths[index]).view(1, 1, -1).expand(3, 1, -1)
+            assert torch.equal(packed["position_ids"][1:, :, span], expected), f"row {index}"
     torch.testing.assert_close(packed["pixel_values"], padded["pixel_values"], rtol=0, atol=0)  # images in row order
     padded_losses, _, padded_grads = per_row_losses_and_grads(model, padded, lengths, packed_layout=False)
     packed_losses, _, packed_grads = per_row_losses_and_grads(model, packed, lengths, packed_layout=True)
@@ -149,7 +164,7 @@ def test_a_sliding_window_shorter_than_the_rows_is_kept_inside_each_packed_row(f
         torch.testing.assert_close(packed[0, span], padded[index, : lengths[index]], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["internvl", "mistral3", "aya_vision"])
+@pytest.mark.parametrize("family", ["internvl", "mistral3", "aya_vision", "glm4v"])
 def test_one_packed_sgd_step_equals_the_padded_step(family, tmp_path):
     """Through `VLSFTTrainer` (the model passed as an object: its language model is checked before any row is): two
     rows of different lengths in one pack train the same SGD step as the padded batch of the two."""
@@ -168,9 +183,6 @@ REFUSED = {
     # LFM2's short-convolution layers carry the last tokens of one row into the next.
     "lfm2_vl": r"packing is not supported for this Lfm2VlProcessor \(generic path\) model: its language model \('lfm2'\) "
                r"has 'conv' layers, which carry a state along the sequence",
-    # GLM-4.1V's 3D rope positions come from `get_rope_index` over the whole sequence.
-    "glm4v": r"packing is not supported for this Glm4vProcessor \(generic path\) model: its language model "
-             r"\('glm4v_text'\) takes 3D rope positions",
 }
 
 
@@ -193,9 +205,12 @@ def test_models_whose_packed_rows_cannot_be_kept_apart_are_refused_naming_the_re
         VLSFTTrainer(model, args=args, train_dataset=[{"not": "a row"}], processing_class=processor)
 
 
-def test_a_language_model_not_proven_is_refused_by_its_type():
+def test_a_language_model_not_proven_or_with_3d_rope_elsewhere_is_refused_by_its_reason():
     refusal = generic_packing_refusal(LlavaConfig(text_config={"model_type": "llama"}))
     assert refusal is not None and "language model type 'llama' is not among those proven" in refusal
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]}
+    refusal = generic_packing_refusal(LlavaConfig(text_config={"model_type": "qwen2", "rope_parameters": rope}))
+    assert refusal is not None and "('qwen2') takes 3D rope positions (`mrope_section`)" in refusal
     assert generic_packing_refusal(generic_model("internvl_qwen3")[0].config) is None
 
 

@@ -36,9 +36,9 @@ pack budget, `padding_free`) trains on packs instead of padded batches:
   when another row's tokens or image change, and that packed rows equal padded rows, for every (family, attention)
   pair that runs on the CPU, and what the flash kernels are handed; any other pair is refused
   (`check_packing_support`), as are families added later.
-- **Models without a record** (the generic path) pack with the 1D scheme when their language model is one whose rows
-  it provably keeps apart: attention layers only, plain 1D rope, a text model type proven by
-  `tests/test_packing_generic.py` (`vlsft.packing.generic_models`). This is decided from the model's config: the
+- **Models without a record** (the generic path) pack when their language model is one whose rows are provably kept
+  apart: attention layers only, 1D rope (or GLM-4.1V's 3D rope, from its own `get_rope_index` per row), a text model
+  type proven by `tests/test_packing_generic.py` (`vlsft.packing.generic_models`). This is decided from the model's config: the
   processor (all that is known before the model loads) names no language model, so a generic record packs "as the
   model decides", and the model is checked as soon as its config is known.
 - **The loss is unchanged.** The first token of every row gets the label -100: the loss predicts token t+1 from
@@ -127,9 +127,9 @@ def check_packing_support(model, collator: VisionChatCollator) -> str:
     kept apart. `model` is the bare model (no PEFT or DDP wrapper)."""
     family = family_of_model(model)
     if family is None and is_generic_family(collator.family):
-        check_generic_model_packs(model.config, collator.family.display_name)
+        scheme = check_generic_model_packs(model.config, collator.family.display_name)
         _check_attention_packs(model)
-        return "1d"
+        return scheme
     collates_as_model = family is not None and collator.family.name in (family, *_same_collation(family))
     if family not in PACKABLE_FAMILIES or not collates_as_model:
         model_type = getattr(getattr(model, "config", None), "model_type", None)
@@ -156,15 +156,14 @@ def _check_attention_packs(model) -> None:
 
 def packed_positions(family: Family, model=None) -> str:
     """The position scheme packed rows of `family` get ("mrope" or "1d"), or a ValueError with the fix; a generic
-    record's rows pack ("1d") only as its `model` allows."""
+    record's rows pack only as its `model` allows, with the positions its language model takes."""
     if is_generic_family(family):
         if model is None:
             raise ValueError(
                 f"packed {family.display_name} rows need the model, whose language model decides whether its rows can "
                 "be kept apart: pass it (`PackedCollator(collator, model=model)`); VLSFTTrainer does."
             )
-        check_generic_model_packs(model.config, family.display_name)
-        return "1d"
+        return check_generic_model_packs(model.config, family.display_name)
     check_family_packs(family)
     return family.packed_positions
 

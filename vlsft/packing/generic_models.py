@@ -1,25 +1,29 @@
-"""Which models without a family record (the generic path) pack: decided from the model's text config, since a
-processor says nothing of the language model behind it.
+"""Which models without a family record (the generic path) pack, and with which positions: decided from the model's
+text config, since a processor says nothing of the language model behind it.
 
-The generic path packs with the "1d" scheme (`vlsft.packing`): positions restarting at 0 per row, the rows' boundaries
-handed to the text model, the first token of each row unsupervised. That keeps rows apart only in a language model
-whose sole mixing across tokens is attention (full or sliding-window) and whose positions are plain 1D rope (or none):
+Packed rows are kept apart as for the families with a record (`vlsft.packing`): each row's own positions, the rows'
+boundaries handed to the text model, the first token of each row unsupervised. That holds only in a language model
+whose sole mixing across tokens is attention (full or sliding-window), with positions vlsft can give each row as it
+gets them alone:
+- plain 1D rope (or none): positions restarting at 0 per row ("1d");
+- GLM-4.1V's 3D rope (`mrope_section`): the model's own `get_rope_index` on each row alone, under a first row of text
+  positions, the Qwen-VL families' `[4, 1, total]` layout ("mrope"), which GLM-4.1V's text model takes the same way;
 - a layer that carries a state along the sequence (LFM2's short convolutions, a recurrent or linear-attention layer)
   would run from one row into the next: refused, naming the layer type;
-- 3D rope positions (GLM-4.1V's `mrope_section`, computed by the model's `get_rope_index` over the whole sequence)
-  are not what a row gets alone from 1D positions: refused;
-- any other text model type is refused until a test proves its rows kept apart (`GENERIC_PACKABLE_TEXT_MODELS`).
+- 3D rope in another text model, or any text model type not in `GENERIC_PACKABLE_TEXT_MODELS`, is refused until a
+  test proves its rows kept apart.
 """
 
 from __future__ import annotations
 
 # Text model types whose packed rows are proven kept apart on the generic path (tests/test_packing_generic.py, on a
-# tiny model of the family named): plain 1D rope, attention layers only.
+# tiny model of the family named in the comment), and their position scheme.
 GENERIC_PACKABLE_TEXT_MODELS = {
-    "qwen2": "InternVL3 / 3.5's Qwen2 language model",
-    "qwen3": "InternVL3.5's Qwen3 language model",
-    "mistral": "Mistral 3's Mistral language model",
-    "cohere2": "Aya Vision's Cohere2 language model (sliding-window layers with rope, full layers without)",
+    "qwen2": "1d",  # InternVL3 / 3.5
+    "qwen3": "1d",  # InternVL3.5
+    "mistral": "1d",  # Mistral 3 (its `sliding_window`, where set, is kept by transformers' packed mask)
+    "cohere2": "1d",  # Aya Vision: sliding-window layers with rope, full layers without
+    "glm4v_text": "mrope",  # GLM-4.1V: 3D rope from the model's own `get_rope_index`, per row
 }
 # Layer types that mix tokens by attention only: the rows' boundaries (or transformers' packed mask) keep them apart.
 ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
@@ -44,10 +48,11 @@ def generic_packing_refusal(config) -> str | None:
             "a state along the sequence (a short convolution's last tokens, a recurrent state) from one row into the "
             "next inside a pack"
         )
-    if any("mrope_section" in rope for rope in _rope_parameter_sets(text_config)):
+    three_d = any("mrope_section" in rope for rope in _rope_parameter_sets(text_config))
+    if three_d and GENERIC_PACKABLE_TEXT_MODELS.get(model_type) != "mrope":
         return (
             f"its language model ({model_type!r}) takes 3D rope positions (`mrope_section`) that the model's own "
-            "`get_rope_index` computes over the whole sequence, while the generic path gives packed rows 1D positions"
+            "`get_rope_index` computes over the whole sequence, and no test proves them given per row for this model"
         )
     if model_type not in GENERIC_PACKABLE_TEXT_MODELS:
         return (
@@ -57,12 +62,13 @@ def generic_packing_refusal(config) -> str | None:
     return None
 
 
-def check_generic_model_packs(config, display_name: str) -> None:
-    """Raise a ValueError, naming the reason and the fix, when the packed rows of `display_name`'s model (with
-    `config`) could not be kept apart on the generic path."""
+def check_generic_model_packs(config, display_name: str) -> str:
+    """The position scheme ("1d" or "mrope") of the packed rows of `display_name`'s model (with `config`), or a
+    ValueError naming the reason and the fix when they could not be kept apart on the generic path."""
     reason = generic_packing_refusal(config)
     if reason is not None:
         raise ValueError(
             f"packing is not supported for this {display_name} model: {reason}. Set `packing: false` (and "
             "`padding_free: false`)."
         )
+    return GENERIC_PACKABLE_TEXT_MODELS[config.get_text_config().model_type]
