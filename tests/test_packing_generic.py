@@ -171,7 +171,9 @@ def test_one_packed_sgd_step_equals_the_padded_step(family, tmp_path):
     start = {n: p.detach().clone() for n, p in tiny(family)[0].named_parameters()}
     step = dict(learning_rate=1.0, max_grad_norm=0.0, lr_scheduler_type="constant", data_seed=0)
     padded = make_trainer(family, tmp_path / "padded", **step)
-    packed = make_trainer(family, tmp_path / "packed", per_device_train_batch_size=1, packing=True, max_length=4096, **step)
+    packed = make_trainer(
+        family, tmp_path / "packed", per_device_train_batch_size=1, packing=True, max_length=4096, **step
+    )
     assert packed.train_dataset.plan == [[0, 1]] and isinstance(packed.data_collator, PackedCollator)
     padded.train()
     packed.train()
@@ -181,8 +183,8 @@ def test_one_packed_sgd_step_equals_the_padded_step(family, tmp_path):
 
 REFUSED = {
     # LFM2's short-convolution layers carry the last tokens of one row into the next.
-    "lfm2_vl": r"packing is not supported for this Lfm2VlProcessor \(generic path\) model: its language model \('lfm2'\) "
-               r"has 'conv' layers, which carry a state along the sequence",
+    "lfm2_vl": r"packing is not supported for this Lfm2VlProcessor \(generic path\) model: its language model "
+               r"\('lfm2'\) has 'conv' layers, which carry a state along the sequence",
 }
 
 

@@ -38,9 +38,9 @@ pack budget, `padding_free`) trains on packs instead of padded batches:
   (`check_packing_support`), as are families added later.
 - **Models without a record** (the generic path) pack when their language model is one whose rows are provably kept
   apart: attention layers only, 1D rope (or GLM-4.1V's 3D rope, from its own `get_rope_index` per row), a text model
-  type proven by `tests/test_packing_generic.py` (`vlsft.packing.generic_models`). This is decided from the model's config: the
-  processor (all that is known before the model loads) names no language model, so a generic record packs "as the
-  model decides", and the model is checked as soon as its config is known.
+  type proven by `tests/test_packing_generic.py` (`vlsft.packing.generic_models`). This is decided from the model's
+  config: the processor (all that is known before the model loads) names no language model, so a generic record
+  packs "as the model decides", and the model is checked as soon as its config is known.
 - **The loss is unchanged.** The first token of every row gets the label -100: the loss predicts token t+1 from
   hidden state t, and a row's first token would otherwise be predicted from the previous row's last token. A padded
   batch never supervises a row's first token either, so the supervised targets, and the token count the trainer

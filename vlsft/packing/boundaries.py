@@ -36,9 +36,10 @@ def text_model_of(model) -> torch.nn.Module:
     for name in parts.decoder_layers.split(".")[:-1]:
         module = getattr(module, name, None)
     if module is None:
+        where = parts.decoder_layers.rsplit(".", 1)[0]
         raise ValueError(
-            f"vlsft finds no text model in {type(model).__name__} (at `model.{parts.decoder_layers.rsplit('.', 1)[0]}`) "
-            "to hand the pack's row boundaries to: set `packing: false`."
+            f"vlsft finds no text model in {type(model).__name__} (at `model.{where}`) to hand the pack's row "
+            "boundaries to: set `packing: false`."
         )
     return module
 

@@ -41,7 +41,8 @@ def generic_packing_refusal(config) -> str | None:
     """Why the packed rows of a model with `config` could not be kept apart on the generic path, or None."""
     text_config = config.get_text_config()
     model_type = getattr(text_config, "model_type", None)
-    stateful = sorted({kind for kind in getattr(text_config, "layer_types", None) or () if kind not in ATTENTION_LAYER_TYPES})
+    layer_types = getattr(text_config, "layer_types", None) or ()
+    stateful = sorted({kind for kind in layer_types if kind not in ATTENTION_LAYER_TYPES})
     if stateful:
         return (
             f"its language model ({model_type!r}) has {', '.join(repr(kind) for kind in stateful)} layers, which carry "
@@ -56,8 +57,8 @@ def generic_packing_refusal(config) -> str | None:
         )
     if model_type not in GENERIC_PACKABLE_TEXT_MODELS:
         return (
-            f"its language model type {model_type!r} is not among those proven to keep packed rows apart on the generic "
-            f"path ({', '.join(GENERIC_PACKABLE_TEXT_MODELS)})"
+            f"its language model type {model_type!r} is not among those proven to keep packed rows apart on the "
+            f"generic path ({', '.join(GENERIC_PACKABLE_TEXT_MODELS)})"
         )
     return None
 
