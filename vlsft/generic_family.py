@@ -32,6 +32,15 @@ GENERIC_PARTS = ModelParts(
 )
 
 
+# The name of every generic record starts with this (`generic:InternVLProcessor`).
+GENERIC_PREFIX = "generic:"
+
+
+def is_generic_family(family: Family) -> bool:
+    """Whether `family` is a record read off a processor (the generic path), not one of `FAMILIES`."""
+    return family.name.startswith(GENERIC_PREFIX)
+
+
 def added_tokens(tokenizer) -> tuple[str, ...]:
     """Every token the tokenizer adds whole (control tokens), longest first."""
     return tuple(
@@ -99,7 +108,7 @@ def generic_family(processor, end_of_turn: str) -> Family:
     if image_map_key is None and "token_type_ids" in inputs and getattr(processor, "return_mm_token_type_ids", False):
         image_map_key = "token_type_ids"
     return Family(
-        name=f"generic:{name}",
+        name=f"{GENERIC_PREFIX}{name}",
         display_name=f"{name} (generic path)",
         stock_template="",
         training_template="",

@@ -115,8 +115,8 @@ class VLSFTTrainer(KillSafeCheckpoints, PackedTraining, RowsNamedByIndex, SFTTra
         packing = packing_enabled(args)
         if packing and data_collator is not None:
             raise ValueError("packing / padding_free collate with vlsft's own collator; do not pass `data_collator`.")
-        if packing:  # the family is known from the processor: refused before any row is checked
-            check_family_packs(default_collator.family)
+        if packing:  # the family is known from the processor (a generic one from the model): refused before any row
+            check_family_packs(default_collator.family, getattr(model, "config", None))  # is checked
         self.training_chat_template = default_collator.chat_template
         if data_collator is None:
             data_collator = default_collator

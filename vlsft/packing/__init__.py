@@ -36,6 +36,11 @@ pack budget, `padding_free`) trains on packs instead of padded batches:
   when another row's tokens or image change, and that packed rows equal padded rows, for every (family, attention)
   pair that runs on the CPU, and what the flash kernels are handed; any other pair is refused
   (`check_packing_support`), as are families added later.
+- **Models without a record** (the generic path) pack when their language model is one whose rows are provably kept
+  apart: attention layers only, 1D rope (or GLM-4.1V's 3D rope, from its own `get_rope_index` per row), a text model
+  type proven by `tests/test_packing_generic.py` (`vlsft.packing.generic_models`). This is decided from the model's
+  config: the processor (all that is known before the model loads) names no language model, so a generic record
+  packs "as the model decides", and the model is checked as soon as its config is known.
 - **The loss is unchanged.** The first token of every row gets the label -100: the loss predicts token t+1 from
   hidden state t, and a row's first token would otherwise be predicted from the previous row's last token. A padded
   batch never supervises a row's first token either, so the supervised targets, and the token count the trainer
@@ -54,7 +59,9 @@ from collections.abc import Iterator
 
 from vlsft.collator import VisionChatCollator
 from vlsft.families import FAMILIES, Family, family_of_model
+from vlsft.generic_family import is_generic_family
 from vlsft.packing.attention import PACKABLE_ATTENTION, can_pack
+from vlsft.packing.generic_models import check_generic_model_packs
 
 # Families whose packed rows are proven isolated (tests/test_packing.py), and how their positions are built.
 PACKABLE_FAMILIES = {name: family.packed_positions for name, family in FAMILIES.items() if family.packed_positions}
@@ -86,9 +93,15 @@ def packing_enabled(args) -> bool:
     return True
 
 
-def check_family_packs(family: Family) -> None:
+def check_family_packs(family: Family, model_config=None) -> None:
     """Raise a ValueError, with the fix, when vlsft does not pack `family` (known from the processor and its template,
-    before any row is checked or the model loads: `VLSFTTrainer`, `vlsft train` and its dry run call this)."""
+    before any row is checked or the model loads: `VLSFTTrainer`, `vlsft train` and its dry run call this). A generic
+    record (a model without one) packs as its language model decides: checked here when `model_config` is known,
+    else by `check_packing_support` once the model is."""
+    if is_generic_family(family):
+        if model_config is not None:
+            check_generic_model_packs(model_config, family.display_name)
+        return
     if family.packed_positions is None:
         raise ValueError(
             f"packing is not supported for the {family.display_name} family; vlsft packs only "
@@ -113,6 +126,10 @@ def check_packing_support(model, collator: VisionChatCollator) -> str:
     """The position scheme ("mrope" or "1d") of `model`, or a ValueError saying why its packed rows could not be
     kept apart. `model` is the bare model (no PEFT or DDP wrapper)."""
     family = family_of_model(model)
+    if family is None and is_generic_family(collator.family):
+        scheme = check_generic_model_packs(model.config, collator.family.display_name)
+        _check_attention_packs(model)
+        return scheme
     collates_as_model = family is not None and collator.family.name in (family, *_same_collation(family))
     if family not in PACKABLE_FAMILIES or not collates_as_model:
         model_type = getattr(getattr(model, "config", None), "model_type", None)
@@ -121,6 +138,11 @@ def check_packing_support(model, collator: VisionChatCollator) -> str:
             f"vlsft packs only {', '.join(PACKABLE_FAMILIES)}, whose rows are proven kept apart inside a pack. Set "
             "`packing: false` (and `padding_free: false`)."
         )
+    _check_attention_packs(model)
+    return PACKABLE_FAMILIES[family]
+
+
+def _check_attention_packs(model) -> None:
     attention = model.config._attn_implementation
     text_attention = model.config.get_text_config()._attn_implementation
     if not (can_pack(attention) and can_pack(text_attention)):
@@ -130,7 +152,20 @@ def check_packing_support(model, collator: VisionChatCollator) -> str:
             "kernels-community/flash-attn2...), whose separation of rows is tested. Load the model with one of "
             "these (e.g. `attn_implementation='sdpa'`), or set `packing: false`."
         )
-    return PACKABLE_FAMILIES[family]
+
+
+def packed_positions(family: Family, model=None) -> str:
+    """The position scheme packed rows of `family` get ("mrope" or "1d"), or a ValueError with the fix; a generic
+    record's rows pack only as its `model` allows, with the positions its language model takes."""
+    if is_generic_family(family):
+        if model is None:
+            raise ValueError(
+                f"packed {family.display_name} rows need the model, whose language model decides whether its rows can "
+                "be kept apart: pass it (`PackedCollator(collator, model=model)`); VLSFTTrainer does."
+            )
+        return check_generic_model_packs(model.config, family.display_name)
+    check_family_packs(family)
+    return family.packed_positions
 
 
 def _same_collation(family: str) -> tuple[str, ...]:

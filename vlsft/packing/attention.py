@@ -106,8 +106,12 @@ def use_packed_attention(model, one_call_per_layer: bool = False) -> None:
     if "linear_attention" in (getattr(text_model.config, "layer_types", None) or ()):
         restart_linear_attention_per_row(text_model, one_call=one_call_per_layer)
     text_config = model.config.get_text_config()
-    windowed = getattr(text_config, "use_sliding_window", False) or any(
-        kind not in ("full_attention", "linear_attention") for kind in getattr(text_config, "layer_types", None) or ()
+    layer_types = getattr(text_config, "layer_types", None)
+    windowed = (
+        getattr(text_config, "use_sliding_window", False)
+        or any(kind not in ("full_attention", "linear_attention") for kind in layer_types or ())
+        # Mistral: one window for every layer, set by `sliding_window` alone (no layer types)
+        or (layer_types is None and getattr(text_config, "sliding_window", None) is not None)
     )
     if text_config._attn_implementation != "sdpa" or windowed:  # windows: transformers' packed mask keeps them
         return

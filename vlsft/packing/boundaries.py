@@ -21,19 +21,26 @@ import types
 import torch
 
 from vlsft.families import FAMILIES, family_of_model
+from vlsft.generic_family import GENERIC_PARTS
 
 # The kwargs this module adds (transformers' `FlashAttentionKwargs` names).
 ROW_BOUNDARY_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 
 
 def text_model_of(model) -> torch.nn.Module:
-    """The text model (the module that holds the decoder layers) of a bare transformers VLM."""
+    """The text model (the module that holds the decoder layers) of a bare transformers VLM: where its family's
+    record says, else (a model without one) at transformers 5's `model.language_model`."""
     family = family_of_model(model)
-    if family is None:
-        raise ValueError(f"no vlsft family for model type {getattr(model.config, 'model_type', None)!r}")
-    module = model.model
-    for name in FAMILIES[family].parts.decoder_layers.split(".")[:-1]:
-        module = getattr(module, name)
+    parts = FAMILIES[family].parts if family is not None else GENERIC_PARTS
+    module = getattr(model, "model", None)
+    for name in parts.decoder_layers.split(".")[:-1]:
+        module = getattr(module, name, None)
+    if module is None:
+        where = parts.decoder_layers.rsplit(".", 1)[0]
+        raise ValueError(
+            f"vlsft finds no text model in {type(model).__name__} (at `model.{where}`) to hand the pack's row "
+            "boundaries to: set `packing: false`."
+        )
     return module
 
 

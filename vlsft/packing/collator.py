@@ -11,20 +11,20 @@ import torch
 
 from vlsft.collator import VisionChatCollator
 from vlsft.data.rows import row_images, row_videos
-from vlsft.packing import PACKABLE_FAMILIES, check_family_packs
+from vlsft.packing import PACKABLE_FAMILIES, packed_positions
 from vlsft.tokens import IGNORE_INDEX, image_token_runs
 
 
 class PackedCollator:
     """Collates packs (lists of rows; plain rows are packs of one) into one padding-free sequence `[1, total]`:
     `input_ids`, `labels`, `position_ids` and the family's image-token map, without an attention mask; vision tensors
-    in row order, as `rows_collator` returns them. `model` is needed for the Qwen-VL families (`get_rope_index`)."""
+    in row order, as `rows_collator` returns them. `model` is needed for the Qwen-VL families (`get_rope_index`) and
+    for a model without a record (its language model decides whether it packs)."""
 
     def __init__(self, rows_collator: VisionChatCollator, model=None):
         self.rows_collator = rows_collator
         self.model = model
-        check_family_packs(rows_collator.family)
-        self.positions = rows_collator.family.packed_positions
+        self.positions = packed_positions(rows_collator.family, model)
         if self.positions == "mrope" and not hasattr(getattr(model, "model", None), "get_rope_index"):
             raise ValueError(
                 f"packed {rows_collator.family.display_name} rows need the model's own 3D rope positions: pass the "

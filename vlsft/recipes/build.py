@@ -201,7 +201,7 @@ def build_trainer(recipe: Recipe):
     args = build_training_config(recipe)
     processor = build_processor(recipe)
     # What the family cannot train is refused now, as the dry run refuses it, before any data or weights load.
-    refuse_unsupported_for_family(processor, args)
+    refuse_unsupported_for_family(processor, args, recipe)
     # Rank 0 prepares the `datasets` cache first; the other ranks then read it.
     with args.main_process_first(desc="loading datasets"):
         train_dataset, eval_dataset = build_datasets(recipe)

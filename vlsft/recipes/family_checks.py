@@ -14,20 +14,24 @@ from vlsft.recipes.registry import build_local_model, is_local_model
 from vlsft.recipes.schema import Recipe, RecipeError
 
 
-def refuse_unsupported_for_family(processor, args) -> Family:
+def refuse_unsupported_for_family(processor, args, recipe: Recipe | None = None) -> Family:
     """The family the run trains as (from the training template, else the processor), or a `RecipeError` naming the
     setting of `args` (a `VLSFTConfig`) that the family cannot train and the fix:
     - a processor or a chat template vlsft cannot mask (`vlsft.collator.training_collator` refuses it);
     - `reasoning_weight` on a family without single-token reasoning markers (Qwen2.5-VL, Qwen3-VL, Gemma 3, ...);
-    - `packing` / `padding_free` on a family vlsft does not pack (`Family.packed_positions`).
+    - `packing` / `padding_free` on a family vlsft does not pack (`Family.packed_positions`), or, for a model without
+      a record, on a language model whose packed rows could not be kept apart: decided from `recipe`'s model config
+      where it is available without a download, else by the run once the model loads.
     These are the checks the trainer makes when it builds its collator and sets up packing."""
     from vlsft.collator import training_collator
+    from vlsft.generic_family import is_generic_family
     from vlsft.packing import check_family_packs, packing_enabled
 
     try:
         family = training_collator(processor, args).family
         if packing_enabled(args):
-            check_family_packs(family)
+            needs_model = is_generic_family(family) and recipe is not None
+            check_family_packs(family, model_config_available_offline(recipe) if needs_model else None)
     except ValueError as error:
         raise RecipeError(f"`training`: {error}") from error
     return family
@@ -52,4 +56,23 @@ def processor_available_offline(recipe: Recipe):
             local_files_only=True,
         )
     except Exception:  # not in the cache (or no network to ask): the run checks the family once it has it
+        return None
+
+
+def model_config_available_offline(recipe: Recipe):
+    """The recipe's model config when it can be had without a download (a registered local model, built without
+    weights; a model directory; a Hub id in the cache), else None."""
+    model = recipe.model
+    if is_local_model(model.name_or_path):
+        return build_local_model(model.name_or_path, model.tiny, meta=True)[0].config
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(
+            model.name_or_path,
+            revision=model.revision,
+            trust_remote_code=model.trust_remote_code,
+            local_files_only=True,
+        )
+    except Exception:  # not in the cache (or no network to ask): the run checks the model once it loads
         return None

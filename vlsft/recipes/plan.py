@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 
+from vlsft.generic_family import is_generic_family
 from vlsft.recipes.build import build_training_config, lora_targets
 from vlsft.recipes.datasets import file_extension, looks_local
 from vlsft.recipes.family_checks import processor_available_offline, refuse_unsupported_for_family
@@ -102,7 +103,10 @@ def _family_plan(recipe: Recipe, args) -> tuple[str, str | None]:
     if processor is None:
         unknown = "not known here (the processor is not available offline): the run checks it before loading data"
         return unknown, packing and f"{packing} (the model family is checked once the processor loads)"
-    return refuse_unsupported_for_family(processor, args).display_name, packing
+    family = refuse_unsupported_for_family(processor, args, recipe)
+    if packing and is_generic_family(family):
+        packing += " (no family record: the language model decides, checked from its config or once it loads)"
+    return family.display_name, packing
 
 
 def _resume_plan(args) -> str | None:

@@ -183,9 +183,10 @@ INTERNVL_FORMAT_TEMPLATE = (
 )
 
 
-def build_tiny_internvl(seed: int = 0, hidden_size: int = HIDDEN):
-    """InternVL3.5: `InternVLForConditionalGeneration` (InternViT, a pixel-shuffle projector, a Qwen2 language model)
-    + `InternVLProcessor`, with `INTERNVL_FORMAT_TEMPLATE`. One 32 px tile of 8 px patches, shuffled by 0.5: 4 tokens."""
+def build_tiny_internvl(seed: int = 0, hidden_size: int = HIDDEN, text_model_type: str = "qwen2"):
+    """InternVL3.5: `InternVLForConditionalGeneration` (InternViT, a pixel-shuffle projector, a Qwen2 language model,
+    or Qwen3 with `text_model_type="qwen3"`, as in most InternVL3.5 checkpoints) + `InternVLProcessor`, with
+    `INTERNVL_FORMAT_TEMPLATE`. One 32 px tile of 8 px patches, shuffled by 0.5: 4 tokens."""
     named = {
         "start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
         "video_token": "<video>",
@@ -204,7 +205,7 @@ def build_tiny_internvl(seed: int = 0, hidden_size: int = HIDDEN):
     )
     config = InternVLConfig(
         text_config=dict(
-            model_type="qwen2",
+            model_type=text_model_type,
             vocab_size=len(tokenizer),
             **language_model_sizes(hidden_size),
             pad_token_id=tokenizer.pad_token_id,
