@@ -72,3 +72,21 @@ def test_the_generic_family_recipe_trains_the_tiny_model_end_to_end(family, tmp_
         names = list(adapter.keys())
     assert names and all("lora_" in n for n in names)
     assert any("language_model" in n for n in names)
+
+
+@pytest.mark.parametrize("family", GENERIC_RECIPES)
+def test_the_dry_run_plans_each_generic_recipe_from_its_models_config(family, tmp_path, capsys, monkeypatch):
+    """With the model's config at hand (here the tiny model's directory), the dry run counts parameters and estimates
+    memory for single-GPU layouts (InternVL's `patch_size` is a pair, which the estimate once squared as a number)."""
+    from vlsft.cli.train import main
+
+    model, processor = GENERIC_BUILDERS[family](seed=0)
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    monkeypatch.chdir(REPO)
+    name = GENERIC_RECIPES[family]
+    assert main(["--config", f"recipes/{name}", "--dry-run", "--model.name_or_path", str(tmp_path / "model")]) == 0
+    out = capsys.readouterr().out
+    assert "no counts" not in out
+    if load_recipe(REPO / "recipes" / name).layout.strategy == "single_gpu":
+        assert "memory     expected peak on one GPU:" in out

@@ -34,6 +34,7 @@ VERDICT_MODULES = (
     "vlsft.collation.images",
     "vlsft.collation.videos",
     "vlsft.collation.template_kwargs",
+    "vlsft.collation.template_clock",
     "vlsft.collation.processor_expansion",
     "vlsft.families",
     "vlsft.generic_masks",

@@ -211,7 +211,9 @@ def settings_from_recipe(recipe, args, model) -> Settings:
     vision = getattr(model.config, "vision_config", None)
     image_tokens = 0
     if vision is not None:
-        pixels_per_token = (getattr(vision, "patch_size", 14) * getattr(vision, "spatial_merge_size", 1)) ** 2
+        patch = getattr(vision, "patch_size", 14)  # a side, or (height, width) as InternVL's config gives it
+        patch_pixels = patch[0] * patch[-1] if isinstance(patch, (list, tuple)) else patch * patch
+        pixels_per_token = patch_pixels * getattr(vision, "spatial_merge_size", 1) ** 2
         per_row = recipe.model.max_pixels // pixels_per_token if recipe.model.max_pixels else args.max_length // 2
         image_tokens = args.per_device_train_batch_size * min(per_row, args.max_length)
     optim = str(getattr(args.optim, "value", args.optim))
