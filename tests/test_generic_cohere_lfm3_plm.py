@@ -15,7 +15,6 @@ import torch
 from datasets import Dataset
 from tokenizers import Tokenizer
 from transformers import PerceptionLMConfig, PreTrainedTokenizerFast
-from trl.data_utils import prepare_multimodal_messages
 
 from tests.test_families import supervised_texts
 from tests.conftest import _shapes
@@ -25,7 +24,6 @@ from vlsft import VLSFTConfig, VLSFTTrainer
 from vlsft.collation.rendering import RowError
 from vlsft.collator import VisionChatCollator
 from vlsft.data.validation import InvalidRowsError
-from vlsft.generic_masks import as_content_items
 from vlsft.testing.tiny_generic_cohere_lfm3_plm import perception_lm_processor
 
 

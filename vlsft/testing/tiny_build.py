@@ -37,6 +37,19 @@ def instantiate(model_class, config, processor, seed: int):
     return model, processor
 
 
+def llama_text_config(tokenizer, hidden_size: int) -> dict:
+    """The text config of a tiny 2-layer Llama language model over `tokenizer` (Vicuna in LLaVA-1.5 and ViP-LLaVA,
+    Llama 3 in Idefics3 and Perception LM...)."""
+    return dict(
+        model_type="llama",
+        vocab_size=len(tokenizer),
+        **language_model_sizes(hidden_size),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+
+
 def mistral_text_config(tokenizer, hidden_size: int) -> dict:
     """The text config of a tiny Mistral language model (full attention) over `tokenizer`, as Mistral 3 and LLaVA-NeXT
     both use it."""

@@ -21,7 +21,7 @@ from transformers import (
     Qwen3VLVideoProcessor,
 )
 
-from vlsft.testing.tiny_build import HIDDEN, VISION_ENCODER_SIZES, instantiate, language_model_sizes
+from vlsft.testing.tiny_build import HIDDEN, VISION_ENCODER_SIZES, instantiate, language_model_sizes, llama_text_config
 from vlsft.testing.tiny_generic import _byte_level_tokenizer, trl_template
 from vlsft.testing.tiny_generic_aya import (
     COHERE_IMAGE_TOKENS,
@@ -183,14 +183,7 @@ def build_tiny_perception_lm(seed: int = 0, hidden_size: int = HIDDEN):
     processor = perception_lm_processor(tokenizer)
     ids = tokenizer.convert_tokens_to_ids
     config = PerceptionLMConfig(
-        text_config=dict(
-            model_type="llama",
-            vocab_size=len(tokenizer),
-            **language_model_sizes(hidden_size),
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-        ),
+        text_config=llama_text_config(tokenizer, hidden_size),
         # The checkpoint's PE-core ViT (a class token, 2D rope), 2 layers of width 32 over 32 px tiles.
         vision_config=dict(
             model_type="timm_wrapper",

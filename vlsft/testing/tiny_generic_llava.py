@@ -23,7 +23,7 @@ from transformers import (
     VipLlavaForConditionalGeneration,
 )
 
-from vlsft.testing.tiny_build import HIDDEN, VISION_ENCODER_SIZES, instantiate, language_model_sizes
+from vlsft.testing.tiny_build import HIDDEN, VISION_ENCODER_SIZES, instantiate, language_model_sizes, llama_text_config
 from vlsft.testing.tiny_generic import _byte_level_tokenizer, without_generation_markers
 from vlsft.testing.tiny_tokenizers import train_mistral_tokenizer
 
@@ -80,18 +80,6 @@ _CLIP_TOWER = dict(
 )
 
 
-def _llama_text_config(tokenizer, hidden_size: int) -> dict:
-    """A 2-layer Llama (Vicuna, as LLaVA-1.5's and ViP-LLaVA's language model) over `tokenizer`."""
-    return dict(
-        model_type="llama",
-        vocab_size=len(tokenizer),
-        **language_model_sizes(hidden_size),
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
-
-
 def _llava_processor(template: str) -> LlavaProcessor:
     """`LlavaProcessor` with a CLIP image processor (as the llava-hf checkpoints ship) and a Llama tokenizer with
     `<image>` added, BOS added on encode."""
@@ -111,7 +99,7 @@ def build_tiny_llava(seed: int = 0, hidden_size: int = HIDDEN):
     processor = _llava_processor(LLAVA_1_5_TEMPLATE)
     tokenizer = processor.tokenizer
     config = LlavaConfig(
-        text_config=_llama_text_config(tokenizer, hidden_size),
+        text_config=llama_text_config(tokenizer, hidden_size),
         vision_config=_CLIP_TOWER,
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_select_strategy="default",
@@ -128,7 +116,7 @@ def build_tiny_vipllava(seed: int = 0, hidden_size: int = HIDDEN):
     processor = _llava_processor(VIPLLAVA_TEMPLATE)
     tokenizer = processor.tokenizer
     config = VipLlavaConfig(
-        text_config=_llama_text_config(tokenizer, hidden_size),
+        text_config=llama_text_config(tokenizer, hidden_size),
         vision_config=_CLIP_TOWER,
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_layer=[-3, -2, -1],  # the embeddings and both layers' outputs, concatenated

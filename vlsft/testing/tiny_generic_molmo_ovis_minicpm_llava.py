@@ -17,7 +17,7 @@ from transformers import (
     VideoLlavaVideoProcessor,
 )
 
-from vlsft.testing.tiny_build import HIDDEN, VISION_ENCODER_SIZES, instantiate, language_model_sizes
+from vlsft.testing.tiny_build import HIDDEN, VISION_ENCODER_SIZES, instantiate, llama_text_config
 from vlsft.testing.tiny_generic import _byte_level_tokenizer
 
 
@@ -57,13 +57,7 @@ def build_tiny_llava_next_video(seed: int = 0, hidden_size: int = HIDDEN):
     )
     ids = tokenizer.convert_tokens_to_ids
     config = LlavaNextVideoConfig(
-        text_config=dict(
-            model_type="llama",
-            vocab_size=len(tokenizer),
-            **language_model_sizes(hidden_size),
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        ),
+        text_config=llama_text_config(tokenizer, hidden_size),
         vision_config=dict(
             model_type="clip_vision_model", **VISION_ENCODER_SIZES, image_size=32, patch_size=8, projection_dim=32
         ),
@@ -119,14 +113,7 @@ def build_tiny_video_llava(seed: int = 0, hidden_size: int = HIDDEN):
     )
     ids = tokenizer.convert_tokens_to_ids
     config = VideoLlavaConfig(
-        text_config=dict(
-            model_type="llama",
-            vocab_size=len(tokenizer),
-            **language_model_sizes(hidden_size),
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-        ),
+        text_config=llama_text_config(tokenizer, hidden_size),
         vision_config=dict(
             model_type="clip_vision_model", **VISION_ENCODER_SIZES, image_size=32, patch_size=8, projection_dim=32
         ),

@@ -21,10 +21,10 @@ from transformers import (
 
 from vlsft.templates import stock_template
 from vlsft.testing.tiny_build import (
+    llama_text_config,
     HIDDEN,
     VISION_ENCODER_SIZES,
     instantiate,
-    language_model_sizes,
     mistral_text_config,
 )
 from vlsft.testing.tiny_tokenizers import train_llama3_tokenizer, train_mistral_tokenizer, train_smolvlm_tokenizer
@@ -33,14 +33,7 @@ from vlsft.testing.tiny_tokenizers import train_llama3_tokenizer, train_mistral_
 def _idefics3_like_config(config_class, tokenizer, hidden_size: int):
     """Shared by Idefics3 and SmolVLM: 32 px tiles of 8 px patches (16 patches), pixel-shuffled by 2 to 4 tokens."""
     return config_class(
-        text_config=dict(
-            model_type="llama",
-            vocab_size=len(tokenizer),
-            **language_model_sizes(hidden_size),
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-        ),
+        text_config=llama_text_config(tokenizer, hidden_size),
         vision_config=dict(
             **VISION_ENCODER_SIZES, image_size=32, patch_size=8,
         ),
