@@ -22,7 +22,12 @@ GENERIC_RECIPES = {
     "internvl": "internvl3_5_8b_lora_single_gpu.yaml",
     "mistral3": "mistral_small_3_1_24b_lora_zero3.yaml",
     "aya_vision": "aya_vision_8b_lora_single_gpu.yaml",
+    "llama4": "llama4_scout_17b_16e_lora_zero3.yaml",
+    "muse_glimmer": "muse_glimmer_30b_lora_zero3.yaml",
 }
+# `recipes/gemma3n_e4b_lora_single_gpu.yaml` is planned by the dry run of every shipped recipe only: the tiny Gemma 3n's
+# MobileNet-v5 tower is built from a block list (timm's decoded `block_args`) that its config cannot write to JSON,
+# so the tiny model cannot be saved to a directory for the recipe to load (`tests/test_generic_families.py` trains it).
 
 
 def write_jsonl_dataset(directory: Path) -> Path:
