@@ -12,6 +12,10 @@ from transformers import (
     Granite4VisionConfig,
     Granite4VisionForConditionalGeneration,
     Granite4VisionProcessor,
+    HunYuanVLConfig,
+    HunYuanVLForConditionalGeneration,
+    HunYuanVLImageProcessor,
+    HunYuanVLProcessor,
     LlavaNextImageProcessor,
 )
 
@@ -102,3 +106,73 @@ def build_tiny_granite4_vision(seed: int = 0, hidden_size: int = HIDDEN):
         tie_word_embeddings=False,
     )
     return instantiate(Granite4VisionForConditionalGeneration, config, processor, seed)
+
+
+# HunyuanOCR's chat format (as vLLM's HunyuanOCR example and Tencent's Hunyuan templates write it): the prompt opens
+# with `<｜hy_begin▁of▁sentence｜>`; a system text is closed by `<｜hy_place▁holder▁no▁3｜>`; a user turn writes its
+# images (each `<｜hy_place▁holder▁no▁100｜><｜hy_place▁holder▁no▁102｜><｜hy_place▁holder▁no▁101｜>`: start, image,
+# end) then its text, and is closed by `<｜hy_User｜>`, after which the model answers (the generation prompt adds
+# nothing); an answer is closed by the eos `<｜hy_place▁holder▁no▁2｜>`. The OCR model knows no tools: other roles
+# raise.
+HUNYUAN_BOS, HUNYUAN_EOS = "<｜hy_begin▁of▁sentence｜>", "<｜hy_place▁holder▁no▁2｜>"
+HUNYUAN_SYSTEM_END, HUNYUAN_USER_END = "<｜hy_place▁holder▁no▁3｜>", "<｜hy_User｜>"
+HUNYUAN_IMAGE_TOKENS = {
+    "image_start_token": "<｜hy_place▁holder▁no▁100｜>",
+    "image_end_token": "<｜hy_place▁holder▁no▁101｜>",
+    "image_token": "<｜hy_place▁holder▁no▁102｜>",
+}
+HUNYUAN_VL_TEMPLATE = (
+    "{%- macro text(content) -%}{%- if content is string -%}{{ content }}{%- else -%}"
+    "{%- for item in content -%}{%- if item['type'] == 'image' -%}"
+    "{{ '" + "".join(HUNYUAN_IMAGE_TOKENS[k] for k in ("image_start_token", "image_token", "image_end_token")) + "' }}"
+    "{%- elif item['type'] == 'text' -%}{{ item['text'] }}{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{%- endmacro -%}"
+    "{{ '" + HUNYUAN_BOS + "' }}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'system' -%}{{ text(message['content']) + '" + HUNYUAN_SYSTEM_END + "' }}"
+    "{%- elif message['role'] == 'user' -%}{{ text(message['content']) + '" + HUNYUAN_USER_END + "' }}"
+    "{%- elif message['role'] == 'assistant' -%}{{ text(message['content']) + '" + HUNYUAN_EOS + "' }}"
+    "{%- else -%}{{ raise_exception('Only system, user and assistant roles are supported.') }}{%- endif -%}"
+    "{%- endfor -%}"
+)
+
+
+def build_tiny_hunyuan_vl(seed: int = 0, hidden_size: int = HIDDEN):
+    """HunYuan-VL (HunyuanOCR): `HunYuanVLForConditionalGeneration` (a ViT over 8 px patches whose `patch_merger`
+    folds 2x2 patches by convolution and writes a learned newline after each row and begin/end embeddings around the
+    image, a dense HunYuan language model with 4-axis rope) + `HunYuanVLProcessor`, with `HUNYUAN_VL_TEMPLATE`. An
+    image of 16x16 to 32x32 px: (rows / 2) x (columns / 2 + 1) + 2 tokens."""
+    tokenizer = _byte_level_tokenizer(
+        [HUNYUAN_BOS, HUNYUAN_EOS, HUNYUAN_SYSTEM_END, HUNYUAN_USER_END, "<|pad|>", *HUNYUAN_IMAGE_TOKENS.values()],
+        HUNYUAN_IMAGE_TOKENS, bos_token=HUNYUAN_BOS, eos_token=HUNYUAN_EOS, pad_token="<|pad|>",
+    )
+    processor = HunYuanVLProcessor(
+        image_processor=HunYuanVLImageProcessor(
+            min_pixels=16 * 16, max_pixels=32 * 32, patch_size=8, temporal_patch_size=1, merge_size=2
+        ),
+        tokenizer=tokenizer,
+        chat_template=HUNYUAN_VL_TEMPLATE,
+    )
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in HUNYUAN_IMAGE_TOKENS.items()}
+    config = HunYuanVLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            **language_model_sizes(hidden_size),
+            # HunyuanOCR's rope: 4 axes (text position, and an image's width, height and frame), in quarters
+            rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[2, 2, 2, 2]),
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            tie_word_embeddings=False,
+        ),
+        vision_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=8,
+            spatial_merge_size=2, out_hidden_size=hidden_size, max_image_size=64, min_image_size=16,
+        ),
+        image_token_id=ids["image_token"],
+        im_start_id=ids["image_start_token"],
+        im_end_id=ids["image_end_token"],
+        im_newline_id=tokenizer.pad_token_id,  # the newline is a learned embedding, never a token of the prompt
+        tie_word_embeddings=False,
+    )
+    return instantiate(HunYuanVLForConditionalGeneration, config, processor, seed)
