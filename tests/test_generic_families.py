@@ -53,6 +53,8 @@ REFUSALS["molmo2"] = "batch row 0: Conversation roles must alternate"
 TEMPLATE_REFUSES["molmo2"] = {"system_string", "system_list", "tool_call_with_text", "tool_call_without_text"}
 # Video-LLaVA's Vicuna format has only USER and ASSISTANT turns (and a system prompt): no tool message.
 TEMPLATE_REFUSES["video_llava"] = {"tool_call_with_text", "tool_call_without_text"}
+# HunyuanOCR's template knows no tools: a tool message raises.
+TEMPLATE_REFUSES["hunyuan_vl"] = {"tool_call_with_text", "tool_call_without_text"}
 # Shapes the rule refuses by name, the template rewriting history: Molmo2's writes every image of the conversation
 # before its first message, so an image after an assistant turn changes that turn's prompt.
 RULE_REFUSES = {"molmo2": {"multi_turn_later_images"}}

@@ -58,10 +58,13 @@ def _alternatives(names) -> str:
 # `multi_modal_projector`, Idefics3's `vision_model` and `connector`, Muse Glimmer's `vision_adapter` (an MLP) and
 # `vision_projection` (Llama 4's pixel-shuffle MLP is a `vision_adapter` too, inside its `vision_model`: a projector);
 # Ovis2's projector is its `visual_embeddings_table`, which maps the vision tower's probabilities over a visual
-# vocabulary into embeddings; Video-LLaVA has two towers, `image_tower` and `video_tower`.
+# vocabulary into embeddings; Video-LLaVA has two towers, `image_tower` and `video_tower`; Granite 4 Vision projects
+# with window Q-Formers, `layerwise_projectors` (DeepStack) and `spatial_projectors`; HunYuan-VL's projector is the
+# `patch_merger` inside its `vision_tower`.
 VISION_TOWER_NAMES = ("visual", "vision_tower", "vision_model", "image_tower", "video_tower")
 PROJECTOR_NAMES = (
     "multi_modal_projector", "merger", "connector", "vision_adapter", "vision_projection", "visual_embeddings_table",
+    "layerwise_projectors", "spatial_projectors", "patch_merger",
 )
 LANGUAGE_MODEL_NAMES = ("language_model", "text_model")
 

@@ -37,6 +37,7 @@ from vlsft.distributed import check_offload_keeps_optimizer
 from vlsft.input_dtypes import raise_input_precision
 from vlsft.liger import check_liger_supports
 from vlsft.model_parts import check_model_parts
+from vlsft.row_rope import positions_for_each_row
 from vlsft.loss import (
     attach_supervised_head,
     positive_or_one,
@@ -230,6 +231,10 @@ class VLSFTTrainer(KillSafeCheckpoints, PackedTraining, RowsNamedByIndex, SFTTra
         rows = packed_row_ids(inputs)
         if rows is not None:
             model_inputs["supervised_rows"] = rows
+        # HunYuan-VL numbers images across the batch: each row's rope positions are computed for it alone.
+        positions = positions_for_each_row(self.accelerator.unwrap_model(model), model_inputs)
+        if positions is not None:
+            model_inputs["position_ids"] = positions
         outputs = model(**model_inputs, supervised_labels=inputs["labels"])
         # Rows dropped mid-run (`invalid_rows="skip"`) keep a place of zeros: every rank gathers the same row count.
         outputs.row_sums = sums_at_batch_places(outputs.row_sums, inputs.get(KEPT_ROWS_KEY))
