@@ -16,6 +16,11 @@ from vlsft.testing.tiny_generic_molmo_ovis_minicpm_llava import build_tiny_llava
 from vlsft.testing.tiny_generic_llava import build_tiny_llava, build_tiny_llava_onevision, build_tiny_vipllava
 from vlsft.testing.tiny_generic_qwen2_glm import build_tiny_glm4v, build_tiny_glm4v_moe, build_tiny_glm46v
 from vlsft.testing.tiny_generic_gemma3n_idefics2 import build_tiny_gemma3n, build_tiny_idefics2
+from vlsft.testing.tiny_generic_janus_deepseek import (
+    build_tiny_deepseek_vl,
+    build_tiny_deepseek_vl_hybrid,
+    build_tiny_janus,
+)
 
 GENERIC_BUILDERS = {
     "lfm2_vl": build_tiny_lfm2_vl,
@@ -40,4 +45,7 @@ GENERIC_BUILDERS = {
     "glm46v": build_tiny_glm46v,
     "gemma3n": build_tiny_gemma3n,
     "idefics2": build_tiny_idefics2,
+    "deepseek_vl": build_tiny_deepseek_vl,
+    "deepseek_vl_hybrid": build_tiny_deepseek_vl_hybrid,
+    "janus": build_tiny_janus,
 }
