@@ -72,7 +72,8 @@ def test_deepseek_and_janus_parts_are_found_by_their_names():
     projection and its gate are vision tower: frozen with it, never taken for the language model."""
     model, _ = tiny("deepseek_vl_hybrid")
     names = [name for name, _ in model.named_parameters()]
-    for part in ("high_res_vision_model.", "high_res_vision_neck.", "model.high_res_vision_proj.", "high_res_vision_alpha"):
+    sam = ("high_res_vision_model.", "high_res_vision_neck.", "model.high_res_vision_proj.", "high_res_vision_alpha")
+    for part in sam:
         assert {component_of(n) for n in names if part in n and "aligner" not in n} == {VISION_TOWER}, part
     assert {component_of(n) for n in names if ".aligner." in n} == {MERGER}
     groups = named_parameters_by_component(tiny("janus")[0])
@@ -85,6 +86,7 @@ def test_deepseek_and_janus_parts_are_found_by_their_names():
 def test_videos_are_refused_by_row(family):
     """These processors take images only: a video item fails by name, never trains on a placeholder."""
     _, processor = tiny(family)
-    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What?"}]}, _assistant("A dot.")]
+    video = {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What?"}]}
+    messages = [video, _assistant("A dot.")]
     with pytest.raises(RowError, match=r"message 0 has a 'video' item: vlsft trains .*Processor \(generic path\)"):
         VisionChatCollator(processor, processor.chat_template)([{"messages": messages, "images": []}])

@@ -1,5 +1,5 @@
-"""Tiny DeepSeek-VL (1.3B-style: SigLIP only; 7B-style hybrid: SigLIP + a SAM high-resolution tower) and Janus / Janus-Pro
-models on the generic exact path: each family's real model class built from its config class with random weights,
+"""Tiny DeepSeek-VL (1.3B-style: SigLIP only; 7B-style hybrid: SigLIP + a SAM high-resolution tower) and Janus /
+Janus-Pro models on the generic exact path: each family's real model class built from its config class with random weights,
 and its real processor class (real image processor) with a byte-level tokenizer trained in-process, with the special
 tokens of the checkpoints' DeepSeek LLM tokenizer.
 
