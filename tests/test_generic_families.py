@@ -44,6 +44,11 @@ TEMPLATE_REFUSES["gemma3n"] = {"tool_call_with_text", "tool_call_without_text"}
 # Idefics2's template reads `content[0]` of every message: a tool-call turn without text has none.
 REFUSALS["idefics2"] = "batch row 0: str object has no element 0"
 TEMPLATE_REFUSES["idefics2"] = {"tool_call_without_text"}
+# DeepSeek-VL's and Janus's templates read `content[0]` of an assistant message that ends the rendering: a tool-call
+# turn without text has none.
+for _family in ("deepseek_vl", "deepseek_vl_hybrid", "janus"):
+    REFUSALS[_family] = "batch row 0: str object has no element 0"
+    TEMPLATE_REFUSES[_family] = {"tool_call_without_text"}
 TEMPLATE_REFUSES["llama4"] = {"tool_call_with_text", "tool_call_without_text"}
 # Template variables a family's rows need: Muse Glimmer's default system prompt writes today's date unless
 # `current_date` pins it (vlsft refuses a row holding the clock's date: `vlsft.collation.template_clock`).

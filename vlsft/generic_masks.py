@@ -148,7 +148,14 @@ def assistant_spans(
             stop = _leading_control_token(following, control_tokens)
             if stop is not None:
                 end = len(through) + following.index(stop) + len(stop)
-                if position + 1 == len(messages):
+                if not turn:
+                    # An empty turn renders as the bare prompt (DeepSeek-VL's `Assistant:`, its space written only
+                    # before text or once a message follows): the model generates the stop token right after the
+                    # prompt, as `_turn_start` has it, so the whitespace before it is never supervised nor appended.
+                    if position + 1 == len(messages):
+                        appended, end = stop, len(through) + len(stop)
+                    start = end - len(stop)
+                elif position + 1 == len(messages):
                     appended = following[: end - len(through)]
             elif eos_token in control_tokens:
                 # No control token between turns: the eos stops generation, and only a final turn can show it.

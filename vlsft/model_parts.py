@@ -60,11 +60,17 @@ def _alternatives(names) -> str:
 # Ovis2's projector is its `visual_embeddings_table`, which maps the vision tower's probabilities over a visual
 # vocabulary into embeddings; Video-LLaVA has two towers, `image_tower` and `video_tower`; Granite 4 Vision projects
 # with window Q-Formers, `layerwise_projectors` (DeepStack) and `spatial_projectors`; HunYuan-VL's projector is the
-# `patch_merger` inside its `vision_tower`.
-VISION_TOWER_NAMES = ("visual", "vision_tower", "vision_model", "image_tower", "video_tower")
+# `patch_merger` inside its `vision_tower`. DeepSeek-VL's and Janus's projector is their `aligner`; DeepSeek-VL 7B's
+# (hybrid) second, high-resolution tower is a SAM encoder (`high_res_vision_model`) with its `high_res_vision_neck`,
+# the strided convolutions `high_res_vision_proj` and the gate `high_res_vision_alpha`, all of the original
+# checkpoint's `vision_tower_high`.
+VISION_TOWER_NAMES = (
+    "visual", "vision_tower", "vision_model", "image_tower", "video_tower", "high_res_vision_model",
+    "high_res_vision_neck", "high_res_vision_proj", "high_res_vision_alpha",
+)
 PROJECTOR_NAMES = (
     "multi_modal_projector", "merger", "connector", "vision_adapter", "vision_projection", "visual_embeddings_table",
-    "layerwise_projectors", "spatial_projectors", "patch_merger",
+    "layerwise_projectors", "spatial_projectors", "patch_merger", "aligner",
 )
 LANGUAGE_MODEL_NAMES = ("language_model", "text_model")
 

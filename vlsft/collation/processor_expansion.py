@@ -72,7 +72,11 @@ class ProcessorExpansion:
     def _processor_batch(self, row_pieces: list[list[tuple[str, bool]]], images: list[list[Any]]):
         """(the processor's outputs, the replacement text of each image in order or None where the processor does
         not report them, each row's `input_ids` as the processor tokenizes its whole text)."""
+        # Each row without the text the processor writes before it: it writes that itself (Janus's default system
+        # prompt, whatever the row begins with), and would otherwise write it twice.
+        prefix = self._processor_prefix
         texts = ["".join(text for text, _ in pieces) for pieces in row_pieces]
+        texts = [text[len(prefix) :] if prefix and text.startswith(prefix) else text for text in texts]
         outputs = self.processor(
             images=images if any(images) else None,
             text=texts,

@@ -17,6 +17,11 @@ from vlsft.testing.tiny_generic_llava import build_tiny_llava, build_tiny_llava_
 from vlsft.testing.tiny_generic_qwen2_glm import build_tiny_glm4v, build_tiny_glm4v_moe, build_tiny_glm46v
 from vlsft.testing.tiny_generic_gemma3n_idefics2 import build_tiny_gemma3n, build_tiny_idefics2
 from vlsft.testing.tiny_generic_hunyuan_ernie_granite import build_tiny_granite4_vision, build_tiny_hunyuan_vl
+from vlsft.testing.tiny_generic_janus_deepseek import (
+    build_tiny_deepseek_vl,
+    build_tiny_deepseek_vl_hybrid,
+    build_tiny_janus,
+)
 
 GENERIC_BUILDERS = {
     "lfm2_vl": build_tiny_lfm2_vl,
@@ -43,4 +48,7 @@ GENERIC_BUILDERS = {
     "idefics2": build_tiny_idefics2,
     "granite4_vision": build_tiny_granite4_vision,
     "hunyuan_vl": build_tiny_hunyuan_vl,
+    "deepseek_vl": build_tiny_deepseek_vl,
+    "deepseek_vl_hybrid": build_tiny_deepseek_vl_hybrid,
+    "janus": build_tiny_janus,
 }
