@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from vlsft.collation.rendering import RowError
+from vlsft.generic_family import mixed_batch_problem
 
 
 _PROBE_TEXT = "probe"
@@ -88,6 +89,9 @@ class ProcessorExpansion:
     def _generic_sequences(self, row_pieces: list[list[tuple[str, bool]]], images: list[list[Any]]):
         """(the processor's outputs, its per-token outputs (`is_per_token_output`) as one tensor per row over that
         row's tokens, each row's token ids, each row's supervised mask)."""
+        problem = mixed_batch_problem(self.processor, images)
+        if problem is not None:
+            raise RowError(*problem)
         vision, replacements, reference = self._processor_batch(row_pieces, images)
         per_token = {key: vision.pop(key) for key in list(vision) if key in vision.per_token_keys}
         rows_per_token = {key: [] for key in per_token}
