@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import torch
 from transformers import (
+    AriaConfig,
+    AriaForConditionalGeneration,
+    AriaImageProcessor,
+    AriaProcessor,
     MllamaConfig,
     MllamaForConditionalGeneration,
     MllamaImageProcessor,
     MllamaProcessor,
 )
 
-from vlsft.testing.tiny_build import HIDDEN, instantiate, language_model_sizes
+from vlsft.testing.tiny_build import HIDDEN, VISION_ENCODER_SIZES, instantiate, language_model_sizes
 from vlsft.testing.tiny_generic import _byte_level_tokenizer
 
 # -- Mllama (Llama 3.2 Vision) -------------------------------------------------------------------------------------
@@ -135,3 +139,52 @@ def _gates_opened(model):
             if name.endswith("gate") and parameter.numel() == 1:
                 parameter.fill_(0.5)
     return model
+
+
+# -- Aria ----------------------------------------------------------------------------------------------------------
+
+# The chat format of rhymes-ai/Aria as transformers' conversion script (`convert_aria_weights_to_hf.py`) writes it
+# into the converted checkpoint: ChatML, each image `<fim_prefix><|img|><fim_suffix>`.
+ARIA_TEMPLATE = (
+    "{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}"
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}{% elif message['content'] is iterable %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'text' %}{{ item['text'] }}{% elif item['type'] == 'image' %}"
+    "<fim_prefix><|img|><fim_suffix>{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_aria(seed: int = 0, hidden_size: int = HIDDEN):
+    """Aria: `AriaForConditionalGeneration` (an Idefics3 vision tower, a cross-attention projector of learned
+    queries, a fine-grained MoE language model) + `AriaProcessor` with the converted checkpoint's template
+    (`ARIA_TEMPLATE`).
+
+    The MoE is kept tiny: 2 experts of width 32, 1 routed per token, plus 1 shared expert. Images are resized to
+    490 px (the smallest size the processor takes) and cut into 35 px patches: 196 patches, which the projector maps to
+    4 queries, so each image is 4 `<|img|>` tokens. The assistant turn ends with `<|im_end|>`."""
+    special = ["<|im_start|>", "<|im_end|>", "<pad>", "<unk>", "<fim_prefix>", "<fim_suffix>", "<|img|>"]
+    tokenizer = _byte_level_tokenizer(
+        special, {"image_token": "<|img|>"}, eos_token="<|im_end|>", pad_token="<pad>", unk_token="<unk>"
+    )
+    image_processor = AriaImageProcessor(max_image_size=490, min_image_size=336)
+    processor = AriaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=ARIA_TEMPLATE,
+        size_conversion={490: 4, 980: 16},
+    )
+    config = AriaConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            **{**language_model_sizes(hidden_size), "intermediate_size": 32},
+            moe_num_experts=2,
+            moe_topk=1,
+            moe_num_shared_experts=1,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=None,
+            eos_token_id=tokenizer.eos_token_id,
+        ),
+        vision_config=dict(**VISION_ENCODER_SIZES, image_size=490, patch_size=35),
+        projector_patch_to_query_dict={196: 4, 784: 16},
+        image_token_index=tokenizer.convert_tokens_to_ids("<|img|>"),
+    )
+    return instantiate(AriaForConditionalGeneration, config, processor, seed)
