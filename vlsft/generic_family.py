@@ -97,7 +97,8 @@ def mixed_batch_problem(processor, images: list[list]) -> tuple[int, str] | None
     if name not in NO_MIXED_BATCHES or all(images) or not any(images):
         return None
     return next(i for i, row in enumerate(images) if not row), (
-        f"this row has no image while other rows of its batch have: {name} cannot batch them ({NO_MIXED_BATCHES[name]}). "
+        f"this row has no image while other rows of its batch have: {name} cannot batch them "
+        f"({NO_MIXED_BATCHES[name]}). "
         "Give every row an image, train rows without images in a run of their own, or use "
         "per_device_train_batch_size=1 (with gradient_accumulation_steps for the same batch)"
     )
