@@ -53,6 +53,9 @@ TEMPLATE_REFUSES["llama4"] = {"tool_call_with_text", "tool_call_without_text"}
 # Template variables a family's rows need: Muse Glimmer's default system prompt writes today's date unless
 # `current_date` pins it (vlsft refuses a row holding the clock's date: `vlsft.collation.template_clock`).
 TEMPLATE_KWARGS = {"muse_glimmer": {"current_date": "2026-01-04"}}
+# Llama 3.2 Vision's system block (written when the conversation has no image) writes today's date unless
+# `date_string` pins it.
+TEMPLATE_KWARGS["mllama"] = {"date_string": "26 Jul 2024"}
 # Molmo2's template makes user and assistant alternate, from the user (no system or tool message).
 REFUSALS["molmo2"] = "batch row 0: Conversation roles must alternate"
 TEMPLATE_REFUSES["molmo2"] = {"system_string", "system_list", "tool_call_with_text", "tool_call_without_text"}
@@ -63,8 +66,18 @@ TEMPLATE_REFUSES["hunyuan_vl"] = {"tool_call_with_text", "tool_call_without_text
 # Shapes the rule refuses by name, the template rewriting history: Molmo2's writes every image of the conversation
 # before its first message, so an image after an assistant turn changes that turn's prompt.
 RULE_REFUSES = {"molmo2": {"multi_turn_later_images"}}
-# How many shapes a family must render exactly: 6, and Molmo2 the 5 its template renders (the others fail by name).
-MIN_CHECKED = {"molmo2": 5}
+# How many shapes a family must render exactly: 6, and Molmo2 and Llama 3.2 Vision the 5 their templates render (the
+# others fail by name).
+MIN_CHECKED = {"molmo2": 5, "mllama": 5}
+# Llama 3.2 Vision's template writes its system block (the date) only for a conversation without an image: an image
+# after an assistant turn removes it from that turn's prompt. Its template refuses a system message with images, and,
+# as Llama 4's, writes the first user message with `|trim` when given tools.
+RULE_REFUSES["mllama"] = {"multi_turn_later_images"}
+TEMPLATE_REFUSES["mllama"] = {"system_string", "system_list", "tool_call_with_text", "tool_call_without_text"}
+REFUSALS["mllama"] = (
+    "batch row 0: (Prompting with images is incompatible with system messages|message 0: the chat template writes its"
+    " content as Python text)"
+)
 
 
 def as_the_template_reads(processor, row, **kwargs) -> list[dict]:

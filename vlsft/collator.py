@@ -35,7 +35,7 @@ from jinja2 import TemplateError
 from transformers import ProcessorMixin
 
 from vlsft.collation.images import ImageExpansion
-from vlsft.collation.processor_expansion import ProcessorExpansion, processor_prefix
+from vlsft.collation.processor_expansion import ProcessorExpansion, per_token_outputs_laid, processor_prefix
 from vlsft.collation.rendering import RowError, RowRendering
 from vlsft.collation.template_kwargs import TemplateKwargsError, boolean_switches, template_kwargs_problems
 from vlsft.collation.videos import VideoExpansion
@@ -188,7 +188,7 @@ class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, ProcessorE
         video_outputs, video_texts = self._process_videos(videos)
         expansions = self.video_expansions(video_texts)
         num_images = sum(len(row) for row in images)
-        sequences, masks = [], []
+        sequences, masks, per_token = [], [], {}
         if self.family.expand_on_ids:
             counts = self._image_token_counts(vision, num_images)
             cursor = video_cursor = 0
@@ -201,7 +201,7 @@ class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, ProcessorE
                 sequences.append(ids)
                 masks.append(supervised)
         elif self.generic_family:  # the processor expands the images (`vlsft.collation.processor_expansion`)
-            vision, sequences, masks = self._generic_sequences(row_pieces, images)
+            vision, per_token, sequences, masks = self._generic_sequences(row_pieces, images)
         else:
             expanded = self._expand_in_text(row_pieces, self._image_texts(vision, num_images))
             for row in self._tokenize_pieces(expanded, images):
@@ -244,6 +244,8 @@ class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, ProcessorE
             labels[i, : len(ids)] = torch.where(supervised, ids, IGNORE_INDEX)
         batch["input_ids"] = input_ids
         batch["attention_mask"] = attention_mask
+        # The processor's masks over the tokens (Mllama's `cross_attention_mask`), laid onto the collated rows.
+        batch.update(per_token_outputs_laid(per_token, sequences, length))
         if self.family.image_map_key is not None:
             # 1 on the image feature tokens: Qwen's 3D rope positions, Gemma 3's bidirectional attention per image.
             token_types = torch.isin(input_ids, feature_ids).long()

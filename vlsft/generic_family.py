@@ -83,6 +83,27 @@ def refuse_prefix_lm(processor) -> None:
         )
 
 
+# Processors that cannot batch a row without images with rows with images, and why.
+NO_MIXED_BATCHES = {
+    "MllamaProcessor": "its image processor fails on a batch whose first row has no image and leaves rows without "
+    "images out of `aspect_ratio_ids` (transformers 5), which the model then cannot match with `pixel_values`",
+}
+
+
+def mixed_batch_problem(processor, images: list[list]) -> tuple[int, str] | None:
+    """(the first row without images, why) where `processor` cannot batch it with the batch's rows with images
+    (`NO_MIXED_BATCHES`), else None."""
+    name = type(processor).__name__
+    if name not in NO_MIXED_BATCHES or all(images) or not any(images):
+        return None
+    return next(i for i, row in enumerate(images) if not row), (
+        f"this row has no image while other rows of its batch have: {name} cannot batch them "
+        f"({NO_MIXED_BATCHES[name]}). "
+        "Give every row an image, train rows without images in a run of their own, or use "
+        "per_device_train_batch_size=1 (with gradient_accumulation_steps for the same batch)"
+    )
+
+
 def generic_family(processor, end_of_turn: str) -> Family:
     """The record of `processor`'s family for the generic path; `end_of_turn` is the token that ends an assistant
     turn of its chat template (`vlsft.generic_masks.end_of_turn_token`)."""

@@ -11,6 +11,11 @@ run on the batch's rendered rows and images. Its tensors are the batch's. Then, 
   piece by piece (placeholders unexpanded) through a token alignment. Every supervised token must be found, in
   order, with nothing the processor added inside a supervised run; otherwise the row is refused.
 
+Some processors also return tensors laid over the tokens (Mllama's `cross_attention_mask`: which token sees which
+image's tiles). They are cut to each row's own tokens here and laid onto the collated rows once their length is known
+(`per_token_outputs_laid`): positions the collator adds (the tokenizer's BOS/EOS, padding to `pad_to_multiple_of`)
+repeat the nearest token's values, as the processor's own padding does, and truncation cuts them with the tokens.
+
 A mixin of `vlsft.collator.VisionChatCollator`.
 """
 
@@ -22,11 +27,41 @@ from typing import Any
 import torch
 
 from vlsft.collation.rendering import RowError
+from vlsft.generic_family import mixed_batch_problem
 
 
 _PROBE_TEXT = "probe"
 # The processor's outputs for the text, which the collator builds itself from the row's pieces.
 _TEXT_OUTPUTS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
+
+
+def is_per_token_output(key: str, value, input_ids: torch.Tensor) -> bool:
+    """Whether the processor's output `key` is a mask laid over the tokens, (batch, tokens, ...), beyond the text
+    outputs: e.g. Mllama's `cross_attention_mask` (not a pixel mask, whose second dimension counts images)."""
+    return (
+        key not in _TEXT_OUTPUTS and key.endswith("_mask") and not key.startswith("pixel")
+        and isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[:2] == input_ids.shape
+    )
+
+
+class _Media(dict):
+    """The processor's outputs beyond the text ones, with the names of those laid over the tokens."""
+
+    per_token_keys: set[str]
+
+
+def per_token_outputs_laid(per_token: dict[str, list[torch.Tensor]], sequences: list[torch.Tensor], length: int):
+    """Each per-token output (one tensor per row, over the row's tokens before truncation) as one tensor over the
+    collated rows: cut with a truncated row, and every position after a row's tokens (padding) repeating its last
+    token's values, as the processor pads."""
+    laid = {}
+    for key, rows in per_token.items():
+        padded = []
+        for values, ids in zip(rows, sequences):
+            values = values[: len(ids)]
+            padded.append(torch.cat([values, values[-1:].expand(length - len(values), *values.shape[1:])]))
+        laid[key] = torch.stack(padded)
+    return laid
 
 
 def processor_prefix(processor) -> str:
@@ -52,8 +87,14 @@ class ProcessorExpansion:
         return [(prefix, False), *pieces]
 
     def _generic_sequences(self, row_pieces: list[list[tuple[str, bool]]], images: list[list[Any]]):
-        """(the processor's outputs, each row's token ids, each row's supervised mask)."""
+        """(the processor's outputs, its per-token outputs (`is_per_token_output`) as one tensor per row over that
+        row's tokens, each row's token ids, each row's supervised mask)."""
+        problem = mixed_batch_problem(self.processor, images)
+        if problem is not None:
+            raise RowError(*problem)
         vision, replacements, reference = self._processor_batch(row_pieces, images)
+        per_token = {key: vision.pop(key) for key in list(vision) if key in vision.per_token_keys}
+        rows_per_token = {key: [] for key in per_token}
         expanded = row_pieces if replacements is None else self._expand_in_text(row_pieces, replacements)
         sequences, masks = [], []
         for index, (pieces, row) in enumerate(zip(expanded, self._tokenize_pieces(expanded, images))):
@@ -67,7 +108,14 @@ class ProcessorExpansion:
                 ids, supervised = self._aligned_to_processor(index, pieces, row, reference[index])
             sequences.append(torch.tensor(ids, dtype=torch.long))
             masks.append(torch.tensor(supervised, dtype=torch.bool))
-        return vision, sequences, masks
+            # The processor's values over its tokens, at their place in the row (after the BOS the tokenizer adds).
+            head = self._added_on_encode(pieces)[0]
+            for key, values in per_token.items():
+                own = values[index, : len(reference[index])]
+                before = own[:1].expand(head, *own.shape[1:])
+                after = own[-1:].expand(len(ids) - head - len(own), *own.shape[1:])
+                rows_per_token[key].append(torch.cat([before, own, after]))
+        return vision, rows_per_token, sequences, masks
 
     def _processor_batch(self, row_pieces: list[list[tuple[str, bool]]], images: list[list[Any]]):
         """(the processor's outputs, the replacement text of each image in order or None where the processor does
@@ -92,7 +140,8 @@ class ProcessorExpansion:
             replacements = [item["replacement"] for row in offsets for item in row if item["type"] == "image"]
         lengths = outputs["attention_mask"].sum(-1).tolist()
         reference = [ids[:length].tolist() for ids, length in zip(outputs["input_ids"], lengths)]
-        media = {key: value for key, value in outputs.items() if key not in _TEXT_OUTPUTS}
+        media = _Media({key: value for key, value in outputs.items() if key not in _TEXT_OUTPUTS})
+        media.per_token_keys = {k for k, v in media.items() if is_per_token_output(k, v, outputs["input_ids"])}
         return media, replacements, reference
 
     def _added_on_encode(self, pieces) -> tuple[int, int]:

@@ -22,6 +22,7 @@ from vlsft.testing.tiny_generic_janus_deepseek import (
     build_tiny_deepseek_vl_hybrid,
     build_tiny_janus,
 )
+from vlsft.testing.tiny_generic_mllama_aria import build_tiny_aria, build_tiny_mllama
 
 GENERIC_BUILDERS = {
     "lfm2_vl": build_tiny_lfm2_vl,
@@ -51,4 +52,6 @@ GENERIC_BUILDERS = {
     "deepseek_vl": build_tiny_deepseek_vl,
     "deepseek_vl_hybrid": build_tiny_deepseek_vl_hybrid,
     "janus": build_tiny_janus,
+    "mllama": build_tiny_mllama,
+    "aria": build_tiny_aria,
 }
