@@ -18,7 +18,14 @@ from transformers import PerceptionLMConfig, PreTrainedTokenizerFast
 
 from tests.test_families import supervised_texts
 from tests.conftest import _shapes
-from tests.test_generic_families import NOT_FOR_PROCESSOR, as_the_template_reads, rule_texts, tiny
+from tests.test_generic_families import (
+    NOT_FOR_PROCESSOR,
+    REFUSALS,
+    TEMPLATE_REFUSES,
+    as_the_template_reads,
+    rule_texts,
+    tiny,
+)
 from tests.test_real_vocab_families import llama3_files
 from vlsft import VLSFTConfig, VLSFTTrainer
 from vlsft.collation.rendering import RowError
@@ -110,6 +117,10 @@ def test_perception_lm_on_its_real_vocabulary_masks_the_rule_and_inputs_are_the_
     assert collate.generic_masks
     for name, (row, _) in _shapes().items():
         if name in NOT_FOR_PROCESSOR:
+            continue
+        if name in TEMPLATE_REFUSES["perception_lm"]:  # tool calls, which its template does not write
+            with pytest.raises(RowError, match=REFUSALS["perception_lm"]):
+                collate([row])
             continue
         conversation = as_the_template_reads(processor, row)
         batch = collate([row])

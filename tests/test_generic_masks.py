@@ -110,3 +110,25 @@ def test_a_template_that_moves_the_system_prompt_to_the_last_user_message_is_ref
         assistant_spans(renderer(SYSTEM_IN_LAST_USER), CONVERSATION, control)
     text, spans = assistant_spans(renderer(SYSTEM_IN_LAST_USER), CONVERSATION[1:], control)  # no system prompt
     assert turns(text, spans) == ["Hi there.</s>", "Red.</s>"]
+
+
+def test_a_template_that_does_not_write_tool_calls_is_refused_naming_the_message():
+    """CHATML writes each message's content only: a tool-call turn would train as its stop token alone, the call
+    lost without a word. A template that writes the calls trains the row."""
+    from vlsft.generic_masks import refuse_dropped_tool_calls
+    from vlsft.templates import UnsupportedConversationError
+
+    call = {"type": "function", "function": {"name": "zoom", "arguments": {"region": "left"}}}
+    messages = [
+        {"role": "user", "content": "Zoom?"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": "done"},
+        {"role": "assistant", "content": "A dot."},
+    ]
+    with pytest.raises(UnsupportedConversationError, match=r"message 1 \(assistant\): the chat template does not write"):
+        refuse_dropped_tool_calls(renderer(CHATML), messages)
+    writes_calls = CHATML.replace(
+        "{{ m.content }}", "{{ m.content }}{% for c in m.tool_calls or [] %}<call>{{ c.function.name }}</call>{% endfor %}"
+    )
+    refuse_dropped_tool_calls(renderer(writes_calls), messages)
+    refuse_dropped_tool_calls(renderer(CHATML), [messages[0], messages[3]])  # no tool calls: nothing to check

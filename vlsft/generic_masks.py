@@ -265,6 +265,29 @@ def strings_where_the_template_reads_strings(text: str, messages: list[dict]) ->
     return read_as_strings
 
 
+def refuse_dropped_tool_calls(render: Render, messages: list[dict]) -> None:
+    """Raise `UnsupportedConversationError` naming the first assistant message whose `tool_calls` the template does
+    not write (the conversation renders the same without them): the turn would train as its text alone, or as its
+    stop token alone, and the calls the data asks the model to learn would be lost without a word."""
+    if not any(message.get("tool_calls") for message in messages):
+        return
+    whole = render(messages, False)
+    for position, message in enumerate(messages):
+        if not message.get("tool_calls"):
+            continue
+        without = {key: value for key, value in message.items() if key != "tool_calls"}
+        try:
+            rendered_without = render([*messages[:position], without, *messages[position + 1 :]], False)
+        except Exception:  # noqa: BLE001 - a template that needs the calls to render the turn does write them
+            continue
+        if rendered_without == whole:
+            raise UnsupportedConversationError(
+                f"message {position} (assistant): the chat template does not write its `tool_calls`, so the turn "
+                "would train without them (the calls would be lost). Drop the tool calls from such rows, skip them "
+                "with `invalid_rows='skip'`, or pass a template that renders tool calls with `chat_template_path`"
+            )
+
+
 def refuse_content_as_python_text(text: str, messages: list[dict]) -> None:
     """Raise `UnsupportedConversationError` if the template wrote a message's list of content items as Python text
     (it reads that content as a string: Llama 4's writes the first user message with `|trim` when `tools` are given),

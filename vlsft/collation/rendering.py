@@ -34,6 +34,7 @@ from vlsft.generic_masks import (
     as_content_items,
     assistant_spans,
     refuse_content_as_python_text,
+    refuse_dropped_tool_calls,
     refuse_uncollated_media,
     stop_token_after_turns,
     strings_where_the_template_reads_strings,
@@ -195,6 +196,7 @@ class RowRendering:
                 eos_token=self.processor.tokenizer.eos_token,  # the stop of a template with no control token between turns
             )
             refuse_content_as_python_text(text, messages)
+            refuse_dropped_tool_calls(render, messages)
         elif self.generic_masks:
             text, spans = self.render_stock(messages, True, tools, template_kwargs), []
         else:
