@@ -1,0 +1,46 @@
+"""MiniCPM-V 4.7, FastVLM, LightOnOCR and PaddleOCR-VL on the generic exact path
+(`vlsft.testing.tiny_generic_minicpm47_ocr`): what each family needs of the generic code beyond the parametrized
+tests of `tests/test_generic_families.py`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import IMAGE, assistant, image, user
+from tests.test_generic_families import tiny
+from vlsft.collation.rendering import RowError
+from vlsft.collator import VisionChatCollator
+
+
+@pytest.mark.parametrize("family", ["minicpmv4_7"])
+def test_videos_are_refused_by_row(family):
+    """These processors take videos (MiniCPM-V 4.7: frames with their slices); the generic path does not build
+    them: a video item fails by name, and so does a `videos` column, never training on a placeholder with no
+    features behind it."""
+    _, processor = tiny(family)
+    collate = VisionChatCollator(processor, processor.chat_template)
+    name = type(processor).__name__
+    row = {"messages": [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What?"}]},
+                        assistant("A dot.")], "images": []}
+    with pytest.raises(RowError, match=rf"message 0 has a 'video' item: vlsft trains {name} \(generic path\)"):
+        collate([row])
+    with pytest.raises(RowError, match="not trained on videos"):
+        collate([{"messages": [user("What?"), assistant("A dot.")], "images": [], "videos": ["clip.mp4"]}])
+
+
+def test_minicpmv4_7_canvas_positions_come_from_the_image_map_the_batch_carries():
+    """MiniCPM-V 4.7 lays out its 3D positions ("canvas M-RoPE") from `mm_token_type_ids`: the batch carries the map
+    the processor returns, so the model pins each image's tokens on its canvas (positions that are not the 1D
+    count), as at inference."""
+    model, processor = tiny("minicpmv4_7")
+    rows = [{"messages": [user(IMAGE, "Colour?"), assistant("Red.")], "images": [image(size=(56, 112))]}]
+    batch = VisionChatCollator(processor, processor.chat_template)(rows)
+    types = batch["mm_token_type_ids"]
+    assert types.shape == batch["input_ids"].shape and int((types == 1).sum()) > 0
+    positions, _ = model.model.get_rope_index(
+        batch["input_ids"], mm_token_type_ids=types, attention_mask=batch["attention_mask"],
+        target_sizes=batch["target_sizes"], downsample_mode="4x",
+    )
+    count = torch.arange(types.shape[1]).expand_as(positions[0])
+    assert not torch.equal(positions[1], count)
