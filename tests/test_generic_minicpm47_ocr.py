@@ -11,6 +11,7 @@ from tests.conftest import IMAGE, assistant, image, user
 from tests.test_generic_families import tiny
 from vlsft.collation.rendering import RowError
 from vlsft.collator import VisionChatCollator
+from vlsft.model_parts import MERGER, VISION_TOWER, check_model_parts, component_of
 
 
 @pytest.mark.parametrize("family", ["minicpmv4_7"])
@@ -44,3 +45,12 @@ def test_minicpmv4_7_canvas_positions_come_from_the_image_map_the_batch_carries(
     )
     count = torch.arange(types.shape[1]).expand_as(positions[0])
     assert not torch.equal(positions[1], count)
+
+
+def test_lighton_ocr_vision_encoder_is_the_vision_tower():
+    """LightOnOCR names its Pixtral tower `vision_encoder` (its projector `vision_projection`): found by name, so it
+    is frozen, given its learning rate and its LoRA targets as the other families' towers."""
+    model, _ = tiny("lighton_ocr")
+    check_model_parts(model)
+    assert component_of("model.vision_encoder.transformer.layers.0.attention.q_proj.weight") == VISION_TOWER
+    assert component_of("model.vision_projection.linear_1.weight") == MERGER

@@ -58,8 +58,9 @@ def _alternatives(names) -> str:
 # `multi_modal_projector`, Idefics3's `vision_model` and `connector`, Muse Glimmer's `vision_adapter` (an MLP) and
 # `vision_projection` (Llama 4's pixel-shuffle MLP is a `vision_adapter` too, inside its `vision_model`: a projector);
 # Ovis2's projector is its `visual_embeddings_table`, which maps the vision tower's probabilities over a visual
-# vocabulary into embeddings; Video-LLaVA has two towers, `image_tower` and `video_tower`.
-VISION_TOWER_NAMES = ("visual", "vision_tower", "vision_model", "image_tower", "video_tower")
+# vocabulary into embeddings; Video-LLaVA has two towers, `image_tower` and `video_tower`; LightOnOCR's Pixtral tower
+# is its `vision_encoder` (and its projector `vision_projection`).
+VISION_TOWER_NAMES = ("visual", "vision_tower", "vision_model", "image_tower", "video_tower", "vision_encoder")
 PROJECTOR_NAMES = (
     "multi_modal_projector", "merger", "connector", "vision_adapter", "vision_projection", "visual_embeddings_table",
 )

@@ -4,10 +4,19 @@ random weights, and its real processor class with a tokenizer trained in-process
 
 from __future__ import annotations
 
-from transformers import MiniCPMV4_7Config, MiniCPMV4_7ForConditionalGeneration, MiniCPMV4_7Processor
+from transformers import (
+    LightOnOcrConfig,
+    LightOnOcrForConditionalGeneration,
+    LightOnOcrProcessor,
+    MiniCPMV4_7Config,
+    MiniCPMV4_7ForConditionalGeneration,
+    MiniCPMV4_7Processor,
+    PixtralImageProcessor,
+)
 
-from vlsft.testing.tiny_build import HIDDEN, VISION_ENCODER_SIZES, instantiate
-from vlsft.testing.tiny_generic_molmo_ovis_minicpm import minicpmv_processor
+from vlsft.testing.tiny_build import HIDDEN, VISION_ENCODER_SIZES, instantiate, language_model_sizes
+from vlsft.testing.tiny_generic import _byte_level_tokenizer
+from vlsft.testing.tiny_generic_molmo_ovis_minicpm import MINICPMV4_6_FORMAT_TEMPLATE, minicpmv_processor
 from vlsft.testing.tiny_qwen import qwen3_5_text_config
 
 
@@ -35,3 +44,37 @@ def build_tiny_minicpmv4_7(seed: int = 0, hidden_size: int = HIDDEN):
         newline_id=newline[0],
     )
     return instantiate(MiniCPMV4_7ForConditionalGeneration, config, processor, seed)
+
+
+def build_tiny_lighton_ocr(seed: int = 0, hidden_size: int = HIDDEN):
+    """LightOnOCR: `LightOnOcrForConditionalGeneration` (a Pixtral vision encoder, `vision_encoder`; a projector that
+    merges 2x2 patches, `vision_projection`; a Qwen3 language model) + `LightOnOcrProcessor` over Pixtral's image
+    processor: images up to 32 px in 8 px patches, each 2x2 merged patch one `<|image_pad|>`. Its checkpoints
+    (lightonai/LightOnOCR-*) speak ChatML with each image as `<|image_pad|>` in place (transformers' docs and
+    processor tests), which is `MINICPMV4_6_FORMAT_TEMPLATE`'s text; the stop token is `<|im_end|>`."""
+    named = {"image_token": "<|image_pad|>", "image_break_token": "<|vision_pad|>", "image_end_token": "<|vision_end|>"}
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *named.values()]
+    tokenizer = _byte_level_tokenizer(special, named, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    for name, token in named.items():  # the processor reads each token's id as an attribute too
+        setattr(tokenizer, f"{name}_id", tokenizer.convert_tokens_to_ids(token))
+    processor = LightOnOcrProcessor(
+        image_processor=PixtralImageProcessor(size={"longest_edge": 32}, patch_size={"height": 8, "width": 8}),
+        tokenizer=tokenizer,
+        patch_size=8,
+        spatial_merge_size=2,
+        chat_template=MINICPMV4_6_FORMAT_TEMPLATE,
+    )
+    config = LightOnOcrConfig(
+        text_config=dict(
+            model_type="qwen3",
+            vocab_size=len(tokenizer),
+            **language_model_sizes(hidden_size),
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        ),
+        vision_config=dict(model_type="pixtral", **VISION_ENCODER_SIZES, head_dim=16, image_size=32, patch_size=8),
+        spatial_merge_size=2,
+        image_token_id=tokenizer.image_token_id,
+        tie_word_embeddings=False,
+    )
+    return instantiate(LightOnOcrForConditionalGeneration, config, processor, seed)
