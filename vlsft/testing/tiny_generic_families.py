@@ -16,7 +16,11 @@ from vlsft.testing.tiny_generic_molmo_ovis_minicpm_llava import build_tiny_llava
 from vlsft.testing.tiny_generic_llava import build_tiny_llava, build_tiny_llava_onevision, build_tiny_vipllava
 from vlsft.testing.tiny_generic_qwen2_glm import build_tiny_glm4v, build_tiny_glm4v_moe, build_tiny_glm46v
 from vlsft.testing.tiny_generic_gemma3n_idefics2 import build_tiny_gemma3n, build_tiny_idefics2
-from vlsft.testing.tiny_generic_minicpm47_ocr import build_tiny_lighton_ocr, build_tiny_minicpmv4_7
+from vlsft.testing.tiny_generic_minicpm47_ocr import (
+    build_tiny_fast_vlm,
+    build_tiny_lighton_ocr,
+    build_tiny_minicpmv4_7,
+)
 
 GENERIC_BUILDERS = {
     "lfm2_vl": build_tiny_lfm2_vl,
@@ -43,4 +47,5 @@ GENERIC_BUILDERS = {
     "idefics2": build_tiny_idefics2,
     "minicpmv4_7": build_tiny_minicpmv4_7,
     "lighton_ocr": build_tiny_lighton_ocr,
+    "fast_vlm": build_tiny_fast_vlm,
 }

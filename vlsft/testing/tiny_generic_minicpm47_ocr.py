@@ -5,12 +5,16 @@ random weights, and its real processor class with a tokenizer trained in-process
 from __future__ import annotations
 
 from transformers import (
+    CLIPImageProcessor,
+    FastVlmConfig,
+    FastVlmForConditionalGeneration,
     LightOnOcrConfig,
     LightOnOcrForConditionalGeneration,
     LightOnOcrProcessor,
     MiniCPMV4_7Config,
     MiniCPMV4_7ForConditionalGeneration,
     MiniCPMV4_7Processor,
+    LlavaProcessor,
     PixtralImageProcessor,
 )
 
@@ -18,6 +22,21 @@ from vlsft.testing.tiny_build import HIDDEN, VISION_ENCODER_SIZES, instantiate, 
 from vlsft.testing.tiny_generic import _byte_level_tokenizer
 from vlsft.testing.tiny_generic_molmo_ovis_minicpm import MINICPMV4_6_FORMAT_TEMPLATE, minicpmv_processor
 from vlsft.testing.tiny_qwen import qwen3_5_text_config
+
+# FastVLM's chat template as transformers' conversion script gives its checkpoints (KamilaMila/FastVLM-*, from
+# apple/FastVLM-*): ChatML over its Qwen2 language model, a default system block when the first message is not one,
+# each message's images first as `<image>`, then each text after a newline; content given as a string writes nothing
+# (the template reads only content items).
+FAST_VLM_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n'}}"
+    "{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>' }}{% endfor %}"
+    "{# Render all text next #}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ '\n' + content['text'] }}{% endfor %}{{'<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
 
 def build_tiny_minicpmv4_7(seed: int = 0, hidden_size: int = HIDDEN):
@@ -78,3 +97,41 @@ def build_tiny_lighton_ocr(seed: int = 0, hidden_size: int = HIDDEN):
         tie_word_embeddings=False,
     )
     return instantiate(LightOnOcrForConditionalGeneration, config, processor, seed)
+
+
+def build_tiny_fast_vlm(seed: int = 0, hidden_size: int = HIDDEN):
+    """FastVLM: `FastVlmForConditionalGeneration` (a timm FastViT-MCi3 hybrid conv/attention tower, reparameterised
+    as the checkpoints ship it, here 1 block per stage; a 2-layer MLP projector; a Qwen2 language model) +
+    `LlavaProcessor` (what the checkpoints use: FastVLM has no processor of its own) over a CLIP image processor, with
+    `FAST_VLM_TEMPLATE`. The tower downsamples by 64: a 128 px image is 2x2 = 4 `<image>` tokens."""
+    tokenizer = _byte_level_tokenizer(
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>"], {"image_token": "<image>"},
+        eos_token="<|im_end|>", pad_token="<|endoftext|>",
+    )
+    view = dict(size={"shortest_edge": 128}, crop_size={"height": 128, "width": 128})
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(**view, image_mean=[0.0] * 3, image_std=[1.0] * 3),
+        tokenizer=tokenizer,
+        patch_size=64,  # the tower's whole downsampling (2^6)
+        vision_feature_select_strategy="full",
+        chat_template=FAST_VLM_TEMPLATE,
+    )
+    tower = dict(
+        model_type="timm_wrapper", architecture="fastvit_mci3", hidden_size=64, do_pooling=False,
+        # 4 downsampling stages after the stem; attention needs widths divisible by its head size (32).
+        model_args=dict(inference_mode=True, layers=(1, 1, 1, 1, 1), embed_dims=(8, 8, 16, 32, 32)),
+    )
+    config = FastVlmConfig(
+        text_config=dict(
+            model_type="qwen2",
+            vocab_size=len(tokenizer),
+            **language_model_sizes(hidden_size),
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        ),
+        vision_config=tower,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=4,
+        tie_word_embeddings=False,
+    )
+    return instantiate(FastVlmForConditionalGeneration, config, processor, seed)
