@@ -12,6 +12,7 @@ from tests.test_generic_families import tiny
 from vlsft.collation.rendering import RowError
 from vlsft.collator import VisionChatCollator
 from vlsft.model_parts import MERGER, VISION_TOWER, check_model_parts, component_of
+from vlsft.testing.tiny_generic_minicpm47_ocr import build_tiny_paddleocr_vl
 
 
 @pytest.mark.parametrize("family", ["minicpmv4_7"])
@@ -54,3 +55,15 @@ def test_lighton_ocr_vision_encoder_is_the_vision_tower():
     check_model_parts(model)
     assert component_of("model.vision_encoder.transformer.layers.0.attention.q_proj.weight") == VISION_TOWER
     assert component_of("model.vision_projection.linear_1.weight") == MERGER
+
+
+def test_paddleocr_vl_answers_after_its_spaced_generation_prompt_are_refused_by_row():
+    """PaddleOCR-VL's template ends its generation prompt with a space (`Assistant: `): a byte-level tokenizer merges
+    that space into the answer's first token on the whole text (`ĠRed`), while at inference the prompt ends in the
+    space token and the answer starts after it. The processor's tokens and the rule's boundary disagree inside the
+    answer, so no exact mask exists: the row is refused by name with the reason, never trained on a wrong mask."""
+    _, processor = build_tiny_paddleocr_vl()
+    collate = VisionChatCollator(processor, processor.chat_template)
+    row = {"messages": [user(IMAGE, "Colour?"), assistant("Red.")], "images": [image()]}
+    with pytest.raises(RowError, match=r"batch row 0: .*differ from the row's inside an assistant turn .*'ĠRed'"):
+        collate([row])

@@ -14,6 +14,10 @@ from transformers import (
     MiniCPMV4_7Config,
     MiniCPMV4_7ForConditionalGeneration,
     MiniCPMV4_7Processor,
+    PaddleOCRVLConfig,
+    PaddleOCRVLForConditionalGeneration,
+    PaddleOCRVLImageProcessor,
+    PaddleOCRVLProcessor,
     LlavaProcessor,
     PixtralImageProcessor,
 )
@@ -135,3 +139,61 @@ def build_tiny_fast_vlm(seed: int = 0, hidden_size: int = HIDDEN):
         tie_word_embeddings=False,
     )
     return instantiate(FastVlmForConditionalGeneration, config, processor, seed)
+
+
+# PaddleOCR-VL's chat template, after its checkpoint's (PaddlePaddle/PaddleOCR-VL): the BOS `<|begin_of_sentence|>`
+# first; a user turn is `User: `, its images (`<|IMAGE_START|><|IMAGE_PLACEHOLDER|><|IMAGE_END|>` each), its texts
+# and a newline; an assistant turn `Assistant: `, its texts and the eos `</s>`; a system message its texts, each
+# followed by a newline; any other role (tool) writes nothing. Only content items are read: content given as a string
+# writes nothing. The processor expands `<|IMAGE_PLACEHOLDER|>` into the image's merged patches.
+PADDLEOCR_VL_TEMPLATE = (
+    "{{- '<|begin_of_sentence|>' -}}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'user' -%}{{- 'User: ' -}}"
+    "{%- for content in message['content'] -%}{%- if content['type'] == 'image' -%}"
+    "{{- '<|IMAGE_START|><|IMAGE_PLACEHOLDER|><|IMAGE_END|>' -}}{%- endif -%}{%- endfor -%}"
+    "{%- for content in message['content'] -%}{%- if content['type'] == 'text' -%}{{- content['text'] -}}"
+    "{%- endif -%}{%- endfor -%}{{- '\n' -}}"
+    "{%- elif message['role'] == 'assistant' -%}{{- 'Assistant: ' -}}"
+    "{%- for content in message['content'] -%}{%- if content['type'] == 'text' -%}{{- content['text'] -}}"
+    "{%- endif -%}{%- endfor -%}{{- '</s>' -}}"
+    "{%- elif message['role'] == 'system' -%}"
+    "{%- for content in message['content'] -%}{%- if content['type'] == 'text' -%}{{- content['text'] + '\n' -}}"
+    "{%- endif -%}{%- endfor -%}"
+    "{%- endif -%}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- 'Assistant: ' -}}{%- endif -%}"
+)
+
+
+def build_tiny_paddleocr_vl(seed: int = 0, hidden_size: int = HIDDEN):
+    """PaddleOCR-VL: `PaddleOCRVLForConditionalGeneration` (a NaViT-style SigLIP tower, `visual`; a projector that
+    merges 2x2 patches, `projector`; an ERNIE-4.5 language model with 3D rope) + `PaddleOCRVLProcessor` with
+    `PADDLEOCR_VL_TEMPLATE`. Images of 14 px patches, resized to between 28x28 and 56x56 px."""
+    named = {"image_token": "<|IMAGE_PLACEHOLDER|>"}
+    special = ["<unk>", "<|begin_of_sentence|>", "</s>", "<|IMAGE_START|>", "<|IMAGE_END|>", *named.values()]
+    tokenizer = _byte_level_tokenizer(
+        special, named, bos_token="<|begin_of_sentence|>", eos_token="</s>", pad_token="<unk>"
+    )
+    tokenizer.image_token_id = tokenizer.convert_tokens_to_ids(named["image_token"])
+    processor = PaddleOCRVLProcessor(
+        image_processor=PaddleOCRVLImageProcessor(min_pixels=28 * 28, max_pixels=56 * 56),
+        tokenizer=tokenizer,
+        chat_template=PADDLEOCR_VL_TEMPLATE,
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    config = PaddleOCRVLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            **language_model_sizes(hidden_size),
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        ),
+        vision_config=dict(**VISION_ENCODER_SIZES, image_size=56, patch_size=14, spatial_merge_size=2),
+        image_token_id=tokenizer.image_token_id,
+        vision_start_token_id=ids("<|IMAGE_START|>"),
+        vision_end_token_id=ids("<|IMAGE_END|>"),
+        tie_word_embeddings=False,
+    )
+    return instantiate(PaddleOCRVLForConditionalGeneration, config, processor, seed)
