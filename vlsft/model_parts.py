@@ -221,3 +221,18 @@ def lora_matches(targets: str | list[str], name: str) -> bool:
     if isinstance(targets, str):
         return re.fullmatch(targets, name) is not None
     return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def batch_norm_layers(model: nn.Module) -> list[nn.Module]:
+    """The model's BatchNorm layers (FastVLM's FastViT tower has them). In training mode one would normalize by the
+    statistics of the batch, so that a row's loss depends on the other rows of its batch (a batch of 2 is then not 2
+    accumulated micro-batches of 1, and every rank normalizes differently) and overwrite the checkpoint's running
+    statistics: the trainer runs them as at inference (`run_batch_norms_as_at_inference`)."""
+    return [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+
+
+def run_batch_norms_as_at_inference(layers: list[nn.Module]) -> None:
+    """Put `layers` (`batch_norm_layers`) in eval mode: they normalize by their running statistics and leave them
+    unchanged. Called on every training step, after the Trainer put the whole model in training mode."""
+    for layer in layers:
+        layer.eval()
