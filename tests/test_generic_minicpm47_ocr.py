@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from tests.conftest import IMAGE, assistant, image, user
-from tests.test_generic_families import tiny
+from tests.test_generic_families import make_trainer, tiny
 from vlsft.collation.rendering import RowError
 from vlsft.collator import VisionChatCollator
 from vlsft.model_parts import MERGER, VISION_TOWER, check_model_parts, component_of
@@ -67,3 +68,16 @@ def test_paddleocr_vl_answers_after_its_spaced_generation_prompt_are_refused_by_
     row = {"messages": [user(IMAGE, "Colour?"), assistant("Red.")], "images": [image()]}
     with pytest.raises(RowError, match=r"batch row 0: .*differ from the row's inside an assistant turn .*'ĠRed'"):
         collate([row])
+
+
+def test_fast_vlm_batch_norms_keep_the_checkpoints_running_statistics_in_training(tmp_path):
+    """FastVLM's FastViT tower has BatchNorm layers: the trainer runs them on their running statistics (as at
+    inference), so a training step leaves the checkpoint's statistics as they were and normalizes no row by the
+    others of its batch (`test_one_batch_of_2_equals_2_accumulated_micro_batches_of_1[fast_vlm]`)."""
+    trainer = make_trainer("fast_vlm", tmp_path)
+    norms = {name: module for name, module in trainer.model.named_modules() if isinstance(module, nn.BatchNorm2d)}
+    assert norms
+    before = {name: (m.running_mean.clone(), m.running_var.clone()) for name, m in norms.items()}
+    trainer.train()
+    for name, module in norms.items():
+        assert torch.equal(module.running_mean, before[name][0]) and torch.equal(module.running_var, before[name][1])
