@@ -29,6 +29,8 @@ from vlsft.testing.tiny_generic import build_tiny_internvl
 # InternVL with Qwen2 (`internvl`) and with Qwen3 (most InternVL3.5 checkpoints), Mistral 3, Aya Vision, GLM-4.1V;
 # their position schemes.
 SCHEMES = {"internvl": "1d", "internvl_qwen3": "1d", "mistral3": "1d", "aya_vision": "1d", "glm4v": "mrope"}
+# LightOnOCR (Qwen3) and FastVLM (Qwen2): 1D positions.
+SCHEMES |= {"lighton_ocr": "1d", "fast_vlm": "1d"}
 PACKABLE = list(SCHEMES)
 # What each packable family's text model runs as packed (`use_packed_attention`): Aya Vision's Cohere2 has sliding-
 # window layers, so it keeps sdpa with transformers' packed (block-diagonal, windowed) mask.
@@ -185,6 +187,8 @@ REFUSED = {
     # LFM2's short-convolution layers carry the last tokens of one row into the next.
     "lfm2_vl": r"packing is not supported for this Lfm2VlProcessor \(generic path\) model: its language model "
                r"\('lfm2'\) has 'conv' layers, which carry a state along the sequence",
+    # MiniCPM-V 4.7's Qwen3.5 GatedDeltaNet layers carry a recurrent state from one row into the next.
+    "minicpmv4_7": r"its language model \('qwen3_5_text'\) has 'linear_attention' layers",
 }
 
 

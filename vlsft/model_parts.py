@@ -63,10 +63,11 @@ def _alternatives(names) -> str:
 # `patch_merger` inside its `vision_tower`. DeepSeek-VL's and Janus's projector is their `aligner`; DeepSeek-VL 7B's
 # (hybrid) second, high-resolution tower is a SAM encoder (`high_res_vision_model`) with its `high_res_vision_neck`,
 # the strided convolutions `high_res_vision_proj` and the gate `high_res_vision_alpha`, all of the original
-# checkpoint's `vision_tower_high`.
+# checkpoint's `vision_tower_high`. LightOnOCR's Pixtral tower is its `vision_encoder` (its projector
+# `vision_projection`).
 VISION_TOWER_NAMES = (
     "visual", "vision_tower", "vision_model", "image_tower", "video_tower", "high_res_vision_model",
-    "high_res_vision_neck", "high_res_vision_proj", "high_res_vision_alpha",
+    "high_res_vision_neck", "high_res_vision_proj", "high_res_vision_alpha", "vision_encoder",
 )
 PROJECTOR_NAMES = (
     "multi_modal_projector", "merger", "connector", "vision_adapter", "vision_projection", "visual_embeddings_table",
@@ -229,3 +230,18 @@ def lora_matches(targets: str | list[str], name: str) -> bool:
     if isinstance(targets, str):
         return re.fullmatch(targets, name) is not None
     return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def batch_norm_layers(model: nn.Module) -> list[nn.Module]:
+    """The model's BatchNorm layers (FastVLM's FastViT tower has them). In training mode one would normalize by the
+    statistics of the batch, so that a row's loss depends on the other rows of its batch (a batch of 2 is then not 2
+    accumulated micro-batches of 1, and every rank normalizes differently) and overwrite the checkpoint's running
+    statistics: the trainer runs them as at inference (`run_batch_norms_as_at_inference`)."""
+    return [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+
+
+def run_batch_norms_as_at_inference(layers: list[nn.Module]) -> None:
+    """Put `layers` (`batch_norm_layers`) in eval mode: they normalize by their running statistics and leave them
+    unchanged. Called on every training step, after the Trainer put the whole model in training mode."""
+    for layer in layers:
+        layer.eval()

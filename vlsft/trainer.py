@@ -5,6 +5,7 @@ What it changes, each in one overridden method:
 - `compute_loss`: summed NLL over supervised tokens divided by the supervised tokens of the whole optimizer step
   (all gradient-accumulation micro-batches, all data-parallel ranks), with the LM head run only where supervised;
   with per-turn weights (the collator's `label_weights`), `sum(w * nll) / sum(w)` over the same step;
+  BatchNorm layers (FastVLM's tower) run on their running statistics, so that rows never depend on each other;
 - `_get_num_items_in_batch`: counts those tokens even for models that declare `accepts_loss_kwargs = False`
   (Qwen3-VL does, so `Trainer` would otherwise average every micro-batch on its own);
 - `get_train_dataloader` / `get_eval_dataloader` (mixin `vlsft.data.training_rows.RowsNamedByIndex`): each row
@@ -36,7 +37,7 @@ from vlsft.data.validation import validate_datasets
 from vlsft.distributed import check_offload_keeps_optimizer
 from vlsft.input_dtypes import raise_input_precision
 from vlsft.liger import check_liger_supports
-from vlsft.model_parts import check_model_parts
+from vlsft.model_parts import batch_norm_layers, check_model_parts, run_batch_norms_as_at_inference
 from vlsft.row_rope import positions_for_each_row
 from vlsft.loss import (
     attach_supervised_head,
@@ -162,6 +163,7 @@ class VLSFTTrainer(KillSafeCheckpoints, PackedTraining, RowsNamedByIndex, SFTTra
             check_liger_supports(base_model)
         check_model_parts(base_model)  # a model without a family record: its parts found by transformers' names
         attach_supervised_head(base_model, chunk_size=args.loss_chunk_size, loss_type=args.loss_type)
+        self._batch_norms = batch_norm_layers(base_model)
         # [num_correct, num_supervised, summed (weighted) NLL, summed weight, input tokens] since the last log, per
         # mode; summed over ranks.
         self._token_stats = {"train": torch.zeros(5, dtype=torch.float64), "eval": torch.zeros(5, dtype=torch.float64)}
@@ -242,6 +244,7 @@ class VLSFTTrainer(KillSafeCheckpoints, PackedTraining, RowsNamedByIndex, SFTTra
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
+        run_batch_norms_as_at_inference(self._batch_norms)  # rows never normalized by each other's statistics
         outputs = self.supervised_sums(model, inputs)
         if num_items_in_batch is None:  # evaluation, or a caller outside the training loop
             if inputs.get("label_weights") is None:

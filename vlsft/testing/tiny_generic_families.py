@@ -23,6 +23,11 @@ from vlsft.testing.tiny_generic_janus_deepseek import (
     build_tiny_janus,
 )
 from vlsft.testing.tiny_generic_mllama_aria import build_tiny_aria, build_tiny_mllama
+from vlsft.testing.tiny_generic_minicpm47_ocr import (
+    build_tiny_fast_vlm,
+    build_tiny_lighton_ocr,
+    build_tiny_minicpmv4_7,
+)
 
 GENERIC_BUILDERS = {
     "lfm2_vl": build_tiny_lfm2_vl,
@@ -54,4 +59,7 @@ GENERIC_BUILDERS = {
     "janus": build_tiny_janus,
     "mllama": build_tiny_mllama,
     "aria": build_tiny_aria,
+    "minicpmv4_7": build_tiny_minicpmv4_7,
+    "lighton_ocr": build_tiny_lighton_ocr,
+    "fast_vlm": build_tiny_fast_vlm,
 }

@@ -184,27 +184,38 @@ MINICPMV4_6_FORMAT_TEMPLATE = (
 )
 
 
+# The tokens MiniCPM-V 4.6's and 4.7's tokenizers name (the processor reads each one's id as an attribute too).
+_MINICPMV_NAMED_TOKENS = {
+    "image_token": "<|image_pad|>", "video_token": "<|video_pad|>", "image_start_token": "<image>",
+    "image_end_token": "</image>", "slice_start_token": "<slice>", "slice_end_token": "</slice>",
+    "image_id_start_token": "<image_id>", "image_id_end_token": "</image_id>",
+}
+# Images scaled to about 56 px in 14 px patches, merged 4x; one that is not square also cut into up to 2 slices.
+MINICPMV_SCALING = dict(scale_resolution=56, max_slice_nums=2, patch_size=14, downsample_mode="4x")
+
+
+def minicpmv_processor(processor_class, template: str = MINICPMV4_6_FORMAT_TEMPLATE):
+    """`processor_class` (MiniCPM-V 4.6's or 4.7's processor: both take 4.6's image and video processors) with a
+    tokenizer trained in-process holding MiniCPM-V's named tokens, and `template`."""
+    named = _MINICPMV_NAMED_TOKENS
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *named.values(), "<think>", "</think>"]
+    tokenizer = _byte_level_tokenizer(special, named, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    for name, token in named.items():
+        setattr(tokenizer, f"{name}_id", tokenizer.convert_tokens_to_ids(token))
+    return processor_class(
+        image_processor=MiniCPMV4_6ImageProcessor(**MINICPMV_SCALING),
+        video_processor=MiniCPMV4_6VideoProcessor(**MINICPMV_SCALING),
+        tokenizer=tokenizer,
+        chat_template=template,
+    )
+
+
 def build_tiny_minicpmv4_6(seed: int = 0, hidden_size: int = HIDDEN):
     """MiniCPM-V 4.6: `MiniCPMV4_6ForConditionalGeneration` (a SigLIP-style ViT with a window-attention merger
     inserted after its first layer, an MLP merger, a Qwen3.5 hybrid language model: one GatedDeltaNet layer and one
-    full-attention layer) + `MiniCPMV4_6Processor` with `MINICPMV4_6_FORMAT_TEMPLATE`. Images are scaled to about
-    56 px in 14 px patches, merged 4x; an image that is not square is also cut into up to 2 slices."""
-    named = {
-        "image_token": "<|image_pad|>", "video_token": "<|video_pad|>", "image_start_token": "<image>",
-        "image_end_token": "</image>", "slice_start_token": "<slice>", "slice_end_token": "</slice>",
-        "image_id_start_token": "<image_id>", "image_id_end_token": "</image_id>",
-    }
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *named.values(), "<think>", "</think>"]
-    tokenizer = _byte_level_tokenizer(special, named, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    for name, token in named.items():  # the processor reads each token's id as an attribute too
-        setattr(tokenizer, f"{name}_id", tokenizer.convert_tokens_to_ids(token))
-    scaling = dict(scale_resolution=56, max_slice_nums=2, patch_size=14, downsample_mode="4x")
-    processor = MiniCPMV4_6Processor(
-        image_processor=MiniCPMV4_6ImageProcessor(**scaling),
-        video_processor=MiniCPMV4_6VideoProcessor(**scaling),
-        tokenizer=tokenizer,
-        chat_template=MINICPMV4_6_FORMAT_TEMPLATE,
-    )
+    full-attention layer) + `MiniCPMV4_6Processor` with `MINICPMV4_6_FORMAT_TEMPLATE` (`MINICPMV_SCALING`)."""
+    processor = minicpmv_processor(MiniCPMV4_6Processor)
+    tokenizer = processor.tokenizer
     config = MiniCPMV4_6Config(
         text_config=dict(model_type="qwen3_5_text", **qwen3_5_text_config(tokenizer, hidden_size)),
         vision_config=dict(**VISION_ENCODER_SIZES, image_size=56, patch_size=14),
@@ -215,4 +226,3 @@ def build_tiny_minicpmv4_6(seed: int = 0, hidden_size: int = HIDDEN):
         video_token_id=tokenizer.video_token_id,
     )
     return instantiate(MiniCPMV4_6ForConditionalGeneration, config, processor, seed)
-
