@@ -1,0 +1,88 @@
+"""Tiny EXAONE 4.5, Kimi K2.5 and Step 3.7 models, each the family's real model class built from its config class with
+random weights and its real processor class (real image processor) with a tokenizer trained in-process. None of the
+three has a stock template in TRL and no checkpoint's template can be downloaded here: each builder writes the
+family's chat format as its checkpoints render it, and says where that comes from."""
+
+from __future__ import annotations
+
+from transformers import (
+    Exaone4_5_Config,
+    Exaone4_5_ForConditionalGeneration,
+    Exaone4_5_Processor,
+    Qwen2VLImageProcessor,
+    Qwen2VLVideoProcessor,
+)
+
+from vlsft.testing.tiny_build import HIDDEN, instantiate, language_model_sizes
+from vlsft.testing.tiny_generic import _byte_level_tokenizer
+
+# Images of 28 to 56 px a side: 14 px patches merged 2x2, as in the checkpoints (1 to 4 tokens each).
+_QWEN_STYLE_VISION = dict(patch_size=14, merge_size=2, temporal_patch_size=2,
+                          size={"shortest_edge": 28 * 28, "longest_edge": 56 * 56})
+
+
+def _content_items(image: str) -> str:
+    """A template fragment rendering `message.content` (a string, or a list of text and image items, each image as
+    `image`)."""
+    return (
+        "{%- if message.content is string -%}{{ message.content }}"
+        "{%- else -%}{%- for item in message.content -%}"
+        "{%- if item.type == 'image' -%}" + image +
+        "{%- elif item.type == 'text' -%}{{ item.text }}{%- endif -%}"
+        "{%- endfor -%}{%- endif -%}"
+    )
+
+
+# -- EXAONE 4.5 ----------------------------------------------------------------------------------------------------
+
+# EXAONE 4.x's chat format in non-reasoning mode, as transformers' Exaone4 docstring shows the checkpoint rendering it:
+# `[|role|]\n` opens each turn, `[|endofturn|]\n` closes it, and an assistant turn starts with an empty reasoning block
+# `<think>\n\n</think>\n\n` (which the generation prompt writes too, so it is context, not supervised). Images are
+# Qwen-style `<vision><|image_pad|></vision>` (the processor expands `<|image_pad|>`, its default image token).
+EXAONE4_5_FORMAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '[|' + message.role + '|]\\n' }}"
+    "{%- if message.role == 'assistant' -%}{{ '<think>\\n\\n</think>\\n\\n' }}{%- endif -%}"
+    + _content_items("<vision><|image_pad|></vision>") +
+    "{{ '[|endofturn|]\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '[|assistant|]\\n<think>\\n\\n</think>\\n\\n' }}{%- endif -%}"
+)
+
+
+def build_tiny_exaone4_5(seed: int = 0, hidden_size: int = HIDDEN):
+    """EXAONE 4.5: `Exaone4_5_ForConditionalGeneration` (a Qwen2.5-VL-style windowed ViT with a patch merger, an
+    EXAONE 4 language model: one sliding-window layer, one global) + `Exaone4_5_Processor` over Qwen2-VL's image and
+    video processors (as its auto mapping pairs them), with `EXAONE4_5_FORMAT_TEMPLATE`."""
+    named = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"}
+    special = ["[PAD]", "[BOS]", "[|endofturn|]", "[|system|]", "[|user|]", "[|assistant|]", "[|tool|]",
+               "<think>", "</think>", "<vision>", "</vision>", *named.values()]
+    tokenizer = _byte_level_tokenizer(special, named, bos_token="[BOS]", eos_token="[|endofturn|]", pad_token="[PAD]")
+    processor = Exaone4_5_Processor(
+        image_processor=Qwen2VLImageProcessor(**_QWEN_STYLE_VISION),
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(**_QWEN_STYLE_VISION),
+        chat_template=EXAONE4_5_FORMAT_TEMPLATE,
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    config = Exaone4_5_Config(
+        text_config=dict(
+            model_type="exaone4",
+            vocab_size=len(tokenizer),
+            **language_model_sizes(hidden_size),
+            sliding_window=16,
+            layer_types=["sliding_attention", "full_attention"],
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        ),
+        vision_config=dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, num_key_value_heads=2, patch_size=14,
+            spatial_merge_size=2, temporal_patch_size=2, window_size=56, out_hidden_size=hidden_size,
+            fullatt_block_indexes=[1],
+        ),
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        tie_word_embeddings=False,
+    )
+    return instantiate(Exaone4_5_ForConditionalGeneration, config, processor, seed)
