@@ -58,10 +58,12 @@ def _alternatives(names) -> str:
 # `multi_modal_projector`, Idefics3's `vision_model` and `connector`, Muse Glimmer's `vision_adapter` (an MLP) and
 # `vision_projection` (Llama 4's pixel-shuffle MLP is a `vision_adapter` too, inside its `vision_model`: a projector);
 # Ovis2's projector is its `visual_embeddings_table`, which maps the vision tower's probabilities over a visual
-# vocabulary into embeddings; Video-LLaVA has two towers, `image_tower` and `video_tower`.
+# vocabulary into embeddings; Video-LLaVA has two towers, `image_tower` and `video_tower`; Kimi K2.5's projector is its
+# `mm_projector`.
 VISION_TOWER_NAMES = ("visual", "vision_tower", "vision_model", "image_tower", "video_tower")
 PROJECTOR_NAMES = (
     "multi_modal_projector", "merger", "connector", "vision_adapter", "vision_projection", "visual_embeddings_table",
+    "mm_projector",
 )
 LANGUAGE_MODEL_NAMES = ("language_model", "text_model")
 
@@ -86,7 +88,8 @@ _DECODER_LAYERS = [parts.decoder_layers for parts in _PARTS]
 _LANGUAGE_TARGETS = (
     rf".*(?:{_alternatives([*_DECODER_LAYERS, *(d.replace('.layers', '.model.layers') for d in _DECODER_LAYERS)])})"
     # GLM-4's MLP fuses the gate and up projections (`gate_up_proj`).
-    r"\.\d+\.(?:self_attn\.(?:q_proj|k_proj|v_proj|o_proj)"
+    # DeepSeek-V3's multi-head latent attention (Kimi K2.5's) projects queries and keys/values through low-rank pairs.
+    r"\.\d+\.(?:self_attn\.(?:q_proj|k_proj|v_proj|o_proj|q_a_proj|q_b_proj|kv_a_proj_with_mqa|kv_b_proj)"
     r"|(?:mlp|feed_forward)\.(?:gate_proj|up_proj|gate_up_proj|down_proj)"
     # Qwen3.5's hybrid stack: the GatedDeltaNet (linear attention) layers' projections, and the MoE's shared expert
     # (GLM-4.5's: `shared_experts`).

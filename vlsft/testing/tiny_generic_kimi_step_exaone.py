@@ -9,6 +9,11 @@ from transformers import (
     Exaone4_5_Config,
     Exaone4_5_ForConditionalGeneration,
     Exaone4_5_Processor,
+    Kimi_K25Config,
+    Kimi_K25ForConditionalGeneration,
+    Kimi_K25ImageProcessor,
+    Kimi_K25Processor,
+    Kimi_K25VideoProcessor,
     Qwen2VLImageProcessor,
     Qwen2VLVideoProcessor,
 )
@@ -86,3 +91,71 @@ def build_tiny_exaone4_5(seed: int = 0, hidden_size: int = HIDDEN):
         tie_word_embeddings=False,
     )
     return instantiate(Exaone4_5_ForConditionalGeneration, config, processor, seed)
+
+
+# -- Kimi K2.5 -----------------------------------------------------------------------------------------------------
+
+# Kimi K2's chat format with K2-Thinking's reasoning block, written for these tests: `<|im_system|>`, `<|im_user|>`,
+# `<|im_assistant|>` open each turn with the role name and `<|im_middle|>`, `<|im_end|>` closes it; a conversation
+# without a system message gets Kimi's default one; an assistant turn writes its (here empty) `<think></think>` block
+# before its text; images are `<|media_begin|>image<|media_content|><|media_pad|><|media_end|>` (the processor expands
+# `<|media_pad|>`, its default image token, as the Kimi_K25Processor's video structure writes media).
+KIMI_K25_FORMAT_TEMPLATE = (
+    "{%- if not messages or messages[0].role != 'system' -%}"
+    "<|im_system|>system<|im_middle|>You are Kimi, an AI assistant created by Moonshot AI.<|im_end|>"
+    "{%- endif -%}"
+    "{%- for message in messages -%}"
+    "<|im_{{ message.role }}|>{{ message.role }}<|im_middle|>"
+    "{%- if message.role == 'assistant' -%}<think></think>{%- endif -%}"
+    + _content_items("<|media_begin|>image<|media_content|><|media_pad|><|media_end|>") +
+    "<|im_end|>"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|im_assistant|>assistant<|im_middle|>{%- endif -%}"
+)
+_KIMI_SIZE = dict(size={"max_height": 4, "max_width": 4}, patch_size=14, merge_size=2)
+
+
+def build_tiny_kimi_k25(seed: int = 0, hidden_size: int = HIDDEN):
+    """Kimi K2.5: `Kimi_K25ForConditionalGeneration` (MoonViT with 2D rope and 2x2 patch merging, a projector, a
+    DeepSeek-V3 language model: multi-head latent attention, one dense layer then one mixture-of-experts layer of 4
+    routed experts, 2 per token, and a shared expert) + `Kimi_K25Processor` with its own image and video processors,
+    with `KIMI_K25_FORMAT_TEMPLATE`. Images of up to 56 px (4 patches of 14 px a side): at most 4 tokens."""
+    named = {"image_token": "<|media_pad|>", "video_token": "<|kimi_k25_video_placeholder|>"}
+    special = ["[BOS]", "[EOS]", "[PAD]", "<|im_end|>", "<|im_user|>", "<|im_assistant|>", "<|im_system|>",
+               "<|im_middle|>", "<|media_begin|>", "<|media_content|>", "<|media_end|>", "<think>", "</think>",
+               *named.values()]
+    tokenizer = _byte_level_tokenizer(special, named, bos_token="[BOS]", eos_token="<|im_end|>", pad_token="[PAD]")
+    processor = Kimi_K25Processor(
+        image_processor=Kimi_K25ImageProcessor(**_KIMI_SIZE, max_patches=16),
+        tokenizer=tokenizer,
+        video_processor=Kimi_K25VideoProcessor(**_KIMI_SIZE, max_patches=16),
+        chat_template=KIMI_K25_FORMAT_TEMPLATE,
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    sizes = language_model_sizes(hidden_size)
+    config = Kimi_K25Config(
+        text_config=dict(
+            model_type="deepseek_v3",
+            vocab_size=len(tokenizer),
+            # Multi-head latent attention has as many key/value heads as query heads.
+            **{k: sizes[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                                     "max_position_embeddings")},
+            num_key_value_heads=sizes["num_attention_heads"],
+            moe_intermediate_size=hidden_size, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1,
+            n_group=1, topk_group=1, first_k_dense_replace=1, num_mtp_layers=0,
+            kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16,
+            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        ),
+        vision_config=dict(
+            patch_size=14, pos_emb_height=8, pos_emb_width=8, pos_emb_time=4, num_attention_heads=2,
+            num_hidden_layers=2, hidden_size=32, intermediate_size=64, merge_kernel_size=[2, 2],
+        ),
+        projection_hidden_size=32,
+        image_token_id=ids("<|media_pad|>"),
+        video_token_id=ids("<|kimi_k25_video_placeholder|>"),
+        vision_start_token_id=ids("<|media_begin|>"),
+        vision_end_token_id=ids("<|media_end|>"),
+        tie_word_embeddings=False,
+    )
+    return instantiate(Kimi_K25ForConditionalGeneration, config, processor, seed)

@@ -1,0 +1,48 @@
+"""EXAONE 4.5, Kimi K2.5, Step 3.7 and Qwen3-Omni's thinker beyond the parametrized generic-path tests
+(tests/test_generic_families.py):
+- Kimi K2.5's projector (`mm_projector`) is found as the projector, and LoRA adapts its language model's multi-head
+  latent attention (DeepSeek-V3's low-rank query and key/value projections);
+- videos, which their processors take, are refused by row.
+"""
+
+from __future__ import annotations
+
+import pytest
+from torch import nn
+
+from tests.test_generic_families import tiny
+from vlsft.collation.rendering import RowError
+from vlsft.collator import VisionChatCollator
+from vlsft.model_parts import MERGER, check_model_parts, component_of, lora_target_modules, merger_module_names
+
+
+def answer(text):
+    return {"role": "assistant", "content": [{"type": "text", "text": text}]}
+
+
+def test_kimi_k25_mm_projector_is_the_projector():
+    """Without `mm_projector` among transformers 5's projector names, the model is refused as having no projector."""
+    model, _ = tiny("kimi_k25")
+    check_model_parts(model)
+    assert component_of("model.mm_projector.in_proj.weight") == MERGER
+    assert merger_module_names(model) == ["model.mm_projector"]
+
+
+def test_kimi_k25_lora_adapts_every_linear_layer_of_the_decoder_layers():
+    """DeepSeek-V3's attention projects through `q_a_proj`/`q_b_proj` and `kv_a_proj_with_mqa`/`kv_b_proj`: each is
+    adapted, as are the dense MLP and the shared expert (the routed experts are fused parameters, the router no
+    Linear layer)."""
+    model, _ = tiny("kimi_k25")
+    linear = {name for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    decoder = {name for name in linear if ".language_model.layers." in name}
+    assert any(name.endswith("kv_b_proj") for name in decoder)
+    assert set(lora_target_modules(model=model)) == decoder
+
+
+@pytest.mark.parametrize("family", ["exaone4_5", "kimi_k25"])
+def test_videos_are_refused_by_row(family):
+    """Their processors take videos; the generic path collates images only: a video fails by name."""
+    _, processor = tiny(family)
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What?"}]}, answer("A dot.")]
+    with pytest.raises(RowError, match=rf"message 0 has a 'video' item: vlsft trains {type(processor).__name__}"):
+        VisionChatCollator(processor, processor.chat_template)([{"messages": messages, "images": []}])
