@@ -39,7 +39,7 @@ def test_kimi_k25_lora_adapts_every_linear_layer_of_the_decoder_layers():
     assert set(lora_target_modules(model=model)) == decoder
 
 
-@pytest.mark.parametrize("family", ["exaone4_5", "kimi_k25"])
+@pytest.mark.parametrize("family", ["exaone4_5", "kimi_k25", "step3p7"])
 def test_videos_are_refused_by_row(family):
     """Their processors take videos; the generic path collates images only: a video fails by name."""
     _, processor = tiny(family)

@@ -16,7 +16,11 @@ from vlsft.testing.tiny_generic_molmo_ovis_minicpm_llava import build_tiny_llava
 from vlsft.testing.tiny_generic_llava import build_tiny_llava, build_tiny_llava_onevision, build_tiny_vipllava
 from vlsft.testing.tiny_generic_qwen2_glm import build_tiny_glm4v, build_tiny_glm4v_moe, build_tiny_glm46v
 from vlsft.testing.tiny_generic_gemma3n_idefics2 import build_tiny_gemma3n, build_tiny_idefics2
-from vlsft.testing.tiny_generic_kimi_step_exaone import build_tiny_exaone4_5, build_tiny_kimi_k25
+from vlsft.testing.tiny_generic_kimi_step_exaone import (
+    build_tiny_exaone4_5,
+    build_tiny_kimi_k25,
+    build_tiny_step3p7,
+)
 
 GENERIC_BUILDERS = {
     "lfm2_vl": build_tiny_lfm2_vl,
@@ -43,4 +47,5 @@ GENERIC_BUILDERS = {
     "idefics2": build_tiny_idefics2,
     "exaone4_5": build_tiny_exaone4_5,
     "kimi_k25": build_tiny_kimi_k25,
+    "step3p7": build_tiny_step3p7,
 }

@@ -15,6 +15,10 @@ from transformers import (
     Kimi_K25Processor,
     Kimi_K25VideoProcessor,
     Qwen2VLImageProcessor,
+    Step3p7Config,
+    Step3p7ForConditionalGeneration,
+    Step3p7ImageProcessor,
+    Step3p7Processor,
     Qwen2VLVideoProcessor,
 )
 
@@ -159,3 +163,57 @@ def build_tiny_kimi_k25(seed: int = 0, hidden_size: int = HIDDEN):
         tie_word_embeddings=False,
     )
     return instantiate(Kimi_K25ForConditionalGeneration, config, processor, seed)
+
+
+# -- Step 3.7 ------------------------------------------------------------------------------------------------------
+
+# Step 3.5/3.7-Flash's chat format, written for these tests (no checkpoint's template can be downloaded here; this is
+# its reasoning-only ChatML form): `<|im_start|>role\n` ... `<|im_end|>\n` for each turn, a generation prompt that opens
+# the reasoning block (`<|im_start|>assistant\n<think>\n`, since these models only reason), and an assistant turn
+# written with that block closed before its text; images are `<im_patch>`, which the processor expands to its local
+# crops (`<patch_start>...<patch_end>`) and global view (`<im_start>...<im_end>`). So the supervised text of a turn
+# starts at `</think>` (the model closes its reasoning) and ends with `<|im_end|>`.
+STEP3P7_FORMAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message.role + '\\n' }}"
+    "{%- if message.role == 'assistant' -%}{{ '<think>\\n</think>\\n' }}{%- endif -%}"
+    + _content_items("<im_patch>") +
+    "{{ '<|im_end|>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n<think>\\n' }}{%- endif -%}"
+)
+
+
+def build_tiny_step3p7(seed: int = 0, hidden_size: int = HIDDEN):
+    """Step 3.7: `Step3p7ForConditionalGeneration` (a ViT with 2D rope and two strided convolutions that downsample
+    its 14 px patches 4x, a linear projector, a Step 3.5 language model: one dense layer, then one mixture-of-experts
+    layer of 4 routed experts, 2 per token, and a shared expert; a sliding-window layer, then a global one) +
+    `Step3p7Processor` with its own image processor,
+    with `STEP3P7_FORMAT_TEMPLATE`. A 112 px global view (4 tokens) and, for an elongated image, 56 px local crops
+    (1 token each)."""
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "<im_patch>", "<im_start>",
+               "<im_end>", "<patch_start>", "<patch_end>", "<patch_newline>"]
+    tokenizer = _byte_level_tokenizer(special, {}, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    processor = Step3p7Processor(
+        image_processor=Step3p7ImageProcessor(size={"height": 112, "width": 112}, patch_size=56, max_image_size=224),
+        tokenizer=tokenizer,
+        chat_template=STEP3P7_FORMAT_TEMPLATE,
+    )
+    config = Step3p7Config(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            **language_model_sizes(hidden_size),
+            # Sliding-window and global attention interleaved, as in the checkpoints (3:1 there, 128-token windows).
+            layer_types=["sliding_attention", "full_attention"], sliding_window=16,
+            mlp_layer_types=["dense", "sparse"],
+            moe_intermediate_size=hidden_size, n_routed_experts=4, num_experts_per_tok=2, share_expert_dim=hidden_size,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        ),
+        vision_config=dict(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=112, patch_size=14, mlp_ratio=2.0,
+        ),
+        image_token_id=tokenizer.convert_tokens_to_ids("<im_patch>"),
+        tie_word_embeddings=False,
+    )
+    return instantiate(Step3p7ForConditionalGeneration, config, processor, seed)
