@@ -19,6 +19,7 @@ from vlsft.testing.tiny_generic_gemma3n_idefics2 import build_tiny_gemma3n, buil
 from vlsft.testing.tiny_generic_kimi_step_exaone import (
     build_tiny_exaone4_5,
     build_tiny_kimi_k25,
+    build_tiny_qwen3_omni_moe_thinker,
     build_tiny_step3p7,
 )
 
@@ -48,4 +49,5 @@ GENERIC_BUILDERS = {
     "exaone4_5": build_tiny_exaone4_5,
     "kimi_k25": build_tiny_kimi_k25,
     "step3p7": build_tiny_step3p7,
+    "qwen3_omni_moe_thinker": build_tiny_qwen3_omni_moe_thinker,
 }

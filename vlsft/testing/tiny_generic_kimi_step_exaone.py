@@ -15,15 +15,20 @@ from transformers import (
     Kimi_K25Processor,
     Kimi_K25VideoProcessor,
     Qwen2VLImageProcessor,
+    Qwen2VLVideoProcessor,
+    Qwen3OmniMoeProcessor,
+    Qwen3OmniMoeThinkerConfig,
+    Qwen3OmniMoeThinkerForConditionalGeneration,
     Step3p7Config,
     Step3p7ForConditionalGeneration,
     Step3p7ImageProcessor,
     Step3p7Processor,
-    Qwen2VLVideoProcessor,
+    WhisperFeatureExtractor,
 )
 
 from vlsft.testing.tiny_build import HIDDEN, instantiate, language_model_sizes
-from vlsft.testing.tiny_generic import _byte_level_tokenizer
+from vlsft.testing.tiny_generic import _byte_level_tokenizer, trl_template
+from vlsft.testing.tiny_qwen3_vl import qwen_vision_token_ids, tiny_qwen3_vision_config
 
 # Images of 28 to 56 px a side: 14 px patches merged 2x2, as in the checkpoints (1 to 4 tokens each).
 _QWEN_STYLE_VISION = dict(patch_size=14, merge_size=2, temporal_patch_size=2,
@@ -217,3 +222,76 @@ def build_tiny_step3p7(seed: int = 0, hidden_size: int = HIDDEN):
         tie_word_embeddings=False,
     )
     return instantiate(Step3p7ForConditionalGeneration, config, processor, seed)
+
+
+# -- Qwen3-Omni's thinker ------------------------------------------------------------------------------------------
+
+_QWEN3_VL_VIDEO_ITEM = "{%- elif content.type == 'video' or 'video' in content %}"
+_OMNI_AUDIO_ITEM = (
+    "{%- elif content.type == 'audio' or 'audio' in content -%}\n"
+    "                    <|audio_start|><|audio_pad|><|audio_end|>\n"
+    "                "
+)
+
+
+def qwen3_omni_format_template() -> str:
+    """Qwen3-Omni's chat format: Qwen3-VL's template as TRL ships it (`qwen3_vl.jinja`: ChatML, images as
+    `<|vision_start|><|image_pad|><|vision_end|>`), with audio items as Qwen3-Omni's checkpoints render them
+    (`<|audio_start|><|audio_pad|><|audio_end|>`); the checkpoint's own template cannot be downloaded here."""
+    template = trl_template("qwen3_vl")
+    if _QWEN3_VL_VIDEO_ITEM not in template:  # in user and tool messages alike
+        raise ValueError("TRL's qwen3_vl.jinja changed: its video item is no longer where Qwen3-Omni's audio item goes")
+    return template.replace(_QWEN3_VL_VIDEO_ITEM, _OMNI_AUDIO_ITEM + _QWEN3_VL_VIDEO_ITEM)
+
+
+def build_tiny_qwen3_omni_moe_thinker(seed: int = 0, hidden_size: int = HIDDEN):
+    """Qwen3-Omni's thinker: `Qwen3OmniMoeThinkerForConditionalGeneration` (Qwen3-VL's vision tower with DeepStack
+    mergers, an audio encoder, a Qwen3 mixture-of-experts language model with 3D rope: 4 experts, 2 per token) +
+    `Qwen3OmniMoeProcessor` (Qwen2-VL's image and video processors, Whisper's feature extractor), with
+    `qwen3_omni_format_template()`. Images of 32 to 64 px: 16 px patches merged 2x2. vlsft trains it on text and
+    images; a row with audio is refused by row (its placeholders would have no features behind them)."""
+    named = {
+        "image_token": "<|image_pad|>", "video_token": "<|video_pad|>", "audio_token": "<|audio_pad|>",
+        "vision_bos_token": "<|vision_start|>", "vision_eos_token": "<|vision_end|>",
+        "audio_bos_token": "<|audio_start|>", "audio_eos_token": "<|audio_end|>",
+    }
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "<tool_call>", "</tool_call>",
+               "<tool_response>", "</tool_response>", *named.values()]
+    tokenizer = _byte_level_tokenizer(special, named, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    vision = dict(patch_size=16, merge_size=2, temporal_patch_size=2,
+                  size={"shortest_edge": 32 * 32, "longest_edge": 64 * 64})
+    processor = Qwen3OmniMoeProcessor(
+        image_processor=Qwen2VLImageProcessor(**vision),
+        video_processor=Qwen2VLVideoProcessor(**vision),
+        feature_extractor=WhisperFeatureExtractor(feature_size=16),
+        tokenizer=tokenizer,
+        chat_template=qwen3_omni_format_template(),
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    config = Qwen3OmniMoeThinkerConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            **language_model_sizes(hidden_size),
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2],
+                             "mrope_interleaved": True},
+            moe_intermediate_size=hidden_size, num_experts=4, num_experts_per_tok=2,
+            # Without the load-balancing loss (the checkpoint's coefficient is 0.001): it is a mean per micro-batch
+            # (as TRL adds it), so with it a batch of 2 cannot equal 2 accumulated micro-batches of 1 (measured: 1.5e-4
+            # of the update apart). `router_aux_loss_coef` in the recipe turns it on.
+            router_aux_loss_coef=0.0,
+            pad_token_id=ids("<|endoftext|>"),
+            eos_token_id=ids("<|im_end|>"),
+        ),
+        vision_config=tiny_qwen3_vision_config(hidden_size),
+        audio_config=dict(
+            num_mel_bins=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64, d_model=32,
+            output_dim=hidden_size, downsample_hidden_size=8,
+        ),
+        **{k: v for k, v in qwen_vision_token_ids(tokenizer).items() if k in ("image_token_id", "video_token_id")},
+        vision_start_token_id=ids("<|vision_start|>"),
+        audio_token_id=ids("<|audio_pad|>"),
+        audio_start_token_id=ids("<|audio_start|>"),
+        user_token_id=ids("user"),
+        tie_word_embeddings=False,
+    )
+    return instantiate(Qwen3OmniMoeThinkerForConditionalGeneration, config, processor, seed)
