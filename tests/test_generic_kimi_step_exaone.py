@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import pytest
+from PIL import Image
 from torch import nn
 
 from tests.test_generic_families import tiny
@@ -39,10 +40,29 @@ def test_kimi_k25_lora_adapts_every_linear_layer_of_the_decoder_layers():
     assert set(lora_target_modules(model=model)) == decoder
 
 
-@pytest.mark.parametrize("family", ["exaone4_5", "kimi_k25", "step3p7"])
+@pytest.mark.parametrize("family", ["exaone4_5", "kimi_k25", "step3p7", "qwen3_omni_moe_thinker"])
 def test_videos_are_refused_by_row(family):
     """Their processors take videos; the generic path collates images only: a video fails by name."""
     _, processor = tiny(family)
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What?"}]}, answer("A dot.")]
     with pytest.raises(RowError, match=rf"message 0 has a 'video' item: vlsft trains {type(processor).__name__}"):
         VisionChatCollator(processor, processor.chat_template)([{"messages": messages, "images": []}])
+
+
+def test_qwen3_omni_thinker_audio_is_refused_by_row_with_the_reason():
+    """Qwen3-Omni's processor expands an audio item into placeholders that only its Whisper features fill: vlsft
+    collates images only, so an audio item (or an audio column) fails by name, never trained on as an empty
+    placeholder; the same conversation with its image alone collates."""
+    _, processor = tiny("qwen3_omni_moe_thinker")
+    collate = VisionChatCollator(processor, processor.chat_template)
+    image = Image.new("RGB", (64, 64), (255, 0, 0))
+    question = [{"type": "image"}, {"type": "audio"}, {"type": "text", "text": "What is said?"}]
+    messages = [{"role": "user", "content": question}, answer("Hello.")]
+    with pytest.raises(RowError, match=r"message 0 has a 'audio' item: vlsft trains .* on text and images only"):
+        collate([{"messages": messages, "images": [image]}])
+    without_audio = [{"role": "user", "content": [question[0], question[2]]}, answer("Hello.")]
+    with pytest.raises(RowError, match=r"the row has a `audio` column: vlsft trains .* on text and images only"):
+        collate([{"messages": without_audio, "images": [image], "audio": [[0.0] * 1600]}])
+    batch = collate([{"messages": without_audio, "images": [image]}])
+    assert processor.audio_token_id not in batch["input_ids"][0].tolist()
+    assert "pixel_values" in batch and (batch["labels"][0] != -100).any()
