@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 from torch import nn
+from transformers import Qwen3OmniMoeConfig, Qwen3OmniMoeForConditionalGeneration
 
 from tests.test_generic_families import tiny
 from vlsft.collation.rendering import RowError
@@ -66,3 +67,15 @@ def test_qwen3_omni_thinker_audio_is_refused_by_row_with_the_reason():
     batch = collate([{"messages": without_audio, "images": [image]}])
     assert processor.audio_token_id not in batch["input_ids"][0].tolist()
     assert "pixel_values" in batch and (batch["labels"][0] != -100).any()
+
+
+def test_qwen3_omni_whole_model_is_refused_naming_its_thinker():
+    """Qwen3-Omni's whole model (`Qwen3OmniMoeForConditionalGeneration`) has no forward, only `generate`: it is
+    refused before training with the sub-model to train instead, not failed inside the first step."""
+    thinker, _ = tiny("qwen3_omni_moe_thinker")
+    config = Qwen3OmniMoeConfig(thinker_config=thinker.config.to_dict(), enable_audio_output=False)
+    whole = Qwen3OmniMoeForConditionalGeneration(config)
+    with pytest.raises(ValueError, match=r"qwen3_omni_moe: .* has no forward to train.*`thinker` "
+                                         r"\(Qwen3OmniMoeThinkerForConditionalGeneration\)"):
+        check_model_parts(whole)
+    check_model_parts(whole.thinker)

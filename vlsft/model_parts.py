@@ -119,6 +119,7 @@ def check_model_parts(model: nn.Module) -> None:
     `LANGUAGE_MODEL_NAMES`): its parts could not be frozen, given learning rates or LoRA targets."""
     if family_of_model(model) is not None:
         return
+    refuse_model_without_forward(model)
     names = [name for name, _ in model.named_modules()]
     searched = {
         "vision tower": (_VISUAL, VISION_TOWER_NAMES),
@@ -137,6 +138,21 @@ def check_model_parts(model: nn.Module) -> None:
             f"and this model has no {'; no '.join(missing)}. Its parts cannot be frozen, given learning rates or "
             "LoRA targets; a record for the family in `vlsft.families.FAMILIES` says where they are."
         )
+
+
+def refuse_model_without_forward(model: nn.Module) -> None:
+    """Raise `ValueError` for a model whose class has no forward (it only generates, through sub-models: Qwen3-Omni's
+    whole model, thinker + talker), naming the sub-models that do have one, to train instead."""
+    if type(model).forward is not nn.Module.forward:
+        return
+    trainable = [f"`{name}` ({type(child).__name__})" for name, child in model.named_children()
+                 if type(child).forward is not nn.Module.forward and hasattr(child, "get_output_embeddings")]
+    model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+    raise ValueError(
+        f"{model_type}: {type(model).__name__} has no forward to train (it only generates, through its sub-models). "
+        f"Train the sub-model that reads text and images: {', '.join(trainable) or 'none found'}, e.g. "
+        "`model.thinker` for Qwen3-Omni (load it with `Qwen3OmniMoeThinkerForConditionalGeneration`)."
+    )
 
 
 def named_parameters_by_component(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
