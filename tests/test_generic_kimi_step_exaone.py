@@ -2,7 +2,8 @@
 (tests/test_generic_families.py):
 - Kimi K2.5's projector (`mm_projector`) is found as the projector, and LoRA adapts its language model's multi-head
   latent attention (DeepSeek-V3's low-rank query and key/value projections);
-- videos, which their processors take, are refused by row.
+- videos are refused by row; Qwen3-Omni's audio is refused by row with the reason while its images train;
+- Qwen3-Omni's whole model (no forward, only `generate`) is refused before training, naming its thinker.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Tiny EXAONE 4.5, Kimi K2.5 and Step 3.7 models, each the family's real model class built from its config class with
-random weights and its real processor class (real image processor) with a tokenizer trained in-process. None of the
-three has a stock template in TRL and no checkpoint's template can be downloaded here: each builder writes the
-family's chat format as its checkpoints render it, and says where that comes from."""
+"""Tiny EXAONE 4.5, Kimi K2.5, Step 3.7 and Qwen3-Omni thinker models, each the family's real model class built from
+its config class with random weights and its real processor class (real image processor) with a tokenizer trained
+in-process. Only Qwen3-Omni's template derives from one TRL ships; for the others each builder writes the family's
+chat format as its checkpoints render it, and says where that comes from."""
 
 from __future__ import annotations
 
