@@ -116,10 +116,10 @@ def component_of(name: str) -> str:
 def check_model_parts(model: nn.Module) -> None:
     """Raise `ValueError` naming what is missing if a model without a family record lacks a vision tower, a projector
     or a language model under transformers 5's names (`VISION_TOWER_NAMES`, `PROJECTOR_NAMES`,
-    `LANGUAGE_MODEL_NAMES`): its parts could not be frozen, given learning rates or LoRA targets."""
+    `LANGUAGE_MODEL_NAMES`): its parts could not be frozen, given learning rates or LoRA targets; and if it has all
+    three but no forward (`refuse_model_without_forward`)."""
     if family_of_model(model) is not None:
         return
-    refuse_model_without_forward(model)
     names = [name for name, _ in model.named_modules()]
     searched = {
         "vision tower": (_VISUAL, VISION_TOWER_NAMES),
@@ -138,6 +138,7 @@ def check_model_parts(model: nn.Module) -> None:
             f"and this model has no {'; no '.join(missing)}. Its parts cannot be frozen, given learning rates or "
             "LoRA targets; a record for the family in `vlsft.families.FAMILIES` says where they are."
         )
+    refuse_model_without_forward(model)
 
 
 def refuse_model_without_forward(model: nn.Module) -> None:
