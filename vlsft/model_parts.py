@@ -64,14 +64,14 @@ def _alternatives(names) -> str:
 # (hybrid) second, high-resolution tower is a SAM encoder (`high_res_vision_model`) with its `high_res_vision_neck`,
 # the strided convolutions `high_res_vision_proj` and the gate `high_res_vision_alpha`, all of the original
 # checkpoint's `vision_tower_high`. LightOnOCR's Pixtral tower is its `vision_encoder` (its projector
-# `vision_projection`).
+# `vision_projection`); Kimi K2.5's projector is its `mm_projector`.
 VISION_TOWER_NAMES = (
     "visual", "vision_tower", "vision_model", "image_tower", "video_tower", "high_res_vision_model",
     "high_res_vision_neck", "high_res_vision_proj", "high_res_vision_alpha", "vision_encoder",
 )
 PROJECTOR_NAMES = (
     "multi_modal_projector", "merger", "connector", "vision_adapter", "vision_projection", "visual_embeddings_table",
-    "layerwise_projectors", "spatial_projectors", "patch_merger", "aligner",
+    "layerwise_projectors", "spatial_projectors", "patch_merger", "aligner", "mm_projector",
 )
 LANGUAGE_MODEL_NAMES = ("language_model", "text_model")
 
@@ -96,7 +96,8 @@ _DECODER_LAYERS = [parts.decoder_layers for parts in _PARTS]
 _LANGUAGE_TARGETS = (
     rf".*(?:{_alternatives([*_DECODER_LAYERS, *(d.replace('.layers', '.model.layers') for d in _DECODER_LAYERS)])})"
     # GLM-4's MLP fuses the gate and up projections (`gate_up_proj`).
-    r"\.\d+\.(?:self_attn\.(?:q_proj|k_proj|v_proj|o_proj)"
+    # DeepSeek-V3's multi-head latent attention (Kimi K2.5's) projects queries and keys/values through low-rank pairs.
+    r"\.\d+\.(?:self_attn\.(?:q_proj|k_proj|v_proj|o_proj|q_a_proj|q_b_proj|kv_a_proj_with_mqa|kv_b_proj)"
     r"|(?:mlp|feed_forward)\.(?:gate_proj|up_proj|gate_up_proj|down_proj)"
     # Qwen3.5's hybrid stack: the GatedDeltaNet (linear attention) layers' projections, and the MoE's shared expert
     # (GLM-4.5's: `shared_experts`).
@@ -123,7 +124,8 @@ def component_of(name: str) -> str:
 def check_model_parts(model: nn.Module) -> None:
     """Raise `ValueError` naming what is missing if a model without a family record lacks a vision tower, a projector
     or a language model under transformers 5's names (`VISION_TOWER_NAMES`, `PROJECTOR_NAMES`,
-    `LANGUAGE_MODEL_NAMES`): its parts could not be frozen, given learning rates or LoRA targets."""
+    `LANGUAGE_MODEL_NAMES`): its parts could not be frozen, given learning rates or LoRA targets; and if it has all
+    three but no forward (`refuse_model_without_forward`)."""
     if family_of_model(model) is not None:
         return
     names = [name for name, _ in model.named_modules()]
@@ -144,6 +146,22 @@ def check_model_parts(model: nn.Module) -> None:
             f"and this model has no {'; no '.join(missing)}. Its parts cannot be frozen, given learning rates or "
             "LoRA targets; a record for the family in `vlsft.families.FAMILIES` says where they are."
         )
+    refuse_model_without_forward(model)
+
+
+def refuse_model_without_forward(model: nn.Module) -> None:
+    """Raise `ValueError` for a model whose class has no forward (it only generates, through sub-models: Qwen3-Omni's
+    whole model, thinker + talker), naming the sub-models that do have one, to train instead."""
+    if type(model).forward is not nn.Module.forward:
+        return
+    trainable = [f"`{name}` ({type(child).__name__})" for name, child in model.named_children()
+                 if type(child).forward is not nn.Module.forward and hasattr(child, "get_output_embeddings")]
+    model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+    raise ValueError(
+        f"{model_type}: {type(model).__name__} has no forward to train (it only generates, through its sub-models). "
+        f"Train the sub-model that reads text and images: {', '.join(trainable) or 'none found'}, e.g. "
+        "`model.thinker` for Qwen3-Omni (load it with `Qwen3OmniMoeThinkerForConditionalGeneration`)."
+    )
 
 
 def named_parameters_by_component(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:

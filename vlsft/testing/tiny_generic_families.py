@@ -27,6 +27,11 @@ from vlsft.testing.tiny_generic_minicpm47_ocr import (
     build_tiny_fast_vlm,
     build_tiny_lighton_ocr,
     build_tiny_minicpmv4_7,
+from vlsft.testing.tiny_generic_kimi_step_exaone import (
+    build_tiny_exaone4_5,
+    build_tiny_kimi_k25,
+    build_tiny_qwen3_omni_moe_thinker,
+    build_tiny_step3p7,
 )
 
 GENERIC_BUILDERS = {
@@ -62,4 +67,8 @@ GENERIC_BUILDERS = {
     "minicpmv4_7": build_tiny_minicpmv4_7,
     "lighton_ocr": build_tiny_lighton_ocr,
     "fast_vlm": build_tiny_fast_vlm,
+    "exaone4_5": build_tiny_exaone4_5,
+    "kimi_k25": build_tiny_kimi_k25,
+    "step3p7": build_tiny_step3p7,
+    "qwen3_omni_moe_thinker": build_tiny_qwen3_omni_moe_thinker,
 }
