@@ -27,6 +27,7 @@ from vlsft.testing.tiny_generic_minicpm47_ocr import (
     build_tiny_fast_vlm,
     build_tiny_lighton_ocr,
     build_tiny_minicpmv4_7,
+)
 from vlsft.testing.tiny_generic_kimi_step_exaone import (
     build_tiny_exaone4_5,
     build_tiny_kimi_k25,
