@@ -278,3 +278,26 @@ def test_a_row_with_only_history_to_train_names_the_history_rule_and_the_switch(
     assert "set `reasoning_history: keep` to render and train every turn with its reasoning" in got
     assert ("`preserve_thinking: true`" in got) == (family == "qwen3_6")
     assert reasons(collator(family, template_kwargs={"reasoning_history": "keep"}), [history_only]) == [""]
+
+
+@pytest.mark.parametrize("family", ["gemma4_v2", "gemma4_v3"])
+def test_a_list_valued_system_prompt_is_never_trained_as_python_text(family):
+    """Gemma 4's v2 and v3 templates write the system prompt with a string filter: a list of text items (as TRL's data
+    path gives every message) rendered as `[{'type': 'text', ...}]`. It is given as its string, as at inference, and
+    the row equals the same row with a string system prompt."""
+    import torch
+
+    from tests.conftest import _shapes
+    from vlsft.collator import VisionChatCollator
+    from vlsft.templates import training_template
+    from vlsft.testing.tiny_families import build_tiny
+
+    _, processor = build_tiny(family)
+    collate = VisionChatCollator(processor, training_template(family))
+    row, _ = _shapes()["system_list"]
+    as_list = collate([row])
+    text = processor.tokenizer.decode(as_list["input_ids"][0])
+    assert "'type'" not in text and "Be brief." in text
+    system = row["messages"][0]
+    as_string = {**row, "messages": [{**system, "content": system["content"][0]["text"]}, *row["messages"][1:]]}
+    assert torch.equal(collate([as_string])["input_ids"], as_list["input_ids"])

@@ -186,9 +186,10 @@ class RowRendering:
             refuse_uncollated_media(self.family, row, messages)
         if self.generic_family or self.generic_masks:  # a stock template gets the content as TRL's data path gives it
             messages = as_content_items(messages)
-            # ... except text the template reads as a string (it would write the list's Python text).
-            rendered = self.render_stock(messages, add_generation_prompt, tools, template_kwargs)
-            messages = strings_where_the_template_reads_strings(rendered, messages)
+        # Text-only content a template reads as a string (it would write the list's Python text: Gemma 4 v2/v3's
+        # system prompt, GLM-4.5's tool responses) is given as that string, as at inference.
+        rendered = self.render_stock(messages, add_generation_prompt, tools, template_kwargs)
+        messages = strings_where_the_template_reads_strings(rendered, messages)
         if self.generic_masks and not add_generation_prompt:
             render = partial(self.render_stock, tools=tools, kwargs=template_kwargs)  # (messages, add_generation_prompt)
             text, spans = assistant_spans(
