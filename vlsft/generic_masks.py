@@ -243,6 +243,16 @@ def refuse_uncollated_media(family: Family, row: dict, messages: list[dict]) -> 
 _ITEM_AS_TEXT = "{'type': '"
 
 
+def has_text_only_items(message: dict) -> bool:
+    """Whether `message`'s content is a non-empty list of text items only: what a template may read as a string."""
+    content = message.get("content")
+    return (
+        isinstance(content, list)
+        and bool(content)
+        and all(isinstance(item, dict) and item.get("type") == "text" for item in content)
+    )
+
+
 def strings_where_the_template_reads_strings(text: str, messages: list[dict]) -> list[dict]:
     """`messages`, with each text-only content that the template wrote as Python text (`text`: its rendering) given
     as its string: the template reads a string there (GLM-4.5's tool responses, Perception LM's system prompt), as
@@ -254,9 +264,7 @@ def strings_where_the_template_reads_strings(text: str, messages: list[dict]) ->
     for message in messages:
         content = message.get("content")
         if (
-            isinstance(content, list)
-            and content
-            and all(isinstance(item, dict) and item.get("type") == "text" for item in content)
+            has_text_only_items(message)
             and any(repr(item) in text for item in content)
             and not any(_ITEM_AS_TEXT in str(item.get("text") or "") for item in content)  # unless it spells that out
         ):

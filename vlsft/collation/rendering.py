@@ -37,6 +37,7 @@ from vlsft.generic_masks import (
     refuse_dropped_tool_calls,
     refuse_uncollated_media,
     stop_token_after_turns,
+    has_text_only_items,
     strings_where_the_template_reads_strings,
 )
 from vlsft.templates import check_expressible, check_media, split_inline_reasoning
@@ -188,8 +189,9 @@ class RowRendering:
             messages = as_content_items(messages)
         # Text-only content a template reads as a string (it would write the list's Python text: Gemma 4 v2/v3's
         # system prompt, GLM-4.5's tool responses) is given as that string, as at inference.
-        rendered = self.render_stock(messages, add_generation_prompt, tools, template_kwargs)
-        messages = strings_where_the_template_reads_strings(rendered, messages)
+        if any(has_text_only_items(message) for message in messages):  # else nothing to give as a string
+            rendered = self.render_stock(messages, add_generation_prompt, tools, template_kwargs)
+            messages = strings_where_the_template_reads_strings(rendered, messages)
         if self.generic_masks and not add_generation_prompt:
             render = partial(self.render_stock, tools=tools, kwargs=template_kwargs)  # (messages, add_generation_prompt)
             text, spans = assistant_spans(
