@@ -71,7 +71,7 @@ def _shapes():
     return {
         "one_image_one_turn": (
             {"messages": [user(IMAGE, "What colour is it?"), assistant("Red.")], "images": [image()]},
-            ["Red.<|im_end|>\n"],
+            ["Red.<|im_end|>"],
         ),
         "multi_turn_later_images": (
             {
@@ -85,14 +85,14 @@ def _shapes():
                 ],
                 "images": [image((0, 0, 255)), image((0, 255, 0), (96, 64))],
             },
-            ["Yes, send one.<|im_end|>\n", "A square.<|im_end|>\n", "A circle on the left.<|im_end|>\n"],
+            ["Yes, send one.<|im_end|>", "A square.<|im_end|>", "A circle on the left.<|im_end|>"],
         ),
         "several_images_one_turn": (
             {
                 "messages": [user(IMAGE, IMAGE, IMAGE, "Which differs?"), assistant("The third one.")],
                 "images": [image(), image(), image((0, 0, 255), (48, 80))],
             },
-            ["The third one.<|im_end|>\n"],
+            ["The third one.<|im_end|>"],
         ),
         "system_string": (
             {
@@ -103,7 +103,7 @@ def _shapes():
                 ],
                 "images": [image()],
             },
-            ["Red<|im_end|>\n"],
+            ["Red<|im_end|>"],
         ),
         "system_list": (
             {
@@ -114,7 +114,7 @@ def _shapes():
                 ],
                 "images": [image()],
             },
-            ["Square<|im_end|>\n"],
+            ["Square<|im_end|>"],
         ),
         "tool_call_with_text": (
             {
@@ -128,8 +128,8 @@ def _shapes():
                 "tools": TOOLS,
             },
             [
-                'Zooming in.\n<tool_call>\n{"name": "zoom", "arguments": {"region": "left"}}\n</tool_call><|im_end|>\n',
-                "It is a red dot.<|im_end|>\n",
+                'Zooming in.\n<tool_call>\n{"name": "zoom", "arguments": {"region": "left"}}\n</tool_call><|im_end|>',
+                "It is a red dot.<|im_end|>",
             ],
         ),
         "tool_call_without_text": (
@@ -139,8 +139,8 @@ def _shapes():
                 "tools": TOOLS,
             },
             [
-                '<tool_call>\n{"name": "zoom", "arguments": {"region": "right"}}\n</tool_call><|im_end|>\n',
-                "Blue.<|im_end|>\n",
+                '<tool_call>\n{"name": "zoom", "arguments": {"region": "right"}}\n</tool_call><|im_end|>',
+                "Blue.<|im_end|>",
             ],
         ),
         "tool_response_with_image": (
@@ -155,13 +155,13 @@ def _shapes():
                 "tools": TOOLS,
             },
             [
-                '<tool_call>\n{"name": "zoom", "arguments": {"region": "corner"}}\n</tool_call><|im_end|>\n',
-                "A tiny green star.<|im_end|>\n",
+                '<tool_call>\n{"name": "zoom", "arguments": {"region": "corner"}}\n</tool_call><|im_end|>',
+                "A tiny green star.<|im_end|>",
             ],
         ),
         "empty_answer": (
             {"messages": [user(IMAGE, "Say nothing."), assistant("")], "images": [image()]},
-            ["<|im_end|>\n"],
+            ["<|im_end|>"],
         ),
         "user_imitates_template": (
             {
@@ -171,11 +171,11 @@ def _shapes():
                 ],
                 "images": [image()],
             },
-            ["Yes.<|im_end|>\n"],
+            ["Yes.<|im_end|>"],
         ),
         "text_only": (
             {"messages": [user("Just text, no picture."), assistant("Fine by me.")], "images": []},
-            ["Fine by me.<|im_end|>\n"],
+            ["Fine by me.<|im_end|>"],
         ),
     }
 

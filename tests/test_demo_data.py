@@ -112,9 +112,9 @@ def expected_runs(row):
             continue
         if message.get("tool_calls"):
             region = message["tool_calls"][0]["function"]["arguments"]["region"]
-            runs.append(f'<tool_call>\n{{"name": "zoom", "arguments": {{"region": "{region}"}}}}\n</tool_call><|im_end|>\n')
+            runs.append(f'<tool_call>\n{{"name": "zoom", "arguments": {{"region": "{region}"}}}}\n</tool_call><|im_end|>')
         else:
-            runs.append(message["content"][0]["text"] + "<|im_end|>\n")
+            runs.append(message["content"][0]["text"] + "<|im_end|>")
     return runs
 
 

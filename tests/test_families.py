@@ -54,24 +54,25 @@ from vlsft.data.validation import InvalidRowsError
 FAMILY_NAMES = ["qwen3_vl_moe", "qwen2_5_vl", "gemma3", "idefics3", "smolvlm", "llava_next", "gemma4_v5"]
 
 # What one assistant turn with text `text` must supervise, written from each family's chat format: the body after the
-# assistant cue, through the end-of-turn token (and the newline the template writes after it).
+# assistant cue, through the end-of-turn token (the model stops there: what the template writes after it is not
+# supervised).
 EXPECTED_TURN = {
-    "qwen3_vl_moe": lambda text: f"{text}<|im_end|>\n",
-    "qwen2_5_vl": lambda text: f"{text}<|im_end|>\n",
-    "gemma3": lambda text: f"{text.strip()}<end_of_turn>\n",  # Gemma 3's template trims every text
-    "idefics3": lambda text: f" {text}<end_of_utterance>\n",  # the space after 'Assistant:' is generated
-    "smolvlm": lambda text: f" {text}<end_of_utterance>\n",
+    "qwen3_vl_moe": lambda text: f"{text}<|im_end|>",
+    "qwen2_5_vl": lambda text: f"{text}<|im_end|>",
+    "gemma3": lambda text: f"{text.strip()}<end_of_turn>",  # Gemma 3's template trims every text
+    "idefics3": lambda text: f" {text}<end_of_utterance>",  # the space after 'Assistant:' is generated
+    "smolvlm": lambda text: f" {text}<end_of_utterance>",
     "llava_next": lambda text: f" {text}</s>",  # the space after '[/INST]' is generated; the one after </s> is not
-    "gemma4_v5": lambda text: f"{text.strip()}<turn|>\n",  # Gemma 4's template trims the model's text
+    "gemma4_v5": lambda text: f"{text.strip()}<turn|>",  # Gemma 4's template trims the model's text
 }
 
 # Gemma 4 renders a tool-call turn as the calls, then `<|tool_response>` (the token the model stops on), the tool's
 # response (prompt), and the turn's text continuing after it; the supervised runs of each tool shape, written out.
 GEMMA4_CALL = '<|tool_call>call:zoom{{region:<|"|>{}<|"|>}}<tool_call|><|tool_response>'
 GEMMA4_TOOL_EXPECTED = {
-    "tool_call_with_text": [GEMMA4_CALL.format("left"), "Zooming in.It is a red dot.<turn|>\n"],
-    "tool_call_without_text": [GEMMA4_CALL.format("right"), "Blue.<turn|>\n"],
-    "tool_response_with_image": [GEMMA4_CALL.format("corner"), "A tiny green star.<turn|>\n"],
+    "tool_call_with_text": [GEMMA4_CALL.format("left"), "Zooming in.It is a red dot.<turn|>"],
+    "tool_call_without_text": [GEMMA4_CALL.format("right"), "Blue.<turn|>"],
+    "tool_response_with_image": [GEMMA4_CALL.format("corner"), "A tiny green star.<turn|>"],
 }
 
 # A user message that spells out the family's own turn markers: masks come from the template, not from token patterns.
@@ -184,7 +185,7 @@ def template_conversations(family):
         yield name, messages, row.get("tools")
 
 
-@pytest.mark.parametrize("family", FAMILY_NAMES)
+@pytest.mark.parametrize("family", [name for name in FAMILY_NAMES if FAMILIES[name].training_template is not None])
 def test_training_template_renders_like_the_stock_template_and_keeps_prefixes(family):
     stock, ours = stock_template(family), training_template(family)
     for name, messages, tools in template_conversations(family):
@@ -407,13 +408,18 @@ def test_one_batch_of_4_equals_4_accumulated_micro_batches_of_1(family, tmp_path
             family, tmp_path / f"{batch_size}x{accumulation}", per_device_train_batch_size=batch_size,
             gradient_accumulation_steps=accumulation,
         )
+        if trainer.aux_loss_enabled:
+            # The MoE load-balancing loss is a mean over each micro-batch's tokens (as in TRL and the model's own
+            # forward): not additive over micro-batches, so 4x1 and 1x4 differ by design (~1e-4 of the update here).
+            # The equivalence proven is the token loss's.
+            trainer.router_aux_loss_coef = 0.0
         trainer.train()
         weights.append({n: p.detach().clone() for n, p in trainer.model.named_parameters()})
         losses.append(trainer.state.log_history[0]["loss"])
     update = max((weights[0][n] - start[n]).abs().max() for n in start)
     difference = max((weights[0][n] - weights[1][n]).abs().max() for n in start)
     assert update > 1e-3  # the step really moved the weights
-    assert difference <= 1e-4 * update
+    assert difference <= 1e-5 * update
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
 

@@ -166,7 +166,7 @@ def test_each_revision_is_recognised_and_its_training_template_renders_the_stock
                 assert rendered(family, row, ours, **kwargs) == rendered(family, row, **kwargs), (name, kwargs)
 
 
-@pytest.mark.parametrize("family", ["gemma4_v5", "gemma4", "gemma4_v2"])
+@pytest.mark.parametrize("family", ["gemma4_v5", "gemma4"])  # the release revision trains on the rule itself
 def test_supervision_starts_where_the_inference_prompt_ends(family):
     """For every supervised turn, the stock template's prompt for it (the conversation before it plus the generation
     prompt, with the same switches) is a prefix of the training text, and a generation block starts right there:
@@ -202,9 +202,9 @@ THINKING = {"enable_thinking": True}
 
 
 def test_reasoning_and_answer_is_supervised_as_the_model_generates_it():
-    assert supervised(CURRENT, rows()["reasoning_answer"]) == [thought("It looks red.") + "Red.<turn|>\n"]
+    assert supervised(CURRENT, rows()["reasoning_answer"]) == [thought("It looks red.") + "Red.<turn|>"]
     assert supervised(CURRENT, rows()["reasoning_answer"], chat_template_kwargs=THINKING) == [
-        thought("It looks red.") + "Red.<turn|>\n"
+        thought("It looks red.") + "Red.<turn|>"
     ]
 
 
@@ -212,11 +212,11 @@ def test_reasoning_and_tool_call_then_the_answer_after_the_tool_response():
     row = rows()["reasoning_tool_call"]
     call = thought("Zoom first.") + CALL.format("left")
     # Thinking off: after the tool's response the model generates the whole continuation.
-    assert supervised(CURRENT, row) == [call, thought("The tool said done.") + "It is a red dot.<turn|>\n"]
+    assert supervised(CURRENT, row) == [call, thought("The tool said done.") + "It is a red dot.<turn|>"]
     # Thinking on: the generation prompt after a tool response already holds `<|channel>thought\n`.
     assert supervised(CURRENT, row, chat_template_kwargs=THINKING) == [
         call,
-        "The tool said done.\n<channel|>It is a red dot.<turn|>\n",
+        "The tool said done.\n<channel|>It is a red dot.<turn|>",
     ]
 
 
@@ -227,24 +227,24 @@ def test_answer_only_with_thinking_on_and_off(thinking):
     row = rows()["answer_only"]
     batch = collate(CURRENT, [row], chat_template_kwargs={"enable_thinking": thinking})
     tokenizer = tiny(CURRENT)[1].tokenizer
-    assert supervised_texts(tokenizer, batch["input_ids"][0], batch["labels"][0]) == ["Red.<turn|>\n"]
+    assert supervised_texts(tokenizer, batch["input_ids"][0], batch["labels"][0]) == ["Red.<turn|>"]
     text = tokenizer.decode(batch["input_ids"][0])
     assert ("<|turn>system\n<|think|>\n<turn|>" in text) == thinking
     # An empty reasoning field is no reasoning: nothing is rendered for it, nothing extra supervised.
     assert supervised(CURRENT, rows()["empty_reasoning"], chat_template_kwargs={"enable_thinking": thinking}) == [
-        "Red.<turn|>\n"
+        "Red.<turn|>"
     ]
 
 
 def test_reasoning_in_history_under_drop_and_keep():
     row = rows()["history"]
     # drop (default): the stock text; the first answer's reasoning is dropped there, so that turn is not trained.
-    assert supervised(CURRENT, row) == [thought("It looks red.") + "Red.<turn|>\n"]
+    assert supervised(CURRENT, row) == [thought("It looks red.") + "Red.<turn|>"]
     assert collate(CURRENT, [row])["input_ids"].shape == collate(CURRENT, [rows()["history"]])["input_ids"].shape
     # keep: every turn's reasoning rendered and supervised (TRL's training-template behaviour).
     assert supervised(CURRENT, row, reasoning_history="keep") == [
-        thought("Four equal sides.") + "A square.<turn|>\n",
-        thought("It looks red.") + "Red.<turn|>\n",
+        thought("Four equal sides.") + "A square.<turn|>",
+        thought("It looks red.") + "Red.<turn|>",
     ]
     drop_text = rendered(CURRENT, row, training_template(CURRENT))
     keep_text = rendered(CURRENT, row, training_template(CURRENT), reasoning_history="keep")
@@ -252,11 +252,11 @@ def test_reasoning_in_history_under_drop_and_keep():
     assert keep_text == drop_text.replace("A square.", thought("Four equal sides.") + "A square.")
     # A tool-call turn in history: under drop its reasoning is dropped and it is not trained; the answer that
     # continues it has no reasoning and is trained, as is the last turn.
-    assert supervised(CURRENT, rows()["history_tool_call"]) == ["Blue.<turn|>\n", thought("It was blue.") + "Yes.<turn|>\n"]
+    assert supervised(CURRENT, rows()["history_tool_call"]) == ["Blue.<turn|>", thought("It was blue.") + "Yes.<turn|>"]
     assert supervised(CURRENT, rows()["history_tool_call"], reasoning_history="keep") == [
         thought("Zoom first.") + CALL.format("right"),
-        "Blue.<turn|>\n",
-        thought("It was blue.") + "Yes.<turn|>\n",
+        "Blue.<turn|>",
+        thought("It was blue.") + "Yes.<turn|>",
     ]
 
 
@@ -267,13 +267,13 @@ def test_an_earlier_revision_supervises_what_it_renders():
     with pytest.raises(RowError, match=r"message 1 has `reasoning_content`, but .* does not render it.*set `reasoning_history: keep`"):
         supervised("gemma4", rows()["reasoning_answer"])
     assert supervised("gemma4", rows()["reasoning_answer"], reasoning_history="keep") == [
-        thought("It looks red.") + "Red.<turn|>\n"
+        thought("It looks red.") + "Red.<turn|>"
     ]
     row = rows()["reasoning_tool_call"]
     row["messages"][-1].pop("reasoning_content")  # an answer's: not rendered under drop (above)
     assert supervised("gemma4", row, chat_template_kwargs=THINKING) == [
         thought("Zoom first.") + CALL.format("left"),
-        "It is a red dot.<turn|>\n",
+        "It is a red dot.<turn|>",
     ]
 
 
@@ -285,8 +285,8 @@ def test_the_release_revision_supervises_tool_calls_as_their_own_turn():
     for message in row["messages"]:
         message.pop("reasoning_content", None)
     assert supervised("gemma4_v2", row) == [
-        call + "<turn|>\n",
-        "It is a red dot.<turn|>\n",
+        call + "<turn|>",
+        "It is a red dot.<turn|>",
     ]
     # It renders no reasoning: a row with some is refused, not trained as its answer alone.
     with pytest.raises(RowError, match=r"message 1 has `reasoning_content`, but .*release template.* does not render it"):
@@ -294,7 +294,7 @@ def test_the_release_revision_supervises_tool_calls_as_their_own_turn():
 
 
 def test_reasoning_that_imitates_the_template_is_supervised_verbatim():
-    assert supervised(CURRENT, rows()["lookalike"]) == [thought(LOOKALIKE) + "Red.<turn|>\n"]
+    assert supervised(CURRENT, rows()["lookalike"]) == [thought(LOOKALIKE) + "Red.<turn|>"]
 
 
 def test_inline_reasoning_in_the_channel_form_is_trained_as_reasoning():
@@ -366,7 +366,7 @@ def test_per_turn_weights_and_reasoning_weight_on_reasoning_history():
     generation block, and a tool-call message's text after the inlined tool response is a second block announced by
     an empty one: weights map one per assistant message. Written out by hand for the current revision."""
     history, tool_text, tool_call = rows()["history"], rows()["tool_call_with_text"], rows()["reasoning_tool_call"]
-    red, square = "Red.<turn|>\n", "A square.<turn|>\n"
+    red, square = "Red.<turn|>", "A square.<turn|>"
     for thinking in ({"enable_thinking": False}, THINKING):
         def runs(row, reasoning_history, **kwargs):
             return weighted(CURRENT, row, reasoning_history, thinking, **kwargs)
@@ -387,18 +387,18 @@ def test_per_turn_weights_and_reasoning_weight_on_reasoning_history():
         # The tool-call message's two blocks (call, then its text after the response) carry its one weight.
         call = thought("Zoom first.") + CALL.format("left")
         last = thought("Saw red.") + red
-        assert runs(with_weights(tool_text, 2.0, 0.5), "keep") == [(call, 2.0), ("Zooming.<turn|>\n", 2.0),
+        assert runs(with_weights(tool_text, 2.0, 0.5), "keep") == [(call, 2.0), ("Zooming.<turn|>", 2.0),
                                                                     (last, 0.5)]
         assert runs(with_weights(tool_text, 2.0, 0.5), "drop") == [(last, 0.5)]
         assert runs(tool_text, "keep", reasoning_weight=0.5) == [
-            (thought("Zoom first."), 0.5), (CALL.format("left"), 1.0), ("Zooming.<turn|>\n", 1.0),
+            (thought("Zoom first."), 0.5), (CALL.format("left"), 1.0), ("Zooming.<turn|>", 1.0),
             (thought("Saw red."), 0.5), (red, 1.0)]
         assert runs(tool_text, "keep", train_on_turns="last") == [(last, 1.0)]
     # Thinking on, after a tool response the generation prompt already opened the thought channel: the reasoning
     # that the turn starts with is still reasoning.
     assert weighted(CURRENT, tool_call, "drop", THINKING, reasoning_weight=0.5) == [
         (thought("Zoom first."), 0.5), (CALL.format("left"), 1.0), ("The tool said done.\n<channel|>", 0.5),
-        ("It is a red dot.<turn|>\n", 1.0)]
+        ("It is a red dot.<turn|>", 1.0)]
 
 
 @pytest.mark.parametrize("family", REVISIONS)
@@ -452,7 +452,7 @@ def test_reasoning_history_is_checked_and_reaches_the_collator(tmp_path):
     collator = training_collator(tiny(CURRENT)[1], args)
     batch = collator([rows()["history"]])
     texts = supervised_texts(tiny(CURRENT)[1].tokenizer, batch["input_ids"][0], batch["labels"][0])
-    assert texts[0] == thought("Four equal sides.") + "A square.<turn|>\n"
+    assert texts[0] == thought("Four equal sides.") + "A square.<turn|>"
 
 
 # -- media vlsft does not collate for Gemma 4 ------------------------------------------------------------------------

@@ -189,7 +189,7 @@ def expected_turns(family, messages, kwargs, keep=False):
             assert position < last_query, "the data of this case contradicts its switch"
             continue  # history reasoning under thinking off: never generated so, context only
         head = f"{reasoning}\n</think>\n\n" if on else ""
-        expected.append((position, f"{head}{answer}{tool_call_text(message, answer)}<|im_end|>\n"))
+        expected.append((position, f"{head}{answer}{tool_call_text(message, answer)}<|im_end|>"))
     return expected
 
 
@@ -348,8 +348,8 @@ def test_per_turn_weights_and_reasoning_weight_on_reasoning_history(family, hist
                 {**m, "weight": 0.0} if i == assistants[0] else m for i, m in enumerate(weighted["messages"])]})
     if family == "qwen3_5_think":  # the multi-turn row written out by hand
         row = shapes["multi_turn_reasoning_in_history"]
-        final = [("Four equal sides.\n</think>", 0.5), ("\n\nA square.<|im_end|>\n", 1.0)]
-        history_turn = [("A greeting; say yes.\n</think>", 0.5), ("\n\nYes, send one.<|im_end|>\n", 1.0)]
+        final = [("Four equal sides.\n</think>", 0.5), ("\n\nA square.<|im_end|>", 1.0)]
+        history_turn = [("A greeting; say yes.\n</think>", 0.5), ("\n\nYes, send one.<|im_end|>", 1.0)]
         batch = collator(family, template_kwargs=template_kwargs, reasoning_weight=0.5)([row])
         assert weighted_runs(tokenizer, batch, 0) == (final if history == "drop" else history_turn + final)
 
@@ -363,27 +363,27 @@ def test_thinking_shapes_supervise_reasoning_answer_and_end_of_turn_exactly():
     """The thinking shapes, written out by hand for Qwen3.5 (think template)."""
     shapes = reasoning_shapes()
     family = "qwen3_5_think"
-    assert texts_of(family, shapes["reasoning_and_answer"]) == ["The picture is red all over.\n</think>\n\nRed.<|im_end|>\n"]
+    assert texts_of(family, shapes["reasoning_and_answer"]) == ["The picture is red all over.\n</think>\n\nRed.<|im_end|>"]
     assert texts_of(family, shapes["reasoning_and_tool_call"]) == [
         "I need a closer look.\n</think>\n\nZooming in.\n\n<tool_call>\n<function=zoom>\n<parameter=region>\nleft\n"
-        "</parameter>\n</function>\n</tool_call><|im_end|>\n",
-        "The zoomed view shows a dot.\n</think>\n\nIt is a red dot.<|im_end|>\n",
+        "</parameter>\n</function>\n</tool_call><|im_end|>",
+        "The zoomed view shows a dot.\n</think>\n\nIt is a red dot.<|im_end|>",
     ]
     # Answer only, thinking on: the model must learn to close an empty reasoning block, so `\n</think>\n\n` is
     # supervised (the `<think>\n` before it is in the generation prompt).
     answer_only = {"messages": [user(IMAGE, "Colour?"), thinker("Red.")], "images": [image()]}
-    assert texts_of(family, answer_only) == ["\n</think>\n\nRed.<|im_end|>\n"]
+    assert texts_of(family, answer_only) == ["\n</think>\n\nRed.<|im_end|>"]
     # Thinking off: the generation prompt already holds the whole empty block `<think>\n\n</think>\n\n`.
-    assert texts_of(family, {**answer_only, "chat_template_kwargs": {"enable_thinking": False}}) == ["Red.<|im_end|>\n"]
-    assert texts_of("qwen3_5_nothink", answer_only) == ["Red.<|im_end|>\n"]
+    assert texts_of(family, {**answer_only, "chat_template_kwargs": {"enable_thinking": False}}) == ["Red.<|im_end|>"]
+    assert texts_of("qwen3_5_nothink", answer_only) == ["Red.<|im_end|>"]
     # Multi-turn with reasoning in history: drop trains the last turn only, history rendered as at inference.
     history = shapes["multi_turn_reasoning_in_history"]
-    assert texts_of(family, history) == ["Four equal sides.\n</think>\n\nA square.<|im_end|>\n"]
+    assert texts_of(family, history) == ["Four equal sides.\n</think>\n\nA square.<|im_end|>"]
     rendered = collator(family).render(history)[0]
     assert "A greeting" not in rendered and "<|im_start|>assistant\nYes, send one.<|im_end|>" in rendered
     assert texts_of(family, history, template_kwargs={"reasoning_history": "keep"}) == [
-        "A greeting; say yes.\n</think>\n\nYes, send one.<|im_end|>\n",
-        "Four equal sides.\n</think>\n\nA square.<|im_end|>\n",
+        "A greeting; say yes.\n</think>\n\nYes, send one.<|im_end|>",
+        "Four equal sides.\n</think>\n\nA square.<|im_end|>",
     ]
     # Qwen3.8 preserves reasoning history by default: every turn is trained under drop too.
     assert texts_of("qwen3_8", history) == texts_of(family, history, template_kwargs={"reasoning_history": "keep"})
@@ -393,15 +393,15 @@ def test_thinking_shapes_supervise_reasoning_answer_and_end_of_turn_exactly():
         rendered_history = copy.deepcopy(history)
         rendered_history["messages"][-1].pop("reasoning_content")
         rendered_history["chat_template_kwargs"] = {"enable_thinking": False}
-        assert texts_of(other, rendered_history, template_kwargs=kwargs) == ["A square.<|im_end|>\n"], other
+        assert texts_of(other, rendered_history, template_kwargs=kwargs) == ["A square.<|im_end|>"], other
         assert "<think>\nA greeting; say yes.\n</think>\n\nYes, send one." in collator(
             other, template_kwargs=kwargs).render(rendered_history)[0]
     # Reasoning that spells out template markers is reasoning text, supervised as written.
-    assert texts_of(family, shapes["reasoning_looks_like_the_template"]) == [f"{LOOK_ALIKE}\n</think>\n\nRed.<|im_end|>\n"]
+    assert texts_of(family, shapes["reasoning_looks_like_the_template"]) == [f"{LOOK_ALIKE}\n</think>\n\nRed.<|im_end|>"]
     # Inline reasoning in the content is split out by the Qwen3.5/3.6 templates.
     inline = {"messages": [user(IMAGE, "Colour?"), thinker("<think>\nAll red.\n</think>\n\nRed.")], "images": [image()]}
-    assert texts_of(family, inline) == ["All red.\n</think>\n\nRed.<|im_end|>\n"]
-    assert texts_of("qwen3_6", inline) == ["All red.\n</think>\n\nRed.<|im_end|>\n"]
+    assert texts_of(family, inline) == ["All red.\n</think>\n\nRed.<|im_end|>"]
+    assert texts_of("qwen3_6", inline) == ["All red.\n</think>\n\nRed.<|im_end|>"]
 
 
 def test_switches_apply_per_recipe_and_per_row():
@@ -420,8 +420,8 @@ def test_switches_apply_per_recipe_and_per_row():
     on = {**off, "chat_template_kwargs": {"enable_thinking": None}}
     batch = collator("qwen3_5_think")([off, on])
     tokenizer = tiny(family)[1].tokenizer
-    assert supervised_texts(tokenizer, batch["input_ids"][0], batch["labels"][0]) == ["Red.<|im_end|>\n"]
-    assert supervised_texts(tokenizer, batch["input_ids"][1], batch["labels"][1]) == ["\n</think>\n\nRed.<|im_end|>\n"]
+    assert supervised_texts(tokenizer, batch["input_ids"][0], batch["labels"][0]) == ["Red.<|im_end|>"]
+    assert supervised_texts(tokenizer, batch["input_ids"][1], batch["labels"][1]) == ["\n</think>\n\nRed.<|im_end|>"]
 
 
 @pytest.mark.parametrize("history", ["drop", "keep"])

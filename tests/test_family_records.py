@@ -56,15 +56,30 @@ def test_the_record_is_consistent(family):
 @pytest.mark.parametrize("family", NAMES)
 def test_the_templates_ship_and_are_recognised(family):
     spec = FAMILIES[family]
-    assert resources.files("vlsft").joinpath("templates", spec.training_template).is_file()
     assert resources.files("trl").joinpath("chat_templates", f"{spec.stock_template}.jinja").is_file()
+    assert not has_generation_markers(stock_template(family))
     training = training_template(family)
-    assert has_generation_markers(training) and not has_generation_markers(stock_template(family))
-    # Recognised as this family, or as the first family of the table sharing its templates (Qwen3-VL-MoE trains with
-    # Qwen3-VL's): either way the same training template.
+    if spec.training_template is None:  # the stock template itself, masked by the incremental-rendering rule
+        assert training == stock_template(family)
+    else:
+        assert resources.files("vlsft").joinpath("templates", spec.training_template).is_file()
+        assert has_generation_markers(training)
+    # Recognised as this family, or as the first family of the table sharing its stock template (Qwen3-VL-MoE trains
+    # as Qwen3-VL): either way the same template to train with.
     for template in (stock_template(family), training):
         found = detect_family(template)
-        assert found is not None and FAMILIES[found].training_template == spec.training_template
+        assert found is not None and training_template(found) == training
+
+
+def test_only_templates_the_rule_cannot_mask_ship_as_marked_copies():
+    """A marked copy ships only where the stock template rewrites history or cannot express what training needs:
+    the Qwen3.5-generation and Gemma 4 revisions with reasoning or inlined tool responses. Each file is used."""
+    folder = resources.files("vlsft").joinpath("templates")
+    shipped = {path.name for path in folder.iterdir() if path.name.endswith(".jinja")}
+    used = {spec.training_template for spec in FAMILIES.values() if spec.training_template is not None}
+    assert shipped == used
+    for name in ("qwen3_vl", "qwen2_5_vl", "gemma3", "idefics3", "smolvlm", "llava_next", "gemma4_v2"):
+        assert FAMILIES[name].training_template is None, name
 
 
 @pytest.mark.parametrize("family", NAMES)

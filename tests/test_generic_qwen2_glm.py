@@ -231,7 +231,7 @@ def test_qwen2_vl_video_equals_the_processor_and_its_model_takes_it(qwen2_vl, tm
     reference = processor_reference(processor, "qwen2_5_vl", rows, [_decoded(clip)])
     assert_same(batch, reference)
     assert "pixel_values_videos" in batch and "second_per_grid_ts" not in batch
-    assert supervised_texts(processor.tokenizer, batch["input_ids"][0], batch["labels"][0]) == ["left<|im_end|>\n"]
+    assert supervised_texts(processor.tokenizer, batch["input_ids"][0], batch["labels"][0]) == ["left<|im_end|>"]
     with torch.no_grad():
         ours, theirs = model(**batch), model(**reference)
     assert torch.isfinite(ours.loss) and torch.equal(ours.logits, theirs.logits)

@@ -73,7 +73,7 @@ def test_text_view_markers_colour_and_counts(processor, tmp_path):
     out = quiet()
     (view,) = vlsft.inspect(rows, processor, args=args_for(tmp_path), rows="0", file=out)
     text = out.getvalue()
-    assert "[[Blue.<|im_end|>\n]]" in text
+    assert "[[Blue.<|im_end|>]]" in text
     assert "\x1b[" not in text  # not a terminal: plain markers, no escape codes
     assert f"=== row 0: {view.num_tokens} tokens, {view.num_supervised_tokens} supervised, 2 image tokens (image 0 64x96 -> 2 tokens)" in text
     assert "[image 0: 2 x <|image_pad|>]" in text
@@ -150,7 +150,7 @@ def test_command_from_a_recipe(recipe, tmp_path, capsys):
     assert cli_main(["inspect", "--config", str(recipe), "--rows", "1:3", "--html", str(page), "--max_length", "200"]) == 0
     out = capsys.readouterr().out
     assert "=== row 1: " in out and "=== row 2: " in out and "=== row 0: " not in out
-    assert "[[Answer " in out and "blue.<|im_end|>\n]]" in out
+    assert "[[Answer " in out and "blue.<|im_end|>]]" in out
     assert "image 0 64x64 -> 4 tokens" in out
     assert page.read_text().count("<img src=\"data:image/png;base64,") == 2
 

@@ -128,7 +128,7 @@ def test_one_batch_of_4_equals_4_accumulated_micro_batches_of_1(tiny, tmp_path):
     loss_b = trainer_b.state.log_history[0]["loss"]
     assert loss_a == pytest.approx(loss_b, rel=1e-5)
     assert trainer_a.state.log_history[0]["num_supervised_tokens"] == sum(
-        len(trainer_a.processing_class.tokenizer(a + "<|im_end|>\n")["input_ids"]) for a in ANSWERS
+        len(trainer_a.processing_class.tokenizer(a + "<|im_end|>")["input_ids"]) for a in ANSWERS
     )
 
 

@@ -136,11 +136,12 @@ def test_answer_starting_with_a_newline_is_tokenized_as_inference_generates_it(r
     ours = real_collator([row])
     theirs = reference(real_processor, [row])
     assert not torch.equal(ours["input_ids"], theirs["input_ids"])  # the whole-text tokenization merges the newlines
-    assert supervised_runs(real_processor.tokenizer, ours["input_ids"][0], ours["labels"][0]) == ["\nIndented answer.<|im_end|>\n"]
+    assert supervised_runs(real_processor.tokenizer, ours["input_ids"][0], ours["labels"][0]) == ["\nIndented answer.<|im_end|>"]
     # Exactly the generation prompt's ids, then the answer's ids as generated after it.
     prompt = real_processor.apply_chat_template(
         [prepare_multimodal_messages(row["messages"][:1], images=[])], add_generation_prompt=True, tokenize=True, return_dict=True
     )["input_ids"][0]
     prompt = prompt.tolist() if hasattr(prompt, "tolist") else list(prompt)
-    answer = real_processor.tokenizer("\nIndented answer.<|im_end|>\n", add_special_tokens=False)["input_ids"]
-    assert ours["input_ids"][0].tolist() == prompt + answer
+    answer = real_processor.tokenizer("\nIndented answer.<|im_end|>", add_special_tokens=False)["input_ids"]
+    newline = real_processor.tokenizer("\n", add_special_tokens=False)["input_ids"]  # written after, never generated
+    assert ours["input_ids"][0].tolist() == prompt + answer + newline

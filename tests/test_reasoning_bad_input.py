@@ -196,7 +196,7 @@ def test_escaping_trains_markers_in_the_reasoning_as_text_and_weighs_the_real_bl
     supervised = labels[labels != IGNORE_INDEX]
     # One closing marker trains as the control token (the real one), the spelled-out one as text.
     assert int((supervised == closing_id).sum()) == 1
-    assert tokenizer.decode(supervised) == "It says </think> here.\n</think>\n\nRed.<|im_end|>\n"
+    assert tokenizer.decode(supervised) == "It says </think> here.\n</think>\n\nRed.<|im_end|>"
     # `reasoning_weight` covers the whole reasoning up to the real marker, not up to the spelled-out one.
     kept = weights[labels != IGNORE_INDEX]
     marker = int((supervised == closing_id).nonzero()[0])

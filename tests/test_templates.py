@@ -1,5 +1,6 @@
-"""The training template renders exactly what the stock Qwen3-VL template renders, keeps prefixes, and puts the
-end-of-turn token inside every generation block; unknown templates fail with the fix in the message."""
+"""A generation-marked training template (Qwen3.8's) renders exactly what its stock template renders, keeps prefixes,
+and each generation block is what the model generates after the generation prompt, through the end-of-turn token;
+Qwen3-VL trains on its stock template itself; a processor without a template fails with the fix in the message."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from transformers.utils.chat_template_utils import render_jinja_template
 
 from tests.conftest import IMAGE, TOOLS, assistant, tool, user, zoom_call
 from vlsft.data.rows import normalize_messages
+from importlib import resources
+
 from vlsft.templates import (
     detect_family,
     has_generation_markers,
@@ -16,8 +19,9 @@ from vlsft.templates import (
     training_template,
 )
 
-STOCK = stock_template("qwen3_vl")
-TRAINING = training_template("qwen3_vl")
+QWEN3_VL = stock_template("qwen3_vl")  # masked by the incremental-rendering rule: no marked copy
+STOCK = stock_template("qwen3_8")
+TRAINING = training_template("qwen3_8")
 
 
 def render(template, messages, tools=None, add_generation_prompt=False, with_spans=False):
@@ -47,11 +51,12 @@ CONVERSATIONS = {
         TOOLS,
     ),
     "empty_answer": ([user("Say nothing"), assistant("")], None),
-    "string_tool_arguments": (
-        [user("Go"), {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "zoom", "arguments": '{"region": "top"}'}}]}],
-        TOOLS,
-    ),
 }
+# Qwen3.8's stock template iterates tool arguments as a mapping: arguments given as a JSON string fail in both.
+STRING_TOOL_ARGUMENTS = [
+    user("Go"),
+    {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "zoom", "arguments": '{"region": "top"}'}}]},
+]
 
 
 @pytest.mark.parametrize("name", sorted(CONVERSATIONS))
@@ -59,6 +64,12 @@ CONVERSATIONS = {
 def test_training_template_renders_like_the_stock_template(name, add_generation_prompt):
     messages, tools = CONVERSATIONS[name]
     assert render(TRAINING, messages, tools, add_generation_prompt) == render(STOCK, messages, tools, add_generation_prompt)
+
+
+def test_string_tool_arguments_fail_in_the_training_template_as_in_the_stock_one():
+    for template in (STOCK, TRAINING):
+        with pytest.raises(TypeError, match="mapping"):
+            render(template, STRING_TOOL_ARGUMENTS, TOOLS)
 
 
 @pytest.mark.parametrize("name", sorted(CONVERSATIONS))
@@ -78,15 +89,20 @@ def test_each_generation_block_is_the_assistant_body_with_its_end_of_turn(name):
     messages, tools = CONVERSATIONS[name]
     text, spans = render(TRAINING, messages, tools, with_spans=True)
     assert len(spans) == sum(m["role"] == "assistant" for m in messages)
-    for start, end in spans:
-        assert text[start:end].endswith("<|im_end|>\n")
-        assert text[:start].endswith("<|im_start|>assistant\n")  # the cue stays in the prompt
+    turns = [i for i, message in enumerate(messages) if message["role"] == "assistant"]
+    for (start, end), i in zip(spans, turns):
+        # The block starts where the generation prompt ends (the cue and the opened think block stay in the prompt)
+        # and ends on the end-of-turn token: the newline after it is never generated.
+        assert text[:start] == render(TRAINING, messages[:i], tools, add_generation_prompt=True)
+        assert text[start:end].endswith("<|im_end|>") and text[end:].startswith("\n")
         assert "<|im_start|>" not in text[start:end]
 
 
 def test_template_resolution():
-    assert detect_family(STOCK) == "qwen3_vl"
-    assert detect_family(STOCK + "\n") == "qwen3_vl"  # Hub copies differ in trailing whitespace
+    assert detect_family(QWEN3_VL) == "qwen3_vl"
+    assert detect_family(QWEN3_VL + "\n") == "qwen3_vl"  # Hub copies differ in trailing whitespace
+    assert resolve_training_template(QWEN3_VL) == QWEN3_VL and not has_generation_markers(QWEN3_VL)
+    assert detect_family(STOCK) == "qwen3_8"
     assert resolve_training_template(STOCK) == TRAINING
     assert resolve_training_template(TRAINING) == TRAINING
     custom = "{% for m in messages %}{% generation %}{{ m.content }}{% endgeneration %}{% endfor %}"
@@ -111,8 +127,9 @@ def test_trainer_rejects_an_unknown_template_with_the_fix(tiny, tmp_path):
     with pytest.raises(ValueError, match="chat_template_path"):
         VLSFTTrainer(model, args=args, train_dataset=dataset, processing_class=processor)
     # ... and the fix works: a marked template passed by path is used as is.
+    trl_marked = resources.files("trl").joinpath("chat_templates", "qwen3_vl_training.jinja").read_text()
     marked = tmp_path / "marked.jinja"
-    marked.write_text(TRAINING)
+    marked.write_text(trl_marked)
     args = VLSFTConfig(output_dir=str(tmp_path), report_to="none", chat_template_path=str(marked))
     trainer = VLSFTTrainer(model, args=args, train_dataset=dataset, processing_class=processor)
-    assert trainer.training_chat_template == TRAINING
+    assert trainer.training_chat_template == trl_marked

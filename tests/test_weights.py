@@ -21,7 +21,7 @@ from vlsft.collator import VisionChatCollator
 from vlsft.tokens import IGNORE_INDEX
 from vlsft.templates import training_template
 
-END = "<|im_end|>\n"
+END = "<|im_end|>"
 LONG = "Two shapes: a green circle on the left and a yellow triangle on the right, both small."
 
 
@@ -371,13 +371,13 @@ def test_inspect_shows_weights_and_context_only_turns(processor, tmp_path):
     out = io.StringIO()
     views = inspect(rows_only(), processor, rows="0:4", file=out, color=False, html=tmp_path / "rows.html")
     text = out.getvalue()
-    assert "[[A red square.<|im_end|>\n]]{w=0.5}" in text
-    assert "[[Yes, a large red square in the middle of the picture.<|im_end|>\n]]{w=2}" in text
-    assert "((Blue, no wait.<|im_end|>\n))" in text and "[[Green.<|im_end|>\n]]{w=1}" in text
+    assert "[[A red square.<|im_end|>]]{w=0.5}" in text
+    assert "[[Yes, a large red square in the middle of the picture.<|im_end|>]]{w=2}" in text
+    assert "((Blue, no wait.<|im_end|>))" in text and "[[Green.<|im_end|>]]{w=1}" in text
     assert "summed weight" in text
     assert not views[3].weighted and "[[" + LONG + END + "]]{" not in text  # unweighted rows print as before
     page = (tmp_path / "rows.html").read_text()
-    assert '<span class="ctx" title="context only: weight 0">Blue, no wait.&lt;|im_end|&gt;\n</span>' in page
+    assert '<span class="ctx" title="context only: weight 0">Blue, no wait.&lt;|im_end|&gt;</span>' in page
     assert '<span class="sup" data-weight="0.25">' in page and '<span class="w">w=0.25</span>' in page
     coloured = io.StringIO()
     inspect(rows_only(), processor, rows="1", file=coloured, color=True)

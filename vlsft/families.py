@@ -1,13 +1,15 @@
 """Every model family vlsft trains, one `Family` record each, in one table: `FAMILIES`.
 
-A record holds all vlsft knows about a family: its templates (the stock one TRL ships, recognised by its text, and
-vlsft's generation-marked copy in `vlsft/templates/`), its processor and model types (how a family is found when the
+A record holds all vlsft knows about a family: its templates (the stock one TRL ships, recognised by its text, and,
+only where the stock template rewrites history the incremental-rendering rule cannot mask, vlsft's generation-marked
+copy in `vlsft/templates/`), its processor and model types (how a family is found when the
 template is a custom one), its tokens, how images expand, what its template cannot express, whether its videos are
 collated, how packed rows get positions, and where its model keeps its parts (`ModelParts`). The modules that act on a
 family read this table: `vlsft.templates` (rendering and checks), `vlsft.model_parts` (parts, freezing, LoRA targets),
 the collator (tokens, expansion, videos), `vlsft.packing`.
 
-A new family is one `Family` entry here, one `.jinja` training template in `vlsft/templates/`, one tiny builder in
+A new family is one `Family` entry here (plus a `.jinja` training template in `vlsft/templates/` only if the rule
+cannot mask its stock template), one tiny builder in
 `vlsft.testing.tiny_families.FAMILY_BUILDERS` and one test (`tests/test_families.py`).
 """
 
@@ -43,7 +45,11 @@ class Family:
     name: str
     display_name: str
     stock_template: str  # name of the stock template as TRL ships it (trl/chat_templates/<name>.jinja)
-    training_template: str  # our generation-marked file in vlsft/templates/
+    # Our generation-marked file in vlsft/templates/, for a stock template that rewrites history or cannot express what
+    # training needs (Gemma 4 inlines tool responses; the thinking templates' `reasoning_history: keep`). None: the
+    # stock template itself, masked by the incremental-rendering rule (`vlsft.generic_masks`), as a copy that only
+    # added markers would mask it.
+    training_template: str | None
     processor_class: str  # the family's processor class, which finds the family when the template is a custom one
     model_types: tuple[str, ...]  # `config.model_type` of the family's models
     vision_tokens: tuple[str, ...]  # never supervised
@@ -101,7 +107,7 @@ _QWEN_TOKENS = dict(
 def _qwen3_vl(name: str, display_name: str, model_type: str) -> Family:
     # The MoE checkpoints ship the Qwen3-VL processor and template: same collation, same parts names.
     return Family(
-        name=name, display_name=display_name, stock_template="qwen3_vl", training_template="qwen3_vl_training.jinja",
+        name=name, display_name=display_name, stock_template="qwen3_vl", training_template=None,
         processor_class="Qwen3VLProcessor", model_types=(model_type,), parts=_QWEN3_VL_PARTS,
         packed_positions="mrope", reasoning_markers=_QWEN3_THINK, **_QWEN_TOKENS,
     )
@@ -134,7 +140,7 @@ _IDEFICS_VISION = ("<fake_token_around_image>", "<image>", "<global-img>") + tup
 
 def _idefics3_like(name: str, display_name: str, processor_class: str) -> Family:
     return Family(
-        name=name, display_name=display_name, stock_template=name, training_template=f"{name}_training.jinja",
+        name=name, display_name=display_name, stock_template=name, training_template=None,
         processor_class=processor_class, model_types=(name,), vision_tokens=_IDEFICS_VISION, image_token="<image>",
         end_of_turn="<end_of_utterance>",
         parts=ModelParts("vision_model", ("connector",), "text_model.layers", _SIGLIP_CLIP_VISION),
@@ -151,12 +157,15 @@ _GEMMA4_VISION = (
 )
 
 
-def _gemma4(name: str, display_name: str) -> Family:
+def _gemma4(name: str, display_name: str, marked: bool = True) -> Family:
     """One Gemma 4 stock template revision (recognised by exact text); all are collated alike. Images are `<|image|>`
     placeholders that the processor expands to `<|image>` + n soft tokens + `<image|>` (as text: the replacement is not
-    only copies of the placeholder). Audio and video are not collated yet."""
+    only copies of the placeholder). Audio and video are not collated yet. `marked`: the revision needs vlsft's
+    generation-marked copy (it inlines tool responses into the model turn, or renders reasoning); the release
+    revision does neither, so the rule masks its stock template."""
     return Family(
-        name=name, display_name=display_name, stock_template=name, training_template=f"{name}_training.jinja",
+        name=name, display_name=display_name, stock_template=name,
+        training_template=f"{name}_training.jinja" if marked else None,
         processor_class="Gemma4Processor", model_types=("gemma4",),
         vision_tokens=("<|image>", "<|image|>", "<image|>", "<|video|>", "<|audio>", "<|audio|>", "<audio|>"),
         image_token="<|image|>", end_of_turn="<turn|>", image_map_key="mm_token_type_ids",
@@ -171,13 +180,13 @@ _FAMILY_LIST = [
     _qwen3_vl("qwen3_vl_moe", "Qwen3-VL-MoE", "qwen3_vl_moe"),
     Family(
         name="qwen2_5_vl", display_name="Qwen2.5-VL", stock_template="qwen2_5_vl",
-        training_template="qwen2_5_vl_training.jinja", processor_class="Qwen2_5_VLProcessor",
+        training_template=None, processor_class="Qwen2_5_VLProcessor",
         model_types=("qwen2_5_vl",),
         parts=ModelParts("visual", ("visual.merger",), "language_model.layers", _QWEN2_5_VL_VISION),
         unsupported=_NO_TOOLS, packed_positions="mrope", **_QWEN_TOKENS,
     ),
     Family(
-        name="gemma3", display_name="Gemma 3", stock_template="gemma3", training_template="gemma3_training.jinja",
+        name="gemma3", display_name="Gemma 3", stock_template="gemma3", training_template=None,
         processor_class="Gemma3Processor", model_types=("gemma3",),
         vision_tokens=("<start_of_image>", "<image_soft_token>", "<end_of_image>"), image_token="<start_of_image>",
         end_of_turn="<end_of_turn>", image_map_key="token_type_ids",
@@ -188,7 +197,7 @@ _FAMILY_LIST = [
     _idefics3_like("smolvlm", "SmolVLM", "SmolVLMProcessor"),
     Family(
         name="llava_next", display_name="LLaVA-NeXT", stock_template="llava_next",
-        training_template="llava_next_training.jinja", processor_class="LlavaNextProcessor",
+        training_template=None, processor_class="LlavaNextProcessor",
         model_types=("llava_next",), vision_tokens=("<image>",), image_token="<image>", end_of_turn="</s>",
         # `image_newline` is LLaVA-NeXT's learned separator between image rows: a merger that is a bare parameter.
         parts=ModelParts(
@@ -201,7 +210,7 @@ _FAMILY_LIST = [
     _gemma4("gemma4_v4", "Gemma 4 (template 905e84b)"),
     _gemma4("gemma4", "Gemma 4 (template 6b7e72c)"),
     _gemma4("gemma4_v3", "Gemma 4 (template b446025)"),
-    _gemma4("gemma4_v2", "Gemma 4 (release template 4742fe8)"),
+    _gemma4("gemma4_v2", "Gemma 4 (release template 4742fe8)", marked=False),
     _qwen3_5("qwen3_5_think", "Qwen3.5 (thinking)"),
     _qwen3_5("qwen3_5_nothink", "Qwen3.5 (non-thinking)"),
     _qwen3_5("qwen3_6", "Qwen3.6"),

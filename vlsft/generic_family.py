@@ -132,7 +132,7 @@ def generic_family(processor, end_of_turn: str) -> Family:
         name=f"{GENERIC_PREFIX}{name}",
         display_name=f"{name} (generic path)",
         stock_template="",
-        training_template="",
+        training_template=None,
         processor_class=name,
         model_types=(),
         vision_tokens=vision_tokens,

@@ -1,9 +1,11 @@
-"""Chat templates: the generation-marked training templates vlsft ships, and how a processor's template is matched.
+"""Chat templates: the template vlsft trains each family with, and how a processor's template is matched.
 
-A training template renders exactly what the stock template renders, with `{% generation %}` markers around the
-part of each assistant turn that the model must learn to produce. The families and what their templates can
-express are in `vlsft.families.FAMILIES`: a new family is one `Family` entry there, one `.jinja` file in
-`vlsft/templates/`, one tiny builder in `vlsft.testing.tiny_families.FAMILY_BUILDERS` and one test.
+Most families train on their stock template, masked by the incremental-rendering rule (`vlsft.generic_masks`).
+vlsft ships a generation-marked copy (`vlsft/templates/`) only where the stock template rewrites history the rule
+cannot mask or cannot express what training needs (Gemma 4's inlined tool responses; `reasoning_history: keep` of
+the thinking templates). Such a copy renders exactly what the stock template renders, with `{% generation %}`
+markers around what the rule supervises: each assistant turn through its end-of-turn token
+(`tests/test_generic_reference.py` holds every copy to the rule). The families are in `vlsft.families.FAMILIES`.
 """
 
 from __future__ import annotations
@@ -25,8 +27,12 @@ def stock_template(family: str) -> str:
 
 @lru_cache
 def training_template(family: str) -> str:
-    """vlsft's generation-marked training template of a family (package data)."""
-    return resources.files("vlsft").joinpath("templates", FAMILIES[family].training_template).read_text()
+    """The template vlsft trains a family with: its generation-marked copy (package data) where it has one, else the
+    stock template, which the collator masks by the incremental-rendering rule."""
+    marked = FAMILIES[family].training_template
+    if marked is None:
+        return stock_template(family)
+    return resources.files("vlsft").joinpath("templates", marked).read_text()
 
 
 class UnsupportedConversationError(ValueError):

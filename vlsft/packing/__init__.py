@@ -169,10 +169,10 @@ def packed_positions(family: Family, model=None) -> str:
 
 
 def _same_collation(family: str) -> tuple[str, ...]:
-    """Families that collate `family`'s models: the same training template (Qwen3-VL-MoE collates as Qwen3-VL), or
+    """Families that collate `family`'s models: the same stock template (Qwen3-VL-MoE collates as Qwen3-VL), or
     the same model types (the Qwen3.5 / 3.6 / 3.8 templates all serve `qwen3_5` and `qwen3_5_moe`)."""
     spec = FAMILIES[family]
     return tuple(
         name for name, other in FAMILIES.items()
-        if other.training_template == spec.training_template or other.model_types == spec.model_types
+        if other.stock_template == spec.stock_template or other.model_types == spec.model_types
     )
