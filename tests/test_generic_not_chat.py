@@ -57,7 +57,8 @@ REASONS = {
 }
 # The types tested are those transformers 5.23 maps to an image-text-to-text class (ShieldGemma 2, a Gemma 3 chat model
 # there, is tested on its own below); the table holds only the types no property decides.
-assert set(REASONS) == set(BUILDERS) - {"shieldgemma2"} and set(BUILDERS) <= set(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
+assert set(REASONS) == set(BUILDERS) - {"shieldgemma2"}
+assert set(BUILDERS) <= set(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
 assert set(NOT_CHAT_MODEL_TYPES) == {"pi0", "diffusion_gemma"}
 
 
@@ -86,7 +87,9 @@ def test_not_a_chat_model_is_refused_when_the_trainer_starts(model_type, tmp_pat
 
     monkeypatch.setattr(vlsft.trainer, "validate_datasets", no_validation)
     model, processor = build_tiny_not_chat(model_type)
-    refusal = rf"^{model_type}: vlsft trains the assistant turns of decoder-only chat models and cannot train this one: "
+    refusal = (
+        rf"^{model_type}: vlsft trains the assistant turns of decoder-only chat models and cannot train this one: "
+    )
     with pytest.raises(ValueError, match=refusal + REASONS[model_type]):
         _start(model, processor, tmp_path)
 
@@ -102,7 +105,8 @@ def test_shieldgemma2_trains_as_gemma3_and_its_classifier_class_is_refused(tmp_p
     classifier = transformers.ShieldGemma2ForImageClassification(model.config)
     refusal = (
         r"^shieldgemma2: .* ShieldGemma2ForImageClassification generates no text \(`can_generate\(\)` is False\): a "
-        r"classifier or an action model.* ShieldGemma 2 loaded with `AutoModelForImageTextToText` .* does train"
+        r"classifier, an action model or a model without its language-model head.* ShieldGemma 2 loaded with "
+        r"`AutoModelForImageTextToText` .* does train"
     )
     with pytest.raises(ValueError, match=refusal):
         _start(classifier, processor, tmp_path)
@@ -125,9 +129,10 @@ def test_a_chat_template_given_for_a_model_without_one_is_not_refused_for_lackin
         _start(model, processor, tmp_path, chat_template_path=str(template))
 
 
-def test_a_recipe_of_a_model_directory_is_refused_by_its_config_at_dry_run(tmp_path):
+def test_a_model_directory_is_refused_by_its_config_at_dry_run_and_by_the_trainer(tmp_path):
     """A recipe's dry run (and run, before its datasets load) reads the model's config from its directory: T5Gemma 2,
-    whose Gemma 3 processor would pass every processor check, is refused as an encoder-decoder."""
+    whose Gemma 3 processor would pass every processor check, is refused as an encoder-decoder. So is the directory
+    given to `VLSFTTrainer` by name, from its config file alone (no weights are in it)."""
     from vlsft.recipes import plan
     from vlsft.recipes.loading import recipe_from_dict
     from vlsft.recipes.schema import RecipeError
@@ -140,5 +145,8 @@ def test_a_recipe_of_a_model_directory_is_refused_by_its_config_at_dry_run(tmp_p
         "data": {"train": [{"path": "demo-shapes", "rows": 8}]},
         "training": {"output_dir": str(tmp_path / "out")},
     })
-    with pytest.raises(RecipeError, match=r"`training`: t5gemma2: .* an encoder-decoder \(`config.is_encoder_decoder`\)"):
+    encoder_decoder = r"t5gemma2: .* an encoder-decoder \(`config.is_encoder_decoder`\)"
+    with pytest.raises(RecipeError, match=rf"`training`: {encoder_decoder}"):
         plan.describe_plan(recipe)
+    with pytest.raises(ValueError, match=rf"^{encoder_decoder}"):
+        _start(str(tmp_path / "model"), None, tmp_path)

@@ -48,7 +48,7 @@ _SEQ2SEQ_FIX = (
 )
 
 
-def model_type_of(config, processor=None) -> str:
+def _name_of(config, processor=None) -> str:
     """The name a refusal gives the model: its config's `model_type`, else its processor's class."""
     return getattr(config, "model_type", None) or type(processor).__name__
 
@@ -59,11 +59,13 @@ def not_chat_model_problem(config, model=None) -> tuple[str, str] | None:
     model_type = getattr(config, "model_type", None)
     if model_type in NOT_CHAT_MODEL_TYPES:
         return NOT_CHAT_MODEL_TYPES[model_type]
-    if model is not None and not model.can_generate():
+    can_generate = getattr(model, "can_generate", None)  # every transformers model has it
+    if callable(can_generate) and not can_generate():
         return (
-            f"{type(model).__name__} generates no text (`can_generate()` is False): a classifier or an action "
-            "model, whose head is not a next-token prediction over the vocabulary",
-            "train it with its own head's loss (e.g. with transformers' `Trainer`). ShieldGemma 2 loaded with "
+            f"{type(model).__name__} generates no text (`can_generate()` is False): a classifier, an action model "
+            "or a model without its language-model head, so there is no next-token prediction to train",
+            "load a chat model with its head (`AutoModelForImageTextToText`, not `AutoModel`); train a classifier or "
+            "an action model with its own head's loss (e.g. with transformers' `Trainer`). ShieldGemma 2 loaded with "
             "`AutoModelForImageTextToText` (a `Gemma3ForConditionalGeneration`) does train with vlsft as a Gemma 3 "
             "chat: its policy prompt as the user turn, `Yes` or `No` as the answer",
         )
@@ -125,7 +127,7 @@ def refuse_not_chat_model(config, processor=None, chat_template_path: str | None
     if problem is not None:
         why, fix = problem
         raise ValueError(
-            f"{model_type_of(config, processor)}: vlsft trains the assistant turns of decoder-only chat models and "
+            f"{_name_of(config, processor)}: vlsft trains the assistant turns of decoder-only chat models and "
             f"cannot train this one: {why}. Instead, {fix}."
         )
 

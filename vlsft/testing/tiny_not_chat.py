@@ -52,7 +52,8 @@ def _blip2_like(config_class, model_class, processor_factory):
 
 
 def _blip():
-    config = T.BlipConfig(vision_config=dict(_VISION, image_size=32, patch_size=8), text_config=_TEXT, projection_dim=32)
+    vision = dict(_VISION, image_size=32, patch_size=8)
+    config = T.BlipConfig(vision_config=vision, text_config=_TEXT, projection_dim=32)
     return T.BlipForConditionalGeneration(config), T.BlipProcessor(T.BlipImageProcessor(**_BLIP_IMAGES), _tokenizer())
 
 
