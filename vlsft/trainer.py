@@ -38,6 +38,7 @@ from vlsft.distributed import check_offload_keeps_optimizer
 from vlsft.input_dtypes import raise_input_precision
 from vlsft.liger import check_liger_supports
 from vlsft.model_parts import batch_norm_layers, check_model_parts, run_batch_norms_as_at_inference
+from vlsft.not_chat_models import config_of, refuse_not_chat_model
 from vlsft.row_rope import positions_for_each_row
 from vlsft.loss import (
     attach_supervised_head,
@@ -103,6 +104,11 @@ class VLSFTTrainer(KillSafeCheckpoints, PackedTraining, RowsNamedByIndex, SFTTra
                 "that assistant-only loss supervises (and the images). Map your rows to conversation rows first, e.g. "
                 "`dataset.map(lambda row: {'messages': [...], 'images': [...]})`."
             )
+        # A model that is not a decoder-only chat model (an encoder-decoder, a captioner...) is refused by its config
+        # before its processor loads, then by its processor (`vlsft.not_chat_models`).
+        config = config_of(model, args.trust_remote_code, (args.model_init_kwargs or {}).get("revision"))
+        loaded = None if isinstance(model, str) else model.get_base_model() if is_peft_model(model) else model
+        refuse_not_chat_model(config, model=loaded)
         if processing_class is None:
             name = model if isinstance(model, str) else get_config_model_id(model.config)
             processing_class = AutoProcessor.from_pretrained(name, trust_remote_code=args.trust_remote_code)
@@ -111,6 +117,7 @@ class VLSFTTrainer(KillSafeCheckpoints, PackedTraining, RowsNamedByIndex, SFTTra
                 "VLSFTTrainer trains vision-language models and needs their processor (tokenizer + image "
                 f"processor) as `processing_class`, got {type(processing_class).__name__}."
             )
+        refuse_not_chat_model(config, processing_class, args.chat_template_path, model=loaded)
         # Built even with a custom collator: it resolves the training template (an unknown template without
         # generation markers fails here, with the fix) and is what rows are validated with.
         default_collator = self.build_collator(processing_class, args)

@@ -17,6 +17,8 @@ from vlsft.recipes.schema import Recipe, RecipeError
 def refuse_unsupported_for_family(processor, args, recipe: Recipe | None = None) -> Family:
     """The family the run trains as (from the training template, else the processor), or a `RecipeError` naming the
     setting of `args` (a `VLSFTConfig`) that the family cannot train and the fix:
+    - a model that is not a decoder-only chat model (`vlsft.not_chat_models`), by `recipe`'s model config where it is
+      available without a download, and by the processor;
     - a processor or a chat template vlsft cannot mask (`vlsft.collator.training_collator` refuses it);
     - `reasoning_weight` on a family without single-token reasoning markers (Qwen2.5-VL, Qwen3-VL, Gemma 3, ...);
     - `packing` / `padding_free` on a family vlsft does not pack (`Family.packed_positions`), or, for a model without
@@ -25,9 +27,14 @@ def refuse_unsupported_for_family(processor, args, recipe: Recipe | None = None)
     These are the checks the trainer makes when it builds its collator and sets up packing."""
     from vlsft.collator import training_collator
     from vlsft.generic_family import is_generic_family
+    from vlsft.not_chat_models import refuse_not_chat_model
     from vlsft.packing import check_family_packs, packing_enabled
 
     try:
+        # A registered tiny model is a chat model by construction: only a real model's config is read for this.
+        real_model = recipe is not None and not is_local_model(recipe.model.name_or_path)
+        refuse_not_chat_model(model_config_available_offline(recipe) if real_model else None, processor,
+                              args.chat_template_path)
         family = training_collator(processor, args).family
         if packing_enabled(args):
             needs_model = is_generic_family(family) and recipe is not None
