@@ -1,0 +1,84 @@
+"""Tiny Granite-Docling, VideoLLaMA3 and GOT-OCR2 models on the generic exact path: each family's real model class
+built from its config class with random weights, and its real processor class (real image processor) with a
+tokenizer trained in-process (`vlsft.testing.tiny_generic._byte_level_tokenizer`).
+
+TRL ships none of these templates; each builder's docstring says where its template's text comes from.
+"""
+
+from __future__ import annotations
+
+from transformers import (
+    GraniteDoclingConfig,
+    GraniteDoclingForConditionalGeneration,
+    GraniteDoclingImageProcessor,
+    GraniteDoclingProcessor,
+)
+
+from vlsft.testing.tiny_build import HIDDEN, VISION_ENCODER_SIZES, instantiate, language_model_sizes
+from vlsft.testing.tiny_generic import _byte_level_tokenizer
+
+# -- Granite-Docling -----------------------------------------------------------------------------------------------
+
+# Granite-Docling's chat template as ibm-granite/granite-docling-258M ships it (its chat_template.jinja, as public
+# copies and runtimes that embed it carry it): Granite's `<|start_of_role|>ROLE<|end_of_role|>` turns, each ended by
+# `<|end_of_text|>` and a newline, an image item written as `<image>` in place; no system default, no tools. The
+# generation prompt may carry the DocTags `controls` as JSON.
+GRANITE_DOCLING_TEMPLATE = """{%- for message in messages -%}
+{{- '<|start_of_role|>' + message['role'] + '<|end_of_role|>' -}}
+{%- if message['content'] is string -%}
+{{- message['content'] -}}
+{%- else -%}
+{%- for part in message['content'] -%}
+{%- if part['type'] == 'text' -%}
+{{- part['text'] -}}
+{%- elif part['type'] == 'image' -%}
+{{- '<image>' -}}
+{%- endif -%}
+{%- endfor -%}
+{%- endif -%}
+{{- '<|end_of_text|>\n' -}}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+{{- '<|start_of_role|>assistant' -}}
+{%- if controls -%}{{- ' ' + controls | tojson() -}}{%- endif -%}
+{{- '<|end_of_role|>' -}}
+{%- endif -%}
+"""
+# The tile positions of a grid of at most 2x2 tiles (the checkpoint's tokenizer has them up to 16x16).
+_GRANITE_DOCLING_TILE_TAGS = [f"<row_{i}_col_{j}>" for i in range(1, 3) for j in range(1, 3)]
+
+
+def build_tiny_granite_docling(seed: int = 0, hidden_size: int = HIDDEN):
+    """Granite-Docling (`granite_docling`, the granite-for-docling generation of transformers 5.23):
+    `GraniteDoclingForConditionalGeneration` (a SigLIP-style tower whose `connector`, inside `vision_model`,
+    pixel-shuffles each tile and feeds DeepStack features into the first decoder layers, a Granite language model
+    `text_model`) + `GraniteDoclingProcessor` (Idefics3's image text: 32 px tiles on the grid nearest the page's aspect
+    ratio, at most 4, and a global thumbnail when there are several), with `GRANITE_DOCLING_TEMPLATE`. A tile of
+    8 px patches is a 4x4 grid, shuffled by 2 into 4 image tokens. Built without the fine connector path (as the 2B
+    checkpoint), so that every parameter trains on the coarse path the processor uses by default."""
+    named = {"image_token": "<image>"}
+    special = ["<|end_of_text|>", "<|start_of_role|>", "<|end_of_role|>", "<|pad|>", "<image>",
+               "<fake_token_around_image>", "<global-img>", *_GRANITE_DOCLING_TILE_TAGS]
+    tokenizer = _byte_level_tokenizer(special, named, eos_token="<|end_of_text|>", pad_token="<|pad|>")
+    processor = GraniteDoclingProcessor(
+        image_processor=GraniteDoclingImageProcessor(size={"height": 32, "width": 32}, max_patches=4),
+        tokenizer=tokenizer,
+        image_seq_len=4,
+        chat_template=GRANITE_DOCLING_TEMPLATE,
+    )
+    text_sizes = {k: v for k, v in language_model_sizes(hidden_size).items() if k != "head_dim"}
+    config = GraniteDoclingConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer), **text_sizes, pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
+            tie_word_embeddings=False,
+        ),
+        vision_config=dict(
+            **VISION_ENCODER_SIZES, image_size=32, patch_size=8, out_hidden_size=hidden_size, scale_factor=2,
+            deepstack_visual_indexes=[0], use_fine_route=False,
+        ),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    return instantiate(GraniteDoclingForConditionalGeneration, config, processor, seed)
