@@ -34,7 +34,7 @@ from vlsft.testing.tiny_generic_kimi_step_exaone import (
     build_tiny_qwen3_omni_moe_thinker,
     build_tiny_step3p7,
 )
-from vlsft.testing.tiny_generic_vllama_got_docling import build_tiny_granite_docling
+from vlsft.testing.tiny_generic_vllama_got_docling import build_tiny_granite_docling, build_tiny_video_llama_3
 
 GENERIC_BUILDERS = {
     "lfm2_vl": build_tiny_lfm2_vl,
@@ -74,4 +74,5 @@ GENERIC_BUILDERS = {
     "step3p7": build_tiny_step3p7,
     "qwen3_omni_moe_thinker": build_tiny_qwen3_omni_moe_thinker,
     "granite_docling": build_tiny_granite_docling,
+    "video_llama_3": build_tiny_video_llama_3,
 }

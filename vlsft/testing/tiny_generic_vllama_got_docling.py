@@ -12,6 +12,11 @@ from transformers import (
     GraniteDoclingForConditionalGeneration,
     GraniteDoclingImageProcessor,
     GraniteDoclingProcessor,
+    VideoLlama3Config,
+    VideoLlama3ForConditionalGeneration,
+    VideoLlama3ImageProcessor,
+    VideoLlama3Processor,
+    VideoLlama3VideoProcessor,
 )
 
 from vlsft.testing.tiny_build import HIDDEN, VISION_ENCODER_SIZES, instantiate, language_model_sizes
@@ -82,3 +87,49 @@ def build_tiny_granite_docling(seed: int = 0, hidden_size: int = HIDDEN):
         tie_word_embeddings=False,
     )
     return instantiate(GraniteDoclingForConditionalGeneration, config, processor, seed)
+
+
+# -- VideoLLaMA3 ---------------------------------------------------------------------------------------------------
+
+# VideoLLaMA3's chat format (its checkpoints' Qwen2.5 language model's ChatML turns, `<|im_start|>ROLE\n` ...
+# `<|im_end|>\n`), written for the tests: an image item is `<|image_pad|>` and a newline, a video item `<|video_pad|>`
+# and a newline, in place; no tools.
+VIDEO_LLAMA_3_FORMAT_TEMPLATE = (
+    "{%- for message in messages -%}{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{%- if message['content'] is string -%}{{ message['content'] }}{%- else -%}"
+    "{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'image' -%}{{ '<|image_pad|>\n' }}"
+    "{%- elif item['type'] == 'video' -%}{{ '<|video_pad|>\n' }}"
+    "{%- elif item['type'] == 'text' -%}{{ item['text'] }}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}{{ '<|im_end|>\n' }}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
+)
+
+
+def build_tiny_video_llama_3(seed: int = 0, hidden_size: int = HIDDEN):
+    """VideoLLaMA3: `VideoLlama3ForConditionalGeneration` (a SigLIP-style tower of any resolution with 2D rope,
+    `vision_model`, an MLP `projector`, a Qwen2 language model) + `VideoLlama3Processor` (its real image and video
+    processors, 8 px patches, 16 to 32 px a side), with `VIDEO_LLAMA_3_FORMAT_TEMPLATE`. An image is one token per
+    patch (merge size 1). Videos are not trained on the generic path (refused by row)."""
+    named = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"}
+    tokenizer = _byte_level_tokenizer(
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *named.values()], named,
+        eos_token="<|im_end|>", pad_token="<|endoftext|>",
+    )
+    pixels = dict(patch_size=8, min_pixels=16 * 16, max_pixels=32 * 32)
+    processor = VideoLlama3Processor(
+        image_processor=VideoLlama3ImageProcessor(**pixels),
+        tokenizer=tokenizer,
+        video_processor=VideoLlama3VideoProcessor(**pixels),
+        chat_template=VIDEO_LLAMA_3_FORMAT_TEMPLATE,
+    )
+    config = VideoLlama3Config(
+        text_config=dict(
+            model_type="qwen2", vocab_size=len(tokenizer), **language_model_sizes(hidden_size),
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        ),
+        vision_config=dict(**VISION_ENCODER_SIZES, patch_size=8),
+        image_token_id=tokenizer.convert_tokens_to_ids(named["image_token"]),
+        video_token_id=tokenizer.convert_tokens_to_ids(named["video_token"]),
+    )
+    return instantiate(VideoLlama3ForConditionalGeneration, config, processor, seed)
