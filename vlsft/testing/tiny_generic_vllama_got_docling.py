@@ -8,10 +8,17 @@ TRL ships none of these templates; each builder's docstring says where its templ
 from __future__ import annotations
 
 from transformers import (
+    GotOcr2Config,
+    GotOcr2ForConditionalGeneration,
+    GotOcr2ImageProcessor,
+    GotOcr2Processor,
     GraniteDoclingConfig,
     GraniteDoclingForConditionalGeneration,
     GraniteDoclingImageProcessor,
     GraniteDoclingProcessor,
+    PPChart2TableConfig,
+    PPChart2TableImageProcessor,
+    PPChart2TableProcessor,
     VideoLlama3Config,
     VideoLlama3ForConditionalGeneration,
     VideoLlama3ImageProcessor,
@@ -133,3 +140,49 @@ def build_tiny_video_llama_3(seed: int = 0, hidden_size: int = HIDDEN):
         video_token_id=tokenizer.convert_tokens_to_ids(named["video_token"]),
     )
     return instantiate(VideoLlama3ForConditionalGeneration, config, processor, seed)
+
+
+# -- GOT-OCR 2.0 and PP-Chart2Table (refused) ----------------------------------------------------------------------
+
+_GOT_OCR2_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<imgpad>"]
+
+
+def _tiny_got_ocr2_model(config_class, processor, seed: int, hidden_size: int):
+    """`GotOcr2ForConditionalGeneration` (a SAM-style windowed ViT, a strided-convolution `multi_modal_projector`, a
+    Qwen2 language model) from `config_class`: a 64 px image of 8 px patches, downsampled 4 times by the projector's
+    convolutions, is 4 image tokens."""
+    tokenizer = processor.tokenizer
+    config = config_class(
+        text_config=dict(
+            model_type="qwen2", vocab_size=len(tokenizer), **language_model_sizes(hidden_size),
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        ),
+        vision_config=dict(
+            hidden_size=32, output_channels=16, num_hidden_layers=2, num_attention_heads=2, image_size=64,
+            patch_size=8, window_size=2, global_attn_indexes=[1], mlp_dim=64,
+        ),
+        image_token_index=tokenizer.convert_tokens_to_ids("<imgpad>"),
+        image_seq_length=4,
+        tie_word_embeddings=False,
+    )
+    return instantiate(GotOcr2ForConditionalGeneration, config, processor, seed)
+
+
+def build_tiny_got_ocr2(seed: int = 0, hidden_size: int = HIDDEN):
+    """GOT-OCR 2.0: `GotOcr2ForConditionalGeneration` + `GotOcr2Processor`, without a chat template, as the
+    checkpoints ship. vlsft refuses it (`vlsft.generic_family.PROMPT_BUILDING_PROCESSORS`): built to test that
+    refusal."""
+    tokenizer = _byte_level_tokenizer(_GOT_OCR2_TOKENS, {}, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    processor = GotOcr2Processor(image_processor=GotOcr2ImageProcessor(size={"height": 64, "width": 64}),
+                                 tokenizer=tokenizer)
+    return _tiny_got_ocr2_model(GotOcr2Config, processor, seed, hidden_size)
+
+
+def build_tiny_pp_chart2table(seed: int = 0, hidden_size: int = HIDDEN):
+    """PP-Chart2Table: `GotOcr2ForConditionalGeneration` from a `PPChart2TableConfig` + `PPChart2TableProcessor`.
+    vlsft refuses it (`vlsft.generic_family.PROMPT_BUILDING_PROCESSORS`): built to test that refusal."""
+    tokenizer = _byte_level_tokenizer(_GOT_OCR2_TOKENS, {}, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    processor = PPChart2TableProcessor(
+        image_processor=PPChart2TableImageProcessor(size={"height": 64, "width": 64}), tokenizer=tokenizer
+    )
+    return _tiny_got_ocr2_model(PPChart2TableConfig, processor, seed, hidden_size)
