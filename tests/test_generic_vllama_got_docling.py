@@ -4,6 +4,7 @@ tests/test_generic_families.py:
 - Granite-Docling 258M (an Idefics3 model and processor with Granite's template) keeps the Idefics3 record's image
   path, but its masks are the rule's and its stop token is the template's `<|end_of_text|>`, not the record's
   `<end_of_utterance>` (so `train_on_eos=False` leaves it out);
+- Granite-Docling's fine connector route (4 times the image tokens per tile) collates as its processor and trains;
 - VideoLLaMA3's videos are refused by row with the reason;
 - GOT-OCR 2.0 and PP-Chart2Table, whose processors build their prompt themselves, are refused at start with what to
   do instead.
@@ -11,11 +12,19 @@ tests/test_generic_families.py:
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from datasets import Dataset
 from PIL import Image
-from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessor, Idefics3Processor
+from transformers import (
+    GraniteDoclingForConditionalGeneration,
+    Idefics3Config,
+    Idefics3ForConditionalGeneration,
+    Idefics3ImageProcessor,
+    Idefics3Processor,
+)
 
 from tests.test_families import rows_of_different_lengths, supervised_texts
 from tests.test_generic_families import as_the_template_reads, rule_texts, tiny
@@ -145,3 +154,28 @@ def test_got_ocr2_processor_cannot_take_a_chat_batch():
                     _assistant("Text.")]
     with pytest.raises(ValueError, match="Nested images are only supported with `multi_page`"):
         processor.apply_chat_template(conversation, chat_template=template, tokenize=True, return_dict=True)
+
+
+def test_granite_docling_fine_route_collates_as_its_processor_and_trains_the_fine_path():
+    """With the processor's `fine_route` on, each tile is 4 times as many image tokens and the batch carries
+    `tile_fine_mask`: the collated batch equals the processor's, and a model with the fine connector path trains it."""
+    model, processor = tiny("granite_docling")
+    processor = copy.deepcopy(processor)
+    processor.image_processor.fine_route = True
+    rows = rows_of_different_lengths()[:2]
+    batch = VisionChatCollator(processor, processor.chat_template)(rows)
+    reference = processor.apply_chat_template(
+        [as_the_template_reads(processor, row) for row in rows], tokenize=True, return_dict=True,
+        return_tensors="pt", padding=True,
+    )
+    assert "tile_fine_mask" in reference
+    for key, value in reference.items():
+        assert torch.equal(batch[key], value), key
+    config = copy.deepcopy(model.config)
+    config.vision_config.use_fine_route = True
+    torch.manual_seed(0)
+    fine_model = GraniteDoclingForConditionalGeneration(config)
+    fine_model(**batch).loss.backward()
+    fine_path = fine_model.model.vision_model.connector.fine
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in fine_path.parameters())
+    assert all(p.grad is None for p in fine_model.model.vision_model.connector.coarse.parameters())
