@@ -27,7 +27,7 @@ and `template_kwargs` (the template variables of a row).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -42,7 +42,7 @@ from vlsft.collation.videos import VideoExpansion
 from vlsft.collation.weighting import TurnWeighting
 from vlsft.data.rows import ImagesNotAListError, load_image, placeholder_mismatch, row_images
 from vlsft.families import FAMILIES, family_of_processor
-from vlsft.generic_family import added_tokens, generic_family, refuse_prefix_lm
+from vlsft.generic_family import added_tokens, generic_family, refuse_processor_outside_chat
 from vlsft.generic_masks import PrefixRuleError, end_of_turn_token, markers_leave_out_the_stop
 from vlsft.templates import (
     UnsupportedConversationError,
@@ -104,7 +104,7 @@ class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, ProcessorE
     _vision_token_ids: set[int] = field(init=False, repr=False)
 
     def __post_init__(self):
-        refuse_prefix_lm(self.processor)  # whatever the template: a prefix-LM family trains on other inputs
+        refuse_processor_outside_chat(self.processor)  # whatever the template: a prefix-LM or GOT-OCR 2.0
         tokenizer = self.processor.tokenizer
         # The template says which family's features to check (a custom template is its author's call); the template
         # or else the processor says how to expand images.
@@ -133,6 +133,8 @@ class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, ProcessorE
         # its images expanded by the processor itself (`vlsft.collation.processor_expansion`).
         self.generic_family = name is None
         self.family = FAMILIES[name] if name is not None else generic_family(self.processor, end_of_turn)
+        if self.generic_masks:  # the stop the rule supervises, not a record's (Granite-Docling on Idefics3's processor)
+            self.family = replace(self.family, end_of_turn=end_of_turn)
         self._processor_prefix = processor_prefix(self.processor) if self.generic_family else ""
         self.image_token = self.family.image_token
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)  # the placeholder, one per image
@@ -288,7 +290,7 @@ class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, ProcessorE
 def training_collator(processor: ProcessorMixin, args) -> VisionChatCollator:
     """The collator `VLSFTTrainer` trains with for `processor` and `args` (a `VLSFTConfig`): the training template
     (resolved from the processor's, or read from `args.chat_template_path`), `max_length`, `image_root`..."""
-    refuse_prefix_lm(processor)  # before the template: a prefix-LM family has none, and one would not help
+    refuse_processor_outside_chat(processor)  # before the template: such a family has none, and one would not help
     template = processor.chat_template
     if args.chat_template_path is not None and args.chat_template_path.endswith((".jinja", ".j2")):
         with open(args.chat_template_path, encoding="utf-8") as file:

@@ -83,6 +83,40 @@ def refuse_prefix_lm(processor) -> None:
         )
 
 
+# Processors of OCR models that write their model's prompt themselves rather than render a conversation, and why a
+# conversation cannot go through them: their checkpoints ship no chat template, and the processors take neither a chat
+# batch's images (a list per conversation, as `apply_chat_template` passes them) nor a row without an image.
+PROMPT_BUILDING_PROCESSORS = {
+    "GotOcr2Processor": "GOT-OCR 2.0's checkpoints ship no chat template: its processor writes the OCR prompt itself "
+    "(`processor(images, format=..., box=..., color=...)`, without text), takes a list of images per conversation "
+    "only as the pages of one multi-page document (`apply_chat_template` itself fails on it), and refuses a row "
+    "without an image",
+    "PPChart2TableProcessor": "PP-Chart2Table is a single-task chart parser: its processor expands no image "
+    "placeholder (it has no `image_token`), so the text must already hold every image token, as its fixed "
+    "'Chart to table' prompt does, and it refuses a row without an image",
+}
+
+
+def refuse_prompt_building_processor(processor) -> None:
+    """Raise `ValueError`, with what to do instead, for a processor that builds its model's prompt itself
+    (`PROMPT_BUILDING_PROCESSORS`)."""
+    name = type(processor).__name__
+    if name in PROMPT_BUILDING_PROCESSORS:
+        raise ValueError(
+            f"{name}: {PROMPT_BUILDING_PROCESSORS[name]}. vlsft's conversation path cannot build its inputs, so vlsft "
+            "does not train it; fine-tune it on the processor's own prompt followed by the answer (labels masked up to "
+            "the answer, e.g. with transformers' `Trainer`), or train a chat OCR family on vlsft instead "
+            "(Granite-Docling, LightOnOCR, HunyuanOCR)."
+        )
+
+
+def refuse_processor_outside_chat(processor) -> None:
+    """Raise `ValueError`, with what to do instead, for a processor no conversation can go through: a prefix-LM's
+    (`refuse_prefix_lm`) or one that builds its model's prompt itself (`refuse_prompt_building_processor`)."""
+    refuse_prefix_lm(processor)
+    refuse_prompt_building_processor(processor)
+
+
 # Processors that cannot batch a row without images with rows with images, and why.
 NO_MIXED_BATCHES = {
     "MllamaProcessor": "its image processor fails on a batch whose first row has no image and leaves rows without "

@@ -34,6 +34,7 @@ from vlsft.testing.tiny_generic_kimi_step_exaone import (
     build_tiny_qwen3_omni_moe_thinker,
     build_tiny_step3p7,
 )
+from vlsft.testing.tiny_generic_vllama_got_docling import build_tiny_granite_docling, build_tiny_video_llama_3
 
 GENERIC_BUILDERS = {
     "lfm2_vl": build_tiny_lfm2_vl,
@@ -72,4 +73,6 @@ GENERIC_BUILDERS = {
     "kimi_k25": build_tiny_kimi_k25,
     "step3p7": build_tiny_step3p7,
     "qwen3_omni_moe_thinker": build_tiny_qwen3_omni_moe_thinker,
+    "granite_docling": build_tiny_granite_docling,
+    "video_llama_3": build_tiny_video_llama_3,
 }
