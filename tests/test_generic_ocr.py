@@ -1,0 +1,39 @@
+"""GLM-OCR and the other OCR families on the generic exact path (`vlsft.testing.tiny_generic_ocr`): what each family
+needs beyond the parametrized tests of `tests/test_generic_families.py`."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import IMAGE, assistant, image, user
+from tests.test_families import supervised_texts
+from tests.test_generic_families import tiny
+from vlsft.collation.rendering import RowError
+from vlsft.collator import VisionChatCollator
+
+
+@pytest.mark.parametrize("family", ["glm_ocr"])
+def test_videos_are_refused_by_row(family):
+    """These processors take videos; the generic path does not build them: a video item fails by name, and so does a
+    `videos` column, never training on a placeholder with no features behind it."""
+    _, processor = tiny(family)
+    collate = VisionChatCollator(processor, processor.chat_template)
+    name = type(processor).__name__
+    row = {"messages": [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What?"}]},
+                        assistant("A dot.")], "images": []}
+    with pytest.raises(RowError, match=rf"message 0 has a 'video' item: vlsft trains {name} \(generic path\)"):
+        collate([row])
+    with pytest.raises(RowError, match="not trained on videos"):
+        collate([{"messages": [user("What?"), assistant("A dot.")], "images": [], "videos": ["clip.mp4"]}])
+
+
+def test_glm_ocr_turns_end_with_the_stop_token_the_template_writes_next():
+    """GLM-OCR's template (GLM-4.6V's) writes no end-of-turn marker: each answer is supervised with its empty
+    `<think></think>` block (what the model generates after the prompt) and through `<|user|>`, the token that
+    stops generation, never with the next user's text."""
+    _, processor = tiny("glm_ocr")
+    rows = [{"messages": [user(IMAGE, "Text Recognition:"), assistant("Red."), user("Again?"), assistant("Blue.")],
+             "images": [image()]}]
+    batch = VisionChatCollator(processor, processor.chat_template)(rows)
+    texts = supervised_texts(processor.tokenizer, batch["input_ids"][0], batch["labels"][0])
+    assert texts == ["\n<think></think>\nRed.<|user|>", "\n<think></think>\nBlue.<|user|>"]
