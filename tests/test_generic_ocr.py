@@ -37,3 +37,26 @@ def test_glm_ocr_turns_end_with_the_stop_token_the_template_writes_next():
     batch = VisionChatCollator(processor, processor.chat_template)(rows)
     texts = supervised_texts(processor.tokenizer, batch["input_ids"][0], batch["labels"][0])
     assert texts == ["\n<think></think>\nRed.<|user|>", "\n<think></think>\nBlue.<|user|>"]
+
+
+def test_qianfan_ocr_images_expand_from_the_placeholder_its_template_writes():
+    """Qianfan-OCR's template writes `<image>` (the processor's `image_placeholder_token`, plain text), which the
+    processor replaces by `<img>` + 4 `<IMG_CONTEXT>` per tile + `</img>`; its `image_token` is `<IMG_CONTEXT>`, which
+    no template writes. The generic path counts and expands the placeholder the template writes: a wide image (2 tiles
+    and a thumbnail) gives the processor's 12 context tokens, none of them supervised."""
+    _, processor = tiny("qianfan_ocr")
+    collate = VisionChatCollator(processor, processor.chat_template)
+    assert collate.family.image_token == "<image>"
+    rows = [{"messages": [user(IMAGE, "Text Recognition:"), assistant("Red.")], "images": [image(size=(64, 32))]}]
+    batch = collate(rows)
+    ids = batch["input_ids"][0]
+    context = processor.tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
+    assert int((ids == context).sum()) == 3 * 4 and batch["pixel_values"].shape[0] == 3
+    assert supervised_texts(processor.tokenizer, ids, batch["labels"][0]) == ["Red.<|im_end|>"]
+    reference = processor.apply_chat_template(
+        [[{"role": "user", "content": [{"type": "image", "image": image(size=(64, 32))},
+                                       {"type": "text", "text": "Text Recognition:"}]},
+          {"role": "assistant", "content": [{"type": "text", "text": "Red."}]}]],
+        tokenize=True, return_dict=True, return_tensors="pt",
+    )
+    assert ids.tolist() == reference["input_ids"][0].tolist()
