@@ -12,7 +12,7 @@ from vlsft.collation.rendering import RowError
 from vlsft.collator import VisionChatCollator
 
 
-@pytest.mark.parametrize("family", ["glm_ocr"])
+@pytest.mark.parametrize("family", ["glm_ocr", "minicpm_ocr"])
 def test_videos_are_refused_by_row(family):
     """These processors take videos; the generic path does not build them: a video item fails by name, and so does a
     `videos` column, never training on a placeholder with no features behind it."""

@@ -28,7 +28,7 @@ from vlsft.testing.tiny_generic_minicpm47_ocr import (
     build_tiny_lighton_ocr,
     build_tiny_minicpmv4_7,
 )
-from vlsft.testing.tiny_generic_ocr import build_tiny_glm_ocr, build_tiny_qianfan_ocr
+from vlsft.testing.tiny_generic_ocr import build_tiny_glm_ocr, build_tiny_minicpm_ocr, build_tiny_qianfan_ocr
 from vlsft.testing.tiny_generic_kimi_step_exaone import (
     build_tiny_exaone4_5,
     build_tiny_kimi_k25,
@@ -75,4 +75,5 @@ GENERIC_BUILDERS = {
     "qwen3_omni_moe_thinker": build_tiny_qwen3_omni_moe_thinker,
     "glm_ocr": build_tiny_glm_ocr,
     "qianfan_ocr": build_tiny_qianfan_ocr,
+    "minicpm_ocr": build_tiny_minicpm_ocr,
 }

@@ -10,6 +10,11 @@ from transformers import (
     Glm46VVideoProcessor,
     GlmOcrConfig,
     GlmOcrForConditionalGeneration,
+    MiniCPMOcrConfig,
+    MiniCPMOcrForConditionalGeneration,
+    MiniCPMOcrImageProcessor,
+    MiniCPMOcrProcessor,
+    MiniCPMOcrVideoProcessor,
     QianfanOCRConfig,
     QianfanOCRForConditionalGeneration,
     QianfanOCRProcessor,
@@ -17,7 +22,13 @@ from transformers import (
 
 from vlsft.testing.tiny_build import HIDDEN, VISION_ENCODER_SIZES, instantiate, language_model_sizes
 from vlsft.testing.tiny_generic import _byte_level_tokenizer
+from vlsft.testing.tiny_generic_molmo_ovis_minicpm import (
+    _MINICPMV_NAMED_TOKENS,
+    MINICPMV4_6_FORMAT_TEMPLATE,
+    MINICPMV_SCALING,
+)
 from vlsft.testing.tiny_generic_qwen2_glm import glm4_5v_format_template, glm_config, glm_processor
+from vlsft.testing.tiny_qwen import qwen3_5_text_config
 
 
 def build_tiny_glm_ocr(seed: int = 0, hidden_size: int = HIDDEN):
@@ -85,3 +96,33 @@ def build_tiny_qianfan_ocr(seed: int = 0, hidden_size: int = HIDDEN):
         tie_word_embeddings=False,
     )
     return instantiate(QianfanOCRForConditionalGeneration, config, processor, seed)
+
+
+def build_tiny_minicpm_ocr(seed: int = 0, hidden_size: int = HIDDEN):
+    """MiniCPM-OCR: `MiniCPMOcrForConditionalGeneration` (MiniCPM-V 4.6's layout: a SigLIP-style ViT with a
+    window-attention merger inserted after its first layer, an MLP merger, a Qwen3.5 hybrid language model) +
+    `MiniCPMOcrProcessor` over its own image processor (small images and slices upscaled to the slice resolution),
+    with MiniCPM-V 4.6's tokens and ChatML format template (`MINICPMV4_6_FORMAT_TEMPLATE`: MiniCPM-OCR's checkpoint
+    template could not be found offline; its Qwen3.5 base writes the same turns), images about 56 px in 14 px
+    patches, merged 4x, cut into up to 2 slices."""
+    named = _MINICPMV_NAMED_TOKENS
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *named.values(), "<think>", "</think>"]
+    tokenizer = _byte_level_tokenizer(special, named, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    for name, token in named.items():  # the processor reads each token's id as an attribute too
+        setattr(tokenizer, f"{name}_id", tokenizer.convert_tokens_to_ids(token))
+    processor = MiniCPMOcrProcessor(
+        image_processor=MiniCPMOcrImageProcessor(**MINICPMV_SCALING),
+        video_processor=MiniCPMOcrVideoProcessor(**MINICPMV_SCALING),
+        tokenizer=tokenizer,
+        chat_template=MINICPMV4_6_FORMAT_TEMPLATE,
+    )
+    config = MiniCPMOcrConfig(
+        text_config=dict(model_type="qwen3_5_text", **qwen3_5_text_config(tokenizer, hidden_size)),
+        vision_config=dict(**VISION_ENCODER_SIZES, image_size=56, patch_size=14),
+        insert_layer_id=0,
+        downsample_mode="4x",
+        image_token_id=tokenizer.image_token_id,
+        video_token_id=tokenizer.video_token_id,
+        tie_word_embeddings=False,
+    )
+    return instantiate(MiniCPMOcrForConditionalGeneration, config, processor, seed)
