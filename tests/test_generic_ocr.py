@@ -60,3 +60,19 @@ def test_qianfan_ocr_images_expand_from_the_placeholder_its_template_writes():
         tokenize=True, return_dict=True, return_tensors="pt",
     )
     assert ids.tolist() == reference["input_ids"][0].tolist()
+
+
+def test_deepseek_ocr2_plain_format_supervises_the_answer_and_its_stop_token():
+    """DeepSeek-OCR-2's plain prompt format has no roles and no generation prompt: the answer starts right after the
+    prompt and ends with `<｜end▁of▁sentence｜>`, which is supervised (the model learns to stop); the image is the
+    processor's 257 `<image>` tokens (256 for the 1024 px view and the view separator), none supervised."""
+    _, processor = tiny("deepseek_ocr2")
+    rows = [{"messages": [user(IMAGE, "Free OCR."), assistant("Red."), user("Again?"), assistant("Blue.")],
+             "images": [image()]}]
+    batch = VisionChatCollator(processor, processor.chat_template)(rows)
+    ids = batch["input_ids"][0]
+    assert int((ids == processor.image_token_id).sum()) == 257
+    texts = supervised_texts(processor.tokenizer, ids, batch["labels"][0])
+    assert texts == ["Red.<｜end▁of▁sentence｜>", "Blue.<｜end▁of▁sentence｜>"]
+    assert processor.tokenizer.decode(ids[:1]) + "<image>\n" in processor.apply_chat_template(
+        rows[0]["messages"], tokenize=False)

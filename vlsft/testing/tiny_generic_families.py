@@ -28,7 +28,12 @@ from vlsft.testing.tiny_generic_minicpm47_ocr import (
     build_tiny_lighton_ocr,
     build_tiny_minicpmv4_7,
 )
-from vlsft.testing.tiny_generic_ocr import build_tiny_glm_ocr, build_tiny_minicpm_ocr, build_tiny_qianfan_ocr
+from vlsft.testing.tiny_generic_ocr import (
+    build_tiny_deepseek_ocr2,
+    build_tiny_glm_ocr,
+    build_tiny_minicpm_ocr,
+    build_tiny_qianfan_ocr,
+)
 from vlsft.testing.tiny_generic_kimi_step_exaone import (
     build_tiny_exaone4_5,
     build_tiny_kimi_k25,
@@ -76,4 +81,5 @@ GENERIC_BUILDERS = {
     "glm_ocr": build_tiny_glm_ocr,
     "qianfan_ocr": build_tiny_qianfan_ocr,
     "minicpm_ocr": build_tiny_minicpm_ocr,
+    "deepseek_ocr2": build_tiny_deepseek_ocr2,
 }

@@ -4,6 +4,10 @@ with random weights, and the real processor class its checkpoints use, with a to
 from __future__ import annotations
 
 from transformers import (
+    DeepseekOcr2Config,
+    DeepseekOcr2ForConditionalGeneration,
+    DeepseekOcr2ImageProcessor,
+    DeepseekOcr2Processor,
     GotOcr2ImageProcessor,
     Glm46VImageProcessor,
     Glm46VProcessor,
@@ -54,7 +58,7 @@ QIANFAN_OCR_FORMAT_TEMPLATE = (
     "<|im_start|>{{ message.role }}\n"
     "{%- if message.content is string -%}{{ message.content }}"
     "{%- else -%}{%- for item in message.content -%}"
-    "{%- if item.type == 'image' -%}<image>\n{%- elif item.type == 'text' -%}{{ item.text }}{%- endif -%}"
+    "{%- if item.type == 'image' -%}{{- '<image>\\n' -}}{%- elif item.type == 'text' -%}{{ item.text }}{%- endif -%}"
     "{%- endfor -%}{%- endif -%}"
     "<|im_end|>\n"
     "{%- endfor -%}"
@@ -126,3 +130,62 @@ def build_tiny_minicpm_ocr(seed: int = 0, hidden_size: int = HIDDEN):
         tie_word_embeddings=False,
     )
     return instantiate(MiniCPMOcrForConditionalGeneration, config, processor, seed)
+
+
+# DeepSeek-OCR-2's prompt format: its checkpoints ship no chat template; DeepSeek's code formats a conversation
+# "plain" (no roles, no separators: each message's text in turn, the stop token `<｜end▁of▁sentence｜>` after an
+# answer) after the BOS, and its documented prompts put each image as `<image>` on its own line
+# (`<image>\nFree OCR.`). This template writes that, so a row trains on what the model reads at inference: the
+# prompt, then the answer and the stop token. A tool message's text is written as a user's (no format has roles).
+DEEPSEEK_OCR2_FORMAT_TEMPLATE = (
+    "{{- bos_token -}}"
+    "{%- for message in messages -%}"
+    "{%- if message.content is string -%}{{- message.content -}}"
+    "{%- else -%}{%- for item in message.content -%}"
+    "{%- if item.type == 'image' -%}{{- '<image>\\n' -}}{%- elif item.type == 'text' -%}{{- item.text -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{%- if message.role == 'assistant' -%}{{- eos_token -}}{%- endif -%}"
+    "{%- endfor -%}"
+)
+
+
+def build_tiny_deepseek_ocr2(seed: int = 0, hidden_size: int = HIDDEN):
+    """DeepSeek-OCR-2: `DeepseekOcr2ForConditionalGeneration` (a SAM ViT whose 16x-downsampled features feed a Qwen2
+    encoder with learned queries, together `vision_tower`; a linear `multi_modal_projector`; a DeepSeek-V2 language
+    model, one dense layer then one of 4 routed experts, 2 per token, and a shared expert) + `DeepseekOcr2Processor`
+    over its own image processor, with `DEEPSEEK_OCR2_FORMAT_TEMPLATE`. The model's queries are fixed by resolution
+    (256 for the 1024 px global view, 144 per 768 px tile), so the views keep the checkpoint's sizes: a test image
+    (smaller than a tile) is 257 `<image>` tokens, 256 global ones and the view separator; the towers are tiny."""
+    special = ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>", "<image>"]
+    tokenizer = _byte_level_tokenizer(
+        special, {"image_token": "<image>"}, bos_token="<｜begin▁of▁sentence｜>", eos_token="<｜end▁of▁sentence｜>",
+        pad_token="<｜▁pad▁｜>",
+    )
+    processor = DeepseekOcr2Processor(
+        image_processor=DeepseekOcr2ImageProcessor(), tokenizer=tokenizer,
+        chat_template=DEEPSEEK_OCR2_FORMAT_TEMPLATE,
+    )
+    sizes = language_model_sizes(hidden_size)
+    sizes.pop("head_dim")  # DeepSeek-V2's is hidden_size / heads
+    config = DeepseekOcr2Config(
+        text_config=dict(
+            vocab_size=len(tokenizer), **sizes, mlp_layer_types=["dense", "sparse"], n_routed_experts=4,
+            num_experts_per_tok=2, n_shared_experts=1, moe_intermediate_size=hidden_size,
+            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        ),
+        vision_config=dict(
+            sam_config=dict(
+                hidden_size=32, output_channels=16, num_hidden_layers=2, num_attention_heads=2, mlp_dim=64,
+                # Windowed attention only: a global layer over the 64x64 patches of the 1024 px view costs seconds.
+                global_attn_indexes=[], downsample_channels=[16, 32],
+            ),
+            encoder_config=dict(
+                hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=2,
+            ),
+        ),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        tie_word_embeddings=False,
+    )
+    return instantiate(DeepseekOcr2ForConditionalGeneration, config, processor, seed)
