@@ -76,3 +76,22 @@ def test_deepseek_ocr2_plain_format_supervises_the_answer_and_its_stop_token():
     assert texts == ["Red.<｜end▁of▁sentence｜>", "Blue.<｜end▁of▁sentence｜>"]
     assert processor.tokenizer.decode(ids[:1]) + "<image>\n" in processor.apply_chat_template(
         rows[0]["messages"], tokenize=False)
+
+
+def test_unlimited_ocr_tiled_images_collate_as_the_processor_and_train():
+    """Unlimited-OCR cuts a large image into 64 px tiles (each row of features ended by a newline feature) besides
+    its 128 px global view, and returns the tile grid as a list the model reads (`patches_grid`): a batch mixing a
+    tiled image with an untiled one gives the processor's tokens and tiles, and the model takes it whole."""
+    model, processor = tiny("unlimited_ocr")
+    collate = VisionChatCollator(processor, processor.chat_template)
+    wide, small = image(size=(256, 64)), image(size=(32, 32))
+    rows = [{"messages": [user(IMAGE, "document parsing."), assistant("Red.")], "images": [wide]},
+            {"messages": [user(IMAGE, "document parsing."), assistant("Blue.")], "images": [small]}]
+    batch = collate(rows)
+    assert batch["num_local_patches"][0] > 0 and batch["num_local_patches"][1] == 0
+    assert batch["patches_grid"] == processor.image_processor([wide, small])["patches_grid"]
+    for row, index in ((rows[0], 0), (rows[1], 1)):
+        reference = processor(images=row["images"], text=[processor.apply_chat_template(row["messages"], tokenize=False)])
+        assert batch["input_ids"][index, : len(reference["input_ids"][0])].tolist() == reference["input_ids"][0]
+    assert supervised_texts(processor.tokenizer, batch["input_ids"][0], batch["labels"][0]) == ["Red.<｜end▁of▁sentence｜>"]
+    assert model(**{k: v for k, v in batch.items()}).loss.isfinite()

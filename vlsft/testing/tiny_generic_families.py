@@ -33,6 +33,7 @@ from vlsft.testing.tiny_generic_ocr import (
     build_tiny_glm_ocr,
     build_tiny_minicpm_ocr,
     build_tiny_qianfan_ocr,
+    build_tiny_unlimited_ocr,
 )
 from vlsft.testing.tiny_generic_kimi_step_exaone import (
     build_tiny_exaone4_5,
@@ -82,4 +83,5 @@ GENERIC_BUILDERS = {
     "qianfan_ocr": build_tiny_qianfan_ocr,
     "minicpm_ocr": build_tiny_minicpm_ocr,
     "deepseek_ocr2": build_tiny_deepseek_ocr2,
+    "unlimited_ocr": build_tiny_unlimited_ocr,
 }

@@ -22,6 +22,10 @@ from transformers import (
     QianfanOCRConfig,
     QianfanOCRForConditionalGeneration,
     QianfanOCRProcessor,
+    UnlimitedOcrConfig,
+    UnlimitedOcrForConditionalGeneration,
+    UnlimitedOcrImageProcessor,
+    UnlimitedOcrProcessor,
 )
 
 from vlsft.testing.tiny_build import HIDDEN, VISION_ENCODER_SIZES, instantiate, language_model_sizes
@@ -132,48 +136,59 @@ def build_tiny_minicpm_ocr(seed: int = 0, hidden_size: int = HIDDEN):
     return instantiate(MiniCPMOcrForConditionalGeneration, config, processor, seed)
 
 
-# DeepSeek-OCR-2's prompt format: its checkpoints ship no chat template; DeepSeek's code formats a conversation
-# "plain" (no roles, no separators: each message's text in turn, the stop token `<｜end▁of▁sentence｜>` after an
-# answer) after the BOS, and its documented prompts put each image as `<image>` on its own line
-# (`<image>\nFree OCR.`). This template writes that, so a row trains on what the model reads at inference: the
-# prompt, then the answer and the stop token. A tool message's text is written as a user's (no format has roles).
-DEEPSEEK_OCR2_FORMAT_TEMPLATE = (
-    "{{- bos_token -}}"
-    "{%- for message in messages -%}"
-    "{%- if message.content is string -%}{{- message.content -}}"
-    "{%- else -%}{%- for item in message.content -%}"
-    "{%- if item.type == 'image' -%}{{- '<image>\\n' -}}{%- elif item.type == 'text' -%}{{- item.text -}}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-    "{%- if message.role == 'assistant' -%}{{- eos_token -}}{%- endif -%}"
-    "{%- endfor -%}"
-)
+def plain_ocr_template(image_text: str) -> str:
+    """The "plain" prompt format of the DeepSeek-OCR lineage (DeepSeek-OCR-2, Unlimited-OCR), whose checkpoints ship
+    no chat template: DeepSeek's code formats a conversation with no roles and no separators, each message's text in
+    turn after the BOS, an answer followed by the stop token (the eos), and each image as `image_text` (the
+    documented prompts: `<image>\\nFree OCR.`, `<image>document parsing.`). A row then trains on what the model reads
+    at inference: the prompt, then the answer and the stop token. A tool message's text is written as a user's."""
+    return (
+        "{{- bos_token -}}"
+        "{%- for message in messages -%}"
+        "{%- if message.content is string -%}{{- message.content -}}"
+        "{%- else -%}{%- for item in message.content -%}"
+        "{%- if item.type == 'image' -%}{{- " + repr(image_text) + " -}}"
+        "{%- elif item.type == 'text' -%}{{- item.text -}}{%- endif -%}"
+        "{%- endfor -%}{%- endif -%}"
+        "{%- if message.role == 'assistant' -%}{{- eos_token -}}{%- endif -%}"
+        "{%- endfor -%}"
+    )
+
+
+def deepseek_tokenizer():
+    """A tokenizer with the DeepSeek-OCR lineage's BOS, eos, padding and `<image>` tokens."""
+    special = ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>", "<image>"]
+    return _byte_level_tokenizer(
+        special, {"image_token": "<image>"}, bos_token="<｜begin▁of▁sentence｜>", eos_token="<｜end▁of▁sentence｜>",
+        pad_token="<｜▁pad▁｜>",
+    )
+
+
+def deepseek_v2_text_config(tokenizer, hidden_size: int) -> dict:
+    """A 2-layer DeepSeek-V2 language model: one dense layer, then one of 4 routed experts (2 per token) and a shared
+    expert."""
+    sizes = language_model_sizes(hidden_size)
+    sizes.pop("head_dim")  # DeepSeek-V2's is hidden_size / heads
+    return dict(
+        vocab_size=len(tokenizer), **sizes, mlp_layer_types=["dense", "sparse"], n_routed_experts=4,
+        num_experts_per_tok=2, n_shared_experts=1, moe_intermediate_size=hidden_size,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
 
 
 def build_tiny_deepseek_ocr2(seed: int = 0, hidden_size: int = HIDDEN):
     """DeepSeek-OCR-2: `DeepseekOcr2ForConditionalGeneration` (a SAM ViT whose 16x-downsampled features feed a Qwen2
     encoder with learned queries, together `vision_tower`; a linear `multi_modal_projector`; a DeepSeek-V2 language
-    model, one dense layer then one of 4 routed experts, 2 per token, and a shared expert) + `DeepseekOcr2Processor`
-    over its own image processor, with `DEEPSEEK_OCR2_FORMAT_TEMPLATE`. The model's queries are fixed by resolution
-    (256 for the 1024 px global view, 144 per 768 px tile), so the views keep the checkpoint's sizes: a test image
-    (smaller than a tile) is 257 `<image>` tokens, 256 global ones and the view separator; the towers are tiny."""
-    special = ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>", "<image>"]
-    tokenizer = _byte_level_tokenizer(
-        special, {"image_token": "<image>"}, bos_token="<｜begin▁of▁sentence｜>", eos_token="<｜end▁of▁sentence｜>",
-        pad_token="<｜▁pad▁｜>",
-    )
+    model) + `DeepseekOcr2Processor` over its own image processor, with `plain_ocr_template("<image>\\n")`. The
+    model's queries are fixed by resolution (256 for the 1024 px global view, 144 per 768 px tile), so the views keep
+    the checkpoint's sizes: a test image (smaller than a tile) is 257 `<image>` tokens, 256 global ones and the view
+    separator; the towers are tiny."""
+    tokenizer = deepseek_tokenizer()
     processor = DeepseekOcr2Processor(
-        image_processor=DeepseekOcr2ImageProcessor(), tokenizer=tokenizer,
-        chat_template=DEEPSEEK_OCR2_FORMAT_TEMPLATE,
+        image_processor=DeepseekOcr2ImageProcessor(), tokenizer=tokenizer, chat_template=plain_ocr_template("<image>\n")
     )
-    sizes = language_model_sizes(hidden_size)
-    sizes.pop("head_dim")  # DeepSeek-V2's is hidden_size / heads
     config = DeepseekOcr2Config(
-        text_config=dict(
-            vocab_size=len(tokenizer), **sizes, mlp_layer_types=["dense", "sparse"], n_routed_experts=4,
-            num_experts_per_tok=2, n_shared_experts=1, moe_intermediate_size=hidden_size,
-            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        ),
+        text_config=deepseek_v2_text_config(tokenizer, hidden_size),
         vision_config=dict(
             sam_config=dict(
                 hidden_size=32, output_channels=16, num_hidden_layers=2, num_attention_heads=2, mlp_dim=64,
@@ -189,3 +204,30 @@ def build_tiny_deepseek_ocr2(seed: int = 0, hidden_size: int = HIDDEN):
         tie_word_embeddings=False,
     )
     return instantiate(DeepseekOcr2ForConditionalGeneration, config, processor, seed)
+
+
+def build_tiny_unlimited_ocr(seed: int = 0, hidden_size: int = HIDDEN):
+    """Unlimited-OCR: `UnlimitedOcrForConditionalGeneration` (DeepSeek-OCR's SAM ViT whose 16x-downsampled features are
+    a CLIP encoder's patch embeddings, together `vision_tower`; a linear `multi_modal_projector`; a DeepSeek-V2
+    language model with reference sliding-window attention) + `UnlimitedOcrProcessor` over its own image processor,
+    with `plain_ocr_template("<image>")`. A 128 px global view (2x2 features, each row ended by a newline feature)
+    and 64 px tiles: a test image is 7 `<image>` tokens, with the view separator."""
+    tokenizer = deepseek_tokenizer()
+    processor = UnlimitedOcrProcessor(
+        image_processor=UnlimitedOcrImageProcessor(size={"height": 128, "width": 128}, tile_size=64),
+        tokenizer=tokenizer,
+        chat_template=plain_ocr_template("<image>"),
+    )
+    config = UnlimitedOcrConfig(
+        text_config=deepseek_v2_text_config(tokenizer, hidden_size),
+        vision_config=dict(
+            sam_config=dict(
+                hidden_size=32, output_channels=16, num_hidden_layers=2, num_attention_heads=2, mlp_dim=64,
+                image_size=128, window_size=4, global_attn_indexes=[1], downsample_channels=[16, 32],
+            ),
+            encoder_config=dict(**VISION_ENCODER_SIZES, image_size=28, patch_size=14),
+        ),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        tie_word_embeddings=False,
+    )
+    return instantiate(UnlimitedOcrForConditionalGeneration, config, processor, seed)
