@@ -95,3 +95,18 @@ def test_unlimited_ocr_tiled_images_collate_as_the_processor_and_train():
         assert batch["input_ids"][index, : len(reference["input_ids"][0])].tolist() == reference["input_ids"][0]
     assert supervised_texts(processor.tokenizer, batch["input_ids"][0], batch["labels"][0]) == ["Red.<｜end▁of▁sentence｜>"]
     assert model(**{k: v for k, v in batch.items()}).loss.isfinite()
+
+
+def test_glm_ocr_rows_whose_earlier_reasoning_the_template_drops_are_refused_naming_the_message():
+    """GLM-OCR's template (GLM-4.6V's) renders an assistant turn's reasoning only after the last user message: a row
+    with reasoning in an earlier turn has no exact mask and is refused naming it; reasoning in the last turn trains."""
+    _, processor = tiny("glm_ocr")
+    collate = VisionChatCollator(processor, processor.chat_template)
+    earlier = {**assistant("Red."), "reasoning_content": "It is red."}
+    row = {"messages": [user(IMAGE, "Colour?"), earlier, user("Again?"), assistant("Blue.")], "images": [image()]}
+    with pytest.raises(RowError, match=r"batch row 0: message 1 \(assistant\): its rendering changes"):
+        collate([row])
+    last = {"messages": [user(IMAGE, "Colour?"), earlier], "images": [image()]}
+    batch = collate([last])
+    texts = supervised_texts(processor.tokenizer, batch["input_ids"][0], batch["labels"][0])
+    assert texts == ["\n<think>It is red.</think>\nRed.<|user|>"]
