@@ -89,6 +89,8 @@ TOOL_CALLS_NOT_WRITTEN = {
     "minicpmv4_7", "lighton_ocr", "fast_vlm", "exaone4_5", "kimi_k25", "step3p7",
     "granite_docling",  # Granite-Docling's checkpoint template writes content only
     "video_llama_3",
+    "minicpmv4_7", "lighton_ocr", "fast_vlm", "exaone4_5", "kimi_k25", "step3p7", "qianfan_ocr",
+    "minicpm_ocr", "deepseek_ocr2", "unlimited_ocr",
 }
 for _family in TOOL_CALLS_NOT_WRITTEN:
     TEMPLATE_REFUSES.setdefault(_family, set()).update({"tool_call_with_text", "tool_call_without_text"})
@@ -175,7 +177,8 @@ def test_masks_are_the_rule_and_inputs_are_the_processors(family):
         assert appended in (0, 1) and (appended == 0 or texts[-1].endswith(processor.tokenizer.decode(batch["input_ids"][0, -1:])))
         for key, value in reference.items():
             ours = batch[key][:, : value.shape[1]] if key in ("input_ids", "attention_mask", "mm_token_type_ids") else batch[key]
-            assert torch.equal(ours, value), (name, key)
+            # (Some processors return lists the model reads as they are: Unlimited-OCR's `patches_grid`.)
+            assert torch.equal(ours, value) if isinstance(value, torch.Tensor) else ours == value, (name, key)
         checked += 1
     assert checked >= MIN_CHECKED.get(family, 6)
 

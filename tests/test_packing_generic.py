@@ -33,6 +33,8 @@ SCHEMES = {"internvl": "1d", "internvl_qwen3": "1d", "mistral3": "1d", "aya_visi
 SCHEMES |= {"lighton_ocr": "1d", "fast_vlm": "1d"}
 # VideoLLaMA3 (Qwen2): 1D positions.
 SCHEMES |= {"video_llama_3": "1d"}
+# Qianfan-OCR (Qwen3): 1D positions.
+SCHEMES |= {"qianfan_ocr": "1d"}
 PACKABLE = list(SCHEMES)
 # What each packable family's text model runs as packed (`use_packed_attention`): Aya Vision's Cohere2 has sliding-
 # window layers, so it keeps sdpa with transformers' packed (block-diagonal, windowed) mask.

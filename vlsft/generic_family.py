@@ -4,7 +4,7 @@ A model outside `vlsft.families.FAMILIES` trains on the generic exact path: its 
 incremental-rendering rule (`vlsft.generic_masks`) on its own stock template, its images expand through its
 processor's own `replace_image_token` text (tokenized in context, as the processor does), and its parts are found by
 transformers' naming conventions (`vlsft.model_parts`). What the collator needs to know of the family is read here:
-the placeholder (`processor.image_token`), the multimodal tokens never supervised, the end-of-turn token (from the
+the placeholder (`image_placeholder`), the multimodal tokens never supervised, the end-of-turn token (from the
 template's rendering of a probe conversation) and the name of the per-token image map the processor returns.
 Videos are not collated on this path: a row with one is refused by name.
 """
@@ -48,12 +48,21 @@ def added_tokens(tokenizer) -> tuple[str, ...]:
     )
 
 
+def image_placeholder(processor) -> str | None:
+    """The text a chat template writes for an image, which the processor replaces: its `image_token`, or, for a
+    processor whose template writes a placeholder other than the token its model fills with features, that
+    placeholder (Qianfan-OCR's `image_placeholder_token`, `<image>`, replaced by `<img>` + `<IMG_CONTEXT>`s +
+    `</img>`, its `image_token` being `<IMG_CONTEXT>`)."""
+    placeholder = getattr(processor, "image_placeholder_token", None)
+    return placeholder if isinstance(placeholder, str) and placeholder else getattr(processor, "image_token", None)
+
+
 def replacement_tokens(processor) -> tuple[str, ...]:
     """The control tokens of the text the processor puts in place of one image's placeholder, found on a probe
     image. They stand for the image when the placeholder itself is plain text, not a token of the vocabulary (Ovis2's
     `<image>`, replaced in text by `<IMG_START>`, `<IMG_ATOM>`...): then no token id of the processor names them."""
     outputs = processor(
-        images=[Image.new("RGB", (64, 64))], text=[processor.image_token], return_tensors="pt",
+        images=[Image.new("RGB", (64, 64))], text=[image_placeholder(processor)], return_tensors="pt",
         return_text_replacement_offsets=True,
     )
     replacement = "".join(item["replacement"] for item in outputs["text_replacement_offsets"][0])
@@ -142,7 +151,7 @@ def generic_family(processor, end_of_turn: str) -> Family:
     """The record of `processor`'s family for the generic path; `end_of_turn` is the token that ends an assistant
     turn of its chat template (`vlsft.generic_masks.end_of_turn_token`)."""
     name = type(processor).__name__
-    image_token = getattr(processor, "image_token", None)
+    image_token = image_placeholder(processor)
     if not isinstance(image_token, str) or not image_token:
         raise ValueError(
             f"{name} has no `image_token`: vlsft's generic path expands images through the processor's own "

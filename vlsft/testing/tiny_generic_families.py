@@ -28,6 +28,13 @@ from vlsft.testing.tiny_generic_minicpm47_ocr import (
     build_tiny_lighton_ocr,
     build_tiny_minicpmv4_7,
 )
+from vlsft.testing.tiny_generic_ocr import (
+    build_tiny_deepseek_ocr2,
+    build_tiny_glm_ocr,
+    build_tiny_minicpm_ocr,
+    build_tiny_qianfan_ocr,
+    build_tiny_unlimited_ocr,
+)
 from vlsft.testing.tiny_generic_kimi_step_exaone import (
     build_tiny_exaone4_5,
     build_tiny_kimi_k25,
@@ -75,4 +82,9 @@ GENERIC_BUILDERS = {
     "qwen3_omni_moe_thinker": build_tiny_qwen3_omni_moe_thinker,
     "granite_docling": build_tiny_granite_docling,
     "video_llama_3": build_tiny_video_llama_3,
+    "glm_ocr": build_tiny_glm_ocr,
+    "qianfan_ocr": build_tiny_qianfan_ocr,
+    "minicpm_ocr": build_tiny_minicpm_ocr,
+    "deepseek_ocr2": build_tiny_deepseek_ocr2,
+    "unlimited_ocr": build_tiny_unlimited_ocr,
 }
