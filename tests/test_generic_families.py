@@ -80,13 +80,14 @@ REFUSALS["mllama"] = (
 )
 
 # Templates that do not write `tool_calls` at all (most chat formats written for these tests, and the checkpoint
-# templates of Ovis2, LLaVA-1.5, ViP-LLaVA, LLaVA-OneVision, Idefics2, DeepSeek-VL, Janus, Aria and FastVLM): a row with tool
-# calls is refused naming the message (`vlsft.generic_masks.refuse_dropped_tool_calls`), never trained without them.
+# templates of Ovis2, LLaVA-1.5, ViP-LLaVA, LLaVA-OneVision, Idefics2, DeepSeek-VL, Janus, Aria, FastVLM and
+# Qwen2.5-Omni): a row with tool calls is refused naming the message (`vlsft.generic_masks.refuse_dropped_tool_calls`),
+# never trained without them.
 TOOL_CALLS_REFUSAL = r"batch row 0: message \d+ \(assistant\): the chat template does not write its `tool_calls`"
 TOOL_CALLS_NOT_WRITTEN = {
     "glm4v", "internvl", "aya_vision", "cohere2_vision", "perception_lm", "ovis2", "minicpmv4_6", "llava_next_video",
     "llava", "vipllava", "llava_onevision", "idefics2", "deepseek_vl", "deepseek_vl_hybrid", "janus", "aria",
-    "minicpmv4_7", "lighton_ocr", "fast_vlm", "exaone4_5", "kimi_k25", "step3p7",
+    "minicpmv4_7", "lighton_ocr", "fast_vlm", "exaone4_5", "kimi_k25", "step3p7", "qwen2_5_omni_thinker",
 }
 for _family in TOOL_CALLS_NOT_WRITTEN:
     TEMPLATE_REFUSES.setdefault(_family, set()).update({"tool_call_with_text", "tool_call_without_text"})

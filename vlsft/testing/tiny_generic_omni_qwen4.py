@@ -1,0 +1,99 @@
+"""Tiny Qwen2.5-Omni thinker models, each the family's real model class built from its config class with random weights
+and its real processor class (real image processor) with a tokenizer trained in-process; each builder says where its
+chat format comes from."""
+
+from __future__ import annotations
+
+from transformers import (
+    Qwen2_5OmniProcessor,
+    Qwen2_5OmniThinkerConfig,
+    Qwen2_5OmniThinkerForConditionalGeneration,
+    Qwen2VLImageProcessor,
+    Qwen2VLVideoProcessor,
+    WhisperFeatureExtractor,
+)
+
+from vlsft.testing.tiny_build import HIDDEN, instantiate, language_model_sizes
+from vlsft.testing.tiny_generic import _byte_level_tokenizer, trl_template
+
+# -- Qwen2.5-Omni's thinker ----------------------------------------------------------------------------------------
+
+# Qwen2.5-VL's template (TRL's `qwen2_5_vl.jinja`) writes each image and video between `<|vision_start|>` and
+# `<|vision_end|>` around `<|image_pad|>` / `<|video_pad|>`; Qwen2.5-Omni's checkpoint template is the same text with
+# Qwen2.5-Omni's own tokens, an audio counter, and an audio item before the video item.
+_QWEN2_5_VL_TO_OMNI = {
+    "<|vision_start|><|image_pad|><|vision_end|>": "<|vision_bos|><|IMAGE|><|vision_eos|>",
+    "<|vision_start|><|video_pad|><|vision_end|>": "<|vision_bos|><|VIDEO|><|vision_eos|>",
+    "{% set image_count = namespace(value=0) %}":
+        "{% set audio_count = namespace(value=0) %}{% set image_count = namespace(value=0) %}",
+    "{% elif content['type'] == 'video' or 'video' in content %}":
+        "{% elif content['type'] == 'audio' or 'audio' in content or 'audio_url' in content %}"
+        "{% set audio_count.value = audio_count.value + 1 %}"
+        "{% if add_audio_id %}Audio {{ audio_count.value }}: {% endif %}<|audio_bos|><|AUDIO|><|audio_eos|>"
+        "{% elif content['type'] == 'video' or 'video' in content %}",
+}
+
+
+def qwen2_5_omni_format_template() -> str:
+    """Qwen2.5-Omni's chat template as its checkpoints (Qwen/Qwen2.5-Omni-3B, -7B) ship it: ChatML with the default
+    system prompt `You are a helpful assistant.`, images as `<|vision_bos|><|IMAGE|><|vision_eos|>`, audio as
+    `<|audio_bos|><|AUDIO|><|audio_eos|>`, videos as `<|vision_bos|><|VIDEO|><|vision_eos|>`; no tool calls. Built from
+    Qwen2.5-VL's template as TRL ships it (the same text but for those tokens and the audio item), which the checkpoint
+    template cannot be downloaded here to compare with."""
+    template = trl_template("qwen2_5_vl")
+    for qwen2_5_vl, omni in _QWEN2_5_VL_TO_OMNI.items():
+        if template.count(qwen2_5_vl) != 1:
+            raise ValueError(f"TRL's qwen2_5_vl.jinja changed: {qwen2_5_vl!r} is not written once")
+        template = template.replace(qwen2_5_vl, omni)
+    return template
+
+
+def build_tiny_qwen2_5_omni_thinker(seed: int = 0, hidden_size: int = HIDDEN):
+    """Qwen2.5-Omni's thinker: `Qwen2_5OmniThinkerForConditionalGeneration` (Qwen2.5-VL's windowed ViT with its patch
+    merger, a Whisper-style audio encoder, a Qwen2 language model with 3D rope) + `Qwen2_5OmniProcessor` (Qwen2-VL's
+    image and video processors, Whisper's feature extractor), with `qwen2_5_omni_format_template()`. Images of 28 to
+    56 px: 14 px patches merged 2x2 (1 to 4 tokens). vlsft trains it on text and images; a row with audio is refused
+    by row (its placeholders would have no features behind them)."""
+    named = {
+        "image_token": "<|IMAGE|>", "video_token": "<|VIDEO|>", "audio_token": "<|AUDIO|>",
+        "vision_bos_token": "<|vision_bos|>", "vision_eos_token": "<|vision_eos|>",
+        "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>",
+    }
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *named.values()]
+    tokenizer = _byte_level_tokenizer(special, named, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    vision = dict(patch_size=14, merge_size=2, temporal_patch_size=2,
+                  size={"shortest_edge": 28 * 28, "longest_edge": 56 * 56})
+    processor = Qwen2_5OmniProcessor(
+        image_processor=Qwen2VLImageProcessor(**vision),
+        video_processor=Qwen2VLVideoProcessor(**vision),
+        feature_extractor=WhisperFeatureExtractor(feature_size=16),
+        tokenizer=tokenizer,
+        chat_template=qwen2_5_omni_format_template(),
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    config = Qwen2_5OmniThinkerConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            **language_model_sizes(hidden_size),
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2]},
+            pad_token_id=ids("<|endoftext|>"),
+            eos_token_id=ids("<|im_end|>"),
+        ),
+        vision_config=dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14, spatial_merge_size=2,
+            temporal_patch_size=2, window_size=56, out_hidden_size=hidden_size, fullatt_block_indexes=[1],
+        ),
+        audio_config=dict(
+            num_mel_bins=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64, d_model=32,
+            output_dim=hidden_size,
+        ),
+        image_token_index=ids("<|IMAGE|>"),
+        video_token_index=ids("<|VIDEO|>"),
+        audio_token_index=ids("<|AUDIO|>"),
+        vision_start_token_id=ids("<|vision_bos|>"),
+        audio_start_token_id=ids("<|audio_bos|>"),
+        audio_end_token_id=ids("<|audio_eos|>"),
+        user_token_id=ids("user"),
+        tie_word_embeddings=False,
+    )
+    return instantiate(Qwen2_5OmniThinkerForConditionalGeneration, config, processor, seed)
