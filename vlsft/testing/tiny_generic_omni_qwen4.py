@@ -1,4 +1,4 @@
-"""Tiny Qwen2.5-Omni thinker models, each the family's real model class built from its config class with random weights
+"""Tiny Qwen2.5-Omni thinker and Qwen4-Exp models, each the family's real model class built from its config class with random weights
 and its real processor class (real image processor) with a tokenizer trained in-process; each builder says where its
 chat format comes from."""
 
@@ -10,11 +10,16 @@ from transformers import (
     Qwen2_5OmniThinkerForConditionalGeneration,
     Qwen2VLImageProcessor,
     Qwen2VLVideoProcessor,
+    Qwen4ExpConfig,
+    Qwen4ExpForConditionalGeneration,
     WhisperFeatureExtractor,
 )
 
 from vlsft.testing.tiny_build import HIDDEN, instantiate, language_model_sizes
 from vlsft.testing.tiny_generic import _byte_level_tokenizer, trl_template
+from vlsft.testing.tiny_qwen import qwen3_5_processor, qwen3_5_text_config
+from vlsft.testing.tiny_qwen3_vl import qwen_vision_token_ids, tiny_qwen3_vision_config
+from vlsft.testing.tiny_tokenizers import train_qwen3_5_tokenizer
 
 # -- Qwen2.5-Omni's thinker ----------------------------------------------------------------------------------------
 
@@ -97,3 +102,36 @@ def build_tiny_qwen2_5_omni_thinker(seed: int = 0, hidden_size: int = HIDDEN):
         tie_word_embeddings=False,
     )
     return instantiate(Qwen2_5OmniThinkerForConditionalGeneration, config, processor, seed)
+
+
+# -- Qwen4-Exp -----------------------------------------------------------------------------------------------------
+
+
+def build_tiny_qwen4_exp(seed: int = 0, hidden_size: int = HIDDEN, template: str = "qwen3_8"):
+    """Qwen4-Exp: `Qwen4ExpForConditionalGeneration` (Qwen3.5's vision tower; a language model of hyper-connected
+    residual streams: one GatedDeltaNet layer with a per-layer n-gram embedding (PLE), then one full-attention layer
+    with its QSA token indexer, each with a mixture of 4 experts, 2 per token, and a shared expert) +
+    `Qwen3VLProcessor` over Qwen3.5's tokenizer, as transformers' auto mappings pair them (its default vision token ids
+    are Qwen3.5's). Its checkpoint's template cannot be downloaded here: `template` is a Qwen3.5-generation template as
+    TRL ships it, by default the newest (`qwen3_8`, which keeps earlier reasoning, so every row meets the prefix
+    rule)."""
+    processor = qwen3_5_processor(train_qwen3_5_tokenizer(), template)
+    tokenizer = processor.tokenizer
+    vision = tiny_qwen3_vision_config(hidden_size)
+    vision.pop("deepstack_visual_indexes")
+    text = qwen3_5_text_config(tokenizer, hidden_size, moe=True)
+    text.update(
+        layer_types=["linear_attention", "indexed_attention"],
+        # QSA: each query attends to the top blocks of 4 keys (16 tokens), one 16-dim index key head.
+        indexer_n_heads=2, indexer_kv_heads=1, indexer_head_dim=16, indexer_budget=16, indexer_compress_ratio=4,
+        # 2 residual streams; the n-gram embedding on the GatedDeltaNet layer, over 2 hashed tables per n-gram order.
+        hc_count=2, hc_lowrank=8, ple_layer_ids=[1], heads_per_ngram=2, ngram_vocab_size_base=101,
+        make_ngram_vocab_size_divisible_by=8, split_ngram_parts=1,
+        # Without the load-balancing loss: a mean per micro-batch, so a batch of 2 could not equal 2 accumulated
+        # micro-batches of 1. `router_aux_loss_coef` in the recipe turns it on.
+        router_aux_loss_coef=0.0,
+    )
+    config = Qwen4ExpConfig(
+        text_config=text, vision_config=vision, **qwen_vision_token_ids(tokenizer), tie_word_embeddings=False
+    )
+    return instantiate(Qwen4ExpForConditionalGeneration, config, processor, seed)
