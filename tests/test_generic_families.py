@@ -94,12 +94,14 @@ for _family in TOOL_CALLS_NOT_WRITTEN:
     TEMPLATE_REFUSES.setdefault(_family, set()).update({"tool_call_with_text", "tool_call_without_text"})
     REFUSALS[_family] = f"{REFUSALS[_family]}|{TOOL_CALLS_REFUSAL}" if _family in REFUSALS else TOOL_CALLS_REFUSAL
 
-# Families vlsft has no record for whose processor and template it has one for: Qwen4-Exp's model ships Qwen3.5's
+# Families vlsft has no record for whose processor and template it has one for: Qwen4-Exp ships Qwen3.5's
 # processor (`Qwen3VLProcessor`) and a Qwen3.5-generation template, so its rows are collated by that record (the
 # trainer's hand-written path), which tokenizes an empty reasoning block as inference sees it, split where the
 # generation prompt ends (`tests.test_families_qwen3_5.split_empty_reasoning`); its model's parts, LoRA targets and
 # packing are found as for any model without a record.
 COLLATED_BY_RECORD = {"qwen4_exp": "qwen3_8"}
+# Cosmos3's reasoner is Qwen3-VL's architecture under its own model type, with Qwen3-VL's processor and template.
+COLLATED_BY_RECORD["cosmos3_omni"] = "qwen3_vl"
 
 
 def as_the_template_reads(processor, row, **kwargs) -> list[dict]:

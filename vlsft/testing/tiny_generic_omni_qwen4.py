@@ -1,10 +1,12 @@
-"""Tiny Qwen2.5-Omni thinker and Qwen4-Exp models, each the family's real model class built from its config class with random weights
+"""Tiny Qwen2.5-Omni thinker, Qwen4-Exp and Cosmos3 (reasoner) models, each the family's real model class built from its config class with random weights
 and its real processor class (real image processor) with a tokenizer trained in-process; each builder says where its
 chat format comes from."""
 
 from __future__ import annotations
 
 from transformers import (
+    Cosmos3OmniConfig,
+    Cosmos3OmniForConditionalGeneration,
     Qwen2_5OmniProcessor,
     Qwen2_5OmniThinkerConfig,
     Qwen2_5OmniThinkerForConditionalGeneration,
@@ -18,8 +20,13 @@ from transformers import (
 from vlsft.testing.tiny_build import HIDDEN, instantiate, language_model_sizes
 from vlsft.testing.tiny_generic import _byte_level_tokenizer, trl_template
 from vlsft.testing.tiny_qwen import qwen3_5_processor, qwen3_5_text_config
-from vlsft.testing.tiny_qwen3_vl import qwen_vision_token_ids, tiny_qwen3_vision_config
-from vlsft.testing.tiny_tokenizers import train_qwen3_5_tokenizer
+from vlsft.testing.tiny_qwen3_vl import (
+    build_tiny_qwen3_vl_processor,
+    qwen_vision_token_ids,
+    tiny_qwen3_vision_config,
+    tiny_qwen3_vl_config,
+)
+from vlsft.testing.tiny_tokenizers import FAMILY_CORPUS, train_qwen3_5_tokenizer
 
 # -- Qwen2.5-Omni's thinker ----------------------------------------------------------------------------------------
 
@@ -135,3 +142,24 @@ def build_tiny_qwen4_exp(seed: int = 0, hidden_size: int = HIDDEN, template: str
         text_config=text, vision_config=vision, **qwen_vision_token_ids(tokenizer), tie_word_embeddings=False
     )
     return instantiate(Qwen4ExpForConditionalGeneration, config, processor, seed)
+
+
+# -- Cosmos3 (Nano, Super): its reasoner ---------------------------------------------------------------------------
+
+
+def build_tiny_cosmos3_omni(seed: int = 0, hidden_size: int = HIDDEN):
+    """Cosmos3's reasoner: `Cosmos3OmniForConditionalGeneration` (Qwen3-VL's architecture, DeepStack mergers
+    included: transformers loads only the reasoner tower of the unified Cosmos3 checkpoint) + `Qwen3VLProcessor` with
+    Qwen3-VL's stock template. transformers maps `cosmos3_omni` to no processor class but to Qwen3-VL's parts
+    (Qwen2-VL's image processor, Qwen3-VL's video processor, Qwen2's tokenizer, Qwen3-VL's vision token ids); NVIDIA's
+    Cosmos3 tooling takes its tokenizer and processor files from Qwen/Qwen3-VL-8B-Instruct by default, so its
+    checkpoints' `AutoProcessor` is Qwen3-VL's, with its template."""
+    processor = build_tiny_qwen3_vl_processor(extra_text=FAMILY_CORPUS)
+    qwen3_vl = tiny_qwen3_vl_config(processor.tokenizer, hidden_size)
+    config = Cosmos3OmniConfig(
+        text_config=qwen3_vl.text_config.to_dict(),
+        vision_config=qwen3_vl.vision_config.to_dict(),
+        **qwen_vision_token_ids(processor.tokenizer),
+        tie_word_embeddings=False,
+    )
+    return instantiate(Cosmos3OmniForConditionalGeneration, config, processor, seed)
