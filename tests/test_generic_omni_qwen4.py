@@ -1,18 +1,29 @@
-"""Qwen2.5-Omni's thinker beyond the parametrized generic-path tests (tests/test_generic_families.py):
-- its audio and videos are refused by row with the reason while its images train;
-- its whole model (no forward, only `generate`) is refused before training, naming its thinker.
+"""Qwen2.5-Omni's thinker, Qwen4-Exp and Cosmos3's reasoner beyond the parametrized generic-path tests
+(tests/test_generic_families.py):
+- Qwen2.5-Omni's audio and videos are refused by row with the reason while its images train; its whole model (no
+  forward, only `generate`) is refused before training, naming its thinker;
+- Qwen4-Exp and Cosmos3 ship Qwen-VL processors and templates vlsft has records for: their videos train on the
+  record's video path; packing, proven only for the records' own models, is refused naming the model type.
 """
 
 from __future__ import annotations
 
+import copy
+
 import pytest
+import torch
+from datasets import Dataset
 from PIL import Image
 from transformers import Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration
 
+from tests.test_families import rows_of_different_lengths
 from tests.test_generic_families import tiny
+from vlsft import VLSFTConfig, VLSFTTrainer
 from vlsft.collation.rendering import RowError
 from vlsft.collator import VisionChatCollator
 from vlsft.model_parts import check_model_parts
+from vlsft.templates import resolve_training_template
+from vlsft.testing.tiny_video import write_moving_shape
 
 
 def answer(text):
@@ -58,3 +69,38 @@ def test_qwen2_5_omni_whole_model_is_refused_naming_its_thinker():
                                          r"\(Qwen2_5OmniThinkerForConditionalGeneration\)"):
         check_model_parts(whole)
     check_model_parts(whole.thinker)
+
+
+@pytest.mark.parametrize("family", ["qwen4_exp", "cosmos3_omni"])
+def test_videos_train_on_the_records_video_path(family, tmp_path):
+    """The trainer's collator (the record's training template) expands a video as Qwen3-VL's processor does, and the
+    model's own forward takes it: the video's pixels reach the logits of the supervised answer."""
+    model, processor = tiny(family)
+    collate = VisionChatCollator(processor, resolve_training_template(processor.chat_template))
+    video = write_moving_shape(tmp_path / "right.mp4", num_frames=8, fps=4, size=(64, 48))
+    question = [{"type": "video"}, {"type": "text", "text": "Which way does the square move?"}]
+    batch = collate([{"messages": [{"role": "user", "content": question}, answer("Right.")], "videos": [str(video)]}])
+    assert processor.video_token_id in batch["input_ids"][0].tolist() and (batch["labels"][0] != -100).any()
+    with torch.no_grad():
+        ours = model(**batch)
+        blank = model(**{**batch, "pixel_values_videos": torch.zeros_like(batch["pixel_values_videos"])})
+    assert torch.isfinite(ours.loss) and not torch.allclose(ours.logits, blank.logits)
+
+
+@pytest.mark.parametrize(
+    "family, reason",
+    [
+        ("qwen4_exp", r"packing is not supported for model type 'qwen4_exp' \(template family 'qwen3_8'\)"),
+        ("cosmos3_omni", r"packing is not supported for model type 'cosmos3_omni' \(template family 'qwen3_vl'\)"),
+        ("qwen2_5_omni_thinker", r"its language model \('qwen2_5_omni_text'\) takes 3D rope positions"),
+    ],
+)
+def test_packing_is_refused_naming_the_reason(family, reason, tmp_path):
+    """Their packed rows are not proven kept apart (Qwen4-Exp's linear attention and n-gram embedding carry state
+    along the sequence; Cosmos3's Qwen3-VL architecture packs under Qwen3-VL's record only): the trainer refuses
+    before training."""
+    model, processor = tiny(family)
+    args = VLSFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, padding_free=True)
+    with pytest.raises(ValueError, match=reason):
+        VLSFTTrainer(copy.deepcopy(model), args=args, train_dataset=Dataset.from_list(rows_of_different_lengths()[:2]),
+                     processing_class=processor)
