@@ -3,7 +3,8 @@
 - Qwen2.5-Omni's audio and videos are refused by row with the reason while its images train; its whole model (no
   forward, only `generate`) is refused before training, naming its thinker;
 - Qwen4-Exp and Cosmos3 ship Qwen-VL processors and templates vlsft has records for: their videos train on the
-  record's video path; packing, proven only for the records' own models, is refused naming the model type.
+  record's video path; packing, proven only for the records' own models, is refused naming the model type;
+- GLM-GA's image processor sizes images by its `patch_expand_factor`: the expansion is the processor's own.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from vlsft.collation.rendering import RowError
 from vlsft.collator import VisionChatCollator
 from vlsft.model_parts import check_model_parts
 from vlsft.templates import resolve_training_template
+from vlsft.testing.tiny_generic_omni_qwen4 import build_tiny_glmga
 from vlsft.testing.tiny_video import write_moving_shape
 
 
@@ -30,7 +32,7 @@ def answer(text):
     return {"role": "assistant", "content": [{"type": "text", "text": text}]}
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_omni_thinker"])
+@pytest.mark.parametrize("family", ["qwen2_5_omni_thinker", "glmga"])
 def test_videos_are_refused_by_row(family):
     """The processor takes videos; the generic path collates images only: a video fails by name."""
     _, processor = tiny(family)
@@ -104,3 +106,23 @@ def test_packing_is_refused_naming_the_reason(family, reason, tmp_path):
     with pytest.raises(ValueError, match=reason):
         VLSFTTrainer(copy.deepcopy(model), args=args, train_dataset=Dataset.from_list(rows_of_different_lengths()[:2]),
                      processing_class=processor)
+
+
+def test_glmga_images_expand_as_its_processor_sizes_them():
+    """GLM-GA's image processor resizes to multiples of `patch_size * merge_size * patch_expand_factor`: with a factor
+    of 2 a 60x40 image is 4x4 patches (4 tokens once merged 2x2), not 2x4 (2 tokens); the collated ids and pixels are
+    the processor's own (the stop token `<|user|>` appended after the final turn aside)."""
+    _, processor = build_tiny_glmga(patch_expand_factor=2)
+    collate = VisionChatCollator(processor, processor.chat_template)
+    image = Image.new("RGB", (60, 40), (0, 128, 255))
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]}, answer("Blue.")]
+    batch = collate([{"messages": messages, "images": [image]}])
+    assert batch["image_grid_thw"].tolist() == [[1, 4, 4]]
+    assert batch["input_ids"][0].tolist().count(processor.image_token_id) == 4
+    conversation = [{"role": "user", "content": [{"type": "image", "image": image}, messages[0]["content"][1]]},
+                    messages[1]]
+    reference = processor.apply_chat_template([conversation], tokenize=True, return_dict=True, return_tensors="pt")
+    for key in ("pixel_values", "image_grid_thw"):
+        assert torch.equal(batch[key], reference[key]), key
+    length = reference["input_ids"].shape[1]
+    assert torch.equal(batch["input_ids"][:, :length], reference["input_ids"])

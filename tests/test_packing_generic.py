@@ -31,6 +31,8 @@ from vlsft.testing.tiny_generic import build_tiny_internvl
 SCHEMES = {"internvl": "1d", "internvl_qwen3": "1d", "mistral3": "1d", "aya_vision": "1d", "glm4v": "mrope"}
 # LightOnOCR (Qwen3) and FastVLM (Qwen2): 1D positions.
 SCHEMES |= {"lighton_ocr": "1d", "fast_vlm": "1d"}
+# GLM-GA: GLM-4.6V's model (GLM-4.1V's text model and `get_rope_index`) behind its own image processor.
+SCHEMES |= {"glmga": "mrope"}
 PACKABLE = list(SCHEMES)
 # What each packable family's text model runs as packed (`use_packed_attention`): Aya Vision's Cohere2 has sliding-
 # window layers, so it keeps sdpa with transformers' packed (block-diagonal, windowed) mask.

@@ -24,6 +24,7 @@ from vlsft.testing.tiny_generic_janus_deepseek import (
 )
 from vlsft.testing.tiny_generic_omni_qwen4 import (
     build_tiny_cosmos3_omni,
+    build_tiny_glmga,
     build_tiny_qwen2_5_omni_thinker,
     build_tiny_qwen4_exp,
 )
@@ -80,4 +81,5 @@ GENERIC_BUILDERS = {
     "qwen2_5_omni_thinker": build_tiny_qwen2_5_omni_thinker,
     "qwen4_exp": build_tiny_qwen4_exp,
     "cosmos3_omni": build_tiny_cosmos3_omni,
+    "glmga": build_tiny_glmga,
 }

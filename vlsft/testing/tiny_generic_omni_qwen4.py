@@ -1,4 +1,4 @@
-"""Tiny Qwen2.5-Omni thinker, Qwen4-Exp and Cosmos3 (reasoner) models, each the family's real model class built from its config class with random weights
+"""Tiny Qwen2.5-Omni thinker, Qwen4-Exp, Cosmos3 (reasoner) and GLM-GA models, each the family's real model class built from its config class with random weights
 and its real processor class (real image processor) with a tokenizer trained in-process; each builder says where its
 chat format comes from."""
 
@@ -7,6 +7,11 @@ from __future__ import annotations
 from transformers import (
     Cosmos3OmniConfig,
     Cosmos3OmniForConditionalGeneration,
+    Glm46VForConditionalGeneration,
+    Glm46VProcessor,
+    GlmgaConfig,
+    GlmgaImageProcessor,
+    GlmgaVideoProcessor,
     Qwen2_5OmniProcessor,
     Qwen2_5OmniThinkerConfig,
     Qwen2_5OmniThinkerForConditionalGeneration,
@@ -19,6 +24,7 @@ from transformers import (
 
 from vlsft.testing.tiny_build import HIDDEN, instantiate, language_model_sizes
 from vlsft.testing.tiny_generic import _byte_level_tokenizer, trl_template
+from vlsft.testing.tiny_generic_qwen2_glm import glm4_5v_format_template, glm_config, glm_processor
 from vlsft.testing.tiny_qwen import qwen3_5_processor, qwen3_5_text_config
 from vlsft.testing.tiny_qwen3_vl import (
     build_tiny_qwen3_vl_processor,
@@ -163,3 +169,21 @@ def build_tiny_cosmos3_omni(seed: int = 0, hidden_size: int = HIDDEN):
         tie_word_embeddings=False,
     )
     return instantiate(Cosmos3OmniForConditionalGeneration, config, processor, seed)
+
+
+# -- GLM-GA --------------------------------------------------------------------------------------------------------
+
+
+def build_tiny_glmga(seed: int = 0, hidden_size: int = HIDDEN, patch_expand_factor: int = 1):
+    """GLM-GA (`glmga`): GLM-4.6V's model (`Glm46VForConditionalGeneration`, as transformers' auto mapping loads it)
+    with its own image and video processors (`GlmgaImageProcessor`: images resized to multiples of
+    `patch_size * merge_size * patch_expand_factor`; `GlmgaVideoProcessor`: its own frame sampling), in GLM-4.6V's
+    `Glm46VProcessor` (transformers maps `glmga` to no processor class), with GLM-4.5V/4.6V's chat format
+    (`glm4_5v_format_template()`; the checkpoint's own template cannot be downloaded here). What sets it apart from
+    GLM-4.6V is its processors: the model, tokens and chat format are GLM-4.6V's."""
+    processor = glm_processor(
+        Glm46VProcessor, GlmgaImageProcessor, GlmgaVideoProcessor, glm4_5v_format_template(), glm4_5=True
+    )
+    processor.image_processor.patch_expand_factor = patch_expand_factor
+    config = glm_config(GlmgaConfig, processor.tokenizer, hidden_size)
+    return instantiate(Glm46VForConditionalGeneration, config, processor, seed)
