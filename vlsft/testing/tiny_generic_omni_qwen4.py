@@ -1,6 +1,6 @@
-"""Tiny Qwen2.5-Omni thinker, Qwen4-Exp, Cosmos3 (reasoner) and GLM-GA models, each the family's real model class built from its config class with random weights
-and its real processor class (real image processor) with a tokenizer trained in-process; each builder says where its
-chat format comes from."""
+"""Tiny Qwen2.5-Omni thinker, Qwen4-Exp, Cosmos3 (reasoner) and GLM-GA models, each the family's real model class
+built from its config class with random weights and its real processor class (real image processor) with a tokenizer
+trained in-process; each builder says where its chat format comes from."""
 
 from __future__ import annotations
 
