@@ -35,6 +35,8 @@ SCHEMES |= {"lighton_ocr": "1d", "fast_vlm": "1d"}
 SCHEMES |= {"video_llama_3": "1d"}
 # Qianfan-OCR (Qwen3): 1D positions.
 SCHEMES |= {"qianfan_ocr": "1d"}
+# GLM-GA: GLM-4.6V's model (GLM-4.1V's text model and `get_rope_index`) behind its own image processor.
+SCHEMES |= {"glmga": "mrope"}
 PACKABLE = list(SCHEMES)
 # What each packable family's text model runs as packed (`use_packed_attention`): Aya Vision's Cohere2 has sliding-
 # window layers, so it keeps sdpa with transformers' packed (block-diagonal, windowed) mask.

@@ -22,6 +22,12 @@ from vlsft.testing.tiny_generic_janus_deepseek import (
     build_tiny_deepseek_vl_hybrid,
     build_tiny_janus,
 )
+from vlsft.testing.tiny_generic_omni_qwen4 import (
+    build_tiny_cosmos3_omni,
+    build_tiny_glmga,
+    build_tiny_qwen2_5_omni_thinker,
+    build_tiny_qwen4_exp,
+)
 from vlsft.testing.tiny_generic_mllama_aria import build_tiny_aria, build_tiny_mllama
 from vlsft.testing.tiny_generic_minicpm47_ocr import (
     build_tiny_fast_vlm,
@@ -87,4 +93,8 @@ GENERIC_BUILDERS = {
     "minicpm_ocr": build_tiny_minicpm_ocr,
     "deepseek_ocr2": build_tiny_deepseek_ocr2,
     "unlimited_ocr": build_tiny_unlimited_ocr,
+    "qwen2_5_omni_thinker": build_tiny_qwen2_5_omni_thinker,
+    "qwen4_exp": build_tiny_qwen4_exp,
+    "cosmos3_omni": build_tiny_cosmos3_omni,
+    "glmga": build_tiny_glmga,
 }
