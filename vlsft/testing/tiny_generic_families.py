@@ -28,6 +28,7 @@ from vlsft.testing.tiny_generic_minicpm47_ocr import (
     build_tiny_lighton_ocr,
     build_tiny_minicpmv4_7,
 )
+from vlsft.testing.tiny_generic_clova_inkling import build_tiny_hyperclovax_vision_v2
 from vlsft.testing.tiny_generic_kimi_step_exaone import (
     build_tiny_exaone4_5,
     build_tiny_kimi_k25,
@@ -72,4 +73,5 @@ GENERIC_BUILDERS = {
     "kimi_k25": build_tiny_kimi_k25,
     "step3p7": build_tiny_step3p7,
     "qwen3_omni_moe_thinker": build_tiny_qwen3_omni_moe_thinker,
+    "hyperclovax_vision_v2": build_tiny_hyperclovax_vision_v2,
 }

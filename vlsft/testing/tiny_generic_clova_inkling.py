@@ -1,0 +1,77 @@
+"""Tiny HyperCLOVA X SEED Vision (v2) models and others of this wave, each the family's real model class built from its
+config class with random weights and its real processor class (real image processor) with a tokenizer trained
+in-process. TRL ships no template for these families: each builder writes the family's chat format as its
+checkpoints render it, and says where that comes from."""
+
+from __future__ import annotations
+
+from transformers import (
+    HyperCLOVAXVisionV2Config,
+    HyperCLOVAXVisionV2ForConditionalGeneration,
+    HyperCLOVAXVisionV2Processor,
+    Qwen2VLImageProcessor,
+    Qwen2VLVideoProcessor,
+)
+
+from vlsft.testing.tiny_build import HIDDEN, instantiate, language_model_sizes
+from vlsft.testing.tiny_generic import _byte_level_tokenizer
+from vlsft.testing.tiny_generic_kimi_step_exaone import _content_items
+
+# Images of 28 to 56 px a side: 14 px patches merged 2x2, as in the checkpoints (1 to 4 tokens each).
+_QWEN_STYLE_VISION = dict(patch_size=14, merge_size=2, temporal_patch_size=2,
+                          size={"shortest_edge": 28 * 28, "longest_edge": 56 * 56})
+
+
+# -- HyperCLOVA X SEED Vision (v2) ---------------------------------------------------------------------------------
+
+# HyperCLOVA X SEED's chat format, written for these tests (the checkpoint's template cannot be downloaded here) from
+# the model cards and the usage they show: ChatML turns `<|im_start|>role\n` ... `<|im_end|>\n`, an assistant turn
+# closed by `<|im_end|><|endofturn|>` (generation stops on `<|endofturn|>`, the checkpoints' `stop_strings`), and
+# images as `<|IMAGE_PAD|>` (the processor expands it; its token in transformers' tests of the 32B checkpoint). So a
+# turn's supervised text ends with `<|im_end|><|endofturn|>`, the two tokens the model writes before it stops.
+HYPERCLOVAX_FORMAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message.role + '\\n' }}"
+    + _content_items("<|IMAGE_PAD|>") +
+    "{%- if message.role == 'assistant' -%}{{ '<|im_end|><|endofturn|>\\n' }}"
+    "{%- else -%}{{ '<|im_end|>\\n' }}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+
+
+def build_tiny_hyperclovax_vision_v2(seed: int = 0, hidden_size: int = HIDDEN):
+    """HyperCLOVA X SEED Think 32B: `HyperCLOVAXVisionV2ForConditionalGeneration` (a Qwen2.5-VL windowed ViT with its
+    patch merger, a linear `projector`, a HyperCLOVA X language model: muP multipliers and peri-layer norms) +
+    `HyperCLOVAXVisionV2Processor` over Qwen2-VL's image and video processors (as its auto mapping pairs them), with
+    `HYPERCLOVAX_FORMAT_TEMPLATE`."""
+    named = {"image_token": "<|IMAGE_PAD|>", "video_token": "<|VIDEO_PAD|>"}
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|endofturn|>", "<|stop|>", *named.values()]
+    tokenizer = _byte_level_tokenizer(special, named, eos_token="<|endofturn|>", pad_token="<|endoftext|>")
+    processor = HyperCLOVAXVisionV2Processor(
+        image_processor=Qwen2VLImageProcessor(**_QWEN_STYLE_VISION),
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(**_QWEN_STYLE_VISION),
+        chat_template=HYPERCLOVAX_FORMAT_TEMPLATE,
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    config = HyperCLOVAXVisionV2Config(
+        text_config=dict(
+            model_type="hyperclovax",
+            vocab_size=len(tokenizer),
+            **language_model_sizes(hidden_size),
+            # muP multipliers of the checkpoints' kind (not 1), so a step exercises them.
+            embedding_multiplier=2.0, logits_scaling=0.5, residual_multiplier=0.5,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=None,
+            eos_token_id=tokenizer.eos_token_id,
+        ),
+        vision_config=dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14, spatial_merge_size=2,
+            temporal_patch_size=2, window_size=56, out_hidden_size=hidden_size, fullatt_block_indexes=[1],
+        ),
+        image_token_id=ids("<|IMAGE_PAD|>"),
+        video_token_id=ids("<|VIDEO_PAD|>"),
+        tie_word_embeddings=False,
+    )
+    return instantiate(HyperCLOVAXVisionV2ForConditionalGeneration, config, processor, seed)
