@@ -9,6 +9,10 @@ from transformers import (
     HyperCLOVAXVisionV2Config,
     HyperCLOVAXVisionV2ForConditionalGeneration,
     HyperCLOVAXVisionV2Processor,
+    Inkling2Config,
+    Inkling2ForConditionalGeneration,
+    Inkling2ImageProcessor,
+    Inkling2Processor,
     Qwen2VLImageProcessor,
     Qwen2VLVideoProcessor,
 )
@@ -75,3 +79,59 @@ def build_tiny_hyperclovax_vision_v2(seed: int = 0, hidden_size: int = HIDDEN):
         tie_word_embeddings=False,
     )
     return instantiate(HyperCLOVAXVisionV2ForConditionalGeneration, config, processor, seed)
+
+
+# -- Inkling 2 -----------------------------------------------------------------------------------------------------
+
+# Inkling 2's chat format, written for these tests (no checkpoint template can be downloaded here). Its tokenizer is
+# o200k's (a 201,024-row vocabulary, `<|unused_200054|>` its image token and id 200006, `<|start|>` there, its eos),
+# so this is the harmony layout of those control tokens: `<|start|>role<|message|>` ... `<|end|>` for each turn, the
+# generation prompt `<|start|>assistant`, and images as `<|unused_200054|>` (the processor expands it to one token per
+# 40 px cell). A turn's supervised text is `<|message|>` + its text + `<|end|>`.
+INKLING2_FORMAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|start|>' + message.role + '<|message|>' }}"
+    + _content_items("<|unused_200054|>") +
+    "{{ '<|end|>' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|start|>assistant' }}{%- endif -%}"
+)
+
+
+def build_tiny_inkling2(seed: int = 0, hidden_size: int = HIDDEN):
+    """Inkling 2: `Inkling2ForConditionalGeneration` (a ViT of 20 px patches with 2D rope and a 2x2 merging MLP
+    projector, the `merger` of its `vision_tower`; a hybrid language model: one sliding-window layer then one global
+    layer, both with short convolutions, relative-position logits and attention sinks, mixture-of-experts MLPs of 4
+    routed experts, 2 per token; its logits softcapped and cut to the unpadded vocabulary) + `Inkling2Processor` with
+    its own image processor, with `INKLING2_FORMAT_TEMPLATE`. The head keeps 8 padding rows beyond the tokenizer's
+    vocabulary, as the checkpoints do (their logits are cut off before the loss)."""
+    special = ["<|endoftext|>", "<|start|>", "<|message|>", "<|end|>", "<|unused_200054|>"]
+    tokenizer = _byte_level_tokenizer(special, {}, eos_token="<|end|>", pad_token="<|endoftext|>")
+    processor = Inkling2Processor(
+        image_processor=Inkling2ImageProcessor(), tokenizer=tokenizer, chat_template=INKLING2_FORMAT_TEMPLATE,
+        image_token="<|unused_200054|>",
+    )
+    sizes = language_model_sizes(hidden_size)
+    heads = dict(num_attention_heads=sizes["num_attention_heads"], num_key_value_heads=2, head_dim=16)
+    config = Inkling2Config(
+        text_config=dict(
+            vocab_size=len(tokenizer) + 8,
+            unpadded_vocab_size=len(tokenizer),
+            hidden_size=hidden_size,
+            num_hidden_layers=2,
+            layer_types=["hybrid_sliding", "hybrid"],
+            n_layers_per_attn_res_block=1,
+            **heads, **{f"swa_{k}": v for k, v in heads.items()},
+            sliding_window_size=16, rel_extent=16, d_rel=4,
+            moe_intermediate_size=hidden_size, n_routed_experts=4, num_experts_per_tok=2,
+            max_position_embeddings=4096,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        ),
+        vision_config=dict(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=20, spatial_merge_size=2,
+            posemb_grid_size=4, projection_hidden_dim=32, text_hidden_size=hidden_size,
+        ),
+        image_token_id=tokenizer.convert_tokens_to_ids("<|unused_200054|>"),
+    )
+    return instantiate(Inkling2ForConditionalGeneration, config, processor, seed)
