@@ -3,18 +3,33 @@ parametrized generic-path tests (tests/test_generic_families.py):
 - HyperCLOVA X's linear `projector` (after its Qwen2.5-VL tower's own merger) is found as the projector, not trained as
   part of the language model;
 - a turn's supervised text ends with `<|im_end|><|endofturn|>`, the tokens the model writes before it stops;
+- Inkling 2's loss is its own forward's: logits softcapped (by a module its `__init__` builds) and cut to the unpadded
+  vocabulary before the softmax;
 - videos are refused by row.
 """
 
 from __future__ import annotations
 
-import pytest
+import copy
 
-from tests.test_families import supervised_texts
+import pytest
+import torch
+from datasets import Dataset
+
+from tests.test_families import rows_of_different_lengths, supervised_texts
 from tests.test_generic_families import tiny
+from tests.test_loss import reference_loss
+from vlsft import VLSFTConfig, VLSFTTrainer
 from vlsft.collation.rendering import RowError
 from vlsft.collator import VisionChatCollator
-from vlsft.model_parts import MERGER, component_of, merger_module_names, named_parameters_by_component
+from vlsft.model_parts import (
+    MERGER,
+    component_of,
+    final_logit_softcap,
+    merger_module_names,
+    named_parameters_by_component,
+    output_vocab_size,
+)
 
 
 def answer(text):
@@ -40,7 +55,32 @@ def test_hyperclovax_supervises_through_the_end_of_turn_token():
     assert texts == ["Hello.<|im_end|><|endofturn|>", "Red.<|im_end|><|endofturn|>"]
 
 
-@pytest.mark.parametrize("family", ["hyperclovax_vision_v2"])
+def test_inkling2_loss_is_the_models_own_capped_loss_over_the_unpadded_vocabulary(tmp_path):
+    """Inkling 2's forward caps its logits with a module its `__init__` builds (`logit_softcap`, from
+    `final_logit_softcapping`), then drops the head's padding rows (`unpadded_vocab_size`). vlsft runs the head
+    itself, so it must do both: the loss and gradients equal those of the model's own logits."""
+    model, processor = tiny("inkling2")
+    assert final_logit_softcap(model) == 30.0
+    assert output_vocab_size(model) == len(processor.tokenizer) < model.lm_head.weight.shape[0]
+    # A tiny random model's logits are far below 30, where the cap changes almost nothing: 0.5 changes them all.
+    model = copy.deepcopy(model)
+    model.config.get_text_config().final_logit_softcapping = 0.5
+    model.logit_softcap.softcap = 0.5
+    args = VLSFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, max_steps=1, save_strategy="no")
+    trainer = VLSFTTrainer(copy.deepcopy(model), args=args, processing_class=processor,
+                           train_dataset=Dataset.from_list(rows_of_different_lengths()[:2]))
+    batch = trainer.data_collator(rows_of_different_lengths()[:2])
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    loss.backward()
+    reference_model = copy.deepcopy(model)
+    expected = reference_loss(reference_model, batch)
+    expected.backward()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    ours = dict(trainer.model.named_parameters())
+    torch.testing.assert_close(ours["lm_head.weight"].grad, reference_model.lm_head.weight.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["hyperclovax_vision_v2", "inkling2"])
 def test_videos_are_refused_by_row(family):
     """Their processors take videos; the generic path collates images only: a video fails by name."""
     _, processor = tiny(family)

@@ -37,14 +37,23 @@ def final_logit_softcap(model: nn.Module) -> float | None:
         return cap if FAMILIES[family].parts.caps_logits else None
     # A model without a record: its forward's code says whether it caps. The config alone cannot (Gemma 3's
     # conditional-generation head ignores the cap its config holds; Gemma 3n's and PaliGemma's apply it).
-    return cap if cap is not None and _forward_reads_softcap(type(model)) else None
+    return cap if cap is not None and _head_code_reads(type(model), "final_logit_softcapping") else None
 
 
-def _forward_reads_softcap(model_class: type) -> bool:
-    """Whether `model_class.forward` reads `final_logit_softcapping`; True where its source cannot be read, as a
-    config that sets a cap most likely means it."""
+def output_vocab_size(model: nn.Module) -> int | None:
+    """How many of the LM head's rows the model's own forward keeps in its logits, where it cuts off padding rows
+    (Inkling's `unpadded_vocab_size`: the checkpoints' head is padded, the logits beyond the real tokens dropped before
+    the loss); None where it keeps them all."""
+    size = getattr(model.config.get_text_config(), "unpadded_vocab_size", None)
+    return size if size is not None and _head_code_reads(type(model), "unpadded_vocab_size") else None
+
+
+def _head_code_reads(model_class: type, name: str) -> bool:
+    """Whether `model_class`'s forward, or its `__init__` (which may build a module the forward calls from the config,
+    as Inkling 2's `logit_softcap`), reads the config field `name`; True where the source cannot be read, as a config
+    that sets the field most likely means it."""
     try:
-        return "final_logit_softcapping" in inspect.getsource(model_class.forward)
+        return any(name in inspect.getsource(code) for code in (model_class.forward, model_class.__init__))
     except (OSError, TypeError):
         return True
 
