@@ -13,6 +13,11 @@ from transformers import (
     Inkling2ForConditionalGeneration,
     Inkling2ImageProcessor,
     Inkling2Processor,
+    MiniMaxM3SparseForConditionalGeneration,
+    MiniMaxM3VLConfig,
+    MiniMaxM3VLImageProcessor,
+    MiniMaxM3VLProcessor,
+    MiniMaxM3VLVideoProcessor,
     Qwen2VLImageProcessor,
     Qwen2VLVideoProcessor,
 )
@@ -135,3 +140,65 @@ def build_tiny_inkling2(seed: int = 0, hidden_size: int = HIDDEN):
         image_token_id=tokenizer.convert_tokens_to_ids("<|unused_200054|>"),
     )
     return instantiate(Inkling2ForConditionalGeneration, config, processor, seed)
+
+
+# -- MiniMax M3 VL -------------------------------------------------------------------------------------------------
+
+# MiniMax's chat format (M1/M2's, as their checkpoints render it, without the reasoning block), written for these tests
+# (the M3 checkpoint's template cannot be downloaded here): `]~!b[` opens the conversation, `]~b]role\n` each turn
+# (the assistant's role is `ai`) and `[e~[\n` closes it (`[e~[`, the eos); images are `]<]image[>[`, which the processor
+# expands between `]<]start of image[>[` and `]<]end of image[>[`. A turn's supervised text ends with `[e~[`.
+MINIMAX_M3_FORMAT_TEMPLATE = (
+    "{{- ']~!b[' -}}"
+    "{%- for message in messages -%}"
+    "{{ ']~b]' + ('ai' if message.role == 'assistant' else message.role) + '\\n' }}"
+    + _content_items("]<]image[>[") +
+    "{{ '[e~[\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ ']~b]ai\\n' }}{%- endif -%}"
+)
+
+
+def build_tiny_minimax_m3_vl(seed: int = 0, hidden_size: int = HIDDEN):
+    """MiniMax M3 VL: `MiniMaxM3SparseForConditionalGeneration` (a ViT of 14 px patches with 2D rope, a two-stage GELU
+    `multi_modal_projector` that merges 2x2 patches, a MiniMax M3 language model: one dense layer then one
+    mixture-of-experts layer of 4 routed experts, 2 per token, and a shared expert; partial rope; SwiGLU-OAI) +
+    `MiniMaxM3VLProcessor` with its own image and video processors, with `MINIMAX_M3_FORMAT_TEMPLATE`. Images of 28
+    to 56 px a side (1 to 4 tokens)."""
+    markers = [MiniMaxM3VLProcessor.IMAGE_TOKEN, MiniMaxM3VLProcessor.VIDEO_TOKEN,
+               MiniMaxM3VLProcessor.VISION_START_TOKEN, MiniMaxM3VLProcessor.VISION_END_TOKEN]
+    special = ["<pad>", "]~!b[", "]~b]", "[e~[", *markers]
+    tokenizer = _byte_level_tokenizer(special, {}, bos_token="]~!b[", eos_token="[e~[", pad_token="<pad>")
+    vision = dict(patch_size=14, merge_size=2, temporal_patch_size=2,
+                  size={"shortest_edge": 28 * 28, "longest_edge": 56 * 56})
+    processor = MiniMaxM3VLProcessor(
+        image_processor=MiniMaxM3VLImageProcessor(**vision),
+        tokenizer=tokenizer,
+        video_processor=MiniMaxM3VLVideoProcessor(**vision),
+        chat_template=MINIMAX_M3_FORMAT_TEMPLATE,
+    )
+    sizes = language_model_sizes(hidden_size)
+    config = MiniMaxM3VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            **sizes,
+            mlp_layer_types=["dense", "sparse"],
+            dense_intermediate_size=sizes["intermediate_size"], shared_intermediate_size=hidden_size,
+            num_local_experts=4, num_experts_per_tok=2, rotary_dim=8,
+            # Without the load-balancing loss (the checkpoint's coefficient is 0.001): it is a mean per micro-batch,
+            # so with it a batch of 2 cannot equal 2 accumulated micro-batches of 1.
+            router_aux_loss_coef=0.0,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        ),
+        vision_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=56,
+            patch_size=14, temporal_patch_size=2, spatial_merge_size=2,
+        ),
+        image_token_index=tokenizer.convert_tokens_to_ids(markers[0]),
+        video_token_index=tokenizer.convert_tokens_to_ids(markers[1]),
+        projector_hidden_size=32,
+        tie_word_embeddings=False,
+    )
+    return instantiate(MiniMaxM3SparseForConditionalGeneration, config, processor, seed)

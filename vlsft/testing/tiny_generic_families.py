@@ -28,7 +28,11 @@ from vlsft.testing.tiny_generic_minicpm47_ocr import (
     build_tiny_lighton_ocr,
     build_tiny_minicpmv4_7,
 )
-from vlsft.testing.tiny_generic_clova_inkling import build_tiny_hyperclovax_vision_v2, build_tiny_inkling2
+from vlsft.testing.tiny_generic_clova_inkling import (
+    build_tiny_hyperclovax_vision_v2,
+    build_tiny_inkling2,
+    build_tiny_minimax_m3_vl,
+)
 from vlsft.testing.tiny_generic_kimi_step_exaone import (
     build_tiny_exaone4_5,
     build_tiny_kimi_k25,
@@ -75,4 +79,5 @@ GENERIC_BUILDERS = {
     "qwen3_omni_moe_thinker": build_tiny_qwen3_omni_moe_thinker,
     "hyperclovax_vision_v2": build_tiny_hyperclovax_vision_v2,
     "inkling2": build_tiny_inkling2,
+    "minimax_m3_vl": build_tiny_minimax_m3_vl,
 }
