@@ -162,7 +162,8 @@ MINIMAX_M3_FORMAT_TEMPLATE = (
 def build_tiny_minimax_m3_vl(seed: int = 0, hidden_size: int = HIDDEN):
     """MiniMax M3 VL: `MiniMaxM3SparseForConditionalGeneration` (a ViT of 14 px patches with 2D rope, a two-stage GELU
     `multi_modal_projector` that merges 2x2 patches, a MiniMax M3 language model: one dense layer then one
-    mixture-of-experts layer of 4 routed experts, 2 per token, and a shared expert; partial rope; SwiGLU-OAI) +
+    mixture-of-experts layer of 4 routed experts, 2 per token, and a shared expert; full attention, then the lightning
+    indexer's block-sparse attention; partial rope; SwiGLU-OAI) +
     `MiniMaxM3VLProcessor` with its own image and video processors, with `MINIMAX_M3_FORMAT_TEMPLATE`. Images of 28
     to 56 px a side (1 to 4 tokens)."""
     markers = [MiniMaxM3VLProcessor.IMAGE_TOKEN, MiniMaxM3VLProcessor.VIDEO_TOKEN,
@@ -183,6 +184,10 @@ def build_tiny_minimax_m3_vl(seed: int = 0, hidden_size: int = HIDDEN):
             vocab_size=len(tokenizer),
             **sizes,
             mlp_layer_types=["dense", "sparse"],
+            # A full-attention layer, then one with the lightning indexer's block-sparse attention (blocks of 4 tokens,
+            # the top 2 and the local one kept), as the checkpoints interleave them.
+            layer_types=["full_attention", "minimax_m3_sparse"],
+            index_n_heads=2, index_head_dim=16, index_block_size=4, index_topk_blocks=2, index_local_blocks=1,
             dense_intermediate_size=sizes["intermediate_size"], shared_intermediate_size=hidden_size,
             num_local_experts=4, num_experts_per_tok=2, rotary_dim=8,
             # Without the load-balancing loss (the checkpoint's coefficient is 0.001): it is a mean per micro-batch,
