@@ -5,6 +5,9 @@ parametrized generic-path tests (tests/test_generic_families.py):
 - a turn's supervised text ends with `<|im_end|><|endofturn|>`, the tokens the model writes before it stops;
 - Inkling 2's loss is its own forward's: logits softcapped (by a module its `__init__` builds) and cut to the unpadded
   vocabulary before the softmax;
+- Nemotron 3 Nano Omni's LM head (inside its causal `language_model`; the model's `get_output_embeddings()` is None)
+  is found, LoRA adapts every block of its hybrid stack (attention, Mamba-2, the MoE's shared expert), and its audio is
+  refused by row with the reason;
 - videos are refused by row.
 """
 
@@ -15,6 +18,8 @@ import copy
 import pytest
 import torch
 from datasets import Dataset
+from PIL import Image
+from torch import nn
 
 from tests.test_families import rows_of_different_lengths, supervised_texts
 from tests.test_generic_families import tiny
@@ -22,10 +27,12 @@ from tests.test_loss import reference_loss
 from vlsft import VLSFTConfig, VLSFTTrainer
 from vlsft.collation.rendering import RowError
 from vlsft.collator import VisionChatCollator
+from vlsft.loss import output_head
 from vlsft.model_parts import (
     MERGER,
     component_of,
     final_logit_softcap,
+    lora_target_modules,
     merger_module_names,
     named_parameters_by_component,
     output_vocab_size,
@@ -80,7 +87,43 @@ def test_inkling2_loss_is_the_models_own_capped_loss_over_the_unpadded_vocabular
     torch.testing.assert_close(ours["lm_head.weight"].grad, reference_model.lm_head.weight.grad, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("family", ["hyperclovax_vision_v2", "inkling2"])
+def test_nemotron_h_omni_head_is_found_inside_its_causal_language_model():
+    """The model's own `get_output_embeddings()` is None (its head is `language_model.lm_head`): the loss must still
+    run the head, and the decoder's hidden states be read apart from it."""
+    model, _ = tiny("nemotron_h_omni")
+    assert model.get_output_embeddings() is None
+    assert output_head(model) is model.language_model.lm_head
+
+
+def test_nemotron_h_omni_lora_adapts_every_block_of_its_hybrid_stack():
+    """Nemotron-H names each layer's block `mixer`, whatever it is: each Linear of the decoder layers is adapted
+    (attention, Mamba-2's in and out projections, the MoE's shared expert); the router is no Linear layer."""
+    model, _ = tiny("nemotron_h_omni")
+    linear = {name for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    decoder = {name for name in linear if ".language_model.model.layers." in f".{name}"}
+    assert {name.rsplit(".", 1)[1] for name in decoder} >= {"q_proj", "o_proj", "in_proj", "out_proj", "up_proj"}
+    assert set(lora_target_modules(model=model)) == decoder
+
+
+def test_nemotron_h_omni_audio_is_refused_by_row_with_the_reason():
+    """Its processor expands an audio item into placeholders that only its Parakeet features fill: vlsft collates
+    images only, so an audio item (or an audio column) fails by name; the same conversation with its image alone
+    collates."""
+    _, processor = tiny("nemotron_h_omni")
+    collate = VisionChatCollator(processor, processor.chat_template)
+    image = Image.new("RGB", (64, 64), (255, 0, 0))
+    question = [{"type": "image"}, {"type": "audio"}, {"type": "text", "text": "What is said?"}]
+    with pytest.raises(RowError, match=r"message 0 has a 'audio' item: vlsft trains .* on text and images only"):
+        collate([{"messages": [{"role": "user", "content": question}, answer("Hello.")], "images": [image]}])
+    without_audio = [{"role": "user", "content": [question[0], question[2]]}, answer("Hello.")]
+    with pytest.raises(RowError, match=r"the row has a `audio` column: vlsft trains .* on text and images only"):
+        collate([{"messages": without_audio, "images": [image], "audio": [[0.0] * 1600]}])
+    batch = collate([{"messages": without_audio, "images": [image]}])
+    assert processor.audio_token_id not in batch["input_ids"][0].tolist()
+    assert "pixel_values" in batch and (batch["labels"][0] != -100).any()
+
+
+@pytest.mark.parametrize("family", ["hyperclovax_vision_v2", "inkling2", "minimax_m3_vl", "nemotron_h_omni"])
 def test_videos_are_refused_by_row(family):
     """Their processors take videos; the generic path collates images only: a video fails by name."""
     _, processor = tiny(family)

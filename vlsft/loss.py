@@ -180,7 +180,7 @@ def attach_supervised_head(model: nn.Module, chunk_size: int = 256, loss_type: s
         output = supervised_nll(
             hidden_states,
             supervised_labels,
-            self.get_output_embeddings(),
+            output_head(self),
             self._vlsft_loss_chunk_size,
             num_chunks=num_chunks,
             label_weights=supervised_weights,
@@ -219,10 +219,20 @@ def _decoder_output_without_logits(model: nn.Module, args, kwargs, device) -> An
     return captured[-1]
 
 
+def output_head(model: nn.Module) -> nn.Module:
+    """The model's LM head: its `get_output_embeddings()`, or, where that is None because the head sits in a causal
+    language model the model holds (Nemotron 3 Nano Omni's `language_model`), the first sub-model's head."""
+    for module in model.modules():
+        head = module.get_output_embeddings() if isinstance(module, PreTrainedModel) else None
+        if head is not None:
+            return head
+    raise ValueError(f"{type(model).__name__}: no LM head (`get_output_embeddings()` is None in every sub-model)")
+
+
 def _decoder_apart_from_head(model: nn.Module) -> nn.Module:
     """The outermost model inside `model` that holds its input embeddings but not its LM head (Llama 4's
     `language_model.model`; `get_decoder()` returns the causal LM itself there)."""
-    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    head, embeddings = output_head(model), model.get_input_embeddings()
     for module in model.modules():
         if module is model or not isinstance(module, PreTrainedModel):
             continue

@@ -112,7 +112,10 @@ _LANGUAGE_TARGETS = (
     # Qwen3.5's hybrid stack: the GatedDeltaNet (linear attention) layers' projections, and the MoE's shared expert
     # (GLM-4.5's: `shared_experts`).
     r"|linear_attn\.(?:in_proj_qkv|in_proj_z|in_proj_b|in_proj_a|out_proj)"
-    r"|(?:mlp|feed_forward)\.shared_experts?\.(?:gate_proj|up_proj|down_proj))"
+    r"|(?:mlp|feed_forward)\.shared_experts?\.(?:gate_proj|up_proj|down_proj)"
+    # Nemotron-H's hybrid stack names every layer's block `mixer`: attention, Mamba-2 (`in_proj`/`out_proj`), dense
+    # MLP, or mixture of experts (its shared experts; the router `mixer.gate` is never a target).
+    r"|mixer\.(?:q_proj|k_proj|v_proj|o_proj|in_proj|out_proj|up_proj|down_proj|shared_experts\.(?:up_proj|down_proj)))"
 )
 # The vision blocks of the families with a record, and of transformers 5's `visual.blocks` ViTs whose MLP is
 # `fc1`/`fc2` (Qwen2-VL's), which no record names.

@@ -18,6 +18,12 @@ from transformers import (
     MiniMaxM3VLImageProcessor,
     MiniMaxM3VLProcessor,
     MiniMaxM3VLVideoProcessor,
+    NemotronH_Omni_Reasoning_V3,
+    NemotronH_Omni_Reasoning_V3_Config,
+    NemotronH_Omni_Reasoning_V3ImageProcessor,
+    NemotronH_Omni_Reasoning_V3Processor,
+    NemotronH_Omni_Reasoning_V3VideoProcessor,
+    ParakeetFeatureExtractor,
     Qwen2VLImageProcessor,
     Qwen2VLVideoProcessor,
 )
@@ -207,3 +213,74 @@ def build_tiny_minimax_m3_vl(seed: int = 0, hidden_size: int = HIDDEN):
         tie_word_embeddings=False,
     )
     return instantiate(MiniMaxM3SparseForConditionalGeneration, config, processor, seed)
+
+
+# -- Nemotron 3 Nano Omni ------------------------------------------------------------------------------------------
+
+# Nemotron 3 Nano's chat format in its non-reasoning form (TRL's `nemotron_3_nano.jinja` writes the same ChatML turns,
+# but reads content as a string only and drops earlier reasoning), written for these tests since the Omni checkpoint's
+# own template cannot be downloaded here: `<|im_start|>role\n` ... `<|im_end|>\n` for each turn, an assistant turn
+# opened by an empty reasoning block `<think></think>` (which the generation prompt writes too, so it is context), and
+# images as `<image>` (the processor expands it to `<img>` + its context tokens + `</img>`). A turn's supervised text
+# ends with `<|im_end|>`.
+NEMOTRON_H_OMNI_FORMAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message.role + '\\n' }}"
+    "{%- if message.role == 'assistant' -%}{{ '<think></think>' }}{%- endif -%}"
+    + _content_items("<image>") +
+    "{{ '<|im_end|>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n<think></think>' }}{%- endif -%}"
+)
+
+
+def build_tiny_nemotron_h_omni(seed: int = 0, hidden_size: int = HIDDEN):
+    """Nemotron 3 Nano Omni: `NemotronH_Omni_Reasoning_V3` (a RADIO ViT of 16 px patches, a pixel-shuffle
+    `multi_modal_projector`, a Nemotron-H hybrid language model: a Mamba-2 layer, a mixture-of-experts layer of 4
+    routed experts, 2 per token, with a shared expert, and an attention layer) + `NemotronH_Omni_Reasoning_V3Processor`
+    with its own image and video processors and Parakeet's feature extractor, with `NEMOTRON_H_OMNI_FORMAT_TEMPLATE`.
+    Images of 4 to 16 patches, shuffled by 0.5: 1 to 4 tokens. Built without its audio tower (a config without
+    `audio_config` has none): vlsft refuses audio by row."""
+    named = {"image_token": "<image>", "video_token": "<video>", "audio_token": "<so_embedding>",
+             "image_start_token": "<img>", "image_end_token": "</img>"}
+    special = ["<unk>", "<s>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "<so_start>", "<so_end>",
+               *named.values()]
+    tokenizer = _byte_level_tokenizer(special, named, bos_token="<s>", eos_token="<|im_end|>", pad_token="<unk>")
+    patches = dict(patch_size=16, downsample_ratio=0.5)
+    processor = NemotronH_Omni_Reasoning_V3Processor(
+        image_processor=NemotronH_Omni_Reasoning_V3ImageProcessor(**patches, min_num_patches=4, max_num_patches=16),
+        video_processor=NemotronH_Omni_Reasoning_V3VideoProcessor(**patches, video_target_num_patches=16),
+        tokenizer=tokenizer,
+        feature_extractor=ParakeetFeatureExtractor(),
+        chat_template=NEMOTRON_H_OMNI_FORMAT_TEMPLATE,
+    )
+    sizes = language_model_sizes(hidden_size)
+    config = NemotronH_Omni_Reasoning_V3_Config(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden_size,
+            layers_block_type=["linear_attention", "moe", "full_attention"],
+            **{k: sizes[k] for k in ("num_attention_heads", "num_key_value_heads", "head_dim", "intermediate_size",
+                                     "max_position_embeddings")},
+            ssm_state_size=16, mamba_num_heads=8, mamba_head_dim=16, n_groups=2,
+            chunk_size=16,
+            n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=hidden_size,
+            moe_shared_expert_intermediate_size=hidden_size,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        ),
+        vision_config=dict(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=16, image_size=64,
+            max_img_size=64, num_cls_tokens=1, num_registers=1, video_temporal_patch_size=2,
+        ),
+        audio_config=None,
+        vision_hidden_size=32,
+        projector_hidden_size=32,
+        downsample_ratio=0.5,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
+        audio_token_id=tokenizer.convert_tokens_to_ids("<so_embedding>"),
+        tie_word_embeddings=False,
+    )
+    return instantiate(NemotronH_Omni_Reasoning_V3, config, processor, seed)

@@ -32,6 +32,7 @@ from vlsft.testing.tiny_generic_clova_inkling import (
     build_tiny_hyperclovax_vision_v2,
     build_tiny_inkling2,
     build_tiny_minimax_m3_vl,
+    build_tiny_nemotron_h_omni,
 )
 from vlsft.testing.tiny_generic_kimi_step_exaone import (
     build_tiny_exaone4_5,
@@ -80,4 +81,5 @@ GENERIC_BUILDERS = {
     "hyperclovax_vision_v2": build_tiny_hyperclovax_vision_v2,
     "inkling2": build_tiny_inkling2,
     "minimax_m3_vl": build_tiny_minimax_m3_vl,
+    "nemotron_h_omni": build_tiny_nemotron_h_omni,
 }
