@@ -1,6 +1,6 @@
-"""Tiny HyperCLOVA X SEED Vision (v2) models and others of this wave, each the family's real model class built from its
-config class with random weights and its real processor class (real image processor) with a tokenizer trained
-in-process. TRL ships no template for these families: each builder writes the family's chat format as its
+"""Tiny HyperCLOVA X SEED Vision (v2), Inkling 2, MiniMax M3 VL and Nemotron 3 Nano Omni models, each the family's
+real model class built from its config class with random weights and its real processor class (real image processor)
+with a tokenizer trained in-process. TRL ships no template for these families: each builder writes the family's chat format as its
 checkpoints render it, and says where that comes from."""
 
 from __future__ import annotations
