@@ -1,7 +1,7 @@
 """Tiny HyperCLOVA X SEED Vision (v2), Inkling 2, MiniMax M3 VL and Nemotron 3 Nano Omni models, each the family's
 real model class built from its config class with random weights and its real processor class (real image processor)
-with a tokenizer trained in-process. TRL ships no template for these families: each builder writes the family's chat format as its
-checkpoints render it, and says where that comes from."""
+with a tokenizer trained in-process. TRL ships no template of these checkpoints: each builder writes the family's chat
+format as its checkpoints render it, and says where that comes from."""
 
 from __future__ import annotations
 
