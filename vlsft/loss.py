@@ -87,7 +87,8 @@ def supervised_nll(
 
     `row_sums` has one entry per row: per batch row, or, for a packed batch (several rows end to end in one sequence),
     per packed row, given by `row_ids` (aligned with `labels`: the row each token belongs to, 0, 1, ...).
-    `vocab_size`: the logits keep only the head's first rows, as the model's own forward keeps them (`output_vocab_size`).
+    `vocab_size`: the logits keep only the head's first rows, as the model's own forward keeps them
+    (`output_vocab_size`).
     """
     targets = labels[:, 1:].to(hidden_states.device)
     mask = targets != IGNORE_INDEX
