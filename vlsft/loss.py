@@ -31,7 +31,7 @@ from vlsft.distributed import (
     supports_dummy_vision_pass,
     zero_factor_vision_passes,
 )
-from vlsft.model_parts import final_logit_softcap
+from vlsft.model_parts import final_logit_softcap, output_vocab_size
 from vlsft.tokens import IGNORE_INDEX
 
 
@@ -51,10 +51,11 @@ class SupervisedLossOutput(ModelOutput):
 
 
 def _chunk_nll(
-    head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None = None
+    head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None = None,
+    vocab_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-position NLL and correctness of one chunk."""
-    logits = head(hidden).float()
+    """Per-position NLL and correctness of one chunk, over the head's first `vocab_size` rows if given."""
+    logits = head(hidden).float()[..., :vocab_size]
     if softcap is not None:  # as the model's own forward caps its logits (Gemma 4)
         logits = torch.tanh(logits / softcap) * softcap
     log_probs = torch.log_softmax(logits, dim=-1)
@@ -73,6 +74,7 @@ def supervised_nll(
     softcap: float | None = None,
     loss_type: str = "nll",
     row_ids: torch.Tensor | None = None,
+    vocab_size: int | None = None,
 ) -> SupervisedLossOutput:
     """Summed next-token NLL over the positions whose (shifted) label is not -100; with `label_weights` (aligned with
     `labels`), each token's NLL times its weight, and `weight_sum` their summed weight.
@@ -85,6 +87,8 @@ def supervised_nll(
 
     `row_sums` has one entry per row: per batch row, or, for a packed batch (several rows end to end in one sequence),
     per packed row, given by `row_ids` (aligned with `labels`: the row each token belongs to, 0, 1, ...).
+    `vocab_size`: the logits keep only the head's first rows, as the model's own forward keeps them
+    (`output_vocab_size`).
     """
     targets = labels[:, 1:].to(hidden_states.device)
     mask = targets != IGNORE_INDEX
@@ -104,9 +108,11 @@ def supervised_nll(
     for start in range(0, max(len(targets), chunk_size * num_chunks, 1), chunk_size):
         chunk = slice(start, start + chunk_size)
         if torch.is_grad_enabled():
-            nll, correct = checkpoint(_chunk_nll, head, hidden[chunk], targets[chunk], softcap, use_reentrant=False)
+            nll, correct = checkpoint(
+                _chunk_nll, head, hidden[chunk], targets[chunk], softcap, vocab_size, use_reentrant=False
+            )
         else:
-            nll, correct = _chunk_nll(head, hidden[chunk], targets[chunk], softcap)
+            nll, correct = _chunk_nll(head, hidden[chunk], targets[chunk], softcap, vocab_size)
         if loss_type == "dft":
             nll = nll * torch.exp(-nll.detach())
         chunk_weights = torch.ones_like(nll) if weights is None else weights[chunk]
@@ -133,6 +139,7 @@ def attach_supervised_head(model: nn.Module, chunk_size: int = 256, loss_type: s
     model._vlsft_loss_chunk_size = chunk_size
     model._vlsft_loss_type = loss_type
     model._vlsft_logit_softcap = final_logit_softcap(model)
+    model._vlsft_vocab_size = output_vocab_size(model)
 
     @functools.wraps(type(model).forward)  # keep the signature: `generate` validates its kwargs against it
     def forward(self, *args, supervised_labels=None, supervised_weights=None, supervised_rows=None, **kwargs):
@@ -174,11 +181,12 @@ def attach_supervised_head(model: nn.Module, chunk_size: int = 256, loss_type: s
         output = supervised_nll(
             hidden_states,
             supervised_labels,
-            self.get_output_embeddings(),
+            output_head(self),
             self._vlsft_loss_chunk_size,
             num_chunks=num_chunks,
             label_weights=supervised_weights,
             softcap=self._vlsft_logit_softcap,
+            vocab_size=self._vlsft_vocab_size,
             loss_type=self._vlsft_loss_type,
             row_ids=supervised_rows,
         )
@@ -212,10 +220,20 @@ def _decoder_output_without_logits(model: nn.Module, args, kwargs, device) -> An
     return captured[-1]
 
 
+def output_head(model: nn.Module) -> nn.Module:
+    """The model's LM head: its `get_output_embeddings()`, or, where that is None because the head sits in a causal
+    language model the model holds (Nemotron 3 Nano Omni's `language_model`), the first sub-model's head."""
+    for module in model.modules():
+        head = module.get_output_embeddings() if isinstance(module, PreTrainedModel) else None
+        if head is not None:
+            return head
+    raise ValueError(f"{type(model).__name__}: no LM head (`get_output_embeddings()` is None in every sub-model)")
+
+
 def _decoder_apart_from_head(model: nn.Module) -> nn.Module:
     """The outermost model inside `model` that holds its input embeddings but not its LM head (Llama 4's
     `language_model.model`; `get_decoder()` returns the causal LM itself there)."""
-    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    head, embeddings = output_head(model), model.get_input_embeddings()
     for module in model.modules():
         if module is model or not isinstance(module, PreTrainedModel):
             continue

@@ -37,14 +37,23 @@ def final_logit_softcap(model: nn.Module) -> float | None:
         return cap if FAMILIES[family].parts.caps_logits else None
     # A model without a record: its forward's code says whether it caps. The config alone cannot (Gemma 3's
     # conditional-generation head ignores the cap its config holds; Gemma 3n's and PaliGemma's apply it).
-    return cap if cap is not None and _forward_reads_softcap(type(model)) else None
+    return cap if cap is not None and _head_code_reads(type(model), "final_logit_softcapping") else None
 
 
-def _forward_reads_softcap(model_class: type) -> bool:
-    """Whether `model_class.forward` reads `final_logit_softcapping`; True where its source cannot be read, as a
-    config that sets a cap most likely means it."""
+def output_vocab_size(model: nn.Module) -> int | None:
+    """How many of the LM head's rows the model's own forward keeps in its logits, where it cuts off padding rows
+    (Inkling's `unpadded_vocab_size`: the checkpoints' head is padded, the logits beyond the real tokens dropped before
+    the loss); None where it keeps them all."""
+    size = getattr(model.config.get_text_config(), "unpadded_vocab_size", None)
+    return size if size is not None and _head_code_reads(type(model), "unpadded_vocab_size") else None
+
+
+def _head_code_reads(model_class: type, name: str) -> bool:
+    """Whether `model_class`'s forward, or its `__init__` (which may build a module the forward calls from the config,
+    as Inkling 2's `logit_softcap`), reads the config field `name`; True where the source cannot be read, as a config
+    that sets the field most likely means it."""
     try:
-        return "final_logit_softcapping" in inspect.getsource(model_class.forward)
+        return any(name in inspect.getsource(code) for code in (model_class.forward, model_class.__init__))
     except (OSError, TypeError):
         return True
 
@@ -64,7 +73,8 @@ def _alternatives(names) -> str:
 # (hybrid) second, high-resolution tower is a SAM encoder (`high_res_vision_model`) with its `high_res_vision_neck`,
 # the strided convolutions `high_res_vision_proj` and the gate `high_res_vision_alpha`, all of the original
 # checkpoint's `vision_tower_high`. LightOnOCR's Pixtral tower is its `vision_encoder` (its projector
-# `vision_projection`); Kimi K2.5's projector is its `mm_projector`; VideoLLaMA3's is its `projector`.
+# `vision_projection`); Kimi K2.5's projector is its `mm_projector`; HyperCLOVA X SEED Vision's (v2) is a linear
+# `projector` after its Qwen2.5-VL tower's own `merger`; VideoLLaMA3's is its `projector`.
 VISION_TOWER_NAMES = (
     "visual", "vision_tower", "vision_model", "image_tower", "video_tower", "high_res_vision_model",
     "high_res_vision_neck", "high_res_vision_proj", "high_res_vision_alpha", "vision_encoder",
@@ -102,7 +112,10 @@ _LANGUAGE_TARGETS = (
     # Qwen3.5's hybrid stack: the GatedDeltaNet (linear attention) layers' projections, and the MoE's shared expert
     # (GLM-4.5's: `shared_experts`).
     r"|linear_attn\.(?:in_proj_qkv|in_proj_z|in_proj_b|in_proj_a|out_proj)"
-    r"|(?:mlp|feed_forward)\.shared_experts?\.(?:gate_proj|up_proj|down_proj))"
+    r"|(?:mlp|feed_forward)\.shared_experts?\.(?:gate_proj|up_proj|down_proj)"
+    # Nemotron-H's hybrid stack names every layer's block `mixer`: attention, Mamba-2 (`in_proj`/`out_proj`), dense
+    # MLP, or mixture of experts (its shared experts; the router `mixer.gate` is never a target).
+    r"|mixer\.(?:q_proj|k_proj|v_proj|o_proj|in_proj|out_proj|up_proj|down_proj|shared_experts\.(?:up_proj|down_proj)))"
 )
 # The vision blocks of the families with a record, and of transformers 5's `visual.blocks` ViTs whose MLP is
 # `fc1`/`fc2` (Qwen2-VL's), which no record names.

@@ -40,6 +40,11 @@ from vlsft.testing.tiny_generic_ocr import (
     build_tiny_minicpm_ocr,
     build_tiny_qianfan_ocr,
     build_tiny_unlimited_ocr,
+from vlsft.testing.tiny_generic_clova_inkling import (
+    build_tiny_hyperclovax_vision_v2,
+    build_tiny_inkling2,
+    build_tiny_minimax_m3_vl,
+    build_tiny_nemotron_h_omni,
 )
 from vlsft.testing.tiny_generic_kimi_step_exaone import (
     build_tiny_exaone4_5,
@@ -97,4 +102,8 @@ GENERIC_BUILDERS = {
     "qwen4_exp": build_tiny_qwen4_exp,
     "cosmos3_omni": build_tiny_cosmos3_omni,
     "glmga": build_tiny_glmga,
+    "hyperclovax_vision_v2": build_tiny_hyperclovax_vision_v2,
+    "inkling2": build_tiny_inkling2,
+    "minimax_m3_vl": build_tiny_minimax_m3_vl,
+    "nemotron_h_omni": build_tiny_nemotron_h_omni,
 }
