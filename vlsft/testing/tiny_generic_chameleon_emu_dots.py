@@ -1,0 +1,123 @@
+"""Tiny models on the generic exact path (`vlsft.generic_masks`) of Dots 3 Note, each the family's real model class
+built from its config class with random weights and its real processor class with a tokenizer trained in-process
+(`vlsft.testing.tiny_generic._byte_level_tokenizer`)."""
+
+from __future__ import annotations
+
+from transformers import (
+    Dots3NoteConfig,
+    Dots3NoteFeatureExtractor,
+    Dots3NoteForConditionalGeneration,
+    Dots3NoteProcessor,
+    Qwen2VLImageProcessor,
+    Qwen3VLVideoProcessor,
+)
+
+from vlsft.testing.tiny_build import HIDDEN, VISION_ENCODER_SIZES, instantiate
+from vlsft.testing.tiny_generic import _byte_level_tokenizer
+
+# -- Dots 3 Note ---------------------------------------------------------------------------------------------------
+
+# The dots chat format (dots.llm1, dots.ocr, Dots 3 Note), written for these tests (no checkpoint's template can be
+# downloaded here): `<|system|>...<|endofsystem|>` and a newline, `<|user|>...<|endofuser|>`, `<|assistant|>` and the
+# answer closed by `<|endofassistant|>` (which the checkpoint's generation config stops on, besides
+# `<|endoftext|>`); an image as `<|img|><|imgpad|><|endofimg|>`, whose `<|imgpad|>` the processor expands. Tool calls
+# in the dots (Qwen3-Coder XML) style, a tool's result as a user turn inside `<tool_response>`, consecutive results in
+# one turn.
+DOTS3_NOTE_FORMAT_TEMPLATE = (
+    "{%- macro text(content) -%}"
+    "{%- if content is string -%}{{ content }}"
+    "{%- elif content -%}{%- for item in content -%}"
+    "{%- if item.type == 'image' -%}<|img|><|imgpad|><|endofimg|>"
+    "{%- elif item.type == 'text' -%}{{ item.text }}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{%- endmacro -%}"
+    "{%- if tools -%}<|system|># Tools\n\nYou have access to the following functions:\n"
+    "{%- for tool in tools -%}\n{{ tool | tojson }}{%- endfor -%}"
+    "{%- if messages[0].role == 'system' -%}\n\n{{ text(messages[0].content) }}{%- endif -%}<|endofsystem|>\n"
+    "{%- elif messages[0].role == 'system' -%}<|system|>{{ text(messages[0].content) }}<|endofsystem|>\n"
+    "{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{%- if message.role == 'user' -%}<|user|>{{ text(message.content) }}<|endofuser|>"
+    "{%- elif message.role == 'assistant' -%}<|assistant|>{{ text(message.content) }}"
+    "{%- for call in message.tool_calls or [] -%}"
+    "{%- set call = call.function if call.function is defined else call -%}"
+    "{%- if loop.first and message.content -%}\n{%- endif -%}"
+    "<tool_call>\n<function={{ call.name }}>\n"
+    "{%- for name, value in call.arguments.items() -%}<parameter={{ name }}>\n{{ value }}\n</parameter>\n{%- endfor -%}"
+    "</function>\n</tool_call>"
+    "{%- endfor -%}<|endofassistant|>"
+    "{%- elif message.role == 'tool' -%}"
+    "{%- if loop.first or messages[loop.index0 - 1].role != 'tool' -%}<|user|>{%- endif -%}"
+    "<tool_response>\n{{ text(message.content) }}\n</tool_response>"
+    "{%- if loop.last or messages[loop.index0 + 1].role != 'tool' -%}<|endofuser|>{%- endif -%}"
+    "{%- elif message.role != 'system' or not loop.first -%}"
+    "{{ raise_exception('Only system, user, assistant and tool messages are supported.') }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"
+)
+
+
+def build_tiny_dots3_note(seed: int = 0, hidden_size: int = HIDDEN):
+    """Dots 3 Note: `Dots3NoteForConditionalGeneration` (a language model of multi-head latent attention with a
+    sparse-attention indexer and a mixture of experts, a ViT whose second block is a mixture of experts with its
+    `merger` inside, and an audio tower) + `Dots3NoteProcessor` (a Qwen2-VL image processor: 8 px patches, no
+    temporal patch, merged 2x2), with `DOTS3_NOTE_FORMAT_TEMPLATE`."""
+    special = [
+        "<|endoftext|>", "<|system|>", "<|endofsystem|>", "<|user|>", "<|endofuser|>", "<|assistant|>",
+        "<|endofassistant|>", "<|img|>", "<|imgpad|>", "<|endofimg|>", "<|video_pad|>", "<|audio_comp_pad|>",
+        "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>",
+    ]
+    tokenizer = _byte_level_tokenizer(special, {}, eos_token="<|endofassistant|>", pad_token="<|endoftext|>")
+    vision = dict(patch_size=8, merge_size=2, temporal_patch_size=1, size={"shortest_edge": 256, "longest_edge": 2304})
+    processor = Dots3NoteProcessor(
+        image_processor=Qwen2VLImageProcessor(**vision),
+        tokenizer=tokenizer,
+        video_processor=Qwen3VLVideoProcessor(**vision),  # videos and audio are refused by row on the generic path
+        feature_extractor=Dots3NoteFeatureExtractor(feature_size=16),
+        chat_template=DOTS3_NOTE_FORMAT_TEMPLATE,
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    heads = hidden_size // 16
+    config = Dots3NoteConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden_size,
+            intermediate_size=hidden_size * 2,
+            moe_intermediate_size=32,
+            shared_experts_intermediate_size=32,
+            num_hidden_layers=2,  # the first dense, the second a mixture of 4 experts (2 per token) + a shared one
+            n_routed_experts=4,
+            num_experts_per_tok=2,
+            num_attention_heads=heads,
+            num_key_value_heads=heads,
+            q_lora_rank=16,
+            kv_lora_rank=16,
+            qk_rope_head_dim=8,
+            qk_nope_head_dim=8,
+            v_head_dim=16,
+            head_dim=16,
+            index_head_dim=16,
+            index_n_heads=2,
+            index_topk=2048,
+            max_position_embeddings=4096,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=None,
+            eos_token_id=[ids("<|endoftext|>"), ids("<|endofassistant|>")],
+        ),
+        vision_config=dict(
+            **VISION_ENCODER_SIZES, patch_size=8, spatial_merge_size=2, adapter_merge_size=2, adapter_in_dim=32,
+            adapter_out_dim=hidden_size, moe_intermediate_size=32, pyramid_num_routed=[-1, 4],
+            num_experts_per_tok=2,
+        ),
+        audio_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, feature_size=16,
+            downsample_hidden_size=8, adapter_input_size=32, adapter_out_dim=hidden_size,
+        ),
+        image_token_id=ids("<|imgpad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        audio_token_id=ids("<|audio_comp_pad|>"),
+        tie_word_embeddings=False,
+    )
+    return instantiate(Dots3NoteForConditionalGeneration, config, processor, seed)
