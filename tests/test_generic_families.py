@@ -86,7 +86,7 @@ TOOL_CALLS_REFUSAL = r"batch row 0: message \d+ \(assistant\): the chat template
 TOOL_CALLS_NOT_WRITTEN = {
     "glm4v", "internvl", "aya_vision", "cohere2_vision", "perception_lm", "ovis2", "minicpmv4_6", "llava_next_video",
     "llava", "vipllava", "llava_onevision", "idefics2", "deepseek_vl", "deepseek_vl_hybrid", "janus", "aria",
-    "minicpmv4_7", "lighton_ocr", "fast_vlm", "exaone4_5", "kimi_k25", "step3p7",
+    "minicpmv4_7", "lighton_ocr", "fast_vlm", "exaone4_5", "kimi_k25", "step3p7", "cohere_compass",
 }
 for _family in TOOL_CALLS_NOT_WRITTEN:
     TEMPLATE_REFUSES.setdefault(_family, set()).update({"tool_call_with_text", "tool_call_without_text"})

@@ -1,10 +1,15 @@
-"""Tiny models on the generic exact path (`vlsft.generic_masks`) of Dots 3 Note, each the family's real model class
+"""Tiny models on the generic exact path (`vlsft.generic_masks`) of Dots 3 Note and Cohere Compass, each the family's real model class
 built from its config class with random weights and its real processor class with a tokenizer trained in-process
 (`vlsft.testing.tiny_generic._byte_level_tokenizer`)."""
 
 from __future__ import annotations
 
 from transformers import (
+    CohereCompassConfig,
+    CohereCompassForConditionalGeneration,
+    CohereCompassImageProcessor,
+    CohereCompassProcessor,
+    CohereCompassVideoProcessor,
     Dots3NoteConfig,
     Dots3NoteFeatureExtractor,
     Dots3NoteForConditionalGeneration,
@@ -13,8 +18,9 @@ from transformers import (
     Qwen3VLVideoProcessor,
 )
 
-from vlsft.testing.tiny_build import HIDDEN, VISION_ENCODER_SIZES, instantiate
+from vlsft.testing.tiny_build import HIDDEN, VISION_ENCODER_SIZES, instantiate, language_model_sizes
 from vlsft.testing.tiny_generic import _byte_level_tokenizer
+from vlsft.testing.tiny_generic_aya import cohere_format_template, cohere_tokenizer
 
 # -- Dots 3 Note ---------------------------------------------------------------------------------------------------
 
@@ -121,3 +127,57 @@ def build_tiny_dots3_note(seed: int = 0, hidden_size: int = HIDDEN):
         tie_word_embeddings=False,
     )
     return instantiate(Dots3NoteForConditionalGeneration, config, processor, seed)
+
+
+# -- Cohere Compass ------------------------------------------------------------------------------------------------
+
+# Cohere Compass's (North Vision's) chat format: Command A's (`vlsft.testing.tiny_generic_aya.cohere_format_template`:
+# Cohere's turn tokens, the answer between `<|START_RESPONSE|>` and `<|END_RESPONSE|>`, the turn ended by
+# `<|END_OF_TURN_TOKEN|>`), an image as `<|VISION_START|><|IMAGE_PAD|><|VISION_END|>`, whose pad the processor expands
+# (its Qwen3-VL-style vision tokens). Written for these tests: the checkpoint's own template cannot be downloaded here.
+COHERE_COMPASS_VISION_TOKENS = {
+    "image_token": "<|IMAGE_PAD|>", "video_token": "<|VIDEO_PAD|>", "vision_start_token": "<|VISION_START|>",
+    "vision_end_token": "<|VISION_END|>",
+}
+COHERE_COMPASS_FORMAT_TEMPLATE = cohere_format_template(
+    "<|VISION_START|><|IMAGE_PAD|><|VISION_END|>", "<|START_RESPONSE|>", "<|END_RESPONSE|>"
+)
+
+
+def build_tiny_cohere_compass(seed: int = 0, hidden_size: int = HIDDEN):
+    """Cohere Compass: `CohereCompassForConditionalGeneration` (a Qwen3-VL-style ViT with DeepStack mergers as
+    `visual`, a Cohere language model with 3D rope) + `CohereCompassProcessor` (its own image and video processors: 8 px
+    patches, 2 frames a temporal patch, merged 2x2), with `COHERE_COMPASS_FORMAT_TEMPLATE`."""
+    named = COHERE_COMPASS_VISION_TOKENS
+    tokenizer = cohere_tokenizer([*named.values(), "<|START_RESPONSE|>", "<|END_RESPONSE|>"], named)
+    vision = dict(patch_size=8, merge_size=2, temporal_patch_size=2, size={"shortest_edge": 256, "longest_edge": 4096})
+    processor = CohereCompassProcessor(
+        image_processor=CohereCompassImageProcessor(**vision),
+        tokenizer=tokenizer,
+        video_processor=CohereCompassVideoProcessor(**vision),  # videos are refused by row on the generic path
+        chat_template=COHERE_COMPASS_FORMAT_TEMPLATE,
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    config = CohereCompassConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            **language_model_sizes(hidden_size),
+            # 3D rope over half of each 16-wide head (t, h, w), as Qwen3-VL's [24, 20, 20] of 128.
+            layer_types=["full_attention", "full_attention"],
+            rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2]}},
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        ),
+        vision_config=dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=8, temporal_patch_size=2,
+            spatial_merge_size=2, out_hidden_size=hidden_size, num_position_embeddings=64,
+            deepstack_visual_indexes=[0],
+        ),
+        image_token_id=ids(named["image_token"]),
+        video_token_id=ids(named["video_token"]),
+        vision_start_token_id=ids(named["vision_start_token"]),
+        vision_end_token_id=ids(named["vision_end_token"]),
+        tie_word_embeddings=False,
+    )
+    return instantiate(CohereCompassForConditionalGeneration, config, processor, seed)
