@@ -121,7 +121,11 @@ class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, ProcessorE
         # A template without generation markers (a stock template vlsft has no marked copy of) is masked by the
         # incremental-rendering rule (`vlsft.generic_masks`).
         self.generic_masks = self.assistant_only_loss and not has_generation_markers(self.chat_template)
-        name = self.template_family or family_of_processor(self.processor)
+        # A record's template on another family's processor (Cosmos 3 Edge ships Qwen3-VL's) is not that record's
+        # family: the record's image expansion, parts and dummy vision pass are its own processor's and model's.
+        processor_classes = {cls.__name__ for cls in type(self.processor).__mro__}
+        record_fits = self.template_family and FAMILIES[self.template_family].processor_class in processor_classes
+        name = self.template_family if record_fits else family_of_processor(self.processor)
         if self.generic_masks or name is None:
             # Found now from the template's rendering, so a template that writes none fails before training.
             end_of_turn = end_of_turn_token(self.render_stock, added_tokens(tokenizer), tokenizer.eos_token)

@@ -64,14 +64,15 @@ def _alternatives(names) -> str:
 # (hybrid) second, high-resolution tower is a SAM encoder (`high_res_vision_model`) with its `high_res_vision_neck`,
 # the strided convolutions `high_res_vision_proj` and the gate `high_res_vision_alpha`, all of the original
 # checkpoint's `vision_tower_high`. LightOnOCR's Pixtral tower is its `vision_encoder` (its projector
-# `vision_projection`); Kimi K2.5's projector is its `mm_projector`.
+# `vision_projection`); Kimi K2.5's projector is its `mm_projector`;
+# Cosmos 3 Edge's patch-merging MLP is its `projector`.
 VISION_TOWER_NAMES = (
     "visual", "vision_tower", "vision_model", "image_tower", "video_tower", "high_res_vision_model",
     "high_res_vision_neck", "high_res_vision_proj", "high_res_vision_alpha", "vision_encoder",
 )
 PROJECTOR_NAMES = (
     "multi_modal_projector", "merger", "connector", "vision_adapter", "vision_projection", "visual_embeddings_table",
-    "layerwise_projectors", "spatial_projectors", "patch_merger", "aligner", "mm_projector",
+    "layerwise_projectors", "spatial_projectors", "patch_merger", "aligner", "mm_projector", "projector",
 )
 LANGUAGE_MODEL_NAMES = ("language_model", "text_model")
 

@@ -1,4 +1,4 @@
-"""Tiny models on the generic exact path (`vlsft.generic_masks`) of Dots 3 Note and Cohere Compass, each the family's real model class
+"""Tiny models on the generic exact path (`vlsft.generic_masks`) of Dots 3 Note, Cohere Compass and Cosmos 3 Edge, each the family's real model class
 built from its config class with random weights and its real processor class with a tokenizer trained in-process
 (`vlsft.testing.tiny_generic._byte_level_tokenizer`)."""
 
@@ -10,6 +10,11 @@ from transformers import (
     CohereCompassImageProcessor,
     CohereCompassProcessor,
     CohereCompassVideoProcessor,
+    Cosmos3EdgeConfig,
+    Cosmos3EdgeForConditionalGeneration,
+    Cosmos3EdgeImageProcessor,
+    Cosmos3EdgeProcessor,
+    Cosmos3EdgeVideoProcessor,
     Dots3NoteConfig,
     Dots3NoteFeatureExtractor,
     Dots3NoteForConditionalGeneration,
@@ -19,7 +24,7 @@ from transformers import (
 )
 
 from vlsft.testing.tiny_build import HIDDEN, VISION_ENCODER_SIZES, instantiate, language_model_sizes
-from vlsft.testing.tiny_generic import _byte_level_tokenizer
+from vlsft.testing.tiny_generic import _byte_level_tokenizer, trl_template
 from vlsft.testing.tiny_generic_aya import cohere_format_template, cohere_tokenizer
 
 # -- Dots 3 Note ---------------------------------------------------------------------------------------------------
@@ -181,3 +186,48 @@ def build_tiny_cohere_compass(seed: int = 0, hidden_size: int = HIDDEN):
         tie_word_embeddings=False,
     )
     return instantiate(CohereCompassForConditionalGeneration, config, processor, seed)
+
+
+# -- Cosmos 3 Edge -------------------------------------------------------------------------------------------------
+
+
+def build_tiny_cosmos3_edge(seed: int = 0, hidden_size: int = HIDDEN):
+    """Cosmos 3 Edge: `Cosmos3EdgeForConditionalGeneration` (a SigLIP-style ViT as `visual`, a 2x2 patch-merging MLP
+    named `projector`, a Nemotron-style language model with squared-ReLU `fc1`/`fc2` MLPs and 3D rope) +
+    `Cosmos3EdgeProcessor` (its own image processor: 8 px patches, no temporal patch, merged 2x2), with TRL's stock
+    Qwen3-VL template: ChatML turns ended by `<|im_end|>` (the eos), an image as
+    `<|vision_start|><|image_pad|><|vision_end|>`, the wrapper the processor's docstring says the Edge template writes
+    (the Cosmos Reason checkpoints ship Qwen-VL's template; this checkpoint's own cannot be downloaded here)."""
+    named = {
+        "image_token": "<|image_pad|>", "video_token": "<|video_pad|>", "vision_start_token": "<|vision_start|>",
+        "vision_end_token": "<|vision_end|>",
+    }
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *named.values(), "<tool_call>", "</tool_call>"]
+    tokenizer = _byte_level_tokenizer(special, named, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    vision = dict(patch_size=8, merge_size=2, temporal_patch_size=1, size={"shortest_edge": 256, "longest_edge": 4096})
+    processor = Cosmos3EdgeProcessor(
+        image_processor=Cosmos3EdgeImageProcessor(**vision),
+        tokenizer=tokenizer,
+        video_processor=Cosmos3EdgeVideoProcessor(**vision),  # videos are refused by row on the generic path
+        chat_template=trl_template("qwen3_vl"),
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    config = Cosmos3EdgeConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            **language_model_sizes(hidden_size),
+            # 3D rope over half of each 16-wide head (t, h, w), as the checkpoint's [24, 20, 20] of 128.
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2]},
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=None,
+            eos_token_id=tokenizer.eos_token_id,
+        ),
+        vision_config=dict(**VISION_ENCODER_SIZES, patch_size=8, num_patches=64, spatial_merge_size=2),
+        projector_hidden_size=64,
+        image_token_id=ids(named["image_token"]),
+        video_token_id=ids(named["video_token"]),
+        vision_start_token_id=ids(named["vision_start_token"]),
+        vision_end_token_id=ids(named["vision_end_token"]),
+        tie_word_embeddings=False,
+    )
+    return instantiate(Cosmos3EdgeForConditionalGeneration, config, processor, seed)
