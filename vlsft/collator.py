@@ -34,6 +34,7 @@ import torch
 from jinja2 import TemplateError
 from transformers import ProcessorMixin
 
+from vlsft.collation.borrowed_records import borrowed_video_refusal
 from vlsft.collation.images import ImageExpansion
 from vlsft.collation.processor_expansion import ProcessorExpansion, per_token_outputs_laid, processor_prefix
 from vlsft.collation.rendering import RowError, RowRendering
@@ -121,11 +122,7 @@ class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, ProcessorE
         # A template without generation markers (a stock template vlsft has no marked copy of) is masked by the
         # incremental-rendering rule (`vlsft.generic_masks`).
         self.generic_masks = self.assistant_only_loss and not has_generation_markers(self.chat_template)
-        # A record's template on another family's processor (Cosmos 3 Edge ships Qwen3-VL's) is not that record's
-        # family: the record's image expansion, parts and dummy vision pass are its own processor's and model's.
-        processor_classes = {cls.__name__ for cls in type(self.processor).__mro__}
-        record_fits = self.template_family and FAMILIES[self.template_family].processor_class in processor_classes
-        name = self.template_family if record_fits else family_of_processor(self.processor)
+        name = self.template_family or family_of_processor(self.processor)
         if self.generic_masks or name is None:
             # Found now from the template's rendering, so a template that writes none fails before training.
             end_of_turn = end_of_turn_token(self.render_stock, added_tokens(tokenizer), tokenizer.eos_token)
@@ -137,6 +134,7 @@ class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, ProcessorE
         # its images expanded by the processor itself (`vlsft.collation.processor_expansion`).
         self.generic_family = name is None
         self.family = FAMILIES[name] if name is not None else generic_family(self.processor, end_of_turn)
+        self.borrowed_video_refusal = None if name is None else borrowed_video_refusal(name, self.processor)
         self._processor_prefix = processor_prefix(self.processor) if self.generic_family else ""
         self.image_token = self.family.image_token
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)  # the placeholder, one per image

@@ -208,7 +208,8 @@ def build_tiny_cosmos3_edge(seed: int = 0, hidden_size: int = HIDDEN):
     processor = Cosmos3EdgeProcessor(
         image_processor=Cosmos3EdgeImageProcessor(**vision),
         tokenizer=tokenizer,
-        video_processor=Cosmos3EdgeVideoProcessor(**vision),  # videos are refused by row on the generic path
+        # The frames' timestamps the processor writes need the clip's metadata.
+        video_processor=Cosmos3EdgeVideoProcessor(**vision, return_metadata=True),
         chat_template=trl_template("qwen3_vl"),
     )
     ids = tokenizer.convert_tokens_to_ids
