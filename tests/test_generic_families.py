@@ -91,7 +91,7 @@ TOOL_CALLS_NOT_WRITTEN = {
     "minicpmv4_7", "lighton_ocr", "fast_vlm", "exaone4_5", "kimi_k25", "step3p7",
     "granite_docling",  # Granite-Docling's checkpoint template writes content only
     "video_llama_3", "qianfan_ocr", "minicpm_ocr", "deepseek_ocr2", "unlimited_ocr", "qwen2_5_omni_thinker",
-    "hyperclovax_vision_v2", "inkling2", "minimax_m3_vl", "nemotron_h_omni",
+    "hyperclovax_vision_v2", "inkling2", "minimax_m3_vl", "nemotron_h_omni", "cohere_compass",
 }
 for _family in TOOL_CALLS_NOT_WRITTEN:
     TEMPLATE_REFUSES.setdefault(_family, set()).update({"tool_call_with_text", "tool_call_without_text"})

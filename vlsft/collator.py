@@ -34,6 +34,7 @@ import torch
 from jinja2 import TemplateError
 from transformers import ProcessorMixin
 
+from vlsft.collation.borrowed_records import borrowed_video_refusal
 from vlsft.collation.images import ImageExpansion
 from vlsft.collation.processor_expansion import ProcessorExpansion, per_token_outputs_laid, processor_prefix
 from vlsft.collation.rendering import RowError, RowRendering
@@ -135,6 +136,7 @@ class VisionChatCollator(RowRendering, TurnWeighting, ImageExpansion, ProcessorE
         self.family = FAMILIES[name] if name is not None else generic_family(self.processor, end_of_turn)
         if self.generic_masks:  # the stop the rule supervises, not a record's (Granite-Docling on Idefics3's processor)
             self.family = replace(self.family, end_of_turn=end_of_turn)
+        self.borrowed_video_refusal = None if name is None else borrowed_video_refusal(name, self.processor)
         self._processor_prefix = processor_prefix(self.processor) if self.generic_family else ""
         self.image_token = self.family.image_token
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)  # the placeholder, one per image

@@ -74,7 +74,8 @@ def _alternatives(names) -> str:
 # the strided convolutions `high_res_vision_proj` and the gate `high_res_vision_alpha`, all of the original
 # checkpoint's `vision_tower_high`. LightOnOCR's Pixtral tower is its `vision_encoder` (its projector
 # `vision_projection`); Kimi K2.5's projector is its `mm_projector`; HyperCLOVA X SEED Vision's (v2) is a linear
-# `projector` after its Qwen2.5-VL tower's own `merger`; VideoLLaMA3's is its `projector`.
+# `projector` after its Qwen2.5-VL tower's own `merger`; VideoLLaMA3's and
+# Cosmos 3 Edge's (a patch-merging MLP) are their `projector`.
 VISION_TOWER_NAMES = (
     "visual", "vision_tower", "vision_model", "image_tower", "video_tower", "high_res_vision_model",
     "high_res_vision_neck", "high_res_vision_proj", "high_res_vision_alpha", "vision_encoder",

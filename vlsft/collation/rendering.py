@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from transformers.utils.chat_template_utils import render_jinja_template
 
+from vlsft.collation.borrowed_records import refuse_borrowed_videos
 from vlsft.collation.reasoning import (
     REASONING_FIELDS,
     ReasoningError,
@@ -179,6 +180,8 @@ class RowRendering:
         if self.template_family is not None:
             check_expressible(self.template_family, messages, tools)
             check_media(self.template_family, row, messages)
+            if self.borrowed_video_refusal is not None:  # a record borrowed by a processor expanding videos otherwise
+                refuse_borrowed_videos(self.borrowed_video_refusal, row, messages)
             spec = FAMILIES[self.template_family]
             if spec.reasoning_opening is not None:
                 messages = split_inline_reasoning(messages, spec.reasoning_opening, spec.reasoning_markers[1])

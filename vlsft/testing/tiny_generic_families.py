@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from vlsft.testing.tiny_generic import build_tiny_internvl, build_tiny_lfm2_vl, build_tiny_mistral3
 from vlsft.testing.tiny_generic_aya import build_tiny_aya_vision
+from vlsft.testing.tiny_generic_chameleon_emu_dots import build_tiny_cohere_compass, build_tiny_dots3_note
 from vlsft.testing.tiny_generic_cohere_lfm3_plm import (
     build_tiny_cohere2_vision,
     build_tiny_lfm3_vl,
@@ -106,4 +107,6 @@ GENERIC_BUILDERS = {
     "inkling2": build_tiny_inkling2,
     "minimax_m3_vl": build_tiny_minimax_m3_vl,
     "nemotron_h_omni": build_tiny_nemotron_h_omni,
+    "dots3_note": build_tiny_dots3_note,
+    "cohere_compass": build_tiny_cohere_compass,
 }
