@@ -41,6 +41,7 @@ from vlsft.testing.tiny_generic_ocr import (
     build_tiny_minicpm_ocr,
     build_tiny_qianfan_ocr,
     build_tiny_unlimited_ocr,
+)
 from vlsft.testing.tiny_generic_clova_inkling import (
     build_tiny_hyperclovax_vision_v2,
     build_tiny_inkling2,
