@@ -1,0 +1,125 @@
+"""Tiny Mistral Large 4 (and the text-only Mistral 4 a VLM trainer refuses) on the generic exact path
+(`vlsft.testing.tiny_generic` holds the shared tokenizer helper and Mistral 3, whose Pixtral pieces these reuse): each
+family's real model class from its config class with random weights (2-layer language model, 2-layer vision tower)
+and its real processor class, with a tokenizer trained in-process.
+
+Mistral Large 4's checkpoints ship a mistral-common tokenizer, whose chat format is code, not a template that can be
+downloaded here: `MISTRAL_LARGE4_FORMAT_TEMPLATE` writes it as Mistral's instruct format (v7 tekken and later, as
+`mistral_common`'s encoder writes it), tool calls and results included.
+"""
+
+from __future__ import annotations
+
+from transformers import (
+    Mistral4Config,
+    Mistral4ForCausalLM,
+    MistralLarge4Config,
+    MistralLarge4ForConditionalGeneration,
+    PixtralImageProcessor,
+    PixtralProcessor,
+)
+
+from vlsft.testing.tiny_build import HIDDEN, VISION_ENCODER_SIZES, instantiate
+from vlsft.testing.tiny_generic import _byte_level_tokenizer
+
+_MISTRAL_SPECIAL = [
+    "<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[IMG]", "[IMG_BREAK]", "[IMG_END]", "[SYSTEM_PROMPT]",
+    "[/SYSTEM_PROMPT]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_CALLS]", "[ARGS]", "[TOOL_RESULTS]",
+    "[/TOOL_RESULTS]",
+]
+
+# Mistral's instruct format (v7 tekken and later, as `mistral_common` encodes a request), written for these tests:
+# the system prompt in `[SYSTEM_PROMPT]`, the tools in `[AVAILABLE_TOOLS]` after it, `[INST] ... [/INST]` around each
+# user turn, images as `[IMG]` (the processor expands each to rows of patches ended by `[IMG_BREAK]` and `[IMG_END]`),
+# an assistant turn's text then each call as `[TOOL_CALLS]<name>[ARGS]<json>`, ended by `</s>`, and a tool's result
+# in `[TOOL_RESULTS] ... [/TOOL_RESULTS]`.
+MISTRAL_LARGE4_FORMAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- set ns = namespace(tools_written=false) -%}"
+    "{%- for message in messages -%}"
+    "{%- set content = message.content -%}"
+    "{%- set text = namespace(value='') -%}"
+    "{%- if content is string -%}{%- set text.value = content -%}"
+    "{%- elif content -%}{%- for item in content -%}"
+    "{%- set text.value = text.value + ('[IMG]' if item.type == 'image' else item.text) -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{%- if message.role != 'system' and tools and not ns.tools_written -%}"
+    "[AVAILABLE_TOOLS]{{ tools | tojson }}[/AVAILABLE_TOOLS]{%- set ns.tools_written = true -%}"
+    "{%- endif -%}"
+    "{%- if message.role == 'system' -%}[SYSTEM_PROMPT]{{ text.value }}[/SYSTEM_PROMPT]"
+    "{%- elif message.role == 'user' -%}[INST]{{ text.value }}[/INST]"
+    "{%- elif message.role == 'assistant' -%}{{ text.value }}"
+    "{%- for call in message.tool_calls or [] -%}"
+    "[TOOL_CALLS]{{ call.function.name }}[ARGS]"
+    "{%- if call.function.arguments is string -%}{{ call.function.arguments }}"
+    "{%- else -%}{{ call.function.arguments | tojson }}{%- endif -%}"
+    "{%- endfor -%}{{ eos_token }}"
+    "{%- elif message.role == 'tool' -%}[TOOL_RESULTS]{{ text.value }}[/TOOL_RESULTS]"
+    "{%- else -%}{{ raise_exception('Only system, user, assistant and tool messages are supported.') }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)
+
+
+def _mistral_tokenizer():
+    return _byte_level_tokenizer(_MISTRAL_SPECIAL, {}, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                 pad_token="<unk>")
+
+
+def _mla_text_sizes(tokenizer, hidden_size: int) -> dict:
+    """A 2-layer multi-head latent attention language model of width `hidden_size` (4 heads): layer 0 dense with RoPE,
+    layer 1 a MoE of 2 routed experts (1 per token) and the shared expert, without RoPE, as the checkpoints mix them."""
+    return dict(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        moe_intermediate_size=hidden_size // 2,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        kv_lora_rank=16,
+        qk_rope_head_dim=8,
+        qk_nope_head_dim=8,
+        v_head_dim=16,
+        n_routed_experts=2,
+        num_experts_per_tok=1,
+        n_shared_experts=1,
+        first_k_dense_replace=1,
+        max_position_embeddings=4096,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+
+
+def build_tiny_mistral_large4(seed: int = 0, hidden_size: int = HIDDEN):
+    """Mistral Large 4: `MistralLarge4ForConditionalGeneration` (a Pixtral vision tower, a patch merger, and a
+    DeepSeek-style language model: multi-head latent attention with a sparse-attention indexer, MoE) +
+    `PixtralProcessor`, with `MISTRAL_LARGE4_FORMAT_TEMPLATE`. 8 px patches, merged 2x2.
+
+    The indexer's top-k (32 tokens) is shorter than the test rows, so attention is sparse as in the checkpoints; the
+    indexer itself has no gradient (transformers computes it under `no_grad`). The assistant turn ends with `</s>`."""
+    tokenizer = _mistral_tokenizer()
+    processor = PixtralProcessor(
+        image_processor=PixtralImageProcessor(size={"longest_edge": 64}, patch_size={"height": 8, "width": 8}),
+        tokenizer=tokenizer,
+        patch_size=8,
+        spatial_merge_size=2,
+        chat_template=MISTRAL_LARGE4_FORMAT_TEMPLATE,
+    )
+    config = MistralLarge4Config(
+        text_config=dict(
+            **_mla_text_sizes(tokenizer, hidden_size),
+            index_topk=32,
+            index_head_dim=16,
+            index_n_heads=2,
+            no_rope_layers=[1, 0],
+        ),
+        vision_config=dict(model_type="pixtral", **VISION_ENCODER_SIZES, image_size=64, patch_size=8, head_dim=16,
+                           hidden_act="silu"),
+        image_token_index=tokenizer.convert_tokens_to_ids("[IMG]"),
+        spatial_merge_size=2,
+        vision_feature_layer=-1,
+        tie_word_embeddings=False,
+    )
+    return instantiate(MistralLarge4ForConditionalGeneration, config, processor, seed)
