@@ -126,6 +126,7 @@ def check_model_parts(model: nn.Module) -> None:
     or a language model under transformers 5's names (`VISION_TOWER_NAMES`, `PROJECTOR_NAMES`,
     `LANGUAGE_MODEL_NAMES`): its parts could not be frozen, given learning rates or LoRA targets; and if it has all
     three but no forward (`refuse_model_without_forward`)."""
+    refuse_model_reading_no_images(model)
     if family_of_model(model) is not None:
         return
     names = [name for name, _ in model.named_modules()]
@@ -147,6 +148,27 @@ def check_model_parts(model: nn.Module) -> None:
             "LoRA targets; a record for the family in `vlsft.families.FAMILIES` says where they are."
         )
     refuse_model_without_forward(model)
+
+
+# A forward parameter through which a model reads images: pixels, image features or patches.
+_IMAGE_INPUT = re.compile(r"pixel|image|patches")
+
+
+def refuse_model_reading_no_images(model: nn.Module) -> None:
+    """Raise `ValueError` for a model that reads no images: its config holds no vision config and its forward takes
+    no pixel, image or patch input. transformers lists some text-only classes among its image-text-to-text models
+    (Mistral 4's `Mistral4ForCausalLM`): the images of its rows would have nothing to go through."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "vision_config", None) is not None:
+        return
+    if any(_IMAGE_INPUT.search(name) for name in inspect.signature(type(model).forward).parameters):
+        return
+    raise ValueError(
+        f"{config.model_type}: {type(model).__name__} reads no images (its config has no vision config and its "
+        "forward takes no pixel values): vlsft trains vision-language models. Load the checkpoint's vision-language "
+        "class (a Mistral 4 checkpoint that reads images is a `mistral3` one, Mistral3ForConditionalGeneration with a "
+        "Mistral 4 language model), or train this text model with TRL's SFTTrainer."
+    )
 
 
 def refuse_model_without_forward(model: nn.Module) -> None:

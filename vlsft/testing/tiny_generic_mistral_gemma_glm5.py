@@ -11,6 +11,8 @@ downloaded here: `MISTRAL_LARGE4_FORMAT_TEMPLATE` writes it as Mistral's instruc
 from __future__ import annotations
 
 from transformers import (
+    Mistral3Config,
+    Mistral3ForConditionalGeneration,
     Mistral4Config,
     Mistral4ForCausalLM,
     MistralLarge4Config,
@@ -92,6 +94,22 @@ def _mla_text_sizes(tokenizer, hidden_size: int) -> dict:
     )
 
 
+def _pixtral_processor(tokenizer) -> PixtralProcessor:
+    """Pixtral's processor over `tokenizer`: images of up to 64 px in 8 px patches, merged 2x2."""
+    return PixtralProcessor(
+        image_processor=PixtralImageProcessor(size={"longest_edge": 64}, patch_size={"height": 8, "width": 8}),
+        tokenizer=tokenizer,
+        patch_size=8,
+        spatial_merge_size=2,
+        chat_template=MISTRAL_LARGE4_FORMAT_TEMPLATE,
+    )
+
+
+# Pixtral's vision tower: 2 layers of width 32 on 64 px images of 8 px patches, gated SiLU MLP as Mistral's.
+_PIXTRAL_VISION = dict(model_type="pixtral", **VISION_ENCODER_SIZES, image_size=64, patch_size=8, head_dim=16,
+                       hidden_act="silu")
+
+
 def build_tiny_mistral_large4(seed: int = 0, hidden_size: int = HIDDEN):
     """Mistral Large 4: `MistralLarge4ForConditionalGeneration` (a Pixtral vision tower, a patch merger, and a
     DeepSeek-style language model: multi-head latent attention with a sparse-attention indexer, MoE) +
@@ -100,13 +118,7 @@ def build_tiny_mistral_large4(seed: int = 0, hidden_size: int = HIDDEN):
     The indexer's top-k (32 tokens) is shorter than the test rows, so attention is sparse as in the checkpoints; the
     indexer itself has no gradient (transformers computes it under `no_grad`). The assistant turn ends with `</s>`."""
     tokenizer = _mistral_tokenizer()
-    processor = PixtralProcessor(
-        image_processor=PixtralImageProcessor(size={"longest_edge": 64}, patch_size={"height": 8, "width": 8}),
-        tokenizer=tokenizer,
-        patch_size=8,
-        spatial_merge_size=2,
-        chat_template=MISTRAL_LARGE4_FORMAT_TEMPLATE,
-    )
+    processor = _pixtral_processor(tokenizer)
     config = MistralLarge4Config(
         text_config=dict(
             **_mla_text_sizes(tokenizer, hidden_size),
@@ -114,12 +126,46 @@ def build_tiny_mistral_large4(seed: int = 0, hidden_size: int = HIDDEN):
             index_head_dim=16,
             index_n_heads=2,
             no_rope_layers=[1, 0],
+            # YaRN as the checkpoints' (a 512-token pretraining window), scaled to the tiny model's context
+            rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=8.0, original_max_position_embeddings=512,
+                                 beta_fast=32.0, beta_slow=1.0, attention_factor=1.0),
         ),
-        vision_config=dict(model_type="pixtral", **VISION_ENCODER_SIZES, image_size=64, patch_size=8, head_dim=16,
-                           hidden_act="silu"),
+        vision_config=_PIXTRAL_VISION,
         image_token_index=tokenizer.convert_tokens_to_ids("[IMG]"),
         spatial_merge_size=2,
         vision_feature_layer=-1,
         tie_word_embeddings=False,
     )
     return instantiate(MistralLarge4ForConditionalGeneration, config, processor, seed)
+
+
+def _mistral4_text_config(tokenizer, hidden_size: int) -> dict:
+    """Mistral 4's language model (multi-head latent attention with a query LoRA, MoE) as a `mistral4` text config."""
+    sizes = _mla_text_sizes(tokenizer, hidden_size)
+    return dict(model_type="mistral4", **sizes, q_lora_rank=16)
+
+
+def build_tiny_mistral4(seed: int = 0, hidden_size: int = HIDDEN):
+    """Mistral 4's `Mistral4ForCausalLM`, which transformers lists among its image-text-to-text models: a text-only
+    causal LM (no vision config, no pixel input), paired with the Pixtral processor of its vision-language
+    checkpoints. vlsft refuses it when the trainer starts (`vlsft.model_parts.refuse_model_reading_no_images`)."""
+    tokenizer = _mistral_tokenizer()
+    text = _mistral4_text_config(tokenizer, hidden_size)
+    text.pop("model_type")
+    return instantiate(Mistral4ForCausalLM, Mistral4Config(**text), _pixtral_processor(tokenizer), seed)
+
+
+def build_tiny_mistral_small4(seed: int = 0, hidden_size: int = HIDDEN):
+    """Mistral Small 4, Mistral 4 that reads images: a `mistral3` checkpoint, `Mistral3ForConditionalGeneration` (the
+    Pixtral tower, the patch merger) over a Mistral 4 language model + `PixtralProcessor`, with
+    `MISTRAL_LARGE4_FORMAT_TEMPLATE` (the same instruct format)."""
+    tokenizer = _mistral_tokenizer()
+    config = Mistral3Config(
+        text_config=_mistral4_text_config(tokenizer, hidden_size),
+        vision_config=_PIXTRAL_VISION,
+        image_token_index=tokenizer.convert_tokens_to_ids("[IMG]"),
+        spatial_merge_size=2,
+        vision_feature_layer=-1,
+        tie_word_embeddings=False,
+    )
+    return instantiate(Mistral3ForConditionalGeneration, config, _pixtral_processor(tokenizer), seed)
