@@ -4,7 +4,10 @@ what they need beyond the parametrized tests of `tests/test_generic_families.py`
   trainer refuses it when it starts, before any row is checked, saying why and what to load instead;
 - Mistral Small 4, the Mistral 4 that reads images (`Mistral3ForConditionalGeneration` over a Mistral 4 language
   model), takes the generic path with the parametrized tests' own assertions;
-- Mistral Large 4's sparse attention selects fewer tokens than the test rows hold.
+- Mistral Large 4's sparse attention selects fewer tokens than the test rows hold;
+- Gemma 4 Unified ships Gemma 4's template, so it trains through Gemma 4's record: its inputs are its processor's, its
+  masks the rule's, and its encoder-free vision path (no tower: a patch embedding) is found by name; its videos and
+  audio are refused by row.
 """
 
 from __future__ import annotations
@@ -12,14 +15,22 @@ from __future__ import annotations
 import copy
 
 import pytest
+import torch
 from datasets import Dataset
 
 import tests.test_generic_families as generic
-from tests.test_families import rows_of_different_lengths
+from tests.conftest import _shapes
+from tests.test_families import rows_of_different_lengths, supervised_texts
 from vlsft import VLSFTConfig, VLSFTTrainer
+from vlsft.collation.rendering import RowError
 from vlsft.collator import VisionChatCollator
 from vlsft.model_parts import check_model_parts
-from vlsft.testing.tiny_generic_mistral_gemma_glm5 import build_tiny_mistral4, build_tiny_mistral_small4
+from vlsft.templates import resolve_training_template
+from vlsft.testing.tiny_generic_mistral_gemma_glm5 import (
+    build_tiny_gemma4_unified,
+    build_tiny_mistral4,
+    build_tiny_mistral_small4,
+)
 
 TEXT_ONLY = r"mistral4: Mistral4ForCausalLM reads no images .*Mistral3ForConditionalGeneration"
 
@@ -59,3 +70,74 @@ def test_mistral_large4_attention_is_sparse_on_the_test_rows():
     model, processor = generic.tiny("mistral_large4")
     batch = VisionChatCollator(processor, processor.chat_template)(copy.deepcopy(rows_of_different_lengths()[:2]))
     assert batch["input_ids"].shape[1] > model.config.text_config.index_topk
+
+
+# -- Gemma 4 Unified -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def gemma4_unified(monkeypatch):
+    monkeypatch.setitem(generic.GENERIC_BUILDERS, "gemma4_unified", build_tiny_gemma4_unified)
+    return "gemma4_unified"
+
+
+def test_gemma4_unified_takes_gemma4s_record_with_the_processors_inputs_and_the_rules_masks(gemma4_unified):
+    """Its checkpoints ship Gemma 4's chat template: recognised, it trains through Gemma 4's record (its hand-written
+    training template); the inputs equal `Gemma4UnifiedProcessor`'s on every shape, and the supervised text is the
+    incremental-rendering rule's wherever the rule applies (a tool call with text: Gemma 4's template rewrites it once
+    the tool's response follows, which only the record can train)."""
+    _, processor = generic.tiny(gemma4_unified)
+    collate = VisionChatCollator(processor, resolve_training_template(processor.chat_template))
+    assert not collate.generic_family and collate.family.name == "gemma4_v5"
+    rule = VisionChatCollator(processor, processor.chat_template)
+    checked = 0
+    for name, (row, _) in _shapes().items():
+        if name in generic.NOT_FOR_PROCESSOR:
+            continue
+        conversation = generic.as_the_template_reads(processor, row)
+        # The record renders a message's string content as that string, as at inference (Gemma 4's template writes
+        # a list-valued system prompt with a trailing space).
+        as_written = [{**message, "content": original["content"]} if isinstance(original["content"], str) else message
+                      for original, message in zip(row["messages"], conversation)]
+        batch = collate([row])
+        reference = processor.apply_chat_template(
+            [as_written], tools=row.get("tools"), tokenize=True, return_dict=True, return_tensors="pt"
+        )
+        assert set(reference) <= set(batch), name
+        for key, value in reference.items():
+            assert torch.equal(batch[key], value), (name, key)
+        texts = supervised_texts(processor.tokenizer, batch["input_ids"][0], batch["labels"][0])
+        if name == "tool_call_with_text":
+            with pytest.raises(RowError, match=r"message 1 \(assistant\): its rendering changes"):
+                rule([row])
+        else:
+            # (the record also supervises the newline after `<turn|>`, which the rule leaves to the next prompt)
+            assert [text.rstrip("\n") for text in texts] == generic.rule_texts(processor, conversation, row.get("tools")), name
+        checked += 1
+    assert checked == len(_shapes()) - len(generic.NOT_FOR_PROCESSOR)
+
+
+def test_gemma4_unified_one_training_step_moves_every_part(gemma4_unified, tmp_path):
+    """No vision tower: the patch embedding of its `embed_vision` is (`vlsft.model_parts.PATCH_EMBEDDING_NAMES`),
+    and its `multimodal_embedder` the projector."""
+    generic.test_one_training_step_moves_every_part(gemma4_unified, tmp_path)
+
+
+def test_gemma4_unified_lora_step_trains_only_the_adapters(gemma4_unified, tmp_path):
+    generic.test_lora_step_trains_only_the_adapters(gemma4_unified, tmp_path)
+
+
+def test_gemma4_unified_one_batch_of_2_equals_2_accumulated_micro_batches_of_1(gemma4_unified, tmp_path):
+    generic.test_one_batch_of_2_equals_2_accumulated_micro_batches_of_1(gemma4_unified, tmp_path)
+
+
+@pytest.mark.parametrize("item", ["video", "audio"])
+def test_gemma4_unified_video_and_audio_are_refused_by_row(gemma4_unified, item):
+    """Its processor takes videos and audio; vlsft builds neither for it: such a row fails by name, never trains on a
+    placeholder with no features behind it."""
+    _, processor = generic.tiny(gemma4_unified)
+    collate = VisionChatCollator(processor, resolve_training_template(processor.chat_template))
+    messages = [{"role": "user", "content": [{"type": item}, {"type": "text", "text": "What?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "A dot."}]}]
+    with pytest.raises(RowError, match=rf"batch row 0: gemma4_v5 .*the row has (a )?{item} \(message 0\)"):
+        collate([{"messages": messages, "images": []}])

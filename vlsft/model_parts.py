@@ -74,6 +74,12 @@ PROJECTOR_NAMES = (
     "layerwise_projectors", "spatial_projectors", "patch_merger", "aligner", "mm_projector",
 )
 LANGUAGE_MODEL_NAMES = ("language_model", "text_model")
+# Encoder-free models have no vision tower: Gemma 4 Unified's `embed_vision` (a projector name, Gemma 4's) normalises
+# and projects raw pixel patches (`patch_*`) and adds factorized 2D position embeddings (`pos_*`), then maps them into
+# the language model through its `multimodal_embedder`. That patch embedding is their vision tower.
+PATCH_EMBEDDING_NAMES = tuple(
+    f"embed_vision.{name}" for name in ("patch_ln1", "patch_dense", "patch_ln2", "pos_embedding", "pos_norm")
+)
 
 # The names of different families never collide (no Qwen module is called `connector`, no Gemma one `visual`), so one
 # rule recognises the parts of every family.
@@ -82,7 +88,8 @@ _MERGER_NAMES = _alternatives([*(merger for parts in _PARTS for merger in parts.
 _MERGER = re.compile(rf"(?:^|\.)(?:{_MERGER_NAMES})(?:\.|$)")
 _MERGER_MODULE = re.compile(rf"(?:^|\.)(?:{_MERGER_NAMES})$")
 _VISUAL_NAMES = _alternatives([*(parts.vision_tower for parts in _PARTS), *VISION_TOWER_NAMES])
-_VISUAL = re.compile(rf"(?:^|\.)(?:{_VISUAL_NAMES})(?:\.|$)")
+_VISUAL = re.compile(rf"(?:^|\.)(?:{_VISUAL_NAMES}|{_alternatives(PATCH_EMBEDDING_NAMES)})(?:\.|$)")
+_PATCH_EMBEDDING = re.compile(rf"(?:^|\.)(?:{_alternatives(PATCH_EMBEDDING_NAMES)})(?:\.|$)")
 _LANGUAGE_MODEL = re.compile(rf"(?:^|\.)(?:{_alternatives(LANGUAGE_MODEL_NAMES)})$")
 
 # LoRA targets, as one regex that PEFT matches against full module names (`re.fullmatch`). The language model's
@@ -114,7 +121,7 @@ _VISION_TARGETS = "|".join(
 
 def component_of(name: str) -> str:
     """The component a parameter or module name belongs to."""
-    if _MERGER.search(name):
+    if _MERGER.search(name) and not _PATCH_EMBEDDING.search(name):
         return MERGER
     if _VISUAL.search(name):
         return VISION_TOWER
@@ -131,7 +138,7 @@ def check_model_parts(model: nn.Module) -> None:
         return
     names = [name for name, _ in model.named_modules()]
     searched = {
-        "vision tower": (_VISUAL, VISION_TOWER_NAMES),
+        "vision tower": (_VISUAL, (*VISION_TOWER_NAMES, "embed_vision.patch_dense")),
         "projector": (_MERGER_MODULE, PROJECTOR_NAMES),
         "language model": (_LANGUAGE_MODEL, LANGUAGE_MODEL_NAMES),
     }

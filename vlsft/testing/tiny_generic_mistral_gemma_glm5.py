@@ -11,6 +11,12 @@ downloaded here: `MISTRAL_LARGE4_FORMAT_TEMPLATE` writes it as Mistral's instruc
 from __future__ import annotations
 
 from transformers import (
+    Gemma4UnifiedAudioFeatureExtractor,
+    Gemma4UnifiedConfig,
+    Gemma4UnifiedForConditionalGeneration,
+    Gemma4UnifiedImageProcessor,
+    Gemma4UnifiedProcessor,
+    Gemma4UnifiedVideoProcessor,
     Mistral3Config,
     Mistral3ForConditionalGeneration,
     Mistral4Config,
@@ -21,8 +27,9 @@ from transformers import (
     PixtralProcessor,
 )
 
-from vlsft.testing.tiny_build import HIDDEN, VISION_ENCODER_SIZES, instantiate
-from vlsft.testing.tiny_generic import _byte_level_tokenizer
+from vlsft.testing.tiny_build import HIDDEN, VISION_ENCODER_SIZES, instantiate, language_model_sizes
+from vlsft.testing.tiny_generic import _byte_level_tokenizer, trl_template
+from vlsft.testing.tiny_tokenizers import train_gemma4_tokenizer
 
 _MISTRAL_SPECIAL = [
     "<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[IMG]", "[IMG_BREAK]", "[IMG_END]", "[SYSTEM_PROMPT]",
@@ -169,3 +176,50 @@ def build_tiny_mistral_small4(seed: int = 0, hidden_size: int = HIDDEN):
         tie_word_embeddings=False,
     )
     return instantiate(Mistral3ForConditionalGeneration, config, _pixtral_processor(tokenizer), seed)
+
+
+# -- Gemma 4 Unified -----------------------------------------------------------------------------------------------
+
+
+def build_tiny_gemma4_unified(seed: int = 0, hidden_size: int = HIDDEN, template: str = "gemma4_v5"):
+    """Gemma 4 Unified: `Gemma4UnifiedForConditionalGeneration` (encoder-free: no vision tower, its `embed_vision`
+    projects raw 2x2-merged 4 px patches, with factorized 2D position embeddings, through its `multimodal_embedder` into
+    a Gemma 4 language model) + `Gemma4UnifiedProcessor`, with the stock Gemma 4 template TRL ships (revision
+    `template`; the checkpoints ship Gemma 4's tokenizer and chat format). At most 70 soft tokens per image, as the
+    tiny Gemma 4's; the language model has a sliding and a full attention layer and bidirectional attention over each
+    image; no audio embedder."""
+    tokenizer = train_gemma4_tokenizer()
+    vision_sizes = dict(patch_size=4, max_soft_tokens=70, pooling_kernel_size=2)
+    processor = Gemma4UnifiedProcessor(
+        feature_extractor=Gemma4UnifiedAudioFeatureExtractor(),
+        image_processor=Gemma4UnifiedImageProcessor(**vision_sizes),
+        tokenizer=tokenizer,
+        video_processor=Gemma4UnifiedVideoProcessor(**vision_sizes),
+        chat_template=trl_template(template),
+        image_seq_length=70,
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    config = Gemma4UnifiedConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            **language_model_sizes(hidden_size),
+            sliding_window=16,
+            layer_types=["sliding_attention", "full_attention"],
+            use_bidirectional_attention="vision",
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=ids("<turn|>"),
+            bos_token_id=tokenizer.bos_token_id,
+        ),
+        vision_config=dict(patch_size=4, pooling_kernel_size=2, mm_embed_dim=32, mm_posemb_size=64,
+                           output_proj_dims=32),
+        audio_config=None,
+        boi_token_id=ids("<|image>"),
+        eoi_token_id=ids("<image|>"),
+        image_token_id=ids("<|image|>"),
+        video_token_id=ids("<|video|>"),
+        boa_token_id=ids("<|audio>"),
+        eoa_token_index=ids("<audio|>"),
+        audio_token_id=ids("<|audio|>"),
+        tie_word_embeddings=True,
+    )
+    return instantiate(Gemma4UnifiedForConditionalGeneration, config, processor, seed)
