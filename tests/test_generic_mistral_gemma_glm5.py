@@ -151,3 +151,14 @@ def test_glm5_next_videos_are_refused_by_row():
                 {"role": "assistant", "content": [{"type": "text", "text": "A dot."}]}]
     with pytest.raises(RowError, match=r"message 0 has a 'video' item: vlsft trains Glm5NextProcessor \(generic path\)"):
         collate([{"messages": messages, "images": []}])
+
+
+@pytest.mark.parametrize("item", ["video", "audio"])
+def test_muse_spark_video_and_audio_are_refused_by_row(item):
+    """`MuseSparkProcessor` takes videos and audio; the generic path collates images only: either fails by name."""
+    _, processor = generic.tiny("muse_spark")
+    collate = VisionChatCollator(processor, processor.chat_template, template_kwargs=generic.TEMPLATE_KWARGS["muse_spark"])
+    messages = [{"role": "user", "content": [{"type": item}, {"type": "text", "text": "What?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "A dot."}]}]
+    with pytest.raises(RowError, match=rf"message 0 has an? '{item}' item: vlsft trains MuseSparkProcessor \(generic path\)"):
+        collate([{"messages": messages, "images": []}])

@@ -23,6 +23,7 @@ from vlsft.testing.tiny_generic_janus_deepseek import (
     build_tiny_janus,
 )
 from vlsft.testing.tiny_generic_mistral_gemma_glm5 import build_tiny_glm5_next, build_tiny_mistral_large4
+from vlsft.testing.tiny_generic_muse_spark import build_tiny_muse_spark
 from vlsft.testing.tiny_generic_mllama_aria import build_tiny_aria, build_tiny_mllama
 from vlsft.testing.tiny_generic_minicpm47_ocr import (
     build_tiny_fast_vlm,
@@ -75,4 +76,5 @@ GENERIC_BUILDERS = {
     "qwen3_omni_moe_thinker": build_tiny_qwen3_omni_moe_thinker,
     "mistral_large4": build_tiny_mistral_large4,
     "glm5_next": build_tiny_glm5_next,
+    "muse_spark": build_tiny_muse_spark,
 }
