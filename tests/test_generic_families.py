@@ -54,6 +54,7 @@ TEMPLATE_REFUSES["llama4"] = {"tool_call_with_text", "tool_call_without_text"}
 # Template variables a family's rows need: Muse Glimmer's default system prompt writes today's date unless
 # `current_date` pins it (vlsft refuses a row holding the clock's date: `vlsft.collation.template_clock`).
 TEMPLATE_KWARGS = {"muse_glimmer": {"current_date": "2026-01-04"}}
+TEMPLATE_KWARGS["muse_spark"] = TEMPLATE_KWARGS["muse_glimmer"]  # the same Muse template
 # Llama 3.2 Vision's system block (written when the conversation has no image) writes today's date unless
 # `date_string` pins it.
 TEMPLATE_KWARGS["mllama"] = {"date_string": "26 Jul 2024"}

@@ -85,6 +85,12 @@ PROJECTOR_NAMES = (
     "layerwise_projectors", "spatial_projectors", "patch_merger", "aligner", "mm_projector", "projector",
 )
 LANGUAGE_MODEL_NAMES = ("language_model", "text_model")
+# Encoder-free models have no vision tower: Gemma 4 Unified's `embed_vision` (a projector name, Gemma 4's) normalises
+# and projects raw pixel patches (`patch_*`) and adds factorized 2D position embeddings (`pos_*`), then maps them into
+# the language model through its `multimodal_embedder`. That patch embedding is their vision tower.
+PATCH_EMBEDDING_NAMES = tuple(
+    f"embed_vision.{name}" for name in ("patch_ln1", "patch_dense", "patch_ln2", "pos_embedding", "pos_norm")
+)
 
 # The names of different families never collide (no Qwen module is called `connector`, no Gemma one `visual`), so one
 # rule recognises the parts of every family.
@@ -93,7 +99,8 @@ _MERGER_NAMES = _alternatives([*(merger for parts in _PARTS for merger in parts.
 _MERGER = re.compile(rf"(?:^|\.)(?:{_MERGER_NAMES})(?:\.|$)")
 _MERGER_MODULE = re.compile(rf"(?:^|\.)(?:{_MERGER_NAMES})$")
 _VISUAL_NAMES = _alternatives([*(parts.vision_tower for parts in _PARTS), *VISION_TOWER_NAMES])
-_VISUAL = re.compile(rf"(?:^|\.)(?:{_VISUAL_NAMES})(?:\.|$)")
+_VISUAL = re.compile(rf"(?:^|\.)(?:{_VISUAL_NAMES}|{_alternatives(PATCH_EMBEDDING_NAMES)})(?:\.|$)")
+_PATCH_EMBEDDING = re.compile(rf"(?:^|\.)(?:{_alternatives(PATCH_EMBEDDING_NAMES)})(?:\.|$)")
 _LANGUAGE_MODEL = re.compile(rf"(?:^|\.)(?:{_alternatives(LANGUAGE_MODEL_NAMES)})$")
 
 # LoRA targets, as one regex that PEFT matches against full module names (`re.fullmatch`). The language model's
@@ -128,7 +135,7 @@ _VISION_TARGETS = "|".join(
 
 def component_of(name: str) -> str:
     """The component a parameter or module name belongs to."""
-    if _MERGER.search(name):
+    if _MERGER.search(name) and not _PATCH_EMBEDDING.search(name):
         return MERGER
     if _VISUAL.search(name):
         return VISION_TOWER
@@ -140,11 +147,12 @@ def check_model_parts(model: nn.Module) -> None:
     or a language model under transformers 5's names (`VISION_TOWER_NAMES`, `PROJECTOR_NAMES`,
     `LANGUAGE_MODEL_NAMES`): its parts could not be frozen, given learning rates or LoRA targets; and if it has all
     three but no forward (`refuse_model_without_forward`)."""
+    refuse_model_reading_no_images(model)
     if family_of_model(model) is not None:
         return
     names = [name for name, _ in model.named_modules()]
     searched = {
-        "vision tower": (_VISUAL, VISION_TOWER_NAMES),
+        "vision tower": (_VISUAL, (*VISION_TOWER_NAMES, "embed_vision.patch_dense")),
         "projector": (_MERGER_MODULE, PROJECTOR_NAMES),
         "language model": (_LANGUAGE_MODEL, LANGUAGE_MODEL_NAMES),
     }
@@ -161,6 +169,27 @@ def check_model_parts(model: nn.Module) -> None:
             "LoRA targets; a record for the family in `vlsft.families.FAMILIES` says where they are."
         )
     refuse_model_without_forward(model)
+
+
+# A forward parameter through which a model reads images: pixels, image features or patches.
+_IMAGE_INPUT = re.compile(r"pixel|image|patches")
+
+
+def refuse_model_reading_no_images(model: nn.Module) -> None:
+    """Raise `ValueError` for a model that reads no images: its config holds no vision config and its forward takes
+    no pixel, image or patch input. transformers lists some text-only classes among its image-text-to-text models
+    (Mistral 4's `Mistral4ForCausalLM`): the images of its rows would have nothing to go through."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "vision_config", None) is not None:
+        return
+    if any(_IMAGE_INPUT.search(name) for name in inspect.signature(type(model).forward).parameters):
+        return
+    raise ValueError(
+        f"{config.model_type}: {type(model).__name__} reads no images (its config has no vision config and its "
+        "forward takes no pixel values): vlsft trains vision-language models. Load the checkpoint's vision-language "
+        "class (a Mistral 4 checkpoint that reads images is a `mistral3` one, Mistral3ForConditionalGeneration with a "
+        "Mistral 4 language model), or train this text model with TRL's SFTTrainer."
+    )
 
 
 def refuse_model_without_forward(model: nn.Module) -> None:

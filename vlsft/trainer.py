@@ -37,7 +37,12 @@ from vlsft.data.validation import validate_datasets
 from vlsft.distributed import check_offload_keeps_optimizer
 from vlsft.input_dtypes import raise_input_precision
 from vlsft.liger import check_liger_supports
-from vlsft.model_parts import batch_norm_layers, check_model_parts, run_batch_norms_as_at_inference
+from vlsft.model_parts import (
+    batch_norm_layers,
+    check_model_parts,
+    refuse_model_reading_no_images,
+    run_batch_norms_as_at_inference,
+)
 from vlsft.not_chat_models import config_of, refuse_not_chat_model
 from vlsft.row_rope import positions_for_each_row
 from vlsft.loss import (
@@ -88,6 +93,8 @@ class VLSFTTrainer(KillSafeCheckpoints, PackedTraining, RowsNamedByIndex, SFTTra
         validated by `vlsft.checked_datasets.check_datasets` for these `args` and processor (before the model
         loaded), which the trainer then does not check again."""
         args = as_vlsft_config(args, model)
+        if isinstance(model, torch.nn.Module):  # before any row is checked (a model given by name: once it loads)
+            refuse_model_reading_no_images(model.get_base_model() if is_peft_model(model) else model)
         # Per dataset (None: train, else the eval name), the index in the user's dataset of each row kept by
         # validation, so that a row failing mid-run is named by that index. Rows dropped mid-run, per dataset.
         self._original_row_indices: dict[str | None, list[int]] = {}

@@ -29,6 +29,8 @@ from vlsft.testing.tiny_generic_omni_qwen4 import (
     build_tiny_qwen2_5_omni_thinker,
     build_tiny_qwen4_exp,
 )
+from vlsft.testing.tiny_generic_mistral_gemma_glm5 import build_tiny_glm5_next, build_tiny_mistral_large4
+from vlsft.testing.tiny_generic_muse_spark import build_tiny_muse_spark
 from vlsft.testing.tiny_generic_mllama_aria import build_tiny_aria, build_tiny_mllama
 from vlsft.testing.tiny_generic_minicpm47_ocr import (
     build_tiny_fast_vlm,
@@ -110,4 +112,7 @@ GENERIC_BUILDERS = {
     "nemotron_h_omni": build_tiny_nemotron_h_omni,
     "dots3_note": build_tiny_dots3_note,
     "cohere_compass": build_tiny_cohere_compass,
+    "mistral_large4": build_tiny_mistral_large4,
+    "glm5_next": build_tiny_glm5_next,
+    "muse_spark": build_tiny_muse_spark,
 }
