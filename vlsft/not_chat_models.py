@@ -22,7 +22,7 @@ ShieldGemma 2 loaded as `Gemma3ForConditionalGeneration` (the mapping's class) i
 
 from __future__ import annotations
 
-from vlsft.generic_family import refuse_prefix_lm
+from vlsft.generic_family import refuse_processor_outside_chat
 
 # Model types whose config marks nothing that says they are not chat models: (what it is, what to do instead).
 # DiffusionGemma's config is a decoder-only Gemma's plus a canvas; PI0's model class generates no text, which decides
@@ -118,11 +118,12 @@ def _inputs_of(processor) -> str:
 def refuse_not_chat_model(config, processor=None, chat_template_path: str | None = None, model=None) -> None:
     """Raise `ValueError` naming the model type, why it is not a chat model vlsft can train, and what to do instead,
     where `config` (None: unknown yet), `model` (None: not loaded yet; a PEFT model's base model) or `processor`
-    (None: not loaded yet) says so; a prefix-LM's processor (PaliGemma's, which has no chat template either) gets its
-    own refusal (`refuse_prefix_lm`)."""
+    (None: not loaded yet) says so; a prefix-LM's processor (PaliGemma's) and one that builds its model's prompt itself
+    (GOT-OCR 2.0's), which have no chat template either, get their own, more precise refusal
+    (`refuse_processor_outside_chat`)."""
     problem = not_chat_model_problem(config, model) if config is not None else None
     if problem is None and processor is not None:
-        refuse_prefix_lm(processor)
+        refuse_processor_outside_chat(processor)
         problem = not_chat_processor_problem(processor, chat_template_path)
     if problem is not None:
         why, fix = problem
