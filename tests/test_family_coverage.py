@@ -21,6 +21,7 @@ THROUGH_A_RECORD = {
     "qwen2_vl": "tests/test_generic_qwen2_glm.py",  # Qwen2.5-VL's
     "cosmos3_edge": "tests/test_generic_chameleon_emu_dots.py",  # Qwen3-VL's
     "shieldgemma2": "tests/test_generic_not_chat.py",  # Gemma 3's; its classifier class is refused
+    "gemma4_unified": "tests/test_generic_mistral_gemma_glm5.py",  # Gemma 4's
 }
 # Refused by name with the reason, and the test that proves it.
 REFUSED = {
@@ -29,6 +30,7 @@ REFUSED = {
     "got_ocr2": "tests/test_generic_vllama_got_docling.py",  # the processor builds its own prompt
     "pp_chart2table": "tests/test_generic_vllama_got_docling.py",
     "paddleocr_vl": "tests/test_generic_minicpm47_ocr.py",  # every answer merges into its spaced generation prompt
+    "mistral4": "tests/test_generic_mistral_gemma_glm5.py",  # a text-only causal LM
 }
 # Not proven on any path, and what is missing (the README says the same).
 NOT_PROVEN = {

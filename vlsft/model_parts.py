@@ -187,8 +187,9 @@ def refuse_model_reading_no_images(model: nn.Module) -> None:
     raise ValueError(
         f"{config.model_type}: {type(model).__name__} reads no images (its config has no vision config and its "
         "forward takes no pixel values): vlsft trains vision-language models. Load the checkpoint's vision-language "
-        "class (a Mistral 4 checkpoint that reads images is a `mistral3` one, Mistral3ForConditionalGeneration with a "
-        "Mistral 4 language model), or train this text model with TRL's SFTTrainer."
+        "class where it has one (a Mistral 4 checkpoint that reads images is a `mistral3` one, "
+        "Mistral3ForConditionalGeneration with a Mistral 4 language model), or train this model with a trainer for "
+        "its own inputs (a text model with TRL's SFTTrainer)."
     )
 
 

@@ -93,8 +93,6 @@ class VLSFTTrainer(KillSafeCheckpoints, PackedTraining, RowsNamedByIndex, SFTTra
         validated by `vlsft.checked_datasets.check_datasets` for these `args` and processor (before the model
         loaded), which the trainer then does not check again."""
         args = as_vlsft_config(args, model)
-        if isinstance(model, torch.nn.Module):  # before any row is checked (a model given by name: once it loads)
-            refuse_model_reading_no_images(model.get_base_model() if is_peft_model(model) else model)
         # Per dataset (None: train, else the eval name), the index in the user's dataset of each row kept by
         # validation, so that a row failing mid-run is named by that index. Rows dropped mid-run, per dataset.
         self._original_row_indices: dict[str | None, list[int]] = {}
@@ -125,6 +123,8 @@ class VLSFTTrainer(KillSafeCheckpoints, PackedTraining, RowsNamedByIndex, SFTTra
                 f"processor) as `processing_class`, got {type(processing_class).__name__}."
             )
         refuse_not_chat_model(config, processing_class, args.chat_template_path, model=loaded)
+        if loaded is not None:  # before any row is checked (a model given by name: once it loads)
+            refuse_model_reading_no_images(loaded)
         # Built even with a custom collator: it resolves the training template (an unknown template without
         # generation markers fails here, with the fix) and is what rows are validated with.
         default_collator = self.build_collator(processing_class, args)
