@@ -65,7 +65,9 @@ def test_packed_hybrid_rows_equal_padded_rows(architecture, checkpointing, one_c
         lambda module, args, kwargs, out: recomputed.append(kwargs), with_kwargs=True
     )
     try:
-        assert_packed_equals_padded(model, padded, packed, lengths)
+        # The gated delta rule's chunked scan sums each row in another order packed than padded: float32 noise
+        # reaches 2e-5 of the largest entry of the small `dt_bias` gradient (every other gradient stays within 1e-5).
+        assert_packed_equals_padded(model, padded, packed, lengths, gradient_tolerance=5e-5)
     finally:
         handle.remove()
     packed_calls = [kwargs for kwargs in recomputed if kwargs.get("cu_seq_lens_q") is not None]

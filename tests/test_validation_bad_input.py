@@ -174,7 +174,7 @@ def test_a_cut_final_end_of_turn_is_a_bad_row_and_truncation_is_reported(tiny, t
     full = collator_for(processor)([long])
     length = int(full["attention_mask"].sum())
     supervised = int((full["labels"][0, 1:] != IGNORE_INDEX).sum())
-    max_length = length - 3  # cuts `<|im_end|>\n` and the last word
+    max_length = length - 3  # cuts `<|im_end|>\n` (the newline is not supervised) and the last word
     cut = collator_for(processor, max_length=max_length)
     kept = int((cut([long])["labels"][0, 1:] != IGNORE_INDEX).sum())
     assert reasons(cut, [long, short]) == [
@@ -185,9 +185,9 @@ def test_a_cut_final_end_of_turn_is_a_bad_row_and_truncation_is_reported(tiny, t
     ]
     for fast in (True, False):
         verdict = RowChecker(cut, fast=fast, allow_truncated_end_of_turn=True).check([long])[0]
-        assert verdict.reason == "" and verdict.num_supervised_removed == supervised - kept == 3
+        assert verdict.reason == "" and verdict.num_supervised_removed == supervised - kept == 2
     result = validate_rows([long, short, long], cut, allow_truncated_end_of_turn=True)
-    assert (result.truncated_rows, result.supervised_tokens_removed, result.problems) == (2, 6, [])
+    assert (result.truncated_rows, result.supervised_tokens_removed, result.problems) == (2, 4, [])
 
     dataset = Dataset.from_list([long, short, short])
     args = VLSFTConfig(output_dir=str(tmp_path), report_to="none", max_length=max_length, save_strategy="no")
@@ -196,7 +196,7 @@ def test_a_cut_final_end_of_turn_is_a_bad_row_and_truncation_is_reported(tiny, t
     args = VLSFTConfig(output_dir=str(tmp_path), report_to="none", max_length=max_length, allow_truncated_end_of_turn=True)
     with caplog.at_level(logging.WARNING, logger="vlsft.data.validation"):
         validate_datasets(dataset, None, cut, args)
-    assert f"max_length={max_length} truncates 1 of 3 train dataset rows, removing 3 supervised token(s)" in caplog.text
+    assert f"max_length={max_length} truncates 1 of 3 train dataset rows, removing 2 supervised token(s)" in caplog.text
 
 
 # -- 4. control tokens in message text --------------------------------------------------------------------------------

@@ -219,8 +219,8 @@ def test_mixed_batch_equals_the_processor_and_each_row_alone(qwen3, videos):
     decoded = [_decoded(videos[k]) for k in ("mp4", "mp4", "webm", "gif")]
     batch = collator(rows)
     assert_same(batch, processor_reference(processor, "qwen3_vl", rows, decoded))
-    expected = [["right<|im_end|>\n"], ["red<|im_end|>\n"], ["yes<|im_end|>\n", "right<|im_end|>\n"],
-                ["down then left<|im_end|>\n"], ["Hi there<|im_end|>\n"]]
+    expected = [["right<|im_end|>"], ["red<|im_end|>"], ["yes<|im_end|>", "right<|im_end|>"],
+                ["down then left<|im_end|>"], ["Hi there<|im_end|>"]]
     for index, row in enumerate(rows):
         alone = collator([row])
         length = alone["input_ids"].shape[1]
@@ -262,8 +262,8 @@ def test_video_in_a_tool_response(qwen3, videos):
     batch = collator([row])
     assert_same(batch, processor_reference(processor, "qwen3_vl", [row], [_decoded(videos["mp4"])]))
     runs = supervised_runs(processor.tokenizer, batch["input_ids"][0], batch["labels"][0])
-    assert runs == ['<tool_call>\n{"name": "record", "arguments": {"seconds": 5}}\n</tool_call><|im_end|>\n',
-                    "It moves right.<|im_end|>\n"]
+    assert runs == ['<tool_call>\n{"name": "record", "arguments": {"seconds": 5}}\n</tool_call><|im_end|>',
+                    "It moves right.<|im_end|>"]
 
 
 def test_long_video_capped_by_video_max_frames(tiny, videos):
@@ -309,7 +309,7 @@ def test_qwen2_5_vl_video_equals_the_processor_and_trains(qwen25, videos, fps):
     kwargs = {"fps": fps} if fps else {}
     reference = processor_reference(processor, "qwen2_5_vl", rows, [_decoded(videos["gif"])], kwargs)
     assert_same(batch, reference)
-    assert supervised_runs(processor.tokenizer, batch["input_ids"][0], batch["labels"][0]) == ["left<|im_end|>\n"]
+    assert supervised_runs(processor.tokenizer, batch["input_ids"][0], batch["labels"][0]) == ["left<|im_end|>"]
     with torch.no_grad():
         ours = model(**batch)
         theirs = model(**reference)
@@ -521,7 +521,7 @@ def test_inspect_shows_tokens_per_video_and_a_strip_of_frames(qwen3, videos, tmp
     assert f"video 0 10 frames 66x46 at 0.0-4.8 s -> {video_tokens} tokens" in text
     row_0 = text.split("=== row 1")[0]
     assert row_0.count("[video 0: ") == 5  # one run of video tokens per temporal group (10 frames / 2)
-    assert "[[right<|im_end|>\n]]" in text and "seconds>" in text
+    assert "[[right<|im_end|>]]" in text and "seconds>" in text
     assert views[1].videos[0].size == (65, 47) and views[1].image_tokens == [4]
     page = (tmp_path / "rows.html").read_text()
     strip = re.search(r'<div class="video" id="video-0">(.*?)</div></div>', page).group(1)
@@ -694,7 +694,7 @@ def test_qwen3_5_generation_video_batch_equals_the_processor_with_exact_supervis
         assert all("seconds" not in run for run in runs)
     if family != "qwen3_5_nothink":  # the reasoning itself is supervised
         assert supervised_runs(processor.tokenizer, batch["input_ids"][0], batch["labels"][0]) == [
-            "It moves to the right.\n</think>\n\nright<|im_end|>\n"
+            "It moves to the right.\n</think>\n\nright<|im_end|>"
         ]
 
 
