@@ -86,7 +86,7 @@ TOOL_CALLS_REFUSAL = r"batch row 0: message \d+ \(assistant\): the chat template
 TOOL_CALLS_NOT_WRITTEN = {
     "glm4v", "internvl", "aya_vision", "cohere2_vision", "perception_lm", "ovis2", "minicpmv4_6", "llava_next_video",
     "llava", "vipllava", "llava_onevision", "idefics2", "deepseek_vl", "deepseek_vl_hybrid", "janus", "aria",
-    "minicpmv4_7", "lighton_ocr", "fast_vlm", "exaone4_5", "kimi_k25", "step3p7",
+    "minicpmv4_7", "lighton_ocr", "fast_vlm", "exaone4_5", "kimi_k25", "step3p7", "phi4_multimodal",
 }
 for _family in TOOL_CALLS_NOT_WRITTEN:
     TEMPLATE_REFUSES.setdefault(_family, set()).update({"tool_call_with_text", "tool_call_without_text"})
@@ -112,7 +112,9 @@ def rule_texts(processor, messages, tools=None, **kwargs) -> list[str]:
     or, where the turn has none, through the control token the template writes next; where it writes none there
     either, the turn's text, and after a final turn its whole rendering and the tokenizer's eos token. A template whose
     plain turn ends with no control token (no end-of-turn marker: GLM) has every turn end with the control token it
-    writes next, even one whose text ends with a tag (GLM-4.5V's `</tool_call>`, then `<|observation|>`)."""
+    writes next, even one whose text ends with a tag (GLM-4.5V's `</tool_call>`, then `<|observation|>`). A template
+    that ends a rendering without the generation prompt with a control token written in the prompt's place (Phi-4's
+    eos) writes it at the end of the conversation only: an earlier turn ends before it."""
     control = sorted({t.content for t in processor.tokenizer.added_tokens_decoder.values()}, key=len, reverse=True)
 
     def render(prefix, prompt=False):
@@ -121,11 +123,14 @@ def rule_texts(processor, messages, tools=None, **kwargs) -> list[str]:
     plain = [{"role": "user", "content": [{"type": "text", "text": "Hi"}]},
              {"role": "assistant", "content": [{"type": "text", "text": "Hello"}]}]
     no_marker = not render(plain).rstrip().endswith(tuple(control))
+    closer = next((t for t in control if render(plain[:1]).endswith(t) and not render(plain[:1], True).endswith(t)), "")
     texts = []
     for k, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
         before, through = render(messages[:k], True), render(messages[: k + 1])
+        if closer and k + 1 < len(messages) and through.endswith(closer):
+            through = through[: -len(closer)]
         if not through.startswith(before):  # a prompt whose trailing whitespace differs from the history's
             stem = before.rstrip()
             assert through.startswith(stem)

@@ -134,6 +134,8 @@ def assistant_spans(
         if start is None:
             raise _refusal(position, "the template renders the turn without the generation prompt it gives at inference")
         if not text.startswith(through):
+            through = _without_closer(render, messages, position, through, text, control_tokens)
+        if not text.startswith(through):
             raise _refusal(position, _how_it_changes(through, text, control_tokens, position))
         turn = through[start:]
         end = len(through)
@@ -165,6 +167,37 @@ def assistant_spans(
                     end = start + len(turn.rstrip())  # its trailing space is the next turn's first token
         spans.append((start, end))
     return text + appended, spans
+
+
+def _closer(render: Render, prefix: list[dict], control_tokens: tuple[str, ...]) -> str:
+    """The control tokens the rendering of `prefix` without the generation prompt writes where the prompt would go
+    (Phi-3's and Phi-4's templates end such a rendering with the eos token, `{% else %}{{ eos_token }}`, written at
+    the end of the conversation only), or "" if it writes no control token there."""
+    closed, prompted = render(prefix, False), render(prefix, True)
+    shared = 0
+    while shared < min(len(closed), len(prompted)) and closed[shared] == prompted[shared]:
+        shared += 1
+    # The renderings part inside a token where both continue with control tokens sharing a first character.
+    while shared > 0 and _leading_control_token(closed[shared:], control_tokens) is None:
+        shared -= 1
+    closer = closed[shared:]
+    return closer if closer == closer.lstrip() and _leading_control_token(closer, control_tokens) else ""
+
+
+def _without_closer(
+    render: Render, messages: list[dict], position: int, through: str, text: str, control_tokens: tuple[str, ...]
+) -> str:
+    """`through` (the rendering through assistant message `position`, not a prefix of the whole `text`) without the
+    closer the template writes at the end of every rendering without the generation prompt (`_closer`), where the
+    conversation's rendering continues from before it: the closer is no part of the turn (at inference a prompt
+    stands in its place). Only a closer the template writes after the message before the turn as well counts: a text
+    that ends this turn alone is the turn's own (Muse Glimmer's `<|eot|>`), and the row is refused."""
+    closer = _closer(render, messages[: position + 1], control_tokens)
+    if closer and through.endswith(closer) and closer == _closer(render, messages[:position], control_tokens):
+        stem = through[: -len(closer)]
+        if text.startswith(stem):
+            return stem
+    return through
 
 
 def _after_final_turn(render: Render, messages: list[dict], through: str, position: int, stop_token: str | None) -> str:

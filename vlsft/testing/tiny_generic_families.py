@@ -22,6 +22,7 @@ from vlsft.testing.tiny_generic_janus_deepseek import (
     build_tiny_deepseek_vl_hybrid,
     build_tiny_janus,
 )
+from vlsft.testing.tiny_generic_phi4_ernie import build_tiny_phi4_multimodal
 from vlsft.testing.tiny_generic_mllama_aria import build_tiny_aria, build_tiny_mllama
 from vlsft.testing.tiny_generic_minicpm47_ocr import (
     build_tiny_fast_vlm,
@@ -72,4 +73,5 @@ GENERIC_BUILDERS = {
     "kimi_k25": build_tiny_kimi_k25,
     "step3p7": build_tiny_step3p7,
     "qwen3_omni_moe_thinker": build_tiny_qwen3_omni_moe_thinker,
+    "phi4_multimodal": build_tiny_phi4_multimodal,
 }
