@@ -78,4 +78,8 @@ def build_tiny_phi4_multimodal(seed: int = 0, hidden_size: int = HIDDEN):
         ),
         tie_word_embeddings=False,
     )
+    # transformers 5.23's SigLIP attention here says `is_causal = True`: under SDPA a batch whose crops need no
+    # padding mask gets none, and attends causally, while one with padding attends both ways, so a row's loss would
+    # depend on its batch. Eager attention reads the mask alone: both ways, as the checkpoint's SigLIP was trained.
+    config.vision_config._attn_implementation = "eager"
     return instantiate(Phi4MultimodalForCausalLM, config, processor, seed)
