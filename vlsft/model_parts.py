@@ -80,7 +80,8 @@ PROJECTOR_NAMES = (
 )
 LANGUAGE_MODEL_NAMES = ("language_model", "text_model")
 # The decoder layers of a causal LM that is itself the language model, its vision parts inside its embedding
-# (Phi-4-multimodal's `model.layers`): `model` as a whole dotted segment, so `vision_model.layers` never matches.
+# (Phi-4-multimodal's `model.layers`): matched at the top of the model only, never inside a tower (Llama 4's
+# `vision_model.model.layers`).
 CAUSAL_LM_DECODER = "model.layers"
 
 # The names of different families never collide (no Qwen module is called `connector`, no Gemma one `visual`), so one
@@ -92,7 +93,7 @@ _MERGER_MODULE = re.compile(rf"(?:^|\.)(?:{_MERGER_NAMES})$")
 _VISUAL_NAMES = _alternatives([*(parts.vision_tower for parts in _PARTS), *VISION_TOWER_NAMES])
 _VISUAL = re.compile(rf"(?:^|\.)(?:{_VISUAL_NAMES})(?:\.|$)")
 _LANGUAGE_MODEL = re.compile(
-    rf"(?:^|\.)(?:{_alternatives(LANGUAGE_MODEL_NAMES)})$|(?:^|\.){re.escape(CAUSAL_LM_DECODER)}$"
+    rf"(?:^|\.)(?:{_alternatives(LANGUAGE_MODEL_NAMES)})$|^{re.escape(CAUSAL_LM_DECODER)}$"
 )
 
 # LoRA targets, as one regex that PEFT matches against full module names (`re.fullmatch`). The language model's
@@ -105,7 +106,7 @@ _LANGUAGE_MODEL = re.compile(
 _DECODER_LAYERS = [parts.decoder_layers for parts in _PARTS]
 _LANGUAGE_TARGETS = (
     rf"(?:.*(?:{_alternatives([*_DECODER_LAYERS, *(d.replace('.layers', '.model.layers') for d in _DECODER_LAYERS)])})"
-    rf"|(?:.*\.)?{re.escape(CAUSAL_LM_DECODER)})"
+    rf"|{re.escape(CAUSAL_LM_DECODER)})"
     # GLM-4's MLP fuses the gate and up projections (`gate_up_proj`), Phi-4's attention its `qkv_proj`.
     # DeepSeek-V3's multi-head latent attention (Kimi K2.5's) projects queries and keys/values through low-rank pairs.
     r"\.\d+\.(?:self_attn\.(?:q_proj|k_proj|v_proj|o_proj|qkv_proj|q_a_proj|q_b_proj|kv_a_proj_with_mqa|kv_b_proj)"
