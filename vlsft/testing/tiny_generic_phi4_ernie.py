@@ -9,6 +9,11 @@ transformers' own sources spell it (named in each builder's docstring).
 from __future__ import annotations
 
 from transformers import (
+    Ernie4_5_VLMoeConfig,
+    Ernie4_5_VLMoeForConditionalGeneration,
+    Ernie4_5_VLMoeImageProcessor,
+    Ernie4_5_VLMoeProcessor,
+    Ernie4_5_VLMoeVideoProcessor,
     Phi4MultimodalConfig,
     Phi4MultimodalFeatureExtractor,
     Phi4MultimodalForCausalLM,
@@ -83,3 +88,113 @@ def build_tiny_phi4_multimodal(seed: int = 0, hidden_size: int = HIDDEN):
     # depend on its batch. Eager attention reads the mask alone: both ways, as the checkpoint's SigLIP was trained.
     config.vision_config._attn_implementation = "eager"
     return instantiate(Phi4MultimodalForCausalLM, config, processor, seed)
+
+
+# ERNIE 4.5-VL's template: the `DEFAULT_CHAT_TEMPLATE` of transformers' `convert_ernie4_5_vl_moe_to_hf.py` (which the
+# converted checkpoints ship), its line breaks written as `\n` (the script's source indents some of them). The prompt
+# opens with `<|begin_of_sentence|>`; a system text is followed by a newline; a user turn is `User: ` + its items
+# (`Picture N:<|IMAGE_START|><|IMAGE_PLACEHOLDER|><|IMAGE_END|>`, text); an answer `\nAssistant: ` + its text (after
+# `<think>\n` + its reasoning + `\n</think>\n` where it carries any) + `<|end_of_sentence|>`. The generation prompt
+# is `\nAssistant: ` then `<think>\n\n</think>\n\n` (`enable_thinking` unset or false) or `<think>` (true). Other
+# roles render nothing.
+ERNIE_TEMPLATE = (
+    "{%- set image_count = namespace(value=0) -%}{%- set video_count = namespace(value=0) -%}"
+    "{{- '<|begin_of_sentence|>' }}"
+    "{%- for message in messages -%}"
+    "{%- if message.role in ['system', 'user'] -%}"
+    "{%- if message.role == 'user' -%}{{- 'User: ' -}}{%- endif -%}"
+    "{%- if message.content is string -%}{{- message.content -}}{%- else -%}"
+    "{%- for content_item in message.content -%}"
+    "{%- if content_item.type == 'text' -%}{{- content_item.text -}}"
+    "{%- elif content_item.type in ['image_url', 'image'] -%}{%- set image_count.value = image_count.value + 1 -%}"
+    "Picture {{ image_count.value }}:<|IMAGE_START|><|IMAGE_PLACEHOLDER|><|IMAGE_END|>"
+    "{%- elif content_item.type in ['video_url', 'video'] -%}{%- set video_count.value = video_count.value + 1 -%}"
+    "Video {{ video_count.value }}:<|VIDEO_START|><|VIDEO_PLACEHOLDER|><|VIDEO_END|>"
+    "{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{%- if message.role == 'system' -%}{{- '\n' -}}{%- endif -%}"
+    "{%- elif message.role == 'assistant' -%}"
+    "{%- macro extract_text_content(content_field) -%}"
+    "{%- if content_field is string -%}{{- content_field -}}"
+    "{%- elif content_field is iterable and content_field is not string -%}"
+    "{%- set ns = namespace(text_parts=[]) -%}"
+    "{%- for item in content_field -%}{%- if item.type == 'text' -%}"
+    "{%- set ns.text_parts = ns.text_parts + [item.text] -%}{%- endif -%}{%- endfor -%}"
+    "{{- ns.text_parts | join('') -}}"
+    "{%- else -%}{{- '' -}}{%- endif -%}"
+    "{%- endmacro -%}"
+    "{%- set reasoning_content = extract_text_content(message.reasoning_content) -%}"
+    "{%- set content = extract_text_content(message.content) -%}"
+    "{%- if '</think>' in content %}"
+    "{%- set reasoning_content = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') %}"
+    "{%- set content = content.split('</think>')[-1].lstrip('\n') %}"
+    "{%- endif %}"
+    "{%- if reasoning_content %}"
+    "{{- '\n' + 'Assistant: ' + '<think>\n' + reasoning_content.strip('\n') + '\n</think>\n' + content.lstrip('\n') }}"
+    "{%- else %}{{- '\n' + 'Assistant: ' + content }}{%- endif %}"
+    "{{- '<|end_of_sentence|>' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt is not defined or add_generation_prompt is true %}"
+    "{{- '\nAssistant: ' -}}"
+    "{%- if (enable_thinking is defined and enable_thinking is false) or enable_thinking is not defined %}"
+    "{{- '<think>\n\n</think>\n\n' }}{%- endif %}"
+    "{%- if enable_thinking is defined and enable_thinking is true %}{{- '<think>' }}{%- endif %}"
+    "{%- endif %}"
+)
+ERNIE_MEDIA_TOKENS = {
+    "image_token": "<|IMAGE_PLACEHOLDER|>",
+    "image_start_token": "<|IMAGE_START|>",
+    "image_end_token": "<|IMAGE_END|>",
+    "video_token": "<|VIDEO_PLACEHOLDER|>",
+    "video_start_token": "<|VIDEO_START|>",
+    "video_end_token": "<|VIDEO_END|>",
+}
+ERNIE_CONTROL = ["<unk>", "</s>", "<|begin_of_sentence|>", "<|end_of_sentence|>", "<think>", "</think>"]
+
+
+def build_tiny_ernie4_5_vl_moe(seed: int = 0, hidden_size: int = HIDDEN):
+    """ERNIE 4.5-VL-MoE: `Ernie4_5_VLMoeForConditionalGeneration` (a ViT over 8 px patches, the projector
+    `resampler_model` folding 2x2 patches (and 2 frames) by MLPs, an ERNIE 4.5 language model with 3-axis rope whose
+    sparse layers route text and image tokens to experts of their own by `moe_mm_token_type_ids`) +
+    `Ernie4_5_VLMoeProcessor` (with its video processor, whose videos vlsft refuses by row), with `ERNIE_TEMPLATE`.
+    An image of 16x16 to 32x32 px: (rows / 2) x (columns / 2) tokens between its start and end tokens."""
+    tokenizer = _byte_level_tokenizer(
+        [*ERNIE_CONTROL, *ERNIE_MEDIA_TOKENS.values()], ERNIE_MEDIA_TOKENS,
+        bos_token="<|begin_of_sentence|>", eos_token="</s>", pad_token="<unk>",
+    )
+    processor = Ernie4_5_VLMoeProcessor(
+        image_processor=Ernie4_5_VLMoeImageProcessor(
+            size={"shortest_edge": 16 * 16, "longest_edge": 32 * 32}, patch_size=8, merge_size=2
+        ),
+        tokenizer=tokenizer,
+        video_processor=Ernie4_5_VLMoeVideoProcessor(patch_size=8, merge_size=2),
+        chat_template=ERNIE_TEMPLATE,
+    )
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in ERNIE_MEDIA_TOKENS.items()}
+    config = Ernie4_5_VLMoeConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            **{k: v for k, v in language_model_sizes(hidden_size).items() if k != "head_dim"},
+            # 3 axes (text position, and an image's height and width), in the checkpoint's proportions 22:22:20
+            rope_parameters=dict(rope_type="default", rope_theta=500000.0, mrope_section=[3, 3, 2]),
+            moe_intermediate_size=[hidden_size, hidden_size], moe_k=2, moe_num_experts=4, moe_num_shared_experts=1,
+            mlp_layer_types=["dense", "sparse"],
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            # The checkpoint stops on `</s>` and on the end of a turn, `<|end_of_sentence|>`.
+            eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|end_of_sentence|>")],
+            tie_word_embeddings=False,
+        ),
+        vision_config=dict(
+            depth=2, hidden_size=32, num_heads=2, intermediate_size=64, patch_size=8, spatial_merge_size=2,
+            temporal_merge_size=2,
+        ),
+        image_token_id=ids["image_token"],
+        image_start_token_id=ids["image_start_token"],
+        image_end_token_id=ids["image_end_token"],
+        video_token_id=ids["video_token"],
+        video_start_token_id=ids["video_start_token"],
+        video_end_token_id=ids["video_end_token"],
+        tie_word_embeddings=False,
+    )
+    return instantiate(Ernie4_5_VLMoeForConditionalGeneration, config, processor, seed)
