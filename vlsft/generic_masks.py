@@ -44,6 +44,8 @@ _PROBE = [
     {"role": "assistant", "content": [{"type": "text", "text": "Hi"}]},
 ]
 
+_PROBE_WITH_REASONING = [_PROBE[0], {**_PROBE[1], "reasoning_content": "Greeted."}]
+
 
 class PrefixRuleError(ValueError):
     """The template renders a prefix of the conversation as something that is not a prefix of its whole rendering:
@@ -238,7 +240,24 @@ def end_of_turn_token(render: Render, control_tokens: tuple[str, ...], eos_token
     # The eos stands in for a stop token the template never writes only where it cues the assistant's turn with a
     # generation prompt: a template without one is no chat format, and nothing says the model stops there.
     cues_the_turn = render(_PROBE[:1], True) != render(_PROBE[:1], False)
-    text, spans = assistant_spans(render, _PROBE, control_tokens, eos_token=eos_token if cues_the_turn else None)
+    try:
+        text, spans = assistant_spans(render, _PROBE, control_tokens, eos_token=eos_token if cues_the_turn else None)
+    except PrefixRuleError:
+        # A template whose plain answer is no continuation of its generation prompt may still render an answer with
+        # reasoning after it (ERNIE 4.5-VL's, `enable_thinking=True`: the prompt opens `<think>`): its rows with
+        # reasoning train, the others are refused by row. A template that renders neither fails here.
+        try:
+            text, spans = assistant_spans(
+                render, _PROBE_WITH_REASONING, control_tokens, eos_token=eos_token if cues_the_turn else None
+            )
+        except PrefixRuleError as error:
+            raise PrefixRuleError(
+                "the chat template renders no answer, with or without reasoning, after the generation prompt it "
+                f"gives at inference (on a probe conversation: {error}), so no row can be trained exactly; e.g. a "
+                "prompt that opens an empty think block the history never writes (ERNIE 4.5-VL with "
+                "`enable_thinking` unset or false: set `enable_thinking: true` in `chat_template_kwargs` and give "
+                "the answers `reasoning_content`)"
+            ) from error
     start, end = spans[0]
     token = _ending_control_token(text[start:end], control_tokens)
     if token is None:

@@ -68,7 +68,7 @@ def _alternatives(names) -> str:
 # its own `model` (`model.layers`): its token embedding `model.embed_tokens_extend` holds the SigLIP tower
 # `image_embed.img_processor` and the projector `img_projection_up`/`img_projection_down` with the learned separators
 # `global_img_feature_extensor`/`sub_img_feature_extensor` (its audio encoder, `audio_embed`, counts with the language
-# model, as no vision part reads it).
+# model, as no vision part reads it). ERNIE 4.5-VL's projector is its `resampler_model`.
 VISION_TOWER_NAMES = (
     "visual", "vision_tower", "vision_model", "image_tower", "video_tower", "high_res_vision_model",
     "high_res_vision_neck", "high_res_vision_proj", "high_res_vision_alpha", "vision_encoder", "img_processor",
@@ -76,7 +76,7 @@ VISION_TOWER_NAMES = (
 PROJECTOR_NAMES = (
     "multi_modal_projector", "merger", "connector", "vision_adapter", "vision_projection", "visual_embeddings_table",
     "layerwise_projectors", "spatial_projectors", "patch_merger", "aligner", "mm_projector", "img_projection_up",
-    "img_projection_down", "global_img_feature_extensor", "sub_img_feature_extensor",
+    "img_projection_down", "global_img_feature_extensor", "sub_img_feature_extensor", "resampler_model",
 )
 LANGUAGE_MODEL_NAMES = ("language_model", "text_model")
 # The decoder layers of a causal LM that is itself the language model, its vision parts inside its embedding

@@ -197,4 +197,8 @@ def build_tiny_ernie4_5_vl_moe(seed: int = 0, hidden_size: int = HIDDEN):
         video_end_token_id=ids["video_end_token"],
         tie_word_embeddings=False,
     )
+    # The experts as a loop (transformers' "eager" experts), not `torch._grouped_mm`, whose float32 sums on the CPU
+    # differ with the number of tokens routed to each expert (2e-4 of an SGD step apart between a batch of 2 and 2
+    # accumulated micro-batches of 1, against 3e-7 for the loop).
+    config.text_config._experts_implementation = "eager"
     return instantiate(Ernie4_5_VLMoeForConditionalGeneration, config, processor, seed)
