@@ -123,7 +123,9 @@ def rule_texts(processor, messages, tools=None, **kwargs) -> list[str]:
     plain = [{"role": "user", "content": [{"type": "text", "text": "Hi"}]},
              {"role": "assistant", "content": [{"type": "text", "text": "Hello"}]}]
     no_marker = not render(plain).rstrip().endswith(tuple(control))
-    closer = next((t for t in control if render(plain[:1]).endswith(t) and not render(plain[:1], True).endswith(t)), "")
+    closed, prompted = render(plain[:1]), render(plain[:1], True)
+    closer = next((t for t in control if closed.endswith(t) and not prompted.startswith(closed)
+                   and prompted.startswith(closed[: -len(t)])), "")
     texts = []
     for k, message in enumerate(messages):
         if message["role"] != "assistant":
