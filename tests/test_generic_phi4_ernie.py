@@ -3,8 +3,9 @@
 Phi-4-multimodal takes the parametrized family tests (`tests/test_generic_families.py`); here: its audio refused by
 row, its earlier turns ending before the eos its template writes at the end of a rendering, its parts found by name.
 ERNIE 4.5-VL trains only rows whose answers carry reasoning, with `enable_thinking=True` (its generation prompt
-otherwise opens an empty think block its history never writes): here the family tests on such rows, and the refusal
-of every other row by name.
+otherwise opens an empty think block its history never writes): here the family tests on such rows (masks, inputs,
+a step, LoRA; exact gradient accumulation is not proven yet, see docs_incoming/phi4-ernie.md), and the refusal of
+every other row by name.
 """
 
 from __future__ import annotations
@@ -46,11 +47,6 @@ def phi4():
 @lru_cache
 def ernie():
     return build_tiny_ernie4_5_vl_moe(seed=0)
-
-
-def _texts(collate, processor, row):
-    batch = collate([row])
-    return supervised_texts(processor.tokenizer, batch["input_ids"][0], batch["labels"][0])
 
 
 # -- Phi-4-multimodal ---------------------------------------------------------------------------------------------
