@@ -179,6 +179,8 @@ def _closer(render: Render, prefix: list[dict], control_tokens: tuple[str, ...])
     shared = 0
     while shared < min(len(closed), len(prompted)) and closed[shared] == prompted[shared]:
         shared += 1
+    if shared == len(closed):  # the prompt follows the whole rendering: nothing is written in its place
+        return ""
     # The renderings part inside a token where both continue with control tokens sharing a first character.
     while shared > 0 and _leading_control_token(closed[shared:], control_tokens) is None:
         shared -= 1
