@@ -93,6 +93,7 @@ TOOL_CALLS_NOT_WRITTEN = {
     "granite_docling",  # Granite-Docling's checkpoint template writes content only
     "video_llama_3", "qianfan_ocr", "minicpm_ocr", "deepseek_ocr2", "unlimited_ocr", "qwen2_5_omni_thinker",
     "hyperclovax_vision_v2", "inkling2", "minimax_m3_vl", "nemotron_h_omni", "cohere_compass",
+    "phi4_multimodal",
 }
 for _family in TOOL_CALLS_NOT_WRITTEN:
     TEMPLATE_REFUSES.setdefault(_family, set()).update({"tool_call_with_text", "tool_call_without_text"})
@@ -127,7 +128,9 @@ def rule_texts(processor, messages, tools=None, **kwargs) -> list[str]:
     or, where the turn has none, through the control token the template writes next; where it writes none there
     either, the turn's text, and after a final turn its whole rendering and the tokenizer's eos token. A template whose
     plain turn ends with no control token (no end-of-turn marker: GLM) has every turn end with the control token it
-    writes next, even one whose text ends with a tag (GLM-4.5V's `</tool_call>`, then `<|observation|>`)."""
+    writes next, even one whose text ends with a tag (GLM-4.5V's `</tool_call>`, then `<|observation|>`). A template
+    that ends a rendering without the generation prompt with a control token written in the prompt's place (Phi-4's
+    eos) writes it at the end of the conversation only: an earlier turn ends before it."""
     control = sorted({t.content for t in processor.tokenizer.added_tokens_decoder.values()}, key=len, reverse=True)
 
     def render(prefix, prompt=False):
@@ -136,11 +139,16 @@ def rule_texts(processor, messages, tools=None, **kwargs) -> list[str]:
     plain = [{"role": "user", "content": [{"type": "text", "text": "Hi"}]},
              {"role": "assistant", "content": [{"type": "text", "text": "Hello"}]}]
     no_marker = not render(plain).rstrip().endswith(tuple(control))
+    closed, prompted = render(plain[:1]), render(plain[:1], True)
+    closer = next((t for t in control if closed.endswith(t) and not prompted.startswith(closed)
+                   and prompted.startswith(closed[: -len(t)])), "")
     texts = []
     for k, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
         before, through = render(messages[:k], True), render(messages[: k + 1])
+        if closer and k + 1 < len(messages) and through.endswith(closer):
+            through = through[: -len(closer)]
         if not through.startswith(before):  # a prompt whose trailing whitespace differs from the history's
             stem = before.rstrip()
             assert through.startswith(stem)

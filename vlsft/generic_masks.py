@@ -44,6 +44,8 @@ _PROBE = [
     {"role": "assistant", "content": [{"type": "text", "text": "Hi"}]},
 ]
 
+_PROBE_WITH_REASONING = [_PROBE[0], {**_PROBE[1], "reasoning_content": "Greeted."}]
+
 
 class PrefixRuleError(ValueError):
     """The template renders a prefix of the conversation as something that is not a prefix of its whole rendering:
@@ -134,6 +136,8 @@ def assistant_spans(
         if start is None:
             raise _refusal(position, "the template renders the turn without the generation prompt it gives at inference")
         if not text.startswith(through):
+            through = _without_closer(render, messages, position, through, text, control_tokens)
+        if not text.startswith(through):
             raise _refusal(position, _how_it_changes(through, text, control_tokens, position))
         turn = through[start:]
         end = len(through)
@@ -165,6 +169,39 @@ def assistant_spans(
                     end = start + len(turn.rstrip())  # its trailing space is the next turn's first token
         spans.append((start, end))
     return text + appended, spans
+
+
+def _closer(render: Render, prefix: list[dict], control_tokens: tuple[str, ...]) -> str:
+    """The control tokens the rendering of `prefix` without the generation prompt writes where the prompt would go
+    (Phi-3's and Phi-4's templates end such a rendering with the eos token, `{% else %}{{ eos_token }}`, written at
+    the end of the conversation only), or "" if it writes no control token there."""
+    closed, prompted = render(prefix, False), render(prefix, True)
+    shared = 0
+    while shared < min(len(closed), len(prompted)) and closed[shared] == prompted[shared]:
+        shared += 1
+    if shared == len(closed):  # the prompt follows the whole rendering: nothing is written in its place
+        return ""
+    # The renderings part inside a token where both continue with control tokens sharing a first character.
+    while shared > 0 and _leading_control_token(closed[shared:], control_tokens) is None:
+        shared -= 1
+    closer = closed[shared:]
+    return closer if closer == closer.lstrip() and _leading_control_token(closer, control_tokens) else ""
+
+
+def _without_closer(
+    render: Render, messages: list[dict], position: int, through: str, text: str, control_tokens: tuple[str, ...]
+) -> str:
+    """`through` (the rendering through assistant message `position`, not a prefix of the whole `text`) without the
+    closer the template writes at the end of every rendering without the generation prompt (`_closer`), where the
+    conversation's rendering continues from before it: the closer is no part of the turn (at inference a prompt
+    stands in its place). Only a closer the template writes after the message before the turn as well counts: a text
+    that ends this turn alone is the turn's own (Muse Glimmer's `<|eot|>`), and the row is refused."""
+    closer = _closer(render, messages[: position + 1], control_tokens)
+    if closer and through.endswith(closer) and closer == _closer(render, messages[:position], control_tokens):
+        stem = through[: -len(closer)]
+        if text.startswith(stem):
+            return stem
+    return through
 
 
 def _after_final_turn(render: Render, messages: list[dict], through: str, position: int, stop_token: str | None) -> str:
@@ -205,7 +242,24 @@ def end_of_turn_token(render: Render, control_tokens: tuple[str, ...], eos_token
     # The eos stands in for a stop token the template never writes only where it cues the assistant's turn with a
     # generation prompt: a template without one is no chat format, and nothing says the model stops there.
     cues_the_turn = render(_PROBE[:1], True) != render(_PROBE[:1], False)
-    text, spans = assistant_spans(render, _PROBE, control_tokens, eos_token=eos_token if cues_the_turn else None)
+    try:
+        text, spans = assistant_spans(render, _PROBE, control_tokens, eos_token=eos_token if cues_the_turn else None)
+    except PrefixRuleError:
+        # A template whose plain answer is no continuation of its generation prompt may still render an answer with
+        # reasoning after it (ERNIE 4.5-VL's, `enable_thinking=True`: the prompt opens `<think>`): its rows with
+        # reasoning train, the others are refused by row. A template that renders neither fails here.
+        try:
+            text, spans = assistant_spans(
+                render, _PROBE_WITH_REASONING, control_tokens, eos_token=eos_token if cues_the_turn else None
+            )
+        except PrefixRuleError as error:
+            raise PrefixRuleError(
+                "the chat template renders no answer, with or without reasoning, after the generation prompt it "
+                f"gives at inference (on a probe conversation: {error}), so no row can be trained exactly; e.g. a "
+                "prompt that opens an empty think block the history never writes (ERNIE 4.5-VL with "
+                "`enable_thinking` unset or false: set `enable_thinking: true` in `chat_template_kwargs` and give "
+                "the answers `reasoning_content`)"
+            ) from error
     start, end = spans[0]
     token = _ending_control_token(text[start:end], control_tokens)
     if token is None:

@@ -74,15 +74,21 @@ def _alternatives(names) -> str:
 # the strided convolutions `high_res_vision_proj` and the gate `high_res_vision_alpha`, all of the original
 # checkpoint's `vision_tower_high`. LightOnOCR's Pixtral tower is its `vision_encoder` (its projector
 # `vision_projection`); Kimi K2.5's projector is its `mm_projector`; HyperCLOVA X SEED Vision's (v2) is a linear
-# `projector` after its Qwen2.5-VL tower's own `merger`; VideoLLaMA3's and
-# Cosmos 3 Edge's (a patch-merging MLP) are their `projector`.
+# `projector` after its Qwen2.5-VL tower's own `merger`; VideoLLaMA3's and Cosmos 3 Edge's (a patch-merging MLP) are
+# their `projector`. Phi-4-multimodal is a causal LM whose decoder is its own `model` (`model.layers`): its token
+# embedding `model.embed_tokens_extend` holds the SigLIP tower `image_embed.img_processor` and the projector
+# `img_projection_up`/`img_projection_down` with the learned separators `global_img_feature_extensor`/
+# `sub_img_feature_extensor` (its audio encoder, `audio_embed`, counts with the language model, as no vision part
+# reads it). ERNIE 4.5-VL's projector is its `resampler_model`.
 VISION_TOWER_NAMES = (
     "visual", "vision_tower", "vision_model", "image_tower", "video_tower", "high_res_vision_model",
-    "high_res_vision_neck", "high_res_vision_proj", "high_res_vision_alpha", "vision_encoder",
+    "high_res_vision_neck", "high_res_vision_proj", "high_res_vision_alpha", "vision_encoder", "img_processor",
 )
 PROJECTOR_NAMES = (
     "multi_modal_projector", "merger", "connector", "vision_adapter", "vision_projection", "visual_embeddings_table",
     "layerwise_projectors", "spatial_projectors", "patch_merger", "aligner", "mm_projector", "projector",
+    "img_projection_up", "img_projection_down", "global_img_feature_extensor", "sub_img_feature_extensor",
+    "resampler_model",
 )
 LANGUAGE_MODEL_NAMES = ("language_model", "text_model")
 # Encoder-free models have no vision tower: Gemma 4 Unified's `embed_vision` (a projector name, Gemma 4's) normalises
@@ -91,6 +97,10 @@ LANGUAGE_MODEL_NAMES = ("language_model", "text_model")
 PATCH_EMBEDDING_NAMES = tuple(
     f"embed_vision.{name}" for name in ("patch_ln1", "patch_dense", "patch_ln2", "pos_embedding", "pos_norm")
 )
+# The decoder layers of a causal LM that is itself the language model, its vision parts inside its embedding
+# (Phi-4-multimodal's `model.layers`): matched at the top of the model only, never inside a tower (Llama 4's
+# `vision_model.model.layers`).
+CAUSAL_LM_DECODER = "model.layers"
 
 # The names of different families never collide (no Qwen module is called `connector`, no Gemma one `visual`), so one
 # rule recognises the parts of every family.
@@ -101,7 +111,9 @@ _MERGER_MODULE = re.compile(rf"(?:^|\.)(?:{_MERGER_NAMES})$")
 _VISUAL_NAMES = _alternatives([*(parts.vision_tower for parts in _PARTS), *VISION_TOWER_NAMES])
 _VISUAL = re.compile(rf"(?:^|\.)(?:{_VISUAL_NAMES}|{_alternatives(PATCH_EMBEDDING_NAMES)})(?:\.|$)")
 _PATCH_EMBEDDING = re.compile(rf"(?:^|\.)(?:{_alternatives(PATCH_EMBEDDING_NAMES)})(?:\.|$)")
-_LANGUAGE_MODEL = re.compile(rf"(?:^|\.)(?:{_alternatives(LANGUAGE_MODEL_NAMES)})$")
+_LANGUAGE_MODEL = re.compile(
+    rf"(?:^|\.)(?:{_alternatives(LANGUAGE_MODEL_NAMES)})$|^{re.escape(CAUSAL_LM_DECODER)}$"
+)
 
 # LoRA targets, as one regex that PEFT matches against full module names (`re.fullmatch`). The language model's
 # attention and MLP projections; with `vision=True` also the vision blocks' attention and MLP. Never the merger (it is
@@ -112,10 +124,11 @@ _LANGUAGE_MODEL = re.compile(rf"(?:^|\.)(?:{_alternatives(LANGUAGE_MODEL_NAMES)}
 # Llama 4 names its MLP `feed_forward` (its router, a Linear named `router`, is never a target).
 _DECODER_LAYERS = [parts.decoder_layers for parts in _PARTS]
 _LANGUAGE_TARGETS = (
-    rf".*(?:{_alternatives([*_DECODER_LAYERS, *(d.replace('.layers', '.model.layers') for d in _DECODER_LAYERS)])})"
-    # GLM-4's MLP fuses the gate and up projections (`gate_up_proj`).
+    rf"(?:.*(?:{_alternatives([*_DECODER_LAYERS, *(d.replace('.layers', '.model.layers') for d in _DECODER_LAYERS)])})"
+    rf"|{re.escape(CAUSAL_LM_DECODER)})"
+    # GLM-4's MLP fuses the gate and up projections (`gate_up_proj`), Phi-4's attention its `qkv_proj`.
     # DeepSeek-V3's multi-head latent attention (Kimi K2.5's) projects queries and keys/values through low-rank pairs.
-    r"\.\d+\.(?:self_attn\.(?:q_proj|k_proj|v_proj|o_proj|q_a_proj|q_b_proj|kv_a_proj_with_mqa|kv_b_proj)"
+    r"\.\d+\.(?:self_attn\.(?:q_proj|k_proj|v_proj|o_proj|qkv_proj|q_a_proj|q_b_proj|kv_a_proj_with_mqa|kv_b_proj)"
     r"|(?:mlp|feed_forward)\.(?:gate_proj|up_proj|gate_up_proj|down_proj)"
     # Qwen3.5's hybrid stack: the GatedDeltaNet (linear attention) layers' projections, and the MoE's shared expert
     # (GLM-4.5's: `shared_experts`).
@@ -154,7 +167,7 @@ def check_model_parts(model: nn.Module) -> None:
     searched = {
         "vision tower": (_VISUAL, (*VISION_TOWER_NAMES, "embed_vision.patch_dense")),
         "projector": (_MERGER_MODULE, PROJECTOR_NAMES),
-        "language model": (_LANGUAGE_MODEL, LANGUAGE_MODEL_NAMES),
+        "language model": (_LANGUAGE_MODEL, (*LANGUAGE_MODEL_NAMES, CAUSAL_LM_DECODER)),
     }
     missing = [
         f"a {part} (a module named {' / '.join(f'`{n}`' for n in accepted)})"

@@ -36,10 +36,12 @@ _TEXT_OUTPUTS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type
 
 
 def is_per_token_output(key: str, value, input_ids: torch.Tensor) -> bool:
-    """Whether the processor's output `key` is a mask laid over the tokens, (batch, tokens, ...), beyond the text
-    outputs: e.g. Mllama's `cross_attention_mask` (not a pixel mask, whose second dimension counts images)."""
+    """Whether the processor's output `key` is a mask or a type map laid over the tokens, (batch, tokens, ...), beyond
+    the text outputs: e.g. Mllama's `cross_attention_mask` (not a pixel mask, whose second dimension counts images),
+    ERNIE 4.5-VL's `moe_mm_token_type_ids` (which routes image tokens, their start and end tokens too, to experts of
+    their own)."""
     return (
-        key not in _TEXT_OUTPUTS and key.endswith("_mask") and not key.startswith("pixel")
+        key not in _TEXT_OUTPUTS and key.endswith(("_mask", "token_type_ids")) and not key.startswith("pixel")
         and isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[:2] == input_ids.shape
     )
 

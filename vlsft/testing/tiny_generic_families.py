@@ -31,6 +31,7 @@ from vlsft.testing.tiny_generic_omni_qwen4 import (
 )
 from vlsft.testing.tiny_generic_mistral_gemma_glm5 import build_tiny_glm5_next, build_tiny_mistral_large4
 from vlsft.testing.tiny_generic_muse_spark import build_tiny_muse_spark
+from vlsft.testing.tiny_generic_phi4_ernie import build_tiny_phi4_multimodal
 from vlsft.testing.tiny_generic_mllama_aria import build_tiny_aria, build_tiny_mllama
 from vlsft.testing.tiny_generic_minicpm47_ocr import (
     build_tiny_fast_vlm,
@@ -115,4 +116,5 @@ GENERIC_BUILDERS = {
     "mistral_large4": build_tiny_mistral_large4,
     "glm5_next": build_tiny_glm5_next,
     "muse_spark": build_tiny_muse_spark,
+    "phi4_multimodal": build_tiny_phi4_multimodal,
 }
