@@ -29,6 +29,7 @@ VERDICT_MODULES = (
     "vlsft.data.video_orientation",
     "vlsft.collator",
     "vlsft.collation.reasoning",
+    "vlsft.collation.borrowed_records",
     "vlsft.collation.rendering",
     "vlsft.collation.weighting",
     "vlsft.collation.images",
